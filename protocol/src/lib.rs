@@ -1,0 +1,25 @@
+//! Makiatto's data model and wire formats.
+//!
+//! Everything a node and the CLI must agree on lives here: content hashes,
+//! site paths and domains, manifests, signed records, tickets and the admin
+//! RPC. This crate does no I/O and knows no clock: time comes in as an
+//! argument. Every decoder is total — any bytes give `Ok` or a typed error,
+//! never a panic.
+
+mod domain;
+mod hash;
+mod keys;
+mod manifest;
+mod path;
+pub mod rpc;
+pub mod rules;
+mod signed;
+mod ticket;
+
+pub use domain::{Domain, DomainError};
+pub use hash::{Hash, HashError};
+pub use keys::{KeyError, PublicKey, SecretKey, Signature};
+pub use manifest::{Encoding, Entry, Head, MANIFEST_FORMAT, Manifest, ManifestError, Variant};
+pub use path::{SitePath, SitePathError};
+pub use signed::{Signable, Signed, SignedError};
+pub use ticket::{NodeTicket, TicketError};

@@ -1,0 +1,268 @@
+//! Manifests (what a site version contains) and heads (which version a
+//! site serves now).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Domain, Hash, SitePath,
+    rules::{HeaderRule, RedirectRule},
+    signed::Signable,
+};
+
+/// The manifest format this code writes and the newest it reads.
+pub const MANIFEST_FORMAT: u16 = 1;
+
+/// The most entries one manifest may hold.
+pub const MAX_ENTRIES: usize = 1_000_000;
+
+/// The most header plus redirect rules one manifest may hold.
+pub const MAX_RULES: usize = 10_000;
+
+/// One version of a site. Its canonical (postcard) bytes are a blob; the
+/// BLAKE3 of those bytes names the version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always first, so any reader can tell a newer format before decoding.
+    pub format: u16,
+    pub site: Domain,
+    /// 1 for the first publish, +1 for each publish after it.
+    pub version: u64,
+    /// The manifest this one was built on; `None` for the first.
+    pub parent: Option<Hash>,
+    /// Seconds since the Unix epoch, as the publisher's clock saw it.
+    pub created: u64,
+    pub entries: BTreeMap<SitePath, Entry>,
+    pub headers: Vec<HeaderRule>,
+    pub redirects: Vec<RedirectRule>,
+}
+
+/// One file of a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    pub hash: Hash,
+    pub size: u64,
+    pub content_type: String,
+    /// Precompressed variants, present only where smaller than the original.
+    pub encodings: BTreeMap<Encoding, Variant>,
+}
+
+/// A content-coding of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Encoding {
+    Br,
+    Gzip,
+}
+
+impl Encoding {
+    /// The token in `Content-Encoding` / `Accept-Encoding`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Br => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+}
+
+/// A compressed copy of an entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    pub hash: Hash,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    #[error(
+        "manifest format {found} is newer than this build understands (up to {MANIFEST_FORMAT}); upgrade"
+    )]
+    NewerFormat { found: u16 },
+    #[error("manifest does not decode: {0}")]
+    Decode(String),
+    #[error("manifest has trailing bytes after its end")]
+    TrailingBytes,
+    #[error("manifest has {0} entries; the limit is {MAX_ENTRIES}")]
+    TooManyEntries(usize),
+    #[error("manifest has {0} rules; the limit is {MAX_RULES}")]
+    TooManyRules(usize),
+    #[error("manifest is for {found}, expected {expected}")]
+    WrongSite { expected: Domain, found: Domain },
+}
+
+impl Manifest {
+    /// The canonical bytes of this manifest.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        encode(self)
+    }
+
+    /// The hash that names this version.
+    pub fn hash(&self) -> Hash {
+        Hash::of(&self.to_bytes())
+    }
+
+    /// Decodes and checks the limits. Total: any input gives a value or an error.
+    pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let (format, _) = postcard::take_from_bytes::<u16>(bytes)
+            .map_err(|e| ManifestError::Decode(e.to_string()))?;
+        if format > MANIFEST_FORMAT {
+            return Err(ManifestError::NewerFormat { found: format });
+        }
+        let (m, rest) = postcard::take_from_bytes::<Manifest>(bytes)
+            .map_err(|e| ManifestError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(ManifestError::TrailingBytes);
+        }
+        if m.entries.len() > MAX_ENTRIES {
+            return Err(ManifestError::TooManyEntries(m.entries.len()));
+        }
+        let rules = m.headers.len() + m.redirects.len();
+        if rules > MAX_RULES {
+            return Err(ManifestError::TooManyRules(rules));
+        }
+        Ok(m)
+    }
+
+    /// Every blob this version needs: each entry and each variant, deduplicated.
+    pub fn blobs(&self) -> BTreeMap<Hash, u64> {
+        let mut out = BTreeMap::new();
+        for e in self.entries.values() {
+            out.insert(e.hash, e.size);
+            for v in e.encodings.values() {
+                out.insert(v.hash, v.size);
+            }
+        }
+        out
+    }
+
+    /// True when `other` would serve exactly the same content.
+    pub fn same_content(&self, other: &Manifest) -> bool {
+        self.site == other.site
+            && self.entries == other.entries
+            && self.headers == other.headers
+            && self.redirects == other.redirects
+    }
+
+    /// The sum of all entry sizes (without variants).
+    pub fn total_size(&self) -> u64 {
+        self.entries.values().map(|e| e.size).sum()
+    }
+}
+
+/// What a site serves now. Signed by one of the site's publishers. `seq`
+/// only grows; a rollback is a new head (seq + 1) naming an older manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    pub site: Domain,
+    pub seq: u64,
+    pub manifest: Hash,
+}
+
+impl Signable for Head {
+    const CONTEXT: &'static [u8] = b"makiatto/head/v1";
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own types into a Vec cannot fail: no maps with
+    // non-string keys restrictions apply to postcard, and no I/O happens.
+    postcard::to_stdvec(value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    pub(crate) fn sample() -> Manifest {
+        let mut entries = BTreeMap::new();
+        let mut encodings = BTreeMap::new();
+        encodings.insert(
+            Encoding::Gzip,
+            Variant {
+                hash: Hash::of(b"gz"),
+                size: 3,
+            },
+        );
+        entries.insert(
+            SitePath::new("index.html").expect("path"),
+            Entry {
+                hash: Hash::of(b"<h1>hi</h1>"),
+                size: 11,
+                content_type: "text/html; charset=utf-8".into(),
+                encodings,
+            },
+        );
+        Manifest {
+            format: MANIFEST_FORMAT,
+            site: Domain::new("example.com").expect("domain"),
+            version: 1,
+            parent: None,
+            created: 1_700_000_000,
+            entries,
+            headers: vec![],
+            redirects: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let m = sample();
+        let bytes = m.to_bytes();
+        assert_eq!(Manifest::decode(&bytes), Ok(m.clone()));
+        assert_eq!(m.hash(), Hash::of(&bytes));
+        assert_eq!(m.blobs().len(), 2);
+    }
+
+    #[test]
+    fn newer_format_is_named() {
+        let mut m = sample();
+        m.format = MANIFEST_FORMAT + 1;
+        assert_eq!(
+            Manifest::decode(&m.to_bytes()),
+            Err(ManifestError::NewerFormat {
+                found: MANIFEST_FORMAT + 1
+            })
+        );
+    }
+
+    #[test]
+    fn trailing_bytes_rejected() {
+        let mut bytes = sample().to_bytes();
+        bytes.push(0);
+        assert_eq!(Manifest::decode(&bytes), Err(ManifestError::TrailingBytes));
+    }
+
+    #[test]
+    fn traversal_path_in_manifest_rejected() {
+        // Hand-craft a manifest whose path is "../x": replace the path bytes.
+        let mut bytes = sample().to_bytes();
+        let at = bytes
+            .windows(10)
+            .position(|w| w == b"index.html")
+            .expect("path in bytes");
+        bytes[at..at + 10].copy_from_slice(b"../../etcx");
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::Decode(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn decode_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = Manifest::decode(&bytes);
+        }
+
+        #[test]
+        fn mutated_manifests_never_panic(pos in 0usize..200, byte in any::<u8>()) {
+            let mut bytes = sample().to_bytes();
+            let i = pos % bytes.len();
+            bytes[i] = byte;
+            if let Ok(m) = Manifest::decode(&bytes) {
+                prop_assert_eq!(Manifest::decode(&m.to_bytes()), Ok(m));
+            }
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! The admin protocol (`maki/admin/1`), shared by the daemon and the CLI.
+//!
+//! One request per QUIC bidirectional stream: a frame is a little-endian
+//! `u32` length followed by that many postcard bytes. The caller is
+//! identified by its iroh key (the TLS handshake proves it); every request
+//! is authorised against that key.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Domain, Hash, Head, PublicKey, Signed};
+
+/// ALPN of the admin protocol.
+pub const ADMIN_ALPN: &[u8] = b"maki/admin/1";
+
+/// The largest frame either side accepts (a manifest of ~100k files fits).
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// A request from the CLI to a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Request {
+    /// Admin: create a site and name who may publish it.
+    SiteAdd {
+        domain: Domain,
+        publishers: Vec<PublicKey>,
+    },
+    /// Admin: remove a site; it stops being served at once.
+    SiteRemove { domain: Domain },
+    /// List the sites and their heads.
+    Sites,
+    /// List a site's kept versions, newest first.
+    Versions { domain: Domain },
+    /// Publisher: offer a new version. `manifest` is the canonical manifest
+    /// bytes; `head` is signed by the caller and names their hash.
+    PublishBegin {
+        head: Signed<Head>,
+        manifest: Vec<u8>,
+    },
+    /// Publisher: every missing blob has been pushed; make the version live.
+    PublishCommit { session: u64 },
+    /// Publisher: serve an older kept version (a new head, seq + 1).
+    Rollback { head: Signed<Head> },
+}
+
+/// A site as `maki sites` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteInfo {
+    pub domain: Domain,
+    pub publishers: Vec<PublicKey>,
+    pub head: Option<HeadInfo>,
+}
+
+/// The version a site serves now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeadInfo {
+    pub seq: u64,
+    pub version: u64,
+    pub manifest: Hash,
+    pub files: u64,
+    pub bytes: u64,
+    pub created: u64,
+}
+
+/// One kept version of a site.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionInfo {
+    pub version: u64,
+    pub manifest: Hash,
+    pub files: u64,
+    pub bytes: u64,
+    pub created: u64,
+    /// True for the version the site serves now.
+    pub current: bool,
+}
+
+/// A node's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum Response {
+    Done,
+    Sites(Vec<SiteInfo>),
+    Versions(Vec<VersionInfo>),
+    /// Push these blobs (iroh-blobs, ALPN `/iroh-bytes/4`), then commit.
+    Missing {
+        session: u64,
+        hashes: Vec<Hash>,
+        bytes: u64,
+    },
+    /// Same content as the current head: nothing to do.
+    Unchanged {
+        version: u64,
+    },
+    /// The new head is live.
+    Published {
+        version: u64,
+        seq: u64,
+    },
+    Error(RpcError),
+}
+
+/// Why a node refused a request. Each message names the problem and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum RpcError {
+    #[error("{key} is not an admin of this network; ask an admin to run this")]
+    NotAdmin { key: PublicKey },
+    #[error(
+        "{key} may not publish {domain}; an admin can add it with `maki site add {domain} --publisher {key}`"
+    )]
+    NotPublisher { key: PublicKey, domain: Domain },
+    #[error("unknown site {0}; an admin can create it with `maki site add {0}`")]
+    UnknownSite(Domain),
+    #[error("site {0} already exists")]
+    SiteExists(Domain),
+    #[error("the signature on the head is not valid (forged or corrupted)")]
+    BadSignature,
+    #[error("the head must be signed by the caller's own key")]
+    SignerMismatch,
+    #[error(
+        "the site changed since this publish started (the current version is {current:?}); publish again"
+    )]
+    StaleParent { current: Option<Hash> },
+    #[error("head sequence {offered} is not the next one ({expected}); publish again")]
+    StaleSeq { expected: u64, offered: u64 },
+    #[error("invalid manifest: {0}")]
+    InvalidManifest(String),
+    #[error("the site is {size} bytes; this node accepts at most {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("unknown or expired publish session {0}; publish again")]
+    UnknownSession(u64),
+    #[error("{count} blobs were not received (first: {first}); publish again")]
+    MissingBlobs { count: usize, first: Hash },
+    #[error("version {0} is not kept on this node; see `maki versions`")]
+    UnknownVersion(Hash),
+    #[error("the request is malformed or from a newer client: {0}")]
+    BadRequest(String),
+    #[error("the node failed: {0}")]
+    Internal(String),
+}
+
+/// A frame that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(usize),
+    #[error("frame does not decode: {0}")]
+    Decode(String),
+}
+
+/// Encodes a frame: length prefix plus postcard bytes.
+pub fn encode_frame<T: Serialize>(value: &T) -> Vec<u8> {
+    let body = crate::manifest::encode(value);
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Checks a frame's announced length before anything is allocated for it.
+pub fn frame_len(prefix: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    Ok(len)
+}
+
+/// Decodes a frame body (without its prefix).
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
+    let (v, rest) =
+        postcard::take_from_bytes(body).map_err(|e| FrameError::Decode(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(FrameError::Decode("trailing bytes".into()));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn frame_round_trip() {
+        let req = Request::Versions {
+            domain: Domain::new("a.example").expect("domain"),
+        };
+        let frame = encode_frame(&req);
+        let len = frame_len(frame[..4].try_into().expect("4")).expect("len");
+        assert_eq!(len, frame.len() - 4);
+        assert_eq!(decode_body::<Request>(&frame[4..]), Ok(req));
+        assert!(frame_len(u32::MAX.to_le_bytes()).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn decode_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_body::<Request>(&bytes);
+            let _ = decode_body::<Response>(&bytes);
+        }
+    }
+}
