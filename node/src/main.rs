@@ -1,1 +1,156 @@
-fn main() {}
+//! `makiatto`: the node daemon. Exit codes: 0 clean stop, 1 error, 2 usage.
+
+use std::{io::Write, net::SocketAddr, path::PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use maki_protocol::{GENESIS_FORMAT, Genesis, PublicKey, Signed};
+use makiatto::{Config, Node, config::CONFIG_FILE, identity};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "makiatto",
+    version,
+    about = "Makiatto node: stores, replicates and serves sites"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a node and a new network in DATA_DIR.
+    Init {
+        #[arg(long, env = "MAKIATTO_DATA_DIR")]
+        data_dir: PathBuf,
+        /// An admin's public key (`maki keys` prints it). Repeat for more.
+        #[arg(long = "admin", required = true)]
+        admins: Vec<PublicKey>,
+        /// HTTP listen address.
+        #[arg(long, default_value = "0.0.0.0:80")]
+        http: SocketAddr,
+        /// p2p (iroh QUIC, UDP) listen address.
+        #[arg(long, default_value = "0.0.0.0:51821")]
+        p2p: SocketAddr,
+    },
+    /// Run the node in DATA_DIR until SIGINT or SIGTERM.
+    Run {
+        #[arg(long, env = "MAKIATTO_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+    /// Check DATA_DIR/makiatto.toml and exit.
+    Validate {
+        #[arg(long, env = "MAKIATTO_DATA_DIR")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("MAKIATTO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(run(cli)),
+        Err(e) => Err(e.into()),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Init {
+            data_dir,
+            admins,
+            http,
+            p2p,
+        } => init(data_dir, admins, http, p2p),
+        Command::Validate { data_dir } => {
+            Config::load(&data_dir)?;
+            println!("{} is valid", data_dir.join(CONFIG_FILE).display());
+            Ok(())
+        }
+        Command::Run { data_dir } => {
+            let node = Node::spawn(&data_dir).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "ready http={} ticket={}",
+                node.http_addr(),
+                node.ticket()
+            )?;
+            out.flush()?;
+            drop(out);
+            wait_for_signal().await?;
+            tracing::info!("shutting down");
+            node.shutdown().await;
+            Ok(())
+        }
+    }
+}
+
+fn init(
+    data_dir: PathBuf,
+    admins: Vec<PublicKey>,
+    http: SocketAddr,
+    p2p: SocketAddr,
+) -> Result<()> {
+    if data_dir.join(CONFIG_FILE).exists() {
+        bail!(
+            "{} already holds a node; refusing to overwrite it",
+            data_dir.display()
+        );
+    }
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let key = identity::create_key(&data_dir)?;
+    let created = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut admins = admins;
+    admins.sort();
+    admins.dedup();
+    let genesis = Genesis {
+        format: GENESIS_FORMAT,
+        admins,
+        created,
+    };
+    identity::write_genesis(&data_dir, &Signed::sign(&key, &genesis))?;
+    let config = Config {
+        http,
+        p2p,
+        ..Config::default()
+    };
+    std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml())?;
+    let (_, network) = identity::load_genesis(&data_dir)?;
+    println!("node {}", key.public());
+    println!("network {network}");
+    println!(
+        "start it with: makiatto run --data-dir {}",
+        data_dir.display()
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

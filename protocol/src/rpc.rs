@@ -48,6 +48,9 @@ pub struct SiteInfo {
     pub domain: Domain,
     pub publishers: Vec<PublicKey>,
     pub head: Option<HeadInfo>,
+    /// The newest version kept (0 before the first publish); a new publish
+    /// must carry a higher one.
+    pub latest_version: u64,
 }
 
 /// The version a site serves now.

@@ -1,0 +1,690 @@
+//! The admin protocol server (`maki/admin/1`) and the push gate.
+//!
+//! Any caller may connect; the TLS handshake proves the caller's key and
+//! every request is authorised against it. A publish opens a session that
+//! names the blobs this node lacks; the push gate lets exactly those blobs
+//! in, from exactly that caller, while the session lives. Nothing becomes
+//! visible until the commit swaps the head.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use iroh::{
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler},
+};
+use iroh_blobs::provider::events::{AbortReason, ProviderMessage};
+use maki_protocol::{
+    Domain, Hash, Head, Manifest, PublicKey, Signed,
+    rpc::{self, HeadInfo, Request, Response, RpcError, SiteInfo, VersionInfo},
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::{
+    content::{temp_tag, to_iroh, version_tag},
+    node::{LiveSite, Shared},
+    state::SiteRec,
+};
+
+/// How long a commit waits for pushed blobs to finish landing in the store.
+const LANDING_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A publish between `PublishBegin` and `PublishCommit`.
+#[derive(Debug)]
+struct Session {
+    caller: PublicKey,
+    head: Head,
+    signed: Signed<Head>,
+    manifest: Manifest,
+    missing: Vec<Hash>,
+}
+
+/// Open publish sessions by id.
+#[derive(Debug, Default)]
+pub struct Sessions {
+    inner: Mutex<HashMap<u64, Session>>,
+}
+
+/// Which pushes are allowed: per caller, the hashes its sessions asked for.
+#[derive(Debug, Default)]
+pub struct PushGate {
+    inner: Mutex<GateInner>,
+}
+
+#[derive(Debug, Default)]
+struct GateInner {
+    /// iroh-blobs connection id → the caller's key.
+    conns: HashMap<u64, PublicKey>,
+    /// caller → session → hashes it may push.
+    wanted: HashMap<PublicKey, HashMap<u64, HashSet<Hash>>>,
+}
+
+impl PushGate {
+    fn allow(&self, caller: PublicKey, session: u64, hashes: &[Hash]) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.wanted
+                .entry(caller)
+                .or_default()
+                .insert(session, hashes.iter().copied().collect());
+        }
+    }
+
+    fn revoke(&self, caller: &PublicKey, session: u64) {
+        if let Ok(mut g) = self.inner.lock() {
+            if let Some(s) = g.wanted.get_mut(caller) {
+                s.remove(&session);
+                if s.is_empty() {
+                    g.wanted.remove(caller);
+                }
+            }
+        }
+    }
+
+    fn check_push(&self, conn: u64, hash: Hash) -> Result<(), AbortReason> {
+        let g = self.inner.lock().map_err(|_| AbortReason::Permission)?;
+        let caller = g.conns.get(&conn).ok_or(AbortReason::Permission)?;
+        let wanted = g.wanted.get(caller).ok_or(AbortReason::Permission)?;
+        if wanted.values().any(|set| set.contains(&hash)) {
+            Ok(())
+        } else {
+            Err(AbortReason::Permission)
+        }
+    }
+}
+
+/// Answers iroh-blobs provider events: remembers who is on each
+/// connection, admits pushes the gate allows, refuses all others.
+pub async fn run_gate(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<ProviderMessage>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            msg = rx.recv() => match msg {
+                Some(msg) => msg,
+                None => break,
+            },
+        };
+        match msg {
+            ProviderMessage::ClientConnected(msg) => {
+                let key = msg
+                    .endpoint_id
+                    .and_then(|id| PublicKey::from_bytes(*id.as_bytes()).ok());
+                let res = match key {
+                    Some(key) => {
+                        if let Ok(mut g) = shared.gate.inner.lock() {
+                            g.conns.insert(msg.connection_id, key);
+                        }
+                        Ok(())
+                    }
+                    None => Err(AbortReason::Permission),
+                };
+                msg.tx.send(res).await.ok();
+            }
+            ProviderMessage::ConnectionClosed(msg) => {
+                if let Ok(mut g) = shared.gate.inner.lock() {
+                    g.conns.remove(&msg.connection_id);
+                }
+            }
+            ProviderMessage::PushRequestReceived(msg) => {
+                let hash = crate::content::from_iroh(msg.request.hash);
+                let res = if !msg.request.ranges.is_blob() {
+                    Err(AbortReason::Permission)
+                } else {
+                    shared.gate.check_push(msg.connection_id, hash)
+                };
+                if res.is_err() {
+                    warn!(%hash, "refused a push nobody asked for");
+                }
+                msg.tx.send(res).await.ok();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The `maki/admin/1` protocol handler.
+#[derive(Debug, Clone)]
+pub struct AdminProtocol {
+    shared: Arc<Shared>,
+}
+
+impl AdminProtocol {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl ProtocolHandler for AdminProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let Ok(caller) = PublicKey::from_bytes(*conn.remote_id().as_bytes()) else {
+            return Ok(());
+        };
+        let mut opened = Vec::new();
+        let res = self.serve(&conn, caller, &mut opened).await;
+        // The connection is gone: publishes it left open are abandoned.
+        for session in opened {
+            self.abandon(session).await;
+        }
+        if let Err(error) = res {
+            debug!(%error, caller = %caller.fmt_short(), "admin connection ended");
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("connection: {0}")]
+    Conn(#[from] iroh::endpoint::ConnectionError),
+    #[error("read: {0}")]
+    Read(#[from] iroh::endpoint::ReadExactError),
+    #[error("write: {0}")]
+    Write(#[from] iroh::endpoint::WriteError),
+    #[error("frame: {0}")]
+    Frame(#[from] rpc::FrameError),
+    #[error("stream closed: {0}")]
+    Closed(#[from] iroh::endpoint::ClosedStream),
+}
+
+impl AdminProtocol {
+    async fn serve(
+        &self,
+        conn: &Connection,
+        caller: PublicKey,
+        opened: &mut Vec<u64>,
+    ) -> Result<(), StreamError> {
+        loop {
+            let (mut send, mut recv) = conn.accept_bi().await?;
+            let mut prefix = [0u8; 4];
+            recv.read_exact(&mut prefix).await?;
+            let len = rpc::frame_len(prefix)?;
+            let mut body = vec![0u8; len];
+            recv.read_exact(&mut body).await?;
+            let response = match rpc::decode_body::<Request>(&body) {
+                Ok(req) => match self.handle(caller, req, opened).await {
+                    Ok(r) => r,
+                    Err(e) => Response::Error(e),
+                },
+                Err(e) => Response::Error(RpcError::BadRequest(e.to_string())),
+            };
+            if let Response::Error(error) = &response {
+                info!(caller = %caller.fmt_short(), %error, "admin request refused");
+            }
+            send.write_all(&rpc::encode_frame(&response)).await?;
+            send.finish()?;
+        }
+    }
+
+    async fn handle(
+        &self,
+        caller: PublicKey,
+        req: Request,
+        opened: &mut Vec<u64>,
+    ) -> Result<Response, RpcError> {
+        match req {
+            Request::SiteAdd { domain, publishers } => self.site_add(caller, domain, publishers),
+            Request::SiteRemove { domain } => self.site_remove(caller, domain).await,
+            Request::Sites => self.sites(caller),
+            Request::Versions { domain } => self.versions(caller, domain).await,
+            Request::PublishBegin { head, manifest } => {
+                let r = self.publish_begin(caller, head, manifest).await?;
+                if let Response::Missing { session, .. } = &r {
+                    opened.push(*session);
+                }
+                Ok(r)
+            }
+            Request::PublishCommit { session } => {
+                let r = self.publish_commit(caller, session).await;
+                opened.retain(|s| *s != session);
+                r
+            }
+            Request::Rollback { head } => self.rollback(caller, head).await,
+            _ => Err(RpcError::BadRequest("unknown request".into())),
+        }
+    }
+
+    fn require_admin(&self, caller: PublicKey) -> Result<(), RpcError> {
+        if self.shared.is_admin(&caller) {
+            Ok(())
+        } else {
+            Err(RpcError::NotAdmin { key: caller })
+        }
+    }
+
+    /// The site's record if `caller` may publish it (its publishers, and admins).
+    fn require_publisher(&self, caller: PublicKey, domain: &Domain) -> Result<SiteRec, RpcError> {
+        let rec = self
+            .shared
+            .state
+            .site(domain)
+            .map_err(internal)?
+            .ok_or_else(|| RpcError::UnknownSite(domain.clone()))?;
+        if rec.publishers.contains(&caller) || self.shared.is_admin(&caller) {
+            Ok(rec)
+        } else {
+            Err(RpcError::NotPublisher {
+                key: caller,
+                domain: domain.clone(),
+            })
+        }
+    }
+
+    fn site_add(
+        &self,
+        caller: PublicKey,
+        domain: Domain,
+        publishers: Vec<PublicKey>,
+    ) -> Result<Response, RpcError> {
+        self.require_admin(caller)?;
+        let mut publishers = publishers;
+        publishers.sort();
+        publishers.dedup();
+        if publishers.is_empty() {
+            publishers.push(caller);
+        }
+        if !self
+            .shared
+            .state
+            .add_site(&domain, &SiteRec { publishers })
+            .map_err(internal)?
+        {
+            return Err(RpcError::SiteExists(domain));
+        }
+        info!(site = %domain, "site added");
+        Ok(Response::Done)
+    }
+
+    async fn site_remove(&self, caller: PublicKey, domain: Domain) -> Result<Response, RpcError> {
+        self.require_admin(caller)?;
+        let _guard = self.shared.head_lock.lock().await;
+        let manifests = self
+            .shared
+            .state
+            .remove_site(&domain)
+            .map_err(internal)?
+            .ok_or_else(|| RpcError::UnknownSite(domain.clone()))?;
+        self.shared.live.remove(&domain);
+        for m in manifests {
+            if let Err(error) = self
+                .shared
+                .content
+                .unprotect(&version_tag(&domain, m))
+                .await
+            {
+                warn!(%error, "could not drop a version tag");
+            }
+        }
+        info!(site = %domain, "site removed");
+        Ok(Response::Done)
+    }
+
+    fn sites(&self, caller: PublicKey) -> Result<Response, RpcError> {
+        let admin = self.shared.is_admin(&caller);
+        let mut out = Vec::new();
+        for (domain, rec) in self.shared.state.sites().map_err(internal)? {
+            if !admin && !rec.publishers.contains(&caller) {
+                continue;
+            }
+            let latest_version = self
+                .shared
+                .state
+                .versions(&domain)
+                .map_err(internal)?
+                .first()
+                .map_or(0, |v| v.0);
+            let head = self.shared.live.get(domain.as_str()).map(|s| HeadInfo {
+                seq: s.seq,
+                version: s.manifest.version,
+                manifest: s.manifest_hash,
+                files: s.manifest.entries.len() as u64,
+                bytes: s.manifest.total_size(),
+                created: s.manifest.created,
+            });
+            out.push(SiteInfo {
+                domain,
+                publishers: rec.publishers,
+                head,
+                latest_version,
+            });
+        }
+        Ok(Response::Sites(out))
+    }
+
+    async fn versions(&self, caller: PublicKey, domain: Domain) -> Result<Response, RpcError> {
+        self.require_publisher(caller, &domain)?;
+        let current = self
+            .shared
+            .live
+            .get(domain.as_str())
+            .map(|s| s.manifest_hash);
+        let mut out = Vec::new();
+        for (version, hash) in self.shared.state.versions(&domain).map_err(internal)? {
+            let m = self.load_manifest(hash).await?;
+            out.push(VersionInfo {
+                version,
+                manifest: hash,
+                files: m.entries.len() as u64,
+                bytes: m.total_size(),
+                created: m.created,
+                current: current == Some(hash),
+            });
+        }
+        Ok(Response::Versions(out))
+    }
+
+    async fn load_manifest(&self, hash: Hash) -> Result<Manifest, RpcError> {
+        let bytes = self
+            .shared
+            .content
+            .get_bytes(hash)
+            .await
+            .map_err(|_| RpcError::UnknownVersion(hash))?;
+        Manifest::decode(&bytes).map_err(|e| RpcError::Internal(e.to_string()))
+    }
+
+    /// Checks a signed head from `caller`: signature, signer, rights, order.
+    fn check_head(&self, caller: PublicKey, signed: &Signed<Head>) -> Result<Head, RpcError> {
+        let head = signed.verify().map_err(|_| RpcError::BadSignature)?;
+        if signed.signer() != caller {
+            return Err(RpcError::SignerMismatch);
+        }
+        self.require_publisher(caller, &head.site)?;
+        let expected = self.current_seq(&head.site) + 1;
+        if head.seq != expected {
+            return Err(RpcError::StaleSeq {
+                expected,
+                offered: head.seq,
+            });
+        }
+        Ok(head)
+    }
+
+    fn current_seq(&self, domain: &Domain) -> u64 {
+        self.shared.live.get(domain.as_str()).map_or(0, |s| s.seq)
+    }
+
+    async fn publish_begin(
+        &self,
+        caller: PublicKey,
+        signed: Signed<Head>,
+        manifest_bytes: Vec<u8>,
+    ) -> Result<Response, RpcError> {
+        let head = self.check_head(caller, &signed)?;
+        if Hash::of(&manifest_bytes) != head.manifest {
+            return Err(RpcError::InvalidManifest(
+                "the manifest bytes do not match the hash the head names".into(),
+            ));
+        }
+        let manifest = Manifest::decode(&manifest_bytes)
+            .map_err(|e| RpcError::InvalidManifest(e.to_string()))?;
+        if manifest.site != head.site {
+            return Err(RpcError::InvalidManifest(format!(
+                "the manifest is for {}, the head for {}",
+                manifest.site, head.site
+            )));
+        }
+        let current = self.shared.live.get(head.site.as_str());
+        let current_hash = current.as_ref().map(|c| c.manifest_hash);
+        if manifest.parent != current_hash {
+            return Err(RpcError::StaleParent {
+                current: current_hash,
+            });
+        }
+        if let Some(c) = &current {
+            if c.manifest.same_content(&manifest) {
+                return Ok(Response::Unchanged {
+                    version: c.manifest.version,
+                });
+            }
+        }
+        let latest = self
+            .shared
+            .state
+            .versions(&head.site)
+            .map_err(internal)?
+            .first()
+            .map_or(0, |v| v.0);
+        if manifest.version <= latest {
+            return Err(RpcError::InvalidManifest(format!(
+                "version {} is not newer than the latest kept version {latest}",
+                manifest.version
+            )));
+        }
+        let size = manifest.total_size();
+        if size > self.shared.config.max_site_bytes {
+            return Err(RpcError::TooLarge {
+                size,
+                limit: self.shared.config.max_site_bytes,
+            });
+        }
+
+        let content = &self.shared.content;
+        let stored = content
+            .add_bytes(manifest_bytes.into())
+            .await
+            .map_err(internal)?;
+        debug_assert_eq!(stored, head.manifest);
+        let blobs = manifest.blobs();
+        let mut missing = Vec::new();
+        let mut bytes = 0;
+        for (hash, size) in &blobs {
+            if content.complete_size(*hash).await.map_err(internal)? != Some(*size) {
+                missing.push(*hash);
+                bytes += size;
+            }
+        }
+        let session = random_u64();
+        content
+            .protect(&temp_tag(session), head.manifest, blobs.keys().copied())
+            .await
+            .map_err(internal)?;
+        self.shared.gate.allow(caller, session, &missing);
+        info!(site = %head.site, version = manifest.version, missing = missing.len(), bytes, "publish started");
+        let hashes = missing.clone();
+        if let Ok(mut s) = self.shared.sessions.inner.lock() {
+            s.insert(
+                session,
+                Session {
+                    caller,
+                    head,
+                    signed,
+                    manifest,
+                    missing,
+                },
+            );
+        }
+        Ok(Response::Missing {
+            session,
+            hashes,
+            bytes,
+        })
+    }
+
+    async fn publish_commit(&self, caller: PublicKey, id: u64) -> Result<Response, RpcError> {
+        let session = {
+            let mut sessions = self
+                .shared
+                .sessions
+                .inner
+                .lock()
+                .map_err(|_| RpcError::Internal("session table poisoned".into()))?;
+            match sessions.get(&id) {
+                Some(s) if s.caller == caller => sessions.remove(&id),
+                _ => None,
+            }
+        }
+        .ok_or(RpcError::UnknownSession(id))?;
+        let result = self.finish(&session).await;
+        self.shared.gate.revoke(&caller, id);
+        if let Err(error) = self.shared.content.unprotect(&temp_tag(id)).await {
+            warn!(%error, "could not drop a publish's temporary tag");
+        }
+        result
+    }
+
+    async fn finish(&self, s: &Session) -> Result<Response, RpcError> {
+        let content = &self.shared.content;
+        // Pushes are acknowledged when sent; wait until each has landed.
+        let blobs = s.manifest.blobs();
+        let mut absent = Vec::new();
+        for hash in &s.missing {
+            let want = blobs.get(hash).copied();
+            if content.complete_size(*hash).await.map_err(internal)? == want {
+                continue;
+            }
+            let landed = tokio::time::timeout(
+                LANDING_TIMEOUT,
+                content
+                    .store()
+                    .blobs()
+                    .observe(to_iroh(*hash))
+                    .await_completion(),
+            )
+            .await;
+            let ok = matches!(landed, Ok(Ok(_)))
+                && content.complete_size(*hash).await.map_err(internal)? == want;
+            if !ok {
+                absent.push(*hash);
+            }
+        }
+        if let Some(first) = absent.first() {
+            return Err(RpcError::MissingBlobs {
+                count: absent.len(),
+                first: *first,
+            });
+        }
+
+        let _guard = self.shared.head_lock.lock().await;
+        // Someone may have published while we were receiving.
+        let current = self.shared.live.get(s.head.site.as_str());
+        let current_hash = current.as_ref().map(|c| c.manifest_hash);
+        if s.manifest.parent != current_hash {
+            return Err(RpcError::StaleParent {
+                current: current_hash,
+            });
+        }
+        let expected = current.as_ref().map_or(0, |c| c.seq) + 1;
+        if s.head.seq != expected {
+            return Err(RpcError::StaleSeq {
+                expected,
+                offered: s.head.seq,
+            });
+        }
+        content
+            .protect(
+                &version_tag(&s.head.site, s.head.manifest),
+                s.head.manifest,
+                blobs.keys().copied(),
+            )
+            .await
+            .map_err(internal)?;
+        let committed = self
+            .shared
+            .state
+            .commit_head(
+                &s.head,
+                &s.signed,
+                Some(s.manifest.version),
+                self.shared.config.keep_versions,
+            )
+            .map_err(internal)?;
+        self.shared.live.set(
+            s.head.site.clone(),
+            LiveSite {
+                seq: s.head.seq,
+                manifest_hash: s.head.manifest,
+                manifest: s.manifest.clone(),
+            },
+        );
+        self.drop_versions(&s.head.site, committed.pruned).await;
+        info!(site = %s.head.site, version = s.manifest.version, seq = s.head.seq, "published");
+        Ok(Response::Published {
+            version: s.manifest.version,
+            seq: s.head.seq,
+        })
+    }
+
+    async fn drop_versions(&self, domain: &Domain, manifests: Vec<Hash>) {
+        for m in manifests {
+            if let Err(error) = self.shared.content.unprotect(&version_tag(domain, m)).await {
+                warn!(%error, "could not drop an old version's tag");
+            }
+        }
+    }
+
+    async fn abandon(&self, id: u64) {
+        let session = self
+            .shared
+            .sessions
+            .inner
+            .lock()
+            .ok()
+            .and_then(|mut s| s.remove(&id));
+        if let Some(s) = session {
+            self.shared.gate.revoke(&s.caller, id);
+            info!(site = %s.head.site, "publish abandoned; the previous version keeps serving");
+        }
+        if let Err(error) = self.shared.content.unprotect(&temp_tag(id)).await {
+            warn!(%error, "could not drop a publish's temporary tag");
+        }
+    }
+
+    async fn rollback(
+        &self,
+        caller: PublicKey,
+        signed: Signed<Head>,
+    ) -> Result<Response, RpcError> {
+        let head = self.check_head(caller, &signed)?;
+        let kept = self.shared.state.versions(&head.site).map_err(internal)?;
+        if !kept.iter().any(|(_, h)| *h == head.manifest) {
+            return Err(RpcError::UnknownVersion(head.manifest));
+        }
+        let manifest = self.load_manifest(head.manifest).await?;
+        let _guard = self.shared.head_lock.lock().await;
+        let expected = self.current_seq(&head.site) + 1;
+        if head.seq != expected {
+            return Err(RpcError::StaleSeq {
+                expected,
+                offered: head.seq,
+            });
+        }
+        let committed = self
+            .shared
+            .state
+            .commit_head(&head, &signed, None, self.shared.config.keep_versions)
+            .map_err(internal)?;
+        let version = manifest.version;
+        self.shared.live.set(
+            head.site.clone(),
+            LiveSite {
+                seq: head.seq,
+                manifest_hash: head.manifest,
+                manifest,
+            },
+        );
+        self.drop_versions(&head.site, committed.pruned).await;
+        info!(site = %head.site, version, seq = head.seq, "rolled back");
+        Ok(Response::Published {
+            version,
+            seq: head.seq,
+        })
+    }
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::Internal(e.to_string())
+}
+
+fn random_u64() -> u64 {
+    let k = iroh::SecretKey::generate().to_bytes();
+    u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]])
+}

@@ -1,0 +1,174 @@
+//! The node's configuration file, `makiatto.toml` in the data directory.
+//!
+//! Unknown fields are refused so a typo never silently falls back to a
+//! default. Every field is documented here and in `docs/config.md`.
+
+use std::{net::SocketAddr, path::Path};
+
+use serde::{Deserialize, Serialize};
+
+/// The file name inside the data directory.
+pub const CONFIG_FILE: &str = "makiatto.toml";
+
+/// `makiatto.toml`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the HTTP edge listens (TCP). Default `0.0.0.0:80`.
+    #[serde(default = "default_http")]
+    pub http: SocketAddr,
+    /// Where the node's iroh endpoint listens (UDP, QUIC). Default `0.0.0.0:51821`.
+    #[serde(default = "default_p2p")]
+    pub p2p: SocketAddr,
+    /// Addresses put into this node's ticket, for nodes behind NAT or bound
+    /// to an unspecified address. Default: the addresses actually bound.
+    #[serde(default)]
+    pub public_addrs: Vec<SocketAddr>,
+    /// How many versions of each site to keep for rollback (at least 1).
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: u32,
+    /// The largest site (sum of file sizes) a publish may bring, in bytes.
+    #[serde(default = "default_max_site_bytes")]
+    pub max_site_bytes: u64,
+    /// Memory for hot blobs on the HTTP edge, in bytes. Blobs are immutable
+    /// by hash, so this cache never needs invalidating.
+    #[serde(default = "default_memory_cache_bytes")]
+    pub memory_cache_bytes: u64,
+    /// Blobs up to this size are eligible for the memory cache; larger ones
+    /// stream from disk.
+    #[serde(default = "default_memory_cache_max_blob")]
+    pub memory_cache_max_blob: u64,
+}
+
+fn default_http() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 80))
+}
+fn default_p2p() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 51821))
+}
+fn default_keep_versions() -> u32 {
+    10
+}
+fn default_max_site_bytes() -> u64 {
+    10 << 30
+}
+fn default_memory_cache_bytes() -> u64 {
+    256 << 20
+}
+fn default_memory_cache_max_blob() -> u64 {
+    4 << 20
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            http: default_http(),
+            p2p: default_p2p(),
+            public_addrs: Vec::new(),
+            keep_versions: default_keep_versions(),
+            max_site_bytes: default_max_site_bytes(),
+            memory_cache_bytes: default_memory_cache_bytes(),
+            memory_cache_max_blob: default_memory_cache_max_blob(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a valid configuration: {message}")]
+    Parse { path: String, message: String },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+impl Config {
+    /// Reads and checks `DIR/makiatto.toml`.
+    pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
+        let path = data_dir.join(CONFIG_FILE);
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: shown.clone(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: shown,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.keep_versions == 0 {
+            return Err("keep_versions must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The file text, with a comment per field.
+    pub fn to_toml(&self) -> String {
+        let addrs: Vec<String> = self
+            .public_addrs
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect();
+        format!(
+            "# Makiatto node configuration. Reference: docs/config.md\n\
+             \n\
+             # HTTP edge (TCP).\n\
+             http = \"{}\"\n\
+             # iroh endpoint for peers and the CLI (UDP, QUIC).\n\
+             p2p = \"{}\"\n\
+             # Addresses to put in tickets (default: the bound ones).\n\
+             public_addrs = [{}]\n\
+             # Versions kept per site for rollback.\n\
+             keep_versions = {}\n\
+             # Largest site a publish may bring, in bytes.\n\
+             max_site_bytes = {}\n\
+             # Memory for hot blobs on the edge, in bytes.\n\
+             memory_cache_bytes = {}\n\
+             # Largest blob kept in that memory, in bytes.\n\
+             memory_cache_max_blob = {}\n",
+            self.http,
+            self.p2p,
+            addrs.join(", "),
+            self.keep_versions,
+            self.max_site_bytes,
+            self.memory_cache_bytes,
+            self.memory_cache_max_blob,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_file_reads_back() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let mut c = Config::default();
+        c.public_addrs.push("192.0.2.1:51821".parse()?);
+        std::fs::write(dir.path().join(CONFIG_FILE), c.to_toml())?;
+        assert_eq!(Config::load(dir.path())?, c);
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_fields_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join(CONFIG_FILE), "htp = \"1.2.3.4:80\"\n")?;
+        let err = Config::load(dir.path()).expect_err("typo must fail");
+        assert!(err.to_string().contains("htp"), "{err}");
+        Ok(())
+    }
+}

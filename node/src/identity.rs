@@ -1,0 +1,107 @@
+//! The node's identity: its key (also its iroh endpoint id) and the
+//! network's genesis record. Files are written once, mode 0600.
+
+use std::{
+    io::Write,
+    os::unix::fs::OpenOptionsExt,
+    path::{Path, PathBuf},
+};
+
+use maki_protocol::{Genesis, Hash, SecretKey, Signed};
+
+const KEY_FILE: &str = "node.key";
+const GENESIS_FILE: &str = "genesis.bin";
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a node key (64 hex characters)")]
+    BadKey(PathBuf),
+    #[error("{0} is not a valid genesis record: {1}")]
+    BadGenesis(PathBuf, String),
+    #[error("{0} already exists; refusing to overwrite a node's identity")]
+    Exists(PathBuf),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> IdentityError + '_ {
+    move |source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// Writes `bytes` to a new file with mode 0600; never overwrites.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                IdentityError::Exists(path.to_owned())
+            } else {
+                IdentityError::Io {
+                    path: path.to_owned(),
+                    source: e,
+                }
+            }
+        })?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// Creates a fresh node key in `dir`.
+pub fn create_key(dir: &Path) -> Result<SecretKey, IdentityError> {
+    let path = dir.join(KEY_FILE);
+    let mut bytes = [0u8; 32];
+    getrandom_fill(&mut bytes, &path)?;
+    let key = SecretKey::from_bytes(&bytes);
+    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&path, format!("{hex}\n").as_bytes())?;
+    Ok(key)
+}
+
+fn getrandom_fill(buf: &mut [u8; 32], path: &Path) -> Result<(), IdentityError> {
+    // iroh's own generator, so the node key is made exactly as iroh makes keys.
+    let k = iroh::SecretKey::generate();
+    buf.copy_from_slice(&k.to_bytes());
+    if buf.iter().all(|b| *b == 0) {
+        return Err(IdentityError::BadKey(path.to_owned()));
+    }
+    Ok(())
+}
+
+pub fn load_key(dir: &Path) -> Result<SecretKey, IdentityError> {
+    let path = dir.join(KEY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(io(&path))?;
+    let hash: Hash = text
+        .trim()
+        .parse()
+        .map_err(|_| IdentityError::BadKey(path.clone()))?;
+    Ok(SecretKey::from_bytes(hash.as_bytes()))
+}
+
+pub fn write_genesis(dir: &Path, genesis: &Signed<Genesis>) -> Result<(), IdentityError> {
+    let path = dir.join(GENESIS_FILE);
+    let bytes = postcard::to_stdvec(genesis)
+        .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string()))?;
+    write_private(&path, &bytes)
+}
+
+/// The genesis record and the network id (its hash).
+pub fn load_genesis(dir: &Path) -> Result<(Genesis, Hash), IdentityError> {
+    let path = dir.join(GENESIS_FILE);
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    let signed: Signed<Genesis> = postcard::from_bytes(&bytes)
+        .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string()))?;
+    let genesis = signed
+        .verify()
+        .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string()))?;
+    Ok((genesis, Hash::of(&bytes)))
+}

@@ -1,0 +1,314 @@
+//! The node: owns every subsystem, starts them in order, stops them in
+//! reverse. `main.rs` only parses arguments and calls [`Node::spawn`].
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use iroh::{
+    Endpoint, RelayMode,
+    endpoint::{PortmapperConfig, presets},
+    protocol::Router,
+};
+use iroh_blobs::{
+    BlobsProtocol,
+    provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
+};
+use maki_protocol::{
+    Domain, Genesis, Hash, Manifest, NodeTicket, PublicKey, SecretKey, rpc::ADMIN_ALPN,
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    admin::{AdminProtocol, PushGate, Sessions},
+    config::Config,
+    content::Content,
+    edge, identity,
+    state::State,
+};
+
+/// A site version being served: the decoded manifest behind its head.
+#[derive(Debug)]
+pub struct LiveSite {
+    pub seq: u64,
+    pub manifest_hash: Hash,
+    pub manifest: Manifest,
+}
+
+/// What the edge serves, swapped atomically per site on publish/rollback.
+#[derive(Debug, Default)]
+pub struct Live {
+    sites: RwLock<HashMap<Domain, Arc<LiveSite>>>,
+}
+
+impl Live {
+    pub fn get(&self, domain: &str) -> Option<Arc<LiveSite>> {
+        let sites = self.sites.read().ok()?;
+        // Host headers are case-insensitive; our domains are lowercase.
+        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            let lower = domain.to_ascii_lowercase();
+            return sites
+                .iter()
+                .find(|(d, _)| d.as_str() == lower)
+                .map(|(_, s)| s.clone());
+        }
+        sites
+            .iter()
+            .find(|(d, _)| d.as_str() == domain)
+            .map(|(_, s)| s.clone())
+    }
+
+    pub fn set(&self, domain: Domain, site: LiveSite) {
+        if let Ok(mut sites) = self.sites.write() {
+            sites.insert(domain, Arc::new(site));
+        }
+    }
+
+    pub fn remove(&self, domain: &Domain) {
+        if let Ok(mut sites) = self.sites.write() {
+            sites.remove(domain);
+        }
+    }
+}
+
+/// Shared by the subsystems; each uses only its part.
+#[derive(Debug)]
+pub struct Shared {
+    pub config: Config,
+    pub genesis: Genesis,
+    pub network: Hash,
+    pub state: State,
+    pub content: Content,
+    pub live: Live,
+    pub sessions: Sessions,
+    pub gate: PushGate,
+    /// Serialises head changes; publishes of different sites are rare
+    /// enough that one lock is simpler than one per site.
+    pub head_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn is_admin(&self, key: &PublicKey) -> bool {
+        self.genesis.admins.contains(key)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Content(#[from] crate::content::ContentError),
+    #[error("cannot bind the p2p endpoint on {addr}: {message}")]
+    Bind { addr: SocketAddr, message: String },
+    #[error("cannot bind the HTTP edge on {addr}: {source}")]
+    BindHttp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running node.
+#[derive(Debug)]
+pub struct Node {
+    shared: Arc<Shared>,
+    router: Router,
+    http_addr: SocketAddr,
+    cancel: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Node {
+    /// Starts a node from an initialised data directory.
+    pub async fn spawn(data_dir: &Path) -> Result<Self, NodeError> {
+        let config = Config::load(data_dir)?;
+        let key = identity::load_key(data_dir)?;
+        let (genesis, network) = identity::load_genesis(data_dir)?;
+        let state = State::open(&data_dir.join("state.redb"))?;
+        let content = Content::load(
+            &blobs_dir(data_dir),
+            config.memory_cache_bytes,
+            config.memory_cache_max_blob,
+        )
+        .await?;
+        let swept = content.sweep_temp().await?;
+        if swept > 0 {
+            info!(swept, "removed leftovers of interrupted publishes");
+        }
+        let live = Live::default();
+        load_live(&state, &content, &live).await?;
+
+        let cancel = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+
+        let endpoint = bind_endpoint(&key, config.p2p).await?;
+        let shared = Arc::new(Shared {
+            config,
+            genesis,
+            network,
+            state,
+            content,
+            live,
+            sessions: Sessions::default(),
+            gate: PushGate::default(),
+            head_lock: tokio::sync::Mutex::new(()),
+        });
+
+        let mask = EventMask {
+            connected: ConnectMode::Intercept,
+            // Members fetch from each other once there is more than one
+            // node; until then nobody reads blobs over p2p.
+            get: RequestMode::Disabled,
+            get_many: RequestMode::Disabled,
+            push: RequestMode::Intercept,
+            observe: ObserveMode::None,
+            ..EventMask::DEFAULT
+        };
+        let (events, events_rx) = EventSender::channel(256, mask);
+        tasks.spawn(crate::admin::run_gate(
+            shared.clone(),
+            events_rx,
+            cancel.clone(),
+        ));
+        let blobs = BlobsProtocol::new(shared.content.store(), Some(events));
+        let router = Router::builder(endpoint)
+            .accept(iroh_blobs::ALPN, blobs)
+            .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone()))
+            .spawn();
+
+        let listener = tokio::net::TcpListener::bind(shared.config.http)
+            .await
+            .map_err(|source| NodeError::BindHttp {
+                addr: shared.config.http,
+                source,
+            })?;
+        let http_addr = listener
+            .local_addr()
+            .map_err(|source| NodeError::BindHttp {
+                addr: shared.config.http,
+                source,
+            })?;
+        tasks.spawn(edge::serve(listener, shared.clone(), cancel.clone()));
+        info!(node = %key.public().fmt_short(), %http_addr, "node started");
+        Ok(Self {
+            shared,
+            router,
+            http_addr,
+            cancel,
+            tasks,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// How to reach this node: its id plus public or bound addresses.
+    pub fn ticket(&self) -> NodeTicket {
+        let ep = self.router.endpoint();
+        let mut addrs = self.shared.config.public_addrs.clone();
+        if addrs.is_empty() {
+            for a in ep.bound_sockets() {
+                if a.ip().is_unspecified() {
+                    addrs.extend(
+                        ep.addr()
+                            .ip_addrs()
+                            .filter(|x| x.port() == a.port())
+                            .copied(),
+                    );
+                } else {
+                    addrs.push(a);
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        NodeTicket {
+            id: PublicKey::from_bytes(*ep.id().as_bytes()).unwrap_or_else(|_| unreachable_key()),
+            addrs,
+        }
+    }
+
+    pub fn network(&self) -> Hash {
+        self.shared.network
+    }
+
+    /// Stops accepting, drains, then closes the stores.
+    pub async fn shutdown(mut self) {
+        self.cancel.cancel();
+        if let Err(error) = self.router.shutdown().await {
+            warn!(%error, "p2p router did not shut down cleanly");
+        }
+        while let Some(res) = self.tasks.join_next().await {
+            if let Err(e) = res {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+        self.shared.content.shutdown().await;
+    }
+}
+
+// A running endpoint's id is always a valid key; this only satisfies the
+// type system without a panic path.
+fn unreachable_key() -> PublicKey {
+    SecretKey::from_bytes(&[0; 32]).public()
+}
+
+pub fn blobs_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("blobs")
+}
+
+async fn bind_endpoint(key: &SecretKey, addr: SocketAddr) -> Result<Endpoint, NodeError> {
+    let err = |message: String| NodeError::Bind { addr, message };
+    // No relays, no n0 discovery, no UPnP: peers come from our own records.
+    let builder = Endpoint::builder(presets::Minimal)
+        .secret_key(iroh::SecretKey::from_bytes(&key.to_bytes()))
+        .relay_mode(RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .alpns(vec![ADMIN_ALPN.to_vec(), iroh_blobs::ALPN.to_vec()])
+        .clear_ip_transports()
+        .bind_addr(addr)
+        .map_err(|e| err(e.to_string()))?;
+    builder.bind().await.map_err(|e| err(e.to_string()))
+}
+
+async fn load_live(state: &State, content: &Content, live: &Live) -> Result<(), NodeError> {
+    for (domain, _) in state.sites()? {
+        let Some(signed) = state.head(&domain)? else {
+            continue;
+        };
+        let Ok(head) = signed.verify() else {
+            warn!(site = %domain, "stored head no longer verifies; not serving it");
+            continue;
+        };
+        match content
+            .get_bytes(head.manifest)
+            .await
+            .map(|b| Manifest::decode(&b))
+        {
+            Ok(Ok(manifest)) => live.set(
+                domain,
+                LiveSite {
+                    seq: head.seq,
+                    manifest_hash: head.manifest,
+                    manifest,
+                },
+            ),
+            Ok(Err(error)) => warn!(site = %domain, %error, "stored manifest does not decode"),
+            Err(error) => warn!(site = %domain, %error, "stored manifest is missing"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,241 @@
+//! The node's durable state: sites, their publishers, heads and kept
+//! versions, in one redb database (`state.redb`).
+//!
+//! Only this module touches the database. A head and the version it adds
+//! are written in one transaction, so a crash leaves either the old head or
+//! the new one, never a mix. Transactions are small and rare (admin
+//! requests), so they run inline.
+
+use std::path::Path;
+
+use maki_protocol::{Domain, Hash, Head, PublicKey, Signed};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+const SITES: TableDefinition<&str, &[u8]> = TableDefinition::new("sites");
+const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
+const VERSIONS: TableDefinition<(&str, u64), &[u8; 32]> = TableDefinition::new("versions");
+
+/// A site as this node records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRec {
+    pub publishers: Vec<PublicKey>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("state database holds an undecodable record for {0}; restore from a peer or backup")]
+    Corrupt(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StateError {
+            fn from(e: $t) -> Self {
+                StateError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+#[derive(Debug)]
+pub struct State {
+    db: redb::Database,
+}
+
+/// What a committed head replaced.
+#[derive(Debug, Default)]
+pub struct Committed {
+    /// Manifests no longer kept (beyond `keep_versions`).
+    pub pruned: Vec<Hash>,
+}
+
+impl State {
+    pub fn open(path: &Path) -> Result<Self, StateError> {
+        let db = redb::Database::create(path)?;
+        let tx = db.begin_write()?;
+        tx.open_table(SITES)?;
+        tx.open_table(HEADS)?;
+        tx.open_table(VERSIONS)?;
+        tx.commit()?;
+        Ok(Self { db })
+    }
+
+    pub fn site(&self, domain: &Domain) -> Result<Option<SiteRec>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SITES)?;
+        match t.get(domain.as_str())? {
+            Some(v) => Ok(Some(decode(domain.as_str(), v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn sites(&self) -> Result<Vec<(Domain, SiteRec)>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(SITES)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            let domain =
+                Domain::new(k.value()).map_err(|_| StateError::Corrupt(k.value().into()))?;
+            out.push((domain, decode(k.value(), v.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Adds a site; false if it already exists (nothing changes then).
+    pub fn add_site(&self, domain: &Domain, rec: &SiteRec) -> Result<bool, StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(SITES)?;
+            if t.get(domain.as_str())?.is_some() {
+                return Ok(false);
+            }
+            t.insert(domain.as_str(), encode(rec).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// Removes a site with its head and versions; returns the manifests it kept.
+    pub fn remove_site(&self, domain: &Domain) -> Result<Option<Vec<Hash>>, StateError> {
+        let tx = self.db.begin_write()?;
+        let manifests = {
+            let mut sites = tx.open_table(SITES)?;
+            if sites.remove(domain.as_str())?.is_none() {
+                return Ok(None);
+            }
+            tx.open_table(HEADS)?.remove(domain.as_str())?;
+            let mut versions = tx.open_table(VERSIONS)?;
+            let gone = versions.extract_from_if(
+                (domain.as_str(), 0)..=(domain.as_str(), u64::MAX),
+                |_, _| true,
+            )?;
+            let mut out = Vec::new();
+            for item in gone {
+                let (_, v) = item?;
+                out.push(Hash::from_bytes(*v.value()));
+            }
+            out
+        };
+        tx.commit()?;
+        Ok(Some(manifests))
+    }
+
+    pub fn head(&self, domain: &Domain) -> Result<Option<Signed<Head>>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(HEADS)?;
+        match t.get(domain.as_str())? {
+            Some(v) => Ok(Some(decode(domain.as_str(), v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Kept versions, newest first: (version, manifest hash).
+    pub fn versions(&self, domain: &Domain) -> Result<Vec<(u64, Hash)>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(VERSIONS)?;
+        let mut out = Vec::new();
+        for item in t.range((domain.as_str(), 0)..=(domain.as_str(), u64::MAX))? {
+            let (k, v) = item?;
+            out.push((k.value().1, Hash::from_bytes(*v.value())));
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Makes `head` current and, for a publish, records `version`; prunes
+    /// versions beyond `keep` (never the one the head names). One transaction.
+    pub fn commit_head(
+        &self,
+        head: &Head,
+        signed: &Signed<Head>,
+        version: Option<u64>,
+        keep: u32,
+    ) -> Result<Committed, StateError> {
+        let site = head.site.as_str();
+        let tx = self.db.begin_write()?;
+        let mut committed = Committed::default();
+        {
+            let mut versions = tx.open_table(VERSIONS)?;
+            if let Some(v) = version {
+                versions.insert((site, v), head.manifest.as_bytes())?;
+            }
+            let mut all = Vec::new();
+            for item in versions.range((site, 0)..=(site, u64::MAX))? {
+                let (k, v) = item?;
+                all.push((k.value().1, Hash::from_bytes(*v.value())));
+            }
+            let excess = all.len().saturating_sub(keep as usize);
+            for (v, hash) in all.into_iter().take(excess) {
+                if hash != head.manifest {
+                    versions.remove((site, v))?;
+                    committed.pruned.push(hash);
+                }
+            }
+            tx.open_table(HEADS)?
+                .insert(site, encode(signed).as_slice())?;
+        }
+        tx.commit()?;
+        Ok(committed)
+    }
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    postcard::to_stdvec(v).unwrap_or_default()
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StateError> {
+    postcard::from_bytes(bytes).map_err(|_| StateError::Corrupt(key.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use maki_protocol::SecretKey;
+
+    use super::*;
+
+    #[test]
+    fn head_and_versions() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let state = State::open(&dir.path().join("s.redb"))?;
+        let d = Domain::new("a.test")?;
+        let sk = SecretKey::from_bytes(&[9; 32]);
+        assert!(state.add_site(
+            &d,
+            &SiteRec {
+                publishers: vec![sk.public()]
+            }
+        )?);
+        assert!(!state.add_site(&d, &SiteRec { publishers: vec![] })?);
+        for v in 1..=4u64 {
+            let head = Head {
+                site: d.clone(),
+                seq: v,
+                manifest: Hash::of(&v.to_le_bytes()),
+            };
+            let c = state.commit_head(&head, &Signed::sign(&sk, &head), Some(v), 2)?;
+            assert_eq!(c.pruned.len(), usize::from(v > 2));
+        }
+        let vs = state.versions(&d)?;
+        assert_eq!(vs.iter().map(|v| v.0).collect::<Vec<_>>(), vec![4, 3]);
+        assert_eq!(
+            state.head(&d)?.map(|h| h.verify().map(|h| h.seq)),
+            Some(Ok(4))
+        );
+        assert_eq!(state.remove_site(&d)?.map(|m| m.len()), Some(2));
+        assert!(state.versions(&d)?.is_empty());
+        assert!(state.head(&d)?.is_none());
+        Ok(())
+    }
+}
