@@ -1,1 +1,440 @@
-fn main() {}
+//! `maki`: publish sites to a Makiatto network and manage it.
+//! Exit codes: 0 success, 1 error (the message names the fix), 2 usage.
+
+use std::{
+    io::IsTerminal,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand};
+use maki::{
+    keys,
+    net::Client,
+    project::{PROJECT_FILE, Project, SiteSection},
+    publish::{self, Outcome, Progress},
+    scan::HashCache,
+};
+use maki_protocol::{
+    Domain, NodeTicket, PublicKey, SecretKey,
+    rpc::{Request, Response},
+};
+
+#[derive(Debug, Parser)]
+#[command(name = "maki", version, about = "Publish sites to a Makiatto network")]
+struct Cli {
+    /// The node to talk to (a `makinode1…` ticket). Default: MAKI_NODE, then maki.toml.
+    #[arg(long, global = true, env = "MAKI_NODE")]
+    node: Option<String>,
+    /// Print lists as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create (once) and print your public key.
+    Keys,
+    /// Write a maki.toml in the current folder.
+    Init {
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Add or remove sites (admins).
+    #[command(subcommand)]
+    Site(SiteCommand),
+    /// Publish a folder as a new version of a site.
+    Publish {
+        /// The folder (default: maki.toml's dir, then the current folder).
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        site: Option<String>,
+        /// Scan, hash and build the manifest, print it, and stop.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// List sites and what they serve.
+    Sites,
+    /// List a site's kept versions.
+    Versions { domain: String },
+    /// Serve an older version again.
+    Rollback {
+        domain: String,
+        /// The version to serve (default: the one before the current).
+        #[arg(long)]
+        to: Option<u64>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SiteCommand {
+    /// Create a site; its publishers default to you.
+    Add {
+        domain: String,
+        #[arg(long = "publisher")]
+        publishers: Vec<PublicKey>,
+    },
+    /// Remove a site; it stops being served.
+    Remove { domain: String },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = rt.block_on(run(cli)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn key() -> Result<SecretKey> {
+    Ok(keys::load_or_create(&keys::home()?)?.0)
+}
+
+fn domain(s: &str) -> Result<Domain> {
+    Domain::new(s).with_context(|| format!("{s:?} is not a domain name"))
+}
+
+fn ticket(cli_node: &Option<String>, project: &Project) -> Result<NodeTicket> {
+    let text = cli_node
+        .clone()
+        .or_else(|| project.site.node.clone())
+        .ok_or_else(|| {
+            anyhow!(
+                "no node given: pass --node TICKET, set MAKI_NODE, or add `node` to {PROJECT_FILE}"
+            )
+        })?;
+    text.parse::<NodeTicket>()
+        .context("the node ticket is not valid")
+}
+
+async fn connect(cli: &Cli, project: &Project) -> Result<(Client, SecretKey)> {
+    let key = key()?;
+    let client = Client::connect(&key, &ticket(&cli.node, project)?).await?;
+    Ok((client, key))
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cwd = std::env::current_dir()?;
+    let project = Project::load(&cwd)?;
+    match &cli.command {
+        Command::Keys => {
+            let home = keys::home()?;
+            let (k, new) = keys::load_or_create(&home)?;
+            if new {
+                eprintln!("created a new key in {}", home.display());
+            }
+            println!("{}", k.public());
+        }
+        Command::Init { site, dir } => {
+            if cwd.join(PROJECT_FILE).exists() {
+                bail!("{PROJECT_FILE} already exists here");
+            }
+            if let Some(s) = site {
+                domain(s)?;
+            }
+            if let Some(n) = &cli.node {
+                n.parse::<NodeTicket>()
+                    .context("the node ticket is not valid")?;
+            }
+            Project {
+                site: SiteSection {
+                    domain: site.clone(),
+                    dir: dir.clone(),
+                    node: cli.node.clone(),
+                },
+            }
+            .save(&cwd)?;
+            println!("wrote {PROJECT_FILE}");
+        }
+        Command::Site(SiteCommand::Add {
+            domain: d,
+            publishers,
+        }) => {
+            let d = domain(d)?;
+            let (client, _) = connect(&cli, &project).await?;
+            client
+                .call(&Request::SiteAdd {
+                    domain: d.clone(),
+                    publishers: publishers.clone(),
+                })
+                .await?;
+            println!("added {d}");
+            client.close().await;
+        }
+        Command::Site(SiteCommand::Remove { domain: d }) => {
+            let d = domain(d)?;
+            let (client, _) = connect(&cli, &project).await?;
+            client
+                .call(&Request::SiteRemove { domain: d.clone() })
+                .await?;
+            println!("removed {d}");
+            client.close().await;
+        }
+        Command::Publish { dir, site, dry_run } => {
+            let site = site
+                .clone()
+                .or_else(|| project.site.domain.clone())
+                .ok_or_else(|| {
+                    anyhow!("which site? pass --site DOMAIN or set `domain` in {PROJECT_FILE}")
+                })?;
+            let site = domain(&site)?;
+            let dir = dir
+                .clone()
+                .or_else(|| project.site.dir.clone())
+                .unwrap_or_else(|| PathBuf::from("."));
+            let dir = if dir.is_absolute() {
+                dir
+            } else {
+                cwd.join(dir)
+            };
+            let cache_path = cache_path(&dir)?;
+            let mut cache = HashCache::load(&cache_path);
+            if *dry_run {
+                let (manifest, scanned) = publish::build(&dir, &site, &mut cache, None, 0)?;
+                cache.save(&cache_path);
+                warn_links(&scanned.skipped_links);
+                print_manifest(&manifest, cli.json)?;
+                return Ok(());
+            }
+            let (client, key) = connect(&cli, &project).await?;
+            let mut progress = Bar::new();
+            let outcome =
+                publish::publish(&client, &key, &dir, &site, &mut cache, &mut progress).await;
+            cache.save(&cache_path);
+            client.close().await;
+            match outcome? {
+                Outcome::Unchanged { version } => {
+                    println!("{site}: unchanged since version {version}; nothing published");
+                }
+                Outcome::Published {
+                    version,
+                    seq,
+                    manifest,
+                    files,
+                    uploaded_blobs,
+                    uploaded_bytes,
+                    skipped_blobs,
+                } => {
+                    println!("{site}: published version {version} (head {seq})");
+                    println!("manifest {manifest}");
+                    println!(
+                        "{files} files; uploaded {uploaded_blobs} blobs ({}), skipped {skipped_blobs} already on the node",
+                        human(uploaded_bytes)
+                    );
+                }
+            }
+        }
+        Command::Sites => {
+            let (client, _) = connect(&cli, &project).await?;
+            let Response::Sites(sites) = client.call(&Request::Sites).await? else {
+                bail!("unexpected answer");
+            };
+            client.close().await;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&sites)?);
+            } else {
+                for s in sites {
+                    match s.head {
+                        Some(h) => println!(
+                            "{}  version {}  {} files  {}  manifest {}",
+                            s.domain,
+                            h.version,
+                            h.files,
+                            human(h.bytes),
+                            h.manifest.fmt_short()
+                        ),
+                        None => println!("{}  (never published)", s.domain),
+                    }
+                }
+            }
+        }
+        Command::Versions { domain: d } => {
+            let d = domain(d)?;
+            let (client, _) = connect(&cli, &project).await?;
+            let versions = publish::versions(&client, &d).await?;
+            client.close().await;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&versions)?);
+            } else {
+                for v in versions {
+                    println!(
+                        "{} {:>5}  {} files  {}  manifest {}",
+                        if v.current { "*" } else { " " },
+                        v.version,
+                        v.files,
+                        human(v.bytes),
+                        v.manifest
+                    );
+                }
+            }
+        }
+        Command::Rollback { domain: d, to } => {
+            let d = domain(d)?;
+            let (client, key) = connect(&cli, &project).await?;
+            let (version, seq) = publish::rollback(&client, &key, &d, *to).await?;
+            client.close().await;
+            println!("{d}: now serving version {version} (head {seq})");
+        }
+    }
+    Ok(())
+}
+
+/// Where the stat → hash cache of a folder lives: outside the folder.
+fn cache_path(dir: &Path) -> Result<PathBuf> {
+    let canon = dir
+        .canonicalize()
+        .with_context(|| format!("cannot open {}", dir.display()))?;
+    let id = blake3::hash(canon.as_os_str().as_encoded_bytes()).to_hex();
+    Ok(keys::home()?.join("cache").join(&id[..32]))
+}
+
+fn warn_links(links: &[PathBuf]) {
+    for l in links {
+        eprintln!(
+            "warning: skipped {} (a symlink out of the folder)",
+            l.display()
+        );
+    }
+}
+
+fn print_manifest(m: &maki_protocol::Manifest, json: bool) -> Result<()> {
+    let hash = m.hash();
+    if json {
+        #[derive(serde::Serialize)]
+        struct Out<'a> {
+            manifest: String,
+            site: &'a Domain,
+            files: usize,
+            bytes: u64,
+            entries: Vec<serde_json::Value>,
+        }
+        let entries = m
+            .entries
+            .iter()
+            .map(|(p, e)| {
+                serde_json::json!({
+                    "path": p.as_str(), "hash": e.hash.to_string(), "size": e.size,
+                    "content_type": e.content_type,
+                    "encodings": e.encodings.iter().map(|(k, v)| (k.token(), v.hash.to_string())).collect::<std::collections::BTreeMap<_, _>>(),
+                })
+            })
+            .collect();
+        let out = Out {
+            manifest: hash.to_string(),
+            site: &m.site,
+            files: m.entries.len(),
+            bytes: m.total_size(),
+            entries,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    for (p, e) in &m.entries {
+        let encs: Vec<&str> = e.encodings.keys().map(|k| k.token()).collect();
+        writeln!(
+            out,
+            "{}  {:>10}  {}  {}  {}",
+            e.hash,
+            e.size,
+            e.content_type,
+            encs.join(","),
+            p
+        )?;
+    }
+    writeln!(
+        out,
+        "{} rules, {} redirects",
+        m.headers.len(),
+        m.redirects.len()
+    )?;
+    writeln!(
+        out,
+        "{} files, {}; manifest {hash} (unsigned, dry run)",
+        m.entries.len(),
+        human(m.total_size())
+    )?;
+    Ok(())
+}
+
+fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// A progress bar on a terminal, plain lines otherwise.
+struct Bar {
+    bar: Option<indicatif::ProgressBar>,
+    done: u64,
+    total: u64,
+}
+
+impl Bar {
+    fn new() -> Self {
+        Self {
+            bar: None,
+            done: 0,
+            total: 0,
+        }
+    }
+}
+
+impl Progress for Bar {
+    fn start(&mut self, total: u64, blobs: usize) {
+        self.total = total;
+        if blobs == 0 {
+            return;
+        }
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "uploading {bar:30} {bytes}/{total_bytes} {bytes_per_sec}",
+            ) {
+                bar.set_style(style);
+            }
+            self.bar = Some(bar);
+        } else {
+            eprintln!("uploading {blobs} blobs ({})", human(total));
+        }
+    }
+
+    fn advance(&mut self, bytes: u64) {
+        self.done += bytes;
+        if let Some(b) = &self.bar {
+            b.set_position(self.done);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        } else if self.total > 0 {
+            eprintln!("uploaded {}", human(self.done));
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Publishing: scan → manifest → signed head → ask the node what it lacks
+//! → push only that → commit. Also rollback.
+
+use std::{path::Path, time::SystemTime};
+
+use iroh_blobs::{
+    protocol::{ChunkRangesSeq, PushRequest},
+    store::mem::MemStore,
+};
+use maki_protocol::{
+    Domain, Hash, Head, MANIFEST_FORMAT, Manifest, SecretKey, Signed,
+    rpc::{Request, Response, RpcError, SiteInfo, VersionInfo},
+};
+
+use crate::{
+    net::{Client, NetError},
+    scan::{self, HashCache, ScanError, Scanned},
+};
+
+/// Bytes held in memory at once while uploading.
+const BATCH_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    #[error(transparent)]
+    Scan(#[from] ScanError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("the node asked for blob {0}, which this folder does not have")]
+    UnknownBlob(Hash),
+    #[error("{path} changed while publishing; publish again")]
+    Changed { path: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("upload of {hash} failed: {message}")]
+    Push { hash: Hash, message: String },
+    #[error("the node answered {0:?} where it should not")]
+    Unexpected(String),
+}
+
+/// Scans `dir` and builds the manifest that would be published.
+pub fn build(
+    dir: &Path,
+    site: &Domain,
+    cache: &mut HashCache,
+    parent: Option<Hash>,
+    version: u64,
+) -> Result<(Manifest, Scanned), ScanError> {
+    let mut scanned = scan::scan(dir, cache)?;
+    let manifest = Manifest {
+        format: MANIFEST_FORMAT,
+        site: site.clone(),
+        version,
+        parent,
+        created: now(),
+        entries: std::mem::take(&mut scanned.entries),
+        headers: std::mem::take(&mut scanned.headers),
+        redirects: std::mem::take(&mut scanned.redirects),
+    };
+    Ok((manifest, scanned))
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What a publish did.
+#[derive(Debug)]
+pub enum Outcome {
+    Unchanged {
+        version: u64,
+    },
+    Published {
+        version: u64,
+        seq: u64,
+        manifest: Hash,
+        files: usize,
+        uploaded_blobs: usize,
+        uploaded_bytes: u64,
+        skipped_blobs: usize,
+    },
+}
+
+/// Progress callbacks: bytes uploaded so far of a total.
+pub trait Progress {
+    fn start(&mut self, total_bytes: u64, blobs: usize);
+    fn advance(&mut self, bytes: u64);
+    fn finish(&mut self);
+}
+
+/// The site's current state as its publisher sees it.
+pub async fn site_info(client: &Client, site: &Domain) -> Result<SiteInfo, PublishError> {
+    // Versions gives the precise refusal (unknown site / not a publisher).
+    client
+        .call(&Request::Versions {
+            domain: site.clone(),
+        })
+        .await?;
+    match client.call(&Request::Sites).await? {
+        Response::Sites(sites) => sites
+            .into_iter()
+            .find(|s| &s.domain == site)
+            .ok_or_else(|| NetError::Refused(RpcError::UnknownSite(site.clone())).into()),
+        other => Err(PublishError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+pub async fn publish(
+    client: &Client,
+    key: &SecretKey,
+    dir: &Path,
+    site: &Domain,
+    cache: &mut HashCache,
+    progress: &mut dyn Progress,
+) -> Result<Outcome, PublishError> {
+    let info = site_info(client, site).await?;
+    let parent = info.head.as_ref().map(|h| h.manifest);
+    let seq = info.head.as_ref().map_or(0, |h| h.seq) + 1;
+    let (manifest, scanned) = build(dir, site, cache, parent, info.latest_version + 1)?;
+    let bytes = manifest.to_bytes();
+    let hash = Hash::of(&bytes);
+    let head = Head {
+        site: site.clone(),
+        seq,
+        manifest: hash,
+    };
+    let signed = Signed::sign(key, &head);
+    let (session, missing) = match client
+        .call(&Request::PublishBegin {
+            head: signed,
+            manifest: bytes,
+        })
+        .await?
+    {
+        Response::Unchanged { version } => return Ok(Outcome::Unchanged { version }),
+        Response::Missing {
+            session, hashes, ..
+        } => (session, hashes),
+        other => return Err(PublishError::Unexpected(format!("{other:?}"))),
+    };
+    let all = manifest.blobs();
+    let total: u64 = missing.iter().filter_map(|h| all.get(h)).sum();
+    progress.start(total, missing.len());
+    if !missing.is_empty() {
+        upload(client, &scanned, &missing, &all, progress).await?;
+    }
+    progress.finish();
+    match client.call(&Request::PublishCommit { session }).await? {
+        Response::Published { version, seq } => Ok(Outcome::Published {
+            version,
+            seq,
+            manifest: hash,
+            files: manifest.entries.len(),
+            uploaded_blobs: missing.len(),
+            uploaded_bytes: total,
+            skipped_blobs: all.len() - missing.len(),
+        }),
+        other => Err(PublishError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Pushes `missing` in batches, each through a fresh in-memory store so the
+/// client's memory stays bounded by [`BATCH_BYTES`] whatever the site size.
+async fn upload(
+    client: &Client,
+    scanned: &Scanned,
+    missing: &[Hash],
+    sizes: &std::collections::BTreeMap<Hash, u64>,
+    progress: &mut dyn Progress,
+) -> Result<(), PublishError> {
+    let conn = client.blobs_connection().await?;
+    let mut batch: Vec<Hash> = Vec::new();
+    let mut batch_bytes = 0;
+    for (i, hash) in missing.iter().enumerate() {
+        batch.push(*hash);
+        batch_bytes += sizes.get(hash).copied().unwrap_or(0);
+        if batch_bytes >= BATCH_BYTES || i + 1 == missing.len() {
+            push_batch(&conn, scanned, &batch, progress).await?;
+            batch.clear();
+            batch_bytes = 0;
+        }
+    }
+    conn.close(0u32.into(), b"done");
+    Ok(())
+}
+
+async fn push_batch(
+    conn: &iroh::endpoint::Connection,
+    scanned: &Scanned,
+    batch: &[Hash],
+    progress: &mut dyn Progress,
+) -> Result<(), PublishError> {
+    let store = MemStore::new();
+    let mut tags = Vec::with_capacity(batch.len());
+    for hash in batch {
+        let (path, enc) = scanned
+            .sources
+            .get(hash)
+            .ok_or(PublishError::UnknownBlob(*hash))?;
+        let data = std::fs::read(path).map_err(|source| PublishError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let data = match enc {
+            Some(e) => scan::compress(&data, *e),
+            None => data,
+        };
+        if Hash::of(&data) != *hash {
+            return Err(PublishError::Changed {
+                path: path.display().to_string(),
+            });
+        }
+        let len = data.len() as u64;
+        let tag = store
+            .add_bytes(data)
+            .temp_tag()
+            .await
+            .map_err(|e| PublishError::Push {
+                hash: *hash,
+                message: e.to_string(),
+            })?;
+        tags.push((tag, len));
+    }
+    for (tag, len) in &tags {
+        let hash = tag.hash();
+        store
+            .remote()
+            .execute_push(conn.clone(), PushRequest::new(hash, ChunkRangesSeq::root()))
+            .await
+            .map_err(|e| PublishError::Push {
+                hash: Hash::from_bytes(*hash.as_bytes()),
+                message: e.to_string(),
+            })?;
+        progress.advance(*len);
+    }
+    drop(tags);
+    store.shutdown().await.ok();
+    Ok(())
+}
+
+/// Versions of a site, newest first.
+pub async fn versions(client: &Client, site: &Domain) -> Result<Vec<VersionInfo>, PublishError> {
+    match client
+        .call(&Request::Versions {
+            domain: site.clone(),
+        })
+        .await?
+    {
+        Response::Versions(v) => Ok(v),
+        other => Err(PublishError::Unexpected(format!("{other:?}"))),
+    }
+}
+
+/// Makes `to` (default: the kept version just before the current one) live.
+pub async fn rollback(
+    client: &Client,
+    key: &SecretKey,
+    site: &Domain,
+    to: Option<u64>,
+) -> Result<(u64, u64), PublishError> {
+    let info = site_info(client, site).await?;
+    let kept = versions(client, site).await?;
+    let current = info.head.as_ref().ok_or_else(|| {
+        PublishError::Net(NetError::Refused(RpcError::BadRequest(format!(
+            "{site} has never been published"
+        ))))
+    })?;
+    let target = match to {
+        Some(v) => kept.iter().find(|k| k.version == v),
+        None => kept.iter().find(|k| k.version < current.version),
+    }
+    .ok_or_else(|| {
+        let what = to.map_or("an older version".to_owned(), |v| format!("version {v}"));
+        NetError::Refused(RpcError::BadRequest(format!(
+            "{what} of {site} is not kept; see `maki versions {site}`"
+        )))
+    })?;
+    let head = Head {
+        site: site.clone(),
+        seq: current.seq + 1,
+        manifest: target.manifest,
+    };
+    match client
+        .call(&Request::Rollback {
+            head: Signed::sign(key, &head),
+        })
+        .await?
+    {
+        Response::Published { version, seq } => Ok((version, seq)),
+        other => Err(PublishError::Unexpected(format!("{other:?}"))),
+    }
+}
