@@ -147,11 +147,18 @@ pub async fn publish(
     let all = manifest.blobs();
     let total: u64 = missing.iter().filter_map(|h| all.get(h)).sum();
     progress.start(total, missing.len());
-    if !missing.is_empty() {
-        upload(client, &scanned, &missing, &all, progress).await?;
-    }
+    let conn = if missing.is_empty() {
+        None
+    } else {
+        Some(upload(client, &scanned, &missing, &all, progress).await?)
+    };
     progress.finish();
-    match client.call(&Request::PublishCommit { session }).await? {
+    let committed = client.call(&Request::PublishCommit { session }).await;
+    // Only now: closing earlier could cut pushes the node is still reading.
+    if let Some(conn) = conn {
+        conn.close(0u32.into(), b"done");
+    }
+    match committed? {
         Response::Published { version, seq } => Ok(Outcome::Published {
             version,
             seq,
@@ -173,7 +180,7 @@ async fn upload(
     missing: &[Hash],
     sizes: &std::collections::BTreeMap<Hash, u64>,
     progress: &mut dyn Progress,
-) -> Result<(), PublishError> {
+) -> Result<iroh::endpoint::Connection, PublishError> {
     let conn = client.blobs_connection().await?;
     let mut batch: Vec<Hash> = Vec::new();
     let mut batch_bytes = 0;
@@ -186,8 +193,7 @@ async fn upload(
             batch_bytes = 0;
         }
     }
-    conn.close(0u32.into(), b"done");
-    Ok(())
+    Ok(conn)
 }
 
 async fn push_batch(

@@ -31,7 +31,7 @@ use crate::{
     state::SiteRec,
 };
 
-/// How long a commit waits for pushed blobs to finish landing in the store.
+/// How long a commit waits, in all, for pushed blobs to finish landing.
 const LANDING_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A publish between `PublishBegin` and `PublishCommit`.
@@ -535,14 +535,15 @@ impl AdminProtocol {
         let content = &self.shared.content;
         // Pushes are acknowledged when sent; wait until each has landed.
         let blobs = s.manifest.blobs();
+        let deadline = tokio::time::Instant::now() + LANDING_TIMEOUT;
         let mut absent = Vec::new();
         for hash in &s.missing {
             let want = blobs.get(hash).copied();
             if content.complete_size(*hash).await.map_err(internal)? == want {
                 continue;
             }
-            let landed = tokio::time::timeout(
-                LANDING_TIMEOUT,
+            let landed = tokio::time::timeout_at(
+                deadline,
                 content
                     .store()
                     .blobs()

@@ -1,1 +1,364 @@
+//! A harness that runs the real `makiatto` and `maki` binaries: nodes on
+//! loopback with port 0, the CLI with its own `MAKI_HOME`, and a plain
+//! HTTP client. Used by the tests in `tests/` and by the quick start.
 
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+/// Paths of the built binaries.
+#[derive(Debug, Clone)]
+pub struct Bins {
+    pub makiatto: PathBuf,
+    pub maki: PathBuf,
+}
+
+/// Locates both binaries next to the running executable (`target/<profile>`).
+///
+/// `cargo test --workspace` builds them in the same invocation as the tests
+/// (the node and client crates have integration tests, which makes cargo
+/// build their binaries), so they share one feature set and nothing is
+/// compiled twice. A binary older than the sources is refused rather than
+/// silently tested.
+pub fn bins() -> Result<Bins> {
+    let exe = std::env::current_exe()?;
+    let mut dir = exe.parent().context("executable has no folder")?.to_owned();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bins = Bins {
+        makiatto: dir.join("makiatto"),
+        maki: dir.join("maki"),
+    };
+    let newest_source = newest_mtime(&workspace_root().join("protocol/src"))?
+        .max(newest_mtime(&workspace_root().join("node/src"))?)
+        .max(newest_mtime(&workspace_root().join("client/src"))?);
+    for bin in [&bins.makiatto, &bins.maki] {
+        let built = std::fs::metadata(bin)
+            .and_then(|m| m.modified())
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "{} is not built; run `cargo test --workspace`",
+                    bin.display()
+                )
+            })?;
+        ensure!(
+            built >= newest_source,
+            "{} is older than the sources; run `cargo test --workspace` (or `cargo build --workspace --bins`)",
+            bin.display()
+        );
+    }
+    Ok(bins)
+}
+
+/// Builds both binaries with `cargo build --workspace --bins` (the quick
+/// start's path: it runs from `cargo run`, which sets `CARGO`).
+pub fn build_bins() -> Result<Bins> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(cargo)
+        .args(["build", "--workspace", "--bins"])
+        .current_dir(workspace_root())
+        .status()?;
+    ensure!(status.success(), "cargo build failed");
+    bins()
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_owned)
+}
+
+fn newest_mtime(dir: &Path) -> Result<std::time::SystemTime> {
+    let mut newest = std::time::SystemTime::UNIX_EPOCH;
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let m = e.metadata()?;
+        let t = if m.is_dir() {
+            newest_mtime(&e.path())?
+        } else {
+            m.modified()?
+        };
+        newest = newest.max(t);
+    }
+    Ok(newest)
+}
+
+/// A running node, stopped (SIGTERM, then wait) when dropped.
+#[derive(Debug)]
+pub struct NodeProc {
+    pub dir: PathBuf,
+    pub http: SocketAddr,
+    pub ticket: String,
+    child: Child,
+    stderr_log: PathBuf,
+}
+
+impl NodeProc {
+    /// `makiatto init` in `dir` with `admins`, on loopback ports 0.
+    pub fn init(dir: &Path, admins: &[String]) -> Result<()> {
+        let bins = bins()?;
+        let mut cmd = Command::new(&bins.makiatto);
+        cmd.arg("init").arg("--data-dir").arg(dir).args([
+            "--http",
+            "127.0.0.1:0",
+            "--p2p",
+            "127.0.0.1:0",
+        ]);
+        for a in admins {
+            cmd.args(["--admin", a]);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!(
+                "makiatto init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
+    /// `makiatto run`, waiting for its `ready` line.
+    pub fn start(dir: &Path) -> Result<Self> {
+        let bins = bins()?;
+        let stderr_log = dir.join("node.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_log)?;
+        let mut child = Command::new(&bins.makiatto)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(dir)
+            .env("MAKIATTO_LOG", "info,iroh=warn,iroh_blobs=warn")
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let ok = BufReader::new(stdout).read_line(&mut line).is_ok();
+            tx.send(ok.then_some(line)).ok();
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(line)) if line.starts_with("ready ") => line,
+            other => {
+                child.kill().ok();
+                child.wait().ok();
+                let log = std::fs::read_to_string(&stderr_log).unwrap_or_default();
+                bail!("node did not get ready ({other:?}); its log:\n{log}");
+            }
+        };
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
+                .map(str::to_owned)
+        };
+        let http = field("http").context("no http= in ready line")?.parse()?;
+        let ticket = field("ticket").context("no ticket= in ready line")?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            http,
+            ticket,
+            child,
+            stderr_log,
+        })
+    }
+
+    /// The node's log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub fn stop(mut self) -> Result<std::process::ExitStatus> {
+        self.terminate()
+    }
+
+    fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        if let Some(status) = self.child.try_wait()? {
+            return Ok(status);
+        }
+        Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()?;
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child.kill().ok();
+        Ok(self.child.wait()?)
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.terminate().ok();
+    }
+}
+
+/// The CLI with its own home (key) and a default node.
+#[derive(Debug, Clone)]
+pub struct Maki {
+    pub home: PathBuf,
+    pub node: Option<String>,
+    pub cwd: PathBuf,
+}
+
+impl Maki {
+    pub fn new(home: &Path, node: Option<&str>) -> Self {
+        Self {
+            home: home.to_owned(),
+            node: node.map(str::to_owned),
+            cwd: home.to_owned(),
+        }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Result<Command> {
+        let mut cmd = Command::new(bins()?.maki);
+        cmd.args(args)
+            .current_dir(&self.cwd)
+            .env("MAKI_HOME", &self.home)
+            .env_remove("MAKI_NODE");
+        if let Some(n) = &self.node {
+            cmd.env("MAKI_NODE", n);
+        }
+        Ok(cmd)
+    }
+
+    /// Runs and returns the output, whatever the exit status.
+    pub fn output(&self, args: &[&str]) -> Result<Output> {
+        Ok(self.command(args)?.output()?)
+    }
+
+    /// Runs, fails unless it succeeded, and returns stdout.
+    pub fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.output(args)?;
+        if !out.status.success() {
+            bail!(
+                "maki {args:?} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    /// Runs, fails unless it FAILED, and returns stderr.
+    pub fn fails(&self, args: &[&str]) -> Result<String> {
+        let out = self.output(args)?;
+        if out.status.success() {
+            bail!("maki {args:?} succeeded but should have failed");
+        }
+        Ok(String::from_utf8(out.stderr)?)
+    }
+
+    /// `maki keys`: the public key (created on first use).
+    pub fn key(&self) -> Result<String> {
+        Ok(self.ok(&["keys"])?.trim().to_owned())
+    }
+}
+
+/// An HTTP response, body collected.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+/// One HTTP/1.1 request on a fresh connection.
+pub async fn http_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<Reply> {
+    request(addr, "GET", host, path, headers, false).await
+}
+
+/// Like [`http_get`] with any method, over HTTP/1.1 or HTTP/2 (h2c prior knowledge).
+pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    h2: bool,
+) -> Result<Reply> {
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    let io = TokioIo::new(stream);
+    let mut req = http::Request::builder().method(method);
+    req = if h2 {
+        req.uri(format!("http://{host}{path}"))
+    } else {
+        req.uri(path).header(http::header::HOST, host)
+    };
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
+    let resp = if h2 {
+        let (mut send, conn) =
+            hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await?;
+        let task = tokio::spawn(conn);
+        let r = send.send_request(req).await?;
+        let (parts, body) = r.into_parts();
+        let body = body.collect().await?.to_bytes();
+        task.abort();
+        (parts, body)
+    } else {
+        let (mut send, conn) = hyper::client::conn::http1::handshake(io).await?;
+        let task = tokio::spawn(conn);
+        let r = send.send_request(req).await?;
+        let (parts, body) = r.into_parts();
+        let body = body.collect().await?.to_bytes();
+        task.abort();
+        (parts, body)
+    };
+    Ok(Reply {
+        status: resp.0.status.as_u16(),
+        headers: resp.0.headers,
+        body: resp.1,
+    })
+}
+
+/// Copies a folder tree (files and folders only).
+pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let target = to.join(e.file_name());
+        if e.file_type()?.is_dir() {
+            copy_dir(&e.path(), &target)?;
+        } else {
+            std::fs::copy(e.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// The workspace's `examples/site`.
+pub fn example_site() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/site")
+}
