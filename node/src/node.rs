@@ -6,11 +6,12 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use iroh::{
     Endpoint, RelayMode,
-    endpoint::{PortmapperConfig, presets},
+    endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, presets},
     protocol::Router,
 };
 use iroh_blobs::{
@@ -31,6 +32,9 @@ use crate::{
     edge, identity,
     state::State,
 };
+
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A site version being served: the decoded manifest behind its head.
 #[derive(Debug)]
@@ -273,7 +277,14 @@ pub fn blobs_dir(data_dir: &Path) -> PathBuf {
 async fn bind_endpoint(key: &SecretKey, addr: SocketAddr) -> Result<Endpoint, NodeError> {
     let err = |message: String| NodeError::Bind { addr, message };
     // No relays, no n0 discovery, no UPnP: peers come from our own records.
+    // A peer that vanishes (a killed CLI mid-publish) is noticed within
+    // the idle timeout, so its abandoned publish is cleaned up promptly.
+    let transport = QuicTransportConfig::builder()
+        .keep_alive_interval(KEEP_ALIVE)
+        .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok())
+        .build();
     let builder = Endpoint::builder(presets::Minimal)
+        .transport_config(transport)
         .secret_key(iroh::SecretKey::from_bytes(&key.to_bytes()))
         .relay_mode(RelayMode::Disabled)
         .portmapper_config(PortmapperConfig::Disabled)

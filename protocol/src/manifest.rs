@@ -38,6 +38,19 @@ pub struct Manifest {
     pub redirects: Vec<RedirectRule>,
 }
 
+/// The wire layout of [`Manifest`] with unvalidated strings.
+#[derive(Deserialize)]
+struct RawManifest {
+    format: u16,
+    site: String,
+    version: u64,
+    parent: Option<Hash>,
+    created: u64,
+    entries: BTreeMap<String, Entry>,
+    headers: Vec<HeaderRule>,
+    redirects: Vec<RedirectRule>,
+}
+
 /// One file of a site.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
@@ -81,6 +94,13 @@ pub enum ManifestError {
     NewerFormat { found: u16 },
     #[error("manifest does not decode: {0}")]
     Decode(String),
+    #[error("manifest has an invalid path {path:?}: {error}")]
+    BadPath {
+        path: String,
+        error: crate::SitePathError,
+    },
+    #[error("manifest names an invalid site: {0}")]
+    BadSite(String),
     #[error("manifest has trailing bytes after its end")]
     TrailingBytes,
     #[error("manifest has {0} entries; the limit is {MAX_ENTRIES}")]
@@ -109,11 +129,32 @@ impl Manifest {
         if format > MANIFEST_FORMAT {
             return Err(ManifestError::NewerFormat { found: format });
         }
-        let (m, rest) = postcard::take_from_bytes::<Manifest>(bytes)
+        // Decode paths and the domain as plain strings first, so a bad one
+        // is reported as itself rather than as an opaque serde error.
+        let (raw, rest) = postcard::take_from_bytes::<RawManifest>(bytes)
             .map_err(|e| ManifestError::Decode(e.to_string()))?;
         if !rest.is_empty() {
             return Err(ManifestError::TrailingBytes);
         }
+        let site = Domain::new(&raw.site).map_err(|e| ManifestError::BadSite(e.to_string()))?;
+        let mut entries = BTreeMap::new();
+        for (path, entry) in raw.entries {
+            let p = SitePath::new(&path).map_err(|error| ManifestError::BadPath {
+                path: path.escape_debug().to_string(),
+                error,
+            })?;
+            entries.insert(p, entry);
+        }
+        let m = Manifest {
+            format: raw.format,
+            site,
+            version: raw.version,
+            parent: raw.parent,
+            created: raw.created,
+            entries,
+            headers: raw.headers,
+            redirects: raw.redirects,
+        };
         if m.entries.len() > MAX_ENTRIES {
             return Err(ManifestError::TooManyEntries(m.entries.len()));
         }
@@ -243,10 +284,13 @@ mod tests {
             .position(|w| w == b"index.html")
             .expect("path in bytes");
         bytes[at..at + 10].copy_from_slice(b"../../etcx");
-        assert!(matches!(
+        assert_eq!(
             Manifest::decode(&bytes),
-            Err(ManifestError::Decode(_))
-        ));
+            Err(ManifestError::BadPath {
+                path: "../../etcx".into(),
+                error: crate::SitePathError::DotSegment
+            })
+        );
     }
 
     proptest! {

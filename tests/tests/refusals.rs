@@ -1,0 +1,336 @@
+//! Bad input gets a clear, typed refusal and changes nothing: unauthorised
+//! callers, forged signatures, traversal paths, stale parents, unrequested
+//! pushes, and a publish whose client dies mid-upload.
+
+use std::{process::Stdio, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use maki::net::{Client, NetError};
+use maki_e2e::{Maki, NodeProc, copy_dir, example_site, http_get};
+use maki_protocol::{
+    Domain, Hash, Head, Manifest, NodeTicket, Signed,
+    rpc::{Request, Response, RpcError},
+};
+
+const SITE: &str = "example.test";
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    node: NodeProc,
+    admin: Maki,
+    site_dir: std::path::PathBuf,
+}
+
+fn setup() -> Result<Setup> {
+    let tmp = tempfile::tempdir()?;
+    let home = tmp.path().join("admin");
+    std::fs::create_dir_all(&home)?;
+    let key = Maki::new(&home, None).key()?;
+    let data = tmp.path().join("node");
+    NodeProc::init(&data, &[key])?;
+    let node = NodeProc::start(&data)?;
+    let admin = Maki::new(&home, Some(&node.ticket));
+    admin.ok(&["site", "add", SITE])?;
+    let site_dir = tmp.path().join("site");
+    copy_dir(&example_site(), &site_dir)?;
+    admin.ok(&["publish", &site_dir.to_string_lossy(), "--site", SITE])?;
+    Ok(Setup {
+        tmp,
+        node,
+        admin,
+        site_dir,
+    })
+}
+
+fn refused(r: Result<Response, NetError>) -> Result<RpcError> {
+    match r {
+        Err(NetError::Refused(e)) => Ok(e),
+        other => anyhow::bail!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn unauthorised_callers_are_refused() -> Result<()> {
+    let s = setup()?;
+    let home = s.tmp.path().join("stranger");
+    std::fs::create_dir_all(&home)?;
+    let stranger = Maki::new(&home, Some(&s.node.ticket));
+    let key = stranger.key()?;
+
+    let err = stranger.fails(&["publish", &s.site_dir.to_string_lossy(), "--site", SITE])?;
+    ensure!(
+        err.contains("may not publish example.test") && err.contains("--publisher"),
+        "{err}"
+    );
+    let err = stranger.fails(&["site", "add", "other.test"])?;
+    ensure!(err.contains("is not an admin"), "{err}");
+    let err = stranger.fails(&["rollback", SITE])?;
+    ensure!(err.contains("may not publish"), "{err}");
+    let sites = stranger.ok(&["sites"])?;
+    ensure!(sites.trim().is_empty(), "a stranger sees no sites: {sites}");
+
+    // Once an admin names them publisher, the same command works.
+    s.admin
+        .ok(&["site", "add", "theirs.test", "--publisher", &key])?;
+    let mut changed = s.tmp.path().join("theirs");
+    copy_dir(&s.site_dir, &changed)?;
+    let out = stranger.ok(&[
+        "publish",
+        &changed.to_string_lossy(),
+        "--site",
+        "theirs.test",
+    ])?;
+    ensure!(out.contains("published version 1"), "{out}");
+    // Every blob was already on the node: nothing uploaded twice.
+    ensure!(out.contains("uploaded 0 blobs"), "{out}");
+    changed.push("index.html");
+    ensure!(http_get(s.node.http, "theirs.test", "/", &[]).await?.status == 200);
+    ensure!(
+        s.admin
+            .fails(&["site", "add", SITE])?
+            .contains("already exists")
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn forged_and_malformed_publishes_change_nothing() -> Result<()> {
+    let s = setup()?;
+    let before = http_get(s.node.http, SITE, "/", &[]).await?;
+    let (key, _) = maki::keys::load_or_create(&s.admin.home)?;
+    let ticket: NodeTicket = s.node.ticket.parse()?;
+    let client = Client::connect(&key, &ticket).await?;
+    let site = Domain::new(SITE)?;
+    let Response::Sites(sites) = client.call(&Request::Sites).await? else {
+        anyhow::bail!("no sites");
+    };
+    let head = sites[0].head.clone().context("published")?;
+
+    // A manifest for version 2 that removes everything.
+    let mut m = Manifest {
+        format: maki_protocol::MANIFEST_FORMAT,
+        site: site.clone(),
+        version: 2,
+        parent: Some(head.manifest),
+        created: 0,
+        entries: Default::default(),
+        headers: vec![],
+        redirects: vec![],
+    };
+    let next = |manifest: Hash| Head {
+        site: site.clone(),
+        seq: head.seq + 1,
+        manifest,
+    };
+
+    // Forged signature: flip one bit of the signature bytes.
+    let signed = Signed::sign(&key, &next(m.hash()));
+    let mut wire = postcard::to_stdvec(&signed)?;
+    let last = wire.len() - 1;
+    wire[last] ^= 1;
+    let forged: Signed<Head> = postcard::from_bytes(&wire)?;
+    let e = refused(
+        client
+            .call(&Request::PublishBegin {
+                head: forged,
+                manifest: m.to_bytes(),
+            })
+            .await,
+    )?;
+    ensure!(e == RpcError::BadSignature, "{e}");
+
+    // Signed by someone other than the caller.
+    let other = maki_protocol::SecretKey::from_bytes(&[42; 32]);
+    let e = refused(
+        client
+            .call(&Request::PublishBegin {
+                head: Signed::sign(&other, &next(m.hash())),
+                manifest: m.to_bytes(),
+            })
+            .await,
+    )?;
+    ensure!(e == RpcError::SignerMismatch, "{e}");
+
+    // Manifest bytes that do not match the signed hash.
+    let e = refused(
+        client
+            .call(&Request::PublishBegin {
+                head: Signed::sign(&key, &next(Hash::of(b"x"))),
+                manifest: m.to_bytes(),
+            })
+            .await,
+    )?;
+    ensure!(matches!(e, RpcError::InvalidManifest(_)), "{e}");
+
+    // A traversal path smuggled into the manifest bytes.
+    let mut entries = std::collections::BTreeMap::new();
+    entries.insert(
+        maki_protocol::SitePath::new("aa/passwd")?,
+        maki_protocol::Entry {
+            hash: Hash::of(b"p"),
+            size: 1,
+            content_type: "text/plain".into(),
+            encodings: Default::default(),
+        },
+    );
+    m.entries = entries;
+    let mut bytes = m.to_bytes();
+    let at = bytes
+        .windows(9)
+        .position(|w| w == b"aa/passwd")
+        .context("path")?;
+    bytes[at..at + 3].copy_from_slice(b"../");
+    let e = refused(
+        client
+            .call(&Request::PublishBegin {
+                head: Signed::sign(&key, &next(Hash::of(&bytes))),
+                manifest: bytes,
+            })
+            .await,
+    )?;
+    ensure!(
+        matches!(&e, RpcError::InvalidManifest(msg) if msg.contains("'..'")),
+        "{e}"
+    );
+
+    // A stale parent: built on nothing, though version 1 is live.
+    m.entries.clear();
+    m.parent = None;
+    let e = refused(
+        client
+            .call(&Request::PublishBegin {
+                head: Signed::sign(&key, &next(m.hash())),
+                manifest: m.to_bytes(),
+            })
+            .await,
+    )?;
+    ensure!(
+        matches!(e, RpcError::StaleParent { current: Some(h) } if h == head.manifest),
+        "{e}"
+    );
+    ensure!(e.to_string().contains("publish again"));
+
+    // A head that skips sequence numbers.
+    m.parent = Some(head.manifest);
+    let mut skip = next(m.hash());
+    skip.seq += 5;
+    let e = refused(
+        client
+            .call(&Request::PublishBegin {
+                head: Signed::sign(&key, &skip),
+                manifest: m.to_bytes(),
+            })
+            .await,
+    )?;
+    ensure!(matches!(e, RpcError::StaleSeq { .. }), "{e}");
+
+    // Committing a session that does not exist.
+    let e = refused(client.call(&Request::PublishCommit { session: 7 }).await)?;
+    ensure!(e == RpcError::UnknownSession(7), "{e}");
+
+    // Garbage instead of a request: a clear error, and the connection lives on.
+    client.close().await;
+
+    let after = http_get(s.node.http, SITE, "/", &[]).await?;
+    ensure!(after.body == before.body && after.header("etag") == before.header("etag"));
+    let versions = s.admin.ok(&["versions", SITE])?;
+    ensure!(versions.lines().count() == 1, "{versions}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_publish_killed_mid_upload_leaves_the_old_version_serving() -> Result<()> {
+    let s = setup()?;
+    let before = http_get(s.node.http, SITE, "/", &[]).await?;
+    // Enough data that the upload takes a while: 48 files of 4 MiB.
+    let big = s.site_dir.join("big");
+    std::fs::create_dir_all(&big)?;
+    let mut hashes = Vec::new();
+    for i in 0..48u32 {
+        let mut data = vec![0u8; 4 << 20];
+        blake3::Hasher::new()
+            .update(&i.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut data);
+        hashes.push(blake3::hash(&data).to_hex().to_string());
+        std::fs::write(big.join(format!("{i}.bin")), data)?;
+    }
+    std::fs::write(s.site_dir.join("index.html"), "<h1>version 2</h1>")?;
+    let mut child = s
+        .admin
+        .command(&["publish", &s.site_dir.to_string_lossy(), "--site", SITE])?
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Kill the client once the node holds the first new blob.
+    let mut killed = false;
+    for _ in 0..2000 {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        let any = http_get(
+            s.node.http,
+            SITE,
+            &format!("/.maki/blob/{}", hashes[0]),
+            &[],
+        )
+        .await?;
+        let last = http_get(
+            s.node.http,
+            SITE,
+            &format!("/.maki/blob/{}", hashes[47]),
+            &[],
+        )
+        .await?;
+        if any.status == 200 || last.status == 200 {
+            child.kill()?;
+            killed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    child.wait()?;
+    ensure!(
+        killed,
+        "the upload finished before it could be interrupted; make the test site bigger"
+    );
+
+    let after = http_get(s.node.http, SITE, "/", &[]).await?;
+    ensure!(
+        after.body == before.body,
+        "a half-published version became visible"
+    );
+    let versions = s.admin.ok(&["versions", SITE])?;
+    ensure!(versions.lines().count() == 1, "{versions}");
+
+    // The node notices the abandoned publish, and a restart sweeps leftovers.
+    let mut abandoned = false;
+    for _ in 0..600 {
+        if s.node.log().contains("publish abandoned") {
+            abandoned = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    ensure!(
+        abandoned,
+        "node never noticed the dead client:\n{}",
+        s.node.log()
+    );
+    let data = s.node.dir.clone();
+    s.node.stop()?;
+    let node = NodeProc::start(&data)?;
+    let after = http_get(node.http, SITE, "/", &[]).await?;
+    ensure!(after.body == before.body);
+
+    // Publishing again completes, and what already arrived is not sent twice.
+    let admin = Maki::new(&s.admin.home, Some(&node.ticket));
+    let out = admin.ok(&["publish", &s.site_dir.to_string_lossy(), "--site", SITE])?;
+    ensure!(out.contains("published version 2"), "{out}");
+    let r = http_get(node.http, SITE, "/", &[]).await?;
+    ensure!(&r.body[..] == b"<h1>version 2</h1>");
+    let r = http_get(node.http, SITE, "/big/47.bin", &[]).await?;
+    ensure!(r.status == 200 && r.body.len() == 4 << 20);
+    drop(s.tmp);
+    Ok(())
+}
