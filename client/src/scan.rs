@@ -143,11 +143,11 @@ pub fn scan(root: &Path, cache: &mut HashCache) -> Result<Scanned, ScanError> {
     let results: Vec<Result<(Found, Cached), ScanError>> = found
         .into_par_iter()
         .map(|f| {
-            if let Some(c) = cache.files.get(f.site_path.as_str()) {
-                if c.key == f.key {
-                    let c = c.clone();
-                    return Ok((f, c));
-                }
+            if let Some(c) = cache.files.get(f.site_path.as_str())
+                && c.key == f.key
+            {
+                let c = c.clone();
+                return Ok((f, c));
             }
             let c = hash_file(&f)?;
             Ok((f, c))

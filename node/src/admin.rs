@@ -75,12 +75,12 @@ impl PushGate {
     }
 
     fn revoke(&self, caller: &PublicKey, session: u64) {
-        if let Ok(mut g) = self.inner.lock() {
-            if let Some(s) = g.wanted.get_mut(caller) {
-                s.remove(&session);
-                if s.is_empty() {
-                    g.wanted.remove(caller);
-                }
+        if let Ok(mut g) = self.inner.lock()
+            && let Some(s) = g.wanted.get_mut(caller)
+        {
+            s.remove(&session);
+            if s.is_empty() {
+                g.wanted.remove(caller);
             }
         }
     }
@@ -439,12 +439,12 @@ impl AdminProtocol {
                 current: current_hash,
             });
         }
-        if let Some(c) = &current {
-            if c.manifest.same_content(&manifest) {
-                return Ok(Response::Unchanged {
-                    version: c.manifest.version,
-                });
-            }
+        if let Some(c) = &current
+            && c.manifest.same_content(&manifest)
+        {
+            return Ok(Response::Unchanged {
+                version: c.manifest.version,
+            });
         }
         let latest = self
             .shared
@@ -482,7 +482,7 @@ impl AdminProtocol {
                 bytes += size;
             }
         }
-        let session = random_u64();
+        let session = random_u64()?;
         content
             .protect(&temp_tag(session), head.manifest, blobs.keys().copied())
             .await
@@ -685,7 +685,10 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::Internal(e.to_string())
 }
 
-fn random_u64() -> u64 {
-    let k = iroh::SecretKey::generate().to_bytes();
-    u64::from_le_bytes([k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7]])
+/// Session ids are unguessable so one caller cannot commit another's
+/// publish (they are also checked against the caller).
+fn random_u64() -> Result<u64, RpcError> {
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(internal)?;
+    Ok(u64::from_le_bytes(b))
 }

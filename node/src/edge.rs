@@ -435,15 +435,15 @@ async fn send(
         );
     }
     if status == StatusCode::OK {
-        if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-            if etag_matches(inm, &etag) {
-                headers.remove(header::CONTENT_TYPE);
-                return build(
-                    StatusCode::NOT_MODIFIED,
-                    headers,
-                    Full::new(Bytes::new()).into_left(),
-                );
-            }
+        if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+            && etag_matches(inm, &etag)
+        {
+            headers.remove(header::CONTENT_TYPE);
+            return build(
+                StatusCode::NOT_MODIFIED,
+                headers,
+                Full::new(Bytes::new()).into_left(),
+            );
         }
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }

@@ -68,13 +68,10 @@ pub fn create_key(dir: &Path) -> Result<SecretKey, IdentityError> {
 }
 
 fn getrandom_fill(buf: &mut [u8; 32], path: &Path) -> Result<(), IdentityError> {
-    // iroh's own generator, so the node key is made exactly as iroh makes keys.
-    let k = iroh::SecretKey::generate();
-    buf.copy_from_slice(&k.to_bytes());
-    if buf.iter().all(|b| *b == 0) {
-        return Err(IdentityError::BadKey(path.to_owned()));
-    }
-    Ok(())
+    getrandom::fill(buf).map_err(|e| IdentityError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::other(e.to_string()),
+    })
 }
 
 pub fn load_key(dir: &Path) -> Result<SecretKey, IdentityError> {

@@ -254,10 +254,10 @@ impl Node {
             warn!(%error, "p2p router did not shut down cleanly");
         }
         while let Some(res) = self.tasks.join_next().await {
-            if let Err(e) = res {
-                if e.is_panic() {
-                    std::panic::resume_unwind(e.into_panic());
-                }
+            if let Err(e) = res
+                && e.is_panic()
+            {
+                std::panic::resume_unwind(e.into_panic());
             }
         }
         self.shared.content.shutdown().await;

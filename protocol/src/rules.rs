@@ -93,12 +93,12 @@ impl Pattern {
         if match_here(&self.0, path, &mut caps) {
             return Some(caps);
         }
-        if !self.0.ends_with('/') {
-            if let Some(trimmed) = path.strip_suffix('/') {
-                let mut caps = Captures::default();
-                if !trimmed.is_empty() && match_here(&self.0, trimmed, &mut caps) {
-                    return Some(caps);
-                }
+        if !self.0.ends_with('/')
+            && let Some(trimmed) = path.strip_suffix('/')
+        {
+            let mut caps = Captures::default();
+            if !trimmed.is_empty() && match_here(&self.0, trimmed, &mut caps) {
+                return Some(caps);
             }
         }
         None

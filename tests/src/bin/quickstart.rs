@@ -8,7 +8,7 @@ const SITE: &str = "example.localhost";
 
 fn main() -> Result<()> {
     eprintln!("building makiatto and maki…");
-    maki_e2e::build_bins()?;
+    let bins = maki_e2e::build_bins()?;
     let work = tempfile::Builder::new()
         .prefix("makiatto-quickstart-")
         .tempdir()?;
@@ -31,8 +31,9 @@ fn main() -> Result<()> {
     println!();
     println!("Publish again after editing the site (a copy, say):");
     println!(
-        "      MAKI_HOME={} maki publish <dir> --site {SITE} --node {}",
+        "      MAKI_HOME={} {} publish <dir> --site {SITE} --node {}",
         home.display(),
+        bins.maki.display(),
         node.ticket
     );
     println!("Node data: {}   Press Ctrl-C to stop.", data.display());
