@@ -27,7 +27,8 @@ use tracing::{debug, info, warn};
 
 use crate::{
     content::{temp_tag, to_iroh, version_tag},
-    node::{LiveSite, Shared},
+    live::LiveSite,
+    node::Shared,
     state::SiteRec,
 };
 
@@ -600,11 +601,7 @@ impl AdminProtocol {
             .map_err(internal)?;
         self.shared.live.set(
             s.head.site.clone(),
-            LiveSite {
-                seq: s.head.seq,
-                manifest_hash: s.head.manifest,
-                manifest: s.manifest.clone(),
-            },
+            LiveSite::new(s.head.seq, s.head.manifest, s.manifest.clone()),
         );
         self.drop_versions(&s.head.site, committed.pruned).await;
         info!(site = %s.head.site, version = s.manifest.version, seq = s.head.seq, "published");
@@ -666,11 +663,7 @@ impl AdminProtocol {
         let version = manifest.version;
         self.shared.live.set(
             head.site.clone(),
-            LiveSite {
-                seq: head.seq,
-                manifest_hash: head.manifest,
-                manifest,
-            },
+            LiveSite::new(head.seq, head.manifest, manifest),
         );
         self.drop_versions(&head.site, committed.pruned).await;
         info!(site = %head.site, version, seq = head.seq, "rolled back");

@@ -11,7 +11,7 @@ use std::{
     collections::HashMap,
     path::Path,
     sync::{
-        Mutex,
+        RwLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -177,7 +177,7 @@ pub enum Blob {
 struct BlobCache {
     budget: u64,
     clock: AtomicU64,
-    inner: Mutex<CacheInner>,
+    inner: RwLock<CacheInner>,
 }
 
 #[derive(Debug, Default)]
@@ -191,12 +191,13 @@ impl BlobCache {
         Self {
             budget,
             clock: AtomicU64::new(0),
-            inner: Mutex::new(CacheInner::default()),
+            inner: RwLock::new(CacheInner::default()),
         }
     }
 
     fn get(&self, hash: &Hash) -> Option<Bytes> {
-        let inner = self.inner.lock().ok()?;
+        // Hits take the read lock only; recency is an atomic stamp.
+        let inner = self.inner.read().ok()?;
         let (b, used) = inner.map.get(hash)?;
         used.store(
             self.clock.fetch_add(1, Ordering::Relaxed),
@@ -210,7 +211,7 @@ impl BlobCache {
         if len > self.budget {
             return;
         }
-        let Ok(mut inner) = self.inner.lock() else {
+        let Ok(mut inner) = self.inner.write() else {
             return;
         };
         while inner.used + len > self.budget {
@@ -242,7 +243,7 @@ mod tests {
         let c = BlobCache::new(10);
         for i in 0..5u8 {
             c.insert(Hash::of(&[i]), Bytes::from(vec![i; 4]));
-            assert!(c.inner.lock().map(|i| i.used).unwrap_or(0) <= 10);
+            assert!(c.inner.read().map(|i| i.used).unwrap_or(0) <= 10);
         }
         assert!(c.get(&Hash::of(&[4])).is_some());
         assert!(c.get(&Hash::of(&[0])).is_none());

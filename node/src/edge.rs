@@ -1,6 +1,6 @@
 //! The HTTP edge: Host → the site's live manifest → rules → a blob.
 //!
-//! Serves HTTP/1.1 and HTTP/2 (h2c) on one listener. Responses are built
+//! Serves HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one listener. Responses are built
 //! from immutable blobs, so the strong ETag is the BLAKE3 hash of the bytes
 //! sent and hot blobs are served from memory. This module reads the live
 //! view and the blob store; it never changes either.
@@ -11,11 +11,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
-    server::conn::auto,
-};
-use maki_protocol::{Encoding, Entry, Hash, Manifest, SitePath};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use maki_protocol::{Encoding, Hash, Manifest};
 use n0_future::StreamExt;
 use tokio::{io::AsyncSeekExt, net::TcpListener, sync::Semaphore, task::JoinSet};
 use tokio_util::{io::ReaderStream, sync::CancellationToken};
@@ -23,7 +20,8 @@ use tracing::{debug, warn};
 
 use crate::{
     content::Blob,
-    node::{LiveSite, Shared},
+    live::{LiveSite, Served},
+    node::Shared,
 };
 
 type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, io::Error>>;
@@ -69,6 +67,32 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: Cancellat
     while conns.join_next().await.is_some() {}
 }
 
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// A client must send its request head within this time (slowloris guard).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Peeks at the first bytes: the HTTP/2 preface means h2c (prior
+/// knowledge), anything else HTTP/1.1. Choosing the protocol once per
+/// connection keeps the HTTP/1.1 path free of the auto-detecting wrapper.
+async fn is_h2(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 24];
+    let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 || buf[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        // A partial preface: wait for more bytes to arrive.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn serve_conn(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
@@ -79,13 +103,31 @@ async fn serve_conn(
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(&shared, req).await) }
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
-    let mut conn = pin!(builder.serve_connection(TokioIo::new(stream), svc));
-    let res = tokio::select! {
-        res = conn.as_mut() => res,
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            tokio::time::timeout(DRAIN, conn).await.unwrap_or(Ok(()))
+    let h2 = is_h2(&stream).await;
+    let io = TokioIo::new(stream);
+    let res = if h2 {
+        let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut conn = pin!(builder.serve_connection(io, svc));
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(DRAIN, conn).await.unwrap_or(Ok(()))
+            }
+        }
+    } else {
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .max_buf_size(64 * 1024);
+        let mut conn = pin!(builder.serve_connection(io, svc));
+        tokio::select! {
+            res = conn.as_mut() => res,
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(DRAIN, conn).await.unwrap_or(Ok(()))
+            }
         }
     };
     if let Err(error) = res {
@@ -196,50 +238,48 @@ async fn serve_blob(shared: &Shared, text: &str, headers: &HeaderMap) -> Respons
         header::CACHE_CONTROL,
         HeaderValue::from_static(BLOB_CACHE_CONTROL),
     );
-    send(shared, hash, size, None, StatusCode::OK, headers, extra).await
+    send(shared, hash, size, crate::live::etag(&hash), None, StatusCode::OK, headers, extra).await
 }
 
 enum Resolved<'a> {
-    File(&'a Entry),
+    File(&'a Served),
     Redirect(u16, String),
     NotFound,
 }
 
 /// Rules first (first match wins), then the file, `dir/index.html`,
 /// `/dir` → `/dir/`, and clean URLs (`/about` → `about.html`).
-fn resolve<'a>(m: &'a Manifest, path: &str, query: Option<&str>) -> Resolved<'a> {
+fn resolve<'a>(site: &'a LiveSite, path: &str, query: Option<&str>) -> Resolved<'a> {
     let with_query = |target: String| match query {
         Some(q) if !target.contains('?') => format!("{target}?{q}"),
         _ => target,
     };
     let mut path = std::borrow::Cow::Borrowed(path);
-    for rule in &m.redirects {
+    for rule in &site.manifest.redirects {
         if let Some(caps) = rule.from.matches(&path) {
             let target = rule.target(&caps);
             if rule.status != 200 {
                 return Resolved::Redirect(rule.status, with_query(target));
             }
-            let target = target
-                .split(['?', '#'])
-                .next()
-                .unwrap_or_default()
-                .to_owned();
+            let target = target.split(['?', '#']).next().unwrap_or_default().to_owned();
             path = std::borrow::Cow::Owned(target);
             break;
         }
     }
     let rel = path.trim_start_matches('/');
-    let get = |p: &str| SitePath::new(p).ok().and_then(|p| m.entries.get(&p));
     if rel.is_empty() || rel.ends_with('/') {
-        return get(&format!("{rel}index.html")).map_or(Resolved::NotFound, Resolved::File);
+        return site
+            .file(&format!("{rel}index.html"))
+            .map_or(Resolved::NotFound, Resolved::File);
     }
-    if let Some(e) = get(rel) {
+    if let Some(e) = site.file(rel) {
         return Resolved::File(e);
     }
-    if get(&format!("{rel}/index.html")).is_some() {
+    if site.file(&format!("{rel}/index.html")).is_some() {
         return Resolved::Redirect(301, with_query(format!("/{rel}/")));
     }
-    get(&format!("{rel}.html")).map_or(Resolved::NotFound, Resolved::File)
+    site.file(&format!("{rel}.html"))
+        .map_or(Resolved::NotFound, Resolved::File)
 }
 
 async fn serve_site(
@@ -249,9 +289,8 @@ async fn serve_site(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Response<Body> {
-    let m = &site.manifest;
-    let (entry, status) = match resolve(m, path, query) {
-        Resolved::File(e) => (e, StatusCode::OK),
+    let (file, status) = match resolve(site, path, query) {
+        Resolved::File(f) => (f, StatusCode::OK),
         Resolved::Redirect(status, location) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             let mut r = plain(status, "");
@@ -260,38 +299,37 @@ async fn serve_site(
             }
             return r;
         }
-        Resolved::NotFound => match SitePath::new("404.html")
-            .ok()
-            .and_then(|p| m.entries.get(&p))
-        {
-            Some(e) => (e, StatusCode::NOT_FOUND),
+        Resolved::NotFound => match site.file("404.html") {
+            Some(f) => (f, StatusCode::NOT_FOUND),
             None => return plain(StatusCode::NOT_FOUND, "not found\n"),
         },
     };
 
-    let mut extra = HeaderMap::new();
-    if let Ok(v) = HeaderValue::try_from(entry.content_type.as_str()) {
-        extra.insert(header::CONTENT_TYPE, v);
+    let mut extra = HeaderMap::with_capacity(8);
+    if let Some(ct) = &file.content_type {
+        extra.insert(header::CONTENT_TYPE, ct.clone());
     }
-    extra.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static(DEFAULT_CACHE_CONTROL),
-    );
-    apply_rules(m, path, &mut extra);
+    extra.insert(header::CACHE_CONTROL, HeaderValue::from_static(DEFAULT_CACHE_CONTROL));
+    if !site.manifest.headers.is_empty() {
+        apply_rules(&site.manifest, path, &mut extra);
+    }
 
     // Ranges address the identity representation; compression is for whole bodies.
     let wants_range = headers.contains_key(header::RANGE) && status == StatusCode::OK;
-    let chosen = if wants_range || entry.encodings.is_empty() {
-        None
-    } else {
-        pick_encoding(headers, entry)
-    };
-    if !entry.encodings.is_empty() {
+    if !file.variants.is_empty() {
         extra.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
+    let chosen = if wants_range || file.variants.is_empty() {
+        None
+    } else {
+        pick_encoding(headers, file)
+    };
+    let e = &file.entry;
     match chosen {
-        Some((enc, v)) => send(shared, v.hash, v.size, Some(enc), status, headers, extra).await,
-        None => send(shared, entry.hash, entry.size, None, status, headers, extra).await,
+        Some((enc, v, etag)) => {
+            send(shared, v.hash, v.size, etag.clone(), Some(*enc), status, headers, extra).await
+        }
+        None => send(shared, e.hash, e.size, file.etag.clone(), None, status, headers, extra).await,
     }
 }
 
@@ -330,40 +368,38 @@ fn apply_rules(m: &Manifest, path: &str, out: &mut HeaderMap) {
 /// The best encoding the client accepts (br before gzip), honouring q=0.
 fn pick_encoding<'a>(
     headers: &HeaderMap,
-    entry: &'a Entry,
-) -> Option<(Encoding, &'a maki_protocol::Variant)> {
+    file: &'a Served,
+) -> Option<&'a (Encoding, maki_protocol::Variant, HeaderValue)> {
     let accept = headers.get(header::ACCEPT_ENCODING)?.to_str().ok()?;
-    let mut best: Option<(Encoding, f32)> = None;
+    let mut best: Option<(&(Encoding, maki_protocol::Variant, HeaderValue), f32)> = None;
     for item in accept.split(',') {
         let mut parts = item.split(';');
-        let token = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        let token = parts.next().unwrap_or_default().trim();
+        let enc = if token.eq_ignore_ascii_case("br") {
+            Encoding::Br
+        } else if token.eq_ignore_ascii_case("gzip") || token.eq_ignore_ascii_case("x-gzip") {
+            Encoding::Gzip
+        } else {
+            continue;
+        };
         let q = parts
-            .find_map(|p| {
-                p.trim()
-                    .strip_prefix("q=")
-                    .and_then(|q| q.parse::<f32>().ok())
-            })
+            .find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
             .unwrap_or(1.0);
         if q <= 0.0 {
             continue;
         }
-        let enc = match token.as_str() {
-            "br" => Encoding::Br,
-            "gzip" | "x-gzip" => Encoding::Gzip,
-            _ => continue,
-        };
-        if !entry.encodings.contains_key(&enc) {
+        let Some(v) = file.variants.iter().find(|v| v.0 == enc) else {
             continue;
-        }
+        };
         let better = match best {
             None => true,
-            Some((b, bq)) => q > bq || (q == bq && enc < b),
+            Some((b, bq)) => q > bq || (q == bq && enc < b.0),
         };
         if better {
-            best = Some((enc, q));
+            best = Some((v, q));
         }
     }
-    best.and_then(|(e, _)| entry.encodings.get(&e).map(|v| (e, v)))
+    best.map(|(v, _)| v)
 }
 
 /// A byte range of a body of `size` bytes: inclusive start, exclusive end.
@@ -415,19 +451,19 @@ fn etag_matches(list: &str, etag: &str) -> bool {
 }
 
 /// Sends blob `hash` with conditional GET and Range handled.
+#[allow(clippy::too_many_arguments)]
 async fn send(
     shared: &Shared,
     hash: Hash,
     size: u64,
+    etag_value: HeaderValue,
     encoding: Option<Encoding>,
     status: StatusCode,
     req: &HeaderMap,
     mut headers: HeaderMap,
 ) -> Response<Body> {
-    let etag = format!("\"{hash}\"");
-    if let Ok(v) = HeaderValue::try_from(etag.as_str()) {
-        headers.insert(header::ETAG, v);
-    }
+    let etag = etag_value.to_str().unwrap_or_default().to_owned();
+    headers.insert(header::ETAG, etag_value);
     if let Some(enc) = encoding {
         headers.insert(
             header::CONTENT_ENCODING,

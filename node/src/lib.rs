@@ -6,6 +6,7 @@ pub mod config;
 pub mod content;
 pub mod edge;
 pub mod identity;
+pub mod live;
 pub mod node;
 pub mod state;
 

@@ -2,10 +2,9 @@
 //! reverse. `main.rs` only parses arguments and calls [`Node::spawn`].
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::Arc,
     time::Duration,
 };
 
@@ -19,7 +18,7 @@ use iroh_blobs::{
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
 use maki_protocol::{
-    Domain, Genesis, Hash, Manifest, NodeTicket, PublicKey, SecretKey, rpc::ADMIN_ALPN,
+    Genesis, Hash, Manifest, NodeTicket, PublicKey, SecretKey, rpc::ADMIN_ALPN,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -30,55 +29,12 @@ use crate::{
     config::Config,
     content::Content,
     edge, identity,
+    live::{Live, LiveSite},
     state::State,
 };
 
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A site version being served: the decoded manifest behind its head.
-#[derive(Debug)]
-pub struct LiveSite {
-    pub seq: u64,
-    pub manifest_hash: Hash,
-    pub manifest: Manifest,
-}
-
-/// What the edge serves, swapped atomically per site on publish/rollback.
-#[derive(Debug, Default)]
-pub struct Live {
-    sites: RwLock<HashMap<Domain, Arc<LiveSite>>>,
-}
-
-impl Live {
-    pub fn get(&self, domain: &str) -> Option<Arc<LiveSite>> {
-        let sites = self.sites.read().ok()?;
-        // Host headers are case-insensitive; our domains are lowercase.
-        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
-            let lower = domain.to_ascii_lowercase();
-            return sites
-                .iter()
-                .find(|(d, _)| d.as_str() == lower)
-                .map(|(_, s)| s.clone());
-        }
-        sites
-            .iter()
-            .find(|(d, _)| d.as_str() == domain)
-            .map(|(_, s)| s.clone())
-    }
-
-    pub fn set(&self, domain: Domain, site: LiveSite) {
-        if let Ok(mut sites) = self.sites.write() {
-            sites.insert(domain, Arc::new(site));
-        }
-    }
-
-    pub fn remove(&self, domain: &Domain) {
-        if let Ok(mut sites) = self.sites.write() {
-            sites.remove(domain);
-        }
-    }
-}
 
 /// Shared by the subsystems; each uses only its part.
 #[derive(Debug)]
@@ -309,14 +265,7 @@ async fn load_live(state: &State, content: &Content, live: &Live) -> Result<(), 
             .await
             .map(|b| Manifest::decode(&b))
         {
-            Ok(Ok(manifest)) => live.set(
-                domain,
-                LiveSite {
-                    seq: head.seq,
-                    manifest_hash: head.manifest,
-                    manifest,
-                },
-            ),
+            Ok(Ok(manifest)) => live.set(domain, LiveSite::new(head.seq, head.manifest, manifest)),
             Ok(Err(error)) => warn!(site = %domain, %error, "stored manifest does not decode"),
             Err(error) => warn!(site = %domain, %error, "stored manifest is missing"),
         }

@@ -52,6 +52,13 @@ impl Domain {
     }
 }
 
+// `Hash`/`Eq` are derived from the inner string, so lookups by `&str` agree.
+impl std::borrow::Borrow<str> for Domain {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Domain {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

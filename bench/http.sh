@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# HTTP throughput: makiatto vs nginx serving the same files on loopback.
+# Same wrk threads/connections, runs alternate; prints req/s and the ratio.
+# Goals (issue 2): >= 1.5x nginx for 1 KiB, >= 1.0x for 1 MiB.
+#   usage: bench/http.sh [seconds-per-run] [rounds]
+source "$(dirname "$0")/lib.sh"
+need nginx wrk curl b3sum
+DUR=${1:-8}
+ROUNDS=${2:-3}
+build_release
+
+WORK=$(mktemp -d /tmp/maki-bench-http.XXXXXX)
+cleanup() {
+    [ -n "${NODE_PID:-}" ] && kill "$NODE_PID" 2>/dev/null || true
+    [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/site"
+head -c 1024 /dev/urandom >"$WORK/site/1k.bin"
+head -c 1048576 /dev/urandom >"$WORK/site/1m.bin"
+echo ok >"$WORK/site/index.html"
+
+start_node "$WORK" bench.test "$WORK/site"
+
+NGINX_PORT=$(free_port)
+cat >"$WORK/nginx.conf" <<CONF
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    default_type application/octet-stream;
+    server {
+        listen 127.0.0.1:$NGINX_PORT;
+        root $WORK/site;
+        etag on;
+    }
+}
+CONF
+chmod -R a+rX "$WORK" # nginx workers run unprivileged
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+sleep 0.5
+# Both must answer 200 with the same bytes, or the comparison is meaningless.
+for f in 1k.bin 1m.bin; do
+    a=$(curl -s -H "Host: bench.test" "http://$NODE_HTTP/$f" | b3sum --no-names)
+    b=$(curl -s "http://127.0.0.1:$NGINX_PORT/$f" | b3sum --no-names)
+    c=$(b3sum --no-names "$WORK/site/$f")
+    if [ "$a" != "$c" ] || [ "$b" != "$c" ]; then
+        echo "$f: servers do not return the file (makiatto $a, nginx $b, file $c)" >&2
+        exit 1
+    fi
+done
+
+rps() { # URL HOST
+    wrk -t2 -c64 -d"${DUR}s" -H "Host: $2" "$1" | awk '/Requests\/sec/ {print $2}'
+}
+
+echo "# wrk -t2 -c64 -d${DUR}s, $ROUNDS alternating rounds, $(nproc) cores; $(date -u +%F)"
+for f in 1k.bin 1m.bin; do
+    # Warm both (page cache, memory cache).
+    wrk -t1 -c1 -d1s -H "Host: bench.test" "http://$NODE_HTTP/$f" >/dev/null
+    wrk -t1 -c1 -d1s "http://127.0.0.1:$NGINX_PORT/$f" >/dev/null
+    m_sum=0; n_sum=0
+    for r in $(seq "$ROUNDS"); do
+        n=$(rps "http://127.0.0.1:$NGINX_PORT/$f" localhost)
+        m=$(rps "http://$NODE_HTTP/$f" bench.test)
+        echo "  $f round $r: nginx $n req/s, makiatto $m req/s"
+        n_sum=$(python3 -c "print($n_sum + $n)"); m_sum=$(python3 -c "print($m_sum + $m)")
+    done
+    python3 -c "n=$n_sum/$ROUNDS; m=$m_sum/$ROUNDS; print(f'$f: nginx {n:,.0f} req/s, makiatto {m:,.0f} req/s, ratio {m/n:.2f}x')"
+done

@@ -1,0 +1,43 @@
+# Shared helpers for the benchmark scripts. Source it; do not run it.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=$ROOT/target/release
+
+need() {
+    for c in "$@"; do
+        command -v "$c" >/dev/null || {
+            echo "missing $c: apt-get install -y nginx-light wrk b3sum" >&2
+            exit 1
+        }
+    done
+}
+
+build_release() {
+    (cd "$ROOT" && cargo build --release --workspace --bins -q)
+}
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# start_node DIR SITE SITE_DIR: a release node on loopback with SITE published.
+# Sets NODE_PID, NODE_HTTP, MAKI_NODE, MAKI_HOME.
+start_node() {
+    local dir=$1 site=$2 site_dir=$3
+    export MAKI_HOME=$dir/home
+    mkdir -p "$MAKI_HOME"
+    local key
+    key=$("$BIN/maki" keys 2>/dev/null)
+    "$BIN/makiatto" init --data-dir "$dir/node" --admin "$key" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
+    MAKIATTO_LOG=warn "$BIN/makiatto" run --data-dir "$dir/node" >"$dir/ready" 2>"$dir/node.log" &
+    NODE_PID=$!
+    for _ in $(seq 100); do
+        grep -q '^ready' "$dir/ready" 2>/dev/null && break
+        sleep 0.1
+    done
+    NODE_HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$dir/ready")
+    export MAKI_NODE
+    MAKI_NODE=$(sed -n 's/.*ticket=\([^ ]*\).*/\1/p' "$dir/ready")
+    "$BIN/maki" site add "$site" >/dev/null
+    "$BIN/maki" publish "$site_dir" --site "$site" >/dev/null 2>&1
+}
