@@ -30,6 +30,9 @@ pub struct Config {
     /// The largest site (sum of file sizes) a publish may bring, in bytes.
     #[serde(default = "default_max_site_bytes")]
     pub max_site_bytes: u64,
+    /// HTTP worker threads (each with its own listener); 0 means one per core.
+    #[serde(default)]
+    pub http_threads: usize,
     /// Memory for hot blobs on the HTTP edge, in bytes. Blobs are immutable
     /// by hash, so this cache never needs invalidating.
     #[serde(default = "default_memory_cache_bytes")]
@@ -65,6 +68,7 @@ impl Default for Config {
             http: default_http(),
             p2p: default_p2p(),
             public_addrs: Vec::new(),
+            http_threads: 0,
             keep_versions: default_keep_versions(),
             max_site_bytes: default_max_site_bytes(),
             memory_cache_bytes: default_memory_cache_bytes(),
@@ -130,6 +134,8 @@ impl Config {
              p2p = \"{}\"\n\
              # Addresses to put in tickets (default: the bound ones).\n\
              public_addrs = [{}]\n\
+             # HTTP worker threads; 0 = one per core.\n\
+             http_threads = {}\n\
              # Versions kept per site for rollback.\n\
              keep_versions = {}\n\
              # Largest site a publish may bring, in bytes.\n\
@@ -141,6 +147,7 @@ impl Config {
             self.http,
             self.p2p,
             addrs.join(", "),
+            self.http_threads,
             self.keep_versions,
             self.max_site_bytes,
             self.memory_cache_bytes,

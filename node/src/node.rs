@@ -71,11 +71,8 @@ pub enum NodeError {
     Content(#[from] crate::content::ContentError),
     #[error("cannot bind the p2p endpoint on {addr}: {message}")]
     Bind { addr: SocketAddr, message: String },
-    #[error("cannot bind the HTTP edge on {addr}: {source}")]
-    BindHttp {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Edge(#[from] edge::EdgeError),
 }
 
 /// A running node.
@@ -84,6 +81,7 @@ pub struct Node {
     shared: Arc<Shared>,
     router: Router,
     http_addr: SocketAddr,
+    edge: edge::Edge,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -146,24 +144,19 @@ impl Node {
             .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone()))
             .spawn();
 
-        let listener = tokio::net::TcpListener::bind(shared.config.http)
-            .await
-            .map_err(|source| NodeError::BindHttp {
-                addr: shared.config.http,
-                source,
-            })?;
-        let http_addr = listener
-            .local_addr()
-            .map_err(|source| NodeError::BindHttp {
-                addr: shared.config.http,
-                source,
-            })?;
-        tasks.spawn(edge::serve(listener, shared.clone(), cancel.clone()));
+        let edge = edge::Edge::spawn(
+            shared.config.http,
+            shared.config.http_threads,
+            shared.clone(),
+            cancel.clone(),
+        )?;
+        let http_addr = edge.local_addr();
         info!(node = %key.public().fmt_short(), %http_addr, "node started");
         Ok(Self {
             shared,
             router,
             http_addr,
+            edge,
             cancel,
             tasks,
         })
@@ -206,6 +199,7 @@ impl Node {
     /// Stops accepting, drains, then closes the stores.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
+        self.edge.join().await;
         if let Err(error) = self.router.shutdown().await {
             warn!(%error, "p2p router did not shut down cleanly");
         }
