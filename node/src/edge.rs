@@ -345,7 +345,17 @@ async fn serve_blob(shared: &Shared, text: &str, headers: &HeaderMap) -> Respons
         header::CACHE_CONTROL,
         HeaderValue::from_static(BLOB_CACHE_CONTROL),
     );
-    send(shared, hash, size, crate::live::etag(&hash), None, StatusCode::OK, headers, extra).await
+    send(
+        shared,
+        hash,
+        size,
+        crate::live::etag(&hash),
+        None,
+        StatusCode::OK,
+        headers,
+        extra,
+    )
+    .await
 }
 
 enum Resolved<'a> {
@@ -368,7 +378,11 @@ fn resolve<'a>(site: &'a LiveSite, path: &str, query: Option<&str>) -> Resolved<
             if rule.status != 200 {
                 return Resolved::Redirect(rule.status, with_query(target));
             }
-            let target = target.split(['?', '#']).next().unwrap_or_default().to_owned();
+            let target = target
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .to_owned();
             path = std::borrow::Cow::Owned(target);
             break;
         }
@@ -416,7 +430,10 @@ async fn serve_site(
     if let Some(ct) = &file.content_type {
         extra.insert(header::CONTENT_TYPE, ct.clone());
     }
-    extra.insert(header::CACHE_CONTROL, HeaderValue::from_static(DEFAULT_CACHE_CONTROL));
+    extra.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(DEFAULT_CACHE_CONTROL),
+    );
     if !site.manifest.headers.is_empty() {
         apply_rules(&site.manifest, path, &mut extra);
     }
@@ -434,9 +451,31 @@ async fn serve_site(
     let e = &file.entry;
     match chosen {
         Some((enc, v, etag)) => {
-            send(shared, v.hash, v.size, etag.clone(), Some(*enc), status, headers, extra).await
+            send(
+                shared,
+                v.hash,
+                v.size,
+                etag.clone(),
+                Some(*enc),
+                status,
+                headers,
+                extra,
+            )
+            .await
         }
-        None => send(shared, e.hash, e.size, file.etag.clone(), None, status, headers, extra).await,
+        None => {
+            send(
+                shared,
+                e.hash,
+                e.size,
+                file.etag.clone(),
+                None,
+                status,
+                headers,
+                extra,
+            )
+            .await
+        }
     }
 }
 
@@ -490,7 +529,11 @@ fn pick_encoding<'a>(
             continue;
         };
         let q = parts
-            .find_map(|p| p.trim().strip_prefix("q=").and_then(|q| q.parse::<f32>().ok()))
+            .find_map(|p| {
+                p.trim()
+                    .strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+            })
             .unwrap_or(1.0);
         if q <= 0.0 {
             continue;

@@ -17,9 +17,7 @@ use iroh_blobs::{
     BlobsProtocol,
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
-use maki_protocol::{
-    Genesis, Hash, Manifest, NodeTicket, PublicKey, SecretKey, rpc::ADMIN_ALPN,
-};
+use maki_protocol::{Genesis, Hash, Manifest, NodeTicket, PublicKey, SecretKey, rpc::ADMIN_ALPN};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};

@@ -39,10 +39,9 @@ pub fn bins() -> Result<Bins> {
         makiatto: dir.join("makiatto"),
         maki: dir.join("maki"),
     };
-    let newest_source = newest_mtime(&workspace_root().join("protocol/src"))?
-        .max(newest_mtime(&workspace_root().join("node/src"))?)
-        .max(newest_mtime(&workspace_root().join("client/src"))?);
-    for bin in [&bins.makiatto, &bins.maki] {
+    let root = workspace_root();
+    let protocol = newest_mtime(&root.join("protocol/src"))?;
+    for (bin, krate) in [(&bins.makiatto, "node/src"), (&bins.maki, "client/src")] {
         let built = std::fs::metadata(bin)
             .and_then(|m| m.modified())
             .map_err(|_| {
@@ -51,9 +50,10 @@ pub fn bins() -> Result<Bins> {
                     bin.display()
                 )
             })?;
+        let newest_source = protocol.max(newest_mtime(&root.join(krate))?);
         ensure!(
             built >= newest_source,
-            "{} is older than the sources; run `cargo test --workspace` (or `cargo build --workspace --bins`)",
+            "{} is older than its sources; run `cargo test --workspace` (or `cargo build --workspace --bins`)",
             bin.display()
         );
     }

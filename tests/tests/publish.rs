@@ -307,13 +307,22 @@ async fn large_files_stream_and_removed_sites_stop_serving() -> Result<()> {
     let s = setup()?;
     // Larger than memory_cache_max_blob (4 MiB): served by streaming.
     let mut big = vec![0u8; 9 << 20];
-    blake3::Hasher::new().update(b"big").finalize_xof().fill(&mut big);
+    blake3::Hasher::new()
+        .update(b"big")
+        .finalize_xof()
+        .fill(&mut big);
     std::fs::write(s.site_dir.join("big.bin"), &big)?;
     publish(&s)?;
     let r = http_get(s.node.http, SITE, "/big.bin", &[]).await?;
     ensure!(r.status == 200 && r.body == big, "streamed body differs");
     ensure!(r.header("content-type") == Some("application/octet-stream"));
-    let r = http_get(s.node.http, SITE, "/big.bin", &[("range", "bytes=5000000-5000099")]).await?;
+    let r = http_get(
+        s.node.http,
+        SITE,
+        "/big.bin",
+        &[("range", "bytes=5000000-5000099")],
+    )
+    .await?;
     ensure!(r.status == 206 && r.body[..] == big[5_000_000..5_000_100]);
     let r = request(s.node.http, "GET", SITE, "/big.bin", &[], true).await?;
     ensure!(r.body == big, "HTTP/2 streamed body differs");
