@@ -228,12 +228,14 @@ async fn run(cli: Cli) -> Result<()> {
                     uploaded_blobs,
                     uploaded_bytes,
                     skipped_blobs,
+                    skipped_bytes,
                 } => {
                     println!("{site}: published version {version} (head {seq})");
                     println!("manifest {manifest}");
                     println!(
-                        "{files} files; uploaded {uploaded_blobs} blobs ({}), skipped {skipped_blobs} already on the node",
-                        human(uploaded_bytes)
+                        "{files} files; uploaded {uploaded_blobs} blobs ({}), skipped {skipped_blobs} blobs ({}) already on the node",
+                        human(uploaded_bytes),
+                        human(skipped_bytes)
                     );
                 }
             }

@@ -84,6 +84,7 @@ pub enum Outcome {
         uploaded_blobs: usize,
         uploaded_bytes: u64,
         skipped_blobs: usize,
+        skipped_bytes: u64,
     },
 }
 
@@ -167,6 +168,7 @@ pub async fn publish(
             uploaded_blobs: missing.len(),
             uploaded_bytes: total,
             skipped_blobs: all.len() - missing.len(),
+            skipped_bytes: all.values().sum::<u64>() - total,
         }),
         other => Err(PublishError::Unexpected(format!("{other:?}"))),
     }
