@@ -73,12 +73,16 @@ impl Client {
     /// Sends one request and waits for its answer; a refusal is an error.
     pub async fn call(&self, req: &Request) -> Result<Response, NetError> {
         let (mut send, mut recv) = self.admin.open_bi().await.map_err(io_err)?;
-        send.write_all(&rpc::encode_frame(req))
-            .await
-            .map_err(io_err)?;
-        send.finish().map_err(io_err)?;
+        // The node may refuse a request before reading all of it (and stop
+        // our stream): its answer is still worth more than our write error.
+        let sent = match send.write_all(&rpc::encode_frame(req)).await {
+            Ok(()) => send.finish().map_err(io_err),
+            Err(e) => Err(io_err(e)),
+        };
         let mut prefix = [0u8; 4];
-        recv.read_exact(&mut prefix).await.map_err(io_err)?;
+        if let Err(e) = recv.read_exact(&mut prefix).await {
+            return Err(sent.err().unwrap_or_else(|| io_err(e)));
+        }
         let len = rpc::frame_len(prefix).map_err(|e| NetError::BadResponse(e.to_string()))?;
         let mut body = vec![0u8; len];
         recv.read_exact(&mut body).await.map_err(io_err)?;

@@ -32,6 +32,14 @@ use crate::{
     state::SiteRec,
 };
 
+/// Admin connections served at once; more are refused until one closes.
+const MAX_CONNECTIONS: usize = 64;
+/// Frames above this size are read only from admins and publishers: only
+/// a manifest is ever that large, and strangers may not publish.
+const SMALL_FRAME: usize = 1 << 20;
+/// Publishes one caller may have open at once.
+const MAX_SESSIONS_PER_CALLER: usize = 4;
+
 /// How long a commit waits, in all, for pushed blobs to finish landing.
 const LANDING_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -156,17 +164,35 @@ pub async fn run_gate(
 #[derive(Debug, Clone)]
 pub struct AdminProtocol {
     shared: Arc<Shared>,
+    limit: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminProtocol {
     pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+        Self {
+            shared,
+            limit: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+        }
+    }
+
+    /// Admins and the publishers of any site: callers trusted with large frames.
+    fn is_known(&self, caller: &PublicKey) -> bool {
+        self.shared.is_admin(caller)
+            || self
+                .shared
+                .state
+                .sites()
+                .is_ok_and(|sites| sites.iter().any(|(_, rec)| rec.publishers.contains(caller)))
     }
 }
 
 impl ProtocolHandler for AdminProtocol {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let Ok(caller) = PublicKey::from_bytes(*conn.remote_id().as_bytes()) else {
+            return Ok(());
+        };
+        let Ok(_permit) = self.limit.clone().try_acquire_owned() else {
+            conn.close(1u32.into(), b"busy");
             return Ok(());
         };
         let mut opened = Vec::new();
@@ -208,6 +234,12 @@ impl AdminProtocol {
             let mut prefix = [0u8; 4];
             recv.read_exact(&mut prefix).await?;
             let len = rpc::frame_len(prefix)?;
+            if len > SMALL_FRAME && !self.is_known(&caller) {
+                let refusal = Response::Error(RpcError::NotAdmin { key: caller });
+                send.write_all(&rpc::encode_frame(&refusal)).await?;
+                send.finish()?;
+                continue;
+            }
             let mut body = vec![0u8; len];
             recv.read_exact(&mut body).await?;
             let response = match rpc::decode_body::<Request>(&body) {
@@ -482,6 +514,18 @@ impl AdminProtocol {
                 missing.push(*hash);
                 bytes += size;
             }
+        }
+        let open = self
+            .shared
+            .sessions
+            .inner
+            .lock()
+            .map(|s| s.values().filter(|s| s.caller == caller).count())
+            .unwrap_or(0);
+        if open >= MAX_SESSIONS_PER_CALLER {
+            return Err(RpcError::BadRequest(format!(
+                "{open} publishes are already in progress for this key; finish or cancel them"
+            )));
         }
         let session = random_u64()?;
         content

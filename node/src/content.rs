@@ -1,20 +1,13 @@
-//! Content: the iroh-blobs store under `DATA/blobs`, the tags that keep site
-//! versions alive, and a memory cache of hot blobs for the edge.
+//! Content: the iroh-blobs store under `DATA/blobs` and the tags that keep
+//! site versions alive.
 //!
 //! A site version is protected by one tag `v/<domain>/<manifest hash>`
 //! naming a hash sequence of the manifest and every blob it needs. A
 //! publish in progress holds `tmp/<session>`; leftovers from a crash are
 //! swept at startup. This module never decides *what* to keep — `admin`
-//! and `state` do.
+//! and `state` do — nor caches bytes: the edge's workers do that.
 
-use std::{
-    collections::HashMap,
-    path::Path,
-    sync::{
-        RwLock,
-        atomic::{AtomicU64, Ordering},
-    },
-};
+use std::path::Path;
 
 use bytes::Bytes;
 use iroh_blobs::{BlobFormat, api::blobs::BlobReader, hashseq::HashSeq, store::fs::FsStore};
@@ -42,22 +35,12 @@ pub(crate) fn from_iroh(h: iroh_blobs::Hash) -> Hash {
 #[derive(Debug)]
 pub struct Content {
     store: FsStore,
-    cache: BlobCache,
-    max_cached_blob: u64,
 }
 
 impl Content {
-    pub async fn load(
-        dir: &Path,
-        cache_bytes: u64,
-        max_cached_blob: u64,
-    ) -> Result<Self, ContentError> {
+    pub async fn load(dir: &Path) -> Result<Self, ContentError> {
         let store = FsStore::load(dir).await.map_err(store_err)?;
-        Ok(Self {
-            store,
-            cache: BlobCache::new(cache_bytes),
-            max_cached_blob,
-        })
+        Ok(Self { store })
     }
 
     pub fn store(&self) -> &iroh_blobs::api::Store {
@@ -97,17 +80,9 @@ impl Content {
         self.store.get_bytes(to_iroh(hash)).await.map_err(store_err)
     }
 
-    /// A blob for the edge: from memory when small enough, otherwise a reader.
-    pub async fn open(&self, hash: Hash, size: u64) -> Result<Blob, ContentError> {
-        if size <= self.max_cached_blob {
-            if let Some(b) = self.cache.get(&hash) {
-                return Ok(Blob::Memory(b));
-            }
-            let b = self.get_bytes(hash).await?;
-            self.cache.insert(hash, b.clone());
-            return Ok(Blob::Memory(b));
-        }
-        Ok(Blob::Reader(self.store.blobs().reader(to_iroh(hash))))
+    /// A reader for a blob: what the edge streams large files from.
+    pub fn reader(&self, hash: Hash) -> BlobReader {
+        self.store.blobs().reader(to_iroh(hash))
     }
 
     /// Protects `manifest` and `blobs` under `name` (replacing what it held).
@@ -162,92 +137,4 @@ pub fn version_tag(domain: &Domain, manifest: Hash) -> String {
 
 pub fn temp_tag(session: u64) -> String {
     format!("tmp/{session}")
-}
-
-/// A blob ready to send.
-#[derive(Debug)]
-pub enum Blob {
-    Memory(Bytes),
-    Reader(BlobReader),
-}
-
-/// Immutable blobs by hash, within a byte budget. Eviction drops the least
-/// recently used entry; a scan is fine because eviction is rare next to hits.
-#[derive(Debug)]
-struct BlobCache {
-    budget: u64,
-    clock: AtomicU64,
-    inner: RwLock<CacheInner>,
-}
-
-#[derive(Debug, Default)]
-struct CacheInner {
-    used: u64,
-    map: HashMap<Hash, (Bytes, AtomicU64)>,
-}
-
-impl BlobCache {
-    fn new(budget: u64) -> Self {
-        Self {
-            budget,
-            clock: AtomicU64::new(0),
-            inner: RwLock::new(CacheInner::default()),
-        }
-    }
-
-    fn get(&self, hash: &Hash) -> Option<Bytes> {
-        // Hits take the read lock only; recency is an atomic stamp.
-        let inner = self.inner.read().ok()?;
-        let (b, used) = inner.map.get(hash)?;
-        used.store(
-            self.clock.fetch_add(1, Ordering::Relaxed),
-            Ordering::Relaxed,
-        );
-        Some(b.clone())
-    }
-
-    fn insert(&self, hash: Hash, bytes: Bytes) {
-        let len = bytes.len() as u64;
-        if len > self.budget {
-            return;
-        }
-        let Ok(mut inner) = self.inner.write() else {
-            return;
-        };
-        while inner.used + len > self.budget {
-            let Some(oldest) = inner
-                .map
-                .iter()
-                .min_by_key(|(_, (_, t))| t.load(Ordering::Relaxed))
-                .map(|(h, _)| *h)
-            else {
-                break;
-            };
-            if let Some((b, _)) = inner.map.remove(&oldest) {
-                inner.used -= b.len() as u64;
-            }
-        }
-        let now = AtomicU64::new(self.clock.fetch_add(1, Ordering::Relaxed));
-        if inner.map.insert(hash, (bytes, now)).is_none() {
-            inner.used += len;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cache_stays_within_budget() {
-        let c = BlobCache::new(10);
-        for i in 0..5u8 {
-            c.insert(Hash::of(&[i]), Bytes::from(vec![i; 4]));
-            assert!(c.inner.read().map(|i| i.used).unwrap_or(0) <= 10);
-        }
-        assert!(c.get(&Hash::of(&[4])).is_some());
-        assert!(c.get(&Hash::of(&[0])).is_none());
-        c.insert(Hash::of(b"big"), Bytes::from(vec![0; 11]));
-        assert!(c.get(&Hash::of(b"big")).is_none());
-    }
 }

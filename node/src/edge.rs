@@ -18,8 +18,9 @@ use tokio::{io::AsyncSeekExt, net::TcpListener, sync::Semaphore, task::JoinSet};
 use tokio_util::{io::ReaderStream, sync::CancellationToken};
 use tracing::{debug, warn};
 
+mod local;
+
 use crate::{
-    content::Blob,
     live::{LiveSite, Served},
     node::Shared,
 };
@@ -73,6 +74,9 @@ impl Edge {
         for _ in 1..threads {
             listeners.push(reuseport_listener(bound).map_err(err)?);
         }
+        // Each worker caches its own copies, so the budget is split.
+        let budget = shared.config.memory_cache_bytes / threads as u64;
+        let max_blob = shared.config.memory_cache_max_blob;
         let mut handles = Vec::with_capacity(threads);
         for (i, std_listener) in listeners.into_iter().enumerate() {
             let shared = shared.clone();
@@ -84,6 +88,7 @@ impl Edge {
             let handle = std::thread::Builder::new()
                 .name(format!("edge-{i}"))
                 .spawn(move || {
+                    local::init(budget, max_blob);
                     rt.block_on(async move {
                         match TcpListener::from_std(std_listener) {
                             Ok(listener) => serve(listener, shared, cancel).await,
@@ -254,7 +259,7 @@ pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<Body> {
     let mut response = if let Some(hash) = path.strip_prefix(BLOB_PREFIX) {
         serve_blob(shared, hash, req.headers()).await
     } else {
-        match host(&req).and_then(|h| shared.live.get(h)) {
+        match host(&req).and_then(|h| local::site(&shared.live, h)) {
             Some(site) => serve_site(shared, &site, &path, req.uri().query(), req.headers()).await,
             None => plain(
                 StatusCode::NOT_FOUND,
@@ -307,7 +312,9 @@ fn decode_path(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
         }
     }
     let s = String::from_utf8(out).ok()?;
-    if s.contains('\0') {
+    // Control characters (NUL, CR, LF…) have no business in a path and
+    // could otherwise reach a Location header through a redirect splat.
+    if s.chars().any(char::is_control) {
         return None;
     }
     Some(std::borrow::Cow::Owned(s))
@@ -664,24 +671,31 @@ async fn send(
         }
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
-    let body = match shared.content.open(hash, size).await {
-        Ok(Blob::Memory(b)) => Full::new(b.slice(start as usize..end as usize)).into_left(),
-        Ok(Blob::Reader(mut r)) => {
-            if let Err(error) = r.seek(io::SeekFrom::Start(start)).await {
-                warn!(%error, %hash, "blob seek failed");
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
-            }
-            let stream = ReaderStream::with_capacity(
-                tokio::io::AsyncReadExt::take(r, end - start),
-                256 * 1024,
-            )
-            .map(|chunk| chunk.map(Frame::data));
-            StreamBody::new(stream).boxed_unsync().into_right()
-        }
-        Err(error) => {
-            warn!(%error, %hash, "blob read failed");
+    let body = if local::cacheable(size) {
+        let bytes = match local::blob(&hash) {
+            Some(b) => b,
+            None => match shared.content.get_bytes(hash).await {
+                Ok(b) => {
+                    local::insert_blob(hash, &b);
+                    b
+                }
+                Err(error) => {
+                    warn!(%error, %hash, "blob read failed");
+                    return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
+                }
+            },
+        };
+        Full::new(bytes.slice(start as usize..end as usize)).into_left()
+    } else {
+        let mut r = shared.content.reader(hash);
+        if let Err(error) = r.seek(io::SeekFrom::Start(start)).await {
+            warn!(%error, %hash, "blob seek failed");
             return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
         }
+        let stream =
+            ReaderStream::with_capacity(tokio::io::AsyncReadExt::take(r, end - start), 256 * 1024)
+                .map(|chunk| chunk.map(Frame::data));
+        StreamBody::new(stream).boxed_unsync().into_right()
     };
     build(status, headers, body)
 }
@@ -744,6 +758,7 @@ mod tests {
         assert_eq!(decode_path("/%zz"), None);
         assert_eq!(decode_path("/%ff"), None);
         assert_eq!(decode_path("/a%00"), None);
+        assert_eq!(decode_path("/a%0d%0aSet-Cookie:x"), None);
         assert_eq!(decode_path("/%2"), None);
     }
 

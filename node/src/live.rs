@@ -5,7 +5,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use http::HeaderValue;
@@ -21,8 +24,27 @@ pub struct Served {
     pub variants: Vec<(Encoding, Variant, HeaderValue)>,
 }
 
+// A deep copy: `HeaderValue`s share a refcount when cloned, and each edge
+// worker must own its copies outright (see `edge/local.rs`).
+impl Clone for Served {
+    fn clone(&self) -> Self {
+        let own =
+            |v: &HeaderValue| HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+        Self {
+            entry: self.entry.clone(),
+            content_type: self.content_type.as_ref().map(own),
+            etag: own(&self.etag),
+            variants: self
+                .variants
+                .iter()
+                .map(|(e, v, t)| (*e, *v, own(t)))
+                .collect(),
+        }
+    }
+}
+
 /// A site version being served.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LiveSite {
     pub seq: u64,
     pub manifest_hash: Hash,
@@ -76,10 +98,13 @@ impl LiveSite {
     }
 }
 
-/// What the edge serves, per site.
+/// What the edge serves, per site. Edge workers keep private copies and
+/// refresh them when [`Live::generation`] moves, so serving a request
+/// touches no memory another core writes.
 #[derive(Debug, Default)]
 pub struct Live {
     sites: RwLock<HashMap<Domain, Arc<LiveSite>>>,
+    generation: AtomicU64,
 }
 
 impl Live {
@@ -92,15 +117,30 @@ impl Live {
         sites.get(domain).cloned()
     }
 
+    /// Bumped after every change; cheap to read from any thread.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Every site, for a worker refreshing its copy.
+    pub fn snapshot(&self) -> Vec<(Domain, Arc<LiveSite>)> {
+        self.sites
+            .read()
+            .map(|s| s.iter().map(|(d, l)| (d.clone(), l.clone())).collect())
+            .unwrap_or_default()
+    }
+
     pub fn set(&self, domain: Domain, site: LiveSite) {
         if let Ok(mut sites) = self.sites.write() {
             sites.insert(domain, Arc::new(site));
         }
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn remove(&self, domain: &Domain) {
         if let Ok(mut sites) = self.sites.write() {
             sites.remove(domain);
         }
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }

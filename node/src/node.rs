@@ -91,12 +91,7 @@ impl Node {
         let key = identity::load_key(data_dir)?;
         let (genesis, network) = identity::load_genesis(data_dir)?;
         let state = State::open(&data_dir.join("state.redb"))?;
-        let content = Content::load(
-            &blobs_dir(data_dir),
-            config.memory_cache_bytes,
-            config.memory_cache_max_blob,
-        )
-        .await?;
+        let content = Content::load(&blobs_dir(data_dir)).await?;
         let swept = content.sweep_temp().await?;
         if swept > 0 {
             info!(swept, "removed leftovers of interrupted publishes");

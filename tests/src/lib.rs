@@ -180,6 +180,13 @@ impl NodeProc {
         std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
     }
 
+    /// SIGKILL: a crash, no cleanup.
+    pub fn crash(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// SIGTERM and wait: a clean stop.
     pub fn stop(mut self) -> Result<std::process::ExitStatus> {
         self.terminate()

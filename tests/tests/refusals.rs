@@ -69,6 +69,27 @@ async fn unauthorised_callers_are_refused() -> Result<()> {
     let sites = stranger.ok(&["sites"])?;
     ensure!(sites.trim().is_empty(), "a stranger sees no sites: {sites}");
 
+    // A stranger's huge frame is refused before the node buffers it.
+    let (skey, _) = maki::keys::load_or_create(&home)?;
+    let client = Client::connect(&skey, &s.node.ticket.parse::<NodeTicket>()?).await?;
+    let head = Head {
+        site: Domain::new(SITE)?,
+        seq: 2,
+        manifest: Hash::of(b"x"),
+    };
+    let e = refused(
+        client
+            .call(&Request::PublishBegin {
+                head: Signed::sign(&skey, &head),
+                manifest: vec![0; 2 << 20],
+            })
+            .await,
+    )?;
+    ensure!(matches!(e, RpcError::NotAdmin { .. }), "{e}");
+    // The connection still answers afterwards.
+    ensure!(matches!(client.call(&Request::Sites).await?, Response::Sites(v) if v.is_empty()));
+    client.close().await;
+
     // Once an admin names them publisher, the same command works.
     s.admin
         .ok(&["site", "add", "theirs.test", "--publisher", &key])?;
@@ -331,6 +352,63 @@ async fn a_publish_killed_mid_upload_leaves_the_old_version_serving() -> Result<
     ensure!(&r.body[..] == b"<h1>version 2</h1>");
     let r = http_get(node.http, SITE, "/big/47.bin", &[]).await?;
     ensure!(r.status == 200 && r.body.len() == 4 << 20);
+    drop(s.tmp);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_node_crashing_mid_publish_restarts_on_the_old_version() -> Result<()> {
+    let s = setup()?;
+    let before = http_get(s.node.http, SITE, "/", &[]).await?;
+    let big = s.site_dir.join("big");
+    std::fs::create_dir_all(&big)?;
+    let mut first = String::new();
+    for i in 0..32u32 {
+        let mut data = vec![0u8; 4 << 20];
+        blake3::Hasher::new()
+            .update(b"crash")
+            .update(&i.to_le_bytes())
+            .finalize_xof()
+            .fill(&mut data);
+        if i == 0 {
+            first = blake3::hash(&data).to_hex().to_string();
+        }
+        std::fs::write(big.join(format!("{i}.bin")), data)?;
+    }
+    std::fs::write(s.site_dir.join("index.html"), "<h1>never seen</h1>")?;
+    let mut child = s
+        .admin
+        .command(&["publish", &s.site_dir.to_string_lossy(), "--site", SITE])?
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut landed = false;
+    for _ in 0..2000 {
+        let r = http_get(s.node.http, SITE, &format!("/.maki/blob/{first}"), &[]).await?;
+        if r.status == 200 {
+            landed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    ensure!(landed, "the first blob never arrived");
+    let data = s.node.dir.clone();
+    s.node.crash()?;
+    let status = child.wait()?;
+    ensure!(!status.success(), "publish must fail when its node dies");
+
+    let node = NodeProc::start(&data)?;
+    ensure!(
+        node.log()
+            .contains("removed leftovers of interrupted publishes"),
+        "{}",
+        node.log()
+    );
+    let after = http_get(node.http, SITE, "/", &[]).await?;
+    ensure!(
+        after.body == before.body,
+        "a crash made a half-published version visible"
+    );
     drop(s.tmp);
     Ok(())
 }
