@@ -30,6 +30,10 @@ pub struct Config {
     /// The largest site (sum of file sizes) a publish may bring, in bytes.
     #[serde(default = "default_max_site_bytes")]
     pub max_site_bytes: u64,
+    /// How long a client may take to send a request's head; also how long
+    /// an idle keep-alive connection stays open. Guards against slowloris.
+    #[serde(default = "default_header_timeout", with = "humantime_serde")]
+    pub http_header_timeout: std::time::Duration,
     /// HTTP worker threads (each with its own listener); 0 means one per core.
     #[serde(default)]
     pub http_threads: usize,
@@ -48,6 +52,9 @@ fn default_http() -> SocketAddr {
 }
 fn default_p2p() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 51821))
+}
+fn default_header_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 fn default_keep_versions() -> u32 {
     10
@@ -68,6 +75,7 @@ impl Default for Config {
             http: default_http(),
             p2p: default_p2p(),
             public_addrs: Vec::new(),
+            http_header_timeout: default_header_timeout(),
             http_threads: 0,
             keep_versions: default_keep_versions(),
             max_site_bytes: default_max_site_bytes(),
@@ -112,6 +120,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.http_header_timeout < std::time::Duration::from_millis(500) {
+            return Err("http_header_timeout must be at least 500ms".into());
+        }
         if self.keep_versions == 0 {
             return Err("keep_versions must be at least 1".into());
         }
@@ -134,6 +145,8 @@ impl Config {
              p2p = \"{}\"\n\
              # Addresses to put in tickets (default: the bound ones).\n\
              public_addrs = [{}]\n\
+             # Time for a client to send a request head (and keep-alive idle time).\n\
+             http_header_timeout = \"{}\"\n\
              # HTTP worker threads; 0 = one per core.\n\
              http_threads = {}\n\
              # Versions kept per site for rollback.\n\
@@ -147,6 +160,7 @@ impl Config {
             self.http,
             self.p2p,
             addrs.join(", "),
+            humantime_serde::re::humantime::format_duration(self.http_header_timeout),
             self.http_threads,
             self.keep_versions,
             self.max_site_bytes,

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use maki_protocol::{Encoding, Hash, Manifest};
 use n0_future::StreamExt;
 use tokio::{io::AsyncSeekExt, net::TcpListener, sync::Semaphore, task::JoinSet};
@@ -19,6 +19,7 @@ use tokio_util::{io::ReaderStream, sync::CancellationToken};
 use tracing::{debug, warn};
 
 mod local;
+mod timer;
 
 use crate::{
     live::{LiveSite, Served},
@@ -146,6 +147,9 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
     let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut conns = JoinSet::new();
+    // The ticker outlives the accept loop: draining connections still time out.
+    let ticker_stop = CancellationToken::new();
+    let ticker = tokio::spawn(timer::tick(ticker_stop.clone()));
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -173,18 +177,18 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationT
         });
     }
     while conns.join_next().await.is_some() {}
+    ticker_stop.cancel();
+    ticker.await.ok();
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// A client must send its request head within this time (slowloris guard).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Peeks at the first bytes: the HTTP/2 preface means h2c (prior
 /// knowledge), anything else HTTP/1.1. Choosing the protocol once per
 /// connection keeps the HTTP/1.1 path free of the auto-detecting wrapper.
-async fn is_h2(stream: &tokio::net::TcpStream) -> bool {
+async fn is_h2(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
     let mut buf = [0u8; 24];
-    let deadline = tokio::time::Instant::now() + HEADER_TIMEOUT;
+    let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
@@ -207,11 +211,12 @@ async fn serve_conn(
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
+    let header_timeout = shared.config.http_header_timeout;
     let svc = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle(&shared, req).await) }
     });
-    let h2 = is_h2(&stream).await;
+    let h2 = is_h2(&stream, header_timeout).await;
     let io = TokioIo::new(stream);
     let res = if h2 {
         let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -226,8 +231,8 @@ async fn serve_conn(
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
+            .timer(timer::CoarseTimer)
+            .header_read_timeout(header_timeout)
             .max_buf_size(64 * 1024);
         let mut conn = pin!(builder.serve_connection(io, svc));
         tokio::select! {

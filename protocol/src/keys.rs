@@ -6,7 +6,7 @@ use std::{fmt, str::FromStr};
 use ed25519_dalek::{Signer, Verifier};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::parse_hex32;
+use crate::hash::{parse_hex32, write_hex};
 
 /// A public key, shown as 64 lowercase hex characters.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -57,10 +57,7 @@ impl PublicKey {
 
 impl fmt::Display for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        write_hex(f, &self.0)
     }
 }
 

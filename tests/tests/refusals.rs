@@ -263,52 +263,11 @@ async fn forged_and_malformed_publishes_change_nothing() -> Result<()> {
 async fn a_publish_killed_mid_upload_leaves_the_old_version_serving() -> Result<()> {
     let s = setup()?;
     let before = http_get(s.node.http, SITE, "/", &[]).await?;
-    // Enough data that the upload takes a while: 48 files of 4 MiB.
-    let big = s.site_dir.join("big");
-    std::fs::create_dir_all(&big)?;
-    let mut hashes = Vec::new();
-    for i in 0..48u32 {
-        let mut data = vec![0u8; 4 << 20];
-        blake3::Hasher::new()
-            .update(&i.to_le_bytes())
-            .finalize_xof()
-            .fill(&mut data);
-        hashes.push(blake3::hash(&data).to_hex().to_string());
-        std::fs::write(big.join(format!("{i}.bin")), data)?;
-    }
-    std::fs::write(s.site_dir.join("index.html"), "<h1>version 2</h1>")?;
-    let mut child = s
-        .admin
-        .command(&["publish", &s.site_dir.to_string_lossy(), "--site", SITE])?
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = big_publish(&s, b"killed", "<h1>version 2</h1>")?;
     // Kill the client once the node holds the first new blob.
-    let mut killed = false;
-    for _ in 0..2000 {
-        if child.try_wait()?.is_some() {
-            break;
-        }
-        let any = http_get(
-            s.node.http,
-            SITE,
-            &format!("/.maki/blob/{}", hashes[0]),
-            &[],
-        )
-        .await?;
-        let last = http_get(
-            s.node.http,
-            SITE,
-            &format!("/.maki/blob/{}", hashes[47]),
-            &[],
-        )
-        .await?;
-        if any.status == 200 || last.status == 200 {
-            child.kill()?;
-            killed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+    let killed = first_blob_landed(&s, &mut child).await?;
+    if killed {
+        child.kill()?;
     }
     child.wait()?;
     ensure!(
@@ -360,38 +319,11 @@ async fn a_publish_killed_mid_upload_leaves_the_old_version_serving() -> Result<
 async fn a_node_crashing_mid_publish_restarts_on_the_old_version() -> Result<()> {
     let s = setup()?;
     let before = http_get(s.node.http, SITE, "/", &[]).await?;
-    let big = s.site_dir.join("big");
-    std::fs::create_dir_all(&big)?;
-    let mut first = String::new();
-    for i in 0..32u32 {
-        let mut data = vec![0u8; 4 << 20];
-        blake3::Hasher::new()
-            .update(b"crash")
-            .update(&i.to_le_bytes())
-            .finalize_xof()
-            .fill(&mut data);
-        if i == 0 {
-            first = blake3::hash(&data).to_hex().to_string();
-        }
-        std::fs::write(big.join(format!("{i}.bin")), data)?;
-    }
-    std::fs::write(s.site_dir.join("index.html"), "<h1>never seen</h1>")?;
-    let mut child = s
-        .admin
-        .command(&["publish", &s.site_dir.to_string_lossy(), "--site", SITE])?
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut landed = false;
-    for _ in 0..2000 {
-        let r = http_get(s.node.http, SITE, &format!("/.maki/blob/{first}"), &[]).await?;
-        if r.status == 200 {
-            landed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    ensure!(landed, "the first blob never arrived");
+    let mut child = big_publish(&s, b"crash", "<h1>never seen</h1>")?;
+    ensure!(
+        first_blob_landed(&s, &mut child).await?,
+        "the first blob never arrived"
+    );
     let data = s.node.dir.clone();
     s.node.crash()?;
     let status = child.wait()?;
@@ -411,4 +343,47 @@ async fn a_node_crashing_mid_publish_restarts_on_the_old_version() -> Result<()>
     );
     drop(s.tmp);
     Ok(())
+}
+
+/// Adds 48 files of 4 MiB (seeded by `seed`) and a new index page, and starts
+/// `maki publish` of it: an upload that takes a while.
+fn big_publish(s: &Setup, seed: &[u8], index: &str) -> Result<std::process::Child> {
+    let big = s.site_dir.join("big");
+    std::fs::create_dir_all(&big)?;
+    for i in 0..48u32 {
+        std::fs::write(big.join(format!("{i}.bin")), big_file(seed, i))?;
+    }
+    std::fs::write(s.site_dir.join("index.html"), index)?;
+    Ok(s.admin
+        .command(&["publish", &s.site_dir.to_string_lossy(), "--site", SITE])?
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?)
+}
+
+fn big_file(seed: &[u8], i: u32) -> Vec<u8> {
+    let mut data = vec![0u8; 4 << 20];
+    blake3::Hasher::new()
+        .update(seed)
+        .update(&i.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut data);
+    data
+}
+
+/// Waits until the node holds the first big file while the publish still
+/// runs; false if the publish ended first.
+async fn first_blob_landed(s: &Setup, child: &mut std::process::Child) -> Result<bool> {
+    let seed = std::fs::read(s.site_dir.join("big/0.bin"))?;
+    let path = format!("/.maki/blob/{}", blake3::hash(&seed).to_hex());
+    for _ in 0..4000 {
+        if child.try_wait()?.is_some() {
+            return Ok(false);
+        }
+        if http_get(s.node.http, SITE, &path, &[]).await?.status == 200 {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(false)
 }

@@ -1,0 +1,209 @@
+//! A coarse timer for hyper's header-read timeout.
+//!
+//! hyper arms that timeout for every request (it also ends idle keep-alive
+//! connections), and with tokio's timer each one registers in and clears
+//! from the timer wheel — ~5% of a 1 KiB request here. The timeout only
+//! has to be right to within a fraction of a second, so this timer keeps
+//! deadlines in a per-worker table that one ticker scans a few times a
+//! second. Registering is a push into a thread-local vector.
+//!
+//! Used only on an edge worker's single-threaded runtime. A sleep polled or
+//! dropped on another thread (never expected) falls back to firing on time
+//! from that thread's own table, or leaves a stale entry that the ticker
+//! discards.
+
+use std::{
+    cell::RefCell,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll, Waker},
+    thread::ThreadId,
+    time::{Duration, Instant},
+};
+
+use tokio_util::sync::CancellationToken;
+
+/// How often deadlines are checked: the timeout's precision.
+pub const TICK: Duration = Duration::from_millis(250);
+
+thread_local! {
+    static TABLE: RefCell<Table> = RefCell::new(Table::default());
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    generation: u64,
+    entry: Option<(Instant, Waker)>,
+}
+
+impl Table {
+    fn insert(&mut self, deadline: Instant, waker: Waker) -> (usize, u64) {
+        let index = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    entry: None,
+                });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[index];
+        slot.generation += 1;
+        slot.entry = Some((deadline, waker));
+        (index, slot.generation)
+    }
+
+    fn get(&mut self, (index, generation): (usize, u64)) -> Option<&mut (Instant, Waker)> {
+        self.slots
+            .get_mut(index)
+            .filter(|s| s.generation == generation)
+            .and_then(|s| s.entry.as_mut())
+    }
+
+    fn remove(&mut self, (index, generation): (usize, u64)) {
+        if let Some(slot) = self.slots.get_mut(index)
+            && slot.generation == generation
+            && slot.entry.take().is_some()
+        {
+            self.free.push(index);
+        }
+    }
+
+    /// Wakes every sleep whose deadline has passed.
+    fn fire(&mut self, now: Instant) {
+        for (index, slot) in self.slots.iter_mut().enumerate() {
+            if slot.entry.as_ref().is_some_and(|(d, _)| *d <= now)
+                && let Some((_, waker)) = slot.entry.take()
+            {
+                waker.wake();
+                self.free.push(index);
+            }
+        }
+    }
+}
+
+/// Runs the table's ticker on this worker until `cancel`.
+pub async fn tick(cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(TICK);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = interval.tick() => TABLE.with(|t| t.borrow_mut().fire(Instant::now())),
+        }
+    }
+}
+
+/// hyper's `Timer`, backed by the worker's table.
+#[derive(Debug, Clone, Copy)]
+pub struct CoarseTimer;
+
+impl hyper::rt::Timer for CoarseTimer {
+    fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        self.sleep_until(Instant::now() + duration)
+    }
+
+    fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
+        Box::pin(CoarseSleep {
+            deadline,
+            key: None,
+        })
+    }
+}
+
+#[derive(Debug)]
+struct CoarseSleep {
+    deadline: Instant,
+    key: Option<(ThreadId, (usize, u64))>,
+}
+
+impl Future for CoarseSleep {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Instant::now() >= self.deadline {
+            self.unregister();
+            return Poll::Ready(());
+        }
+        let here = std::thread::current().id();
+        let deadline = self.deadline;
+        let key = TABLE.with(|t| {
+            let mut t = t.borrow_mut();
+            match self.key {
+                Some((thread, key)) if thread == here => match t.get(key) {
+                    Some((_, waker)) => {
+                        if !waker.will_wake(cx.waker()) {
+                            *waker = cx.waker().clone();
+                        }
+                        key
+                    }
+                    // Fired early (a tick raced the clock): register again.
+                    None => t.insert(deadline, cx.waker().clone()),
+                },
+                _ => t.insert(deadline, cx.waker().clone()),
+            }
+        });
+        self.key = Some((here, key));
+        Poll::Pending
+    }
+}
+
+impl hyper::rt::Sleep for CoarseSleep {}
+
+impl CoarseSleep {
+    fn unregister(&mut self) {
+        if let Some((thread, key)) = self.key.take()
+            && thread == std::thread::current().id()
+        {
+            TABLE.with(|t| t.borrow_mut().remove(key));
+        }
+    }
+}
+
+impl Drop for CoarseSleep {
+    fn drop(&mut self) {
+        self.unregister();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn fires_after_the_deadline_and_not_before() {
+        let cancel = CancellationToken::new();
+        let ticker = tokio::spawn(tick(cancel.clone()));
+        let start = Instant::now();
+        let sleep = hyper::rt::Timer::sleep(&CoarseTimer, Duration::from_millis(300));
+        sleep.await;
+        let waited = start.elapsed();
+        assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        assert!(waited < Duration::from_millis(300) + TICK * 4, "{waited:?}");
+        cancel.cancel();
+        ticker.await.ok();
+    }
+
+    #[test]
+    fn dropped_sleeps_free_their_slot() {
+        let mut t = Table::default();
+        let waker = Waker::noop().clone();
+        let a = t.insert(Instant::now(), waker.clone());
+        t.remove(a);
+        let b = t.insert(Instant::now(), waker.clone());
+        assert_eq!(a.0, b.0, "slot reused");
+        // The stale key of `a` must not remove `b`.
+        t.remove(a);
+        assert!(t.get(b).is_some());
+        t.fire(Instant::now() + Duration::from_secs(1));
+        assert!(t.get(b).is_none());
+    }
+}
