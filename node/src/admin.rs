@@ -505,7 +505,11 @@ impl AdminProtocol {
             .add_bytes(manifest_bytes.into())
             .await
             .map_err(internal)?;
-        debug_assert_eq!(stored, head.manifest);
+        if stored != head.manifest {
+            return Err(RpcError::Internal(
+                "the store hashed the manifest differently".into(),
+            ));
+        }
         let blobs = manifest.blobs();
         let mut missing = Vec::new();
         let mut bytes = 0;
