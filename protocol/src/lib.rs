@@ -22,6 +22,9 @@ pub use hash::{Hash, HashError};
 pub use keys::{KeyError, PublicKey, SecretKey, Signature};
 pub use manifest::{Encoding, Entry, Head, MANIFEST_FORMAT, Manifest, ManifestError, Variant};
 pub use path::{SitePath, SitePathError};
-pub use records::{GENESIS_FORMAT, Genesis};
+pub use records::{
+    Body, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NodeRecord, RECORD_FORMAT, Record,
+    RecordError, RecordKey, Revocation, SiteRecord, Verified,
+};
 pub use signed::{Signable, Signed, SignedError};
 pub use ticket::{NodeTicket, TicketError};

@@ -1,11 +1,21 @@
-//! Network records beyond heads.
+//! Network records: what the nodes of a network replicate and merge.
+//!
+//! Each record is signed by whoever may make it (see `docs/architecture.md`,
+//! Trust) and merged last-writer-wins per key by `(version, hash)`: a higher
+//! version wins, and between equal versions the higher hash, so every node
+//! picks the same winner without a clock. Records carry a format number; a
+//! node that meets a newer one says so instead of misreading it.
+
+use std::{fmt, net::SocketAddr, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{PublicKey, signed::Signable};
+use crate::{Domain, Hash, Head, NodeTicket, PublicKey, Signed, signed::Signable};
 
-/// The record format this code writes.
-pub const GENESIS_FORMAT: u16 = 1;
+/// The record format this code writes and the newest it reads.
+pub const RECORD_FORMAT: u16 = 1;
+/// The genesis format (kept for the name used since the first release).
+pub const GENESIS_FORMAT: u16 = RECORD_FORMAT;
 
 /// The first record of a network: its admin keys. Signed by the node that
 /// created the network; the BLAKE3 of the signed record is the network id.
@@ -19,4 +29,347 @@ pub struct Genesis {
 
 impl Signable for Genesis {
     const CONTEXT: &'static [u8] = b"makiatto/genesis/v1";
+}
+
+/// Permission for one new node to join, redeemable once, only at `issuer`.
+/// Signed by an admin. The secret itself travels only in the ticket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Invite {
+    pub format: u16,
+    pub network: Hash,
+    /// BLAKE3 of the ticket's secret.
+    pub secret_hash: Hash,
+    /// Seconds since the Unix epoch after which the invite is void.
+    pub expires: u64,
+    /// The only node that may redeem it (single use holds in a partition).
+    pub issuer: PublicKey,
+}
+
+impl Signable for Invite {
+    const CONTEXT: &'static [u8] = b"makiatto/invite/v1";
+}
+
+impl Invite {
+    pub fn is_expired(&self, now: u64) -> bool {
+        now >= self.expires
+    }
+
+    pub fn matches(&self, secret: &[u8; 32]) -> bool {
+        Hash::of(secret) == self.secret_hash
+    }
+}
+
+/// A site: its domain, aliases and who may publish it. Signed by an admin.
+/// Removal is a newer version with `removed` set, so it replicates too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteRecord {
+    pub format: u16,
+    pub domain: Domain,
+    pub aliases: Vec<Domain>,
+    pub publishers: Vec<PublicKey>,
+    pub version: u64,
+    pub removed: bool,
+}
+
+impl Signable for SiteRecord {
+    const CONTEXT: &'static [u8] = b"makiatto/site/v1";
+}
+
+/// A member node, signed by the node itself; valid only together with the
+/// admin-signed invite it redeemed (named by hash).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub format: u16,
+    pub id: PublicKey,
+    pub addrs: Vec<SocketAddr>,
+    pub region: Option<String>,
+    /// Latitude and longitude in degrees.
+    pub location: Option<(f64, f64)>,
+    pub version: u64,
+    /// Hash of the signed invite this node redeemed; `None` for the node
+    /// that created the network (vouched for by the genesis record).
+    pub invite: Option<Hash>,
+}
+
+impl Signable for NodeRecord {
+    const CONTEXT: &'static [u8] = b"makiatto/node/v1";
+}
+
+/// A node removed from the network. Signed by an admin; beats any
+/// `NodeRecord` of that node, whatever its version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    pub format: u16,
+    pub node: PublicKey,
+    pub version: u64,
+}
+
+impl Signable for Revocation {
+    const CONTEXT: &'static [u8] = b"makiatto/revocation/v1";
+}
+
+/// What a record is about: one winner per key.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum RecordKey {
+    Invite(Hash),
+    Site(Domain),
+    Head(Domain),
+    Node(PublicKey),
+    Revocation(PublicKey),
+}
+
+/// Any replicated record, as it travels.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    Invite(Signed<Invite>),
+    Site(Signed<SiteRecord>),
+    Head(Signed<Head>),
+    Node(Signed<NodeRecord>),
+    Revocation(Signed<Revocation>),
+}
+
+/// A record that cannot be taken in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    #[error(transparent)]
+    Signature(#[from] crate::SignedError),
+    #[error(
+        "record format {found} is newer than this build understands (up to {RECORD_FORMAT}); upgrade this node"
+    )]
+    NewerFormat { found: u16 },
+}
+
+/// A record whose signature holds, decoded, with its merge position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verified {
+    pub key: RecordKey,
+    pub version: u64,
+    /// BLAKE3 of the record's wire bytes: the tie-breaker and its identity
+    /// in set reconciliation.
+    pub hash: Hash,
+    pub signer: PublicKey,
+    pub body: Body,
+}
+
+/// The decoded content of a [`Verified`] record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    Invite(Invite),
+    Site(SiteRecord),
+    Head(Head),
+    Node(NodeRecord),
+    Revocation(Revocation),
+}
+
+fn check_format(format: u16) -> Result<(), RecordError> {
+    if format > RECORD_FORMAT {
+        return Err(RecordError::NewerFormat { found: format });
+    }
+    Ok(())
+}
+
+impl Record {
+    /// Checks the signature and format and finds the record's key. Whether
+    /// the signer had the right is the caller's question: it needs state.
+    pub fn verify(&self) -> Result<Verified, RecordError> {
+        let hash = Hash::of(&crate::manifest::encode(self));
+        let (key, version, signer, body) = match self {
+            Record::Invite(s) => {
+                let v = s.verify()?;
+                check_format(v.format)?;
+                // An invite never changes: its version is fixed.
+                (
+                    RecordKey::Invite(v.secret_hash),
+                    0,
+                    s.signer(),
+                    Body::Invite(v),
+                )
+            }
+            Record::Site(s) => {
+                let v = s.verify()?;
+                check_format(v.format)?;
+                (
+                    RecordKey::Site(v.domain.clone()),
+                    v.version,
+                    s.signer(),
+                    Body::Site(v),
+                )
+            }
+            Record::Head(s) => {
+                let v = s.verify()?;
+                (
+                    RecordKey::Head(v.site.clone()),
+                    v.seq,
+                    s.signer(),
+                    Body::Head(v),
+                )
+            }
+            Record::Node(s) => {
+                let v = s.verify()?;
+                check_format(v.format)?;
+                (RecordKey::Node(v.id), v.version, s.signer(), Body::Node(v))
+            }
+            Record::Revocation(s) => {
+                let v = s.verify()?;
+                check_format(v.format)?;
+                (
+                    RecordKey::Revocation(v.node),
+                    v.version,
+                    s.signer(),
+                    Body::Revocation(v),
+                )
+            }
+        };
+        Ok(Verified {
+            key,
+            version,
+            hash,
+            signer,
+            body,
+        })
+    }
+}
+
+impl Verified {
+    /// Last-writer-wins: true when `self` should replace `other` (same key).
+    pub fn wins_over(&self, other: &Verified) -> bool {
+        (self.version, self.hash) > (other.version, other.hash)
+    }
+}
+
+const INVITE_PREFIX: &str = "makinvite1";
+
+/// What `maki invite` prints: the network, the one-time secret and where to
+/// redeem it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InviteTicket {
+    pub network: Hash,
+    pub secret: [u8; 32],
+    pub issuer: NodeTicket,
+}
+
+impl fmt::Display for InviteTicket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let bytes = crate::manifest::encode(self);
+        write!(f, "{INVITE_PREFIX}{}", crate::ticket::encode_b32(&bytes))
+    }
+}
+
+impl FromStr for InviteTicket {
+    type Err = crate::TicketError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let body = s
+            .trim()
+            .strip_prefix(INVITE_PREFIX)
+            .ok_or(crate::TicketError::WrongPrefix)?;
+        let bytes = crate::ticket::decode_b32(body)?;
+        let (ticket, rest) = postcard::take_from_bytes::<InviteTicket>(&bytes)
+            .map_err(|e| crate::TicketError::Decode(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(crate::TicketError::Decode("trailing bytes".into()));
+        }
+        Ok(ticket)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::SecretKey;
+
+    fn site(version: u64) -> SiteRecord {
+        SiteRecord {
+            format: RECORD_FORMAT,
+            domain: Domain::new("a.test").expect("domain"),
+            aliases: vec![],
+            publishers: vec![],
+            version,
+            removed: false,
+        }
+    }
+
+    #[test]
+    fn newer_version_wins_and_ties_break_by_hash() {
+        let admin = SecretKey::from_bytes(&[1; 32]);
+        let v1 = Record::Site(Signed::sign(&admin, &site(1)))
+            .verify()
+            .expect("v1");
+        let v2 = Record::Site(Signed::sign(&admin, &site(2)))
+            .verify()
+            .expect("v2");
+        assert_eq!(v1.key, v2.key);
+        assert!(v2.wins_over(&v1) && !v1.wins_over(&v2));
+
+        let mut other = site(2);
+        other.removed = true;
+        let v2b = Record::Site(Signed::sign(&admin, &other))
+            .verify()
+            .expect("v2b");
+        // Exactly one of two different records of the same version wins.
+        assert!(v2b.wins_over(&v2) != v2.wins_over(&v2b));
+    }
+
+    #[test]
+    fn newer_formats_are_named() {
+        let admin = SecretKey::from_bytes(&[1; 32]);
+        let mut s = site(1);
+        s.format = RECORD_FORMAT + 1;
+        let e = Record::Site(Signed::sign(&admin, &s))
+            .verify()
+            .expect_err("newer");
+        assert_eq!(
+            e,
+            RecordError::NewerFormat {
+                found: RECORD_FORMAT + 1
+            }
+        );
+        assert!(e.to_string().contains("upgrade"));
+    }
+
+    #[test]
+    fn invite_ticket_round_trip() {
+        let t = InviteTicket {
+            network: Hash::of(b"net"),
+            secret: [7; 32],
+            issuer: NodeTicket {
+                id: SecretKey::from_bytes(&[3; 32]).public(),
+                addrs: vec!["127.0.0.1:51821".parse().expect("addr")],
+            },
+        };
+        let s = t.to_string();
+        assert!(s.starts_with("makinvite1") && s == s.to_lowercase());
+        assert_eq!(s.parse::<InviteTicket>(), Ok(t.clone()));
+        assert!(
+            s.replace("makinvite1", "makinode1")
+                .parse::<InviteTicket>()
+                .is_err()
+        );
+        let invite = Invite {
+            format: RECORD_FORMAT,
+            network: t.network,
+            secret_hash: Hash::of(&t.secret),
+            expires: 100,
+            issuer: t.issuer.id,
+        };
+        assert!(invite.matches(&t.secret) && !invite.matches(&[8; 32]));
+        assert!(!invite.is_expired(99) && invite.is_expired(100));
+    }
+
+    proptest! {
+        #[test]
+        fn record_decode_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Ok(r) = postcard::from_bytes::<Record>(&bytes) {
+                let _ = r.verify();
+            }
+        }
+
+        #[test]
+        fn invite_ticket_decode_is_total(s in "makinvite1[a-z2-7]{0,160}") {
+            let _ = s.parse::<InviteTicket>();
+        }
+    }
 }

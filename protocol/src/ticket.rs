@@ -19,7 +19,9 @@ pub struct NodeTicket {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TicketError {
-    #[error("not a node ticket: it must start with {NODE_PREFIX:?}")]
+    #[error(
+        "wrong kind of ticket: node tickets start with \"makinode1\", invites with \"makinvite1\""
+    )]
     WrongPrefix,
     #[error("the ticket is not valid base32; was it cut off when pasting?")]
     Base32,
@@ -27,13 +29,13 @@ pub enum TicketError {
     Decode(String),
 }
 
-fn encode_b32(bytes: &[u8]) -> String {
+pub(crate) fn encode_b32(bytes: &[u8]) -> String {
     data_encoding::BASE32_NOPAD
         .encode(bytes)
         .to_ascii_lowercase()
 }
 
-fn decode_b32(s: &str) -> Result<Vec<u8>, TicketError> {
+pub(crate) fn decode_b32(s: &str) -> Result<Vec<u8>, TicketError> {
     data_encoding::BASE32_NOPAD
         .decode(s.to_ascii_uppercase().as_bytes())
         .map_err(|_| TicketError::Base32)
