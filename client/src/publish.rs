@@ -3,6 +3,8 @@
 
 use std::{path::Path, time::SystemTime};
 
+use n0_future::{BufferedStreamExt, StreamExt};
+
 use iroh_blobs::{
     protocol::{ChunkRangesSeq, PushRequest},
     store::mem::MemStore,
@@ -19,6 +21,8 @@ use crate::{
 
 /// Bytes held in memory at once while uploading.
 const BATCH_BYTES: u64 = 64 << 20;
+/// Blob pushes running at once on the connection.
+const PUSHES_IN_FLIGHT: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -235,18 +239,25 @@ async fn push_batch(
             })?;
         tags.push((tag, len));
     }
-    for (tag, len) in &tags {
+    // Several pushes in flight, each on its own stream: one round trip per
+    // file would make a site of many small files crawl over a long link.
+    let mut pushes = n0_future::stream::iter(tags.iter().map(|(tag, len)| {
         let hash = tag.hash();
-        store
+        let push = store
             .remote()
-            .execute_push(conn.clone(), PushRequest::new(hash, ChunkRangesSeq::root()))
-            .await
-            .map_err(|e| PublishError::Push {
+            .execute_push(conn.clone(), PushRequest::new(hash, ChunkRangesSeq::root()));
+        async move {
+            push.await.map(|_| *len).map_err(|e| PublishError::Push {
                 hash: Hash::from_bytes(*hash.as_bytes()),
                 message: e.to_string(),
-            })?;
-        progress.advance(*len);
+            })
+        }
+    }))
+    .buffered_unordered(PUSHES_IN_FLIGHT);
+    while let Some(done) = pushes.next().await {
+        progress.advance(done?);
     }
+    drop(pushes);
     drop(tags);
     store.shutdown().await.ok();
     Ok(())
