@@ -185,6 +185,17 @@ mod tests {
     }
 
     #[test]
+    fn committed_examples_are_valid() -> Result<(), Box<dyn std::error::Error>> {
+        let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/config");
+        for name in ["makiatto.dev.toml", "makiatto.prod.toml"] {
+            let dir = tempfile::tempdir()?;
+            std::fs::copy(examples.join(name), dir.path().join(CONFIG_FILE))?;
+            Config::load(dir.path()).map_err(|e| format!("{name}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    #[test]
     fn unknown_fields_refused() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
         std::fs::write(dir.path().join(CONFIG_FILE), "htp = \"1.2.3.4:80\"\n")?;
