@@ -16,7 +16,7 @@ use maki::{
     scan::HashCache,
 };
 use maki_protocol::{
-    Domain, NodeTicket, PublicKey, SecretKey,
+    Domain, Hash, Invite, InviteTicket, NodeTicket, PublicKey, RECORD_FORMAT, SecretKey, Signed,
     rpc::{Request, Response},
 };
 
@@ -56,6 +56,13 @@ enum Command {
         /// Scan, hash and build the manifest, print it, and stop.
         #[arg(long)]
         dry_run: bool,
+    },
+    /// Make a one-time invite for a new node (admins). Prints a ticket for
+    /// `makiatto join` on the new machine.
+    Invite {
+        /// How long the invite stays valid: 30m, 24h, 7d…
+        #[arg(long, default_value = "24h", value_parser = parse_duration)]
+        expires: u64,
     },
     /// List sites and what they serve.
     Sites,
@@ -240,6 +247,40 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
         }
+        Command::Invite { expires } => {
+            let ticket = ticket(&cli.node, &project)?;
+            let (client, key) = connect(&cli, &project).await?;
+            let Response::Network { network, node } = client.call(&Request::Network).await? else {
+                bail!("unexpected answer");
+            };
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| anyhow!("no randomness: {e}"))?;
+            let invite = Invite {
+                format: RECORD_FORMAT,
+                network,
+                secret_hash: Hash::of(&secret),
+                expires: publish::now() + *expires,
+                issuer: node,
+            };
+            client
+                .call(&Request::Invite {
+                    invite: Signed::sign(&key, &invite),
+                })
+                .await?;
+            client.close().await;
+            eprintln!(
+                "one-time invite, valid for {}; on the new machine run:\n  makiatto join <ticket> --data-dir /var/lib/makiatto",
+                human_secs(*expires)
+            );
+            println!(
+                "{}",
+                InviteTicket {
+                    network,
+                    secret,
+                    issuer: ticket,
+                }
+            );
+        }
         Command::Sites => {
             let (client, _) = connect(&cli, &project).await?;
             let Response::Sites(sites) = client.call(&Request::Sites).await? else {
@@ -372,6 +413,35 @@ fn print_manifest(m: &maki_protocol::Manifest, json: bool) -> Result<()> {
         human(m.total_size())
     )?;
     Ok(())
+}
+
+/// `30s`, `15m`, `24h`, `7d` → seconds.
+fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 24h"))?;
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" | "" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("unknown unit {unit:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("{s:?} is out of range"))
+}
+
+fn human_secs(secs: u64) -> String {
+    match secs {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 fn human(bytes: u64) -> String {

@@ -18,7 +18,7 @@ use iroh::{
 };
 use iroh_blobs::provider::events::{AbortReason, ProviderMessage};
 use maki_protocol::{
-    Domain, Hash, Head, Manifest, PublicKey, Signed,
+    Domain, Hash, Head, Invite, Manifest, PublicKey, Signed,
     rpc::{self, HeadInfo, Request, Response, RpcError, SiteInfo, VersionInfo},
 };
 use tokio::sync::mpsc;
@@ -281,8 +281,42 @@ impl AdminProtocol {
                 r
             }
             Request::Rollback { head } => self.rollback(caller, head).await,
+            Request::Network => Ok(Response::Network {
+                network: self.shared.network,
+                node: self.shared.id,
+            }),
+            Request::Invite { invite } => self.invite(caller, invite),
             _ => Err(RpcError::BadRequest("unknown request".into())),
         }
+    }
+
+    fn invite(&self, caller: PublicKey, signed: Signed<Invite>) -> Result<Response, RpcError> {
+        self.require_admin(caller)?;
+        let bad = |m: &str| Err(RpcError::InvalidInvite(m.to_owned()));
+        let Ok(invite) = signed.verify() else {
+            return Err(RpcError::BadSignature);
+        };
+        if signed.signer() != caller {
+            return Err(RpcError::SignerMismatch);
+        }
+        if invite.format > maki_protocol::RECORD_FORMAT {
+            return bad("made by a newer maki; upgrade this node");
+        }
+        if invite.network != self.shared.network {
+            return bad("it names another network");
+        }
+        if invite.issuer != self.shared.id {
+            return bad("it names another issuing node; only the issuer can redeem it");
+        }
+        if invite.is_expired(crate::now()) {
+            return bad("it has already expired");
+        }
+        self.shared
+            .state
+            .add_invite(invite.secret_hash, &signed)
+            .map_err(internal)?;
+        info!(expires = invite.expires, "invite stored");
+        Ok(Response::Done)
     }
 
     fn require_admin(&self, caller: PublicKey) -> Result<(), RpcError> {

@@ -11,6 +11,7 @@ use maki_protocol::{Genesis, Hash, SecretKey, Signed};
 
 const KEY_FILE: &str = "node.key";
 const GENESIS_FILE: &str = "genesis.bin";
+const INVITE_FILE: &str = "invite.bin";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -58,13 +59,22 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), IdentityError> {
 
 /// Creates a fresh node key in `dir`.
 pub fn create_key(dir: &Path) -> Result<SecretKey, IdentityError> {
-    let path = dir.join(KEY_FILE);
-    let mut bytes = [0u8; 32];
-    getrandom_fill(&mut bytes, &path)?;
-    let key = SecretKey::from_bytes(&bytes);
-    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    write_private(&path, format!("{hex}\n").as_bytes())?;
+    let key = generate_key(dir)?;
+    write_key(dir, &key)?;
     Ok(key)
+}
+
+/// A fresh key, in memory only (`dir` only names errors).
+pub fn generate_key(dir: &Path) -> Result<SecretKey, IdentityError> {
+    let mut bytes = [0u8; 32];
+    getrandom_fill(&mut bytes, &dir.join(KEY_FILE))?;
+    Ok(SecretKey::from_bytes(&bytes))
+}
+
+/// Writes `key` as the node key of `dir` (never overwriting one).
+pub fn write_key(dir: &Path, key: &SecretKey) -> Result<(), IdentityError> {
+    let hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    write_private(&dir.join(KEY_FILE), format!("{hex}\n").as_bytes())
 }
 
 fn getrandom_fill(buf: &mut [u8; 32], path: &Path) -> Result<(), IdentityError> {
@@ -91,8 +101,17 @@ pub fn write_genesis(dir: &Path, genesis: &Signed<Genesis>) -> Result<(), Identi
     write_private(&path, &bytes)
 }
 
+/// The network as this node knows it.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub signed: Signed<Genesis>,
+    pub genesis: Genesis,
+    /// The network id: BLAKE3 of the signed genesis record.
+    pub id: Hash,
+}
+
 /// The genesis record and the network id (its hash).
-pub fn load_genesis(dir: &Path) -> Result<(Genesis, Hash), IdentityError> {
+pub fn load_genesis(dir: &Path) -> Result<Network, IdentityError> {
     let path = dir.join(GENESIS_FILE);
     let bytes = std::fs::read(&path).map_err(io(&path))?;
     let signed: Signed<Genesis> = postcard::from_bytes(&bytes)
@@ -100,5 +119,20 @@ pub fn load_genesis(dir: &Path) -> Result<(Genesis, Hash), IdentityError> {
     let genesis = signed
         .verify()
         .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string()))?;
-    Ok((genesis, Hash::of(&bytes)))
+    Ok(Network {
+        signed,
+        genesis,
+        id: Hash::of(&bytes),
+    })
+}
+
+/// Keeps the invite a joined node redeemed: its membership credential.
+pub fn write_invite(
+    dir: &Path,
+    invite: &Signed<maki_protocol::Invite>,
+) -> Result<(), IdentityError> {
+    let path = dir.join(INVITE_FILE);
+    let bytes = postcard::to_stdvec(invite)
+        .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string()))?;
+    write_private(&path, &bytes)
 }

@@ -6,9 +6,17 @@ pub mod config;
 pub mod content;
 pub mod edge;
 pub mod identity;
+pub mod join;
 pub mod live;
 pub mod node;
 pub mod state;
 
 pub use config::Config;
 pub use node::{Node, NodeError};
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

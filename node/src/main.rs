@@ -4,7 +4,7 @@ use std::{io::Write, net::SocketAddr, path::PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use maki_protocol::{GENESIS_FORMAT, Genesis, PublicKey, Signed};
+use maki_protocol::{GENESIS_FORMAT, Genesis, InviteTicket, PublicKey, Signed};
 use makiatto::{Config, Node, config::CONFIG_FILE, identity};
 use tracing_subscriber::EnvFilter;
 
@@ -32,6 +32,27 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:80")]
         http: SocketAddr,
         /// p2p (iroh QUIC, UDP) listen address.
+        #[arg(long, default_value = "0.0.0.0:51821")]
+        p2p: SocketAddr,
+    },
+    /// Join a network with an invite ticket (from `maki invite`), write
+    /// DATA_DIR, then run like `run`. Later starts use `run`.
+    Join {
+        /// The `makinvite1…` ticket.
+        ticket: InviteTicket,
+        #[arg(long, env = "MAKIATTO_DATA_DIR")]
+        data_dir: PathBuf,
+        /// A region name for pinning and DNS (e.g. `eu`).
+        #[arg(long)]
+        region: Option<String>,
+        /// Latitude in degrees, for GeoDNS.
+        #[arg(long, requires = "lon", allow_hyphen_values = true)]
+        lat: Option<f64>,
+        /// Longitude in degrees, for GeoDNS.
+        #[arg(long, requires = "lat", allow_hyphen_values = true)]
+        lon: Option<f64>,
+        #[arg(long, default_value = "0.0.0.0:80")]
+        http: SocketAddr,
         #[arg(long, default_value = "0.0.0.0:51821")]
         p2p: SocketAddr,
     },
@@ -81,23 +102,80 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{} is valid", data_dir.join(CONFIG_FILE).display());
             Ok(())
         }
-        Command::Run { data_dir } => {
-            let node = Node::spawn(&data_dir).await?;
-            let mut out = std::io::stdout().lock();
-            writeln!(
-                out,
-                "ready http={} ticket={}",
-                node.http_addr(),
-                node.ticket()
-            )?;
-            out.flush()?;
-            drop(out);
-            wait_for_signal().await?;
-            tracing::info!("shutting down");
-            node.shutdown().await;
-            Ok(())
+        Command::Run { data_dir } => run_node(&data_dir).await,
+        Command::Join {
+            ticket,
+            data_dir,
+            region,
+            lat,
+            lon,
+            http,
+            p2p,
+        } => {
+            join(&ticket, &data_dir, http, p2p).await?;
+            if region.is_some() || lat.is_some() {
+                // Kept for the node record once membership replicates.
+                tracing::info!(?region, ?lat, ?lon, "location noted");
+            }
+            run_node(&data_dir).await
         }
     }
+}
+
+async fn run_node(data_dir: &std::path::Path) -> Result<()> {
+    let node = Node::spawn(data_dir).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "ready http={} ticket={}",
+        node.http_addr(),
+        node.ticket()
+    )?;
+    out.flush()?;
+    drop(out);
+    wait_for_signal().await?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
+
+/// Redeems the invite first and writes DATA_DIR only after the issuer said
+/// yes: a refused join leaves nothing behind.
+async fn join(
+    ticket: &InviteTicket,
+    data_dir: &std::path::Path,
+    http: SocketAddr,
+    p2p: SocketAddr,
+) -> Result<()> {
+    if data_dir.join(CONFIG_FILE).exists() {
+        bail!(
+            "{} already holds a node; start it with `makiatto run`",
+            data_dir.display()
+        );
+    }
+    let key = identity::generate_key(data_dir)?;
+    let any: SocketAddr = if ticket.issuer.addrs.iter().all(|a| a.is_ipv6()) {
+        "[::]:0".parse()?
+    } else {
+        "0.0.0.0:0".parse()?
+    };
+    let endpoint = makiatto::node::bind_endpoint(&key, any).await?;
+    let welcome = makiatto::join::redeem(&endpoint, ticket).await;
+    endpoint.close().await;
+    let welcome = welcome?;
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    identity::write_key(data_dir, &key)?;
+    identity::write_genesis(data_dir, &welcome.genesis)?;
+    identity::write_invite(data_dir, &welcome.invite)?;
+    let config = Config {
+        http,
+        p2p,
+        ..Config::default()
+    };
+    std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml())?;
+    eprintln!("joined network {} as node {}", ticket.network, key.public());
+    Ok(())
 }
 
 fn init(
@@ -134,7 +212,7 @@ fn init(
         ..Config::default()
     };
     std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml())?;
-    let (_, network) = identity::load_genesis(&data_dir)?;
+    let network = identity::load_genesis(&data_dir)?.id;
     println!("node {}", key.public());
     println!("network {network}");
     println!(

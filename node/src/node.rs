@@ -17,7 +17,10 @@ use iroh_blobs::{
     BlobsProtocol,
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
-use maki_protocol::{Genesis, Hash, Manifest, NodeTicket, PublicKey, SecretKey, rpc::ADMIN_ALPN};
+use maki_protocol::{
+    Genesis, Hash, Manifest, NodeTicket, PublicKey, SecretKey, Signed,
+    rpc::{ADMIN_ALPN, JOIN_ALPN},
+};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -38,7 +41,10 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct Shared {
     pub config: Config,
+    /// This node's id (its key).
+    pub id: PublicKey,
     pub genesis: Genesis,
+    pub signed_genesis: Signed<Genesis>,
     pub network: Hash,
     pub state: State,
     pub content: Content,
@@ -89,7 +95,7 @@ impl Node {
     pub async fn spawn(data_dir: &Path) -> Result<Self, NodeError> {
         let config = Config::load(data_dir)?;
         let key = identity::load_key(data_dir)?;
-        let (genesis, network) = identity::load_genesis(data_dir)?;
+        let network = identity::load_genesis(data_dir)?;
         let state = State::open(&data_dir.join("state.redb"))?;
         let content = Content::load(&blobs_dir(data_dir)).await?;
         let swept = content.sweep_temp().await?;
@@ -105,8 +111,10 @@ impl Node {
         let endpoint = bind_endpoint(&key, config.p2p).await?;
         let shared = Arc::new(Shared {
             config,
-            genesis,
-            network,
+            id: key.public(),
+            genesis: network.genesis,
+            signed_genesis: network.signed,
+            network: network.id,
             state,
             content,
             live,
@@ -135,6 +143,7 @@ impl Node {
         let router = Router::builder(endpoint)
             .accept(iroh_blobs::ALPN, blobs)
             .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone()))
+            .accept(JOIN_ALPN, crate::join::JoinProtocol::new(shared.clone()))
             .spawn();
 
         let edge = edge::Edge::spawn(
@@ -217,7 +226,7 @@ pub fn blobs_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("blobs")
 }
 
-async fn bind_endpoint(key: &SecretKey, addr: SocketAddr) -> Result<Endpoint, NodeError> {
+pub async fn bind_endpoint(key: &SecretKey, addr: SocketAddr) -> Result<Endpoint, NodeError> {
     let err = |message: String| NodeError::Bind { addr, message };
     // No relays, no n0 discovery, no UPnP: peers come from our own records.
     // A peer that vanishes (a killed CLI mid-publish) is noticed within
@@ -231,7 +240,11 @@ async fn bind_endpoint(key: &SecretKey, addr: SocketAddr) -> Result<Endpoint, No
         .secret_key(iroh::SecretKey::from_bytes(&key.to_bytes()))
         .relay_mode(RelayMode::Disabled)
         .portmapper_config(PortmapperConfig::Disabled)
-        .alpns(vec![ADMIN_ALPN.to_vec(), iroh_blobs::ALPN.to_vec()])
+        .alpns(vec![
+            ADMIN_ALPN.to_vec(),
+            JOIN_ALPN.to_vec(),
+            iroh_blobs::ALPN.to_vec(),
+        ])
         .clear_ip_transports()
         .bind_addr(addr)
         .map_err(|e| err(e.to_string()))?;

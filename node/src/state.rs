@@ -8,13 +8,22 @@
 
 use std::path::Path;
 
-use maki_protocol::{Domain, Hash, Head, PublicKey, Signed};
+use maki_protocol::{Domain, Hash, Head, Invite, PublicKey, Signed, rpc::JoinError};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 const SITES: TableDefinition<&str, &[u8]> = TableDefinition::new("sites");
 const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
 const VERSIONS: TableDefinition<(&str, u64), &[u8; 32]> = TableDefinition::new("versions");
+/// Invites this node issues, by secret hash.
+const INVITES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("invites");
+
+/// An invite this node will redeem, and who redeemed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredInvite {
+    pub invite: Signed<Invite>,
+    pub redeemed_by: Option<PublicKey>,
+}
 
 /// A site as this node records it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +76,7 @@ impl State {
         tx.open_table(SITES)?;
         tx.open_table(HEADS)?;
         tx.open_table(VERSIONS)?;
+        tx.open_table(INVITES)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -188,6 +198,62 @@ impl State {
         }
         tx.commit()?;
         Ok(committed)
+    }
+}
+
+impl State {
+    /// Stores an invite (already checked by the caller).
+    pub fn add_invite(&self, secret_hash: Hash, invite: &Signed<Invite>) -> Result<(), StateError> {
+        let stored = StoredInvite {
+            invite: invite.clone(),
+            redeemed_by: None,
+        };
+        let tx = self.db.begin_write()?;
+        tx.open_table(INVITES)?
+            .insert(secret_hash.as_bytes(), encode(&stored).as_slice())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Redeems the invite with this secret hash for `node`, once: the check
+    /// and the mark are one transaction, so two racing joins cannot both win.
+    pub fn redeem_invite(
+        &self,
+        secret_hash: Hash,
+        node: PublicKey,
+        now: u64,
+    ) -> Result<Result<Signed<Invite>, JoinError>, StateError> {
+        let tx = self.db.begin_write()?;
+        let result = {
+            let mut t = tx.open_table(INVITES)?;
+            let stored: Option<StoredInvite> = match t.get(secret_hash.as_bytes())? {
+                Some(v) => Some(decode("invite", v.value())?),
+                None => None,
+            };
+            match stored {
+                None => Err(JoinError::UnknownInvite),
+                Some(s) if s.redeemed_by.is_some_and(|by| by != node) => {
+                    Err(JoinError::AlreadyUsed)
+                }
+                Some(mut s) => {
+                    let expired = s.invite.verify().map_or(true, |i| i.is_expired(now));
+                    if expired {
+                        Err(JoinError::Expired)
+                    } else {
+                        // The same node asking again (a lost answer) gets the same welcome.
+                        s.redeemed_by = Some(node);
+                        t.insert(secret_hash.as_bytes(), encode(&s).as_slice())?;
+                        Ok(s.invite)
+                    }
+                }
+            }
+        };
+        if result.is_ok() {
+            tx.commit()?;
+        } else {
+            tx.abort()?;
+        }
+        Ok(result)
     }
 }
 

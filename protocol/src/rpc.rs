@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Domain, Hash, Head, PublicKey, Signed};
+use crate::{Domain, Genesis, Hash, Head, Invite, PublicKey, Signed};
 
 /// ALPN of the admin protocol.
 pub const ADMIN_ALPN: &[u8] = b"maki/admin/1";
@@ -40,6 +40,10 @@ pub enum Request {
     PublishCommit { session: u64 },
     /// Publisher: serve an older kept version (a new head, seq + 1).
     Rollback { head: Signed<Head> },
+    /// This node's network id and node id (for building invites).
+    Network,
+    /// Admin: store an invite this node will redeem once.
+    Invite { invite: Signed<Invite> },
 }
 
 /// A site as `maki sites` shows it.
@@ -98,6 +102,10 @@ pub enum Response {
         version: u64,
         seq: u64,
     },
+    Network {
+        network: Hash,
+        node: PublicKey,
+    },
     Error(RpcError),
 }
 
@@ -135,9 +143,52 @@ pub enum RpcError {
     MissingBlobs { count: usize, first: Hash },
     #[error("version {0} is not kept on this node; see `maki versions`")]
     UnknownVersion(Hash),
+    #[error("invalid invite: {0}")]
+    InvalidInvite(String),
     #[error("the request is malformed or from a newer client: {0}")]
     BadRequest(String),
     #[error("the node failed: {0}")]
+    Internal(String),
+}
+
+/// ALPN of the join protocol: a new node redeems an invite at its issuer.
+pub const JOIN_ALPN: &[u8] = b"maki/join/1";
+
+/// What a joining node sends (one frame on one stream). Its node id is the
+/// key of the connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum JoinRequest {
+    Redeem { network: Hash, secret: [u8; 32] },
+}
+
+/// The issuer's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum JoinResponse {
+    /// Welcome: the network's genesis and the invite now redeemed by you.
+    Welcome {
+        genesis: Signed<Genesis>,
+        invite: Signed<Invite>,
+    },
+    Refused(JoinError),
+}
+
+/// Why an invite was not redeemed. Nothing changes on either side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    #[error(
+        "this node does not know that invite (wrong node, or never issued); ask an admin for a new one"
+    )]
+    UnknownInvite,
+    #[error("the invite was already used; ask an admin for a new one")]
+    AlreadyUsed,
+    #[error("the invite has expired; ask an admin for a new one")]
+    Expired,
+    #[error("the invite is for another network")]
+    WrongNetwork,
+    #[error("the issuing node failed: {0}")]
     Internal(String),
 }
 

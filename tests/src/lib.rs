@@ -129,14 +129,59 @@ impl NodeProc {
 
     /// `makiatto run`, waiting for its `ready` line.
     pub fn start(dir: &Path) -> Result<Self> {
+        Self::spawn(dir, &["run"], dir.join("node.log"))
+    }
+
+    /// `makiatto join TICKET` into `dir`, then running: waits for `ready`.
+    pub fn join(dir: &Path, ticket: &str) -> Result<Self> {
+        let log = dir.with_extension("log");
+        Self::spawn(
+            dir,
+            &[
+                "join",
+                ticket,
+                "--http",
+                "127.0.0.1:0",
+                "--p2p",
+                "127.0.0.1:0",
+            ],
+            log,
+        )
+    }
+
+    /// `makiatto join TICKET` that must fail: returns its stderr.
+    pub fn join_fails(dir: &Path, ticket: &str) -> Result<String> {
+        let out = Command::new(bins()?.makiatto)
+            .args([
+                "join",
+                ticket,
+                "--http",
+                "127.0.0.1:0",
+                "--p2p",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
+            .arg(dir)
+            .env("MAKIATTO_LOG", "error")
+            .output()?;
+        ensure!(
+            !out.status.success(),
+            "join succeeded but should have failed"
+        );
+        Ok(String::from_utf8(out.stderr)?)
+    }
+
+    fn spawn(dir: &Path, args: &[&str], stderr_log: PathBuf) -> Result<Self> {
         let bins = bins()?;
-        let stderr_log = dir.join("node.log");
+        if let Some(parent) = stderr_log.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&stderr_log)?;
         let mut child = Command::new(&bins.makiatto)
-            .arg("run")
+            .args(args)
             .arg("--data-dir")
             .arg(dir)
             .env("MAKIATTO_LOG", "info,iroh=warn,iroh_blobs=warn")

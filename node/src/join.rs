@@ -1,0 +1,174 @@
+//! Joining: the `maki/join/1` server (redeem an invite at its issuer) and
+//! the client side `makiatto join` uses.
+//!
+//! Only the issuing node redeems its invites, so single use holds even
+//! while the network is partitioned. Replicating the new member's record
+//! and the network's state to it is the `state` work that follows.
+
+use std::{sync::Arc, time::Duration};
+
+use iroh::{
+    Endpoint, EndpointAddr,
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler},
+};
+use maki_protocol::{
+    Genesis, Hash, Invite, InviteTicket, PublicKey, Signed,
+    rpc::{self, JoinError, JoinRequest, JoinResponse},
+};
+use tracing::{info, warn};
+
+use crate::node::Shared;
+
+const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The `maki/join/1` protocol handler.
+#[derive(Debug, Clone)]
+pub struct JoinProtocol {
+    shared: Arc<Shared>,
+}
+
+impl JoinProtocol {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+
+    fn redeem(&self, node: PublicKey, req: JoinRequest, now: u64) -> JoinResponse {
+        let JoinRequest::Redeem { network, secret } = req else {
+            return JoinResponse::Refused(JoinError::Internal("unknown request".into()));
+        };
+        if network != self.shared.network {
+            return JoinResponse::Refused(JoinError::WrongNetwork);
+        }
+        match self
+            .shared
+            .state
+            .redeem_invite(Hash::of(&secret), node, now)
+        {
+            Ok(Ok(invite)) => {
+                info!(node = %node.fmt_short(), "invite redeemed; a node joined");
+                JoinResponse::Welcome {
+                    genesis: self.shared.signed_genesis.clone(),
+                    invite,
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(node = %node.fmt_short(), error = %e, "join refused");
+                JoinResponse::Refused(e)
+            }
+            Err(e) => JoinResponse::Refused(JoinError::Internal(e.to_string())),
+        }
+    }
+}
+
+impl ProtocolHandler for JoinProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let Ok(node) = PublicKey::from_bytes(*conn.remote_id().as_bytes()) else {
+            return Ok(());
+        };
+        let served = tokio::time::timeout(JOIN_TIMEOUT, async {
+            let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+            let mut prefix = [0u8; 4];
+            recv.read_exact(&mut prefix).await.ok()?;
+            let len = rpc::frame_len(prefix).ok().filter(|l| *l <= 4096)?;
+            let mut body = vec![0u8; len];
+            recv.read_exact(&mut body).await.ok()?;
+            let response = match rpc::decode_body::<JoinRequest>(&body) {
+                Ok(req) => self.redeem(node, req, crate::now()),
+                Err(e) => JoinResponse::Refused(JoinError::Internal(e.to_string())),
+            };
+            send.write_all(&rpc::encode_frame(&response)).await.ok()?;
+            send.finish().ok()?;
+            // Wait for the joiner to read the answer before the connection drops.
+            conn.closed().await;
+            Some(())
+        })
+        .await;
+        if served.is_err() {
+            conn.close(1u32.into(), b"timeout");
+        }
+        Ok(())
+    }
+}
+
+/// What a successful join brings home.
+#[derive(Debug)]
+pub struct Welcome {
+    pub genesis: Signed<Genesis>,
+    pub invite: Signed<Invite>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RedeemError {
+    #[error("the issuing node {node} is unreachable: {message}")]
+    Unreachable { node: String, message: String },
+    #[error("the issuing node refused")]
+    Refused(#[from] JoinError),
+    #[error("the join failed: {0}")]
+    Protocol(String),
+}
+
+/// Redeems `ticket` at its issuer through `endpoint` (bound with the new
+/// node's key). Writes nothing.
+pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcome, RedeemError> {
+    let proto = |e: &dyn std::fmt::Display| RedeemError::Protocol(e.to_string());
+    let id = iroh::PublicKey::from_bytes(ticket.issuer.id.as_bytes()).map_err(|e| proto(&e))?;
+    let mut addr = EndpointAddr::new(id);
+    for a in &ticket.issuer.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let conn =
+        match tokio::time::timeout(JOIN_TIMEOUT, endpoint.connect(addr, rpc::JOIN_ALPN)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return Err(RedeemError::Unreachable {
+                    node: ticket.issuer.id.fmt_short(),
+                    message: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(RedeemError::Unreachable {
+                    node: ticket.issuer.id.fmt_short(),
+                    message: format!("no answer within {JOIN_TIMEOUT:?}"),
+                });
+            }
+        };
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| proto(&e))?;
+    let req = JoinRequest::Redeem {
+        network: ticket.network,
+        secret: ticket.secret,
+    };
+    send.write_all(&rpc::encode_frame(&req))
+        .await
+        .map_err(|e| proto(&e))?;
+    send.finish().map_err(|e| proto(&e))?;
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.map_err(|e| proto(&e))?;
+    let len = rpc::frame_len(prefix).map_err(|e| proto(&e))?;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| proto(&e))?;
+    conn.close(0u32.into(), b"thanks");
+    match rpc::decode_body::<JoinResponse>(&body).map_err(|e| proto(&e))? {
+        JoinResponse::Welcome { genesis, invite } => {
+            // Trust, but verify: the genesis must be the network the ticket names.
+            let bytes = postcard::to_stdvec(&genesis).map_err(|e| proto(&e))?;
+            if Hash::of(&bytes) != ticket.network || genesis.verify().is_err() {
+                return Err(RedeemError::Protocol(
+                    "the issuer sent a genesis of another network".into(),
+                ));
+            }
+            let i = invite.verify().map_err(|e| proto(&e))?;
+            if i.secret_hash != Hash::of(&ticket.secret) {
+                return Err(RedeemError::Protocol(
+                    "the issuer sent another invite".into(),
+                ));
+            }
+            Ok(Welcome { genesis, invite })
+        }
+        JoinResponse::Refused(e) => Err(e.into()),
+        other => Err(RedeemError::Protocol(format!(
+            "unexpected answer {other:?}"
+        ))),
+    }
+}

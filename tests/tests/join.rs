@@ -1,0 +1,111 @@
+//! Joining a network with invite tickets: one-time, expiring, admin-made.
+
+use anyhow::{Result, ensure};
+use maki_e2e::{Maki, NodeProc};
+use maki_protocol::InviteTicket;
+
+struct Net {
+    tmp: tempfile::TempDir,
+    first: NodeProc,
+    admin: Maki,
+}
+
+fn network() -> Result<Net> {
+    let tmp = tempfile::tempdir()?;
+    let home = tmp.path().join("admin");
+    std::fs::create_dir_all(&home)?;
+    let key = Maki::new(&home, None).key()?;
+    let data = tmp.path().join("n1");
+    NodeProc::init(&data, &[key])?;
+    let first = NodeProc::start(&data)?;
+    let admin = Maki::new(&home, Some(&first.ticket));
+    Ok(Net { tmp, first, admin })
+}
+
+#[tokio::test]
+async fn an_invite_admits_exactly_one_node() -> Result<()> {
+    let net = network()?;
+    let ticket = net
+        .admin
+        .ok(&["invite", "--expires", "1h"])?
+        .trim()
+        .to_owned();
+    ensure!(ticket.starts_with("makinvite1"), "{ticket}");
+
+    let n2 = net.tmp.path().join("n2");
+    let second = NodeProc::join(&n2, &ticket)?;
+    ensure!(second.ticket != net.first.ticket);
+    // Same network: the joined node holds the very same genesis record.
+    ensure!(
+        std::fs::read(n2.join("genesis.bin"))? == std::fs::read(net.first.dir.join("genesis.bin"))?
+    );
+    ensure!(net.first.log().contains("invite redeemed"));
+
+    // Replayed: refused, and nothing is written.
+    let n3 = net.tmp.path().join("n3");
+    let err = NodeProc::join_fails(&n3, &ticket)?;
+    ensure!(err.contains("already used"), "{err}");
+    ensure!(!n3.exists(), "a refused join must write nothing");
+
+    // The joined node restarts with `run` as a node of the network.
+    let data = second.dir.clone();
+    second.stop()?;
+    let again = NodeProc::start(&data)?;
+    ensure!(
+        std::fs::read(data.join("genesis.bin"))?
+            == std::fs::read(net.first.dir.join("genesis.bin"))?
+    );
+    drop(again);
+    Ok(())
+}
+
+#[tokio::test]
+async fn bad_invites_are_refused_with_reasons() -> Result<()> {
+    let net = network()?;
+
+    // Expired: valid for one second, used after it.
+    let short = net
+        .admin
+        .ok(&["invite", "--expires", "1s"])?
+        .trim()
+        .to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let dir = net.tmp.path().join("late");
+    let err = NodeProc::join_fails(&dir, &short)?;
+    ensure!(err.contains("expired"), "{err}");
+    ensure!(!dir.exists());
+
+    // A secret the issuer never made.
+    let good: InviteTicket = net.admin.ok(&["invite"])?.trim().parse()?;
+    let mut forged = good.clone();
+    forged.secret[0] ^= 1;
+    let err = NodeProc::join_fails(&net.tmp.path().join("forged"), &forged.to_string())?;
+    ensure!(err.contains("does not know that invite"), "{err}");
+
+    // Another network's ticket.
+    let mut other = good.clone();
+    other.network = maki_protocol::Hash::of(b"elsewhere");
+    let err = NodeProc::join_fails(&net.tmp.path().join("other"), &other.to_string())?;
+    ensure!(err.contains("another network"), "{err}");
+
+    // Garbage.
+    let err = NodeProc::join_fails(&net.tmp.path().join("junk"), "makinvite1zzzz")?;
+    ensure!(err.contains("ticket"), "{err}");
+
+    // Only admins make invites.
+    let home = net.tmp.path().join("stranger");
+    std::fs::create_dir_all(&home)?;
+    let stranger = Maki::new(&home, Some(&net.first.ticket));
+    let err = stranger.fails(&["invite"])?;
+    ensure!(err.contains("is not an admin"), "{err}");
+    ensure!(
+        net.admin
+            .fails(&["invite", "--expires", "soon"])?
+            .contains("duration")
+    );
+
+    // The untouched invite still works after all that.
+    let n2 = net.tmp.path().join("n2");
+    let _second = NodeProc::join(&n2, &good.to_string())?;
+    Ok(())
+}
