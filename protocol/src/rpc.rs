@@ -165,6 +165,8 @@ pub enum JoinRequest {
 /// The issuer's answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
+// Sent once per join; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 pub enum JoinResponse {
     /// Welcome: the network's genesis and the invite now redeemed by you.
     Welcome {
