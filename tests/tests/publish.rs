@@ -335,3 +335,59 @@ async fn large_files_stream_and_removed_sites_stop_serving() -> Result<()> {
     ensure!(s.maki.fails(&["versions", SITE])?.contains("unknown site"));
     Ok(())
 }
+
+#[tokio::test]
+async fn maki_toml_unicode_paths_and_well_known() -> Result<()> {
+    let s = setup()?;
+    // A file with a decomposed (NFD) name on disk; requested in NFC and NFD.
+    let nfd = "cafe\u{301}.html";
+    std::fs::write(s.site_dir.join(nfd), "<p>café</p>")?;
+    std::fs::create_dir_all(s.site_dir.join(".well-known"))?;
+    std::fs::write(
+        s.site_dir.join(".well-known/security.txt"),
+        "Contact: mailto:x@example.test\n",
+    )?;
+    std::fs::write(s.site_dir.join(".env"), "SECRET=1")?;
+
+    // Publish through maki.toml instead of flags.
+    let project = s._tmp.path().join("project");
+    std::fs::create_dir_all(&project)?;
+    let mut maki = s.maki.clone();
+    maki.cwd = project.clone();
+    maki.node = None;
+    maki.ok(&[
+        "init",
+        "--site",
+        SITE,
+        "--dir",
+        &s.site_dir.to_string_lossy(),
+        "--node",
+        &s.node.ticket,
+    ])?;
+    let out = maki.ok(&["publish"])?;
+    ensure!(out.contains("published version 1"), "{out}");
+
+    for path in ["/caf%C3%A9.html", "/cafe%CC%81.html", "/caf%C3%A9"] {
+        let r = http_get(s.node.http, SITE, path, &[]).await?;
+        ensure!(
+            r.status == 200 && &r.body[..] == "<p>café</p>".as_bytes(),
+            "{path}: {}",
+            r.status
+        );
+    }
+    let r = http_get(s.node.http, SITE, "/.well-known/security.txt", &[]).await?;
+    ensure!(r.status == 200 && r.header("content-type") == Some("text/plain; charset=utf-8"));
+    let r = http_get(s.node.http, SITE, "/.env", &[]).await?;
+    ensure!(r.status == 404, "dot-files are not published");
+    let r = request(
+        s.node.http,
+        "HEAD",
+        SITE,
+        "/css/style.css",
+        &[("accept-encoding", "br")],
+        true,
+    )
+    .await?;
+    ensure!(r.status == 200 && r.body.is_empty() && r.header("content-encoding") == Some("br"));
+    Ok(())
+}
