@@ -325,6 +325,42 @@ impl Maki {
     }
 }
 
+/// A fresh network of one node: its admin's CLI (own `MAKI_HOME`) and the
+/// node's data directory, initialised but not started.
+#[derive(Debug)]
+pub struct Fresh {
+    pub tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub admin: Maki,
+}
+
+/// `maki keys` for a new admin, then `makiatto init` with that admin.
+pub fn fresh_network() -> Result<Fresh> {
+    let tmp = tempfile::tempdir()?;
+    let home = tmp.path().join("admin");
+    std::fs::create_dir_all(&home)?;
+    let admin = Maki::new(&home, None);
+    let key = admin.key()?;
+    let data = tmp.path().join("node");
+    NodeProc::init(&data, &[key])?;
+    Ok(Fresh { tmp, data, admin })
+}
+
+/// A running node of a fresh network, and its admin pointed at it.
+#[derive(Debug)]
+pub struct OneNode {
+    pub tmp: tempfile::TempDir,
+    pub node: NodeProc,
+    pub admin: Maki,
+}
+
+pub fn one_node() -> Result<OneNode> {
+    let Fresh { tmp, data, admin } = fresh_network()?;
+    let node = NodeProc::start(&data)?;
+    let admin = Maki::new(&admin.home, Some(&node.ticket));
+    Ok(OneNode { tmp, node, admin })
+}
+
 /// An HTTP response, body collected.
 #[derive(Debug)]
 pub struct Reply {

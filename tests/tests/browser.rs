@@ -6,7 +6,7 @@
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{Result, ensure};
-use maki_e2e::{Maki, NodeProc, example_site};
+use maki_e2e::{OneNode, example_site, one_node};
 
 fn chromium() -> Option<PathBuf> {
     [
@@ -50,14 +50,11 @@ fn chromium_renders_the_example_site() -> Result<()> {
         eprintln!("skipped: Chromium is not installed (apt-get install chromium)");
         return Ok(());
     };
-    let tmp = tempfile::tempdir()?;
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home)?;
-    let key = Maki::new(&home, None).key()?;
-    let data = tmp.path().join("node");
-    NodeProc::init(&data, &[key])?;
-    let node = NodeProc::start(&data)?;
-    let maki = Maki::new(&home, Some(&node.ticket));
+    let OneNode {
+        tmp,
+        node,
+        admin: maki,
+    } = one_node()?;
     // *.localhost resolves to loopback in Chromium without any DNS.
     let site = "example.localhost";
     maki.ok(&["site", "add", site])?;

@@ -3,17 +3,13 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use maki_e2e::{Maki, NodeProc, http_get};
+use maki_e2e::{NodeProc, fresh_network, http_get};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn slow_request_heads_are_cut_off() -> Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home)?;
-    let key = Maki::new(&home, None).key()?;
-    let data = tmp.path().join("node");
-    NodeProc::init(&data, &[key])?;
+    let fresh = fresh_network()?;
+    let data = fresh.data.clone();
     let config = data.join("makiatto.toml");
     let text = std::fs::read_to_string(&config)?.replace(
         "http_header_timeout = \"10s\"",

@@ -1,7 +1,7 @@
 //! Joining a network with invite tickets: one-time, expiring, admin-made.
 
 use anyhow::{Result, ensure};
-use maki_e2e::{Maki, NodeProc};
+use maki_e2e::{Maki, NodeProc, OneNode, one_node};
 use maki_protocol::InviteTicket;
 
 struct Net {
@@ -11,15 +11,12 @@ struct Net {
 }
 
 fn network() -> Result<Net> {
-    let tmp = tempfile::tempdir()?;
-    let home = tmp.path().join("admin");
-    std::fs::create_dir_all(&home)?;
-    let key = Maki::new(&home, None).key()?;
-    let data = tmp.path().join("n1");
-    NodeProc::init(&data, &[key])?;
-    let first = NodeProc::start(&data)?;
-    let admin = Maki::new(&home, Some(&first.ticket));
-    Ok(Net { tmp, first, admin })
+    let OneNode { tmp, node, admin } = one_node()?;
+    Ok(Net {
+        tmp,
+        first: node,
+        admin,
+    })
 }
 
 #[tokio::test]

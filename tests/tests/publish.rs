@@ -3,7 +3,7 @@
 use std::{io::Read, path::Path};
 
 use anyhow::{Context, Result, ensure};
-use maki_e2e::{Maki, NodeProc, copy_dir, example_site, http_get, request};
+use maki_e2e::{Maki, NodeProc, OneNode, copy_dir, example_site, http_get, one_node, request};
 
 const SITE: &str = "example.test";
 
@@ -16,21 +16,14 @@ struct Setup {
 }
 
 fn setup() -> Result<Setup> {
-    let tmp = tempfile::tempdir()?;
-    let home = tmp.path().join("home");
-    std::fs::create_dir_all(&home)?;
-    let admin = Maki::new(&home, None).key()?;
-    let data = tmp.path().join("node");
-    NodeProc::init(&data, &[admin])?;
-    let node = NodeProc::start(&data)?;
-    let maki = Maki::new(&home, Some(&node.ticket));
-    maki.ok(&["site", "add", SITE])?;
+    let OneNode { tmp, node, admin } = one_node()?;
+    admin.ok(&["site", "add", SITE])?;
     let site_dir = tmp.path().join("site");
     copy_dir(&example_site(), &site_dir)?;
     Ok(Setup {
         _tmp: tmp,
         node,
-        maki,
+        maki: admin,
         site_dir,
     })
 }

@@ -6,7 +6,7 @@ use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use maki::net::{Client, NetError};
-use maki_e2e::{Maki, NodeProc, copy_dir, example_site, http_get};
+use maki_e2e::{Maki, NodeProc, OneNode, copy_dir, example_site, http_get, one_node};
 use maki_protocol::{
     Domain, Hash, Head, Manifest, NodeTicket, Signed,
     rpc::{Request, Response, RpcError},
@@ -22,14 +22,7 @@ struct Setup {
 }
 
 fn setup() -> Result<Setup> {
-    let tmp = tempfile::tempdir()?;
-    let home = tmp.path().join("admin");
-    std::fs::create_dir_all(&home)?;
-    let key = Maki::new(&home, None).key()?;
-    let data = tmp.path().join("node");
-    NodeProc::init(&data, &[key])?;
-    let node = NodeProc::start(&data)?;
-    let admin = Maki::new(&home, Some(&node.ticket));
+    let OneNode { tmp, node, admin } = one_node()?;
     admin.ok(&["site", "add", SITE])?;
     let site_dir = tmp.path().join("site");
     copy_dir(&example_site(), &site_dir)?;
