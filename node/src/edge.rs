@@ -218,30 +218,29 @@ async fn serve_conn(
     });
     let h2 = is_h2(&stream, header_timeout).await;
     let io = TokioIo::new(stream);
+    // hyper's h1 and h2 connections share no trait for graceful shutdown.
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let mut conn = pin!($conn);
+            tokio::select! {
+                res = conn.as_mut() => res,
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    tokio::time::timeout(DRAIN, conn).await.unwrap_or(Ok(()))
+                }
+            }
+        }};
+    }
     let res = if h2 {
         let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-        let mut conn = pin!(builder.serve_connection(io, svc));
-        tokio::select! {
-            res = conn.as_mut() => res,
-            _ = cancel.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(DRAIN, conn).await.unwrap_or(Ok(()))
-            }
-        }
+        drive!(builder.serve_connection(io, svc))
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(timer::CoarseTimer)
             .header_read_timeout(header_timeout)
             .max_buf_size(64 * 1024);
-        let mut conn = pin!(builder.serve_connection(io, svc));
-        tokio::select! {
-            res = conn.as_mut() => res,
-            _ = cancel.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(DRAIN, conn).await.unwrap_or(Ok(()))
-            }
-        }
+        drive!(builder.serve_connection(io, svc))
     };
     if let Err(error) = res {
         debug!(%peer, %error, "http connection ended with an error");

@@ -361,6 +361,16 @@ pub fn one_node() -> Result<OneNode> {
     Ok(OneNode { tmp, node, admin })
 }
 
+/// A running node with `domain` added, and a private copy of
+/// `examples/site` under the test's temp dir.
+pub fn one_site(domain: &str) -> Result<(OneNode, PathBuf)> {
+    let net = one_node()?;
+    net.admin.ok(&["site", "add", domain])?;
+    let site_dir = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site_dir)?;
+    Ok((net, site_dir))
+}
+
 /// An HTTP response, body collected.
 #[derive(Debug)]
 pub struct Reply {

@@ -3,7 +3,7 @@
 use std::{io::Read, path::Path};
 
 use anyhow::{Context, Result, ensure};
-use maki_e2e::{Maki, NodeProc, OneNode, copy_dir, example_site, http_get, one_node, request};
+use maki_e2e::{Maki, NodeProc, OneNode, example_site, http_get, one_site, request};
 
 const SITE: &str = "example.test";
 
@@ -16,10 +16,7 @@ struct Setup {
 }
 
 fn setup() -> Result<Setup> {
-    let OneNode { tmp, node, admin } = one_node()?;
-    admin.ok(&["site", "add", SITE])?;
-    let site_dir = tmp.path().join("site");
-    copy_dir(&example_site(), &site_dir)?;
+    let (OneNode { tmp, node, admin }, site_dir) = one_site(SITE)?;
     Ok(Setup {
         _tmp: tmp,
         node,

@@ -6,7 +6,7 @@ use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, ensure};
 use maki::net::{Client, NetError};
-use maki_e2e::{Maki, NodeProc, OneNode, copy_dir, example_site, http_get, one_node};
+use maki_e2e::{Maki, NodeProc, OneNode, copy_dir, http_get, one_site};
 use maki_protocol::{
     Domain, Hash, Head, Manifest, NodeTicket, Signed,
     rpc::{Request, Response, RpcError},
@@ -22,10 +22,7 @@ struct Setup {
 }
 
 fn setup() -> Result<Setup> {
-    let OneNode { tmp, node, admin } = one_node()?;
-    admin.ok(&["site", "add", SITE])?;
-    let site_dir = tmp.path().join("site");
-    copy_dir(&example_site(), &site_dir)?;
+    let (OneNode { tmp, node, admin }, site_dir) = one_site(SITE)?;
     admin.ok(&["publish", &site_dir.to_string_lossy(), "--site", SITE])?;
     Ok(Setup {
         tmp,
