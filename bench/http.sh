@@ -67,12 +67,20 @@ for f in 1k.bin 1m.bin; do
     # Warm both (page cache, memory cache).
     wrk -t1 -c1 -d1s -H "Host: bench.test" "http://$NODE_HTTP/$f" >/dev/null
     wrk -t1 -c1 -d1s "http://127.0.0.1:$NGINX_PORT/$f" >/dev/null
-    m_sum=0; n_sum=0
+    ns=(); ms=()
     for r in $(seq "$ROUNDS"); do
         n=$(rps "http://127.0.0.1:$NGINX_PORT/$f" localhost)
         m=$(rps "http://$NODE_HTTP/$f" bench.test)
-        echo "  $f round $r: nginx $n req/s, makiatto $m req/s"
-        n_sum=$(python3 -c "print($n_sum + $n)"); m_sum=$(python3 -c "print($m_sum + $m)")
+        echo "  $f round $r: nginx $n req/s, makiatto $m req/s, ratio $(python3 -c "print(f'{$m/$n:.2f}')")x"
+        ns+=("$n"); ms+=("$m")
     done
-    python3 -c "n=$n_sum/$ROUNDS; m=$m_sum/$ROUNDS; print(f'$f: nginx {n:,.0f} req/s, makiatto {m:,.0f} req/s, ratio {m/n:.2f}x')"
+    # Rounds alternate, so each pair saw the same machine state; the median
+    # of the paired ratios is robust to one noisy round on either side.
+    python3 - "$f" "${ns[*]}" "${ms[*]}" <<'PY'
+import statistics, sys
+f, ns, ms = sys.argv[1], [float(x) for x in sys.argv[2].split()], [float(x) for x in sys.argv[3].split()]
+ratios = [m / n for n, m in zip(ns, ms)]
+print(f"{f}: nginx {statistics.mean(ns):,.0f} req/s, makiatto {statistics.mean(ms):,.0f} req/s (means); "
+      f"ratio: median of rounds {statistics.median(ratios):.2f}x, of means {statistics.mean(ms)/statistics.mean(ns):.2f}x")
+PY
 done
