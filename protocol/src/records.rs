@@ -238,6 +238,85 @@ impl Verified {
     }
 }
 
+/// What [`authorize`] needs to know of the current state.
+pub trait View {
+    /// The network's admins (from genesis).
+    fn admins(&self) -> &[PublicKey];
+    /// The node that created the network (the genesis signer).
+    fn founder(&self) -> PublicKey;
+    /// The current record of a site, if any.
+    fn site(&self, domain: &Domain) -> Option<SiteRecord>;
+    /// An invite by its secret hash, if known.
+    fn invite(&self, secret_hash: &Hash) -> Option<Invite>;
+    /// True when an admin revoked this node.
+    fn revoked(&self, node: &PublicKey) -> bool;
+}
+
+/// A record signed by someone without the right to make it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    #[error("signed by {0}, who is not an admin")]
+    NotAdmin(PublicKey),
+    #[error("head for {site} signed by {key}, who is not one of its publishers")]
+    NotPublisher { site: Domain, key: PublicKey },
+    #[error("head for unknown or removed site {0}")]
+    UnknownSite(Domain),
+    #[error("node record for {node} not signed by that node")]
+    NotSelfSigned { node: PublicKey },
+    #[error("node {0} names no invite this network knows")]
+    NoInvite(PublicKey),
+    #[error("node {0} was revoked")]
+    Revoked(PublicKey),
+}
+
+/// Whether the signer of `v` had the right to make it, given `view`:
+/// invites, sites and revocations come from admins; a head from one of its
+/// site's publishers; a node record from the node itself, backed by an
+/// invite it redeemed (or by genesis, for the founder) and not revoked.
+pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
+    let admin = |key: PublicKey| {
+        if view.admins().contains(&key) {
+            Ok(())
+        } else {
+            Err(AuthError::NotAdmin(key))
+        }
+    };
+    match &v.body {
+        Body::Invite(_) | Body::Site(_) | Body::Revocation(_) => admin(v.signer),
+        Body::Head(h) => match view.site(&h.site) {
+            Some(site) if !site.removed => {
+                if site.publishers.contains(&v.signer) {
+                    Ok(())
+                } else {
+                    Err(AuthError::NotPublisher {
+                        site: h.site.clone(),
+                        key: v.signer,
+                    })
+                }
+            }
+            _ => Err(AuthError::UnknownSite(h.site.clone())),
+        },
+        Body::Node(n) => {
+            if v.signer != n.id {
+                return Err(AuthError::NotSelfSigned { node: n.id });
+            }
+            if view.revoked(&n.id) {
+                return Err(AuthError::Revoked(n.id));
+            }
+            let backed = match n.invite {
+                None => n.id == view.founder(),
+                Some(secret_hash) => view.invite(&secret_hash).is_some(),
+            };
+            if backed {
+                Ok(())
+            } else {
+                Err(AuthError::NoInvite(n.id))
+            }
+        }
+    }
+}
+
 const INVITE_PREFIX: &str = "makinvite1";
 
 /// What `maki invite` prints: the network, the one-time secret and where to
@@ -357,6 +436,125 @@ mod tests {
         };
         assert!(invite.matches(&t.secret) && !invite.matches(&[8; 32]));
         assert!(!invite.is_expired(99) && invite.is_expired(100));
+    }
+
+    struct TestView {
+        admins: Vec<PublicKey>,
+        founder: PublicKey,
+        site: Option<SiteRecord>,
+        invite: Option<Invite>,
+        revoked: Vec<PublicKey>,
+    }
+
+    impl View for TestView {
+        fn admins(&self) -> &[PublicKey] {
+            &self.admins
+        }
+        fn founder(&self) -> PublicKey {
+            self.founder
+        }
+        fn site(&self, domain: &Domain) -> Option<SiteRecord> {
+            self.site.clone().filter(|s| &s.domain == domain)
+        }
+        fn invite(&self, secret_hash: &Hash) -> Option<Invite> {
+            self.invite
+                .clone()
+                .filter(|i| &i.secret_hash == secret_hash)
+        }
+        fn revoked(&self, node: &PublicKey) -> bool {
+            self.revoked.contains(node)
+        }
+    }
+
+    #[test]
+    fn only_the_right_signers_pass() {
+        let admin = SecretKey::from_bytes(&[1; 32]);
+        let publisher = SecretKey::from_bytes(&[2; 32]);
+        let stranger = SecretKey::from_bytes(&[3; 32]);
+        let founder = SecretKey::from_bytes(&[4; 32]);
+        let joiner = SecretKey::from_bytes(&[5; 32]);
+        let mut s = site(1);
+        s.publishers = vec![publisher.public()];
+        let invite = Invite {
+            format: RECORD_FORMAT,
+            network: Hash::of(b"net"),
+            secret_hash: Hash::of(b"secret"),
+            expires: 10,
+            issuer: founder.public(),
+        };
+        let mut view = TestView {
+            admins: vec![admin.public()],
+            founder: founder.public(),
+            site: Some(s.clone()),
+            invite: Some(invite.clone()),
+            revoked: vec![],
+        };
+        let check = |r: Record, view: &TestView| authorize(&r.verify().expect("verify"), view);
+
+        assert_eq!(check(Record::Site(Signed::sign(&admin, &s)), &view), Ok(()));
+        assert_eq!(
+            check(Record::Site(Signed::sign(&stranger, &s)), &view),
+            Err(AuthError::NotAdmin(stranger.public()))
+        );
+        assert!(check(Record::Invite(Signed::sign(&publisher, &invite)), &view).is_err());
+
+        let head = Head {
+            site: s.domain.clone(),
+            seq: 1,
+            manifest: Hash::of(b"m"),
+        };
+        assert_eq!(
+            check(Record::Head(Signed::sign(&publisher, &head)), &view),
+            Ok(())
+        );
+        assert!(matches!(
+            check(Record::Head(Signed::sign(&admin, &head)), &view),
+            Err(AuthError::NotPublisher { .. })
+        ));
+
+        let node = |id: PublicKey, invite: Option<Hash>| NodeRecord {
+            format: RECORD_FORMAT,
+            id,
+            addrs: vec![],
+            region: Some("eu".into()),
+            location: Some((50.1, 8.7)),
+            version: 1,
+            invite,
+        };
+        let founding = node(founder.public(), None);
+        assert_eq!(
+            check(Record::Node(Signed::sign(&founder, &founding)), &view),
+            Ok(())
+        );
+        let joined = node(joiner.public(), Some(invite.secret_hash));
+        assert_eq!(
+            check(Record::Node(Signed::sign(&joiner, &joined)), &view),
+            Ok(())
+        );
+        // Someone else signing the joiner's record, or a node without invite.
+        assert!(matches!(
+            check(Record::Node(Signed::sign(&admin, &joined)), &view),
+            Err(AuthError::NotSelfSigned { .. })
+        ));
+        let uninvited = node(stranger.public(), None);
+        assert_eq!(
+            check(Record::Node(Signed::sign(&stranger, &uninvited)), &view),
+            Err(AuthError::NoInvite(stranger.public()))
+        );
+        // A revocation beats the node's own record, whatever its version.
+        view.revoked.push(joiner.public());
+        assert_eq!(
+            check(Record::Node(Signed::sign(&joiner, &joined)), &view),
+            Err(AuthError::Revoked(joiner.public()))
+        );
+        // A removed site takes no heads.
+        let mut removed = s.clone();
+        removed.removed = true;
+        view.site = Some(removed);
+        assert!(matches!(
+            check(Record::Head(Signed::sign(&publisher, &head)), &view),
+            Err(AuthError::UnknownSite(_))
+        ));
     }
 
     proptest! {
