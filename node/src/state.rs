@@ -8,7 +8,10 @@
 
 use std::path::Path;
 
-use maki_protocol::{Domain, Hash, Head, Invite, PublicKey, Signed, rpc::JoinError};
+use maki_protocol::{
+    AuthError, Body, Domain, Hash, Head, Invite, PublicKey, Record, RecordError, RecordKey, Signed,
+    SiteRecord, View, authorize, rpc::JoinError,
+};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +20,10 @@ const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
 const VERSIONS: TableDefinition<(&str, u64), &[u8; 32]> = TableDefinition::new("versions");
 /// Invites this node issues, by secret hash.
 const INVITES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("invites");
+
+/// Replicated records: postcard(`RecordKey`) → postcard(`Record`), the
+/// winner per key.
+const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
 
 /// An invite this node will redeem, and who redeemed it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -77,6 +84,7 @@ impl State {
         tx.open_table(HEADS)?;
         tx.open_table(VERSIONS)?;
         tx.open_table(INVITES)?;
+        tx.open_table(RECORDS)?;
         tx.commit()?;
         Ok(Self { db })
     }
@@ -257,6 +265,130 @@ impl State {
     }
 }
 
+/// What applying a record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// First record for its key.
+    New,
+    /// It beat the record held for its key.
+    Replaced,
+    /// The held record wins (or is the same): nothing changed.
+    Stale,
+}
+
+/// A record that was not taken in; nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApplyError {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("unauthorised record: {0}")]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    State(#[from] StateError),
+}
+
+/// The network's fixed facts a record is judged against.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    pub admins: Vec<PublicKey>,
+    pub founder: PublicKey,
+}
+
+/// `View` over the records table inside the applying transaction, so the
+/// check and the write see the same state.
+struct TableView<'a, T> {
+    table: &'a T,
+    authority: &'a Authority,
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> TableView<'_, T> {
+    fn body(&self, key: &RecordKey) -> Option<Body> {
+        let raw = self.table.get(encode(key).as_slice()).ok()??;
+        let record: Record = postcard::from_bytes(raw.value()).ok()?;
+        record.verify().ok().map(|v| v.body)
+    }
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> View for TableView<'_, T> {
+    fn admins(&self) -> &[PublicKey] {
+        &self.authority.admins
+    }
+    fn founder(&self) -> PublicKey {
+        self.authority.founder
+    }
+    fn site(&self, domain: &Domain) -> Option<SiteRecord> {
+        match self.body(&RecordKey::Site(domain.clone()))? {
+            Body::Site(s) => Some(s),
+            _ => None,
+        }
+    }
+    fn invite(&self, secret_hash: &Hash) -> Option<maki_protocol::Invite> {
+        match self.body(&RecordKey::Invite(*secret_hash))? {
+            Body::Invite(i) => Some(i),
+            _ => None,
+        }
+    }
+    fn revoked(&self, node: &PublicKey) -> bool {
+        self.body(&RecordKey::Revocation(*node)).is_some()
+    }
+}
+
+impl State {
+    /// Verifies, authorises and merges one record (last writer wins by
+    /// (version, hash)) in one transaction. Bad records change nothing.
+    pub fn apply(&self, record: &Record, authority: &Authority) -> Result<Applied, ApplyError> {
+        let new = record.verify()?;
+        let tx = self.db.begin_write().map_err(StateError::from)?;
+        let applied = {
+            let mut table = tx.open_table(RECORDS).map_err(StateError::from)?;
+            authorize(
+                &new,
+                &TableView {
+                    table: &table,
+                    authority,
+                },
+            )?;
+            let key = encode(&new.key);
+            let held = match table.get(key.as_slice()).map_err(StateError::from)? {
+                Some(raw) => postcard::from_bytes::<Record>(raw.value())
+                    .ok()
+                    .and_then(|r| r.verify().ok()),
+                None => None,
+            };
+            let applied = match held {
+                None => Applied::New,
+                Some(old) if new.wins_over(&old) => Applied::Replaced,
+                Some(_) => Applied::Stale,
+            };
+            if applied != Applied::Stale {
+                table
+                    .insert(key.as_slice(), encode(record).as_slice())
+                    .map_err(StateError::from)?;
+            }
+            applied
+        };
+        if applied == Applied::Stale {
+            tx.abort().map_err(StateError::from)?;
+        } else {
+            tx.commit().map_err(StateError::from)?;
+        }
+        Ok(applied)
+    }
+
+    /// Every record held, in key order.
+    pub fn records(&self) -> Result<Vec<Record>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(RECORDS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            out.push(decode("record", v.value())?);
+        }
+        Ok(out)
+    }
+}
+
 fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     postcard::to_stdvec(v).unwrap_or_default()
 }
@@ -270,6 +402,54 @@ mod tests {
     use maki_protocol::SecretKey;
 
     use super::*;
+
+    #[test]
+    fn records_merge_last_writer_wins_and_refuse_strangers()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use maki_protocol::RECORD_FORMAT;
+        let dir = tempfile::tempdir()?;
+        let state = State::open(&dir.path().join("s.redb"))?;
+        let admin = SecretKey::from_bytes(&[1; 32]);
+        let publisher = SecretKey::from_bytes(&[2; 32]);
+        let authority = Authority {
+            admins: vec![admin.public()],
+            founder: SecretKey::from_bytes(&[3; 32]).public(),
+        };
+        let site = |version: u64| SiteRecord {
+            format: RECORD_FORMAT,
+            domain: Domain::new("a.test").expect("domain"),
+            aliases: vec![],
+            publishers: vec![publisher.public()],
+            version,
+            removed: false,
+        };
+        let rec = |v: u64| Record::Site(Signed::sign(&admin, &site(v)));
+        assert_eq!(state.apply(&rec(2), &authority)?, Applied::New);
+        assert_eq!(state.apply(&rec(1), &authority)?, Applied::Stale);
+        assert_eq!(state.apply(&rec(2), &authority)?, Applied::Stale);
+        assert_eq!(state.apply(&rec(3), &authority)?, Applied::Replaced);
+        let stranger = Record::Site(Signed::sign(&publisher, &site(9)));
+        assert!(matches!(
+            state.apply(&stranger, &authority),
+            Err(ApplyError::Auth(_))
+        ));
+
+        // A head is judged against the site record the table holds.
+        let head = Head {
+            site: Domain::new("a.test")?,
+            seq: 1,
+            manifest: Hash::of(b"m"),
+        };
+        let ok = Record::Head(Signed::sign(&publisher, &head));
+        assert_eq!(state.apply(&ok, &authority)?, Applied::New);
+        let bad = Record::Head(Signed::sign(&admin, &head));
+        assert!(matches!(
+            state.apply(&bad, &authority),
+            Err(ApplyError::Auth(_))
+        ));
+        assert_eq!(state.records()?.len(), 2);
+        Ok(())
+    }
 
     #[test]
     fn head_and_versions() -> Result<(), Box<dyn std::error::Error>> {
