@@ -64,6 +64,8 @@ enum Command {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         expires: u64,
     },
+    /// List the member nodes the node knows of.
+    Nodes,
     /// List sites and what they serve.
     Sites,
     /// List a site's kept versions.
@@ -280,6 +282,31 @@ async fn run(cli: Cli) -> Result<()> {
                     issuer: ticket,
                 }
             );
+        }
+        Command::Nodes => {
+            let (client, _) = connect(&cli, &project).await?;
+            let Response::Nodes(nodes) = client.call(&Request::Nodes).await? else {
+                bail!("unexpected answer");
+            };
+            client.close().await;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&nodes)?);
+            } else {
+                for n in nodes {
+                    let addrs: Vec<String> = n.addrs.iter().map(|a| a.to_string()).collect();
+                    let place = match n.location {
+                        Some((lat, lon)) => format!(" ({lat:.2}, {lon:.2})"),
+                        None => String::new(),
+                    };
+                    println!(
+                        "{}  {}{}  {}",
+                        n.id,
+                        n.region.as_deref().unwrap_or("-"),
+                        place,
+                        addrs.join(",")
+                    );
+                }
+            }
         }
         Command::Sites => {
             let (client, _) = connect(&cli, &project).await?;

@@ -286,6 +286,7 @@ impl AdminProtocol {
                 node: self.shared.id,
             }),
             Request::Invite { invite } => self.invite(caller, invite),
+            Request::Nodes => self.nodes(caller),
             _ => Err(RpcError::BadRequest("unknown request".into())),
         }
     }
@@ -315,8 +316,44 @@ impl AdminProtocol {
             .state
             .add_invite(invite.secret_hash, &signed)
             .map_err(internal)?;
+        // Also a replicated record: other members check joiners against it.
+        self.shared
+            .state
+            .apply(
+                &maki_protocol::Record::Invite(signed),
+                &self.shared.authority(),
+            )
+            .map_err(|e| RpcError::InvalidInvite(e.to_string()))?;
         info!(expires = invite.expires, "invite stored");
         Ok(Response::Done)
+    }
+
+    fn nodes(&self, caller: PublicKey) -> Result<Response, RpcError> {
+        use maki_protocol::{Body, rpc::NodeInfo};
+        if !self.is_known(&caller) {
+            return Err(RpcError::NotAdmin { key: caller });
+        }
+        let records = self.shared.state.records().map_err(internal)?;
+        let verified: Vec<_> = records.iter().filter_map(|r| r.verify().ok()).collect();
+        let revoked = |id: &PublicKey| {
+            verified
+                .iter()
+                .any(|v| matches!(&v.body, Body::Revocation(r) if &r.node == id))
+        };
+        let nodes = verified
+            .iter()
+            .filter_map(|v| match &v.body {
+                Body::Node(n) if !revoked(&n.id) => Some(NodeInfo {
+                    id: n.id,
+                    addrs: n.addrs.clone(),
+                    region: n.region.clone(),
+                    location: n.location,
+                    version: n.version,
+                }),
+                _ => None,
+            })
+            .collect();
+        Ok(Response::Nodes(nodes))
     }
 
     fn require_admin(&self, caller: PublicKey) -> Result<(), RpcError> {

@@ -11,9 +11,15 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_FILE: &str = "makiatto.toml";
 
 /// `makiatto.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// A region name for pinning and DNS (e.g. `eu`); unset by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Where this node is, in degrees `[latitude, longitude]`, for GeoDNS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub location: Option<[f64; 2]>,
     /// Where the HTTP edge listens (TCP). Default `0.0.0.0:80`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
@@ -72,6 +78,8 @@ fn default_memory_cache_max_blob() -> u64 {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            region: None,
+            location: None,
             http: default_http(),
             p2p: default_p2p(),
             public_addrs: Vec::new(),
@@ -120,6 +128,13 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if let Some([lat, lon]) = self.location
+            && !((-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon))
+        {
+            return Err(format!(
+                "location [{lat}, {lon}] is not [latitude, longitude] in degrees"
+            ));
+        }
         if self.http_header_timeout < std::time::Duration::from_millis(500) {
             return Err("http_header_timeout must be at least 500ms".into());
         }
@@ -136,9 +151,20 @@ impl Config {
             .iter()
             .map(|a| format!("\"{a}\""))
             .collect();
+        let region = match &self.region {
+            Some(r) => format!("region = \"{}\"\n", r.escape_default()),
+            None => "# region = \"eu\"\n".into(),
+        };
+        let location = match self.location {
+            // `{:?}` keeps a decimal point (50.0, not 50): TOML floats.
+            Some([lat, lon]) => format!("location = [{lat:?}, {lon:?}]\n"),
+            None => "# location = [50.11, 8.68]\n".into(),
+        };
         format!(
             "# Makiatto node configuration. Reference: docs/config.md\n\
              \n\
+             # Region name and [latitude, longitude], for pinning and GeoDNS.\n\
+             {region}{location}\
              # HTTP edge (TCP).\n\
              http = \"{}\"\n\
              # iroh endpoint for peers and the CLI (UDP, QUIC).\n\
@@ -179,6 +205,8 @@ mod tests {
         let dir = tempfile::tempdir()?;
         let mut c = Config::default();
         c.public_addrs.push("192.0.2.1:51821".parse()?);
+        c.region = Some("eu".into());
+        c.location = Some([50.0, -8.25]);
         std::fs::write(dir.path().join(CONFIG_FILE), c.to_toml())?;
         assert_eq!(Config::load(dir.path())?, c);
         Ok(())

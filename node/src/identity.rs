@@ -136,3 +136,15 @@ pub fn write_invite(
         .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string()))?;
     write_private(&path, &bytes)
 }
+
+/// The invite a joined node redeemed, if it joined (the founder did not).
+pub fn load_invite(dir: &Path) -> Result<Option<Signed<maki_protocol::Invite>>, IdentityError> {
+    let path = dir.join(INVITE_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => postcard::from_bytes(&bytes)
+            .map(Some)
+            .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Io { path, source }),
+    }
+}

@@ -112,11 +112,15 @@ async fn run(cli: Cli) -> Result<()> {
             http,
             p2p,
         } => {
-            join(&ticket, &data_dir, http, p2p).await?;
-            if region.is_some() || lat.is_some() {
-                // Kept for the node record once membership replicates.
-                tracing::info!(?region, ?lat, ?lon, "location noted");
-            }
+            let config = Config {
+                region,
+                location: lat.zip(lon).map(|(lat, lon)| [lat, lon]),
+                http,
+                p2p,
+                ..Config::default()
+            };
+            config.validate().map_err(anyhow::Error::msg)?;
+            join(&ticket, &data_dir, &config).await?;
             run_node(&data_dir).await
         }
     }
@@ -141,12 +145,7 @@ async fn run_node(data_dir: &std::path::Path) -> Result<()> {
 
 /// Redeems the invite first and writes DATA_DIR only after the issuer said
 /// yes: a refused join leaves nothing behind.
-async fn join(
-    ticket: &InviteTicket,
-    data_dir: &std::path::Path,
-    http: SocketAddr,
-    p2p: SocketAddr,
-) -> Result<()> {
+async fn join(ticket: &InviteTicket, data_dir: &std::path::Path, config: &Config) -> Result<()> {
     if data_dir.join(CONFIG_FILE).exists() {
         bail!(
             "{} already holds a node; start it with `makiatto run`",
@@ -168,11 +167,6 @@ async fn join(
     identity::write_key(data_dir, &key)?;
     identity::write_genesis(data_dir, &welcome.genesis)?;
     identity::write_invite(data_dir, &welcome.invite)?;
-    let config = Config {
-        http,
-        p2p,
-        ..Config::default()
-    };
     std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml())?;
     eprintln!("joined network {} as node {}", ticket.network, key.public());
     Ok(())

@@ -60,6 +60,14 @@ impl Shared {
     pub fn is_admin(&self, key: &PublicKey) -> bool {
         self.genesis.admins.contains(key)
     }
+
+    /// What records are judged against: genesis admins and founder.
+    pub fn authority(&self) -> crate::state::Authority {
+        crate::state::Authority {
+            admins: self.genesis.admins.clone(),
+            founder: self.signed_genesis.signer(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,14 +162,61 @@ impl Node {
         )?;
         let http_addr = edge.local_addr();
         info!(node = %key.public().fmt_short(), %http_addr, "node started");
-        Ok(Self {
+        let invite = identity::load_invite(data_dir)?;
+        let node = Self {
             shared,
             router,
             http_addr,
             edge,
             cancel,
             tasks,
-        })
+        };
+        node.record_self(&key, invite);
+        Ok(node)
+    }
+
+    /// Puts this node's own record (and the invite that admitted it) into
+    /// its records, with a version above any it signed before.
+    fn record_self(
+        &self,
+        key: &SecretKey,
+        invite: Option<maki_protocol::Signed<maki_protocol::Invite>>,
+    ) {
+        use maki_protocol::{Body, NodeRecord, RECORD_FORMAT, Record};
+        let state = &self.shared.state;
+        let authority = self.shared.authority();
+        let mut secret_hash = None;
+        if let Some(invite) = invite {
+            secret_hash = invite.verify().ok().map(|i| i.secret_hash);
+            if let Err(error) = state.apply(&Record::Invite(invite), &authority) {
+                warn!(%error, "the invite this node redeemed is not valid here");
+            }
+        }
+        let id = self.shared.id;
+        let previous = state
+            .records()
+            .unwrap_or_default()
+            .iter()
+            .find_map(|r| match r.verify() {
+                Ok(v) => match v.body {
+                    Body::Node(n) if n.id == id => Some(v.version),
+                    _ => None,
+                },
+                Err(_) => None,
+            });
+        let config = &self.shared.config;
+        let record = NodeRecord {
+            format: RECORD_FORMAT,
+            id,
+            addrs: self.ticket().addrs,
+            region: config.region.clone(),
+            location: config.location.map(|[lat, lon]| (lat, lon)),
+            version: crate::now().max(previous.map_or(0, |v| v + 1)),
+            invite: secret_hash,
+        };
+        if let Err(error) = state.apply(&Record::Node(Signed::sign(key, &record)), &authority) {
+            warn!(%error, "could not record this node");
+        }
     }
 
     pub fn http_addr(&self) -> SocketAddr {

@@ -44,6 +44,18 @@ pub enum Request {
     Network,
     /// Admin: store an invite this node will redeem once.
     Invite { invite: Signed<Invite> },
+    /// Admins and publishers: the member nodes this node knows of.
+    Nodes,
+}
+
+/// A member node as `maki nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeInfo {
+    pub id: PublicKey,
+    pub addrs: Vec<std::net::SocketAddr>,
+    pub region: Option<String>,
+    pub location: Option<(f64, f64)>,
+    pub version: u64,
 }
 
 /// A site as `maki sites` shows it.
@@ -106,6 +118,7 @@ pub enum Response {
         network: Hash,
         node: PublicKey,
     },
+    Nodes(Vec<NodeInfo>),
     Error(RpcError),
 }
 

@@ -134,19 +134,22 @@ impl NodeProc {
 
     /// `makiatto join TICKET` into `dir`, then running: waits for `ready`.
     pub fn join(dir: &Path, ticket: &str) -> Result<Self> {
+        Self::join_with(dir, ticket, &[])
+    }
+
+    /// Like [`Self::join`] with extra arguments (`--region`, …).
+    pub fn join_with(dir: &Path, ticket: &str, extra: &[&str]) -> Result<Self> {
         let log = dir.with_extension("log");
-        Self::spawn(
-            dir,
-            &[
-                "join",
-                ticket,
-                "--http",
-                "127.0.0.1:0",
-                "--p2p",
-                "127.0.0.1:0",
-            ],
-            log,
-        )
+        let mut args = vec![
+            "join",
+            ticket,
+            "--http",
+            "127.0.0.1:0",
+            "--p2p",
+            "127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        Self::spawn(dir, &args, log)
     }
 
     /// `makiatto join TICKET` that must fail: returns its stderr.

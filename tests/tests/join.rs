@@ -30,7 +30,11 @@ async fn an_invite_admits_exactly_one_node() -> Result<()> {
     ensure!(ticket.starts_with("makinvite1"), "{ticket}");
 
     let n2 = net.tmp.path().join("n2");
-    let second = NodeProc::join(&n2, &ticket)?;
+    let second = NodeProc::join_with(
+        &n2,
+        &ticket,
+        &["--region", "eu", "--lat", "50.11", "--lon", "8.68"],
+    )?;
     ensure!(second.ticket != net.first.ticket);
     // Same network: the joined node holds the very same genesis record.
     ensure!(
@@ -43,6 +47,19 @@ async fn an_invite_admits_exactly_one_node() -> Result<()> {
     let err = NodeProc::join_fails(&n3, &ticket)?;
     ensure!(err.contains("already used"), "{err}");
     ensure!(!n3.exists(), "a refused join must write nothing");
+
+    // Each node knows its own record; the joiner's carries its location.
+    let nodes = net.admin.ok(&["nodes"])?;
+    ensure!(
+        nodes.lines().count() == 1 && nodes.contains(&net.first.http.ip().to_string()),
+        "{nodes}"
+    );
+    let at_second = Maki::new(&net.admin.home, Some(&second.ticket));
+    let nodes = at_second.ok(&["nodes", "--json"])?;
+    ensure!(
+        nodes.contains("\"region\": \"eu\"") && nodes.contains("50.11"),
+        "{nodes}"
+    );
 
     // The joined node restarts with `run` as a node of the network.
     let data = second.dir.clone();
