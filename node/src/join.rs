@@ -50,6 +50,7 @@ impl JoinProtocol {
                 JoinResponse::Welcome {
                     genesis: self.shared.signed_genesis.clone(),
                     invite,
+                    records: self.shared.state.records().unwrap_or_default(),
                 }
             }
             Ok(Err(e)) => {
@@ -96,6 +97,8 @@ impl ProtocolHandler for JoinProtocol {
 pub struct Welcome {
     pub genesis: Signed<Genesis>,
     pub invite: Signed<Invite>,
+    /// The issuer's records, unchecked: apply them through `State::apply`.
+    pub records: Vec<maki_protocol::Record>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +153,11 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
     recv.read_exact(&mut body).await.map_err(|e| proto(&e))?;
     conn.close(0u32.into(), b"thanks");
     match rpc::decode_body::<JoinResponse>(&body).map_err(|e| proto(&e))? {
-        JoinResponse::Welcome { genesis, invite } => {
+        JoinResponse::Welcome {
+            genesis,
+            invite,
+            records,
+        } => {
             // Trust, but verify: the genesis must be the network the ticket names.
             let bytes = postcard::to_stdvec(&genesis).map_err(|e| proto(&e))?;
             if Hash::of(&bytes) != ticket.network || genesis.verify().is_err() {
@@ -164,7 +171,11 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
                     "the issuer sent another invite".into(),
                 ));
             }
-            Ok(Welcome { genesis, invite })
+            Ok(Welcome {
+                genesis,
+                invite,
+                records,
+            })
         }
         JoinResponse::Refused(e) => Err(e.into()),
         other => Err(RedeemError::Protocol(format!(

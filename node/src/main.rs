@@ -168,6 +168,23 @@ async fn join(ticket: &InviteTicket, data_dir: &std::path::Path, config: &Config
     identity::write_genesis(data_dir, &welcome.genesis)?;
     identity::write_invite(data_dir, &welcome.invite)?;
     std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml())?;
+    // Start from the issuer's state; every record is checked as if it had
+    // arrived by gossip, and a bad one is only logged.
+    let state = makiatto::state::State::open(&data_dir.join("state.redb"))?;
+    let genesis = welcome.genesis.verify()?;
+    let authority = makiatto::state::Authority {
+        admins: genesis.admins,
+        founder: welcome.genesis.signer(),
+    };
+    // Invites first: node records are judged against them.
+    let mut records = welcome.records;
+    records.sort_by_key(|r| !matches!(r, maki_protocol::Record::Invite(_)));
+    for record in &records {
+        if let Err(error) = state.apply(record, &authority) {
+            tracing::warn!(%error, "a record from the issuer was refused");
+        }
+    }
+    drop(state);
     eprintln!("joined network {} as node {}", ticket.network, key.public());
     Ok(())
 }

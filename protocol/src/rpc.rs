@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Domain, Genesis, Hash, Head, Invite, PublicKey, Signed};
+use crate::{Domain, Genesis, Hash, Head, Invite, PublicKey, Record, Signed};
 
 /// ALPN of the admin protocol.
 pub const ADMIN_ALPN: &[u8] = b"maki/admin/1";
@@ -185,6 +185,8 @@ pub enum JoinResponse {
     Welcome {
         genesis: Signed<Genesis>,
         invite: Signed<Invite>,
+        /// The issuer's replicated records: the state the joiner starts from.
+        records: Vec<Record>,
     },
     Refused(JoinError),
 }

@@ -60,6 +60,9 @@ async fn an_invite_admits_exactly_one_node() -> Result<()> {
         nodes.contains("\"region\": \"eu\"") && nodes.contains("50.11"),
         "{nodes}"
     );
+    // …and it started from the issuer's records: it knows the founder too.
+    let listed = at_second.ok(&["nodes"])?;
+    ensure!(listed.lines().count() == 2, "{listed}");
 
     // The joined node restarts with `run` as a node of the network.
     let data = second.dir.clone();
