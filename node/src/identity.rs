@@ -25,6 +25,8 @@ pub enum IdentityError {
     BadKey(PathBuf),
     #[error("{0} is not a valid genesis record: {1}")]
     BadGenesis(PathBuf, String),
+    #[error("{0} is not a valid invite record: {1}")]
+    BadInvite(PathBuf, String),
     #[error("{0} already exists; refusing to overwrite a node's identity")]
     Exists(PathBuf),
 }
@@ -133,7 +135,7 @@ pub fn write_invite(
 ) -> Result<(), IdentityError> {
     let path = dir.join(INVITE_FILE);
     let bytes = postcard::to_stdvec(invite)
-        .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string()))?;
+        .map_err(|e| IdentityError::BadInvite(path.clone(), e.to_string()))?;
     write_private(&path, &bytes)
 }
 
@@ -143,7 +145,7 @@ pub fn load_invite(dir: &Path) -> Result<Option<Signed<maki_protocol::Invite>>, 
     match std::fs::read(&path) {
         Ok(bytes) => postcard::from_bytes(&bytes)
             .map(Some)
-            .map_err(|e| IdentityError::BadGenesis(path.clone(), e.to_string())),
+            .map_err(|e| IdentityError::BadInvite(path.clone(), e.to_string())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(IdentityError::Io { path, source }),
     }

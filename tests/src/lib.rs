@@ -93,6 +93,18 @@ fn newest_mtime(dir: &Path) -> Result<std::time::SystemTime> {
     Ok(newest)
 }
 
+/// `makiatto join TICKET` on loopback with OS-chosen ports.
+fn join_args(ticket: &str) -> [&str; 6] {
+    [
+        "join",
+        ticket,
+        "--http",
+        "127.0.0.1:0",
+        "--p2p",
+        "127.0.0.1:0",
+    ]
+}
+
 /// A running node, stopped (SIGTERM, then wait) when dropped.
 #[derive(Debug)]
 pub struct NodeProc {
@@ -140,14 +152,7 @@ impl NodeProc {
     /// Like [`Self::join`] with extra arguments (`--region`, …).
     pub fn join_with(dir: &Path, ticket: &str, extra: &[&str]) -> Result<Self> {
         let log = dir.with_extension("log");
-        let mut args = vec![
-            "join",
-            ticket,
-            "--http",
-            "127.0.0.1:0",
-            "--p2p",
-            "127.0.0.1:0",
-        ];
+        let mut args = join_args(ticket).to_vec();
         args.extend_from_slice(extra);
         Self::spawn(dir, &args, log)
     }
@@ -155,15 +160,8 @@ impl NodeProc {
     /// `makiatto join TICKET` that must fail: returns its stderr.
     pub fn join_fails(dir: &Path, ticket: &str) -> Result<String> {
         let out = Command::new(bins()?.makiatto)
-            .args([
-                "join",
-                ticket,
-                "--http",
-                "127.0.0.1:0",
-                "--p2p",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(join_args(ticket))
+            .arg("--data-dir")
             .arg(dir)
             .env("MAKIATTO_LOG", "error")
             .output()?;
