@@ -17,6 +17,7 @@ use maki::{
 };
 use maki_protocol::{
     Domain, Hash, Invite, InviteTicket, NodeTicket, PublicKey, RECORD_FORMAT, SecretKey, Signed,
+    SiteRecord,
     rpc::{Request, Response},
 };
 
@@ -130,6 +131,12 @@ fn ticket(cli_node: &Option<String>, project: &Project) -> Result<NodeTicket> {
         .context("the node ticket is not valid")
 }
 
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 async fn connect(cli: &Cli, project: &Project) -> Result<(Client, SecretKey)> {
     let key = key()?;
     let client = Client::connect(&key, &ticket(&cli.node, project)?).await?;
@@ -174,11 +181,26 @@ async fn run(cli: Cli) -> Result<()> {
             publishers,
         }) => {
             let d = domain(d)?;
-            let (client, _) = connect(&cli, &project).await?;
+            let (client, key) = connect(&cli, &project).await?;
+            let mut publishers = publishers.clone();
+            if publishers.is_empty() {
+                publishers.push(key.public());
+            }
+            publishers.sort();
+            publishers.dedup();
+            let record = SiteRecord {
+                format: RECORD_FORMAT,
+                domain: d.clone(),
+                aliases: Vec::new(),
+                publishers,
+                // Later changes of the site must carry a higher version;
+                // the clock in milliseconds gives that without asking.
+                version: now_millis(),
+                removed: false,
+            };
             client
                 .call(&Request::SiteAdd {
-                    domain: d.clone(),
-                    publishers: publishers.clone(),
+                    record: Signed::sign(&key, &record),
                 })
                 .await?;
             println!("added {d}");
@@ -186,9 +208,20 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Site(SiteCommand::Remove { domain: d }) => {
             let d = domain(d)?;
-            let (client, _) = connect(&cli, &project).await?;
+            let (client, key) = connect(&cli, &project).await?;
+            let current = publish::site_info(&client, &d).await?;
+            let record = SiteRecord {
+                format: RECORD_FORMAT,
+                domain: d.clone(),
+                aliases: Vec::new(),
+                publishers: current.publishers,
+                version: now_millis().max(current.record_version + 1),
+                removed: true,
+            };
             client
-                .call(&Request::SiteRemove { domain: d.clone() })
+                .call(&Request::SiteRemove {
+                    record: Signed::sign(&key, &record),
+                })
                 .await?;
             println!("removed {d}");
             client.close().await;

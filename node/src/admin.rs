@@ -1,4 +1,4 @@
-//! The admin protocol server (`maki/admin/1`) and the push gate.
+//! The admin protocol server (`maki/admin/1`) and the blob gate.
 //!
 //! Any caller may connect; the TLS handshake proves the caller's key and
 //! every request is authorised against it. A publish opens a session that
@@ -18,7 +18,7 @@ use iroh::{
 };
 use iroh_blobs::provider::events::{AbortReason, ProviderMessage};
 use maki_protocol::{
-    Domain, Hash, Head, Invite, Manifest, PublicKey, Signed,
+    Domain, Hash, Head, Invite, Manifest, PublicKey, Record, Signed, SiteRecord,
     rpc::{self, HeadInfo, Request, Response, RpcError, SiteInfo, VersionInfo},
 };
 use tokio::sync::mpsc;
@@ -29,7 +29,7 @@ use crate::{
     content::{temp_tag, to_iroh, version_tag},
     live::LiveSite,
     node::Shared,
-    state::SiteRec,
+    state::{Applied, SiteRec},
 };
 
 /// Admin connections served at once; more are refused until one closes.
@@ -94,6 +94,14 @@ impl PushGate {
         }
     }
 
+    fn check_member(&self, conn: u64, peers: &crate::peers::Peers) -> Result<(), AbortReason> {
+        let g = self.inner.lock().map_err(|_| AbortReason::Permission)?;
+        match g.conns.get(&conn) {
+            Some(caller) if peers.is_member(caller) => Ok(()),
+            _ => Err(AbortReason::Permission),
+        }
+    }
+
     fn check_push(&self, conn: u64, hash: Hash) -> Result<(), AbortReason> {
         let g = self.inner.lock().map_err(|_| AbortReason::Permission)?;
         let caller = g.conns.get(&conn).ok_or(AbortReason::Permission)?;
@@ -107,7 +115,8 @@ impl PushGate {
 }
 
 /// Answers iroh-blobs provider events: remembers who is on each
-/// connection, admits pushes the gate allows, refuses all others.
+/// connection, serves reads to members only, admits pushes the gate
+/// allows, refuses all others.
 pub async fn run_gate(
     shared: Arc<Shared>,
     mut rx: mpsc::Receiver<ProviderMessage>,
@@ -142,6 +151,15 @@ pub async fn run_gate(
                 if let Ok(mut g) = shared.gate.inner.lock() {
                     g.conns.remove(&msg.connection_id);
                 }
+            }
+            // Members fetch content from each other; nobody else reads.
+            ProviderMessage::GetRequestReceived(msg) => {
+                let res = shared.gate.check_member(msg.connection_id, &shared.peers);
+                msg.tx.send(res).await.ok();
+            }
+            ProviderMessage::GetManyRequestReceived(msg) => {
+                let res = shared.gate.check_member(msg.connection_id, &shared.peers);
+                msg.tx.send(res).await.ok();
             }
             ProviderMessage::PushRequestReceived(msg) => {
                 let hash = crate::content::from_iroh(msg.request.hash);
@@ -264,9 +282,9 @@ impl AdminProtocol {
         opened: &mut Vec<u64>,
     ) -> Result<Response, RpcError> {
         match req {
-            Request::SiteAdd { domain, publishers } => self.site_add(caller, domain, publishers),
-            Request::SiteRemove { domain } => self.site_remove(caller, domain).await,
-            Request::Sites => self.sites(caller),
+            Request::SiteAdd { record } => self.site_add(caller, record).await,
+            Request::SiteRemove { record } => self.site_remove(caller, record).await,
+            Request::Sites => self.sites(caller).await,
             Request::Versions { domain } => self.versions(caller, domain).await,
             Request::PublishBegin { head, manifest } => {
                 let r = self.publish_begin(caller, head, manifest).await?;
@@ -318,11 +336,7 @@ impl AdminProtocol {
             .map_err(internal)?;
         // Also a replicated record: other members check joiners against it.
         self.shared
-            .state
-            .apply(
-                &maki_protocol::Record::Invite(signed),
-                &self.shared.authority(),
-            )
+            .apply_local(Record::Invite(signed))
             .map_err(|e| RpcError::InvalidInvite(e.to_string()))?;
         info!(expires = invite.expires, "invite stored");
         Ok(Response::Done)
@@ -382,62 +396,86 @@ impl AdminProtocol {
         }
     }
 
-    fn site_add(
+    /// Checks a site record from `caller` and takes it in (it replicates).
+    fn site_record(
         &self,
         caller: PublicKey,
-        domain: Domain,
-        publishers: Vec<PublicKey>,
-    ) -> Result<Response, RpcError> {
+        signed: &Signed<SiteRecord>,
+    ) -> Result<SiteRecord, RpcError> {
         self.require_admin(caller)?;
-        let mut publishers = publishers;
-        publishers.sort();
-        publishers.dedup();
-        if publishers.is_empty() {
-            publishers.push(caller);
+        let record = signed.verify().map_err(|_| RpcError::BadSignature)?;
+        if signed.signer() != caller {
+            return Err(RpcError::SignerMismatch);
         }
-        if !self
+        Ok(record)
+    }
+
+    fn apply_site(&self, signed: Signed<SiteRecord>) -> Result<(), RpcError> {
+        match self.shared.apply_local(Record::Site(signed)) {
+            Ok(Applied::New | Applied::Replaced) => Ok(()),
+            Ok(Applied::Stale) => Err(RpcError::InvalidRecord(
+                "this node holds a newer record of the site; list sites and try again".into(),
+            )),
+            Err(e) => Err(RpcError::InvalidRecord(e.to_string())),
+        }
+    }
+
+    async fn site_add(
+        &self,
+        caller: PublicKey,
+        signed: Signed<SiteRecord>,
+    ) -> Result<Response, RpcError> {
+        let record = self.site_record(caller, &signed)?;
+        if record.removed || record.publishers.is_empty() {
+            return Err(RpcError::InvalidRecord(
+                "a new site needs publishers and must not be marked removed".into(),
+            ));
+        }
+        let _guard = self.shared.head_lock.lock().await;
+        if self
             .shared
             .state
-            .add_site(&domain, &SiteRec { publishers })
+            .site(&record.domain)
             .map_err(internal)?
+            .is_some()
         {
-            return Err(RpcError::SiteExists(domain));
+            return Err(RpcError::SiteExists(record.domain));
         }
-        info!(site = %domain, "site added");
+        self.apply_site(signed)?;
+        info!(site = %record.domain, "site added");
         Ok(Response::Done)
     }
 
-    async fn site_remove(&self, caller: PublicKey, domain: Domain) -> Result<Response, RpcError> {
-        self.require_admin(caller)?;
-        let _guard = self.shared.head_lock.lock().await;
-        let manifests = self
-            .shared
-            .state
-            .remove_site(&domain)
-            .map_err(internal)?
-            .ok_or_else(|| RpcError::UnknownSite(domain.clone()))?;
-        self.shared.live.remove(&domain);
-        for m in manifests {
-            if let Err(error) = self
-                .shared
-                .content
-                .unprotect(&version_tag(&domain, m))
-                .await
-            {
-                warn!(%error, "could not drop a version tag");
-            }
+    async fn site_remove(
+        &self,
+        caller: PublicKey,
+        signed: Signed<SiteRecord>,
+    ) -> Result<Response, RpcError> {
+        let record = self.site_record(caller, &signed)?;
+        if !record.removed {
+            return Err(RpcError::InvalidRecord(
+                "a removal must be marked removed".into(),
+            ));
         }
+        let domain = record.domain;
+        let _guard = self.shared.head_lock.lock().await;
+        if self.shared.state.site(&domain).map_err(internal)?.is_none() {
+            return Err(RpcError::UnknownSite(domain));
+        }
+        self.apply_site(signed)?;
+        crate::replicate::clear_site(&self.shared, &domain).await;
         info!(site = %domain, "site removed");
         Ok(Response::Done)
     }
 
-    fn sites(&self, caller: PublicKey) -> Result<Response, RpcError> {
+    async fn sites(&self, caller: PublicKey) -> Result<Response, RpcError> {
         let admin = self.shared.is_admin(&caller);
         let mut out = Vec::new();
-        for (domain, rec) in self.shared.state.sites().map_err(internal)? {
-            if !admin && !rec.publishers.contains(&caller) {
+        for (record, record_version) in self.shared.state.site_records().map_err(internal)? {
+            if record.removed || (!admin && !record.publishers.contains(&caller)) {
                 continue;
             }
+            let domain = record.domain;
             let latest_version = self
                 .shared
                 .state
@@ -445,19 +483,35 @@ impl AdminProtocol {
                 .map_err(internal)?
                 .first()
                 .map_or(0, |v| v.0);
-            let head = self.shared.live.get(domain.as_str()).map(|s| HeadInfo {
-                seq: s.seq,
-                version: s.manifest.version,
-                manifest: s.manifest_hash,
-                files: s.manifest.entries.len() as u64,
-                bytes: s.manifest.total_size(),
-                created: s.manifest.created,
-            });
+            let info = |seq: u64, manifest: Hash, m: &Manifest| HeadInfo {
+                seq,
+                version: m.version,
+                manifest,
+                files: m.entries.len() as u64,
+                bytes: m.total_size(),
+                created: m.created,
+            };
+            let live = self.shared.live.get(domain.as_str());
+            // The network's head, which may be ahead of what this node serves
+            // while it downloads; a publish must build on it.
+            let head = match (self.shared.current_head(&domain), &live) {
+                (Some((seq, m)), Some(l)) if l.manifest_hash == m => {
+                    Some(info(seq, m, &l.manifest))
+                }
+                (Some((seq, m)), _) => match self.load_manifest(m).await {
+                    Ok(manifest) => Some(info(seq, m, &manifest)),
+                    Err(_) => live
+                        .as_ref()
+                        .map(|l| info(l.seq, l.manifest_hash, &l.manifest)),
+                },
+                (None, _) => None,
+            };
             out.push(SiteInfo {
                 domain,
-                publishers: rec.publishers,
+                publishers: record.publishers,
                 head,
                 latest_version,
+                record_version,
             });
         }
         Ok(Response::Sites(out))
@@ -513,7 +567,7 @@ impl AdminProtocol {
     }
 
     fn current_seq(&self, domain: &Domain) -> u64 {
-        self.shared.live.get(domain.as_str()).map_or(0, |s| s.seq)
+        self.shared.current_head(domain).map_or(0, |(seq, _)| seq)
     }
 
     async fn publish_begin(
@@ -536,14 +590,15 @@ impl AdminProtocol {
                 manifest.site, head.site
             )));
         }
-        let current = self.shared.live.get(head.site.as_str());
-        let current_hash = current.as_ref().map(|c| c.manifest_hash);
+        let current_hash = self.shared.current_head(&head.site).map(|(_, m)| m);
         if manifest.parent != current_hash {
             return Err(RpcError::StaleParent {
                 current: current_hash,
             });
         }
+        let current = self.shared.live.get(head.site.as_str());
         if let Some(c) = &current
+            && Some(c.manifest_hash) == current_hash
             && c.manifest.same_content(&manifest)
         {
             return Ok(Response::Unchanged {
@@ -686,14 +741,14 @@ impl AdminProtocol {
 
         let _guard = self.shared.head_lock.lock().await;
         // Someone may have published while we were receiving.
-        let current = self.shared.live.get(s.head.site.as_str());
-        let current_hash = current.as_ref().map(|c| c.manifest_hash);
+        let current = self.shared.current_head(&s.head.site);
+        let current_hash = current.map(|(_, m)| m);
         if s.manifest.parent != current_hash {
             return Err(RpcError::StaleParent {
                 current: current_hash,
             });
         }
-        let expected = current.as_ref().map_or(0, |c| c.seq) + 1;
+        let expected = current.map_or(0, |(seq, _)| seq) + 1;
         if s.head.seq != expected {
             return Err(RpcError::StaleSeq {
                 expected,
@@ -723,11 +778,19 @@ impl AdminProtocol {
             LiveSite::new(s.head.seq, s.head.manifest, s.manifest.clone()),
         );
         self.drop_versions(&s.head.site, committed.pruned).await;
+        self.announce_head(s.signed.clone());
         info!(site = %s.head.site, version = s.manifest.version, seq = s.head.seq, "published");
         Ok(Response::Published {
             version: s.manifest.version,
             seq: s.head.seq,
         })
+    }
+
+    /// The head is live here: make it the network's (it replicates).
+    fn announce_head(&self, signed: Signed<Head>) {
+        if let Err(error) = self.shared.apply_local(Record::Head(signed)) {
+            warn!(%error, "a committed head was not taken into the records");
+        }
     }
 
     async fn drop_versions(&self, domain: &Domain, manifests: Vec<Hash>) {
@@ -785,6 +848,7 @@ impl AdminProtocol {
             LiveSite::new(head.seq, head.manifest, manifest),
         );
         self.drop_versions(&head.site, committed.pruned).await;
+        self.announce_head(signed);
         info!(site = %head.site, version, seq = head.seq, "rolled back");
         Ok(Response::Published {
             version,

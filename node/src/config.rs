@@ -40,6 +40,10 @@ pub struct Config {
     /// an idle keep-alive connection stays open. Guards against slowloris.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub http_header_timeout: std::time::Duration,
+    /// How often a node syncs its records with a few random members (it
+    /// also syncs with all of them at start and after each local change).
+    #[serde(default = "default_sync_interval", with = "humantime_serde")]
+    pub sync_interval: std::time::Duration,
     /// HTTP worker threads (each with its own listener); 0 means one per core.
     #[serde(default)]
     pub http_threads: usize,
@@ -59,6 +63,10 @@ fn default_http() -> SocketAddr {
 fn default_p2p() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 51821))
 }
+fn default_sync_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+
 fn default_header_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(10)
 }
@@ -84,6 +92,7 @@ impl Default for Config {
             p2p: default_p2p(),
             public_addrs: Vec::new(),
             http_header_timeout: default_header_timeout(),
+            sync_interval: default_sync_interval(),
             http_threads: 0,
             keep_versions: default_keep_versions(),
             max_site_bytes: default_max_site_bytes(),
@@ -138,6 +147,9 @@ impl Config {
         if self.http_header_timeout < std::time::Duration::from_millis(500) {
             return Err("http_header_timeout must be at least 500ms".into());
         }
+        if self.sync_interval < std::time::Duration::from_millis(100) {
+            return Err("sync_interval must be at least 100ms".into());
+        }
         if self.keep_versions == 0 {
             return Err("keep_versions must be at least 1".into());
         }
@@ -173,6 +185,8 @@ impl Config {
              public_addrs = [{}]\n\
              # Time for a client to send a request head (and keep-alive idle time).\n\
              http_header_timeout = \"{}\"\n\
+             # Anti-entropy: how often to sync records with a few random members.\n\
+             sync_interval = \"{}\"\n\
              # HTTP worker threads; 0 = one per core.\n\
              http_threads = {}\n\
              # Versions kept per site for rollback.\n\
@@ -187,6 +201,7 @@ impl Config {
             self.p2p,
             addrs.join(", "),
             humantime_serde::re::humantime::format_duration(self.http_header_timeout),
+            humantime_serde::re::humantime::format_duration(self.sync_interval),
             self.http_threads,
             self.keep_versions,
             self.max_site_bytes,

@@ -85,13 +85,14 @@ impl Content {
         self.store.blobs().reader(to_iroh(hash))
     }
 
-    /// Protects `manifest` and `blobs` under `name` (replacing what it held).
+    /// Protects `manifest` and `blobs` under `name` (replacing what it
+    /// held); returns the hash of the hash sequence the tag names.
     pub async fn protect(
         &self,
         name: &str,
         manifest: Hash,
         blobs: impl IntoIterator<Item = Hash>,
-    ) -> Result<(), ContentError> {
+    ) -> Result<iroh_blobs::Hash, ContentError> {
         let seq: HashSeq = std::iter::once(manifest)
             .chain(blobs)
             .map(to_iroh)
@@ -107,7 +108,7 @@ impl Content {
             .set(name, tag.hash_and_format())
             .await
             .map_err(store_err)?;
-        Ok(())
+        Ok(tag.hash())
     }
 
     pub async fn unprotect(&self, name: &str) -> Result<(), ContentError> {

@@ -9,7 +9,10 @@ pub mod identity;
 pub mod join;
 pub mod live;
 pub mod node;
+pub mod peers;
+pub mod replicate;
 pub mod state;
+pub mod sync;
 
 pub use config::Config;
 pub use node::{Node, NodeError};

@@ -158,7 +158,7 @@ async fn join(ticket: &InviteTicket, data_dir: &std::path::Path, config: &Config
     } else {
         "0.0.0.0:0".parse()?
     };
-    let endpoint = makiatto::node::bind_endpoint(&key, any).await?;
+    let endpoint = makiatto::node::bind_endpoint(&key, any, Default::default()).await?;
     let welcome = makiatto::join::redeem(&endpoint, ticket).await;
     endpoint.close().await;
     let welcome = welcome?;

@@ -10,6 +10,7 @@ use std::{
 
 use iroh::{
     Endpoint, RelayMode,
+    address_lookup::MemoryLookup,
     endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, presets},
     protocol::Router,
 };
@@ -18,10 +19,13 @@ use iroh_blobs::{
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
 use maki_protocol::{
-    Genesis, Hash, Manifest, NodeTicket, PublicKey, SecretKey, Signed,
+    Domain, Genesis, Hash, Invite, Manifest, NodeRecord, NodeTicket, PublicKey, Record, SecretKey,
+    Signed,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
+    sync::SYNC_ALPN,
 };
-use tokio::task::JoinSet;
+use std::sync::atomic::AtomicU64;
+use tokio::{sync::watch, task::JoinSet};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -31,7 +35,8 @@ use crate::{
     content::Content,
     edge, identity,
     live::{Live, LiveSite},
-    state::State,
+    peers::Peers,
+    state::{Applied, ApplyError, State},
 };
 
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
@@ -54,11 +59,89 @@ pub struct Shared {
     /// Serialises head changes; publishes of different sites are rare
     /// enough that one lock is simpler than one per site.
     pub head_lock: tokio::sync::Mutex<()>,
+    /// The members, and how to reach them.
+    pub peers: Peers,
+    /// Bumped whenever the records change: replication watches it.
+    pub changes: watch::Sender<u64>,
+    /// Woken after a change made here, to push it to every member now.
+    pub push: tokio::sync::Notify,
+    /// Records from peers that failed verification or authorisation.
+    pub dropped_records: AtomicU64,
 }
 
 impl Shared {
     pub fn is_admin(&self, key: &PublicKey) -> bool {
         self.genesis.admins.contains(key)
+    }
+
+    /// Verifies, authorises and merges a record (from anywhere); on a
+    /// change, refreshes the members and wakes replication.
+    pub fn apply_record(&self, record: &Record) -> Result<Applied, ApplyError> {
+        let applied = self.state.apply(record, &self.authority())?;
+        if applied != Applied::Stale {
+            if matches!(record, Record::Node(_) | Record::Revocation(_)) {
+                self.refresh_peers();
+            }
+            self.changes.send_modify(|g| *g += 1);
+        }
+        Ok(applied)
+    }
+
+    /// [`Self::apply_record`] for a change made here: also pushed to every
+    /// member at once.
+    pub fn apply_local(&self, record: Record) -> Result<Applied, ApplyError> {
+        let applied = self.apply_record(&record)?;
+        if applied != Applied::Stale {
+            self.push.notify_one();
+        }
+        Ok(applied)
+    }
+
+    pub fn refresh_peers(&self) {
+        match self.state.verified() {
+            Ok(records) => self.peers.refresh(&records),
+            Err(error) => warn!(%error, "cannot read the records for the member list"),
+        }
+    }
+
+    /// The site's newest head: (seq, manifest). The record, or what this
+    /// node serves when that is newer (a head committed before records).
+    pub fn current_head(&self, domain: &Domain) -> Option<(u64, Hash)> {
+        let record = self
+            .state
+            .head_record(domain)
+            .ok()
+            .flatten()
+            .and_then(|s| s.verify().ok())
+            .map(|h| (h.seq, h.manifest));
+        let live = self
+            .live
+            .get(domain.as_str())
+            .map(|l| (l.seq, l.manifest_hash));
+        match (record, live) {
+            (Some(r), Some(l)) => Some(if l.0 > r.0 { l } else { r }),
+            (r, l) => r.or(l),
+        }
+    }
+
+    /// This node's own record and the invite behind it: how it introduces
+    /// itself to peers.
+    pub fn introduction(&self) -> Option<(Signed<NodeRecord>, Option<Signed<Invite>>)> {
+        let records = self.state.records().ok()?;
+        let me = records.iter().find_map(|r| match r {
+            Record::Node(n) if n.signer() == self.id => Some(n.clone()),
+            _ => None,
+        })?;
+        let secret = me.verify().ok()?.invite;
+        let invite = secret.and_then(|h| {
+            records.iter().find_map(|r| match r {
+                Record::Invite(i) if i.verify().is_ok_and(|i| i.secret_hash == h) => {
+                    Some(i.clone())
+                }
+                _ => None,
+            })
+        });
+        Some((me, invite))
     }
 
     /// What records are judged against: genesis admins and founder.
@@ -116,7 +199,9 @@ impl Node {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
 
-        let endpoint = bind_endpoint(&key, config.p2p).await?;
+        let lookup = MemoryLookup::new();
+        let endpoint = bind_endpoint(&key, config.p2p, lookup.clone()).await?;
+        let (changes, changes_rx) = watch::channel(0);
         let shared = Arc::new(Shared {
             config,
             id: key.public(),
@@ -129,14 +214,18 @@ impl Node {
             sessions: Sessions::default(),
             gate: PushGate::default(),
             head_lock: tokio::sync::Mutex::new(()),
+            peers: Peers::new(key.public(), lookup),
+            changes,
+            push: tokio::sync::Notify::new(),
+            dropped_records: AtomicU64::new(0),
         });
+        shared.refresh_peers();
 
         let mask = EventMask {
             connected: ConnectMode::Intercept,
-            // Members fetch from each other once there is more than one
-            // node; until then nobody reads blobs over p2p.
-            get: RequestMode::Disabled,
-            get_many: RequestMode::Disabled,
+            // Members fetch from each other; nobody else reads over p2p.
+            get: RequestMode::Intercept,
+            get_many: RequestMode::Intercept,
             push: RequestMode::Intercept,
             observe: ObserveMode::None,
             ..EventMask::DEFAULT
@@ -148,8 +237,10 @@ impl Node {
             cancel.clone(),
         ));
         let blobs = BlobsProtocol::new(shared.content.store(), Some(events));
-        let router = Router::builder(endpoint)
+        let downloader = shared.content.store().downloader(&endpoint);
+        let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
+            .accept(SYNC_ALPN, crate::sync::SyncProtocol::new(shared.clone()))
             .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone()))
             .accept(JOIN_ALPN, crate::join::JoinProtocol::new(shared.clone()))
             .spawn();
@@ -172,6 +263,19 @@ impl Node {
             tasks,
         };
         node.record_self(&key, invite);
+        let mut node = node;
+        node.tasks.spawn(crate::replicate::run(
+            node.shared.clone(),
+            downloader,
+            changes_rx,
+            node.cancel.clone(),
+        ));
+        node.tasks.spawn(crate::sync::run(
+            node.shared.clone(),
+            endpoint,
+            node.shared.config.sync_interval,
+            node.cancel.clone(),
+        ));
         Ok(node)
     }
 
@@ -182,13 +286,12 @@ impl Node {
         key: &SecretKey,
         invite: Option<maki_protocol::Signed<maki_protocol::Invite>>,
     ) {
-        use maki_protocol::{Body, NodeRecord, RECORD_FORMAT, Record};
+        use maki_protocol::{Body, RECORD_FORMAT};
         let state = &self.shared.state;
-        let authority = self.shared.authority();
         let mut secret_hash = None;
         if let Some(invite) = invite {
             secret_hash = invite.verify().ok().map(|i| i.secret_hash);
-            if let Err(error) = state.apply(&Record::Invite(invite), &authority) {
+            if let Err(error) = self.shared.apply_record(&Record::Invite(invite)) {
                 warn!(%error, "the invite this node redeemed is not valid here");
             }
         }
@@ -214,7 +317,10 @@ impl Node {
             version: crate::now().max(previous.map_or(0, |v| v + 1)),
             invite: secret_hash,
         };
-        if let Err(error) = state.apply(&Record::Node(Signed::sign(key, &record)), &authority) {
+        if let Err(error) = self
+            .shared
+            .apply_record(&Record::Node(Signed::sign(key, &record)))
+        {
             warn!(%error, "could not record this node");
         }
     }
@@ -281,7 +387,11 @@ pub fn blobs_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("blobs")
 }
 
-pub async fn bind_endpoint(key: &SecretKey, addr: SocketAddr) -> Result<Endpoint, NodeError> {
+pub async fn bind_endpoint(
+    key: &SecretKey,
+    addr: SocketAddr,
+    lookup: MemoryLookup,
+) -> Result<Endpoint, NodeError> {
     let err = |message: String| NodeError::Bind { addr, message };
     // No relays, no n0 discovery, no UPnP: peers come from our own records.
     // A peer that vanishes (a killed CLI mid-publish) is noticed within
@@ -298,8 +408,10 @@ pub async fn bind_endpoint(key: &SecretKey, addr: SocketAddr) -> Result<Endpoint
         .alpns(vec![
             ADMIN_ALPN.to_vec(),
             JOIN_ALPN.to_vec(),
+            SYNC_ALPN.to_vec(),
             iroh_blobs::ALPN.to_vec(),
         ])
+        .address_lookup(lookup)
         .clear_ip_transports()
         .bind_addr(addr)
         .map_err(|e| err(e.to_string()))?;

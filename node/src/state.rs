@@ -1,21 +1,24 @@
-//! The node's durable state: sites, their publishers, heads and kept
-//! versions, in one redb database (`state.redb`).
+//! The node's durable state, in one redb database (`state.redb`): the
+//! replicated records (the network's truth: sites, their publishers, heads,
+//! nodes, invites, revocations) and what this node itself serves (its
+//! current head per site and the versions it keeps).
 //!
-//! Only this module touches the database. A head and the version it adds
-//! are written in one transaction, so a crash leaves either the old head or
-//! the new one, never a mix. Transactions are small and rare (admin
-//! requests), so they run inline.
+//! Only this module touches the database. A served head and the version it
+//! adds are written in one transaction, so a crash leaves either the old
+//! head or the new one, never a mix. Transactions are small and rare, so
+//! they run inline.
 
 use std::path::Path;
 
 use maki_protocol::{
     AuthError, Body, Domain, Hash, Head, Invite, PublicKey, Record, RecordError, RecordKey, Signed,
-    SiteRecord, View, authorize, rpc::JoinError,
+    SiteRecord, Verified, View, authorize, rpc::JoinError,
 };
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-const SITES: TableDefinition<&str, &[u8]> = TableDefinition::new("sites");
+/// The head this node serves per site (it holds all of its content); the
+/// network's newest head is a record and may be ahead while it downloads.
 const HEADS: TableDefinition<&str, &[u8]> = TableDefinition::new("heads");
 const VERSIONS: TableDefinition<(&str, u64), &[u8; 32]> = TableDefinition::new("versions");
 /// Invites this node issues, by secret hash.
@@ -32,10 +35,18 @@ pub struct StoredInvite {
     pub redeemed_by: Option<PublicKey>,
 }
 
-/// A site as this node records it.
+/// What serving and authorising need of a site record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteRec {
     pub publishers: Vec<PublicKey>,
+}
+
+impl From<&SiteRecord> for SiteRec {
+    fn from(s: &SiteRecord) -> Self {
+        Self {
+            publishers: s.publishers.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +91,6 @@ impl State {
     pub fn open(path: &Path) -> Result<Self, StateError> {
         let db = redb::Database::create(path)?;
         let tx = db.begin_write()?;
-        tx.open_table(SITES)?;
         tx.open_table(HEADS)?;
         tx.open_table(VERSIONS)?;
         tx.open_table(INVITES)?;
@@ -89,51 +99,56 @@ impl State {
         Ok(Self { db })
     }
 
+    /// A site as its record says (None if unknown or removed).
     pub fn site(&self, domain: &Domain) -> Result<Option<SiteRec>, StateError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(SITES)?;
-        match t.get(domain.as_str())? {
-            Some(v) => Ok(Some(decode(domain.as_str(), v.value())?)),
-            None => Ok(None),
-        }
+        Ok(match self.record(&RecordKey::Site(domain.clone()))? {
+            Some(Body::Site(s)) if !s.removed => Some(SiteRec::from(&s)),
+            _ => None,
+        })
     }
 
-    pub fn sites(&self) -> Result<Vec<(Domain, SiteRec)>, StateError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(SITES)?;
+    /// The sites the records name, removed ones included (they must be
+    /// cleared here too).
+    pub fn site_records(&self) -> Result<Vec<(SiteRecord, u64)>, StateError> {
         let mut out = Vec::new();
-        for item in t.iter()? {
-            let (k, v) = item?;
-            let domain =
-                Domain::new(k.value()).map_err(|_| StateError::Corrupt(k.value().into()))?;
-            out.push((domain, decode(k.value(), v.value())?));
+        for v in self.verified()? {
+            if let Body::Site(s) = v.body {
+                out.push((s, v.version));
+            }
         }
         Ok(out)
     }
 
-    /// Adds a site; false if it already exists (nothing changes then).
-    pub fn add_site(&self, domain: &Domain, rec: &SiteRec) -> Result<bool, StateError> {
-        let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(SITES)?;
-            if t.get(domain.as_str())?.is_some() {
-                return Ok(false);
-            }
-            t.insert(domain.as_str(), encode(rec).as_slice())?;
-        }
-        tx.commit()?;
-        Ok(true)
+    /// Live sites (not removed), by domain.
+    pub fn sites(&self) -> Result<Vec<(Domain, SiteRec)>, StateError> {
+        Ok(self
+            .site_records()?
+            .into_iter()
+            .filter(|(s, _)| !s.removed)
+            .map(|(s, _)| (s.domain.clone(), SiteRec::from(&s)))
+            .collect())
     }
 
-    /// Removes a site with its head and versions; returns the manifests it kept.
-    pub fn remove_site(&self, domain: &Domain) -> Result<Option<Vec<Hash>>, StateError> {
+    /// The network's newest head for a site (a record), which this node may
+    /// not hold yet.
+    pub fn head_record(&self, domain: &Domain) -> Result<Option<Signed<Head>>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(RECORDS)?;
+        let Some(raw) = t.get(encode(&RecordKey::Head(domain.clone())).as_slice())? else {
+            return Ok(None);
+        };
+        match decode::<Record>("record", raw.value())? {
+            Record::Head(h) => Ok(Some(h)),
+            _ => Err(StateError::Corrupt(format!("head record of {domain}"))),
+        }
+    }
+
+    /// Forgets what this node serves of a site: its head and kept versions;
+    /// returns the manifests it kept. None if it served nothing.
+    pub fn clear_site(&self, domain: &Domain) -> Result<Option<Vec<Hash>>, StateError> {
         let tx = self.db.begin_write()?;
         let manifests = {
-            let mut sites = tx.open_table(SITES)?;
-            if sites.remove(domain.as_str())?.is_none() {
-                return Ok(None);
-            }
-            tx.open_table(HEADS)?.remove(domain.as_str())?;
+            let had_head = tx.open_table(HEADS)?.remove(domain.as_str())?.is_some();
             let mut versions = tx.open_table(VERSIONS)?;
             let gone = versions.extract_from_if(
                 (domain.as_str(), 0)..=(domain.as_str(), u64::MAX),
@@ -143,6 +158,9 @@ impl State {
             for item in gone {
                 let (_, v) = item?;
                 out.push(Hash::from_bytes(*v.value()));
+            }
+            if !had_head && out.is_empty() {
+                return Ok(None);
             }
             out
         };
@@ -376,6 +394,26 @@ impl State {
         Ok(applied)
     }
 
+    /// The body of the record held for `key`, if any.
+    pub fn record(&self, key: &RecordKey) -> Result<Option<Body>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(RECORDS)?;
+        let Some(raw) = t.get(encode(key).as_slice())? else {
+            return Ok(None);
+        };
+        let record: Record = decode("record", raw.value())?;
+        Ok(record.verify().ok().map(|v| v.body))
+    }
+
+    /// Every record held, verified (those that no longer verify are skipped).
+    pub fn verified(&self) -> Result<Vec<Verified>, StateError> {
+        Ok(self
+            .records()?
+            .iter()
+            .filter_map(|r| r.verify().ok())
+            .collect())
+    }
+
     /// Every record held, in key order.
     pub fn records(&self) -> Result<Vec<Record>, StateError> {
         let tx = self.db.begin_read()?;
@@ -457,13 +495,6 @@ mod tests {
         let state = State::open(&dir.path().join("s.redb"))?;
         let d = Domain::new("a.test")?;
         let sk = SecretKey::from_bytes(&[9; 32]);
-        assert!(state.add_site(
-            &d,
-            &SiteRec {
-                publishers: vec![sk.public()]
-            }
-        )?);
-        assert!(!state.add_site(&d, &SiteRec { publishers: vec![] })?);
         for v in 1..=4u64 {
             let head = Head {
                 site: d.clone(),
@@ -479,7 +510,8 @@ mod tests {
             state.head(&d)?.map(|h| h.verify().map(|h| h.seq)),
             Some(Ok(4))
         );
-        assert_eq!(state.remove_site(&d)?.map(|m| m.len()), Some(2));
+        assert_eq!(state.clear_site(&d)?.map(|m| m.len()), Some(2));
+        assert!(state.clear_site(&d)?.is_none());
         assert!(state.versions(&d)?.is_empty());
         assert!(state.head(&d)?.is_none());
         Ok(())

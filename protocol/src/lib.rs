@@ -15,6 +15,7 @@ mod records;
 pub mod rpc;
 pub mod rules;
 mod signed;
+pub mod sync;
 mod ticket;
 
 pub use domain::{Domain, DomainError};

@@ -7,7 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Domain, Genesis, Hash, Head, Invite, PublicKey, Record, Signed};
+use crate::{Domain, Genesis, Hash, Head, Invite, PublicKey, Record, Signed, SiteRecord};
 
 /// ALPN of the admin protocol.
 pub const ADMIN_ALPN: &[u8] = b"maki/admin/1";
@@ -19,13 +19,12 @@ pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum Request {
-    /// Admin: create a site and name who may publish it.
-    SiteAdd {
-        domain: Domain,
-        publishers: Vec<PublicKey>,
-    },
-    /// Admin: remove a site; it stops being served at once.
-    SiteRemove { domain: Domain },
+    /// Admin: create a site. The record is signed by the caller and names
+    /// who may publish the site; it replicates to every node.
+    SiteAdd { record: Signed<SiteRecord> },
+    /// Admin: remove a site (a newer record of it with `removed` set); it
+    /// stops being served at once.
+    SiteRemove { record: Signed<SiteRecord> },
     /// List the sites and their heads.
     Sites,
     /// List a site's kept versions, newest first.
@@ -67,6 +66,8 @@ pub struct SiteInfo {
     /// The newest version kept (0 before the first publish); a new publish
     /// must carry a higher one.
     pub latest_version: u64,
+    /// Version of the site's record; a change must carry a higher one.
+    pub record_version: u64,
 }
 
 /// The version a site serves now.
@@ -156,6 +157,8 @@ pub enum RpcError {
     MissingBlobs { count: usize, first: Hash },
     #[error("version {0} is not kept on this node; see `maki versions`")]
     UnknownVersion(Hash),
+    #[error("the record was refused: {0}")]
+    InvalidRecord(String),
     #[error("invalid invite: {0}")]
     InvalidInvite(String),
     #[error("the request is malformed or from a newer client: {0}")]

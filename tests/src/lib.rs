@@ -372,6 +372,70 @@ pub fn one_site(domain: &str) -> Result<(OneNode, PathBuf)> {
     Ok((net, site_dir))
 }
 
+/// Several nodes of one network, each after the first joined by an invite
+/// from the first, and the admin pointed at the first.
+#[derive(Debug)]
+pub struct Network {
+    pub tmp: tempfile::TempDir,
+    pub nodes: Vec<NodeProc>,
+    pub admin: Maki,
+}
+
+impl Network {
+    /// The admin's CLI pointed at node `i`.
+    pub fn admin_at(&self, i: usize) -> Maki {
+        Maki::new(&self.admin.home, Some(&self.nodes[i].ticket))
+    }
+
+    /// `maki invite` at node 0, redeemed by a new node in `tmp/n<k>`.
+    pub fn add_node(&mut self) -> Result<()> {
+        let ticket = self.admin.ok(&["invite"])?.trim().to_owned();
+        let dir = self.tmp.path().join(format!("n{}", self.nodes.len()));
+        self.nodes.push(NodeProc::join(&dir, &ticket)?);
+        Ok(())
+    }
+}
+
+pub fn network(n: usize) -> Result<Network> {
+    let OneNode { tmp, node, admin } = one_node()?;
+    let mut net = Network {
+        tmp,
+        nodes: vec![node],
+        admin,
+    };
+    for _ in 1..n {
+        net.add_node()?;
+    }
+    Ok(net)
+}
+
+/// Polls `check` every 50 ms until it returns `Ok(true)` or `timeout`
+/// passes; returns how long it took.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<Duration>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if check().await? {
+            return Ok(start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The body of `path` on `host` at `addr` if it answers 200.
+pub async fn body_of(addr: SocketAddr, host: &str, path: &str) -> Option<Bytes> {
+    match http_get(addr, host, path, &[]).await {
+        Ok(r) if r.status == 200 => Some(r.body),
+        _ => None,
+    }
+}
+
 /// An HTTP response, body collected.
 #[derive(Debug)]
 pub struct Reply {

@@ -1,7 +1,9 @@
 //! Joining a network with invite tickets: one-time, expiring, admin-made.
 
 use anyhow::{Result, ensure};
-use maki_e2e::{Maki, NodeProc, OneNode, one_node};
+use std::time::Duration;
+
+use maki_e2e::{Maki, NodeProc, OneNode, one_node, wait_for};
 use maki_protocol::InviteTicket;
 
 struct Net {
@@ -48,12 +50,14 @@ async fn an_invite_admits_exactly_one_node() -> Result<()> {
     ensure!(err.contains("already used"), "{err}");
     ensure!(!n3.exists(), "a refused join must write nothing");
 
-    // Each node knows its own record; the joiner's carries its location.
-    let nodes = net.admin.ok(&["nodes"])?;
-    ensure!(
-        nodes.lines().count() == 1 && nodes.contains(&net.first.http.ip().to_string()),
-        "{nodes}"
-    );
+    // The joiner introduces itself: the issuer soon lists both, and the
+    // joiner's record carries its location.
+    wait_for(
+        Duration::from_secs(15),
+        "the issuer to list the joiner",
+        || async { Ok(net.admin.ok(&["nodes"])?.lines().count() == 2) },
+    )
+    .await?;
     let at_second = Maki::new(&net.admin.home, Some(&second.ticket));
     let nodes = at_second.ok(&["nodes", "--json"])?;
     ensure!(

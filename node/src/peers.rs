@@ -1,0 +1,143 @@
+//! The member list: who belongs to the network (a node record backed by an
+//! invite, not revoked), how to reach them (addresses handed to iroh's
+//! in-memory address lookup, so peers are dialled by node id) and how near
+//! they are (round-trip times measured by syncs).
+//!
+//! Rebuilt from the records whenever a node record or revocation changes;
+//! read on every member-only connection, so it lives in memory.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::RwLock,
+    time::{Duration, Instant},
+};
+
+use iroh::{EndpointAddr, address_lookup::MemoryLookup};
+use maki_protocol::{Body, PublicKey, Verified};
+
+/// A member as this node sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peer {
+    pub addrs: Vec<SocketAddr>,
+    pub region: Option<String>,
+    pub location: Option<(f64, f64)>,
+    /// Round trip of the last successful exchange.
+    pub rtt: Option<Duration>,
+    /// When the last exchange with it succeeded.
+    pub seen: Option<Instant>,
+}
+
+#[derive(Debug)]
+pub struct Peers {
+    me: PublicKey,
+    inner: RwLock<BTreeMap<PublicKey, Peer>>,
+    lookup: MemoryLookup,
+}
+
+impl Peers {
+    pub fn new(me: PublicKey, lookup: MemoryLookup) -> Self {
+        Self {
+            me,
+            inner: RwLock::default(),
+            lookup,
+        }
+    }
+
+    /// Recomputes the members from the records; keeps measurements.
+    pub fn refresh(&self, records: &[Verified]) {
+        let revoked: Vec<PublicKey> = records
+            .iter()
+            .filter_map(|v| match &v.body {
+                Body::Revocation(r) => Some(r.node),
+                _ => None,
+            })
+            .collect();
+        let Ok(mut inner) = self.inner.write() else {
+            return;
+        };
+        let mut next = BTreeMap::new();
+        for v in records {
+            let Body::Node(n) = &v.body else { continue };
+            if revoked.contains(&n.id) {
+                continue;
+            }
+            let old = inner.get(&n.id);
+            next.insert(
+                n.id,
+                Peer {
+                    addrs: n.addrs.clone(),
+                    region: n.region.clone(),
+                    location: n.location,
+                    rtt: old.and_then(|p| p.rtt),
+                    seen: old.and_then(|p| p.seen),
+                },
+            );
+            if n.id != self.me
+                && let Ok(id) = iroh::PublicKey::from_bytes(n.id.as_bytes())
+            {
+                let mut addr = EndpointAddr::new(id);
+                for a in &n.addrs {
+                    addr = addr.with_ip_addr(*a);
+                }
+                self.lookup.set_endpoint_info(addr);
+            }
+        }
+        for gone in inner.keys().filter(|k| !next.contains_key(*k)) {
+            if let Ok(id) = iroh::PublicKey::from_bytes(gone.as_bytes()) {
+                self.lookup.remove_endpoint_info(id);
+            }
+        }
+        *inner = next;
+    }
+
+    pub fn is_member(&self, key: &PublicKey) -> bool {
+        self.inner.read().is_ok_and(|m| m.contains_key(key))
+    }
+
+    pub fn get(&self, key: &PublicKey) -> Option<Peer> {
+        self.inner.read().ok()?.get(key).cloned()
+    }
+
+    /// The other members, nearest first (measured ones before unmeasured).
+    pub fn others(&self) -> Vec<PublicKey> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        let mut out: Vec<(Option<Duration>, PublicKey)> = inner
+            .iter()
+            .filter(|(k, _)| **k != self.me)
+            .map(|(k, p)| (p.rtt, *k))
+            .collect();
+        out.sort_by_key(|(rtt, k)| (rtt.is_none(), *rtt, *k));
+        out.into_iter().map(|(_, k)| k).collect()
+    }
+
+    pub fn all(&self) -> Vec<(PublicKey, Peer)> {
+        self.inner
+            .read()
+            .map(|m| m.iter().map(|(k, p)| (*k, p.clone())).collect())
+            .unwrap_or_default()
+    }
+
+    /// Records a successful exchange with `key`.
+    pub fn seen(&self, key: &PublicKey, rtt: Option<Duration>) {
+        if let Ok(mut inner) = self.inner.write()
+            && let Some(p) = inner.get_mut(key)
+        {
+            p.seen = Some(Instant::now());
+            if rtt.is_some() {
+                p.rtt = rtt;
+            }
+        }
+    }
+
+    /// Forgets the measured RTT of a peer that failed, so it sorts last.
+    pub fn failed(&self, key: &PublicKey) {
+        if let Ok(mut inner) = self.inner.write()
+            && let Some(p) = inner.get_mut(key)
+        {
+            p.rtt = None;
+        }
+    }
+}

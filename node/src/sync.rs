@@ -1,0 +1,413 @@
+//! Anti-entropy: the `maki/sync/1` server and client, and the task that
+//! decides when to sync (see `maki_protocol::sync` for the exchange).
+//!
+//! A node syncs with every member at start, pushes to every member right
+//! after a change made here (a publish, a site change, an invite), and
+//! every `sync_interval` syncs with a few random members, which repairs
+//! whatever a partition, a restart or a lost push left behind.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use iroh::{
+    Endpoint,
+    endpoint::{Connection, RecvStream, SendStream},
+    protocol::{AcceptError, ProtocolHandler},
+};
+use maki_protocol::{
+    Hash, PublicKey, Record,
+    rpc::{self, FrameError},
+    sync::{MAX_SYNC_FRAME, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg, apply_rank, record_id},
+};
+use n0_future::{FuturesUnordered, StreamExt};
+use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::node::Shared;
+
+/// A whole sync, connect included, must finish within this.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peers picked at random on each periodic round.
+const FANOUT: usize = 3;
+/// Syncs served at once; more are refused until one ends.
+const MAX_INBOUND: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncFailure {
+    #[error("cannot reach the peer: {0}")]
+    Connect(String),
+    #[error("the peer refused: {0}")]
+    Refused(#[from] SyncError),
+    #[error("frame: {0}")]
+    Frame(#[from] FrameError),
+    #[error("stream: {0}")]
+    Stream(String),
+    #[error("reconciliation: {0}")]
+    Reconcile(String),
+    #[error("the peer sent an unexpected message")]
+    Unexpected,
+    #[error("timed out after {SYNC_TIMEOUT:?}")]
+    Timeout,
+    #[error("this node has no record of itself yet")]
+    NoSelf,
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+}
+
+fn stream_err(e: impl std::fmt::Display) -> SyncFailure {
+    SyncFailure::Stream(e.to_string())
+}
+
+fn neg_err(e: negentropy::Error) -> SyncFailure {
+    SyncFailure::Reconcile(format!("{e:?}"))
+}
+
+async fn write_msg(send: &mut SendStream, msg: &SyncMsg) -> Result<(), SyncFailure> {
+    send.write_all(&rpc::encode_frame(msg))
+        .await
+        .map_err(stream_err)
+}
+
+async fn read_msg(recv: &mut RecvStream) -> Result<SyncMsg, SyncFailure> {
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await.map_err(stream_err)?;
+    let len = rpc::frame_len(prefix)?;
+    if len > MAX_SYNC_FRAME {
+        return Err(FrameError::TooLarge(len).into());
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(stream_err)?;
+    Ok(rpc::decode_body(&body)?)
+}
+
+/// What one side holds, ready to reconcile and to answer wants.
+struct Holdings {
+    by_id: HashMap<Hash, Record>,
+    storage: NegentropyStorageVector,
+}
+
+impl Holdings {
+    fn load(shared: &Shared) -> Result<Self, SyncFailure> {
+        let records = shared.state.records()?;
+        let mut storage = NegentropyStorageVector::with_capacity(records.len());
+        let mut by_id = HashMap::with_capacity(records.len());
+        for r in records {
+            let id = record_id(&r);
+            // Timestamps only order the items; ids alone are enough here.
+            storage
+                .insert(0, Id::from_byte_array(*id.as_bytes()))
+                .map_err(neg_err)?;
+            by_id.insert(id, r);
+        }
+        storage.seal().map_err(neg_err)?;
+        Ok(Self { by_id, storage })
+    }
+
+    fn pick(&self, ids: &[Hash]) -> Vec<Record> {
+        ids.iter()
+            .filter_map(|id| self.by_id.get(id).cloned())
+            .collect()
+    }
+}
+
+/// Applies a batch from a peer, authorising records before what they admit.
+fn take_in(shared: &Shared, peer: &PublicKey, mut records: Vec<Record>) -> (usize, usize) {
+    records.sort_by_key(apply_rank);
+    let (mut taken, mut dropped) = (0, 0);
+    for r in &records {
+        match shared.apply_record(r) {
+            Ok(crate::state::Applied::Stale) => {}
+            Ok(_) => taken += 1,
+            Err(error) => {
+                dropped += 1;
+                warn!(peer = %peer.fmt_short(), %error, "dropped a record from a peer");
+            }
+        }
+    }
+    if dropped > 0 {
+        shared
+            .dropped_records
+            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+    (taken, dropped)
+}
+
+/// Syncs with `peer` as the initiator; returns (records taken, records sent).
+pub async fn sync_with(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    peer: PublicKey,
+) -> Result<(usize, usize), SyncFailure> {
+    let result = tokio::time::timeout(SYNC_TIMEOUT, initiate(shared, endpoint, peer)).await;
+    let result = result.unwrap_or(Err(SyncFailure::Timeout));
+    match &result {
+        Ok(_) => {}
+        Err(_) => shared.peers.failed(&peer),
+    }
+    result
+}
+
+async fn initiate(
+    shared: &Shared,
+    endpoint: &Endpoint,
+    peer: PublicKey,
+) -> Result<(usize, usize), SyncFailure> {
+    let (me, invite) = shared.introduction().ok_or(SyncFailure::NoSelf)?;
+    let id = iroh::PublicKey::from_bytes(peer.as_bytes())
+        .map_err(|e| SyncFailure::Connect(e.to_string()))?;
+    let conn = endpoint
+        .connect(id, SYNC_ALPN)
+        .await
+        .map_err(|e| SyncFailure::Connect(e.to_string()))?;
+    let result = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(stream_err)?;
+        let holdings = Holdings::load(shared)?;
+        let mut neg = Negentropy::borrowed(&holdings.storage, 0).map_err(neg_err)?;
+        let first = neg.initiate().map_err(neg_err)?;
+        write_msg(
+            &mut send,
+            &SyncMsg::Hello {
+                format: SYNC_FORMAT,
+                network: shared.network,
+                me,
+                invite,
+            },
+        )
+        .await?;
+        let started = Instant::now();
+        write_msg(&mut send, &SyncMsg::Reconcile(first)).await?;
+        let mut rtt = None;
+        let (mut have, mut need) = (Vec::new(), Vec::new());
+        loop {
+            let answer = match read_msg(&mut recv).await? {
+                SyncMsg::Reconcile(a) => a,
+                SyncMsg::Refused(e) => return Err(e.into()),
+                _ => return Err(SyncFailure::Unexpected),
+            };
+            rtt.get_or_insert_with(|| started.elapsed());
+            match neg
+                .reconcile_with_ids(&answer, &mut have, &mut need)
+                .map_err(neg_err)?
+            {
+                Some(next) => write_msg(&mut send, &SyncMsg::Reconcile(next)).await?,
+                None => break,
+            }
+        }
+        let to_id = |id: &Id| Hash::from_bytes(**id);
+        let give = holdings.pick(&have.iter().map(to_id).collect::<Vec<_>>());
+        let sent = give.len();
+        write_msg(
+            &mut send,
+            &SyncMsg::Records {
+                records: give,
+                want: need.iter().map(to_id).collect(),
+            },
+        )
+        .await?;
+        send.finish().map_err(stream_err)?;
+        let taken = match read_msg(&mut recv).await? {
+            SyncMsg::Records { records, .. } => take_in(shared, &peer, records).0,
+            SyncMsg::Refused(e) => return Err(e.into()),
+            _ => return Err(SyncFailure::Unexpected),
+        };
+        shared.peers.seen(&peer, rtt);
+        Ok((taken, sent))
+    }
+    .await;
+    conn.close(0u32.into(), b"done");
+    result
+}
+
+/// The `maki/sync/1` protocol handler.
+#[derive(Debug, Clone)]
+pub struct SyncProtocol {
+    shared: Arc<Shared>,
+    limit: Arc<tokio::sync::Semaphore>,
+}
+
+impl SyncProtocol {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            limit: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND)),
+        }
+    }
+
+    /// Checks the initiator's introduction; a node that joined moments ago
+    /// becomes a member here by it.
+    fn admit(&self, peer: &PublicKey, hello: SyncMsg) -> Result<(), SyncError> {
+        let SyncMsg::Hello {
+            format,
+            network,
+            me,
+            invite,
+        } = hello
+        else {
+            return Err(SyncError::Protocol("expected a hello".into()));
+        };
+        if format > SYNC_FORMAT {
+            return Err(SyncError::NewerFormat { found: format });
+        }
+        if network != self.shared.network {
+            return Err(SyncError::WrongNetwork);
+        }
+        if self.shared.peers.is_member(peer) {
+            return Ok(());
+        }
+        if me.signer() != *peer {
+            return Err(SyncError::NotMember(
+                "the node record is not the caller's".into(),
+            ));
+        }
+        if let Some(invite) = invite {
+            self.shared
+                .apply_record(&Record::Invite(invite))
+                .map_err(|e| SyncError::NotMember(e.to_string()))?;
+        }
+        self.shared
+            .apply_record(&Record::Node(me))
+            .map_err(|e| SyncError::NotMember(e.to_string()))?;
+        if self.shared.peers.is_member(peer) {
+            info!(peer = %peer.fmt_short(), "a new member introduced itself");
+            Ok(())
+        } else {
+            Err(SyncError::NotMember("no valid node record".into()))
+        }
+    }
+
+    async fn respond(&self, conn: &Connection, peer: PublicKey) -> Result<usize, SyncFailure> {
+        let (mut send, mut recv) = conn.accept_bi().await.map_err(stream_err)?;
+        let hello = read_msg(&mut recv).await?;
+        if let Err(e) = self.admit(&peer, hello) {
+            write_msg(&mut send, &SyncMsg::Refused(e.clone())).await?;
+            send.finish().map_err(stream_err)?;
+            return Err(e.into());
+        }
+        let holdings = Holdings::load(&self.shared)?;
+        let mut neg = Negentropy::borrowed(&holdings.storage, 0).map_err(neg_err)?;
+        loop {
+            match read_msg(&mut recv).await? {
+                SyncMsg::Reconcile(q) => {
+                    let answer = neg.reconcile(&q).map_err(neg_err)?;
+                    write_msg(&mut send, &SyncMsg::Reconcile(answer)).await?;
+                }
+                SyncMsg::Records { records, want } => {
+                    let give = holdings.pick(&want);
+                    write_msg(
+                        &mut send,
+                        &SyncMsg::Records {
+                            records: give,
+                            want: Vec::new(),
+                        },
+                    )
+                    .await?;
+                    send.finish().map_err(stream_err)?;
+                    let (taken, _) = take_in(&self.shared, &peer, records);
+                    self.shared.peers.seen(&peer, None);
+                    return Ok(taken);
+                }
+                _ => return Err(SyncFailure::Unexpected),
+            }
+        }
+    }
+}
+
+impl ProtocolHandler for SyncProtocol {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let Ok(peer) = PublicKey::from_bytes(*conn.remote_id().as_bytes()) else {
+            return Ok(());
+        };
+        let Ok(_permit) = self.limit.clone().try_acquire_owned() else {
+            conn.close(1u32.into(), b"busy");
+            return Ok(());
+        };
+        match tokio::time::timeout(SYNC_TIMEOUT, self.respond(&conn, peer)).await {
+            Ok(Ok(taken)) => {
+                if taken > 0 {
+                    debug!(peer = %peer.fmt_short(), taken, "synced (inbound)");
+                }
+                // Let the initiator read the last frame before we go.
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            }
+            Ok(Err(error)) => {
+                debug!(peer = %peer.fmt_short(), %error, "inbound sync failed");
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            }
+            Err(_) => conn.close(1u32.into(), b"timeout"),
+        }
+        Ok(())
+    }
+}
+
+/// Syncs with each of `peers` at once; returns how many succeeded.
+async fn sync_all(shared: &Shared, endpoint: &Endpoint, peers: Vec<PublicKey>) -> usize {
+    let mut runs: FuturesUnordered<_> = peers
+        .into_iter()
+        .map(|p| async move { (p, sync_with(shared, endpoint, p).await) })
+        .collect();
+    let mut ok = 0;
+    while let Some((peer, res)) = runs.next().await {
+        match res {
+            Ok((taken, sent)) => {
+                ok += 1;
+                if taken + sent > 0 {
+                    debug!(peer = %peer.fmt_short(), taken, sent, "synced");
+                }
+            }
+            Err(error) => debug!(peer = %peer.fmt_short(), %error, "sync failed"),
+        }
+    }
+    ok
+}
+
+/// Runs until cancelled: sync with everyone at start, push after local
+/// changes, and sync with a few random members every `interval`.
+pub async fn run(
+    shared: Arc<Shared>,
+    endpoint: Endpoint,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut all = true;
+    loop {
+        let peers = if all {
+            shared.peers.others()
+        } else {
+            random_subset(shared.peers.others(), FANOUT)
+        };
+        if !peers.is_empty() {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => break,
+                _ = sync_all(&shared, &endpoint, peers) => {}
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = shared.push.notified() => all = true,
+            _ = tick.tick() => all = false,
+        }
+    }
+}
+
+fn random_subset(mut peers: Vec<PublicKey>, n: usize) -> Vec<PublicKey> {
+    // Fisher–Yates on a few draws; getrandom failing only means "in order".
+    for i in 0..peers.len().min(n) {
+        let mut b = [0u8; 8];
+        if getrandom::fill(&mut b).is_err() {
+            break;
+        }
+        let j = i + (u64::from_le_bytes(b) % (peers.len() - i) as u64) as usize;
+        peers.swap(i, j);
+    }
+    peers.truncate(n);
+    peers
+}

@@ -1,0 +1,103 @@
+//! The anti-entropy protocol (`maki/sync/1`) between member nodes.
+//!
+//! One bidirectional stream per sync, frames as in [`crate::rpc`]. The
+//! initiator introduces itself (its own node record and the invite behind
+//! it, so a node that just joined is recognised by peers that have not yet
+//! heard of it), then both sides run range-based set reconciliation
+//! (negentropy) over the ids of the records they hold: a sync costs
+//! O(differences), not O(records). Finally each side sends the records the
+//! other lacks. Every record is verified and authorised on arrival, as if
+//! it came from a stranger.
+//!
+//! ```text
+//! initiator                         responder
+//!   Hello{format, network, me, invite} ─▶   checks network, membership
+//!   Reconcile(initial)       ─▶
+//!                            ◀─ Reconcile(answer)      (repeat)
+//!   Records(they lack) + Want(ids)   ─▶
+//!                            ◀─ Records(wanted)
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Hash, Invite, NodeRecord, Record, Signed};
+
+/// ALPN of the sync protocol.
+pub const SYNC_ALPN: &[u8] = b"maki/sync/1";
+
+/// The sync message format this code speaks and the newest it reads.
+pub const SYNC_FORMAT: u16 = 1;
+
+/// Largest sync frame: a batch of records or a reconciliation message.
+pub const MAX_SYNC_FRAME: usize = 16 * 1024 * 1024;
+
+/// One frame of a sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+// Sent a few times per sync; boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
+pub enum SyncMsg {
+    /// First frame of the initiator.
+    Hello {
+        format: u16,
+        network: Hash,
+        /// The initiator's own record: it proves membership by itself.
+        me: Signed<NodeRecord>,
+        /// The invite `me` names (none for the founding node).
+        invite: Option<Signed<Invite>>,
+    },
+    /// A negentropy message.
+    Reconcile(Vec<u8>),
+    /// Records the receiver lacks, then the ids the sender wants.
+    Records {
+        records: Vec<Record>,
+        want: Vec<Hash>,
+    },
+    /// The sync cannot go on; nothing was changed by it.
+    Refused(SyncError),
+}
+
+/// Why a peer refused to sync.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    #[error("sync format {found} is newer than this node speaks (up to {SYNC_FORMAT}); upgrade it")]
+    NewerFormat { found: u16 },
+    #[error("the peer belongs to another network")]
+    WrongNetwork,
+    #[error("not a member of this network: {0}")]
+    NotMember(String),
+    #[error("the sync broke off: {0}")]
+    Protocol(String),
+}
+
+/// The order in which a batch of records is applied: what authorises
+/// others first (invites and sites before the nodes and heads they admit).
+pub fn apply_rank(record: &Record) -> u8 {
+    match record {
+        Record::Invite(_) => 0,
+        Record::Site(_) => 1,
+        Record::Revocation(_) => 2,
+        Record::Node(_) => 3,
+        Record::Head(_) => 4,
+    }
+}
+
+/// A record's identity in reconciliation: BLAKE3 of its wire bytes.
+pub fn record_id(record: &Record) -> Hash {
+    Hash::of(&crate::manifest::encode(record))
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn decode_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = crate::rpc::decode_body::<SyncMsg>(&bytes);
+        }
+    }
+}
