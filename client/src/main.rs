@@ -16,8 +16,8 @@ use maki::{
     scan::HashCache,
 };
 use maki_protocol::{
-    Domain, Hash, Invite, InviteTicket, NodeTicket, PublicKey, RECORD_FORMAT, SecretKey, Signed,
-    SiteRecord,
+    Domain, Hash, Invite, InviteTicket, NodeTicket, PublicKey, RECORD_FORMAT, Revocation,
+    SecretKey, Signed, SiteRecord,
     rpc::{Request, Response},
 };
 
@@ -57,6 +57,13 @@ enum Command {
         /// Scan, hash and build the manifest, print it, and stop.
         #[arg(long)]
         dry_run: bool,
+        /// Then wait until every member node serves the new version,
+        /// showing each as it does.
+        #[arg(long)]
+        wait: bool,
+        /// How long --wait waits before naming the laggards: 30s, 5m…
+        #[arg(long, default_value = "2m", value_parser = parse_duration)]
+        timeout: u64,
     },
     /// Make a one-time invite for a new node (admins). Prints a ticket for
     /// `makiatto join` on the new machine.
@@ -65,8 +72,12 @@ enum Command {
         #[arg(long, default_value = "24h", value_parser = parse_duration)]
         expires: u64,
     },
-    /// List the member nodes the node knows of.
-    Nodes,
+    /// List the member nodes (health, round trip, what they serve), or
+    /// remove one.
+    Nodes {
+        #[command(subcommand)]
+        action: Option<NodesCommand>,
+    },
     /// List sites and what they serve.
     Sites,
     /// List a site's kept versions.
@@ -78,6 +89,13 @@ enum Command {
         #[arg(long)]
         to: Option<u64>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum NodesCommand {
+    /// Revoke a node (admins): every member refuses its records and
+    /// connections from then on.
+    Remove { id: PublicKey },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +147,57 @@ fn ticket(cli_node: &Option<String>, project: &Project) -> Result<NodeTicket> {
         })?;
     text.parse::<NodeTicket>()
         .context("the node ticket is not valid")
+}
+
+/// Polls the node for its members' holdings until each serves `seq` of
+/// `site`; prints each as it gets there, names the laggards on timeout.
+async fn wait_for_nodes(client: &Client, site: &Domain, seq: u64, timeout: u64) -> Result<()> {
+    use std::collections::BTreeSet;
+    let start = std::time::Instant::now();
+    let mut done = BTreeSet::new();
+    loop {
+        let Response::Nodes(nodes) = client.call(&Request::Nodes).await? else {
+            bail!("unexpected answer");
+        };
+        let mut waiting = Vec::new();
+        for n in &nodes {
+            let holds = n.holds.iter().any(|h| &h.site == site && h.seq >= seq);
+            if holds && done.insert(n.id) {
+                println!(
+                    "  {} ({}) serves it after {:.1}s",
+                    n.id.fmt_short(),
+                    n.region.as_deref().unwrap_or("-"),
+                    start.elapsed().as_secs_f64()
+                );
+            } else if !holds {
+                waiting.push(n);
+            }
+        }
+        if waiting.is_empty() {
+            println!("all {} nodes serve {site} head {seq}", nodes.len());
+            return Ok(());
+        }
+        if start.elapsed().as_secs() >= timeout {
+            let names: Vec<String> = waiting
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{} ({}, {})",
+                        n.id.fmt_short(),
+                        n.region.as_deref().unwrap_or("-"),
+                        n.health
+                    )
+                })
+                .collect();
+            bail!(
+                "after {timeout}s, {} of {} nodes do not serve head {seq} yet: {}",
+                waiting.len(),
+                nodes.len(),
+                names.join(", ")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 fn now_millis() -> u64 {
@@ -226,7 +295,13 @@ async fn run(cli: Cli) -> Result<()> {
             println!("removed {d}");
             client.close().await;
         }
-        Command::Publish { dir, site, dry_run } => {
+        Command::Publish {
+            dir,
+            site,
+            dry_run,
+            wait,
+            timeout,
+        } => {
             let site = site
                 .clone()
                 .or_else(|| project.site.domain.clone())
@@ -257,8 +332,21 @@ async fn run(cli: Cli) -> Result<()> {
             let outcome =
                 publish::publish(&client, &key, &dir, &site, &mut cache, &mut progress).await;
             cache.save(&cache_path);
+            let outcome = match outcome {
+                Ok(o) => o,
+                Err(e) => {
+                    client.close().await;
+                    return Err(e.into());
+                }
+            };
+            let waited = match (&outcome, *wait) {
+                (Outcome::Published { seq, .. }, true) => {
+                    Some(wait_for_nodes(&client, &site, *seq, *timeout).await)
+                }
+                _ => None,
+            };
             client.close().await;
-            match outcome? {
+            match outcome {
                 Outcome::Unchanged { version } => {
                     println!("{site}: unchanged since version {version}; nothing published");
                 }
@@ -280,6 +368,9 @@ async fn run(cli: Cli) -> Result<()> {
                         human(skipped_bytes)
                     );
                 }
+            }
+            if let Some(waited) = waited {
+                waited?;
             }
         }
         Command::Invite { expires } => {
@@ -316,7 +407,24 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             );
         }
-        Command::Nodes => {
+        Command::Nodes {
+            action: Some(NodesCommand::Remove { id }),
+        } => {
+            let (client, key) = connect(&cli, &project).await?;
+            let record = Revocation {
+                format: RECORD_FORMAT,
+                node: *id,
+                version: now_millis(),
+            };
+            client
+                .call(&Request::NodeRemove {
+                    record: Signed::sign(&key, &record),
+                })
+                .await?;
+            client.close().await;
+            println!("removed node {id}; every member refuses it from now on");
+        }
+        Command::Nodes { action: None } => {
             let (client, _) = connect(&cli, &project).await?;
             let Response::Nodes(nodes) = client.call(&Request::Nodes).await? else {
                 bail!("unexpected answer");
@@ -331,12 +439,24 @@ async fn run(cli: Cli) -> Result<()> {
                         Some((lat, lon)) => format!(" ({lat:.2}, {lon:.2})"),
                         None => String::new(),
                     };
+                    let rtt = n
+                        .rtt_us
+                        .map(|us| format!("  rtt {:.1} ms", us as f64 / 1000.0))
+                        .unwrap_or_default();
+                    let holds: Vec<String> = n
+                        .holds
+                        .iter()
+                        .map(|h| format!("{}@{}", h.site, h.seq))
+                        .collect();
                     println!(
-                        "{}  {}{}  {}",
+                        "{}  {}{}  {}  {}{}  serves [{}]",
                         n.id,
                         n.region.as_deref().unwrap_or("-"),
                         place,
-                        addrs.join(",")
+                        addrs.join(","),
+                        n.health,
+                        rtt,
+                        holds.join(", ")
                     );
                 }
             }

@@ -305,6 +305,7 @@ impl AdminProtocol {
             }),
             Request::Invite { invite } => self.invite(caller, invite),
             Request::Nodes => self.nodes(caller),
+            Request::NodeRemove { record } => self.node_remove(caller, record),
             _ => Err(RpcError::BadRequest("unknown request".into())),
         }
     }
@@ -343,31 +344,77 @@ impl AdminProtocol {
     }
 
     fn nodes(&self, caller: PublicKey) -> Result<Response, RpcError> {
-        use maki_protocol::{Body, rpc::NodeInfo};
+        use maki_protocol::rpc::{Health, NodeInfo};
         if !self.is_known(&caller) {
             return Err(RpcError::NotAdmin { key: caller });
         }
-        let records = self.shared.state.records().map_err(internal)?;
-        let verified: Vec<_> = records.iter().filter_map(|r| r.verify().ok()).collect();
-        let revoked = |id: &PublicKey| {
-            verified
-                .iter()
-                .any(|v| matches!(&v.body, Body::Revocation(r) if &r.node == id))
-        };
-        let nodes = verified
-            .iter()
-            .filter_map(|v| match &v.body {
-                Body::Node(n) if !revoked(&n.id) => Some(NodeInfo {
-                    id: n.id,
-                    addrs: n.addrs.clone(),
-                    region: n.region.clone(),
-                    location: n.location,
-                    version: n.version,
-                }),
+        // A peer counts as up if we exchanged with it within a few rounds.
+        let fresh = (self.shared.config.sync_interval * 3).max(Duration::from_secs(15));
+        let versions: HashMap<PublicKey, u64> = self
+            .shared
+            .state
+            .verified()
+            .map_err(internal)?
+            .into_iter()
+            .filter_map(|v| match v.body {
+                maki_protocol::Body::Node(n) => Some((n.id, v.version)),
                 _ => None,
             })
             .collect();
+        let nodes = self
+            .shared
+            .peers
+            .all()
+            .into_iter()
+            .map(|(id, p)| {
+                let me = id == self.shared.id;
+                let health = if me {
+                    Health::Me
+                } else if p.failing {
+                    Health::Down
+                } else if p.seen.is_some_and(|t| t.elapsed() < fresh) {
+                    Health::Up
+                } else {
+                    Health::Unknown
+                };
+                NodeInfo {
+                    id,
+                    addrs: p.addrs,
+                    region: p.region,
+                    location: p.location,
+                    version: versions.get(&id).copied().unwrap_or(0),
+                    health,
+                    rtt_us: p.rtt.map(|d| d.as_micros() as u64),
+                    holds: if me { self.shared.holdings() } else { p.holds },
+                }
+            })
+            .collect();
         Ok(Response::Nodes(nodes))
+    }
+
+    fn node_remove(
+        &self,
+        caller: PublicKey,
+        signed: Signed<maki_protocol::Revocation>,
+    ) -> Result<Response, RpcError> {
+        self.require_admin(caller)?;
+        let revocation = signed.verify().map_err(|_| RpcError::BadSignature)?;
+        if signed.signer() != caller {
+            return Err(RpcError::SignerMismatch);
+        }
+        if !self.shared.peers.is_member(&revocation.node) {
+            return Err(RpcError::UnknownNode(revocation.node));
+        }
+        if revocation.node == self.shared.id {
+            return Err(RpcError::InvalidRecord(
+                "a node cannot revoke itself; ask another member".into(),
+            ));
+        }
+        self.shared
+            .apply_local(Record::Revocation(signed))
+            .map_err(|e| RpcError::InvalidRecord(e.to_string()))?;
+        info!(node = %revocation.node.fmt_short(), "node revoked");
+        Ok(Response::Done)
     }
 
     fn require_admin(&self, caller: PublicKey) -> Result<(), RpcError> {

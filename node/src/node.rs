@@ -22,7 +22,7 @@ use maki_protocol::{
     Domain, Genesis, Hash, Invite, Manifest, NodeRecord, NodeTicket, PublicKey, Record, SecretKey,
     Signed,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
-    sync::SYNC_ALPN,
+    sync::{Holding, SYNC_ALPN},
 };
 use std::sync::atomic::AtomicU64;
 use tokio::{sync::watch, task::JoinSet};
@@ -122,6 +122,19 @@ impl Shared {
             (Some(r), Some(l)) => Some(if l.0 > r.0 { l } else { r }),
             (r, l) => r.or(l),
         }
+    }
+
+    /// The site versions this node serves.
+    pub fn holdings(&self) -> Vec<Holding> {
+        self.live
+            .snapshot()
+            .into_iter()
+            .map(|(site, l)| Holding {
+                site,
+                seq: l.seq,
+                manifest: l.manifest_hash,
+            })
+            .collect()
     }
 
     /// This node's own record and the invite behind it: how it introduces
@@ -237,7 +250,6 @@ impl Node {
             cancel.clone(),
         ));
         let blobs = BlobsProtocol::new(shared.content.store(), Some(events));
-        let downloader = shared.content.store().downloader(&endpoint);
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
             .accept(SYNC_ALPN, crate::sync::SyncProtocol::new(shared.clone()))
@@ -266,7 +278,7 @@ impl Node {
         let mut node = node;
         node.tasks.spawn(crate::replicate::run(
             node.shared.clone(),
-            downloader,
+            endpoint.clone(),
             changes_rx,
             node.cancel.clone(),
         ));

@@ -14,7 +14,7 @@ use std::{
 };
 
 use iroh::{EndpointAddr, address_lookup::MemoryLookup};
-use maki_protocol::{Body, PublicKey, Verified};
+use maki_protocol::{Body, Hash, PublicKey, Verified, sync::Holding};
 
 /// A member as this node sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +26,10 @@ pub struct Peer {
     pub rtt: Option<Duration>,
     /// When the last exchange with it succeeded.
     pub seen: Option<Instant>,
+    /// The last attempt to reach it failed.
+    pub failing: bool,
+    /// The site versions it said it serves.
+    pub holds: Vec<Holding>,
 }
 
 #[derive(Debug)]
@@ -71,6 +75,8 @@ impl Peers {
                     location: n.location,
                     rtt: old.and_then(|p| p.rtt),
                     seen: old.and_then(|p| p.seen),
+                    failing: old.is_some_and(|p| p.failing),
+                    holds: old.map(|p| p.holds.clone()).unwrap_or_default(),
                 },
             );
             if n.id != self.me
@@ -126,6 +132,7 @@ impl Peers {
             && let Some(p) = inner.get_mut(key)
         {
             p.seen = Some(Instant::now());
+            p.failing = false;
             if rtt.is_some() {
                 p.rtt = rtt;
             }
@@ -138,6 +145,34 @@ impl Peers {
             && let Some(p) = inner.get_mut(key)
         {
             p.rtt = None;
+            p.failing = true;
         }
+    }
+
+    /// Records what a peer said it serves.
+    pub fn set_holds(&self, key: &PublicKey, holds: Vec<Holding>) {
+        if let Ok(mut inner) = self.inner.write()
+            && let Some(p) = inner.get_mut(key)
+        {
+            p.holds = holds;
+        }
+    }
+
+    /// Fetch order for a version: the members that hold it (nearest
+    /// first), then the rest (they may have it by now).
+    pub fn providers(&self, manifest: &Hash) -> Vec<PublicKey> {
+        let (mut holders, mut rest): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
+        for k in self.others() {
+            let holds = self
+                .get(&k)
+                .is_some_and(|p| p.holds.iter().any(|h| h.manifest == *manifest));
+            if holds {
+                holders.push(k);
+            } else {
+                rest.push(k);
+            }
+        }
+        holders.append(&mut rest);
+        holders
     }
 }

@@ -1,24 +1,27 @@
 //! Replication: makes what this node serves follow the records.
 //!
 //! Whenever the records change, each site's newest head is compared with
-//! the head this node serves. A newer one is fetched from the other members,
-//! nearest first: the manifest, then every blob it lacks, several blobs at
-//! once from different providers (each blob tries the providers in its own
-//! rotation of the RTT order, so the nearest few share the load and the
-//! rest are failover). iroh-blobs verifies every byte against its BLAKE3
-//! hash and resumes a blob from where a failed provider stopped. Only when
-//! the whole version is here does the node switch to it; until then it
-//! keeps serving the previous one. A removed site is cleared.
+//! the head this node serves. A newer one is fetched from the other members
+//! (those known to hold it first, nearest first): the manifest, then every
+//! blob it lacks, `PARALLEL` blobs at once, each starting at a different one
+//! of the nearest `SPREAD` providers so they share the load, the rest being
+//! failover. A provider that cannot be reached within `CONNECT`, or sends
+//! nothing for `STALL`, is dropped for the rest of the fetch and the blob
+//! goes on from the next one — from where the first stopped: iroh-blobs
+//! verifies every chunk against the BLAKE3 tree and keeps what arrived.
+//! Only when the whole version is here does the node switch to it; until
+//! then it keeps serving the previous one. A removed site is cleared.
 
-use std::{sync::Arc, time::Duration};
-
-use iroh::EndpointId;
-use iroh_blobs::{
-    HashAndFormat,
-    api::downloader::{ContentDiscovery, DownloadOptions, Downloader, SplitStrategy},
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
 };
-use maki_protocol::{Domain, Hash, Head, Manifest, Signed};
-use n0_future::StreamExt;
+
+use iroh::{Endpoint, endpoint::Connection};
+use iroh_blobs::{HashAndFormat, api::Store, api::remote::GetProgressItem};
+use maki_protocol::{Domain, Hash, Head, Manifest, PublicKey, Signed};
+use n0_future::{BufferedStreamExt, StreamExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -33,22 +36,118 @@ use crate::{
 const RETRY: Duration = Duration::from_secs(2);
 /// How many of the nearest providers share the blobs of one version.
 const SPREAD: usize = 3;
+/// Blobs fetched at once.
+const PARALLEL: usize = 16;
+/// A provider that takes longer to connect is passed over.
+const CONNECT: Duration = Duration::from_secs(1);
+/// A provider that sends nothing for this long is taken for dead.
+const STALL: Duration = Duration::from_secs(1);
 
-/// Providers for one fetch: the members nearest first; each blob starts at
-/// a different one of the nearest `SPREAD` and falls back to the rest.
-#[derive(Debug, Clone)]
-struct Nearest(Arc<Vec<EndpointId>>);
+/// The providers of one fetch and their connections, opened on first use;
+/// a provider that fails once is skipped for the rest of the fetch.
+#[derive(Debug)]
+struct Providers {
+    endpoint: Endpoint,
+    order: Vec<PublicKey>,
+    conns: tokio::sync::Mutex<HashMap<PublicKey, Connection>>,
+    dead: std::sync::Mutex<HashSet<PublicKey>>,
+}
 
-impl ContentDiscovery for Nearest {
-    fn find_providers(&self, hash: HashAndFormat) -> n0_future::stream::Boxed<EndpointId> {
-        let mut order = self.0.as_ref().clone();
-        let spread = order.len().min(SPREAD);
-        if spread > 1 {
-            let start = usize::from(hash.hash.as_bytes()[0]) % spread;
-            order[..spread].rotate_left(start);
+impl Providers {
+    fn new(endpoint: Endpoint, order: Vec<PublicKey>) -> Self {
+        Self {
+            endpoint,
+            order,
+            conns: Default::default(),
+            dead: Default::default(),
         }
-        n0_future::stream::iter(order).boxed()
     }
+
+    /// The order in which to try providers for `hash`: live ones first,
+    /// starting at one of the nearest few picked by the hash.
+    fn order_for(&self, hash: &Hash) -> Vec<PublicKey> {
+        let dead = self.dead.lock().map(|d| d.clone()).unwrap_or_default();
+        let mut live: Vec<PublicKey> = self
+            .order
+            .iter()
+            .filter(|p| !dead.contains(p))
+            .copied()
+            .collect();
+        let spread = live.len().min(SPREAD);
+        if spread > 1 {
+            live[..spread].rotate_left(usize::from(hash.as_bytes()[0]) % spread);
+        }
+        live
+    }
+
+    fn mark_dead(&self, p: PublicKey) {
+        if let Ok(mut d) = self.dead.lock() {
+            d.insert(p);
+        }
+    }
+
+    async fn conn(&self, p: PublicKey) -> Option<Connection> {
+        if let Some(c) = self.conns.lock().await.get(&p)
+            && c.close_reason().is_none()
+        {
+            return Some(c.clone());
+        }
+        let id = iroh::PublicKey::from_bytes(p.as_bytes()).ok()?;
+        let c = match tokio::time::timeout(CONNECT, self.endpoint.connect(id, iroh_blobs::ALPN))
+            .await
+        {
+            Ok(Ok(c)) => c,
+            _ => return None,
+        };
+        self.conns.lock().await.insert(p, c.clone());
+        Some(c)
+    }
+
+    async fn close(&self) {
+        for (_, c) in self.conns.lock().await.drain() {
+            c.close(0u32.into(), b"done");
+        }
+    }
+}
+
+/// Fetches one blob, trying providers until it is complete here.
+async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
+    let remote = store.remote();
+    for p in providers.order_for(&hash) {
+        let Ok(local) = remote.local(HashAndFormat::raw(to_iroh(hash))).await else {
+            return false;
+        };
+        if local.is_complete() {
+            return true;
+        }
+        let Some(conn) = providers.conn(p).await else {
+            debug!(provider = %p.fmt_short(), "provider unreachable; trying the next");
+            providers.mark_dead(p);
+            continue;
+        };
+        let mut progress = std::pin::pin!(remote.execute_get(conn, local.missing()).stream());
+        loop {
+            match tokio::time::timeout(STALL, progress.next()).await {
+                Ok(Some(GetProgressItem::Progress(_))) => continue,
+                Ok(Some(GetProgressItem::Done(_))) => break,
+                Ok(Some(GetProgressItem::Error(error))) => {
+                    // It may simply not hold this blob (yet): not dead.
+                    debug!(provider = %p.fmt_short(), %error, "provider could not send a blob");
+                    break;
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    debug!(provider = %p.fmt_short(), "provider stalled; trying the next");
+                    providers.mark_dead(p);
+                    break;
+                }
+            }
+        }
+    }
+    remote
+        .local(HashAndFormat::raw(to_iroh(hash)))
+        .await
+        .is_ok_and(|l| l.is_complete())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +166,7 @@ enum FetchError {
 /// records; passes that could not finish are retried.
 pub async fn run(
     shared: Arc<Shared>,
-    downloader: Downloader,
+    endpoint: Endpoint,
     mut changes: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
@@ -76,7 +175,7 @@ pub async fn run(
         let pending = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            pending = pass(&shared, &downloader) => pending,
+            pending = pass(&shared, &endpoint) => pending,
         };
         tokio::select! {
             biased;
@@ -88,7 +187,7 @@ pub async fn run(
 }
 
 /// One pass over every site; true if something is still to be fetched.
-async fn pass(shared: &Arc<Shared>, downloader: &Downloader) -> bool {
+async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
     let sites = match shared.state.site_records() {
         Ok(s) => s,
         Err(error) => {
@@ -114,7 +213,7 @@ async fn pass(shared: &Arc<Shared>, downloader: &Downloader) -> bool {
         if serving.is_some_and(|seq| seq >= head.seq) {
             continue;
         }
-        if let Err(error) = fetch(shared, downloader, &head, &signed).await {
+        if let Err(error) = fetch(shared, endpoint, &head, &signed).await {
             warn!(site = %head.site, seq = head.seq, %error, "fetch failed; retrying");
             pending = true;
         }
@@ -124,26 +223,26 @@ async fn pass(shared: &Arc<Shared>, downloader: &Downloader) -> bool {
 
 async fn fetch(
     shared: &Arc<Shared>,
-    downloader: &Downloader,
+    endpoint: &Endpoint,
+    head: &Head,
+    signed: &Signed<Head>,
+) -> Result<(), FetchError> {
+    let providers = Providers::new(endpoint.clone(), shared.peers.providers(&head.manifest));
+    let result = fetch_with(shared, &providers, head, signed).await;
+    providers.close().await;
+    result
+}
+
+async fn fetch_with(
+    shared: &Arc<Shared>,
+    providers: &Providers,
     head: &Head,
     signed: &Signed<Head>,
 ) -> Result<(), FetchError> {
     let content = &shared.content;
-    let providers = Nearest(Arc::new(
-        shared
-            .peers
-            .others()
-            .iter()
-            .filter_map(|k| iroh::PublicKey::from_bytes(k.as_bytes()).ok())
-            .collect(),
-    ));
+    let store = content.store();
     let started = std::time::Instant::now();
-    download(
-        downloader,
-        HashAndFormat::raw(to_iroh(head.manifest)),
-        &providers,
-    )
-    .await;
+    fetch_blob(store, providers, head.manifest).await;
     let bytes = content
         .get_bytes(head.manifest)
         .await
@@ -172,10 +271,21 @@ async fn fetch(
     // Until it is complete, a temporary tag (swept at restart) holds it.
     let blobs = manifest.blobs();
     let temp = format!("tmp/fetch/{}", head.site);
-    let seq = content
+    content
         .protect(&temp, head.manifest, blobs.keys().copied())
         .await?;
-    download(downloader, HashAndFormat::hash_seq(seq), &providers).await;
+    let mut missing = Vec::new();
+    for (hash, size) in &blobs {
+        if content.complete_size(*hash).await? != Some(*size) {
+            missing.push(*hash);
+        }
+    }
+    let fetched: Vec<bool> = n0_future::stream::iter(missing)
+        .map(|h| fetch_blob(store, providers, h))
+        .buffered_unordered(PARALLEL)
+        .collect()
+        .await;
+    debug!(site = %head.site, blobs = fetched.len(), "fetched");
     for (hash, size) in &blobs {
         if content.complete_size(*hash).await? != Some(*size) {
             return Err(FetchError::Unavailable { what: "every blob" });
@@ -187,6 +297,9 @@ async fn fetch(
         warn!(%error, "could not drop a fetch's temporary tag");
     }
     if result.is_ok() {
+        // Tell the members at once: they may fetch from here, and a
+        // publisher waiting with `--wait` learns this node is done.
+        shared.push.notify_one();
         info!(site = %head.site, seq = head.seq, elapsed = ?started.elapsed(), "replicated");
     }
     result
@@ -231,28 +344,6 @@ async fn commit(
         }
     }
     Ok(())
-}
-
-async fn download(downloader: &Downloader, what: HashAndFormat, providers: &Nearest) {
-    let progress = downloader.download_with_opts(DownloadOptions::new(
-        what,
-        providers.clone(),
-        SplitStrategy::Split,
-    ));
-    match progress.stream().await {
-        Ok(mut stream) => {
-            while let Some(item) = stream.next().await {
-                if let iroh_blobs::api::downloader::DownloadProgressItem::ProviderFailed {
-                    id,
-                    ..
-                } = item
-                {
-                    debug!(provider = %id.fmt_short(), "provider failed; trying the next");
-                }
-            }
-        }
-        Err(error) => debug!(%error, "download did not start"),
-    }
 }
 
 /// Stops serving a site here and drops the tags of its versions. The

@@ -7,7 +7,7 @@
 //! whatever a partition, a restart or a lost push left behind.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -22,8 +22,8 @@ use maki_protocol::{
     rpc::{self, FrameError},
     sync::{MAX_SYNC_FRAME, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg, apply_rank, record_id},
 };
-use n0_future::{FuturesUnordered, StreamExt};
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -206,12 +206,16 @@ async fn initiate(
             &SyncMsg::Records {
                 records: give,
                 want: need.iter().map(to_id).collect(),
+                holds: shared.holdings(),
             },
         )
         .await?;
         send.finish().map_err(stream_err)?;
         let taken = match read_msg(&mut recv).await? {
-            SyncMsg::Records { records, .. } => take_in(shared, &peer, records).0,
+            SyncMsg::Records { records, holds, .. } => {
+                shared.peers.set_holds(&peer, holds);
+                take_in(shared, &peer, records).0
+            }
             SyncMsg::Refused(e) => return Err(e.into()),
             _ => return Err(SyncFailure::Unexpected),
         };
@@ -296,17 +300,23 @@ impl SyncProtocol {
                     let answer = neg.reconcile(&q).map_err(neg_err)?;
                     write_msg(&mut send, &SyncMsg::Reconcile(answer)).await?;
                 }
-                SyncMsg::Records { records, want } => {
+                SyncMsg::Records {
+                    records,
+                    want,
+                    holds,
+                } => {
                     let give = holdings.pick(&want);
                     write_msg(
                         &mut send,
                         &SyncMsg::Records {
                             records: give,
                             want: Vec::new(),
+                            holds: self.shared.holdings(),
                         },
                     )
                     .await?;
                     send.finish().map_err(stream_err)?;
+                    self.shared.peers.set_holds(&peer, holds);
                     let (taken, _) = take_in(&self.shared, &peer, records);
                     self.shared.peers.seen(&peer, None);
                     return Ok(taken);
@@ -335,7 +345,11 @@ impl ProtocolHandler for SyncProtocol {
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             }
             Ok(Err(error)) => {
-                debug!(peer = %peer.fmt_short(), %error, "inbound sync failed");
+                if matches!(error, SyncFailure::Refused(SyncError::NotMember(_))) {
+                    warn!(peer = %peer.fmt_short(), %error, "refused a sync");
+                } else {
+                    debug!(peer = %peer.fmt_short(), %error, "inbound sync failed");
+                }
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             }
             Err(_) => conn.close(1u32.into(), b"timeout"),
@@ -344,29 +358,13 @@ impl ProtocolHandler for SyncProtocol {
     }
 }
 
-/// Syncs with each of `peers` at once; returns how many succeeded.
-async fn sync_all(shared: &Shared, endpoint: &Endpoint, peers: Vec<PublicKey>) -> usize {
-    let mut runs: FuturesUnordered<_> = peers
-        .into_iter()
-        .map(|p| async move { (p, sync_with(shared, endpoint, p).await) })
-        .collect();
-    let mut ok = 0;
-    while let Some((peer, res)) = runs.next().await {
-        match res {
-            Ok((taken, sent)) => {
-                ok += 1;
-                if taken + sent > 0 {
-                    debug!(peer = %peer.fmt_short(), taken, sent, "synced");
-                }
-            }
-            Err(error) => debug!(peer = %peer.fmt_short(), %error, "sync failed"),
-        }
-    }
-    ok
-}
-
 /// Runs until cancelled: sync with everyone at start, push after local
 /// changes, and sync with a few random members every `interval`.
+///
+/// Each sync runs as its own task, at most one per peer: a peer that
+/// hangs (frozen, or gone without a word) costs its own timeout and holds
+/// up nobody else. A push that finds a sync with that peer already running
+/// queues exactly one more after it.
 pub async fn run(
     shared: Arc<Shared>,
     endpoint: Endpoint,
@@ -375,27 +373,56 @@ pub async fn run(
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut all = true;
-    loop {
-        let peers = if all {
-            shared.peers.others()
-        } else {
-            random_subset(shared.peers.others(), FANOUT)
-        };
-        if !peers.is_empty() {
-            tokio::select! {
-                biased;
-                _ = cancel.cancelled() => break,
-                _ = sync_all(&shared, &endpoint, peers) => {}
+    tick.tick().await;
+    let mut running: JoinSet<PublicKey> = JoinSet::new();
+    let mut busy: HashSet<PublicKey> = HashSet::new();
+    let mut again: HashSet<PublicKey> = HashSet::new();
+    let start = |peers: Vec<PublicKey>,
+                 running: &mut JoinSet<PublicKey>,
+                 busy: &mut HashSet<PublicKey>,
+                 again: &mut HashSet<PublicKey>| {
+        for peer in peers {
+            if !busy.insert(peer) {
+                again.insert(peer);
+                continue;
             }
+            let shared = shared.clone();
+            let endpoint = endpoint.clone();
+            running.spawn(async move {
+                match sync_with(&shared, &endpoint, peer).await {
+                    Ok((taken, sent)) if taken + sent > 0 => {
+                        debug!(peer = %peer.fmt_short(), taken, sent, "synced");
+                    }
+                    Ok(_) => {}
+                    Err(error) => debug!(peer = %peer.fmt_short(), %error, "sync failed"),
+                }
+                peer
+            });
         }
+    };
+    start(shared.peers.others(), &mut running, &mut busy, &mut again);
+    loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            _ = shared.push.notified() => all = true,
-            _ = tick.tick() => all = false,
+            Some(done) = running.join_next() => {
+                if let Ok(peer) = done {
+                    busy.remove(&peer);
+                    if again.remove(&peer) {
+                        start(vec![peer], &mut running, &mut busy, &mut again);
+                    }
+                }
+            }
+            _ = shared.push.notified() => {
+                start(shared.peers.others(), &mut running, &mut busy, &mut again);
+            }
+            _ = tick.tick() => {
+                let peers = random_subset(shared.peers.others(), FANOUT);
+                start(peers, &mut running, &mut busy, &mut again);
+            }
         }
     }
+    running.shutdown().await;
 }
 
 fn random_subset(mut peers: Vec<PublicKey>, n: usize) -> Vec<PublicKey> {

@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Domain, Genesis, Hash, Head, Invite, PublicKey, Record, Signed, SiteRecord};
+use crate::{
+    Domain, Genesis, Hash, Head, Invite, PublicKey, Record, Revocation, Signed, SiteRecord,
+};
 
 /// ALPN of the admin protocol.
 pub const ADMIN_ALPN: &[u8] = b"maki/admin/1";
@@ -45,9 +47,12 @@ pub enum Request {
     Invite { invite: Signed<Invite> },
     /// Admins and publishers: the member nodes this node knows of.
     Nodes,
+    /// Admin: revoke a node. Its records and connections are refused from
+    /// then on, by every member.
+    NodeRemove { record: Signed<Revocation> },
 }
 
-/// A member node as `maki nodes` shows it.
+/// A member node as `maki nodes` shows it, seen from the node asked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeInfo {
     pub id: PublicKey,
@@ -55,6 +60,36 @@ pub struct NodeInfo {
     pub region: Option<String>,
     pub location: Option<(f64, f64)>,
     pub version: u64,
+    pub health: Health,
+    /// Round trip of the last exchange, in microseconds.
+    pub rtt_us: Option<u64>,
+    /// The site versions it holds and serves.
+    pub holds: Vec<crate::sync::Holding>,
+}
+
+/// How the node asked sees a member.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Health {
+    /// The node answering.
+    Me,
+    /// Exchanged with it recently.
+    Up,
+    /// The last attempt to reach it failed.
+    Down,
+    /// Not exchanged with lately, and no failure either.
+    Unknown,
+}
+
+impl std::fmt::Display for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Health::Me => "this node",
+            Health::Up => "up",
+            Health::Down => "down",
+            Health::Unknown => "not checked lately",
+        })
+    }
 }
 
 /// A site as `maki sites` shows it.
@@ -133,6 +168,8 @@ pub enum RpcError {
         "{key} may not publish {domain}; an admin can add it with `maki site add {domain} --publisher {key}`"
     )]
     NotPublisher { key: PublicKey, domain: Domain },
+    #[error("unknown node {0}; see `maki nodes`")]
+    UnknownNode(PublicKey),
     #[error("unknown site {0}; an admin can create it with `maki site add {0}`")]
     UnknownSite(Domain),
     #[error("site {0} already exists")]

@@ -20,7 +20,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Hash, Invite, NodeRecord, Record, Signed};
+use crate::{Domain, Hash, Invite, NodeRecord, Record, Signed};
 
 /// ALPN of the sync protocol.
 pub const SYNC_ALPN: &[u8] = b"maki/sync/1";
@@ -48,13 +48,24 @@ pub enum SyncMsg {
     },
     /// A negentropy message.
     Reconcile(Vec<u8>),
-    /// Records the receiver lacks, then the ids the sender wants.
+    /// Records the receiver lacks, the ids the sender wants, and the
+    /// versions the sender serves (so peers know whom to fetch from and
+    /// `maki publish --wait` knows who is done).
     Records {
         records: Vec<Record>,
         want: Vec<Hash>,
+        holds: Vec<Holding>,
     },
     /// The sync cannot go on; nothing was changed by it.
     Refused(SyncError),
+}
+
+/// A site version a node holds completely and serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holding {
+    pub site: Domain,
+    pub seq: u64,
+    pub manifest: Hash,
 }
 
 /// Why a peer refused to sync.

@@ -238,10 +238,37 @@ impl NodeProc {
         self.terminate()
     }
 
+    /// SIGSTOP: frozen, its sockets open but silent.
+    pub fn pause(&self) -> Result<()> {
+        self.signal("-STOP")
+    }
+
+    /// SIGCONT after [`Self::pause`].
+    pub fn resume(&self) -> Result<()> {
+        self.signal("-CONT")
+    }
+
+    fn signal(&self, sig: &str) -> Result<()> {
+        let status = Command::new("kill")
+            .arg(sig)
+            .arg(self.child.id().to_string())
+            .status()?;
+        ensure!(status.success(), "kill {sig} failed");
+        Ok(())
+    }
+
+    /// The node's id (from its ticket).
+    pub fn id(&self) -> Result<String> {
+        let t: maki_protocol::NodeTicket = self.ticket.parse()?;
+        Ok(t.id.to_string())
+    }
+
     fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         if let Some(status) = self.child.try_wait()? {
             return Ok(status);
         }
+        // A paused node would hold the TERM until continued.
+        self.signal("-CONT").ok();
         Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
