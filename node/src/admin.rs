@@ -547,9 +547,16 @@ impl AdminProtocol {
                 }
                 (Some((seq, m)), _) => match self.load_manifest(m).await {
                     Ok(manifest) => Some(info(seq, m, &manifest)),
-                    Err(_) => live
-                        .as_ref()
-                        .map(|l| info(l.seq, l.manifest_hash, &l.manifest)),
+                    // Not here yet: the head is still what a publish builds
+                    // on; the rest is what this node knows best.
+                    Err(_) => Some(HeadInfo {
+                        seq,
+                        manifest: m,
+                        version: live.as_ref().map_or(0, |l| l.manifest.version),
+                        files: 0,
+                        bytes: 0,
+                        created: 0,
+                    }),
                 },
                 (None, _) => None,
             };
@@ -661,7 +668,7 @@ impl AdminProtocol {
             .map_or(0, |v| v.0);
         if manifest.version <= latest {
             return Err(RpcError::InvalidManifest(format!(
-                "version {} is not newer than the latest kept version {latest}",
+                "version {} is not newer than the latest kept version {latest}; publish again",
                 manifest.version
             )));
         }
@@ -810,6 +817,9 @@ impl AdminProtocol {
             )
             .await
             .map_err(internal)?;
+        // The blob store batches its own commits: make the version durable
+        // there before the head that names it is.
+        content.sync().await.map_err(internal)?;
         let committed = self
             .shared
             .state

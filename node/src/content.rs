@@ -111,6 +111,12 @@ impl Content {
         Ok(tag.hash())
     }
 
+    /// Commits the store's pending metadata (completed blobs, tags): after
+    /// this, a crash keeps them.
+    pub async fn sync(&self) -> Result<(), ContentError> {
+        self.store.sync_db().await.map_err(store_err)
+    }
+
     pub async fn unprotect(&self, name: &str) -> Result<(), ContentError> {
         self.store.tags().delete(name).await.map_err(store_err)?;
         Ok(())

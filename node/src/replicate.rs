@@ -121,7 +121,7 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
             return true;
         }
         let Some(conn) = providers.conn(p).await else {
-            debug!(provider = %p.fmt_short(), "provider unreachable; trying the next");
+            info!(provider = %p.fmt_short(), "provider unreachable; trying the next");
             providers.mark_dead(p);
             continue;
         };
@@ -137,7 +137,7 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    debug!(provider = %p.fmt_short(), "provider stalled; trying the next");
+                    info!(provider = %p.fmt_short(), "provider stalled; trying the next");
                     providers.mark_dead(p);
                     break;
                 }
@@ -209,8 +209,7 @@ async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
             continue;
         };
         let Ok(head) = signed.verify() else { continue };
-        let serving = shared.live.get(site.domain.as_str()).map(|l| l.seq);
-        if serving.is_some_and(|seq| seq >= head.seq) {
+        if serves(shared, &head) {
             continue;
         }
         if let Err(error) = fetch(shared, endpoint, &head, &signed).await {
@@ -314,11 +313,7 @@ async fn commit(
     manifest: Manifest,
 ) -> Result<(), FetchError> {
     let content = &shared.content;
-    if shared
-        .live
-        .get(head.site.as_str())
-        .is_some_and(|l| l.seq >= head.seq)
-    {
+    if serves(shared, head) {
         return Ok(());
     }
     content
@@ -328,6 +323,7 @@ async fn commit(
             manifest.blobs().keys().copied(),
         )
         .await?;
+    content.sync().await?;
     let committed = shared.state.commit_head(
         head,
         signed,
@@ -344,6 +340,15 @@ async fn commit(
         }
     }
     Ok(())
+}
+
+/// Whether what this node serves is already `head` or newer. Two heads of
+/// one seq (publishes on both sides of a partition) differ in manifest: the
+/// records pick one winner, and every node must switch to it.
+fn serves(shared: &Shared, head: &Head) -> bool {
+    shared.live.get(head.site.as_str()).is_some_and(|l| {
+        l.seq > head.seq || (l.seq == head.seq && l.manifest_hash == head.manifest)
+    })
 }
 
 /// Stops serving a site here and drops the tags of its versions. The

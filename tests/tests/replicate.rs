@@ -218,3 +218,203 @@ async fn five_nodes_serve_one_publish() -> Result<()> {
     all_serve(&net, "r.test", "/", b"v2").await?;
     Ok(())
 }
+
+/// Fills `dir` with `files` incompressible files of `size` bytes.
+fn random_files(dir: &std::path::Path, files: usize, size: usize, seed: u64) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut x = seed | 1;
+    for i in 0..files {
+        let mut buf = Vec::with_capacity(size);
+        while buf.len() < size {
+            // xorshift64: fast, and no compression shrinks it.
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            buf.extend_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(dir.join(format!("blob{i}.bin")), &buf)?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_provider_killed_mid_transfer_is_replaced() -> Result<()> {
+    let (mut net, site) = published(3).await?;
+    random_files(&site.join("big"), 40, 2 << 20, 7)?;
+    std::fs::write(site.join("index.html"), b"v2")?;
+    publish(&net.admin, &site, &["--wait", "--timeout", "60s"])?;
+
+    // A new node fetches 80 MiB from the three holders at once; one of
+    // them dies while it does.
+    net.add_node()?;
+    let victim = net.nodes.remove(1);
+    victim.crash()?;
+    let want = std::fs::read(site.join("big/blob39.bin"))?;
+    let newcomer = net.nodes[2].http;
+    wait_for(
+        Duration::from_secs(60),
+        "the new node to serve everything",
+        || {
+            let want = &want;
+            async move {
+                Ok(body_of(newcomer, "r.test", "/big/blob39.bin")
+                    .await
+                    .as_deref()
+                    == Some(&want[..]))
+            }
+        },
+    )
+    .await?;
+    for i in 0..40 {
+        let path = format!("/big/blob{i}.bin");
+        let body = body_of(newcomer, "r.test", &path).await;
+        ensure!(
+            body.as_deref() == Some(&std::fs::read(site.join(&path[1..]))?[..]),
+            "{path} differs"
+        );
+    }
+    eprintln!(
+        "{}",
+        net.nodes[2]
+            .log()
+            .lines()
+            .filter(|l| l.contains("trying the next") || l.contains("replicated"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    Ok(())
+}
+
+/// A small deterministic generator for the random sequences below.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+#[tokio::test]
+async fn random_publish_kill_restart_sequences_converge() -> Result<()> {
+    let seed: u64 = std::env::var("MAKI_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0x5eed_2026);
+    eprintln!("seed {seed} (set MAKI_SEED to replay)");
+    let mut rng = Rng(seed | 1);
+    let (net, site) = published(3).await?;
+    let Network {
+        tmp: _tmp,
+        nodes,
+        admin,
+    } = net;
+    let dirs: Vec<_> = nodes.iter().map(|n| n.dir.clone()).collect();
+    let mut nodes: Vec<Option<NodeProc>> = nodes.into_iter().map(Some).collect();
+    let mut published = 1;
+    for step in 0..10 {
+        let live: Vec<usize> = (0..nodes.len()).filter(|i| nodes[*i].is_some()).collect();
+        let dead: Vec<usize> = (0..nodes.len()).filter(|i| nodes[*i].is_none()).collect();
+        match rng.below(3) {
+            0 | 1 if !live.is_empty() => {
+                let at = live[rng.below(live.len())];
+                let Some(node) = &nodes[at] else { continue };
+                let body = format!("step {step}");
+                std::fs::write(site.join("index.html"), &body)?;
+                let cli = Maki::new(&admin.home, Some(&node.ticket));
+                // A publish may meet a stale head (its node missed one):
+                // that is a refusal, not a failure of the network.
+                let out = cli.output(&[
+                    "publish",
+                    site.to_str().unwrap_or_default(),
+                    "--site",
+                    "r.test",
+                ])?;
+                let said = if out.status.success() {
+                    "ok".to_owned()
+                } else {
+                    String::from_utf8_lossy(&out.stderr)
+                        .trim()
+                        .lines()
+                        .last()
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                eprintln!("step {step}: publish at {at}: {said}");
+                published += usize::from(out.status.success());
+            }
+            _ if live.len() > 1 && (dead.is_empty() || rng.below(2) == 0) => {
+                let victim = live[rng.below(live.len())];
+                eprintln!("step {step}: kill {victim}");
+                if let Some(n) = nodes[victim].take() {
+                    n.crash()?;
+                }
+            }
+            _ if !dead.is_empty() => {
+                let back = dead[rng.below(dead.len())];
+                eprintln!("step {step}: restart {back}");
+                nodes[back] = Some(NodeProc::start(&dirs[back])?);
+            }
+            _ => {}
+        }
+    }
+    for (i, slot) in nodes.iter_mut().enumerate() {
+        if slot.is_none() {
+            *slot = Some(NodeProc::start(&dirs[i])?);
+        }
+    }
+    let nodes: Vec<NodeProc> = nodes.into_iter().flatten().collect();
+    eprintln!("{published} publishes went through");
+    // Every node ends on the same head: the same bytes at `/` and the same
+    // manifest in `maki sites`.
+    let heads = |nodes: &[NodeProc]| -> Result<Vec<String>> {
+        nodes
+            .iter()
+            .map(|n| {
+                let out = Maki::new(&admin.home, Some(&n.ticket)).ok(&["sites", "--json"])?;
+                let v: serde_json::Value = serde_json::from_str(&out)?;
+                Ok(v[0]["head"]["manifest"].to_string())
+            })
+            .collect()
+    };
+    let mut last = Vec::new();
+    let converged = wait_for(Duration::from_secs(30), "every node on one head", || {
+        let h = heads(&nodes);
+        let bodies = nodes.iter().map(|n| n.http).collect::<Vec<_>>();
+        let same = match &h {
+            Ok(h) => h.windows(2).all(|w| w[0] == w[1]),
+            Err(_) => false,
+        };
+        if let Ok(h) = h {
+            last = h;
+        }
+        async move {
+            if !same {
+                return Ok(false);
+            }
+            let mut seen = Vec::new();
+            for a in bodies {
+                seen.push(body_of(a, "r.test", "/").await);
+            }
+            Ok(seen.windows(2).all(|w| w[0] == w[1]) && seen[0].is_some())
+        }
+    })
+    .await;
+    if converged.is_err() {
+        for (i, n) in nodes.iter().enumerate() {
+            let log = n.log();
+            let tail: Vec<&str> = log.lines().rev().take(25).collect();
+            eprintln!(
+                "--- node {i}:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+    ensure!(
+        converged.is_ok(),
+        "did not converge (seed {seed}): heads {last:?}"
+    );
+    Ok(())
+}
