@@ -339,13 +339,10 @@ async fn run(cli: Cli) -> Result<()> {
                     return Err(e.into());
                 }
             };
-            let waited = match (&outcome, *wait) {
-                (Outcome::Published { seq, .. }, true) => {
-                    Some(wait_for_nodes(&client, &site, *seq, *timeout).await)
-                }
+            let waiting = match (&outcome, *wait) {
+                (Outcome::Published { seq, .. }, true) => Some(*seq),
                 _ => None,
             };
-            client.close().await;
             match outcome {
                 Outcome::Unchanged { version } => {
                     println!("{site}: unchanged since version {version}; nothing published");
@@ -369,9 +366,12 @@ async fn run(cli: Cli) -> Result<()> {
                     );
                 }
             }
-            if let Some(waited) = waited {
-                waited?;
-            }
+            let waited = match waiting {
+                Some(seq) => wait_for_nodes(&client, &site, seq, *timeout).await,
+                None => Ok(()),
+            };
+            client.close().await;
+            waited?;
         }
         Command::Invite { expires } => {
             let ticket = ticket(&cli.node, &project)?;

@@ -1,5 +1,7 @@
-//! The quick start: builds both binaries, starts a node on loopback (no
-//! root), publishes `examples/site` and prints what to open. Ctrl-C stops it.
+//! The quick start: builds both binaries, starts a network of three nodes
+//! on loopback (no root; the second and third join with invites from the
+//! first), publishes `examples/site` at the first, waits until all three
+//! serve it and prints what to open. Ctrl-C stops them.
 
 use anyhow::Result;
 use maki_e2e::{Maki, NodeProc, example_site};
@@ -16,29 +18,47 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&home)?;
     let maki = Maki::new(&home, None);
     let admin = maki.key()?;
-    let data = work.path().join("node");
+    let data = work.path().join("node1");
     NodeProc::init(&data, std::slice::from_ref(&admin))?;
-    let node = NodeProc::start(&data)?;
-    let maki = Maki::new(&home, Some(&node.ticket));
+    let mut nodes = vec![NodeProc::start(&data)?];
+    let maki = Maki::new(&home, Some(&nodes[0].ticket));
+    for i in 2..=3 {
+        let invite = maki.ok(&["invite", "--expires", "10m"])?;
+        nodes.push(NodeProc::join(
+            &work.path().join(format!("node{i}")),
+            invite.trim(),
+        )?);
+    }
+    eprintln!("three nodes are up; publishing examples/site at the first…");
     maki.ok(&["site", "add", SITE])?;
     let site = example_site().canonicalize()?;
-    let out = maki.ok(&["publish", &site.to_string_lossy(), "--site", SITE])?;
+    let out = maki.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
     print!("{out}");
-    let port = node.http.port();
     println!();
-    println!("Open  http://{SITE}:{port}/   (*.localhost resolves to this machine)");
-    println!("or    curl -H 'Host: {SITE}' http://{}/", node.http);
+    for n in &nodes {
+        println!("Open  http://{SITE}:{}/", n.http.port());
+    }
+    println!("(*.localhost resolves to this machine; any node serves the site)");
+    println!("or    curl -H 'Host: {SITE}' http://{}/", nodes[0].http);
     println!();
-    println!("Publish again after editing the site (a copy, say):");
+    println!("Publish again after editing the site (a copy, say), at any node:");
     println!(
-        "      MAKI_HOME={} {} publish <dir> --site {SITE} --node {}",
+        "      MAKI_HOME={} {} publish <dir> --site {SITE} --wait --node {}",
         home.display(),
         bins.maki.display(),
-        node.ticket
+        nodes[2].ticket
     );
-    println!("Node data: {}   Press Ctrl-C to stop.", data.display());
+    println!(
+        "See the members:  MAKI_HOME={} {} nodes --node {}",
+        home.display(),
+        bins.maki.display(),
+        nodes[1].ticket
+    );
+    println!("Node data: {}   Press Ctrl-C to stop.", work.path().display());
     wait_for_ctrl_c()?;
-    node.stop()?;
+    for n in nodes {
+        n.stop()?;
+    }
     Ok(())
 }
 
