@@ -22,7 +22,7 @@ use iroh::{Endpoint, endpoint::Connection};
 use iroh_blobs::{HashAndFormat, api::Store, api::remote::GetProgressItem};
 use maki_protocol::{Domain, Hash, Head, Manifest, PublicKey, Signed};
 use n0_future::{BufferedStreamExt, StreamExt};
-use tokio::sync::watch;
+use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -49,7 +49,7 @@ const STALL: Duration = Duration::from_secs(1);
 struct Providers {
     endpoint: Endpoint,
     order: Vec<PublicKey>,
-    conns: tokio::sync::Mutex<HashMap<PublicKey, Connection>>,
+    conns: std::sync::Mutex<HashMap<PublicKey, Arc<OnceCell<Option<Connection>>>>>,
     dead: std::sync::Mutex<HashSet<PublicKey>>,
 }
 
@@ -80,31 +80,41 @@ impl Providers {
         live
     }
 
-    fn mark_dead(&self, p: PublicKey) {
-        if let Ok(mut d) = self.dead.lock() {
-            d.insert(p);
-        }
+    /// True the first time `p` is marked.
+    fn mark_dead(&self, p: PublicKey) -> bool {
+        self.dead.lock().is_ok_and(|mut d| d.insert(p))
     }
 
+    /// One connection per provider, shared by the blobs fetched at once
+    /// (they would otherwise each dial it).
     async fn conn(&self, p: PublicKey) -> Option<Connection> {
-        if let Some(c) = self.conns.lock().await.get(&p)
-            && c.close_reason().is_none()
-        {
-            return Some(c.clone());
+        for _ in 0..2 {
+            let cell = self.conns.lock().ok()?.entry(p).or_default().clone();
+            let conn = cell
+                .get_or_init(|| async {
+                    let id = iroh::PublicKey::from_bytes(p.as_bytes()).ok()?;
+                    let dial = self.endpoint.connect(id, iroh_blobs::ALPN);
+                    tokio::time::timeout(CONNECT, dial).await.ok()?.ok()
+                })
+                .await
+                .clone()?;
+            if conn.close_reason().is_none() {
+                return Some(conn);
+            }
+            // Closed since (idle, or the provider restarted): dial again.
+            if let Ok(mut conns) = self.conns.lock() {
+                conns.remove(&p);
+            }
         }
-        let id = iroh::PublicKey::from_bytes(p.as_bytes()).ok()?;
-        let c = match tokio::time::timeout(CONNECT, self.endpoint.connect(id, iroh_blobs::ALPN))
-            .await
-        {
-            Ok(Ok(c)) => c,
-            _ => return None,
-        };
-        self.conns.lock().await.insert(p, c.clone());
-        Some(c)
+        None
     }
 
-    async fn close(&self) {
-        for (_, c) in self.conns.lock().await.drain() {
+    fn close(&self) {
+        let cells: Vec<_> = match self.conns.lock() {
+            Ok(mut conns) => conns.drain().map(|(_, c)| c).collect(),
+            Err(_) => return,
+        };
+        for c in cells.iter().filter_map(|c| c.get().cloned().flatten()) {
             c.close(0u32.into(), b"done");
         }
     }
@@ -121,8 +131,9 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
             return true;
         }
         let Some(conn) = providers.conn(p).await else {
-            info!(provider = %p.fmt_short(), "provider unreachable; trying the next");
-            providers.mark_dead(p);
+            if providers.mark_dead(p) {
+                info!(provider = %p.fmt_short(), "provider unreachable; trying the next");
+            }
             continue;
         };
         let mut progress = std::pin::pin!(remote.execute_get(conn, local.missing()).stream());
@@ -137,8 +148,9 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    info!(provider = %p.fmt_short(), "provider stalled; trying the next");
-                    providers.mark_dead(p);
+                    if providers.mark_dead(p) {
+                        info!(provider = %p.fmt_short(), "provider stalled; trying the next");
+                    }
                     break;
                 }
             }
@@ -228,7 +240,7 @@ async fn fetch(
 ) -> Result<(), FetchError> {
     let providers = Providers::new(endpoint.clone(), shared.peers.providers(&head.manifest));
     let result = fetch_with(shared, &providers, head, signed).await;
-    providers.close().await;
+    providers.close();
     result
 }
 

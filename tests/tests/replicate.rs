@@ -247,7 +247,18 @@ async fn a_provider_killed_mid_transfer_is_replaced() -> Result<()> {
     // A new node fetches 80 MiB from the three holders at once; one of
     // them dies while it does.
     net.add_node()?;
+    let blobs = net.nodes[3].dir.join("blobs");
+    wait_for(
+        Duration::from_secs(30),
+        "the new node to be mid-transfer",
+        || {
+            let blobs = blobs.clone();
+            async move { Ok(dir_size(&blobs) > 8 << 20) }
+        },
+    )
+    .await?;
     let victim = net.nodes.remove(1);
+    let victim_id = victim.id()?;
     victim.crash()?;
     let want = std::fs::read(site.join("big/blob39.bin"))?;
     let newcomer = net.nodes[2].http;
@@ -273,16 +284,27 @@ async fn a_provider_killed_mid_transfer_is_replaced() -> Result<()> {
             "{path} differs"
         );
     }
-    eprintln!(
-        "{}",
-        net.nodes[2]
-            .log()
-            .lines()
-            .filter(|l| l.contains("trying the next") || l.contains("replicated"))
-            .collect::<Vec<_>>()
-            .join("\n")
+    // It noticed the dead provider and went on from the others.
+    let log = net.nodes[2].log();
+    ensure!(
+        log.contains("trying the next") && log.contains(&victim_id[..10]),
+        "{log}"
     );
     Ok(())
+}
+
+fn dir_size(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
 
 /// A small deterministic generator for the random sequences below.
@@ -416,5 +438,50 @@ async fn random_publish_kill_restart_sequences_converge() -> Result<()> {
         converged.is_ok(),
         "did not converge (seed {seed}): heads {last:?}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_forged_head_from_a_member_is_dropped() -> Result<()> {
+    use maki_protocol::{Domain, Hash, Head, Record, RecordKey, SecretKey, Signed};
+    let (mut net, _site) = published(3).await?;
+    // Node 2 turns bad: a head for r.test signed by a key that may not
+    // publish it appears in its records (written straight into its
+    // database, as a compromised node could).
+    let bad = net.nodes.remove(2);
+    let data = bad.dir.clone();
+    bad.stop()?;
+    let head = Head {
+        site: Domain::new("r.test")?,
+        seq: 99,
+        manifest: Hash::of(b"not a manifest"),
+    };
+    let forged = Record::Head(Signed::sign(&SecretKey::from_bytes(&[7; 32]), &head));
+    {
+        let db = redb::Database::open(data.join("state.redb"))?;
+        let table: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("records");
+        let tx = db.begin_write()?;
+        tx.open_table(table)?.insert(
+            postcard::to_stdvec(&RecordKey::Head(head.site.clone()))?.as_slice(),
+            postcard::to_stdvec(&forged)?.as_slice(),
+        )?;
+        tx.commit()?;
+    }
+    // It pushes its records to everyone as it starts.
+    net.nodes.push(NodeProc::start(&data)?);
+    wait_for(CONVERGE, "the forged head to be dropped", || async {
+        Ok(net.nodes[..2]
+            .iter()
+            .all(|n| n.log().contains("dropped a record from a peer")))
+    })
+    .await?;
+    for i in 0..2 {
+        let sites = net.admin_at(i).ok(&["sites", "--json"])?;
+        let v: serde_json::Value = serde_json::from_str(&sites)?;
+        ensure!(v[0]["head"]["seq"] == 1, "node {i}: {sites}");
+        ensure!(body_of(net.nodes[i].http, "r.test", "/").await.as_deref() == Some(&b"v1"[..]));
+    }
+    let log = net.nodes[0].log();
+    ensure!(log.contains("not one of its publishers"), "{log}");
     Ok(())
 }

@@ -54,7 +54,10 @@ fn main() -> Result<()> {
         bins.maki.display(),
         nodes[1].ticket
     );
-    println!("Node data: {}   Press Ctrl-C to stop.", work.path().display());
+    println!(
+        "Node data: {}   Press Ctrl-C to stop.",
+        work.path().display()
+    );
     wait_for_ctrl_c()?;
     for n in nodes {
         n.stop()?;
