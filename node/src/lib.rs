@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod content;
 pub mod edge;
+pub mod gossip;
 pub mod identity;
 pub mod join;
 pub mod live;
@@ -22,4 +23,11 @@ pub fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

@@ -22,12 +22,15 @@ use maki_protocol::{
     Domain, Genesis, Hash, Invite, Manifest, NodeRecord, NodeTicket, PublicKey, Record, SecretKey,
     Signed,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
-    sync::{Holding, SYNC_ALPN},
+    sync::{GOSSIP_ALPN, GossipMsg, Holding, SYNC_ALPN},
 };
 use std::sync::atomic::AtomicU64;
-use tokio::{sync::watch, task::JoinSet};
+use tokio::{
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     admin::{AdminProtocol, PushGate, Sessions},
@@ -67,6 +70,10 @@ pub struct Shared {
     pub push: tokio::sync::Notify,
     /// Records from peers that failed verification or authorisation.
     pub dropped_records: AtomicU64,
+    /// This node's key: it signs its own record and holdings.
+    pub key: SecretKey,
+    /// Messages for the gossip task to broadcast.
+    pub gossip_out: mpsc::Sender<GossipMsg>,
 }
 
 impl Shared {
@@ -87,14 +94,23 @@ impl Shared {
         Ok(applied)
     }
 
-    /// [`Self::apply_record`] for a change made here: also pushed to every
-    /// member at once.
+    /// [`Self::apply_record`] for a change made here: also broadcast over
+    /// gossip and pushed to a few members by sync at once.
     pub fn apply_local(&self, record: Record) -> Result<Applied, ApplyError> {
         let applied = self.apply_record(&record)?;
         if applied != Applied::Stale {
+            self.announce(GossipMsg::Record(record));
             self.push.notify_one();
         }
         Ok(applied)
+    }
+
+    /// Hands a message to gossip; when its queue is full the message is
+    /// dropped (anti-entropy carries it instead).
+    pub fn announce(&self, msg: GossipMsg) {
+        if self.gossip_out.try_send(msg).is_err() {
+            debug!("gossip queue full; leaving this one to sync");
+        }
     }
 
     pub fn refresh_peers(&self) {
@@ -215,6 +231,7 @@ impl Node {
         let lookup = MemoryLookup::new();
         let endpoint = bind_endpoint(&key, config.p2p, lookup.clone()).await?;
         let (changes, changes_rx) = watch::channel(0);
+        let (gossip_out, gossip_rx) = mpsc::channel(crate::gossip::OUTBOX);
         let shared = Arc::new(Shared {
             config,
             id: key.public(),
@@ -231,6 +248,8 @@ impl Node {
             changes,
             push: tokio::sync::Notify::new(),
             dropped_records: AtomicU64::new(0),
+            key: key.clone(),
+            gossip_out,
         });
         shared.refresh_peers();
 
@@ -250,9 +269,19 @@ impl Node {
             cancel.clone(),
         ));
         let blobs = BlobsProtocol::new(shared.content.store(), Some(events));
+        let gossip = iroh_gossip::net::Gossip::builder()
+            .alpn(GOSSIP_ALPN)
+            .spawn(endpoint.clone());
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
             .accept(SYNC_ALPN, crate::sync::SyncProtocol::new(shared.clone()))
+            .accept(
+                GOSSIP_ALPN,
+                crate::gossip::MemberGossip {
+                    gossip: gossip.clone(),
+                    shared: shared.clone(),
+                },
+            )
             .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone()))
             .accept(JOIN_ALPN, crate::join::JoinProtocol::new(shared.clone()))
             .spawn();
@@ -280,6 +309,13 @@ impl Node {
             node.shared.clone(),
             endpoint.clone(),
             changes_rx,
+            node.cancel.clone(),
+        ));
+        node.tasks.spawn(crate::gossip::run(
+            node.shared.clone(),
+            gossip,
+            gossip_rx,
+            node.shared.changes.subscribe(),
             node.cancel.clone(),
         ));
         node.tasks.spawn(crate::sync::run(
@@ -421,6 +457,7 @@ pub async fn bind_endpoint(
             ADMIN_ALPN.to_vec(),
             JOIN_ALPN.to_vec(),
             SYNC_ALPN.to_vec(),
+            GOSSIP_ALPN.to_vec(),
             iroh_blobs::ALPN.to_vec(),
         ])
         .address_lookup(lookup)

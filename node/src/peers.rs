@@ -30,6 +30,8 @@ pub struct Peer {
     pub failing: bool,
     /// The site versions it said it serves.
     pub holds: Vec<Holding>,
+    /// Its clock when it last announced them over gossip.
+    pub holds_at: u64,
 }
 
 #[derive(Debug)]
@@ -77,6 +79,7 @@ impl Peers {
                     seen: old.and_then(|p| p.seen),
                     failing: old.is_some_and(|p| p.failing),
                     holds: old.map(|p| p.holds.clone()).unwrap_or_default(),
+                    holds_at: old.map_or(0, |p| p.holds_at),
                 },
             );
             if n.id != self.me
@@ -155,6 +158,17 @@ impl Peers {
             && let Some(p) = inner.get_mut(key)
         {
             p.holds = holds;
+        }
+    }
+
+    /// Records a gossiped announcement unless a newer one came first.
+    pub fn set_holds_at(&self, key: &PublicKey, holds: Vec<Holding>, at: u64) {
+        if let Ok(mut inner) = self.inner.write()
+            && let Some(p) = inner.get_mut(key)
+            && at > p.holds_at
+        {
+            p.holds = holds;
+            p.holds_at = at;
         }
     }
 

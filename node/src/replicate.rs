@@ -310,7 +310,7 @@ async fn fetch_with(
     if result.is_ok() {
         // Tell the members at once: they may fetch from here, and a
         // publisher waiting with `--wait` learns this node is done.
-        shared.push.notify_one();
+        shared.announce(crate::gossip::holdings(shared));
         info!(site = %head.site, seq = head.seq, elapsed = ?started.elapsed(), "replicated");
     }
     result

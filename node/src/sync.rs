@@ -1,10 +1,10 @@
 //! Anti-entropy: the `maki/sync/1` server and client, and the task that
 //! decides when to sync (see `maki_protocol::sync` for the exchange).
 //!
-//! A node syncs with every member at start, pushes to every member right
-//! after a change made here (a publish, a site change, an invite), and
-//! every `sync_interval` syncs with a few random members, which repairs
-//! whatever a partition, a restart or a lost push left behind.
+//! A node syncs with every member at start, with a few random members
+//! right after a change made here (beside gossiping it), and every
+//! `sync_interval` with a few random members, which repairs whatever a
+//! partition, a restart or a lost gossip message left behind.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -358,8 +358,8 @@ impl ProtocolHandler for SyncProtocol {
     }
 }
 
-/// Runs until cancelled: sync with everyone at start, push after local
-/// changes, and sync with a few random members every `interval`.
+/// Runs until cancelled: sync with everyone at start, with a few random
+/// members after local changes and every `interval`.
 ///
 /// Each sync runs as its own task, at most one per peer: a peer that
 /// hangs (frozen, or gone without a word) costs its own timeout and holds
@@ -414,7 +414,8 @@ pub async fn run(
                 }
             }
             _ = shared.push.notified() => {
-                start(shared.peers.others(), &mut running, &mut busy, &mut again);
+                let peers = random_subset(shared.peers.others(), FANOUT);
+                start(peers, &mut running, &mut busy, &mut again);
             }
             _ = tick.tick() => {
                 let peers = random_subset(shared.peers.others(), FANOUT);

@@ -68,6 +68,35 @@ pub struct Holding {
     pub manifest: Hash,
 }
 
+/// What a node serves, signed by it: spread over gossip so members know
+/// whom to fetch from and `maki publish --wait` knows who is done.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holdings {
+    pub format: u16,
+    pub node: crate::PublicKey,
+    pub holds: Vec<Holding>,
+    /// The node's clock in milliseconds: a newer announcement replaces an
+    /// older one that arrives late.
+    pub at: u64,
+}
+
+impl crate::Signable for Holdings {
+    const CONTEXT: &'static [u8] = b"makiatto/holdings/v1";
+}
+
+/// ALPN of the members' gossip (iroh-gossip on our own name, so only
+/// this protocol's handler, which checks membership, accepts it).
+pub const GOSSIP_ALPN: &[u8] = b"maki/gossip/1";
+
+/// One gossip message: a record, or a node's holdings. Bigger than the
+/// gossip limit (4 KiB) is never sent: anti-entropy carries those.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum GossipMsg {
+    Record(Record),
+    Holdings(Signed<Holdings>),
+}
+
 /// Why a peer refused to sync.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
@@ -109,6 +138,7 @@ mod tests {
         #[test]
         fn decode_is_total(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
             let _ = crate::rpc::decode_body::<SyncMsg>(&bytes);
+            let _ = crate::rpc::decode_body::<GossipMsg>(&bytes);
         }
     }
 }

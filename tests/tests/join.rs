@@ -84,13 +84,13 @@ async fn an_invite_admits_exactly_one_node() -> Result<()> {
 async fn bad_invites_are_refused_with_reasons() -> Result<()> {
     let net = network()?;
 
-    // Expired: valid for one second, used after it.
+    // Expired: valid for two seconds (whole seconds, so at least one), used after.
     let short = net
         .admin
-        .ok(&["invite", "--expires", "1s"])?
+        .ok(&["invite", "--expires", "2s"])?
         .trim()
         .to_owned();
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    std::thread::sleep(std::time::Duration::from_millis(3100));
     let dir = net.tmp.path().join("late");
     let err = NodeProc::join_fails(&dir, &short)?;
     ensure!(err.contains("expired"), "{err}");

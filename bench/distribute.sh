@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Distribution: from one `maki publish --wait`, the time until all N nodes
+# serve a new site of SIZE_MB incompressible megabytes, for N = 1 2 4 6;
+# against rsync pushing the same folder from one origin to each node in
+# turn (how Makiatto 0.6 distributes). rsync runs as a TCP daemon on
+# loopback without encryption, which favours it (0.6 used SSH).
+#
+# On loopback all nodes share this machine's cores and disk, so this shows
+# the shape, not the goal: "flat in N, within 1.5x of a single transfer at
+# N = 6" is judged in the multi-host lab with per-host bandwidth limits.
+#
+# usage: bench/distribute.sh [SIZE_MB] [NODE_COUNTS...]
+source "$(dirname "$0")/lib.sh"
+need rsync python3
+SIZE_MB=${1:-200}
+shift || true
+COUNTS=${*:-1 2 4 6}
+build_release
+
+work=$(mktemp -d)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+site=$work/site
+mkdir -p "$site"
+files=$((SIZE_MB / 2))
+for i in $(seq "$files"); do
+    head -c 2097152 /dev/urandom >"$site/f$i.bin"
+done
+echo '<h1>bench</h1>' >"$site/index.html"
+
+now() { python3 -c 'import time; print(time.monotonic())'; }
+
+# wait_ready FILE: until the node wrote its ready line.
+wait_ready() {
+    for _ in $(seq 300); do
+        grep -q '^ready' "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "node did not start: $(cat "$1")" >&2
+    exit 1
+}
+
+# network N DIR: N release nodes (the first inits, the rest join by invite).
+network() {
+    local n=$1 dir=$2
+    export MAKI_HOME=$dir/home
+    mkdir -p "$MAKI_HOME"
+    local key
+    key=$("$BIN/maki" keys 2>/dev/null)
+    "$BIN/makiatto" init --data-dir "$dir/n1" --admin "$key" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
+    MAKIATTO_LOG=warn "$BIN/makiatto" run --data-dir "$dir/n1" >"$dir/n1.ready" 2>"$dir/n1.log" &
+    pids+=($!)
+    wait_ready "$dir/n1.ready"
+    export MAKI_NODE
+    MAKI_NODE=$(sed -n 's/.*ticket=\([^ ]*\).*/\1/p' "$dir/n1.ready")
+    for i in $(seq 2 "$n"); do
+        local t
+        t=$("$BIN/maki" invite 2>/dev/null)
+        MAKIATTO_LOG=warn "$BIN/makiatto" join "$t" --data-dir "$dir/n$i" --http 127.0.0.1:0 --p2p 127.0.0.1:0 \
+            >"$dir/n$i.ready" 2>"$dir/n$i.log" &
+        pids+=($!)
+        wait_ready "$dir/n$i.ready"
+    done
+    "$BIN/maki" site add bench.test >/dev/null
+}
+
+stop_network() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    pids=()
+}
+
+# rsync N DIR: a daemon with N modules; push the site to each in turn.
+rsync_push() {
+    local n=$1 dir=$2 port
+    port=$(free_port)
+    {
+        echo "use chroot = no"
+        echo "uid = $(id -u)"
+        echo "gid = $(id -g)"
+        echo "pid file = $dir/rsyncd.pid"
+        for i in $(seq "$n"); do
+            mkdir -p "$dir/dst$i"
+            printf '[n%s]\n path = %s\n read only = no\n' "$i" "$dir/dst$i"
+        done
+    } >"$dir/rsyncd.conf"
+    rsync --daemon --no-detach --address 127.0.0.1 --port "$port" --config "$dir/rsyncd.conf" &
+    pids+=($!)
+    sleep 0.3
+    local t0 t1
+    t0=$(now)
+    for i in $(seq "$n"); do
+        rsync -a "$site/" "rsync://127.0.0.1:$port/n$i/"
+    done
+    t1=$(now)
+    stop_network
+    python3 -c "print(f'{$t1 - $t0:.2f}')"
+}
+
+echo "site: $files files, $SIZE_MB MB incompressible"
+printf '%4s  %12s  %12s  %14s  %12s\n' N makiatto_s rsync_s vs_single_x vs_rsync_x
+single=""
+for n in $COUNTS; do
+    dir=$work/net$n
+    mkdir -p "$dir"
+    network "$n" "$dir"
+    t0=$(now)
+    "$BIN/maki" publish "$site" --site bench.test --wait --timeout 30m >"$dir/publish.out" 2>&1
+    t1=$(now)
+    stop_network
+    mk=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
+    [ -z "$single" ] && single=$mk
+    rs=$(rsync_push "$n" "$dir")
+    printf '%4s  %12s  %12s  %14s  %12s\n' "$n" "$mk" "$rs" \
+        "$(python3 -c "print(f'{$mk / $single:.2f}')")" \
+        "$(python3 -c "print(f'{$mk / $rs:.2f}')")"
+    rm -rf "$dir"
+done

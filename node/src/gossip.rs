@@ -1,0 +1,174 @@
+//! Push: records and holdings spread over iroh-gossip (a HyParView swarm
+//! with Plumtree broadcast), one topic per network, members only.
+//!
+//! A change made at a node is broadcast once and reaches every member in a
+//! few hops, so its origin pays O(1) instead of a sync with every member.
+//! Gossip is best effort: a message can be lost (a node down, the swarm
+//! still forming, a lagging receiver). Anti-entropy (`sync`) repairs that,
+//! so nothing here needs to be reliable, only fast.
+
+use std::{collections::HashSet, sync::Arc};
+
+use bytes::Bytes;
+use iroh::{
+    endpoint::Connection,
+    protocol::{AcceptError, ProtocolHandler},
+};
+use iroh_gossip::{
+    api::{Event, GossipReceiver, GossipSender},
+    net::Gossip,
+    proto::TopicId,
+};
+use maki_protocol::{
+    PublicKey, RECORD_FORMAT, Signed,
+    sync::{GossipMsg, Holdings},
+};
+use n0_future::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::node::Shared;
+
+/// Messages waiting to be broadcast; more are dropped (sync repairs).
+pub const OUTBOX: usize = 64;
+
+/// The gossip protocol handler, refusing connections from non-members.
+#[derive(Debug, Clone)]
+pub struct MemberGossip {
+    pub gossip: Gossip,
+    pub shared: Arc<Shared>,
+}
+
+impl ProtocolHandler for MemberGossip {
+    async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        let member = PublicKey::from_bytes(*conn.remote_id().as_bytes())
+            .is_ok_and(|k| self.shared.peers.is_member(&k));
+        if !member {
+            conn.close(1u32.into(), b"not a member");
+            return Ok(());
+        }
+        self.gossip
+            .handle_connection(conn)
+            .await
+            .map_err(AcceptError::from_err)
+    }
+
+    async fn shutdown(&self) {
+        if let Err(error) = self.gossip.shutdown().await {
+            debug!(%error, "gossip did not shut down cleanly");
+        }
+    }
+}
+
+fn iroh_ids(keys: impl IntoIterator<Item = PublicKey>) -> Vec<iroh::EndpointId> {
+    keys.into_iter()
+        .filter_map(|k| iroh::PublicKey::from_bytes(k.as_bytes()).ok())
+        .collect()
+}
+
+/// This node's holdings, signed, as a gossip message.
+pub fn holdings(shared: &Shared) -> GossipMsg {
+    let body = Holdings {
+        format: RECORD_FORMAT,
+        node: shared.id,
+        holds: shared.holdings(),
+        at: crate::now_millis(),
+    };
+    GossipMsg::Holdings(Signed::sign(&shared.key, &body))
+}
+
+/// Runs until cancelled: joins the network's topic through the known
+/// members, broadcasts what `outbox` brings, applies what arrives.
+pub async fn run(
+    shared: Arc<Shared>,
+    gossip: Gossip,
+    mut outbox: mpsc::Receiver<GossipMsg>,
+    mut changes: watch::Receiver<u64>,
+    cancel: CancellationToken,
+) {
+    let topic = TopicId::from_bytes(*shared.network.as_bytes());
+    let mut known: HashSet<PublicKey> = shared.peers.others().into_iter().collect();
+    let sub = match gossip
+        .subscribe(topic, iroh_ids(known.iter().copied()))
+        .await
+    {
+        Ok(s) => s,
+        Err(error) => {
+            warn!(%error, "cannot join the gossip topic; relying on sync alone");
+            return;
+        }
+    };
+    let (sender, mut receiver): (GossipSender, GossipReceiver) = sub.split();
+    let limit = gossip.max_message_size();
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            msg = outbox.recv() => {
+                let Some(msg) = msg else { break };
+                let bytes = maki_protocol::rpc::encode_frame(&msg);
+                // The frame's 4-byte prefix is not needed on gossip.
+                let body = Bytes::copy_from_slice(&bytes[4..]);
+                if body.len() > limit {
+                    debug!(len = body.len(), "too big to gossip; sync will carry it");
+                    continue;
+                }
+                if let Err(error) = sender.broadcast(body).await {
+                    debug!(%error, "gossip broadcast failed");
+                }
+            }
+            event = receiver.next() => match event {
+                Some(Ok(Event::Received(m))) => receive(&shared, &m.content),
+                Some(Ok(Event::Lagged)) => {
+                    // We missed messages: a sync round fetches them.
+                    shared.push.notify_one();
+                }
+                Some(Ok(Event::NeighborUp(id))) => debug!(peer = %id.fmt_short(), "gossip neighbour up"),
+                Some(Ok(Event::NeighborDown(id))) => debug!(peer = %id.fmt_short(), "gossip neighbour down"),
+                Some(Err(error)) => debug!(%error, "gossip receive error"),
+                None => break,
+            },
+            res = changes.changed() => {
+                if res.is_err() { break }
+                // New members: tell the swarm about them.
+                let now: HashSet<PublicKey> = shared.peers.others().into_iter().collect();
+                let new: Vec<PublicKey> = now.difference(&known).copied().collect();
+                known = now;
+                if !new.is_empty() && let Err(error) = sender.join_peers(iroh_ids(new)).await {
+                    debug!(%error, "could not add peers to gossip");
+                }
+            }
+        }
+    }
+}
+
+fn receive(shared: &Shared, content: &[u8]) {
+    let msg = match maki_protocol::rpc::decode_body::<GossipMsg>(content) {
+        Ok(m) => m,
+        Err(error) => {
+            debug!(%error, "undecodable gossip (a newer node?)");
+            return;
+        }
+    };
+    match msg {
+        GossipMsg::Record(record) => {
+            if let Err(error) = shared.apply_record(&record) {
+                shared
+                    .dropped_records
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                warn!(%error, "dropped a gossiped record");
+            }
+        }
+        GossipMsg::Holdings(signed) => {
+            let Ok(h) = signed.verify() else {
+                debug!("gossiped holdings with a bad signature");
+                return;
+            };
+            if signed.signer() == h.node && shared.peers.is_member(&h.node) {
+                shared.peers.set_holds_at(&h.node, h.holds, h.at);
+            }
+        }
+        _ => {}
+    }
+}
