@@ -9,6 +9,9 @@
 # the shape, not the goal: "flat in N, within 1.5x of a single transfer at
 # N = 6" is judged in the multi-host lab with per-host bandwidth limits.
 #
+# Then, on the same network, a one-file change: how long after `maki
+# publish` returned the last node serves it (goal: within 1 s on loopback).
+#
 # usage: bench/distribute.sh [SIZE_MB] [NODE_COUNTS...]
 source "$(dirname "$0")/lib.sh"
 need rsync python3
@@ -104,7 +107,7 @@ rsync_push() {
 }
 
 echo "site: $files files, $SIZE_MB MB incompressible"
-printf '%4s  %12s  %12s  %14s  %12s\n' N makiatto_s rsync_s vs_single_x vs_rsync_x
+printf '%4s  %12s  %12s  %14s  %12s  %16s\n' N makiatto_s rsync_s vs_single_x vs_rsync_x one_file_all_s
 single=""
 for n in $COUNTS; do
     dir=$work/net$n
@@ -113,12 +116,16 @@ for n in $COUNTS; do
     t0=$(now)
     "$BIN/maki" publish "$site" --site bench.test --wait --timeout 30m >"$dir/publish.out" 2>&1
     t1=$(now)
-    stop_network
     mk=$(python3 -c "print(f'{$t1 - $t0:.2f}')")
     [ -z "$single" ] && single=$mk
+    echo "<h1>changed</h1>" >"$site/index.html"
+    "$BIN/maki" publish "$site" --site bench.test --wait --timeout 1m >"$dir/change.out" 2>&1
+    one=$(sed -n 's/.*serves it after \([0-9.]*\)s/\1/p' "$dir/change.out" | sort -n | tail -1)
+    echo '<h1>bench</h1>' >"$site/index.html"
+    stop_network
     rs=$(rsync_push "$n" "$dir")
-    printf '%4s  %12s  %12s  %14s  %12s\n' "$n" "$mk" "$rs" \
+    printf '%4s  %12s  %12s  %14s  %12s  %16s\n' "$n" "$mk" "$rs" \
         "$(python3 -c "print(f'{$mk / $single:.2f}')")" \
-        "$(python3 -c "print(f'{$mk / $rs:.2f}')")"
+        "$(python3 -c "print(f'{$mk / $rs:.2f}')")" "$one"
     rm -rf "$dir"
 done
