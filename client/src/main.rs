@@ -78,6 +78,13 @@ enum Command {
         #[command(subcommand)]
         action: Option<NodesCommand>,
     },
+    /// Pin a site to regions (admins): only nodes there hold and serve it.
+    /// Without --region, every node holds it again.
+    Pin {
+        domain: String,
+        #[arg(long = "region")]
+        regions: Vec<String>,
+    },
     /// List sites and what they serve.
     Sites,
     /// List a site's kept versions.
@@ -155,10 +162,18 @@ async fn wait_for_nodes(client: &Client, site: &Domain, seq: u64, timeout: u64) 
     use std::collections::BTreeSet;
     let start = std::time::Instant::now();
     let mut done = BTreeSet::new();
+    // Only the nodes the site's pin admits should hold it.
+    let regions = publish::site_info(client, site).await?.regions;
     loop {
         let Response::Nodes(nodes) = client.call(&Request::Nodes).await? else {
             bail!("unexpected answer");
         };
+        let nodes: Vec<_> = nodes
+            .into_iter()
+            .filter(|n| {
+                regions.is_empty() || n.region.as_ref().is_some_and(|r| regions.contains(r))
+            })
+            .collect();
         let mut waiting = Vec::new();
         for n in &nodes {
             let holds = n.holds.iter().any(|h| &h.site == site && h.seq >= seq);
@@ -407,6 +422,30 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             );
         }
+        Command::Pin { domain: d, regions } => {
+            let d = domain(d)?;
+            let (client, key) = connect(&cli, &project).await?;
+            let mut regions = regions.clone();
+            regions.sort();
+            regions.dedup();
+            let record = maki_protocol::Pin {
+                format: RECORD_FORMAT,
+                site: d.clone(),
+                regions: regions.clone(),
+                version: now_millis(),
+            };
+            client
+                .call(&Request::Pin {
+                    record: Signed::sign(&key, &record),
+                })
+                .await?;
+            client.close().await;
+            if regions.is_empty() {
+                println!("{d}: held by every node");
+            } else {
+                println!("{d}: held by nodes in {}", regions.join(", "));
+            }
+        }
         Command::Nodes {
             action: Some(NodesCommand::Remove { id }),
         } => {
@@ -471,16 +510,21 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&sites)?);
             } else {
                 for s in sites {
+                    let pinned = if s.regions.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  pinned to {}", s.regions.join(","))
+                    };
                     match s.head {
                         Some(h) => println!(
-                            "{}  version {}  {} files  {}  manifest {}",
+                            "{}  version {}  {} files  {}  manifest {}{pinned}",
                             s.domain,
                             h.version,
                             h.files,
                             human(h.bytes),
                             h.manifest.fmt_short()
                         ),
-                        None => println!("{}  (never published)", s.domain),
+                        None => println!("{}  (never published){pinned}", s.domain),
                     }
                 }
             }

@@ -306,6 +306,7 @@ impl AdminProtocol {
             Request::Invite { invite } => self.invite(caller, invite),
             Request::Nodes => self.nodes(caller),
             Request::NodeRemove { record } => self.node_remove(caller, record),
+            Request::Pin { record } => self.pin(caller, record),
             _ => Err(RpcError::BadRequest("unknown request".into())),
         }
     }
@@ -390,6 +391,38 @@ impl AdminProtocol {
             })
             .collect();
         Ok(Response::Nodes(nodes))
+    }
+
+    fn pin(
+        &self,
+        caller: PublicKey,
+        signed: Signed<maki_protocol::Pin>,
+    ) -> Result<Response, RpcError> {
+        self.require_admin(caller)?;
+        let pin = signed.verify().map_err(|_| RpcError::BadSignature)?;
+        if signed.signer() != caller {
+            return Err(RpcError::SignerMismatch);
+        }
+        if self
+            .shared
+            .state
+            .site(&pin.site)
+            .map_err(internal)?
+            .is_none()
+        {
+            return Err(RpcError::UnknownSite(pin.site));
+        }
+        match self.shared.apply_local(Record::Pin(signed)) {
+            Ok(Applied::New | Applied::Replaced) => {}
+            Ok(Applied::Stale) => {
+                return Err(RpcError::InvalidRecord(
+                    "this node holds a newer pin of the site".into(),
+                ));
+            }
+            Err(e) => return Err(RpcError::InvalidRecord(e.to_string())),
+        }
+        info!(site = %pin.site, regions = ?pin.regions, "site pinned");
+        Ok(Response::Done)
     }
 
     fn node_remove(
@@ -523,6 +556,7 @@ impl AdminProtocol {
                 continue;
             }
             let domain = record.domain;
+            let domain_for_pin = domain.clone();
             let latest_version = self
                 .shared
                 .state
@@ -566,6 +600,13 @@ impl AdminProtocol {
                 head,
                 latest_version,
                 record_version,
+                regions: self
+                    .shared
+                    .state
+                    .pin(&domain_for_pin)
+                    .map_err(internal)?
+                    .map(|p| p.regions)
+                    .unwrap_or_default(),
             });
         }
         Ok(Response::Sites(out))

@@ -165,8 +165,11 @@ fn receive(shared: &Shared, content: &[u8]) {
                 debug!("gossiped holdings with a bad signature");
                 return;
             };
-            if signed.signer() == h.node && shared.peers.is_member(&h.node) {
-                shared.peers.set_holds_at(&h.node, h.holds, h.at);
+            if signed.signer() == h.node
+                && shared.peers.is_member(&h.node)
+                && shared.peers.set_holds_at(&h.node, h.holds, h.at)
+            {
+                shared.holdings_changed();
             }
         }
         _ => {}

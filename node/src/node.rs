@@ -105,6 +105,12 @@ impl Shared {
         Ok(applied)
     }
 
+    /// What a peer serves changed: replication may now drop a site pinned
+    /// elsewhere (it watches the same signal as for records).
+    pub fn holdings_changed(&self) {
+        self.changes.send_modify(|g| *g += 1);
+    }
+
     /// Hands a message to gossip; when its queue is full the message is
     /// dropped (anti-entropy carries it instead).
     pub fn announce(&self, msg: GossipMsg) {
@@ -137,6 +143,14 @@ impl Shared {
         match (record, live) {
             (Some(r), Some(l)) => Some(if l.0 > r.0 { l } else { r }),
             (r, l) => r.or(l),
+        }
+    }
+
+    /// Whether this node should hold `domain` (its pin admits our region).
+    pub fn should_hold(&self, domain: &Domain) -> bool {
+        match self.state.pin(domain) {
+            Ok(Some(pin)) => pin.admits(self.config.region.as_deref()),
+            _ => true,
         }
     }
 

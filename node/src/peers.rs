@@ -152,24 +152,32 @@ impl Peers {
         }
     }
 
-    /// Records what a peer said it serves.
-    pub fn set_holds(&self, key: &PublicKey, holds: Vec<Holding>) {
+    /// Records what a peer said it serves; true if that changed.
+    pub fn set_holds(&self, key: &PublicKey, holds: Vec<Holding>) -> bool {
         if let Ok(mut inner) = self.inner.write()
             && let Some(p) = inner.get_mut(key)
+            && p.holds != holds
         {
             p.holds = holds;
+            return true;
         }
+        false
     }
 
-    /// Records a gossiped announcement unless a newer one came first.
-    pub fn set_holds_at(&self, key: &PublicKey, holds: Vec<Holding>, at: u64) {
+    /// Records a gossiped announcement unless a newer one came first;
+    /// true if what the peer serves changed.
+    pub fn set_holds_at(&self, key: &PublicKey, holds: Vec<Holding>, at: u64) -> bool {
         if let Ok(mut inner) = self.inner.write()
             && let Some(p) = inner.get_mut(key)
             && at > p.holds_at
         {
-            p.holds = holds;
             p.holds_at = at;
+            if p.holds != holds {
+                p.holds = holds;
+                return true;
+            }
         }
+        false
     }
 
     /// Fetch order for a version: the members that hold it (nearest

@@ -217,6 +217,10 @@ async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
             }
             continue;
         }
+        if !shared.should_hold(&site.domain) {
+            release_if_held_elsewhere(shared, &site.domain).await;
+            continue;
+        }
         let Ok(Some(signed)) = shared.state.head_record(&site.domain) else {
             continue;
         };
@@ -352,6 +356,30 @@ async fn commit(
         }
     }
     Ok(())
+}
+
+/// A site pinned away from this node: keep what it serves (it may be the
+/// only copy, e.g. just published here) until a node the pin admits serves
+/// that version or a newer one, then drop it.
+async fn release_if_held_elsewhere(shared: &Shared, domain: &Domain) {
+    let Some(live) = shared.live.get(domain.as_str()) else {
+        return;
+    };
+    let Ok(Some(pin)) = shared.state.pin(domain) else {
+        return;
+    };
+    let covered = shared.peers.all().into_iter().any(|(_, p)| {
+        pin.admits(p.region.as_deref())
+            && p.holds
+                .iter()
+                .any(|h| &h.site == domain && h.seq >= live.seq)
+    });
+    if covered {
+        let _guard = shared.head_lock.lock().await;
+        clear_site(shared, domain).await;
+        info!(site = %domain, "pinned to other regions; dropped here");
+        shared.announce(crate::gossip::holdings(shared));
+    }
 }
 
 /// Whether what this node serves is already `head` or newer. Two heads of

@@ -119,6 +119,14 @@ impl State {
         Ok(out)
     }
 
+    /// The pin of a site, if an admin set one.
+    pub fn pin(&self, domain: &Domain) -> Result<Option<maki_protocol::Pin>, StateError> {
+        Ok(match self.record(&RecordKey::Pin(domain.clone()))? {
+            Some(Body::Pin(p)) => Some(p),
+            _ => None,
+        })
+    }
+
     /// Live sites (not removed), by domain.
     pub fn sites(&self) -> Result<Vec<(Domain, SiteRec)>, StateError> {
         Ok(self

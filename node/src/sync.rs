@@ -213,7 +213,9 @@ async fn initiate(
         send.finish().map_err(stream_err)?;
         let taken = match read_msg(&mut recv).await? {
             SyncMsg::Records { records, holds, .. } => {
-                shared.peers.set_holds(&peer, holds);
+                if shared.peers.set_holds(&peer, holds) {
+                    shared.holdings_changed();
+                }
                 take_in(shared, &peer, records).0
             }
             SyncMsg::Refused(e) => return Err(e.into()),
@@ -316,7 +318,9 @@ impl SyncProtocol {
                     )
                     .await?;
                     send.finish().map_err(stream_err)?;
-                    self.shared.peers.set_holds(&peer, holds);
+                    if self.shared.peers.set_holds(&peer, holds) {
+                        self.shared.holdings_changed();
+                    }
                     let (taken, _) = take_in(&self.shared, &peer, records);
                     self.shared.peers.seen(&peer, None);
                     return Ok(taken);

@@ -24,7 +24,7 @@ pub use keys::{KeyError, PublicKey, SecretKey, Signature};
 pub use manifest::{Encoding, Entry, Head, MANIFEST_FORMAT, Manifest, ManifestError, Variant};
 pub use path::{SitePath, SitePathError};
 pub use records::{
-    AuthError, Body, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NodeRecord, RECORD_FORMAT,
+    AuthError, Body, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NodeRecord, Pin, RECORD_FORMAT,
     Record, RecordError, RecordKey, Revocation, SiteRecord, Verified, View, authorize,
 };
 pub use signed::{Signable, Signed, SignedError};

@@ -108,6 +108,27 @@ impl Signable for Revocation {
     const CONTEXT: &'static [u8] = b"makiatto/revocation/v1";
 }
 
+/// Where a site's content lives: only nodes in these regions hold and
+/// serve it (empty: every node, the default). Signed by an admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pin {
+    pub format: u16,
+    pub site: Domain,
+    pub regions: Vec<String>,
+    pub version: u64,
+}
+
+impl Signable for Pin {
+    const CONTEXT: &'static [u8] = b"makiatto/pin/v1";
+}
+
+impl Pin {
+    /// Whether a node in `region` should hold the site.
+    pub fn admits(&self, region: Option<&str>) -> bool {
+        self.regions.is_empty() || region.is_some_and(|r| self.regions.iter().any(|p| p == r))
+    }
+}
+
 /// What a record is about: one winner per key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RecordKey {
@@ -116,6 +137,7 @@ pub enum RecordKey {
     Head(Domain),
     Node(PublicKey),
     Revocation(PublicKey),
+    Pin(Domain),
 }
 
 /// Any replicated record, as it travels.
@@ -126,6 +148,7 @@ pub enum Record {
     Head(Signed<Head>),
     Node(Signed<NodeRecord>),
     Revocation(Signed<Revocation>),
+    Pin(Signed<Pin>),
 }
 
 /// A record that cannot be taken in.
@@ -160,6 +183,7 @@ pub enum Body {
     Head(Head),
     Node(NodeRecord),
     Revocation(Revocation),
+    Pin(Pin),
 }
 
 fn check_format(format: u16) -> Result<(), RecordError> {
@@ -218,6 +242,16 @@ impl Record {
                     v.version,
                     s.signer(),
                     Body::Revocation(v),
+                )
+            }
+            Record::Pin(s) => {
+                let v = s.verify()?;
+                check_format(v.format)?;
+                (
+                    RecordKey::Pin(v.site.clone()),
+                    v.version,
+                    s.signer(),
+                    Body::Pin(v),
                 )
             }
         };
@@ -283,7 +317,7 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
         }
     };
     match &v.body {
-        Body::Invite(_) | Body::Site(_) | Body::Revocation(_) => admin(v.signer),
+        Body::Invite(_) | Body::Site(_) | Body::Revocation(_) | Body::Pin(_) => admin(v.signer),
         Body::Head(h) => match view.site(&h.site) {
             Some(site) if !site.removed => {
                 if site.publishers.contains(&v.signer) {

@@ -50,6 +50,8 @@ pub enum Request {
     /// Admin: revoke a node. Its records and connections are refused from
     /// then on, by every member.
     NodeRemove { record: Signed<Revocation> },
+    /// Admin: pin a site to regions (none: every node).
+    Pin { record: Signed<crate::Pin> },
 }
 
 /// A member node as `maki nodes` shows it, seen from the node asked.
@@ -103,6 +105,8 @@ pub struct SiteInfo {
     pub latest_version: u64,
     /// Version of the site's record; a change must carry a higher one.
     pub record_version: u64,
+    /// Regions the site is pinned to (empty: every node holds it).
+    pub regions: Vec<String>,
 }
 
 /// The version a site serves now.

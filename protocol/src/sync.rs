@@ -117,9 +117,10 @@ pub fn apply_rank(record: &Record) -> u8 {
     match record {
         Record::Invite(_) => 0,
         Record::Site(_) => 1,
-        Record::Revocation(_) => 2,
-        Record::Node(_) => 3,
-        Record::Head(_) => 4,
+        Record::Pin(_) => 2,
+        Record::Revocation(_) => 3,
+        Record::Node(_) => 4,
+        Record::Head(_) => 5,
     }
 }
 

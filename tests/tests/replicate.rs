@@ -488,3 +488,41 @@ async fn a_forged_head_from_a_member_is_dropped() -> Result<()> {
     ensure!(log.contains("not one of its publishers"), "{log}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pinned_site_lives_only_in_its_regions() -> Result<()> {
+    let mut net = network(1)?;
+    for region in ["eu", "us"] {
+        let ticket = net.admin.ok(&["invite"])?.trim().to_owned();
+        let dir = net.tmp.path().join(region);
+        net.nodes
+            .push(NodeProc::join_with(&dir, &ticket, &["--region", region])?);
+    }
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    std::fs::write(site.join("index.html"), b"pinned")?;
+    net.admin.ok(&["site", "add", "r.test"])?;
+    let out = net.admin.ok(&["pin", "r.test", "--region", "us"])?;
+    ensure!(out.contains("held by nodes in us"), "{out}");
+    // Published at the unpinned first node: --wait waits for "us" only.
+    let out = publish(&net.admin, &site, &["--wait", "--timeout", "20s"])?;
+    ensure!(out.contains("all 1 nodes serve"), "{out}");
+    let us = net.nodes[2].http;
+    ensure!(body_of(us, "r.test", "/").await.as_deref() == Some(&b"pinned"[..]));
+    // The publishing node lets go once "us" holds it; "eu" never fetches.
+    let first = net.nodes[0].http;
+    wait_for(
+        CONVERGE,
+        "the first node to drop the pinned site",
+        || async move { Ok(body_of(first, "r.test", "/").await.is_none()) },
+    )
+    .await?;
+    ensure!(body_of(net.nodes[1].http, "r.test", "/").await.is_none());
+    ensure!(net.admin.ok(&["sites"])?.contains("pinned to us"));
+
+    // Unpinned: every node holds it again.
+    let out = net.admin.ok(&["pin", "r.test"])?;
+    ensure!(out.contains("held by every node"), "{out}");
+    all_serve(&net, "r.test", "/", b"pinned").await?;
+    Ok(())
+}
