@@ -162,7 +162,8 @@ async fn a_frozen_node_holds_nobody_up_and_converges_after() -> Result<()> {
                     }
                 })
                 .await?;
-            ensure!(took < Duration::from_secs(5), "a live node took {took:?}");
+            // Below the 10 s sync timeout: nobody waited for the frozen node.
+            ensure!(took < Duration::from_secs(8), "a live node took {took:?}");
         }
     }
     // Longer than the sync timeout.
