@@ -119,7 +119,14 @@ pub async fn run(
                 }
             }
             event = receiver.next() => match event {
-                Some(Ok(Event::Received(m))) => receive(&shared, &m.content),
+                Some(Ok(Event::Received(m))) => {
+                    // A connection opened before its peer was revoked may
+                    // still deliver: only members' deliveries count.
+                    let from = PublicKey::from_bytes(*m.delivered_from.as_bytes());
+                    if from.is_ok_and(|k| shared.peers.is_member(&k)) {
+                        receive(&shared, &m.content);
+                    }
+                }
                 Some(Ok(Event::Lagged)) => {
                     // We missed messages: a sync round fetches them.
                     shared.push.notify_one();

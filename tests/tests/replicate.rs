@@ -73,6 +73,12 @@ async fn three_nodes_serve_what_one_was_sent() -> Result<()> {
         .await?;
     }
 
+    // A rollback made at a third node reaches every node.
+    let at2 = net.admin_at(2);
+    let out = at2.ok(&["rollback", "r.test"])?;
+    ensure!(out.contains("version 1"), "{out}");
+    all_serve(&net, "r.test", "/", &index).await?;
+
     // Removal replicates too.
     net.admin.ok(&["site", "remove", "r.test"])?;
     for n in &net.nodes {
