@@ -182,6 +182,9 @@ pub async fn run(
     mut changes: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
+    // Retries of a fetch nobody can serve back off (2 s, 4 s, … 64 s); any
+    // change of records or holdings tries again at once.
+    let mut failures = 0u32;
     loop {
         changes.borrow_and_update();
         let pending = tokio::select! {
@@ -189,11 +192,17 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             pending = pass(&shared, &endpoint) => pending,
         };
+        failures = if pending {
+            failures.saturating_add(1)
+        } else {
+            0
+        };
+        let wait = RETRY * 2u32.pow(failures.saturating_sub(1).min(5));
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             res = changes.changed() => if res.is_err() { break },
-            _ = tokio::time::sleep(RETRY), if pending => {},
+            _ = tokio::time::sleep(wait), if pending => {},
         }
     }
 }
