@@ -18,7 +18,7 @@ use iroh::{
 };
 use iroh_blobs::provider::events::{AbortReason, ProviderMessage};
 use maki_protocol::{
-    Domain, Hash, Head, Invite, Manifest, PublicKey, Record, Signed, SiteRecord,
+    Domain, Hash, Head, Invite, Manifest, PublicKey, Record, Signable, Signed, SiteRecord,
     rpc::{self, HeadInfo, Request, Response, RpcError, SiteInfo, VersionInfo},
 };
 use tokio::sync::mpsc;
@@ -312,14 +312,8 @@ impl AdminProtocol {
     }
 
     fn invite(&self, caller: PublicKey, signed: Signed<Invite>) -> Result<Response, RpcError> {
-        self.require_admin(caller)?;
+        let invite = self.admin_signed(caller, &signed)?;
         let bad = |m: &str| Err(RpcError::InvalidInvite(m.to_owned()));
-        let Ok(invite) = signed.verify() else {
-            return Err(RpcError::BadSignature);
-        };
-        if signed.signer() != caller {
-            return Err(RpcError::SignerMismatch);
-        }
         if invite.format > maki_protocol::RECORD_FORMAT {
             return bad("made by a newer maki; upgrade this node");
         }
@@ -398,11 +392,7 @@ impl AdminProtocol {
         caller: PublicKey,
         signed: Signed<maki_protocol::Pin>,
     ) -> Result<Response, RpcError> {
-        self.require_admin(caller)?;
-        let pin = signed.verify().map_err(|_| RpcError::BadSignature)?;
-        if signed.signer() != caller {
-            return Err(RpcError::SignerMismatch);
-        }
+        let pin = self.admin_signed(caller, &signed)?;
         if self
             .shared
             .state
@@ -412,15 +402,7 @@ impl AdminProtocol {
         {
             return Err(RpcError::UnknownSite(pin.site));
         }
-        match self.shared.apply_local(Record::Pin(signed)) {
-            Ok(Applied::New | Applied::Replaced) => {}
-            Ok(Applied::Stale) => {
-                return Err(RpcError::InvalidRecord(
-                    "this node holds a newer pin of the site".into(),
-                ));
-            }
-            Err(e) => return Err(RpcError::InvalidRecord(e.to_string())),
-        }
+        self.apply_admin(Record::Pin(signed), "pin of the site")?;
         info!(site = %pin.site, regions = ?pin.regions, "site pinned");
         Ok(Response::Done)
     }
@@ -430,11 +412,7 @@ impl AdminProtocol {
         caller: PublicKey,
         signed: Signed<maki_protocol::Revocation>,
     ) -> Result<Response, RpcError> {
-        self.require_admin(caller)?;
-        let revocation = signed.verify().map_err(|_| RpcError::BadSignature)?;
-        if signed.signer() != caller {
-            return Err(RpcError::SignerMismatch);
-        }
+        let revocation = self.admin_signed(caller, &signed)?;
         if !self.shared.peers.is_member(&revocation.node) {
             return Err(RpcError::UnknownNode(revocation.node));
         }
@@ -443,9 +421,7 @@ impl AdminProtocol {
                 "a node cannot revoke itself; ask another member".into(),
             ));
         }
-        self.shared
-            .apply_local(Record::Revocation(signed))
-            .map_err(|e| RpcError::InvalidRecord(e.to_string()))?;
+        self.apply_admin(Record::Revocation(signed), "revocation of that node")?;
         info!(node = %revocation.node.fmt_short(), "node revoked");
         Ok(Response::Done)
     }
@@ -477,11 +453,12 @@ impl AdminProtocol {
     }
 
     /// Checks a site record from `caller` and takes it in (it replicates).
-    fn site_record(
+    /// An admin's signed record: the caller is an admin and signed it.
+    fn admin_signed<T: Signable>(
         &self,
         caller: PublicKey,
-        signed: &Signed<SiteRecord>,
-    ) -> Result<SiteRecord, RpcError> {
+        signed: &Signed<T>,
+    ) -> Result<T, RpcError> {
         self.require_admin(caller)?;
         let record = signed.verify().map_err(|_| RpcError::BadSignature)?;
         if signed.signer() != caller {
@@ -490,12 +467,13 @@ impl AdminProtocol {
         Ok(record)
     }
 
-    fn apply_site(&self, signed: Signed<SiteRecord>) -> Result<(), RpcError> {
-        match self.shared.apply_local(Record::Site(signed)) {
+    /// Takes in a record made here; an older one than held is refused.
+    fn apply_admin(&self, record: Record, what: &str) -> Result<(), RpcError> {
+        match self.shared.apply_local(record) {
             Ok(Applied::New | Applied::Replaced) => Ok(()),
-            Ok(Applied::Stale) => Err(RpcError::InvalidRecord(
-                "this node holds a newer record of the site; list sites and try again".into(),
-            )),
+            Ok(Applied::Stale) => Err(RpcError::InvalidRecord(format!(
+                "this node holds a newer {what}; list and try again"
+            ))),
             Err(e) => Err(RpcError::InvalidRecord(e.to_string())),
         }
     }
@@ -505,7 +483,7 @@ impl AdminProtocol {
         caller: PublicKey,
         signed: Signed<SiteRecord>,
     ) -> Result<Response, RpcError> {
-        let record = self.site_record(caller, &signed)?;
+        let record = self.admin_signed(caller, &signed)?;
         if record.removed || record.publishers.is_empty() {
             return Err(RpcError::InvalidRecord(
                 "a new site needs publishers and must not be marked removed".into(),
@@ -521,7 +499,7 @@ impl AdminProtocol {
         {
             return Err(RpcError::SiteExists(record.domain));
         }
-        self.apply_site(signed)?;
+        self.apply_admin(Record::Site(signed), "record of the site")?;
         info!(site = %record.domain, "site added");
         Ok(Response::Done)
     }
@@ -531,7 +509,7 @@ impl AdminProtocol {
         caller: PublicKey,
         signed: Signed<SiteRecord>,
     ) -> Result<Response, RpcError> {
-        let record = self.site_record(caller, &signed)?;
+        let record = self.admin_signed(caller, &signed)?;
         if !record.removed {
             return Err(RpcError::InvalidRecord(
                 "a removal must be marked removed".into(),
@@ -542,7 +520,7 @@ impl AdminProtocol {
         if self.shared.state.site(&domain).map_err(internal)?.is_none() {
             return Err(RpcError::UnknownSite(domain));
         }
-        self.apply_site(signed)?;
+        self.apply_admin(Record::Site(signed), "record of the site")?;
         crate::replicate::clear_site(&self.shared, &domain).await;
         info!(site = %domain, "site removed");
         Ok(Response::Done)
