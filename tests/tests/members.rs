@@ -1,0 +1,154 @@
+//! Members only: a stranger with a valid iroh key but no place in the
+//! network cannot sync, gossip or read blobs, however it introduces
+//! itself; a newer sync format is refused by name.
+
+use anyhow::{Context, Result, ensure};
+use iroh::{EndpointAddr, endpoint::Connection};
+use maki_e2e::one_site;
+use maki_protocol::{
+    Hash, NodeRecord, NodeTicket, RECORD_FORMAT, SecretKey, Signed,
+    rpc::{self},
+    sync::{GOSSIP_ALPN, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg},
+};
+
+async fn hello(conn: &Connection, msg: &SyncMsg) -> Result<SyncMsg> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&rpc::encode_frame(msg)).await?;
+    let mut prefix = [0u8; 4];
+    recv.read_exact(&mut prefix).await?;
+    let mut body = vec![0u8; rpc::frame_len(prefix)?];
+    recv.read_exact(&mut body).await?;
+    Ok(rpc::decode_body(&body)?)
+}
+
+#[tokio::test]
+async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
+    let (net, site) = one_site("m.test")?;
+    net.admin.ok(&[
+        "publish",
+        site.to_str().unwrap_or_default(),
+        "--site",
+        "m.test",
+    ])?;
+    let sites: serde_json::Value = serde_json::from_str(&net.admin.ok(&["sites", "--json"])?)?;
+    let manifest: Hash = sites[0]["head"]["manifest"]
+        .as_array()
+        .context("manifest")?
+        .iter()
+        .map(|b| b.as_u64().unwrap_or(0) as u8)
+        .collect::<Vec<u8>>()
+        .try_into()
+        .map(Hash::from_bytes)
+        .map_err(|_| anyhow::anyhow!("manifest is not 32 bytes"))?;
+    let network = makiatto::identity::load_genesis(&net.node.dir)?.id;
+
+    let ticket: NodeTicket = net.node.ticket.parse()?;
+    let mut addr = EndpointAddr::new(iroh::PublicKey::from_bytes(ticket.id.as_bytes())?);
+    for a in &ticket.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let key = SecretKey::from_bytes(&[42; 32]);
+    let ep =
+        makiatto::node::bind_endpoint(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
+    let me = |invite| {
+        Signed::sign(
+            &key,
+            &NodeRecord {
+                format: RECORD_FORMAT,
+                id: key.public(),
+                addrs: vec![],
+                region: None,
+                location: None,
+                version: 1,
+                invite,
+            },
+        )
+    };
+    let hello_with = |format, network, invite| SyncMsg::Hello {
+        format,
+        network,
+        me: me(invite),
+        invite: None,
+    };
+
+    // A self-signed record naming an invite nobody issued: not a member.
+    let conn = ep.connect(addr.clone(), SYNC_ALPN).await?;
+    let answer = hello(
+        &conn,
+        &hello_with(SYNC_FORMAT, network, Some(Hash::of(b"no such invite"))),
+    )
+    .await?;
+    ensure!(
+        matches!(answer, SyncMsg::Refused(SyncError::NotMember(_))),
+        "{answer:?}"
+    );
+    // Claiming to be the founder (no invite) does not work either.
+    let conn = ep.connect(addr.clone(), SYNC_ALPN).await?;
+    let answer = hello(&conn, &hello_with(SYNC_FORMAT, network, None)).await?;
+    ensure!(
+        matches!(answer, SyncMsg::Refused(SyncError::NotMember(_))),
+        "{answer:?}"
+    );
+    // Another network, and a newer format: refused, and said why.
+    let conn = ep.connect(addr.clone(), SYNC_ALPN).await?;
+    let answer = hello(
+        &conn,
+        &hello_with(SYNC_FORMAT, Hash::of(b"elsewhere"), None),
+    )
+    .await?;
+    ensure!(
+        answer == SyncMsg::Refused(SyncError::WrongNetwork),
+        "{answer:?}"
+    );
+    let conn = ep.connect(addr.clone(), SYNC_ALPN).await?;
+    let answer = hello(&conn, &hello_with(SYNC_FORMAT + 1, network, None)).await?;
+    ensure!(
+        answer
+            == SyncMsg::Refused(SyncError::NewerFormat {
+                found: SYNC_FORMAT + 1
+            }),
+        "{answer:?}"
+    );
+    ensure!(
+        answer.to_string_lossy().contains("upgrade"),
+        "the refusal must say what to do"
+    );
+
+    // Gossip: the connection is closed at once.
+    let conn = ep.connect(addr.clone(), GOSSIP_ALPN).await?;
+    let reason = conn.closed().await;
+    ensure!(reason.to_string().contains("not a member"), "{reason}");
+
+    // Blobs: the manifest exists, yet a stranger cannot read it.
+    let store = iroh_blobs::store::mem::MemStore::new();
+    let conn = ep.connect(addr, iroh_blobs::ALPN).await?;
+    let got = store
+        .remote()
+        .fetch(
+            conn,
+            iroh_blobs::HashAndFormat::raw(iroh_blobs::Hash::from_bytes(*manifest.as_bytes())),
+        )
+        .await;
+    ensure!(got.is_err(), "a stranger read a blob");
+    ensure!(
+        !store
+            .has(iroh_blobs::Hash::from_bytes(*manifest.as_bytes()))
+            .await?,
+        "a stranger holds the manifest"
+    );
+    ep.close().await;
+    Ok(())
+}
+
+trait Lossy {
+    fn to_string_lossy(&self) -> String;
+}
+
+impl Lossy for SyncMsg {
+    fn to_string_lossy(&self) -> String {
+        match self {
+            SyncMsg::Refused(e) => e.to_string(),
+            other => format!("{other:?}"),
+        }
+    }
+}
