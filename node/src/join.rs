@@ -2,8 +2,8 @@
 //! the client side `makiatto join` uses.
 //!
 //! Only the issuing node redeems its invites, so single use holds even
-//! while the network is partitioned. Replicating the new member's record
-//! and the network's state to it is the `state` work that follows.
+//! while the network is partitioned. The new member then introduces itself
+//! to every member through `sync`.
 
 use std::{sync::Arc, time::Duration};
 
@@ -76,7 +76,9 @@ impl ProtocolHandler for JoinProtocol {
             recv.read_exact(&mut body).await.ok()?;
             let response = match rpc::decode_body::<JoinRequest>(&body) {
                 Ok(req) => self.redeem(node, req, crate::now()),
-                Err(e) => JoinResponse::Refused(JoinError::Internal(e.to_string())),
+                Err(e) => JoinResponse::Refused(JoinError::Internal(format!(
+                    "the join request does not decode ({e}); is the joining makiatto newer than this node? upgrade this node"
+                ))),
             };
             send.write_all(&rpc::encode_frame(&response)).await.ok()?;
             send.finish().ok()?;
