@@ -487,12 +487,18 @@ async fn run(cli: Cli) -> Result<()> {
                         .iter()
                         .map(|h| format!("{}@{}", h.site, h.seq))
                         .collect();
+                    let roles = if n.roles.is_empty() {
+                        "no public roles".to_owned()
+                    } else {
+                        n.roles.join(",")
+                    };
                     println!(
-                        "{}  {}{}  {}  {}{}  serves [{}]",
+                        "{}  {}{}  {}  {}  {}{}  serves [{}]",
                         n.id,
                         n.region.as_deref().unwrap_or("-"),
                         place,
                         addrs.join(","),
+                        roles,
                         n.health,
                         rtt,
                         holds.join(", ")

@@ -381,6 +381,7 @@ impl AdminProtocol {
                     health,
                     rtt_us: p.rtt.map(|d| d.as_micros() as u64),
                     holds: if me { self.shared.holdings() } else { p.holds },
+                    roles: p.roles,
                 }
             })
             .collect();

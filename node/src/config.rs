@@ -20,6 +20,10 @@ pub struct Config {
     /// Where this node is, in degrees `[latitude, longitude]`, for GeoDNS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<[f64; 2]>,
+    /// What this node offers the public: `["http"]` (the default) serves
+    /// sites; `[]` makes a node that only holds and forwards content.
+    #[serde(default = "default_roles")]
+    pub roles: Vec<String>,
     /// Where the HTTP edge listens (TCP). Default `0.0.0.0:80`.
     #[serde(default = "default_http")]
     pub http: SocketAddr,
@@ -63,6 +67,13 @@ fn default_http() -> SocketAddr {
 fn default_p2p() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 51821))
 }
+fn default_roles() -> Vec<String> {
+    vec![maki_protocol::ROLE_HTTP.to_owned()]
+}
+
+/// The roles this version knows.
+const KNOWN_ROLES: &[&str] = &[maki_protocol::ROLE_HTTP];
+
 fn default_sync_interval() -> std::time::Duration {
     std::time::Duration::from_secs(5)
 }
@@ -87,6 +98,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             region: None,
+            roles: default_roles(),
             location: None,
             http: default_http(),
             p2p: default_p2p(),
@@ -147,6 +159,16 @@ impl Config {
         if self.http_header_timeout < std::time::Duration::from_millis(500) {
             return Err("http_header_timeout must be at least 500ms".into());
         }
+        if let Some(r) = self
+            .roles
+            .iter()
+            .find(|r| !KNOWN_ROLES.contains(&r.as_str()))
+        {
+            return Err(format!(
+                "unknown role {r:?} (known: {})",
+                KNOWN_ROLES.join(", ")
+            ));
+        }
         if self.sync_interval < std::time::Duration::from_millis(100) {
             return Err("sync_interval must be at least 100ms".into());
         }
@@ -163,6 +185,7 @@ impl Config {
             .iter()
             .map(|a| format!("\"{a}\""))
             .collect();
+        let roles: Vec<String> = self.roles.iter().map(|r| format!("{r:?}")).collect();
         let region = match &self.region {
             Some(r) => format!("region = \"{}\"\n", r.escape_default()),
             None => "# region = \"eu\"\n".into(),
@@ -177,6 +200,8 @@ impl Config {
              \n\
              # Region name and [latitude, longitude], for pinning and GeoDNS.\n\
              {region}{location}\
+             # What this node offers: [\"http\"] serves sites; [] only holds content.\n\
+             roles = [{}]\n\
              # HTTP edge (TCP).\n\
              http = \"{}\"\n\
              # iroh endpoint for peers and the CLI (UDP, QUIC).\n\
@@ -197,6 +222,7 @@ impl Config {
              memory_cache_bytes = {}\n\
              # Largest blob kept in that memory, in bytes.\n\
              memory_cache_max_blob = {}\n",
+            roles.join(", "),
             self.http,
             self.p2p,
             addrs.join(", "),
@@ -235,6 +261,17 @@ mod tests {
             std::fs::copy(examples.join(name), dir.path().join(CONFIG_FILE))?;
             Config::load(dir.path()).map_err(|e| format!("{name}: {e}"))?;
         }
+        Ok(())
+    }
+
+    #[test]
+    fn unknown_roles_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join(CONFIG_FILE), "roles = [\"dns\"]\n")?;
+        let err = Config::load(dir.path()).expect_err("no dns role yet");
+        assert!(err.to_string().contains("unknown role \"dns\""), "{err}");
+        std::fs::write(dir.path().join(CONFIG_FILE), "roles = []\n")?;
+        assert!(Config::load(dir.path())?.roles.is_empty());
         Ok(())
     }
 

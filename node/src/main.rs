@@ -132,7 +132,8 @@ async fn run_node(data_dir: &std::path::Path) -> Result<()> {
     writeln!(
         out,
         "ready http={} ticket={}",
-        node.http_addr(),
+        node.http_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
         node.ticket()
     )?;
     out.flush()?;

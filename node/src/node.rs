@@ -19,8 +19,8 @@ use iroh_blobs::{
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
 use maki_protocol::{
-    Domain, Genesis, Hash, Invite, Manifest, NodeRecord, NodeTicket, PublicKey, Record, SecretKey,
-    Signed,
+    Domain, Genesis, Hash, Invite, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record,
+    SecretKey, Signed,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
     sync::{GOSSIP_ALPN, GossipMsg, Holding, SYNC_ALPN},
 };
@@ -218,8 +218,8 @@ pub enum NodeError {
 pub struct Node {
     shared: Arc<Shared>,
     router: Router,
-    http_addr: SocketAddr,
-    edge: edge::Edge,
+    http_addr: Option<SocketAddr>,
+    edge: Option<edge::Edge>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -300,14 +300,19 @@ impl Node {
             .accept(JOIN_ALPN, crate::join::JoinProtocol::new(shared.clone()))
             .spawn();
 
-        let edge = edge::Edge::spawn(
-            shared.config.http,
-            shared.config.http_threads,
-            shared.clone(),
-            cancel.clone(),
-        )?;
-        let http_addr = edge.local_addr();
-        info!(node = %key.public().fmt_short(), %http_addr, "node started");
+        // A node without the http role holds and forwards content only.
+        let edge = if shared.config.roles.iter().any(|r| r == ROLE_HTTP) {
+            Some(edge::Edge::spawn(
+                shared.config.http,
+                shared.config.http_threads,
+                shared.clone(),
+                cancel.clone(),
+            )?)
+        } else {
+            None
+        };
+        let http_addr = edge.as_ref().map(|e| e.local_addr());
+        info!(node = %key.public().fmt_short(), http_addr = ?http_addr, "node started");
         let invite = identity::load_invite(data_dir)?;
         let node = Self {
             shared,
@@ -378,6 +383,7 @@ impl Node {
             location: config.location.map(|[lat, lon]| (lat, lon)),
             version: crate::now().max(previous.map_or(0, |v| v + 1)),
             invite: secret_hash,
+            roles: config.roles.clone(),
         };
         if let Err(error) = self
             .shared
@@ -387,7 +393,8 @@ impl Node {
         }
     }
 
-    pub fn http_addr(&self) -> SocketAddr {
+    /// Where the HTTP edge listens; `None` without the http role.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
     }
 
@@ -424,7 +431,9 @@ impl Node {
     /// Stops accepting, drains, then closes the stores.
     pub async fn shutdown(mut self) {
         self.cancel.cancel();
-        self.edge.join().await;
+        if let Some(edge) = self.edge.take() {
+            edge.join().await;
+        }
         if let Err(error) = self.router.shutdown().await {
             warn!(%error, "p2p router did not shut down cleanly");
         }

@@ -22,6 +22,7 @@ pub struct Peer {
     pub addrs: Vec<SocketAddr>,
     pub region: Option<String>,
     pub location: Option<(f64, f64)>,
+    pub roles: Vec<String>,
     /// Round trip of the last successful exchange.
     pub rtt: Option<Duration>,
     /// When the last exchange with it succeeded.
@@ -75,6 +76,7 @@ impl Peers {
                     addrs: n.addrs.clone(),
                     region: n.region.clone(),
                     location: n.location,
+                    roles: n.roles.clone(),
                     rtt: old.and_then(|p| p.rtt),
                     seen: old.and_then(|p| p.seen),
                     failing: old.is_some_and(|p| p.failing),

@@ -2,11 +2,39 @@
 
 use std::{fmt, str::FromStr};
 
-use serde::{Deserialize, Serialize};
-
 /// A BLAKE3 hash: the name of a blob.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Hash([u8; 32]);
+
+/// 32-byte values travel as raw bytes (postcard) and read as 64 hex
+/// characters in human-readable formats (`--json`), both ways.
+macro_rules! hex32_serde {
+    ($ty:ty, $bytes:expr, $new:expr) => {
+        impl serde::Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                if s.is_human_readable() {
+                    s.collect_str(self)
+                } else {
+                    serde::Serialize::serialize(&$bytes(self), s)
+                }
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                if d.is_human_readable() {
+                    let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+                    s.parse().map_err(serde::de::Error::custom)
+                } else {
+                    <[u8; 32] as serde::Deserialize>::deserialize(d).map($new)
+                }
+            }
+        }
+    };
+}
+pub(crate) use hex32_serde;
+
+hex32_serde!(Hash, |h: &Hash| h.0, Hash);
 
 /// A hash in text form that is not 64 hex characters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,6 +115,24 @@ pub(crate) fn parse_hex32(s: &str) -> Option<[u8; 32]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn raw_on_the_wire_hex_in_json() {
+        let h = Hash::of(b"hello");
+        let wire = postcard::to_stdvec(&h).expect("encode");
+        assert_eq!(wire, h.as_bytes().to_vec(), "32 raw bytes, as before");
+        assert_eq!(postcard::from_bytes::<Hash>(&wire).expect("decode"), h);
+        let json = serde_json::to_string(&h).expect("json");
+        assert_eq!(json, format!("\"{h}\""));
+        assert_eq!(serde_json::from_str::<Hash>(&json).expect("from json"), h);
+        assert!(serde_json::from_str::<Hash>("\"xyz\"").is_err());
+        let k = crate::SecretKey::from_bytes(&[3; 32]).public();
+        let json = serde_json::to_string(&k).expect("json");
+        assert_eq!(
+            serde_json::from_str::<crate::PublicKey>(&json).expect("key"),
+            k
+        );
+    }
 
     #[test]
     fn hex_round_trip() {

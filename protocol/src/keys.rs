@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use crate::hash::{parse_hex32, write_hex};
 
 /// A public key, shown as 64 lowercase hex characters.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PublicKey([u8; 32]);
+
+crate::hash::hex32_serde!(PublicKey, |k: &PublicKey| k.0, PublicKey);
 
 /// A secret signing key. Never printed.
 #[derive(Clone)]

@@ -25,7 +25,7 @@ pub use manifest::{Encoding, Entry, Head, MANIFEST_FORMAT, Manifest, ManifestErr
 pub use path::{SitePath, SitePathError};
 pub use records::{
     AuthError, Body, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NodeRecord, Pin, RECORD_FORMAT,
-    Record, RecordError, RecordKey, Revocation, SiteRecord, Verified, View, authorize,
+    ROLE_HTTP, Record, RecordError, RecordKey, Revocation, SiteRecord, Verified, View, authorize,
 };
 pub use signed::{Signable, Signed, SignedError};
 pub use ticket::{NodeTicket, TicketError};

@@ -89,7 +89,13 @@ pub struct NodeRecord {
     /// Hash of the signed invite this node redeemed; `None` for the node
     /// that created the network (vouched for by the genesis record).
     pub invite: Option<Hash>,
+    /// What it offers the public: [`ROLE_HTTP`] (the web edge). Names a
+    /// newer node adds are kept and ignored by older ones.
+    pub roles: Vec<String>,
 }
+
+/// The role of a node that serves sites over HTTP.
+pub const ROLE_HTTP: &str = "http";
 
 impl Signable for NodeRecord {
     const CONTEXT: &'static [u8] = b"makiatto/node/v1";
@@ -554,6 +560,7 @@ mod tests {
             location: Some((50.1, 8.7)),
             version: 1,
             invite,
+            roles: vec![ROLE_HTTP.into()],
         };
         let founding = node(founder.public(), None);
         assert_eq!(

@@ -67,6 +67,8 @@ pub struct NodeInfo {
     pub rtt_us: Option<u64>,
     /// The site versions it holds and serves.
     pub holds: Vec<crate::sync::Holding>,
+    /// What it offers the public (see [`crate::ROLE_HTTP`]).
+    pub roles: Vec<String>,
 }
 
 /// How the node asked sees a member.

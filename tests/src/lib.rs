@@ -109,6 +109,7 @@ fn join_args(ticket: &str) -> [&str; 6] {
 #[derive(Debug)]
 pub struct NodeProc {
     pub dir: PathBuf,
+    /// The HTTP edge (`0.0.0.0:0` for a node without the http role).
     pub http: SocketAddr,
     pub ticket: String,
     child: Child,
@@ -210,7 +211,11 @@ impl NodeProc {
                 .find_map(|kv| kv.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
                 .map(str::to_owned)
         };
-        let http = field("http").context("no http= in ready line")?.parse()?;
+        // `http=off`: a node without the http role (no edge to reach).
+        let http = match field("http").context("no http= in ready line")?.as_str() {
+            "off" => SocketAddr::from(([0, 0, 0, 0], 0)),
+            addr => addr.parse()?,
+        };
         let ticket = field("ticket").context("no ticket= in ready line")?;
         Ok(Self {
             dir: dir.to_owned(),

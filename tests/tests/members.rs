@@ -31,15 +31,11 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
         "m.test",
     ])?;
     let sites: serde_json::Value = serde_json::from_str(&net.admin.ok(&["sites", "--json"])?)?;
+    // `--json` shows hashes as hex, like everything people read.
     let manifest: Hash = sites[0]["head"]["manifest"]
-        .as_array()
-        .context("manifest")?
-        .iter()
-        .map(|b| b.as_u64().unwrap_or(0) as u8)
-        .collect::<Vec<u8>>()
-        .try_into()
-        .map(Hash::from_bytes)
-        .map_err(|_| anyhow::anyhow!("manifest is not 32 bytes"))?;
+        .as_str()
+        .context("manifest as hex")?
+        .parse()?;
     let network = makiatto::identity::load_genesis(&net.node.dir)?.id;
 
     let ticket: NodeTicket = net.node.ticket.parse()?;
@@ -61,6 +57,7 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
                 location: None,
                 version: 1,
                 invite,
+                roles: vec![],
             },
         )
     };

@@ -534,3 +534,36 @@ async fn a_pinned_site_lives_only_in_its_regions() -> Result<()> {
     all_serve(&net, "r.test", "/", b"pinned").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_node_without_the_http_role_holds_content_but_serves_no_visitors() -> Result<()> {
+    let mut net = network(3)?;
+    let quiet = net.nodes.remove(2);
+    let dir = quiet.dir.clone();
+    let id = quiet.id()?;
+    quiet.stop()?;
+    let config = dir.join("makiatto.toml");
+    let text = std::fs::read_to_string(&config)?;
+    ensure!(text.contains("roles = [\"http\"]"), "{text}");
+    std::fs::write(&config, text.replace("roles = [\"http\"]", "roles = []"))?;
+    let quiet = NodeProc::start(&dir)?;
+    ensure!(quiet.http.port() == 0, "it must not listen for visitors");
+    net.nodes.push(quiet);
+
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin.ok(&["site", "add", "r.test"])?;
+    let out = publish(&net.admin, &site, &["--wait", "--timeout", "20s"])?;
+    // It holds the version like every node (others may fetch from it).
+    ensure!(out.contains("all 3 nodes serve"), "{out}");
+    let nodes: serde_json::Value = serde_json::from_str(&net.admin.ok(&["nodes", "--json"])?)?;
+    let roles: Vec<String> = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["id"] == serde_json::json!(id))
+        .map(|n| n["roles"].to_string())
+        .collect();
+    ensure!(roles == vec!["[]".to_owned()], "{roles:?} in {nodes}");
+    Ok(())
+}
