@@ -1,16 +1,23 @@
 //! Everything a peer or a CLI can send decodes to a value or an error:
-//! admin frames, replicated records, tickets.
+//! admin frames, sync and gossip messages, replicated records, tickets.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use maki_protocol::{
     InviteTicket, NodeTicket, Record,
-    rpc::{self, Request, Response},
+    rpc::{self, JoinRequest, JoinResponse, Request, Response},
+    sync::{GossipMsg, SyncMsg},
 };
 
 fuzz_target!(|data: &[u8]| {
     let _ = rpc::decode_body::<Request>(data);
     let _ = rpc::decode_body::<Response>(data);
+    let _ = rpc::decode_body::<JoinRequest>(data);
+    let _ = rpc::decode_body::<JoinResponse>(data);
+    let _ = rpc::decode_body::<SyncMsg>(data);
+    if let Ok(GossipMsg::Holdings(h)) = rpc::decode_body::<GossipMsg>(data) {
+        let _ = h.verify();
+    }
     if let Ok(r) = postcard::from_bytes::<Record>(data) {
         let _ = r.verify();
     }
