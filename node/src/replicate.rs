@@ -3,9 +3,9 @@
 //! Whenever the records change, each site's newest head is compared with
 //! the head this node serves. A newer one is fetched from the other members
 //! (those known to hold it first, nearest first): the manifest, then every
-//! blob it lacks, `PARALLEL` blobs at once, each starting at a different one
-//! of the nearest `SPREAD` providers so they share the load, the rest being
-//! failover. A provider that cannot be reached within `CONNECT`, or sends
+//! blob it lacks, `PARALLEL` blobs at once (and `SITES_AT_ONCE` sites), each
+//! starting at a different one of the nearest `SPREAD` providers so they
+//! share the load, the rest being failover. A provider that cannot be reached within `CONNECT`, or sends
 //! nothing for `STALL`, is dropped for the rest of the fetch and the blob
 //! goes on from the next one — from where the first stopped: iroh-blobs
 //! verifies every chunk against the BLAKE3 tree and keeps what arrived.
@@ -36,7 +36,9 @@ use crate::{
 const RETRY: Duration = Duration::from_secs(2);
 /// How many of the nearest providers share the blobs of one version.
 const SPREAD: usize = 3;
-/// Blobs fetched at once.
+/// Sites fetched at once.
+const SITES_AT_ONCE: usize = 4;
+/// Blobs fetched at once, per site.
 const PARALLEL: usize = 16;
 /// A provider that takes longer to connect is passed over.
 const CONNECT: Duration = Duration::from_secs(1);
@@ -216,7 +218,7 @@ async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
             return true;
         }
     };
-    let mut pending = false;
+    let mut wanted = Vec::new();
     for (site, _) in sites {
         if site.removed {
             if shared.live.get(site.domain.as_str()).is_some() {
@@ -237,12 +239,22 @@ async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
         if serves(shared, &head) {
             continue;
         }
-        if let Err(error) = fetch(shared, endpoint, &head, &signed).await {
-            warn!(site = %head.site, seq = head.seq, %error, "fetch failed; retrying");
-            pending = true;
-        }
+        wanted.push((head, signed));
     }
-    pending
+    // A few sites at once, so a large one does not hold up the rest.
+    let failed = n0_future::stream::iter(wanted)
+        .map(|(head, signed)| async move {
+            let res = fetch(shared, endpoint, &head, &signed).await;
+            if let Err(error) = &res {
+                warn!(site = %head.site, seq = head.seq, %error, "fetch failed; retrying");
+            }
+            res.is_err()
+        })
+        .buffered_unordered(SITES_AT_ONCE)
+        .filter(|failed| *failed)
+        .count()
+        .await;
+    failed > 0
 }
 
 async fn fetch(

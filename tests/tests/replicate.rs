@@ -227,6 +227,22 @@ async fn five_nodes_serve_one_publish() -> Result<()> {
     let out = publish(&net.admin_at(4), &site, &["--wait", "--timeout", "20s"])?;
     ensure!(out.contains("all 5 nodes serve"), "{out}");
     all_serve(&net, "r.test", "/", b"v2").await?;
+
+    // A second site replicates beside the first.
+    net.admin.ok(&["site", "add", "s.test"])?;
+    std::fs::write(site.join("index.html"), b"second site")?;
+    let out = net.admin.ok(&[
+        "publish",
+        site.to_str().unwrap_or_default(),
+        "--site",
+        "s.test",
+        "--wait",
+        "--timeout",
+        "20s",
+    ])?;
+    ensure!(out.contains("all 5 nodes serve s.test"), "{out}");
+    all_serve(&net, "s.test", "/", b"second site").await?;
+    all_serve(&net, "r.test", "/", b"v2").await?;
     Ok(())
 }
 
