@@ -123,7 +123,9 @@ pub async fn run(
                     // A connection opened before its peer was revoked may
                     // still deliver: only members' deliveries count.
                     let from = PublicKey::from_bytes(*m.delivered_from.as_bytes());
-                    if from.is_ok_and(|k| shared.peers.is_member(&k)) {
+                    if let Ok(k) = from && shared.peers.is_member(&k) {
+                        // A delivery is a sign of life, as a sync is.
+                        shared.peers.seen(&k, None);
                         receive(&shared, &m.content);
                     }
                 }
