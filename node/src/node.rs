@@ -20,7 +20,7 @@ use iroh_blobs::{
 };
 use maki_protocol::{
     Domain, Genesis, Hash, Invite, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record,
-    SecretKey, Signed,
+    RecordKey, SecretKey, Signed,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
     sync::{GOSSIP_ALPN, GossipMsg, Holding, SYNC_ALPN},
 };
@@ -170,20 +170,16 @@ impl Shared {
     /// This node's own record and the invite behind it: how it introduces
     /// itself to peers.
     pub fn introduction(&self) -> Option<(Signed<NodeRecord>, Option<Signed<Invite>>)> {
-        let records = self.state.records().ok()?;
-        let me = records.iter().find_map(|r| match r {
-            Record::Node(n) if n.signer() == self.id => Some(n.clone()),
-            _ => None,
-        })?;
-        let secret = me.verify().ok()?.invite;
-        let invite = secret.and_then(|h| {
-            records.iter().find_map(|r| match r {
-                Record::Invite(i) if i.verify().is_ok_and(|i| i.secret_hash == h) => {
-                    Some(i.clone())
-                }
+        let Ok(Some(Record::Node(me))) = self.state.held(&RecordKey::Node(self.id)) else {
+            return None;
+        };
+        let invite = match me.verify().ok()?.invite {
+            Some(secret) => match self.state.held(&RecordKey::Invite(secret)) {
+                Ok(Some(Record::Invite(i))) => Some(i),
                 _ => None,
-            })
-        });
+            },
+            None => None,
+        };
         Some((me, invite))
     }
 
@@ -353,7 +349,7 @@ impl Node {
         key: &SecretKey,
         invite: Option<maki_protocol::Signed<maki_protocol::Invite>>,
     ) {
-        use maki_protocol::{Body, RECORD_FORMAT};
+        use maki_protocol::RECORD_FORMAT;
         let state = &self.shared.state;
         let mut secret_hash = None;
         if let Some(invite) = invite {
@@ -364,16 +360,11 @@ impl Node {
         }
         let id = self.shared.id;
         let previous = state
-            .records()
-            .unwrap_or_default()
-            .iter()
-            .find_map(|r| match r.verify() {
-                Ok(v) => match v.body {
-                    Body::Node(n) if n.id == id => Some(v.version),
-                    _ => None,
-                },
-                Err(_) => None,
-            });
+            .held(&RecordKey::Node(id))
+            .ok()
+            .flatten()
+            .and_then(|r| r.verify().ok())
+            .map(|v| v.version);
         let config = &self.shared.config;
         let record = NodeRecord {
             format: RECORD_FORMAT,

@@ -140,14 +140,10 @@ impl State {
     /// The network's newest head for a site (a record), which this node may
     /// not hold yet.
     pub fn head_record(&self, domain: &Domain) -> Result<Option<Signed<Head>>, StateError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(RECORDS)?;
-        let Some(raw) = t.get(encode(&RecordKey::Head(domain.clone())).as_slice())? else {
-            return Ok(None);
-        };
-        match decode::<Record>("record", raw.value())? {
-            Record::Head(h) => Ok(Some(h)),
-            _ => Err(StateError::Corrupt(format!("head record of {domain}"))),
+        match self.held(&RecordKey::Head(domain.clone()))? {
+            None => Ok(None),
+            Some(Record::Head(h)) => Ok(Some(h)),
+            Some(_) => Err(StateError::Corrupt(format!("head record of {domain}"))),
         }
     }
 
@@ -402,15 +398,22 @@ impl State {
         Ok(applied)
     }
 
-    /// The body of the record held for `key`, if any.
-    pub fn record(&self, key: &RecordKey) -> Result<Option<Body>, StateError> {
+    /// The record held for `key`, as it travels (unverified).
+    pub fn held(&self, key: &RecordKey) -> Result<Option<Record>, StateError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(RECORDS)?;
-        let Some(raw) = t.get(encode(key).as_slice())? else {
-            return Ok(None);
-        };
-        let record: Record = decode("record", raw.value())?;
-        Ok(record.verify().ok().map(|v| v.body))
+        match t.get(encode(key).as_slice())? {
+            Some(raw) => Ok(Some(decode("record", raw.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The body of the record held for `key`, if any (and it verifies).
+    pub fn record(&self, key: &RecordKey) -> Result<Option<Body>, StateError> {
+        Ok(self
+            .held(key)?
+            .and_then(|r| r.verify().ok())
+            .map(|v| v.body))
     }
 
     /// Every record held, verified (those that no longer verify are skipped).
