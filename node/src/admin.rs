@@ -345,17 +345,6 @@ impl AdminProtocol {
         }
         // A peer counts as up if we exchanged with it within a few rounds.
         let fresh = (self.shared.config.sync_interval * 3).max(Duration::from_secs(15));
-        let versions: HashMap<PublicKey, u64> = self
-            .shared
-            .state
-            .verified()
-            .map_err(internal)?
-            .into_iter()
-            .filter_map(|v| match v.body {
-                maki_protocol::Body::Node(n) => Some((n.id, v.version)),
-                _ => None,
-            })
-            .collect();
         let nodes = self
             .shared
             .peers
@@ -377,7 +366,7 @@ impl AdminProtocol {
                     addrs: p.addrs,
                     region: p.region,
                     location: p.location,
-                    version: versions.get(&id).copied().unwrap_or(0),
+                    version: p.version,
                     health,
                     rtt_us: p.rtt.map(|d| d.as_micros() as u64),
                     holds: if me { self.shared.holdings() } else { p.holds },

@@ -23,6 +23,8 @@ pub struct Peer {
     pub region: Option<String>,
     pub location: Option<(f64, f64)>,
     pub roles: Vec<String>,
+    /// Version of its node record.
+    pub version: u64,
     /// Round trip of the last successful exchange.
     pub rtt: Option<Duration>,
     /// When the last exchange with it succeeded.
@@ -77,6 +79,7 @@ impl Peers {
                     region: n.region.clone(),
                     location: n.location,
                     roles: n.roles.clone(),
+                    version: v.version,
                     rtt: old.and_then(|p| p.rtt),
                     seen: old.and_then(|p| p.seen),
                     failing: old.is_some_and(|p| p.failing),
@@ -185,18 +188,15 @@ impl Peers {
     /// Fetch order for a version: the members that hold it (nearest
     /// first), then the rest (they may have it by now).
     pub fn providers(&self, manifest: &Hash) -> Vec<PublicKey> {
-        let (mut holders, mut rest): (Vec<_>, Vec<_>) = (Vec::new(), Vec::new());
-        for k in self.others() {
-            let holds = self
-                .get(&k)
-                .is_some_and(|p| p.holds.iter().any(|h| h.manifest == *manifest));
-            if holds {
-                holders.push(k);
-            } else {
-                rest.push(k);
-            }
+        let mut order = self.others();
+        if let Ok(inner) = self.inner.read() {
+            // Stable: holders keep their RTT order, and so do the rest.
+            order.sort_by_key(|k| {
+                !inner
+                    .get(k)
+                    .is_some_and(|p| p.holds.iter().any(|h| h.manifest == *manifest))
+            });
         }
-        holders.append(&mut rest);
-        holders
+        order
     }
 }
