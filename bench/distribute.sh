@@ -39,16 +39,6 @@ echo '<h1>bench</h1>' >"$site/index.html"
 
 now() { python3 -c 'import time; print(time.monotonic())'; }
 
-# wait_ready FILE: until the node wrote its ready line.
-wait_ready() {
-    for _ in $(seq 300); do
-        grep -q '^ready' "$1" 2>/dev/null && return 0
-        sleep 0.1
-    done
-    echo "node did not start: $(cat "$1")" >&2
-    exit 1
-}
-
 # network N DIR: N release nodes (the first inits, the rest join by invite).
 network() {
     local n=$1 dir=$2

@@ -20,6 +20,16 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# wait_ready FILE: until a node wrote its ready line there (30 s at most).
+wait_ready() {
+    for _ in $(seq 300); do
+        grep -q '^ready' "$1" 2>/dev/null && return 0
+        sleep 0.1
+    done
+    echo "node did not start: $(cat "$1" 2>/dev/null)" >&2
+    exit 1
+}
+
 # start_node DIR SITE SITE_DIR: a release node on loopback with SITE published.
 # Sets NODE_PID, NODE_HTTP, MAKI_NODE, MAKI_HOME.
 start_node() {
@@ -31,10 +41,7 @@ start_node() {
     "$BIN/makiatto" init --data-dir "$dir/node" --admin "$key" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
     MAKIATTO_LOG=warn "$BIN/makiatto" run --data-dir "$dir/node" >"$dir/ready" 2>"$dir/node.log" &
     NODE_PID=$!
-    for _ in $(seq 100); do
-        grep -q '^ready' "$dir/ready" 2>/dev/null && break
-        sleep 0.1
-    done
+    wait_ready "$dir/ready"
     NODE_HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$dir/ready")
     export MAKI_NODE
     MAKI_NODE=$(sed -n 's/.*ticket=\([^ ]*\).*/\1/p' "$dir/ready")

@@ -107,9 +107,7 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             msg = outbox.recv() => {
                 let Some(msg) = msg else { break };
-                let bytes = maki_protocol::rpc::encode_frame(&msg);
-                // The frame's 4-byte prefix is not needed on gossip.
-                let body = Bytes::copy_from_slice(&bytes[4..]);
+                let body = Bytes::from(maki_protocol::rpc::encode_body(&msg));
                 if body.len() > limit {
                     debug!(len = body.len(), "too big to gossip; sync will carry it");
                     continue;

@@ -265,9 +265,14 @@ pub enum FrameError {
     Decode(String),
 }
 
+/// Encodes a frame body: postcard bytes, no prefix (what gossip carries).
+pub fn encode_body<T: Serialize>(value: &T) -> Vec<u8> {
+    crate::manifest::encode(value)
+}
+
 /// Encodes a frame: length prefix plus postcard bytes.
 pub fn encode_frame<T: Serialize>(value: &T) -> Vec<u8> {
-    let body = crate::manifest::encode(value);
+    let body = encode_body(value);
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_le_bytes());
     out.extend_from_slice(&body);
