@@ -4,13 +4,27 @@
 //! from immutable blobs, so the strong ETag is the BLAKE3 hash of the bytes
 //! sent and hot blobs are served from memory. This module reads the live
 //! view and the blob store; it never changes either.
+//!
+//! Two parsers feed one handler: bodyless GET and HEAD over HTTP/1.1 — what
+//! an edge mostly sees — take a lean path (`h1`); everything else (h2c,
+//! other methods, bodies, HTTP/1.0, upgrades, malformed or oversized heads)
+//! is handed to hyper with the bytes read so far. Both describe the request
+//! to [`handle`] as a [`Req`].
 
-use std::{convert::Infallible, io, net::SocketAddr, pin::pin, sync::Arc, time::Duration};
+use std::{
+    convert::Infallible,
+    io,
+    net::SocketAddr,
+    pin::{Pin, pin},
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Either, Full, StreamBody, combinators::UnsyncBoxBody};
-use hyper::body::Frame;
+use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
+use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use maki_protocol::{Encoding, Hash, Manifest};
 use n0_future::StreamExt;
@@ -18,6 +32,7 @@ use tokio::{io::AsyncSeekExt, net::TcpListener, sync::Semaphore, task::JoinSet};
 use tokio_util::{io::ReaderStream, sync::CancellationToken};
 use tracing::{debug, warn};
 
+mod h1;
 mod local;
 mod timer;
 
@@ -26,7 +41,66 @@ use crate::{
     node::Shared,
 };
 
-type Body = Either<Full<Bytes>, UnsyncBoxBody<Bytes, io::Error>>;
+/// A response body: bytes in memory, or a blob streamed from the store.
+#[derive(Debug)]
+pub enum Body {
+    Bytes(Bytes),
+    Stream(UnsyncBoxBody<Bytes, io::Error>),
+}
+
+impl Body {
+    fn empty() -> Self {
+        Self::Bytes(Bytes::new())
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        match self.get_mut() {
+            Body::Bytes(b) if b.is_empty() => Poll::Ready(None),
+            Body::Bytes(b) => Poll::Ready(Some(Ok(Frame::data(std::mem::take(b))))),
+            Body::Stream(s) => Pin::new(s).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Bytes(b) => b.is_empty(),
+            Body::Stream(s) => s.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Bytes(b) => SizeHint::with_exact(b.len() as u64),
+            Body::Stream(s) => s.size_hint(),
+        }
+    }
+}
+
+/// What the edge reads from a request, whichever parser read it. Header
+/// values are present only when they are visible ASCII (hyper's
+/// `HeaderValue::to_str`); the first of repeated headers counts.
+#[derive(Debug, Default)]
+pub struct Req<'a> {
+    /// HEAD rather than GET (no other method reaches [`handle`]).
+    pub head: bool,
+    /// The path as sent, before percent-decoding.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    /// The Host header, or the host of an absolute-form target.
+    pub host: Option<&'a str>,
+    pub range: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+    pub if_none_match: Option<&'a str>,
+    pub accept_encoding: Option<&'a str>,
+}
 
 /// Connections served at once per worker; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 10_000;
@@ -149,7 +223,7 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationT
     let mut conns = JoinSet::new();
     // The ticker outlives the accept loop: draining connections still time out.
     let ticker_stop = CancellationToken::new();
-    let ticker = tokio::spawn(timer::tick(ticker_stop.clone()));
+    let ticker = tokio::spawn(timer::tick(cancel.clone(), ticker_stop.clone()));
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -176,48 +250,44 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationT
             serve_conn(stream, peer, shared, cancel).await;
         });
     }
-    while conns.join_next().await.is_some() {}
+    // Idle connections close at once; one still sending a response gets
+    // DRAIN (hyper's graceful shutdown uses the same), then is cut.
+    let drained = tokio::time::timeout(DRAIN + Duration::from_secs(1), async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        conns.shutdown().await;
+    }
     ticker_stop.cancel();
     ticker.await.ok();
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Peeks at the first bytes: the HTTP/2 preface means h2c (prior
-/// knowledge), anything else HTTP/1.1. Choosing the protocol once per
-/// connection keeps the HTTP/1.1 path free of the auto-detecting wrapper.
-async fn is_h2(stream: &tokio::net::TcpStream, timeout: Duration) -> bool {
-    let mut buf = [0u8; 24];
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            _ => return false,
-        };
-        if n == 0 || buf[..n] != H2_PREFACE[..n] {
-            return false;
-        }
-        if n == H2_PREFACE.len() {
-            return true;
-        }
-        // A partial preface: wait for more bytes to arrive.
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
 async fn serve_conn(
-    stream: tokio::net::TcpStream,
+    mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
     let header_timeout = shared.config.http_header_timeout;
+    let read = match h1::serve(&mut stream, &shared, header_timeout).await {
+        Ok(h1::Ended::Closed) => return,
+        Ok(h1::Ended::HandOff(read)) => read,
+        Err(error) => {
+            debug!(%peer, %error, "http connection ended with an error");
+            return;
+        }
+    };
+    // The lean path stops at HTTP/2's preface (its version is not 1.x), so
+    // what it read is the preface or a part of it.
+    let h2 = read.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&read);
+    let io = TokioIo::new(h1::Rewind::new(read, stream));
     let svc = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+        async move { Ok::<_, Infallible>(handle_hyper(&shared, req).await) }
     });
-    let h2 = is_h2(&stream, header_timeout).await;
-    let io = TokioIo::new(stream);
     // hyper's h1 and h2 connections share no trait for graceful shutdown.
     macro_rules! drive {
         ($conn:expr) => {{
@@ -239,7 +309,7 @@ async fn serve_conn(
         builder
             .timer(timer::CoarseTimer)
             .header_read_timeout(header_timeout)
-            .max_buf_size(64 * 1024);
+            .max_buf_size(h1::MAX_HEAD);
         drive!(builder.serve_connection(io, svc))
     };
     if let Err(error) = res {
@@ -247,49 +317,72 @@ async fn serve_conn(
     }
 }
 
-/// Answers one request. Never fails: every problem is a status code.
-pub async fn handle<B>(shared: &Shared, req: Request<B>) -> Response<Body> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-        return r;
-    }
-    let head_only = req.method() == Method::HEAD;
-    let raw_path = req.uri().path();
-    let Some(path) = decode_path(raw_path) else {
-        return plain(StatusCode::BAD_REQUEST, "malformed path\n");
-    };
-    let mut response = if let Some(hash) = path.strip_prefix(BLOB_PREFIX) {
-        serve_blob(shared, hash, req.headers()).await
-    } else {
-        match host(&req).and_then(|h| local::site(&shared.live, h)) {
-            Some(site) => serve_site(shared, &site, &path, req.uri().query(), req.headers()).await,
-            None => plain(
-                StatusCode::NOT_FOUND,
-                "no site is published at this address\n",
-            ),
+/// hyper's side of [`handle`]: other methods get 405, HEAD an empty body.
+async fn handle_hyper<B>(shared: &Shared, req: Request<B>) -> Response<Body> {
+    let head = match *req.method() {
+        Method::GET => false,
+        Method::HEAD => true,
+        _ => {
+            let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return r;
         }
     };
-    if head_only {
-        *response.body_mut() = Either::Left(Full::new(Bytes::new()));
+    let headers = req.headers();
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let view = Req {
+        head,
+        path: req.uri().path(),
+        query: req.uri().query(),
+        host: text(header::HOST).or_else(|| req.uri().host()),
+        range: text(header::RANGE),
+        if_range: text(header::IF_RANGE),
+        if_none_match: text(header::IF_NONE_MATCH),
+        accept_encoding: text(header::ACCEPT_ENCODING),
+    };
+    let mut response = handle(shared, &view).await;
+    if head {
+        *response.body_mut() = Body::empty();
     }
     response
 }
 
-fn host<B>(req: &Request<B>) -> Option<&str> {
-    let h = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())?;
-    // Strip a port; keep IPv6 literals intact.
+/// Answers one GET or HEAD. Never fails: every problem is a status code.
+/// The body is the GET body even for HEAD; the caller drops it after
+/// taking its length.
+pub async fn handle(shared: &Shared, req: &Req<'_>) -> Response<Body> {
+    let Some(path) = decode_path(req.path) else {
+        return plain(StatusCode::BAD_REQUEST, "malformed path\n");
+    };
+    if let Some(hash) = path.strip_prefix(BLOB_PREFIX) {
+        return serve_blob(shared, hash, req).await;
+    }
+    match req
+        .host
+        .map(bare_host)
+        .and_then(|h| local::site(&shared.live, h))
+    {
+        Some(site) => serve_site(shared, &site, &path, req).await,
+        None => plain(
+            StatusCode::NOT_FOUND,
+            "no site is published at this address\n",
+        ),
+    }
+}
+
+/// A Host value without its port and trailing dot; IPv6 literals intact.
+fn bare_host(h: &str) -> &str {
     let h = if h.starts_with('[') {
         h.split_once(']').map_or(h, |(a, _)| &a[1..])
     } else {
         h.rsplit_once(':').map_or(h, |(a, _)| a)
     };
-    Some(h.strip_suffix('.').unwrap_or(h))
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 /// Percent-decodes a request path into NFC-normalisable UTF-8.
@@ -324,7 +417,7 @@ fn decode_path(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     Some(std::borrow::Cow::Owned(s))
 }
 
-async fn serve_blob(shared: &Shared, text: &str, headers: &HeaderMap) -> Response<Body> {
+async fn serve_blob(shared: &Shared, text: &str, req: &Req<'_>) -> Response<Body> {
     let Ok(hash) = text.parse::<Hash>() else {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -363,7 +456,7 @@ async fn serve_blob(shared: &Shared, text: &str, headers: &HeaderMap) -> Respons
         crate::live::etag(&hash),
         None,
         StatusCode::OK,
-        headers,
+        req,
         extra,
     )
     .await
@@ -414,14 +507,8 @@ fn resolve<'a>(site: &'a LiveSite, path: &str, query: Option<&str>) -> Resolved<
         .map_or(Resolved::NotFound, Resolved::File)
 }
 
-async fn serve_site(
-    shared: &Shared,
-    site: &LiveSite,
-    path: &str,
-    query: Option<&str>,
-    headers: &HeaderMap,
-) -> Response<Body> {
-    let (file, status) = match resolve(site, path, query) {
+async fn serve_site(shared: &Shared, site: &LiveSite, path: &str, req: &Req<'_>) -> Response<Body> {
+    let (file, status) = match resolve(site, path, req.query) {
         Resolved::File(f) => (f, StatusCode::OK),
         Resolved::Redirect(status, location) => {
             let status = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
@@ -450,14 +537,14 @@ async fn serve_site(
     }
 
     // Ranges address the identity representation; compression is for whole bodies.
-    let wants_range = headers.contains_key(header::RANGE) && status == StatusCode::OK;
+    let wants_range = req.range.is_some() && status == StatusCode::OK;
     if !file.variants.is_empty() {
         extra.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     }
     let chosen = if wants_range || file.variants.is_empty() {
         None
     } else {
-        pick_encoding(headers, file)
+        pick_encoding(req.accept_encoding, file)
     };
     let e = &file.entry;
     match chosen {
@@ -469,7 +556,7 @@ async fn serve_site(
                 etag.clone(),
                 Some(*enc),
                 status,
-                headers,
+                req,
                 extra,
             )
             .await
@@ -482,7 +569,7 @@ async fn serve_site(
                 file.etag.clone(),
                 None,
                 status,
-                headers,
+                req,
                 extra,
             )
             .await
@@ -524,10 +611,10 @@ fn apply_rules(m: &Manifest, path: &str, out: &mut HeaderMap) {
 
 /// The best encoding the client accepts (br before gzip), honouring q=0.
 fn pick_encoding<'a>(
-    headers: &HeaderMap,
+    accept: Option<&str>,
     file: &'a Served,
 ) -> Option<&'a (Encoding, maki_protocol::Variant, HeaderValue)> {
-    let accept = headers.get(header::ACCEPT_ENCODING)?.to_str().ok()?;
+    let accept = accept?;
     let mut best: Option<(&(Encoding, maki_protocol::Variant, HeaderValue), f32)> = None;
     for item in accept.split(',') {
         let mut parts = item.split(';');
@@ -620,7 +707,7 @@ async fn send(
     etag_value: HeaderValue,
     encoding: Option<Encoding>,
     status: StatusCode,
-    req: &HeaderMap,
+    req: &Req<'_>,
     mut headers: HeaderMap,
 ) -> Response<Body> {
     headers.insert(header::ETAG, etag_value.clone());
@@ -632,23 +719,16 @@ async fn send(
         );
     }
     if status == StatusCode::OK {
-        if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+        if let Some(inm) = req.if_none_match
             && etag_matches(inm, etag)
         {
             headers.remove(header::CONTENT_TYPE);
-            return build(
-                StatusCode::NOT_MODIFIED,
-                headers,
-                Full::new(Bytes::new()).into_left(),
-            );
+            return build(StatusCode::NOT_MODIFIED, headers, Body::empty());
         }
         headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
-    let if_range_ok = req
-        .get(header::IF_RANGE)
-        .and_then(|v| v.to_str().ok())
-        .is_none_or(|v| v.trim() == etag);
-    let range = match req.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+    let if_range_ok = req.if_range.is_none_or(|v| v.trim() == etag);
+    let range = match req.range {
         Some(r) if status == StatusCode::OK && encoding.is_none() && if_range_ok => {
             parse_range(r, size)
         }
@@ -667,11 +747,7 @@ async fn send(
                 headers.insert(header::CONTENT_RANGE, v);
             }
             headers.remove(header::CONTENT_TYPE);
-            return build(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                headers,
-                Full::new(Bytes::new()).into_left(),
-            );
+            return build(StatusCode::RANGE_NOT_SATISFIABLE, headers, Body::empty());
         }
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
@@ -689,7 +765,7 @@ async fn send(
                 }
             },
         };
-        Full::new(bytes.slice(start as usize..end as usize)).into_left()
+        Body::Bytes(bytes.slice(start as usize..end as usize))
     } else {
         let mut r = shared.content.reader(hash);
         if let Err(error) = r.seek(io::SeekFrom::Start(start)).await {
@@ -699,7 +775,7 @@ async fn send(
         let stream =
             ReaderStream::with_capacity(tokio::io::AsyncReadExt::take(r, end - start), 256 * 1024)
                 .map(|chunk| chunk.map(Frame::data));
-        StreamBody::new(stream).boxed_unsync().into_right()
+        Body::Stream(StreamBody::new(stream).boxed_unsync())
     };
     build(status, headers, body)
 }
@@ -721,19 +797,9 @@ fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     build(
         status,
         headers,
-        Full::new(Bytes::from_static(text.as_bytes())).into_left(),
+        Body::Bytes(Bytes::from_static(text.as_bytes())),
     )
 }
-
-trait IntoEither: Sized {
-    fn into_left<R>(self) -> Either<Self, R> {
-        Either::Left(self)
-    }
-    fn into_right<L>(self) -> Either<L, Self> {
-        Either::Right(self)
-    }
-}
-impl<T> IntoEither for T {}
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
-use maki_e2e::{NodeProc, fresh_network, http_get};
+use anyhow::{Context, Result, ensure};
+use maki_e2e::{NodeProc, fresh_network, http_get, one_site};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -44,5 +44,192 @@ async fn slow_request_heads_are_cut_off() -> Result<()> {
     // Meanwhile, honest clients are served.
     let r = http_get(node.http, "a.test", "/", &[]).await?;
     ensure!(r.status == 404);
+    Ok(())
+}
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response from `conn`, keeping what follows it in `buf`.
+/// `head`: the request was HEAD, so a Content-Length announces no body.
+async fn read_raw(conn: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, head: bool) -> Result<Raw> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(conn, buf, deadline).await?;
+    };
+    let text = String::from_utf8(buf[..end].to_vec())?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(Ok(0), |(_, v)| v.parse())?;
+    let len = if head || status == 304 { 0 } else { len };
+    while buf.len() < end + len {
+        fill(conn, buf, deadline).await?;
+    }
+    let body = buf[end..end + len].to_vec();
+    buf.drain(..end + len);
+    Ok(Raw {
+        status,
+        headers,
+        body,
+    })
+}
+
+async fn fill(
+    conn: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = tokio::time::timeout_at(deadline.into(), conn.read(&mut chunk)).await??;
+    ensure!(
+        n > 0,
+        "connection closed mid-response: {:?}",
+        String::from_utf8_lossy(buf)
+    );
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// True when the server closes `conn` (within 5 s) without sending more.
+async fn closes(conn: &mut tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), conn.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn http1_pipelining_keepalive_and_handoff_to_hyper() -> Result<()> {
+    let (net, site_dir) = one_site("wire.test")?;
+    net.admin.ok(&[
+        "publish",
+        &site_dir.to_string_lossy(),
+        "--site",
+        "wire.test",
+    ])?;
+    let index = std::fs::read(site_dir.join("index.html"))?;
+    let not_found = std::fs::read(site_dir.join("404.html"))?;
+    let addr = net.node.http;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: wire.test\r\n\r\n");
+
+    // Three requests in one write: three answers, in order, on one connection.
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    let batch = format!(
+        "{}HEAD / HTTP/1.1\r\nHost: wire.test\r\n\r\n{}",
+        get("/"),
+        get("/nope")
+    );
+    conn.write_all(batch.as_bytes()).await?;
+    let mut buf = Vec::new();
+    let a = read_raw(&mut conn, &mut buf, false).await?;
+    ensure!(a.status == 200 && a.body == index, "{a:?}");
+    ensure!(a.header("date").is_some_and(|d| d.ends_with(" GMT")));
+    let b = read_raw(&mut conn, &mut buf, true).await?;
+    ensure!(b.status == 200 && b.body.is_empty(), "{b:?}");
+    ensure!(b.header("content-length") == a.header("content-length"));
+    ensure!(b.header("etag") == a.header("etag"));
+    let c = read_raw(&mut conn, &mut buf, false).await?;
+    ensure!(c.status == 404 && c.body == not_found, "{c:?}");
+
+    // A request dribbled a few bytes at a time on the same connection.
+    for piece in get("/").as_bytes().chunks(3) {
+        conn.write_all(piece).await?;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let d = read_raw(&mut conn, &mut buf, false).await?;
+    ensure!(d.status == 200 && d.body == index, "{d:?}");
+
+    // A request with a body is hyper's; the connection goes on with hyper.
+    let mixed = format!(
+        "{}POST / HTTP/1.1\r\nHost: wire.test\r\nContent-Length: 5\r\n\r\nhello{}",
+        get("/"),
+        get("/")
+    );
+    conn.write_all(mixed.as_bytes()).await?;
+    let e = read_raw(&mut conn, &mut buf, false).await?;
+    ensure!(e.status == 200 && e.body == index, "{e:?}");
+    let f = read_raw(&mut conn, &mut buf, false).await?;
+    ensure!(
+        f.status == 405 && f.header("allow") == Some("GET, HEAD"),
+        "{f:?}"
+    );
+    let g = read_raw(&mut conn, &mut buf, false).await?;
+    ensure!(g.status == 200 && g.body == index, "{g:?}");
+
+    // Connection: close is honoured: the answer, then the end.
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: wire.test\r\nConnection: close\r\n\r\n")
+        .await?;
+    let h = read_raw(&mut conn, &mut buf, false).await?;
+    ensure!(
+        h.status == 200 && h.header("connection") == Some("close"),
+        "{h:?}"
+    );
+    ensure!(
+        closes(&mut conn).await,
+        "still open after Connection: close"
+    );
+
+    // HTTP/1.0, a malformed head and an oversized head all reach hyper.
+    let mut old = tokio::net::TcpStream::connect(addr).await?;
+    old.write_all(b"GET / HTTP/1.0\r\nHost: wire.test\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    let i = read_raw(&mut old, &mut buf, false).await?;
+    ensure!(i.status == 200 && i.body == index, "{i:?}");
+
+    let mut bad = tokio::net::TcpStream::connect(addr).await?;
+    bad.write_all(b"GET / HTTP/1.1\r\nHost: wire.test\r\nno colon here\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    let j = read_raw(&mut bad, &mut buf, false).await?;
+    ensure!(j.status == 400, "{j:?}");
+    ensure!(closes(&mut bad).await);
+
+    let mut huge = tokio::net::TcpStream::connect(addr).await?;
+    let filler = "x".repeat(70 * 1024);
+    let req = format!("GET / HTTP/1.1\r\nHost: wire.test\r\nX-Filler: {filler}\r\n\r\n");
+    // The node may stop reading (and answer) before the whole head is sent.
+    let _ = huge.write_all(req.as_bytes()).await;
+    let mut buf = Vec::new();
+    let k = read_raw(&mut huge, &mut buf, false).await?;
+    ensure!(k.status == 431, "{k:?}");
+
+    // A request the lean path cannot answer from memory: a Range of the identity bytes.
+    let mut conn = tokio::net::TcpStream::connect(addr).await?;
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: wire.test\r\nRange: bytes=0-9\r\n\r\n")
+        .await?;
+    let mut buf = Vec::new();
+    let l = read_raw(&mut conn, &mut buf, false).await?;
+    ensure!(l.status == 206 && l.body == index[..10], "{l:?}");
     Ok(())
 }

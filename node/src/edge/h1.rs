@@ -1,0 +1,426 @@
+//! The lean HTTP/1.1 path: bodyless GET and HEAD, keep-alive, pipelining.
+//!
+//! An edge mostly answers `GET /file` with a handful of headers. hyper does
+//! that correctly but generally: a `HeaderMap` and a `Uri` per request, a
+//! boxed service future, a timer per head. This path parses in place with
+//! httparse (the parser inside hyper), describes the request as a [`Req`]
+//! of slices of the read buffer, and writes each response with one `write`
+//! (the responses to pipelined requests together).
+//!
+//! It answers only what it fully understands. At the first request it does
+//! not — another method, a body (`Content-Length`, `Transfer-Encoding`),
+//! HTTP/1.0, `Expect`, `Upgrade`, a repeated `Host`, an unusual target,
+//! h2c's preface, a malformed or oversized head — it hands the connection
+//! and every byte read but not answered to hyper, which serves the rest of
+//! the connection. So every request with a body, and every error status for
+//! a malformed request, is hyper's.
+
+use std::{
+    io::{self, IoSlice},
+    mem::MaybeUninit,
+    pin::Pin,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::{Buf, Bytes};
+use http::{Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
+    net::TcpStream,
+};
+
+use super::{Body, Req, handle, timer};
+use crate::node::Shared;
+
+/// The largest request head either path reads (hyper answers 431 beyond).
+pub const MAX_HEAD: usize = 64 * 1024;
+/// hyper allows 100 headers; a request with more than this goes to hyper.
+const MAX_HEADERS: usize = 64;
+const FIRST_BUF: usize = 8 * 1024;
+/// Bodies up to this size are copied next to their head, so a response (or
+/// a batch of pipelined ones) leaves in one `write`; larger ones go by
+/// `writev` straight from the blob cache.
+const INLINE_BODY: usize = 16 * 1024;
+/// Queued pipelined responses are written out at this size.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// How the lean path left a connection.
+#[derive(Debug)]
+pub enum Ended {
+    /// Closed by the client, timed out, `Connection: close`, or draining.
+    Closed,
+    /// hyper takes over; these bytes were read and not answered.
+    HandOff(Bytes),
+}
+
+/// Serves requests on `stream` until it ends or needs hyper.
+pub async fn serve(
+    stream: &mut TcpStream,
+    shared: &Shared,
+    header_timeout: Duration,
+) -> io::Result<Ended> {
+    let mut buf = vec![0u8; FIRST_BUF];
+    // buf[start..end] is read and not yet answered.
+    let (mut start, mut end) = (0, 0);
+    let mut out = Vec::with_capacity(FIRST_BUF);
+    // When the head being waited for must be complete; None between requests.
+    let mut deadline: Option<Instant> = None;
+    loop {
+        let mut close = false;
+        while start < end && !close {
+            let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+            let mut parser = httparse::Request::new(&mut []);
+            let len = match parser.parse_with_uninit_headers(&buf[start..end], &mut slots) {
+                Ok(httparse::Status::Complete(len)) => len,
+                Ok(httparse::Status::Partial) => break,
+                Err(_) => return hand_off(stream, &mut out, &buf[start..end]).await,
+            };
+            let Some((req, wants_close)) = read_request(&parser) else {
+                return hand_off(stream, &mut out, &buf[start..end]).await;
+            };
+            let response = handle(shared, &req).await;
+            close = wants_close || timer::draining();
+            close |= write_response(stream, &mut out, response, req.head, close).await?;
+            start += len;
+            deadline = None;
+        }
+        if !out.is_empty() {
+            stream.write_all(&out).await?;
+            out.clear();
+        }
+        if close {
+            stream.shutdown().await.ok();
+            return Ok(Ended::Closed);
+        }
+        if start == end {
+            (start, end) = (0, 0);
+            if timer::draining() {
+                return Ok(Ended::Closed);
+            }
+        } else if end == buf.len() {
+            if start > 0 {
+                buf.copy_within(start..end, 0);
+                (start, end) = (0, end - start);
+            } else if buf.len() < MAX_HEAD {
+                buf.resize((buf.len() * 2).min(MAX_HEAD), 0);
+            } else {
+                // A head this large: hyper refuses it properly (431).
+                return hand_off(stream, &mut out, &buf[start..end]).await;
+            }
+        }
+        let due = *deadline.get_or_insert_with(|| Instant::now() + header_timeout);
+        // Biased: when bytes are already there the sleep is never polled,
+        // so it never registers with the timer.
+        let n = tokio::select! {
+            biased;
+            n = stream.read(&mut buf[end..]) => n?,
+            () = timer::sleep_until(due) => return Ok(Ended::Closed),
+        };
+        if n == 0 {
+            return Ok(Ended::Closed);
+        }
+        end += n;
+    }
+}
+
+async fn hand_off(stream: &mut TcpStream, out: &mut Vec<u8>, unread: &[u8]) -> io::Result<Ended> {
+    // Answers to the requests before this one go first.
+    if !out.is_empty() {
+        stream.write_all(out).await?;
+        out.clear();
+    }
+    Ok(Ended::HandOff(Bytes::copy_from_slice(unread)))
+}
+
+/// The request, if this path serves it, and whether the client asked to close.
+fn read_request<'b>(parsed: &httparse::Request<'_, 'b>) -> Option<(Req<'b>, bool)> {
+    if parsed.version != Some(1) {
+        return None;
+    }
+    let head = match parsed.method? {
+        "GET" => false,
+        "HEAD" => true,
+        _ => return None,
+    };
+    // Origin-form of visible ASCII only; hyper judges anything else (an
+    // absolute-form target, a fragment, raw UTF-8).
+    let target = parsed.path?;
+    if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
+        return None;
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    };
+    let mut req = Req {
+        head,
+        path,
+        query,
+        ..Req::default()
+    };
+    let mut close = false;
+    for h in parsed.headers.iter() {
+        let is = |name: &str| h.name.eq_ignore_ascii_case(name);
+        let first = |slot: &mut Option<&'b str>| {
+            if slot.is_none() {
+                *slot = text(h.value);
+            }
+        };
+        if is("host") {
+            if req.host.is_some() {
+                return None;
+            }
+            req.host = text(h.value);
+        } else if is("range") {
+            first(&mut req.range);
+        } else if is("if-none-match") {
+            first(&mut req.if_none_match);
+        } else if is("if-range") {
+            first(&mut req.if_range);
+        } else if is("accept-encoding") {
+            first(&mut req.accept_encoding);
+        } else if is("connection") {
+            for token in text(h.value)?.split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("upgrade") {
+                    return None;
+                }
+            }
+        } else if is("content-length")
+            || is("transfer-encoding")
+            || is("expect")
+            || is("upgrade")
+            || is("http2-settings")
+        {
+            return None;
+        }
+    }
+    Some((req, close))
+}
+
+/// A header value as text when it is visible ASCII (as `HeaderValue::to_str`).
+fn text(value: &[u8]) -> Option<&str> {
+    if value
+        .iter()
+        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
+    {
+        std::str::from_utf8(value).ok()
+    } else {
+        None
+    }
+}
+
+/// Queues (or writes) one response; true when the connection must close
+/// after it (a body of unknown length ends with the connection).
+async fn write_response(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    response: Response<Body>,
+    head: bool,
+    close: bool,
+) -> io::Result<bool> {
+    let (parts, body) = response.into_parts();
+    let status = parts.status;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    let mut close = close;
+    if !bodiless && !parts.headers.contains_key(header::CONTENT_LENGTH) {
+        match body.size_hint().exact() {
+            Some(n) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(n.to_string().as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            None => close = true,
+        }
+    }
+    out.extend_from_slice(b"date: ");
+    out.extend_from_slice(&timer::date());
+    out.extend_from_slice(b"\r\n");
+    if close {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    if head || bodiless {
+        return Ok(close);
+    }
+    match body {
+        Body::Bytes(b) if b.len() <= INLINE_BODY => {
+            out.extend_from_slice(&b);
+            if out.len() >= FLUSH_AT {
+                stream.write_all(out).await?;
+                out.clear();
+            }
+        }
+        Body::Bytes(b) => {
+            write_both(stream, out, &b).await?;
+            out.clear();
+        }
+        Body::Stream(mut s) => {
+            stream.write_all(out).await?;
+            out.clear();
+            while let Some(frame) = s.frame().await {
+                if let Ok(data) = frame?.into_data() {
+                    stream.write_all(&data).await?;
+                }
+            }
+        }
+    }
+    Ok(close)
+}
+
+/// Writes `a` then `b` with as few `writev` calls as the socket allows.
+async fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+    while !a.is_empty() {
+        let n = stream
+            .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
+            .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        if n < a.len() {
+            a = &a[n..];
+        } else {
+            b = &b[n - a.len()..];
+            a = &[];
+        }
+    }
+    stream.write_all(b).await
+}
+
+/// A stream that first yields bytes already read from it: how hyper gets a
+/// connection the lean path started.
+#[derive(Debug)]
+pub struct Rewind {
+    read: Bytes,
+    inner: TcpStream,
+}
+
+impl Rewind {
+    pub fn new(read: Bytes, inner: TcpStream) -> Self {
+        Self { read, inner }
+    }
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.read.is_empty() {
+            let n = self.read.len().min(buf.remaining());
+            buf.put_slice(&self.read[..n]);
+            self.read.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the lean path read, as one line; None when it hands off.
+    fn parse(raw: &[u8]) -> Option<String> {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut p = httparse::Request::new(&mut headers);
+        assert!(p.parse(raw).expect("parses").is_complete());
+        read_request(&p).map(|(r, close)| {
+            format!(
+                "head={} path={} query={:?} host={:?} ae={:?} close={close}",
+                r.head, r.path, r.query, r.host, r.accept_encoding
+            )
+        })
+    }
+
+    #[test]
+    fn takes_plain_gets_and_heads() {
+        assert_eq!(
+            parse(b"GET /a/b.html?x=1 HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: br\r\n\r\n")
+                .as_deref(),
+            Some(
+                r#"head=false path=/a/b.html query=Some("x=1") host=Some("a.test") ae=Some("br") close=false"#
+            )
+        );
+        assert_eq!(
+            parse(b"HEAD / HTTP/1.1\r\nhost: a\r\nConnection: keep-alive, Close\r\n\r\n")
+                .as_deref(),
+            Some(r#"head=true path=/ query=None host=Some("a") ae=None close=true"#)
+        );
+    }
+
+    #[test]
+    fn hands_everything_else_to_hyper() {
+        for raw in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
+        ] {
+            assert!(parse(raw).is_none(), "{}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    #[test]
+    fn header_values_must_be_text() {
+        assert_eq!(text(b"gzip, br"), Some("gzip, br"));
+        assert_eq!(text(b"a\tb"), Some("a\tb"));
+        assert_eq!(text(b"caf\xc3\xa9"), None);
+        assert_eq!(text(b"a\x7fb"), None);
+    }
+}
