@@ -233,3 +233,64 @@ async fn http1_pipelining_keepalive_and_handoff_to_hyper() -> Result<()> {
     ensure!(l.status == 206 && l.body == index[..10], "{l:?}");
     Ok(())
 }
+
+#[tokio::test]
+async fn pipelined_requests_cut_anywhere_are_all_answered_in_order() -> Result<()> {
+    let (net, site_dir) = one_site("cut.test")?;
+    net.admin
+        .ok(&["publish", &site_dir.to_string_lossy(), "--site", "cut.test"])?;
+    let index = std::fs::read(site_dir.join("index.html"))?;
+    let about = std::fs::read(site_dir.join("about.html"))?;
+    // xorshift: reproducible without a dependency.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rand = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut conn = tokio::net::TcpStream::connect(net.node.http).await?;
+    let mut buf = Vec::new();
+    for round in 0..20 {
+        // Up to 6 requests, some with heads larger than the first read buffer.
+        let mut batch = Vec::new();
+        let mut expect = Vec::new();
+        for _ in 0..1 + rand(6) {
+            let pad = if rand(4) == 0 { rand(20_000) } else { 0 };
+            let (method, path, body) = match rand(3) {
+                0 => ("GET", "/", &index),
+                1 => ("HEAD", "/", &index),
+                _ => ("GET", "/about", &about),
+            };
+            batch.extend_from_slice(
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: cut.test\r\nX-Pad: {}\r\n\r\n",
+                    "p".repeat(pad)
+                )
+                .as_bytes(),
+            );
+            expect.push((method == "HEAD", body.clone()));
+        }
+        let mut rest = &batch[..];
+        while !rest.is_empty() {
+            let n = 1 + rand(rest.len().min(9_000));
+            conn.write_all(&rest[..n]).await?;
+            rest = &rest[n..];
+            if rand(3) == 0 {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        for (i, (head, body)) in expect.iter().enumerate() {
+            let r = read_raw(&mut conn, &mut buf, *head).await?;
+            let want: &[u8] = if *head { &[] } else { body };
+            ensure!(
+                r.status == 200 && r.body == want,
+                "round {round}, response {i}: {} {:?}",
+                r.status,
+                r.headers
+            );
+        }
+    }
+    ensure!(buf.is_empty(), "unexpected bytes after the last response");
+    Ok(())
+}
