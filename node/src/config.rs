@@ -44,6 +44,10 @@ pub struct Config {
     /// an idle keep-alive connection stays open. Guards against slowloris.
     #[serde(default = "default_header_timeout", with = "humantime_serde")]
     pub http_header_timeout: std::time::Duration,
+    /// How long a response may wait for the client to take more of it; a
+    /// client that stops reading longer is cut off (a slow-read guard).
+    #[serde(default = "default_send_timeout", with = "humantime_serde")]
+    pub http_send_timeout: std::time::Duration,
     /// How often a node syncs its records with a few random members (it
     /// also syncs with all of them at start and after each local change).
     #[serde(default = "default_sync_interval", with = "humantime_serde")]
@@ -81,6 +85,10 @@ fn default_sync_interval() -> std::time::Duration {
 fn default_header_timeout() -> std::time::Duration {
     std::time::Duration::from_secs(10)
 }
+fn default_send_timeout() -> std::time::Duration {
+    // nginx's send_timeout.
+    std::time::Duration::from_secs(60)
+}
 fn default_keep_versions() -> u32 {
     10
 }
@@ -104,6 +112,7 @@ impl Default for Config {
             p2p: default_p2p(),
             public_addrs: Vec::new(),
             http_header_timeout: default_header_timeout(),
+            http_send_timeout: default_send_timeout(),
             sync_interval: default_sync_interval(),
             http_threads: 0,
             keep_versions: default_keep_versions(),
@@ -159,6 +168,9 @@ impl Config {
         if self.http_header_timeout < std::time::Duration::from_millis(500) {
             return Err("http_header_timeout must be at least 500ms".into());
         }
+        if self.http_send_timeout < std::time::Duration::from_millis(500) {
+            return Err("http_send_timeout must be at least 500ms".into());
+        }
         if let Some(r) = self
             .roles
             .iter()
@@ -210,6 +222,8 @@ impl Config {
              public_addrs = [{}]\n\
              # Time for a client to send a request head (and keep-alive idle time).\n\
              http_header_timeout = \"{}\"\n\
+             # Time a client may stop reading a response before it is cut off.\n\
+             http_send_timeout = \"{}\"\n\
              # Anti-entropy: how often to sync records with a few random members.\n\
              sync_interval = \"{}\"\n\
              # HTTP worker threads; 0 = one per core.\n\
@@ -227,6 +241,7 @@ impl Config {
             self.p2p,
             addrs.join(", "),
             humantime_serde::re::humantime::format_duration(self.http_header_timeout),
+            humantime_serde::re::humantime::format_duration(self.http_send_timeout),
             humantime_serde::re::humantime::format_duration(self.sync_interval),
             self.http_threads,
             self.keep_versions,

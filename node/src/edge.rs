@@ -266,13 +266,14 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationT
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 async fn serve_conn(
-    mut stream: tokio::net::TcpStream,
+    stream: tokio::net::TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
     let header_timeout = shared.config.http_header_timeout;
-    let read = match h1::serve(&mut stream, &shared, header_timeout).await {
+    let mut conn = h1::Conn::new(stream, shared.config.http_send_timeout);
+    let read = match h1::serve(&mut conn, &shared, header_timeout).await {
         Ok(h1::Ended::Closed) => return,
         Ok(h1::Ended::HandOff(read)) => read,
         Err(error) => {
@@ -283,7 +284,8 @@ async fn serve_conn(
     // The lean path stops at HTTP/2's preface (its version is not 1.x), so
     // what it read is the preface or a part of it.
     let h2 = read.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&read);
-    let io = TokioIo::new(h1::Rewind::new(read, stream));
+    conn.rewind(read);
+    let io = TokioIo::new(conn);
     let svc = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
         async move { Ok::<_, Infallible>(handle_hyper(&shared, req).await) }

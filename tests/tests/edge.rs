@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use maki_e2e::{NodeProc, fresh_network, http_get, one_site};
+use maki_e2e::{Maki, NodeProc, fresh_network, http_get, one_site};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -293,4 +293,63 @@ async fn pipelined_requests_cut_anywhere_are_all_answered_in_order() -> Result<(
     }
     ensure!(buf.is_empty(), "unexpected bytes after the last response");
     Ok(())
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off() -> Result<()> {
+    let fresh = fresh_network()?;
+    let config = fresh.data.join("makiatto.toml");
+    let text: String = std::fs::read_to_string(&config)?
+        .lines()
+        .map(|l| {
+            if l.starts_with("http_send_timeout") {
+                "http_send_timeout = \"1s\"\n".to_owned()
+            } else {
+                format!("{l}\n")
+            }
+        })
+        .collect();
+    ensure!(text.contains("http_send_timeout = \"1s\""));
+    std::fs::write(&config, text)?;
+    let node = NodeProc::start(&fresh.data)?;
+    let admin = Maki::new(&fresh.admin.home, Some(&node.ticket));
+    admin.ok(&["site", "add", "slow.test"])?;
+    // More than the loopback socket buffers hold, so the node's writes stall.
+    let size = 48 << 20;
+    let mut big = vec![0u8; size];
+    blake3::Hasher::new().finalize_xof().fill(&mut big);
+    let dir = fresh.tmp.path().join("slow");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("big.bin"), &big)?;
+    admin.ok(&["publish", &dir.to_string_lossy(), "--site", "slow.test"])?;
+    let request = b"GET /big.bin HTTP/1.1\r\nHost: slow.test\r\n\r\n";
+
+    // Control: a client that reads gets every byte (and the head).
+    let mut reader = tokio::net::TcpStream::connect(node.http).await?;
+    reader.write_all(request).await?;
+    let got = read_until_end(&mut reader, size + 1024).await;
+    ensure!(got > size, "a reading client got only {got} bytes");
+
+    // A client that stops reading for 3 s: the node gave up after 1 s, so
+    // reading now yields what was already in flight, then the end.
+    let mut stalled = tokio::net::TcpStream::connect(node.http).await?;
+    stalled.write_all(request).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let got = read_until_end(&mut stalled, size + 1024).await;
+    ensure!(got < size, "a stalled client still got all {got} bytes");
+    Ok(())
+}
+
+/// Reads until EOF, an error, `limit` bytes or 20 s; how many bytes came.
+async fn read_until_end(conn: &mut tokio::net::TcpStream, limit: usize) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut chunk = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    while total < limit {
+        match tokio::time::timeout_at(deadline, conn.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => break,
+        }
+    }
+    total
 }

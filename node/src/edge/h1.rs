@@ -32,7 +32,10 @@ use tokio::{
     net::TcpStream,
 };
 
-use super::{Body, Req, handle, timer};
+use super::{
+    Body, Req, handle,
+    timer::{self, CoarseSleep},
+};
 use crate::node::Shared;
 
 /// The largest request head either path reads (hyper answers 431 beyond).
@@ -58,7 +61,7 @@ pub enum Ended {
 
 /// Serves requests on `stream` until it ends or needs hyper.
 pub async fn serve(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     shared: &Shared,
     header_timeout: Duration,
 ) -> io::Result<Ended> {
@@ -117,7 +120,7 @@ pub async fn serve(
         let n = tokio::select! {
             biased;
             n = stream.read(&mut buf[end..]) => n?,
-            () = timer::sleep_until(due) => return Ok(Ended::Closed),
+            () = timer::sleep_or_drain(due) => return Ok(Ended::Closed),
         };
         if n == 0 {
             return Ok(Ended::Closed);
@@ -126,7 +129,7 @@ pub async fn serve(
     }
 }
 
-async fn hand_off(stream: &mut TcpStream, out: &mut Vec<u8>, unread: &[u8]) -> io::Result<Ended> {
+async fn hand_off(stream: &mut Conn, out: &mut Vec<u8>, unread: &[u8]) -> io::Result<Ended> {
     // Answers to the requests before this one go first.
     if !out.is_empty() {
         stream.write_all(out).await?;
@@ -218,7 +221,7 @@ fn text(value: &[u8]) -> Option<&str> {
 /// Queues (or writes) one response; true when the connection must close
 /// after it (a body of unknown length ends with the connection).
 async fn write_response(
-    stream: &mut TcpStream,
+    stream: &mut Conn,
     out: &mut Vec<u8>,
     response: Response<Body>,
     head: bool,
@@ -287,7 +290,7 @@ async fn write_response(
 }
 
 /// Writes `a` then `b` with as few `writev` calls as the socket allows.
-async fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+async fn write_both(stream: &mut Conn, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
     while !a.is_empty() {
         let n = stream
             .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
@@ -305,21 +308,59 @@ async fn write_both(stream: &mut TcpStream, mut a: &[u8], mut b: &[u8]) -> io::R
     stream.write_all(b).await
 }
 
-/// A stream that first yields bytes already read from it: how hyper gets a
-/// connection the lean path started.
+/// A client connection. Reads first yield bytes put back with
+/// [`Conn::rewind`] (how hyper gets a connection the lean path started),
+/// then the socket's. A write that makes no progress for `send_timeout`
+/// fails, so a client that stops reading cannot hold a connection, and the
+/// response queued for it, forever.
 #[derive(Debug)]
-pub struct Rewind {
+pub struct Conn {
     read: Bytes,
     inner: TcpStream,
+    send_timeout: Duration,
+    stalled: Option<CoarseSleep>,
 }
 
-impl Rewind {
-    pub fn new(read: Bytes, inner: TcpStream) -> Self {
-        Self { read, inner }
+impl Conn {
+    pub fn new(inner: TcpStream, send_timeout: Duration) -> Self {
+        Self {
+            read: Bytes::new(),
+            inner,
+            send_timeout,
+            stalled: None,
+        }
+    }
+
+    /// Puts bytes read but not answered in front of the socket's.
+    pub fn rewind(&mut self, read: Bytes) {
+        self.read = read;
+    }
+
+    /// A write's outcome, or a timeout when it has been pending too long.
+    fn written<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let timeout = self.send_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| timer::sleep_until(Instant::now() + timeout));
+        match Pin::new(stalled).poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the client stopped reading",
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
-impl AsyncRead for Rewind {
+impl AsyncRead for Conn {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -335,13 +376,14 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl AsyncWrite for Conn {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.written(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -349,7 +391,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.written(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -357,11 +400,13 @@ impl AsyncWrite for Rewind {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let polled = Pin::new(&mut self.inner).poll_flush(cx);
+        self.written(cx, polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.written(cx, polled)
     }
 }
 

@@ -155,10 +155,19 @@ pub async fn tick(drain: CancellationToken, stop: CancellationToken) {
 }
 
 /// A sleep until `deadline` that also ends when the worker starts draining.
-pub fn sleep_until(deadline: Instant) -> CoarseSleep {
+pub fn sleep_or_drain(deadline: Instant) -> CoarseSleep {
     CoarseSleep {
         deadline,
         on_drain: true,
+        key: None,
+    }
+}
+
+/// A sleep until `deadline`, draining or not.
+pub fn sleep_until(deadline: Instant) -> CoarseSleep {
+    CoarseSleep {
+        deadline,
+        on_drain: false,
         key: None,
     }
 }
@@ -173,11 +182,7 @@ impl hyper::rt::Timer for CoarseTimer {
     }
 
     fn sleep_until(&self, deadline: Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(CoarseSleep {
-            deadline,
-            on_drain: false,
-            key: None,
-        })
+        Box::pin(sleep_until(deadline))
     }
 }
 
@@ -260,7 +265,7 @@ mod tests {
         let (drain, stop) = (CancellationToken::new(), CancellationToken::new());
         let ticker = tokio::spawn(tick(drain.clone(), stop.clone()));
         let far = Instant::now() + Duration::from_secs(60);
-        let mut lean = std::pin::pin!(sleep_until(far));
+        let mut lean = std::pin::pin!(sleep_or_drain(far));
         let mut hypers = hyper::rt::Timer::sleep_until(&CoarseTimer, far);
         std::future::poll_fn(|cx| {
             assert!(lean.as_mut().poll(cx).is_pending());
