@@ -42,16 +42,8 @@ now() { python3 -c 'import time; print(time.monotonic())'; }
 # network N DIR: N release nodes (the first inits, the rest join by invite).
 network() {
     local n=$1 dir=$2
-    export MAKI_HOME=$dir/home
-    mkdir -p "$MAKI_HOME"
-    local key
-    key=$("$BIN/maki" keys 2>/dev/null)
-    "$BIN/makiatto" init --data-dir "$dir/n1" --admin "$key" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
-    MAKIATTO_LOG=warn "$BIN/makiatto" run --data-dir "$dir/n1" >"$dir/n1.ready" 2>"$dir/n1.log" &
-    pids+=($!)
-    wait_ready "$dir/n1.ready"
-    export MAKI_NODE
-    MAKI_NODE=$(sed -n 's/.*ticket=\([^ ]*\).*/\1/p' "$dir/n1.ready")
+    first_node "$dir" n1
+    pids+=("$NODE_PID")
     for i in $(seq 2 "$n"); do
         local t
         t=$("$BIN/maki" invite 2>/dev/null)

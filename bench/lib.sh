@@ -30,21 +30,29 @@ wait_ready() {
     exit 1
 }
 
-# start_node DIR SITE SITE_DIR: a release node on loopback with SITE published.
+# first_node DIR NAME: a fresh network of one release node on loopback, its
+# data in DIR/NAME, ready line in DIR/NAME.ready, admin key in DIR/home.
 # Sets NODE_PID, NODE_HTTP, MAKI_NODE, MAKI_HOME.
-start_node() {
-    local dir=$1 site=$2 site_dir=$3
+first_node() {
+    local dir=$1 name=$2
     export MAKI_HOME=$dir/home
     mkdir -p "$MAKI_HOME"
     local key
     key=$("$BIN/maki" keys 2>/dev/null)
-    "$BIN/makiatto" init --data-dir "$dir/node" --admin "$key" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
-    MAKIATTO_LOG=warn "$BIN/makiatto" run --data-dir "$dir/node" >"$dir/ready" 2>"$dir/node.log" &
+    "$BIN/makiatto" init --data-dir "$dir/$name" --admin "$key" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
+    MAKIATTO_LOG=warn "$BIN/makiatto" run --data-dir "$dir/$name" >"$dir/$name.ready" 2>"$dir/$name.log" &
     NODE_PID=$!
-    wait_ready "$dir/ready"
-    NODE_HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$dir/ready")
+    wait_ready "$dir/$name.ready"
+    NODE_HTTP=$(sed -n 's/.*http=\([^ ]*\).*/\1/p' "$dir/$name.ready")
     export MAKI_NODE
-    MAKI_NODE=$(sed -n 's/.*ticket=\([^ ]*\).*/\1/p' "$dir/ready")
+    MAKI_NODE=$(sed -n 's/.*ticket=\([^ ]*\).*/\1/p' "$dir/$name.ready")
+}
+
+# start_node DIR SITE SITE_DIR: a release node on loopback with SITE published.
+# Sets NODE_PID, NODE_HTTP, MAKI_NODE, MAKI_HOME.
+start_node() {
+    local dir=$1 site=$2 site_dir=$3
+    first_node "$dir" node
     "$BIN/maki" site add "$site" >/dev/null
     "$BIN/maki" publish "$site_dir" --site "$site" >/dev/null 2>&1
 }
