@@ -59,9 +59,9 @@ pub enum Ended {
     HandOff(Bytes),
 }
 
-/// Serves requests on `stream` until it ends or needs hyper.
+/// Serves requests on `conn` until it ends or needs hyper.
 pub async fn serve(
-    stream: &mut Conn,
+    conn: &mut Conn,
     shared: &Shared,
     header_timeout: Duration,
 ) -> io::Result<Ended> {
@@ -79,23 +79,20 @@ pub async fn serve(
             let len = match parser.parse_with_uninit_headers(&buf[start..end], &mut slots) {
                 Ok(httparse::Status::Complete(len)) => len,
                 Ok(httparse::Status::Partial) => break,
-                Err(_) => return hand_off(stream, &mut out, &buf[start..end]).await,
+                Err(_) => return hand_off(conn, &mut out, &buf[start..end]).await,
             };
             let Some((req, wants_close)) = read_request(&parser) else {
-                return hand_off(stream, &mut out, &buf[start..end]).await;
+                return hand_off(conn, &mut out, &buf[start..end]).await;
             };
             let response = handle(shared, &req).await;
-            close = wants_close || timer::draining();
-            close |= write_response(stream, &mut out, response, req.head, close).await?;
+            let wants_close = wants_close || timer::draining();
+            close = write_response(conn, &mut out, response, req.head, wants_close).await?;
             start += len;
             deadline = None;
         }
-        if !out.is_empty() {
-            stream.write_all(&out).await?;
-            out.clear();
-        }
+        flush(conn, &mut out).await?;
         if close {
-            stream.shutdown().await.ok();
+            conn.shutdown().await.ok();
             return Ok(Ended::Closed);
         }
         if start == end {
@@ -111,7 +108,7 @@ pub async fn serve(
                 buf.resize((buf.len() * 2).min(MAX_HEAD), 0);
             } else {
                 // A head this large: hyper refuses it properly (431).
-                return hand_off(stream, &mut out, &buf[start..end]).await;
+                return hand_off(conn, &mut out, &buf[start..end]).await;
             }
         }
         let due = *deadline.get_or_insert_with(|| Instant::now() + header_timeout);
@@ -119,7 +116,7 @@ pub async fn serve(
         // so it never registers with the timer.
         let n = tokio::select! {
             biased;
-            n = stream.read(&mut buf[end..]) => n?,
+            n = conn.read(&mut buf[end..]) => n?,
             () = timer::sleep_or_drain(due) => return Ok(Ended::Closed),
         };
         if n == 0 {
@@ -129,13 +126,19 @@ pub async fn serve(
     }
 }
 
-async fn hand_off(stream: &mut Conn, out: &mut Vec<u8>, unread: &[u8]) -> io::Result<Ended> {
+async fn hand_off(conn: &mut Conn, out: &mut Vec<u8>, unread: &[u8]) -> io::Result<Ended> {
     // Answers to the requests before this one go first.
+    flush(conn, out).await?;
+    Ok(Ended::HandOff(Bytes::copy_from_slice(unread)))
+}
+
+/// Writes out the queued responses.
+async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
     if !out.is_empty() {
-        stream.write_all(out).await?;
+        conn.write_all(out).await?;
         out.clear();
     }
-    Ok(Ended::HandOff(Bytes::copy_from_slice(unread)))
+    Ok(())
 }
 
 /// The request, if this path serves it, and whether the client asked to close.
@@ -221,7 +224,7 @@ fn text(value: &[u8]) -> Option<&str> {
 /// Queues (or writes) one response; true when the connection must close
 /// after it (a body of unknown length ends with the connection).
 async fn write_response(
-    stream: &mut Conn,
+    conn: &mut Conn,
     out: &mut Vec<u8>,
     response: Response<Body>,
     head: bool,
@@ -268,20 +271,18 @@ async fn write_response(
         Body::Bytes(b) if b.len() <= INLINE_BODY => {
             out.extend_from_slice(&b);
             if out.len() >= FLUSH_AT {
-                stream.write_all(out).await?;
-                out.clear();
+                flush(conn, out).await?;
             }
         }
         Body::Bytes(b) => {
-            write_both(stream, out, &b).await?;
+            write_both(conn, out, &b).await?;
             out.clear();
         }
         Body::Stream(mut s) => {
-            stream.write_all(out).await?;
-            out.clear();
+            flush(conn, out).await?;
             while let Some(frame) = s.frame().await {
                 if let Ok(data) = frame?.into_data() {
-                    stream.write_all(&data).await?;
+                    conn.write_all(&data).await?;
                 }
             }
         }
@@ -290,9 +291,9 @@ async fn write_response(
 }
 
 /// Writes `a` then `b` with as few `writev` calls as the socket allows.
-async fn write_both(stream: &mut Conn, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+async fn write_both(conn: &mut Conn, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
     while !a.is_empty() {
-        let n = stream
+        let n = conn
             .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
             .await?;
         if n == 0 {
@@ -305,7 +306,7 @@ async fn write_both(stream: &mut Conn, mut a: &[u8], mut b: &[u8]) -> io::Result
             a = &[];
         }
     }
-    stream.write_all(b).await
+    conn.write_all(b).await
 }
 
 /// A client connection. Reads first yield bytes put back with
