@@ -10,7 +10,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use clap::{Parser, Subcommand};
 use maki::{
     keys,
-    net::Client,
+    net::{Client, NetError},
     project::{PROJECT_FILE, Project, SiteSection},
     publish::{self, Outcome, Progress},
     scan::HashCache,
@@ -18,7 +18,7 @@ use maki::{
 use maki_protocol::{
     Domain, Hash, Invite, InviteTicket, NodeTicket, PublicKey, RECORD_FORMAT, Revocation,
     SecretKey, Signed, SiteRecord,
-    rpc::{Request, Response},
+    rpc::{Request, Response, RpcError},
 };
 
 #[derive(Debug, Parser)]
@@ -346,6 +346,14 @@ async fn run(cli: Cli) -> Result<()> {
             let mut progress = Bar::new();
             let outcome =
                 publish::publish(&client, &key, &dir, &site, &mut cache, &mut progress).await;
+            if let Err(publish::PublishError::Net(NetError::Refused(RpcError::SizeMismatch {
+                ..
+            }))) = &outcome
+            {
+                // The node found our manifest lying about a file: the hash
+                // cache is not to be trusted; the next run hashes everything.
+                cache.clear();
+            }
             cache.save(&cache_path);
             let outcome = match outcome {
                 Ok(o) => o,

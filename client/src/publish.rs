@@ -10,7 +10,7 @@ use iroh_blobs::{
     store::mem::MemStore,
 };
 use maki_protocol::{
-    Domain, Hash, Head, MANIFEST_FORMAT, Manifest, SecretKey, Signed,
+    Domain, Hash, Head, MANIFEST_FORMAT, Manifest, ManifestError, SecretKey, Signed,
     rpc::{Request, Response, RpcError, SiteInfo, VersionInfo},
 };
 
@@ -46,8 +46,28 @@ pub enum PublishError {
     Unexpected(String),
 }
 
-/// Scans `dir` and builds the manifest that would be published.
+/// Scans `dir` and builds the manifest that would be published, checked
+/// as every node will check it.
 pub fn build(
+    dir: &Path,
+    site: &Domain,
+    cache: &mut HashCache,
+    parent: Option<Hash>,
+    version: u64,
+) -> Result<(Manifest, Scanned), ScanError> {
+    let mut built = assemble(dir, site, cache, parent, version)?;
+    // Entries that contradict each other (one hash, two sizes) can only
+    // come from a stale or corrupted hash cache, or a file changing
+    // mid-scan: hash everything again, once.
+    if let Err(ManifestError::SizeConflict { .. }) = Manifest::decode(&built.0.to_bytes()) {
+        cache.clear();
+        built = assemble(dir, site, cache, parent, version)?;
+    }
+    check(&built.0)?;
+    Ok(built)
+}
+
+fn assemble(
     dir: &Path,
     site: &Domain,
     cache: &mut HashCache,
@@ -66,6 +86,13 @@ pub fn build(
         redirects: std::mem::take(&mut scanned.redirects),
     };
     Ok((manifest, scanned))
+}
+
+/// The checks a node makes on a manifest, made before anything is sent.
+fn check(manifest: &Manifest) -> Result<(), ScanError> {
+    Manifest::decode(&manifest.to_bytes())
+        .and_then(|_| manifest.check_publishable())
+        .map_err(ScanError::Manifest)
 }
 
 pub fn now() -> u64 {

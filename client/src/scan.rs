@@ -40,6 +40,14 @@ pub enum ScanError {
     Rule(#[from] rules::RuleError),
     #[error("{0} is not a folder")]
     NotADir(PathBuf),
+    #[error("{a} and {b} are both {path:?} once Unicode-normalised (NFC); rename one of them")]
+    SameName {
+        a: PathBuf,
+        b: PathBuf,
+        path: String,
+    },
+    #[error("the site cannot be published: {0}")]
+    Manifest(maki_protocol::ManifestError),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {
@@ -61,10 +69,14 @@ pub struct Scanned {
     pub skipped_links: Vec<PathBuf>,
 }
 
+/// What `stat` says of a file. ctime is in the key because a user can set
+/// mtime (`touch -d`, `cp -p`, `rsync -t`) but not ctime: a changed file
+/// with its old size and mtime still misses the cache.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 struct CacheKey {
     size: u64,
     mtime_ns: i128,
+    ctime_ns: i128,
     ino: u64,
 }
 
@@ -73,26 +85,67 @@ struct Cached {
     key: CacheKey,
     hash: Hash,
     encodings: BTreeMap<Encoding, Variant>,
+    /// The wall clock when the file was hashed. A file changed within the
+    /// same clock tick as that (a "racily clean" entry, as git calls it)
+    /// can keep its mtime and size: such entries are hashed again.
+    hashed_ns: i128,
 }
 
+/// A file changed this close to when it was hashed is not trusted from
+/// the cache (coarse file system timestamps).
+const RACY_NS: i128 = 2_000_000_000;
+
+/// What starts a cache file: a format tag, then the BLAKE3 of the rest.
+const CACHE_MAGIC: &[u8] = b"makicache2";
+
 /// Stat results → hashes, persisted between runs.
+///
+/// Only an optimisation, so it is never trusted blindly: a file whose bytes
+/// fail their checksum is ignored whole, an entry is used only while size,
+/// mtime, ctime and inode all match and it is not racily clean, and a scan
+/// whose entries contradict each other (one hash with two sizes) is redone
+/// without it (see [`crate::publish::build`]).
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct HashCache {
     files: HashMap<String, Cached>,
 }
 
 impl HashCache {
-    /// Loads a cache file; a missing or unreadable one is just empty.
+    /// Loads a cache file; a missing, unreadable or corrupted one is just
+    /// empty.
     pub fn load(path: &Path) -> Self {
         std::fs::read(path)
             .ok()
-            .and_then(|b| postcard::from_bytes(&b).ok())
+            .and_then(|b| Self::decode(&b))
             .unwrap_or_default()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let rest = bytes.strip_prefix(CACHE_MAGIC)?;
+        let (sum, body) = rest.split_at_checked(32)?;
+        if blake3::hash(body).as_bytes() != sum {
+            return None;
+        }
+        postcard::from_bytes(body).ok()
+    }
+
+    fn encode(&self) -> Option<Vec<u8>> {
+        let body = postcard::to_stdvec(self).ok()?;
+        let mut out = Vec::with_capacity(CACHE_MAGIC.len() + 32 + body.len());
+        out.extend_from_slice(CACHE_MAGIC);
+        out.extend_from_slice(blake3::hash(&body).as_bytes());
+        out.extend_from_slice(&body);
+        Some(out)
+    }
+
+    /// Forgets every entry: the next scan hashes every file.
+    pub fn clear(&mut self) {
+        self.files.clear();
     }
 
     /// Writes the cache atomically (temp file + rename). Best effort.
     pub fn save(&self, path: &Path) {
-        let Ok(bytes) = postcard::to_stdvec(self) else {
+        let Some(bytes) = self.encode() else {
             return;
         };
         let Some(parent) = path.parent() else {
@@ -127,6 +180,17 @@ pub fn scan(root: &Path, cache: &mut HashCache) -> Result<Scanned, ScanError> {
     let mut found = Vec::new();
     let mut visited = HashSet::new();
     walk(&canon, &canon, "", &mut found, &mut out, &mut visited)?;
+    // Two names that differ only in Unicode normalisation (NFC and NFD, as
+    // macOS and Linux may each write) are one site path: say so rather than
+    // let one silently replace the other.
+    found.sort_by(|a, b| a.site_path.cmp(&b.site_path));
+    if let Some(w) = found.windows(2).find(|w| w[0].site_path == w[1].site_path) {
+        return Err(ScanError::SameName {
+            a: w[0].fs_path.clone(),
+            b: w[1].fs_path.clone(),
+            path: w[0].site_path.as_str().to_owned(),
+        });
+    }
 
     for (name, parse) in [("_headers", true), ("_redirects", false)] {
         let p = canon.join(name);
@@ -145,6 +209,7 @@ pub fn scan(root: &Path, cache: &mut HashCache) -> Result<Scanned, ScanError> {
         .map(|f| {
             if let Some(c) = cache.files.get(f.site_path.as_str())
                 && c.key == f.key
+                && c.key.mtime_ns.max(c.key.ctime_ns) + RACY_NS < c.hashed_ns
             {
                 let c = c.clone();
                 return Ok((f, c));
@@ -249,6 +314,7 @@ fn cache_key(meta: &std::fs::Metadata) -> CacheKey {
     CacheKey {
         size: meta.len(),
         mtime_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+        ctime_ns: i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
         ino: meta.ino(),
     }
 }
@@ -263,11 +329,15 @@ fn cache_key(meta: &std::fs::Metadata) -> CacheKey {
     CacheKey {
         size: meta.len(),
         mtime_ns,
+        ctime_ns: 0,
         ino: 0,
     }
 }
 
 fn hash_file(f: &Found) -> Result<Cached, ScanError> {
+    let hashed_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i128);
     let mut hasher = blake3::Hasher::new();
     // Big files are hashed with all cores; small ones are already spread
     // across cores one file each.
@@ -302,6 +372,7 @@ fn hash_file(f: &Found) -> Result<Cached, ScanError> {
         key: f.key.clone(),
         hash,
         encodings,
+        hashed_ns,
     })
 }
 
@@ -425,6 +496,84 @@ mod tests {
         // A second scan is served from the cache and gives the same result.
         let again = scan(&root, &mut cache)?;
         assert_eq!(again.entries, s.entries);
+        Ok(())
+    }
+
+    /// The red team planted a lie through this cache: a.html's entry named
+    /// z.html's hash. The manifest must come out honest anyway.
+    #[test]
+    fn a_lying_cache_entry_never_reaches_the_manifest() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = &dir.path().join("site");
+        std::fs::create_dir(root)?;
+        std::fs::write(root.join("a.html"), vec![b'a'; 1000])?;
+        std::fs::write(root.join("z.html"), b"0123456789")?;
+        let site = maki_protocol::Domain::new("a.test")?;
+        let mut cache = HashCache::default();
+        let (honest, _) = crate::publish::build(root, &site, &mut cache, None, 1)?;
+        // Make every entry old enough to be trusted, then plant the lie.
+        for c in cache.files.values_mut() {
+            c.hashed_ns += 10 * RACY_NS;
+        }
+        let z = cache.files["z.html"].hash;
+        cache.files.get_mut("a.html").ok_or("entry")?.hash = z;
+        // Round trip through the file: the checksum covers the planted
+        // bytes (the attacker wrote a valid file).
+        let file = dir.path().join("cache");
+        cache.save(&file);
+        let mut cache = HashCache::load(&file);
+        assert_eq!(cache.files["a.html"].hash, z);
+        let (built, _) = crate::publish::build(root, &site, &mut cache, None, 1)?;
+        assert_eq!(built.entries, honest.entries);
+
+        // A corrupted file (one flipped byte) is ignored whole.
+        let mut bytes = std::fs::read(&file)?;
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&file, &bytes)?;
+        assert!(HashCache::load(&file).files.is_empty());
+        Ok(())
+    }
+
+    /// Same size, same mtime (restored by `touch -d` or `cp -p`), other
+    /// bytes: ctime tells, and the file is hashed again.
+    #[test]
+    fn a_changed_file_with_its_old_mtime_is_hashed_again() -> Result<(), Box<dyn std::error::Error>>
+    {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("a.html");
+        std::fs::write(&path, b"aaaa")?;
+        let mtime = std::fs::metadata(&path)?.modified()?;
+        let mut cache = HashCache::default();
+        scan(dir.path(), &mut cache)?;
+        for c in cache.files.values_mut() {
+            c.hashed_ns += 10 * RACY_NS;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"bbbb")?;
+        std::fs::File::options()
+            .write(true)
+            .open(&path)?
+            .set_modified(mtime)?;
+        let s = scan(dir.path(), &mut cache)?;
+        assert_eq!(s.entries[&SitePath::new("a.html")?].hash, Hash::of(b"bbbb"));
+
+        // And a file changed right after it was hashed is not trusted.
+        let mut cache = HashCache::default();
+        scan(dir.path(), &mut cache)?;
+        let c = &cache.files["a.html"];
+        assert!(c.key.mtime_ns.max(c.key.ctime_ns) + RACY_NS >= c.hashed_ns);
+        Ok(())
+    }
+
+    #[test]
+    fn two_normalisation_forms_of_one_name_are_refused() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("caf\u{e9}.html"), b"nfc")?;
+        std::fs::write(dir.path().join("cafe\u{301}.html"), b"nfd")?;
+        let err = scan(dir.path(), &mut HashCache::default()).expect_err("same name");
+        assert!(matches!(err, ScanError::SameName { .. }), "{err}");
+        assert!(err.to_string().contains("rename one"), "{err}");
         Ok(())
     }
 

@@ -29,7 +29,7 @@ use crate::{
     content::{temp_tag, to_iroh, version_tag},
     live::LiveSite,
     node::Shared,
-    state::{Applied, SiteRec},
+    state::Applied,
 };
 
 /// Admin connections served at once; more are refused until one closes.
@@ -425,14 +425,18 @@ impl AdminProtocol {
     }
 
     /// The site's record if `caller` may publish it (its publishers, and admins).
-    fn require_publisher(&self, caller: PublicKey, domain: &Domain) -> Result<SiteRec, RpcError> {
+    fn require_publisher(
+        &self,
+        caller: PublicKey,
+        domain: &Domain,
+    ) -> Result<SiteRecord, RpcError> {
         let rec = self
             .shared
             .state
             .site(domain)
             .map_err(internal)?
             .ok_or_else(|| RpcError::UnknownSite(domain.clone()))?;
-        if rec.publishers.contains(&caller) || self.shared.is_admin(&caller) {
+        if rec.may_publish(&caller, &self.shared.genesis.admins) {
             Ok(rec)
         } else {
             Err(RpcError::NotPublisher {
@@ -647,6 +651,9 @@ impl AdminProtocol {
         }
         let manifest = Manifest::decode(&manifest_bytes)
             .map_err(|e| RpcError::InvalidManifest(e.to_string()))?;
+        manifest
+            .check_publishable()
+            .map_err(|e| RpcError::InvalidManifest(e.to_string()))?;
         if manifest.site != head.site {
             return Err(RpcError::InvalidManifest(format!(
                 "the manifest is for {}, the head for {}",
@@ -700,14 +707,8 @@ impl AdminProtocol {
             ));
         }
         let blobs = manifest.blobs();
-        let mut missing = Vec::new();
-        let mut bytes = 0;
-        for (hash, size) in &blobs {
-            if content.complete_size(*hash).await.map_err(internal)? != Some(*size) {
-                missing.push(*hash);
-                bytes += size;
-            }
-        }
+        let missing = content.check_manifest(&manifest).await.map_err(refusal)?;
+        let bytes = missing.iter().filter_map(|h| blobs.get(h)).sum::<u64>();
         let open = self
             .shared
             .sessions
@@ -774,27 +775,28 @@ impl AdminProtocol {
         // Pushes are acknowledged when sent; wait until each has landed.
         let blobs = s.manifest.blobs();
         let deadline = tokio::time::Instant::now() + LANDING_TIMEOUT;
-        let mut absent = Vec::new();
         for hash in &s.missing {
-            let want = blobs.get(hash).copied();
-            if content.complete_size(*hash).await.map_err(internal)? == want {
+            if content
+                .complete_size(*hash)
+                .await
+                .map_err(internal)?
+                .is_some()
+            {
                 continue;
             }
-            let landed = tokio::time::timeout_at(
-                deadline,
-                content
-                    .store()
-                    .blobs()
-                    .observe(to_iroh(*hash))
-                    .await_completion(),
-            )
-            .await;
-            let ok = matches!(landed, Ok(Ok(_)))
-                && content.complete_size(*hash).await.map_err(internal)? == want;
-            if !ok {
-                absent.push(*hash);
+            let landed = content
+                .store()
+                .blobs()
+                .observe(to_iroh(*hash))
+                .await_completion();
+            if tokio::time::timeout_at(deadline, landed).await.is_err() {
+                break;
             }
         }
+        // A pushed blob was verified against its hash, so its size is the
+        // truth: one that landed with another size than declared is the
+        // manifest's lie, refused by path.
+        let absent = content.check_manifest(&s.manifest).await.map_err(refusal)?;
         if let Some(first) = absent.first() {
             return Err(RpcError::MissingBlobs {
                 count: absent.len(),
@@ -925,6 +927,22 @@ impl AdminProtocol {
 
 fn internal(e: impl std::fmt::Display) -> RpcError {
     RpcError::Internal(e.to_string())
+}
+
+/// A content check's verdict as the publisher should read it.
+fn refusal(e: crate::content::ContentError) -> RpcError {
+    match e {
+        crate::content::ContentError::SizeMismatch {
+            path,
+            declared,
+            stored,
+        } => RpcError::SizeMismatch {
+            path,
+            declared,
+            stored,
+        },
+        other => internal(other),
+    }
 }
 
 /// Session ids are unguessable so one caller cannot commit another's

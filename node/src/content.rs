@@ -11,13 +11,20 @@ use std::path::Path;
 
 use bytes::Bytes;
 use iroh_blobs::{BlobFormat, api::blobs::BlobReader, hashseq::HashSeq, store::fs::FsStore};
-use maki_protocol::{Domain, Hash};
+use maki_protocol::{Domain, Hash, Manifest};
+use n0_future::{BufferedStreamExt, StreamExt};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ContentError {
     #[error("blob store: {0}")]
     Store(String),
+    #[error("{path}: the manifest says {declared} bytes, the stored blob is {stored}")]
+    SizeMismatch {
+        path: String,
+        declared: u64,
+        stored: u64,
+    },
 }
 
 fn store_err(e: impl std::fmt::Display) -> ContentError {
@@ -60,6 +67,38 @@ impl Content {
             BlobStatus::Complete { size } => Ok(Some(size)),
             _ => Ok(None),
         }
+    }
+
+    /// Checks every blob `manifest` names against the store: the ones
+    /// absent (or partial) are returned; one present with another size than
+    /// the manifest declares is a lie, refused by path. Signed is not
+    /// honest: this is what keeps a declared size from ever reaching the
+    /// edge unchecked.
+    pub async fn check_manifest(&self, manifest: &Manifest) -> Result<Vec<Hash>, ContentError> {
+        let mut missing = Vec::new();
+        let checks = n0_future::stream::iter(manifest.blobs())
+            .map(|(hash, declared)| async move {
+                self.complete_size(hash).await.map(|s| (hash, declared, s))
+            })
+            .buffered_ordered(32)
+            .collect::<Vec<_>>()
+            .await;
+        for check in checks {
+            match check? {
+                (_, declared, Some(stored)) if stored == declared => {}
+                (hash, declared, Some(stored)) => {
+                    return Err(ContentError::SizeMismatch {
+                        path: manifest
+                            .path_of(&hash)
+                            .map_or_else(|| hash.to_string(), |p| p.as_str().to_owned()),
+                        declared,
+                        stored,
+                    });
+                }
+                (hash, _, None) => missing.push(hash),
+            }
+        }
+        Ok(missing)
     }
 
     pub async fn add_bytes(&self, bytes: Bytes) -> Result<Hash, ContentError> {

@@ -26,7 +26,7 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use maki_protocol::{Encoding, Hash, Manifest};
+use maki_protocol::{Encoding, Hash, Manifest, rules::is_reserved_header};
 use n0_future::StreamExt;
 use tokio::{io::AsyncSeekExt, net::TcpListener, sync::Semaphore, task::JoinSet};
 use tokio_util::{io::ReaderStream, sync::CancellationToken};
@@ -480,11 +480,11 @@ fn resolve<'a>(site: &'a LiveSite, path: &str, query: Option<&str>) -> Resolved<
     let mut path = std::borrow::Cow::Borrowed(path);
     for rule in &site.manifest.redirects {
         if let Some(caps) = rule.from.matches(&path) {
-            let target = rule.target(&caps);
             if rule.status != 200 {
-                return Resolved::Redirect(rule.status, with_query(target));
+                return Resolved::Redirect(rule.status, with_query(rule.target(&caps)));
             }
-            let target = target
+            let target = rule
+                .rewrite(&caps)
                 .split(['?', '#'])
                 .next()
                 .unwrap_or_default()
@@ -503,7 +503,11 @@ fn resolve<'a>(site: &'a LiveSite, path: &str, query: Option<&str>) -> Resolved<
         return Resolved::File(e);
     }
     if site.file(&format!("{rel}/index.html")).is_some() {
-        return Resolved::Redirect(301, with_query(format!("/{rel}/")));
+        let mut location = String::with_capacity(rel.len() + 2);
+        location.push('/');
+        maki_protocol::rules::encode_into(rel, &mut location);
+        location.push('/');
+        return Resolved::Redirect(301, with_query(location));
     }
     site.file(&format!("{rel}.html"))
         .map_or(Resolved::NotFound, Resolved::File)
@@ -585,7 +589,9 @@ fn apply_rules(m: &Manifest, path: &str, out: &mut HeaderMap) {
         if rule.pattern.matches(path).is_none() {
             continue;
         }
-        for (name, value) in &rule.set {
+        // Refused at publish; filtered here too, for versions published
+        // before that check (framing headers would desynchronise clients).
+        for (name, value) in rule.set.iter().filter(|(n, _)| !is_reserved_header(n)) {
             match set.iter_mut().find(|(n, _)| n == name) {
                 Some((_, v)) => {
                     v.push_str(", ");
@@ -594,7 +600,7 @@ fn apply_rules(m: &Manifest, path: &str, out: &mut HeaderMap) {
                 None => set.push((name, value.clone())),
             }
         }
-        for name in &rule.unset {
+        for name in rule.unset.iter().filter(|n| !is_reserved_header(n)) {
             set.retain(|(n, _)| n != name);
             if let Ok(name) = header::HeaderName::try_from(name.as_str()) {
                 out.remove(name);
@@ -752,7 +758,10 @@ async fn send(
             return build(StatusCode::RANGE_NOT_SATISFIABLE, headers, Body::empty());
         }
     };
-    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    // Lengths and slices come from the blob itself, never from a size a
+    // manifest declared: the two are checked equal before a version goes
+    // live, and a mismatch here (a disk that lost data) is an error
+    // response, never a short body behind a long Content-Length.
     let body = if local::cacheable(size) {
         let bytes = match local::blob(&hash) {
             Some(b) => b,
@@ -767,8 +776,21 @@ async fn send(
                 }
             },
         };
-        Body::Bytes(bytes.slice(start as usize..end as usize))
+        match bytes.get(start as usize..end as usize) {
+            Some(_) if bytes.len() as u64 == size => {
+                Body::Bytes(bytes.slice(start as usize..end as usize))
+            }
+            _ => return size_mismatch(hash, size, bytes.len() as u64),
+        }
     } else {
+        match shared.content.complete_size(hash).await {
+            Ok(Some(stored)) if stored == size => {}
+            Ok(stored) => return size_mismatch(hash, size, stored.unwrap_or(0)),
+            Err(error) => {
+                warn!(%error, %hash, "blob store failed");
+                return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
+            }
+        }
         let mut r = shared.content.reader(hash);
         if let Err(error) = r.seek(io::SeekFrom::Start(start)).await {
             warn!(%error, %hash, "blob seek failed");
@@ -779,7 +801,13 @@ async fn send(
                 .map(|chunk| chunk.map(Frame::data));
         Body::Stream(StreamBody::new(stream).boxed_unsync())
     };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     build(status, headers, body)
+}
+
+fn size_mismatch(hash: Hash, declared: u64, stored: u64) -> Response<Body> {
+    warn!(%hash, declared, stored, "a served blob is not the size its manifest declares");
+    plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n")
 }
 
 fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {

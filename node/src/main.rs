@@ -69,6 +69,16 @@ enum Command {
 }
 
 fn main() {
+    // The release build aborts on any panic (`panic = "abort"`: the
+    // userspace WireGuard device needs it). Make every build do so, so a
+    // panic a visitor or publisher can trigger ends a test's node exactly
+    // as it would end a production node, instead of vanishing into a
+    // join set that swallows it.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        std::process::abort();
+    }));
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -490,14 +490,39 @@ async fn load_live(state: &State, content: &Content, live: &Live) -> Result<(), 
             warn!(site = %domain, "stored head no longer verifies; not serving it");
             continue;
         };
-        match content
+        let manifest = match content
             .get_bytes(head.manifest)
             .await
             .map(|b| Manifest::decode(&b))
         {
-            Ok(Ok(manifest)) => live.set(domain, LiveSite::new(head.seq, head.manifest, manifest)),
-            Ok(Err(error)) => warn!(site = %domain, %error, "stored manifest does not decode"),
-            Err(error) => warn!(site = %domain, %error, "stored manifest is missing"),
+            Ok(Ok(manifest)) => manifest,
+            Ok(Err(error)) => {
+                warn!(site = %domain, %error, "stored manifest does not decode; not serving it");
+                continue;
+            }
+            Err(error) => {
+                warn!(site = %domain, %error, "stored manifest is missing; not serving it");
+                continue;
+            }
+        };
+        // What is on disk may predate today's checks (or a disk may have
+        // lost blobs): serve only a version whose every blob is here, with
+        // the size the manifest declares.
+        match content.check_manifest(&manifest).await {
+            Ok(missing) if missing.is_empty() => {
+                live.set(domain, LiveSite::new(head.seq, head.manifest, manifest));
+            }
+            Ok(missing) => {
+                warn!(site = %domain, missing = missing.len(), "stored version lacks blobs; not serving it until it is fetched again");
+            }
+            Err(crate::content::ContentError::SizeMismatch {
+                path,
+                declared,
+                stored,
+            }) => {
+                warn!(site = %domain, %path, declared, stored, "stored version declares a wrong size; not serving it");
+            }
+            Err(error) => return Err(error.into()),
         }
     }
     Ok(())

@@ -310,22 +310,17 @@ async fn fetch_with(
     content
         .protect(&temp, head.manifest, blobs.keys().copied())
         .await?;
-    let mut missing = Vec::new();
-    for (hash, size) in &blobs {
-        if content.complete_size(*hash).await? != Some(*size) {
-            missing.push(*hash);
-        }
-    }
+    // Each fetched blob is verified against its hash, so its size is the
+    // truth; a manifest that declares another one is refused by path.
+    let missing = content.check_manifest(&manifest).await?;
     let fetched: Vec<bool> = n0_future::stream::iter(missing)
         .map(|h| fetch_blob(store, providers, h))
         .buffered_unordered(PARALLEL)
         .collect()
         .await;
     debug!(site = %head.site, blobs = fetched.len(), "fetched");
-    for (hash, size) in &blobs {
-        if content.complete_size(*hash).await? != Some(*size) {
-            return Err(FetchError::Unavailable { what: "every blob" });
-        }
+    if !content.check_manifest(&manifest).await?.is_empty() {
+        return Err(FetchError::Unavailable { what: "every blob" });
     }
     let _guard = shared.head_lock.lock().await;
     let result = commit(shared, head, signed, manifest).await;

@@ -35,20 +35,6 @@ pub struct StoredInvite {
     pub redeemed_by: Option<PublicKey>,
 }
 
-/// What serving and authorising need of a site record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SiteRec {
-    pub publishers: Vec<PublicKey>,
-}
-
-impl From<&SiteRecord> for SiteRec {
-    fn from(s: &SiteRecord) -> Self {
-        Self {
-            publishers: s.publishers.clone(),
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StateError {
@@ -100,9 +86,9 @@ impl State {
     }
 
     /// A site as its record says (None if unknown or removed).
-    pub fn site(&self, domain: &Domain) -> Result<Option<SiteRec>, StateError> {
+    pub fn site(&self, domain: &Domain) -> Result<Option<SiteRecord>, StateError> {
         Ok(match self.record(&RecordKey::Site(domain.clone()))? {
-            Some(Body::Site(s)) if !s.removed => Some(SiteRec::from(&s)),
+            Some(Body::Site(s)) if !s.removed => Some(s),
             _ => None,
         })
     }
@@ -128,12 +114,12 @@ impl State {
     }
 
     /// Live sites (not removed), by domain.
-    pub fn sites(&self) -> Result<Vec<(Domain, SiteRec)>, StateError> {
+    pub fn sites(&self) -> Result<Vec<(Domain, SiteRecord)>, StateError> {
         Ok(self
             .site_records()?
             .into_iter()
             .filter(|(s, _)| !s.removed)
-            .map(|(s, _)| (s.domain.clone(), SiteRec::from(&s)))
+            .map(|(s, _)| (s.domain.clone(), s))
             .collect())
     }
 

@@ -109,6 +109,22 @@ pub enum ManifestError {
     TooManyRules(usize),
     #[error("manifest is for {found}, expected {expected}")]
     WrongSite { expected: Domain, found: Domain },
+    #[error("manifest names {path:?} twice (once in another Unicode normalisation form)")]
+    DuplicatePath { path: String },
+    #[error(
+        "manifest declares blob {hash} as {size} bytes at {path:?} and as {other_size} bytes at {other_path:?}; one blob has one size"
+    )]
+    SizeConflict {
+        hash: Hash,
+        path: String,
+        size: u64,
+        other_path: String,
+        other_size: u64,
+    },
+    #[error("manifest rule {index} is invalid: {message}")]
+    BadRule { index: usize, message: String },
+    #[error("_headers may not set or remove {name} (the server owns it)")]
+    ReservedHeader { name: String },
 }
 
 impl Manifest {
@@ -137,13 +153,21 @@ impl Manifest {
             return Err(ManifestError::TrailingBytes);
         }
         let site = Domain::new(&raw.site).map_err(|e| ManifestError::BadSite(e.to_string()))?;
+        if raw.entries.len() > MAX_ENTRIES {
+            return Err(ManifestError::TooManyEntries(raw.entries.len()));
+        }
         let mut entries = BTreeMap::new();
         for (path, entry) in raw.entries {
             let p = SitePath::new(&path).map_err(|error| ManifestError::BadPath {
                 path: path.escape_debug().to_string(),
                 error,
             })?;
-            entries.insert(p, entry);
+            // Two raw names with one NFC form would silently shadow each other.
+            if entries.insert(p, entry).is_some() {
+                return Err(ManifestError::DuplicatePath {
+                    path: path.escape_debug().to_string(),
+                });
+            }
         }
         let m = Manifest {
             format: raw.format,
@@ -155,17 +179,73 @@ impl Manifest {
             headers: raw.headers,
             redirects: raw.redirects,
         };
-        if m.entries.len() > MAX_ENTRIES {
-            return Err(ManifestError::TooManyEntries(m.entries.len()));
-        }
         let rules = m.headers.len() + m.redirects.len();
         if rules > MAX_RULES {
             return Err(ManifestError::TooManyRules(rules));
         }
+        // A hostile publisher need not use our rules parser: check what it
+        // would have checked (a bad status or pattern must never reach the
+        // edge).
+        for (index, rule) in m.redirects.iter().enumerate() {
+            rule.validate()
+                .map_err(|message| ManifestError::BadRule { index, message })?;
+        }
+        for (index, rule) in m.headers.iter().enumerate() {
+            rule.validate().map_err(|message| ManifestError::BadRule {
+                index: m.redirects.len() + index,
+                message,
+            })?;
+        }
+        m.check_sizes()?;
         Ok(m)
     }
 
-    /// Every blob this version needs: each entry and each variant, deduplicated.
+    /// One blob has one size: two entries (or variants) that name the same
+    /// hash with different sizes are a lie that would make a server cut or
+    /// pad a body. Checked at decode, so no manifest that passes can carry it.
+    fn check_sizes(&self) -> Result<(), ManifestError> {
+        let mut seen: std::collections::HashMap<Hash, (u64, &SitePath)> =
+            std::collections::HashMap::with_capacity(self.entries.len());
+        for (path, e) in &self.entries {
+            let blobs = std::iter::once((e.hash, e.size))
+                .chain(e.encodings.values().map(|v| (v.hash, v.size)));
+            for (hash, size) in blobs {
+                match seen.entry(hash) {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert((size, path));
+                    }
+                    std::collections::hash_map::Entry::Occupied(o) => {
+                        let (other_size, other_path) = *o.get();
+                        if other_size != size {
+                            return Err(ManifestError::SizeConflict {
+                                hash,
+                                path: path.as_str().to_owned(),
+                                size,
+                                other_path: other_path.as_str().to_owned(),
+                                other_size,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a node checks before it takes a publish, beyond what decoding
+    /// checks: rules the server refuses to apply. (Older manifests that
+    /// break these still load; the edge filters them.)
+    pub fn check_publishable(&self) -> Result<(), ManifestError> {
+        if let Some(name) = self.headers.iter().find_map(|r| r.reserved()) {
+            return Err(ManifestError::ReservedHeader {
+                name: name.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Every blob this version needs: each entry and each variant,
+    /// deduplicated, with its size (one per blob: see [`Manifest::decode`]).
     pub fn blobs(&self) -> BTreeMap<Hash, u64> {
         let mut out = BTreeMap::new();
         for e in self.entries.values() {
@@ -175,6 +255,14 @@ impl Manifest {
             }
         }
         out
+    }
+
+    /// The first path that names `hash` (as a file or a variant): what an
+    /// error about that blob should name.
+    pub fn path_of(&self, hash: &Hash) -> Option<&SitePath> {
+        self.entries.iter().find_map(|(p, e)| {
+            (e.hash == *hash || e.encodings.values().any(|v| v.hash == *hash)).then_some(p)
+        })
     }
 
     /// True when `other` would serve exactly the same content.
@@ -291,6 +379,134 @@ mod tests {
                 error: crate::SitePathError::DotSegment
             })
         );
+    }
+
+    /// The red team's crash: two paths name one hash with different sizes.
+    #[test]
+    fn one_blob_has_one_size() {
+        let mut m = sample();
+        let small = m.entries.values().next().expect("entry").clone();
+        let mut liar = small.clone();
+        liar.size = 1_000_000;
+        liar.encodings.clear();
+        m.entries
+            .insert(SitePath::new("a.html").expect("path"), liar);
+        assert_eq!(
+            Manifest::decode(&m.to_bytes()),
+            Err(ManifestError::SizeConflict {
+                hash: small.hash,
+                path: "index.html".into(),
+                size: 11,
+                other_path: "a.html".into(),
+                other_size: 1_000_000,
+            })
+        );
+        // A variant that names a file's blob with another size, too.
+        let mut m = sample();
+        let mut e = m.entries.values().next().expect("entry").clone();
+        let gz = e.encodings.get(&Encoding::Gzip).expect("gzip").hash;
+        e.hash = gz;
+        e.size = 99;
+        e.encodings.clear();
+        m.entries.insert(SitePath::new("b.gz").expect("path"), e);
+        assert!(matches!(
+            Manifest::decode(&m.to_bytes()),
+            Err(ManifestError::SizeConflict { path, .. }) if path == "index.html"
+        ));
+        // The same blob under two names with one size is fine.
+        let mut m = sample();
+        let e = m.entries.values().next().expect("entry").clone();
+        m.entries
+            .insert(SitePath::new("copy.html").expect("path"), e);
+        assert!(Manifest::decode(&m.to_bytes()).is_ok());
+    }
+
+    #[test]
+    fn two_normalisation_forms_of_one_name_are_refused() {
+        let e = sample().entries.values().next().expect("entry").clone();
+        let mut raw = BTreeMap::new();
+        raw.insert("caf\u{e9}.html".to_owned(), e.clone());
+        raw.insert("cafe\u{301}.html".to_owned(), e);
+        #[derive(Serialize)]
+        struct Wire<'a> {
+            format: u16,
+            site: &'a str,
+            version: u64,
+            parent: Option<Hash>,
+            created: u64,
+            entries: BTreeMap<String, Entry>,
+            headers: Vec<HeaderRule>,
+            redirects: Vec<RedirectRule>,
+        }
+        let bytes = encode(&Wire {
+            format: MANIFEST_FORMAT,
+            site: "example.com",
+            version: 1,
+            parent: None,
+            created: 0,
+            entries: raw,
+            headers: vec![],
+            redirects: vec![],
+        });
+        assert!(matches!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::DuplicatePath { .. })
+        ));
+    }
+
+    #[test]
+    fn rules_inside_a_manifest_are_checked_like_parsed_ones() {
+        let pattern = crate::rules::Pattern::new("/a").expect("pattern");
+        let mut m = sample();
+        m.redirects.push(RedirectRule {
+            from: pattern.clone(),
+            to: "/b".into(),
+            status: 100,
+        });
+        assert!(matches!(
+            Manifest::decode(&m.to_bytes()),
+            Err(ManifestError::BadRule { index: 0, .. })
+        ));
+        let mut m = sample();
+        m.redirects.push(RedirectRule {
+            from: pattern.clone(),
+            to: "/b\r\nSet-Cookie: x".into(),
+            status: 301,
+        });
+        assert!(Manifest::decode(&m.to_bytes()).is_err());
+        // A pattern the parser refuses (two splats: quadratic matching).
+        let mut m = sample();
+        m.headers.push(HeaderRule {
+            pattern: unchecked_pattern("/*/*"),
+            set: vec![("x-a".into(), "b".into())],
+            unset: vec![],
+        });
+        assert!(matches!(
+            Manifest::decode(&m.to_bytes()),
+            Err(ManifestError::BadRule { index: 0, .. })
+        ));
+        // Reserved headers load (old manifests keep serving, filtered) but
+        // are not publishable.
+        let mut m = sample();
+        m.headers.push(HeaderRule {
+            pattern,
+            set: vec![("content-length".into(), "1".into())],
+            unset: vec![],
+        });
+        let m = Manifest::decode(&m.to_bytes()).expect("decodes");
+        assert_eq!(
+            m.check_publishable(),
+            Err(ManifestError::ReservedHeader {
+                name: "content-length".into()
+            })
+        );
+    }
+
+    /// A pattern built without `Pattern::new`'s checks, as a hostile
+    /// client's encoder would.
+    fn unchecked_pattern(s: &str) -> crate::rules::Pattern {
+        let bytes = encode(&s.to_owned());
+        postcard::from_bytes(&bytes).expect("pattern from bytes")
     }
 
     proptest! {

@@ -75,6 +75,16 @@ impl Signable for SiteRecord {
     const CONTEXT: &'static [u8] = b"makiatto/site/v1";
 }
 
+impl SiteRecord {
+    /// Who may sign this site's heads (publish and roll back): its
+    /// publishers and the network's admins. The one rule for both the admin
+    /// RPC and the records every node checks, so a head one node takes is a
+    /// head every node takes.
+    pub fn may_publish(&self, key: &PublicKey, admins: &[PublicKey]) -> bool {
+        !self.removed && (self.publishers.contains(key) || admins.contains(key))
+    }
+}
+
 /// A member node, signed by the node itself; valid only together with the
 /// admin-signed invite it redeemed (named by hash).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -298,7 +308,7 @@ pub trait View {
 pub enum AuthError {
     #[error("signed by {0}, who is not an admin")]
     NotAdmin(PublicKey),
-    #[error("head for {site} signed by {key}, who is not one of its publishers")]
+    #[error("head for {site} signed by {key}, who is neither one of its publishers nor an admin")]
     NotPublisher { site: Domain, key: PublicKey },
     #[error("head for unknown or removed site {0}")]
     UnknownSite(Domain),
@@ -312,7 +322,7 @@ pub enum AuthError {
 
 /// Whether the signer of `v` had the right to make it, given `view`:
 /// invites, sites and revocations come from admins; a head from one of its
-/// site's publishers; a node record from the node itself, backed by an
+/// site's publishers or an admin; a node record from the node itself, backed by an
 /// invite it redeemed (or by genesis, for the founder) and not revoked.
 pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
     let admin = |key: PublicKey| {
@@ -326,7 +336,7 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
         Body::Invite(_) | Body::Site(_) | Body::Revocation(_) | Body::Pin(_) => admin(v.signer),
         Body::Head(h) => match view.site(&h.site) {
             Some(site) if !site.removed => {
-                if site.publishers.contains(&v.signer) {
+                if site.may_publish(&v.signer, view.admins()) {
                     Ok(())
                 } else {
                     Err(AuthError::NotPublisher {
@@ -547,8 +557,14 @@ mod tests {
             check(Record::Head(Signed::sign(&publisher, &head)), &view),
             Ok(())
         );
-        assert!(matches!(
+        // An admin may publish any site through the admin RPC, so every
+        // node must take the admin's head too (one rule for both).
+        assert_eq!(
             check(Record::Head(Signed::sign(&admin, &head)), &view),
+            Ok(())
+        );
+        assert!(matches!(
+            check(Record::Head(Signed::sign(&stranger, &head)), &view),
             Err(AuthError::NotPublisher { .. })
         ));
 

@@ -208,6 +208,18 @@ pub enum RpcError {
     BadRequest(String),
     #[error("the node failed: {0}")]
     Internal(String),
+    #[error(
+        "{path}: the manifest says {declared} bytes, but its blob is {stored} bytes; the manifest lies (a stale hash cache?); publish again"
+    )]
+    SizeMismatch {
+        path: String,
+        declared: u64,
+        stored: u64,
+    },
+    #[error(
+        "this key already has {in_flight} bytes of uploads in progress; this node allows {limit} at once: wait for them to finish"
+    )]
+    UploadBudget { in_flight: u64, limit: u64 },
 }
 
 /// ALPN of the join protocol: a new node redeems an invite at its issuer.

@@ -15,6 +15,34 @@ use serde::{Deserialize, Serialize};
 /// The most lines a rules file may have.
 pub const MAX_LINES: usize = 10_000;
 
+/// Response headers the server owns: framing and hop-by-hop headers, and
+/// those it computes from the bytes it sends. `_headers` may neither set
+/// nor remove them (a `Content-Length` of its own would desynchronise the
+/// client from the next response on the connection).
+pub const RESERVED_HEADERS: &[&str] = &[
+    "connection",
+    "content-length",
+    "content-range",
+    "date",
+    "etag",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// True when `name` (any case) is one of [`RESERVED_HEADERS`].
+pub fn is_reserved_header(name: &str) -> bool {
+    RESERVED_HEADERS
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// The statuses a redirect rule may carry (200 is a rewrite).
+pub const REDIRECT_STATUSES: [u16; 6] = [200, 301, 302, 303, 307, 308];
+
 /// A path pattern with splats and placeholders.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Pattern(String);
@@ -152,8 +180,33 @@ fn match_here<'a>(pat: &'a str, path: &'a str, caps: &mut Captures<'a>) -> bool 
 }
 
 impl RedirectRule {
-    /// The target with captures substituted.
+    /// Checks what [`parse_redirects`] checks, for a rule that arrived
+    /// inside a manifest (a hostile publisher need not use the parser).
+    pub fn validate(&self) -> Result<(), String> {
+        Pattern::new(self.from.as_str())?;
+        check_target(&self.to, self.status)
+    }
+
+    /// The target with captures substituted. Captured text is
+    /// percent-encoded, so it lands in the path as data and can never
+    /// become an authority (`//host`, `/\host`), a query or a fragment;
+    /// and a path target stays a path on this site whatever it captured.
     pub fn target(&self, caps: &Captures<'_>) -> String {
+        let raw = self.substitute(caps, encode_into);
+        if raw.starts_with('/') {
+            same_origin_path(&raw)
+        } else {
+            raw
+        }
+    }
+
+    /// A 200 rewrite's target: the site path to serve, captures as they
+    /// were matched (decoded), not a URL.
+    pub fn rewrite(&self, caps: &Captures<'_>) -> String {
+        self.substitute(caps, |v, out| out.push_str(v))
+    }
+
+    fn substitute(&self, caps: &Captures<'_>, put: impl Fn(&str, &mut String)) -> String {
         let mut out = String::with_capacity(self.to.len());
         let mut rest = self.to.as_str();
         while let Some(i) = rest.find(':') {
@@ -169,7 +222,7 @@ impl RedirectRule {
                 caps.named.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
             };
             match value {
-                Some(v) if !name.is_empty() => out.push_str(v),
+                Some(v) if !name.is_empty() => put(v, &mut out),
                 _ => {
                     out.push(':');
                     out.push_str(name);
@@ -180,6 +233,108 @@ impl RedirectRule {
         out.push_str(rest);
         out
     }
+}
+
+/// Appends `text` percent-encoded for a URL path: everything but
+/// unreserved characters, sub-delimiters, `:`, `@` and `/` is encoded
+/// (`%`, `\\`, `?`, `#`, spaces, controls, non-ASCII bytes).
+pub fn encode_into(text: &str, out: &mut String) {
+    for b in text.bytes() {
+        let keep = b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&b);
+        if keep {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// A path that a browser resolves on the current origin: one leading `/`
+/// (browsers read `//host` and `/\host` as another host), backslashes and
+/// anything below `!` encoded.
+pub fn same_origin_path(path: &str) -> String {
+    let rest = path.trim_start_matches(['/', '\\']);
+    let mut out = String::with_capacity(path.len() + 1);
+    out.push('/');
+    for c in rest.chars() {
+        if c == '\\' || c.is_control() || c == ' ' {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(b >> 4)]));
+                out.push(char::from(HEX[usize::from(b & 15)]));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn check_target(to: &str, status: u16) -> Result<(), String> {
+    if !REDIRECT_STATUSES.contains(&status) {
+        return Err(format!(
+            "status {status} is not one of 200, 301, 302, 303, 307, 308"
+        ));
+    }
+    if status == 200 && !to.starts_with('/') {
+        return Err("a 200 rewrite must target a path on the same site".into());
+    }
+    if !(to.starts_with('/') || to.starts_with("https://") || to.starts_with("http://")) {
+        return Err(format!("target {to:?} must be a path or an http(s) URL"));
+    }
+    if to.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("target contains a control character or a space".into());
+    }
+    if to.len() > 2048 {
+        return Err("target is longer than 2048 bytes".into());
+    }
+    Ok(())
+}
+
+impl HeaderRule {
+    /// Checks what [`parse_headers`] checks (reserved names apart: see
+    /// [`HeaderRule::reserved`]), for a rule that arrived in a manifest.
+    pub fn validate(&self) -> Result<(), String> {
+        Pattern::new(self.pattern.as_str())?;
+        for (name, value) in &self.set {
+            check_header_name(name)?;
+            check_header_value(value)?;
+        }
+        for name in &self.unset {
+            check_header_name(name)?;
+        }
+        Ok(())
+    }
+
+    /// The first reserved header this rule sets or removes.
+    pub fn reserved(&self) -> Option<&str> {
+        self.set
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .chain(self.unset.iter().map(String::as_str))
+            .find(|n| is_reserved_header(n))
+    }
+}
+
+fn check_header_value(value: &str) -> Result<(), String> {
+    if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
+        return Err("header value contains a control character".into());
+    }
+    Ok(())
+}
+
+fn check_reserved(name: &str) -> Result<(), String> {
+    if is_reserved_header(name) {
+        return Err(format!(
+            "{name} is set by the server and cannot be changed in _headers"
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a `_redirects` file: `FROM TO [STATUS]` per line, `#` comments.
@@ -227,27 +382,7 @@ pub fn parse_redirects(text: &str) -> Result<Vec<RedirectRule>, RuleError> {
         let status: u16 = status_num
             .parse()
             .map_err(|_| err(n, format!("status {status:?} is not a number")))?;
-        if !matches!(status, 200 | 301 | 302 | 303 | 307 | 308) {
-            return Err(err(
-                n,
-                format!("status {status} is not one of 200, 301, 302, 303, 307, 308"),
-            ));
-        }
-        if status == 200 && !to.starts_with('/') {
-            return Err(err(
-                n,
-                "a 200 rewrite must target a path on the same site".into(),
-            ));
-        }
-        if !(to.starts_with('/') || to.starts_with("https://") || to.starts_with("http://")) {
-            return Err(err(
-                n,
-                format!("target {to:?} must be a path or an http(s) URL"),
-            ));
-        }
-        if to.chars().any(|c| c.is_control()) {
-            return Err(err(n, "target contains a control character".into()));
-        }
+        check_target(to, status).map_err(|m| err(n, m))?;
         rules.push(RedirectRule {
             from,
             to: to.to_owned(),
@@ -294,6 +429,7 @@ pub fn parse_headers(text: &str) -> Result<Vec<HeaderRule>, RuleError> {
         if let Some(name) = line.strip_prefix('!') {
             let name = name.trim();
             check_header_name(name).map_err(|m| err(n, m))?;
+            check_reserved(name).map_err(|m| err(n, m))?;
             rule.unset.push(name.to_ascii_lowercase());
             continue;
         }
@@ -302,9 +438,8 @@ pub fn parse_headers(text: &str) -> Result<Vec<HeaderRule>, RuleError> {
         };
         let (name, value) = (name.trim(), value.trim());
         check_header_name(name).map_err(|m| err(n, m))?;
-        if value.bytes().any(|b| b.is_ascii_control() && b != b'\t') {
-            return Err(err(n, "header value contains a control character".into()));
-        }
+        check_reserved(name).map_err(|m| err(n, m))?;
+        check_header_value(value).map_err(|m| err(n, m))?;
         rule.set.push((name.to_ascii_lowercase(), value.to_owned()));
     }
     Ok(rules)
@@ -400,7 +535,66 @@ mod tests {
         assert_eq!(e.line, 2);
     }
 
+    /// The red team's open redirects: what a splat captured can never make a
+    /// path target leave the site.
+    #[test]
+    fn path_targets_stay_on_the_site() {
+        let rules =
+            parse_redirects("/go/* /:splat 301\n/r/:x /:x\n/ext/* https://cdn.test/:splat\n")
+                .expect("parse");
+        let go = |path: &str| {
+            let c = rules[0].from.matches(path).expect("match");
+            rules[0].target(&c)
+        };
+        // `/go//evil.example` and `/go/%2fevil.example` (decoded by the edge).
+        assert_eq!(go("/go//evil.example"), "/evil.example");
+        assert_eq!(go("/go/\\evil.example"), "/%5Cevil.example");
+        assert_eq!(go("/go/a b?c#d"), "/a%20b%3Fc%23d");
+        assert_eq!(go("/go/caf\u{e9}"), "/caf%C3%A9");
+        assert_eq!(go("/go/100%"), "/100%25");
+        let c = rules[1].from.matches("/r/\\evil.example").expect("match");
+        assert_eq!(rules[1].target(&c), "/%5Cevil.example");
+        // A literal `//` in the publisher's own target does not leave either.
+        let lit = parse_redirects("/x //evil.example/y").expect("parse");
+        assert_eq!(lit[0].target(&Captures::default()), "/evil.example/y");
+        // Only a literal absolute URL leaves; its captures are still data.
+        let c = rules[2].from.matches("/ext/a/../b?x").expect("match");
+        assert_eq!(rules[2].target(&c), "https://cdn.test/a/../b%3Fx");
+        assert_eq!(same_origin_path("/\\/x"), "/x");
+        assert_eq!(same_origin_path("/a\\b"), "/a%5Cb");
+    }
+
+    #[test]
+    fn reserved_headers_are_refused_by_name() {
+        for name in RESERVED_HEADERS {
+            let e = parse_headers(&format!("/*\n  {name}: 1\n")).expect_err(name);
+            assert_eq!(e.line, 2, "{name}");
+            assert!(e.message.contains("set by the server"), "{e}");
+            let e = parse_headers(&format!("/*\n  ! {name}\n")).expect_err(name);
+            assert_eq!(e.line, 2, "{name}");
+        }
+        let e = parse_headers("/*\n  Transfer-Encoding: chunked\n").expect_err("te");
+        assert_eq!(
+            e.to_string(),
+            "_headers:2: Transfer-Encoding is set by the server and cannot be changed in _headers"
+        );
+        assert!(parse_headers("/*\n  Cache-Control: no-store\n").is_ok());
+    }
+
     proptest! {
+        #[test]
+        fn path_targets_never_name_another_host(splat in "\\PC{0,40}") {
+            let rules = parse_redirects("/go/* /:splat 302").expect("parse");
+            let path = format!("/go/{splat}");
+            if let Some(c) = rules[0].from.matches(&path) {
+                let t = rules[0].target(&c);
+                prop_assert!(t.starts_with('/'));
+                prop_assert!(!t.starts_with("//"));
+                prop_assert!(!t.contains('\\'));
+                prop_assert!(t.bytes().all(|b| b.is_ascii_graphic()));
+            }
+        }
+
         #[test]
         fn parsers_are_total(text in "\\PC{0,200}") {
             let _ = parse_redirects(&text);

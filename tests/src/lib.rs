@@ -7,13 +7,14 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncReadExt;
 
 /// Paths of the built binaries.
 #[derive(Debug, Clone)]
@@ -556,4 +557,89 @@ pub fn copy_dir(from: &Path, to: &Path) -> Result<()> {
 /// The workspace's `examples/site`.
 pub fn example_site() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/site")
+}
+
+/// One response read off a raw connection.
+#[derive(Debug)]
+pub struct Raw {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Raw {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one response from `conn`, keeping what follows it in `buf`.
+/// `head`: the request was HEAD, so a Content-Length announces no body.
+pub async fn read_raw(
+    conn: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    head: bool,
+) -> Result<Raw> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        fill(conn, buf, deadline).await?;
+    };
+    let text = String::from_utf8(buf[..end].to_vec())?;
+    let mut lines = text.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .with_context(|| format!("status line {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let len: usize = headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .map_or(Ok(0), |(_, v)| v.parse())?;
+    let len = if head || status == 304 { 0 } else { len };
+    while buf.len() < end + len {
+        fill(conn, buf, deadline).await?;
+    }
+    let body = buf[end..end + len].to_vec();
+    buf.drain(..end + len);
+    Ok(Raw {
+        status,
+        headers,
+        body,
+    })
+}
+
+async fn fill(
+    conn: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    deadline: Instant,
+) -> Result<()> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = tokio::time::timeout_at(deadline.into(), conn.read(&mut chunk)).await??;
+    ensure!(
+        n > 0,
+        "connection closed mid-response: {:?}",
+        String::from_utf8_lossy(buf)
+    );
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(())
+}
+
+/// True when the server closes `conn` (within 5 s) without sending more.
+pub async fn closes(conn: &mut tokio::net::TcpStream) -> bool {
+    let mut b = [0u8; 64];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(5), conn.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }

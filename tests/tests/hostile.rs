@@ -1,0 +1,281 @@
+//! A hostile publisher, written as the attack: a valid key and a signed
+//! manifest that lies. Signed is not honest — every claim a manifest makes
+//! is checked against what is stored, and no lie reaches a visitor or
+//! takes the node down.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, ensure};
+use iroh_blobs::{
+    protocol::{ChunkRangesSeq, PushRequest},
+    store::mem::MemStore,
+};
+use maki::net::{Client, NetError};
+use maki_e2e::{NodeProc, OneNode, http_get, one_site};
+use maki_protocol::{
+    Domain, Entry, Hash, Head, MANIFEST_FORMAT, Manifest, NodeTicket, SecretKey, Signed, SitePath,
+    rpc::{Request, Response, RpcError},
+};
+
+const SITE: &str = "lie.test";
+
+/// A node with `SITE` published from `examples/site`, and a library client
+/// holding the admin's key (a publisher that does not use the CLI).
+struct Attack {
+    net: OneNode,
+    key: SecretKey,
+    client: Client,
+    site: Domain,
+    /// The head now served.
+    head: maki_protocol::rpc::HeadInfo,
+    /// The manifest now served.
+    current: Manifest,
+}
+
+async fn attack() -> Result<Attack> {
+    let (net, site_dir) = one_site(SITE)?;
+    net.admin
+        .ok(&["publish", &site_dir.to_string_lossy(), "--site", SITE])?;
+    let (key, _) = maki::keys::load_or_create(&net.admin.home)?;
+    let ticket: NodeTicket = net.node.ticket.parse()?;
+    let client = Client::connect(&key, &ticket).await?;
+    let site = Domain::new(SITE)?;
+    let Response::Sites(sites) = client.call(&Request::Sites).await? else {
+        anyhow::bail!("no sites");
+    };
+    let head = sites[0].head.clone().context("published")?;
+    let (current, _) = maki::publish::build(
+        &site_dir,
+        &site,
+        &mut maki::scan::HashCache::default(),
+        None,
+        1,
+    )?;
+    Ok(Attack {
+        net,
+        key,
+        client,
+        site,
+        head,
+        current,
+    })
+}
+
+impl Attack {
+    /// The next version: the current entries plus `extra`.
+    fn next(&self, extra: &[(&str, Hash, u64)]) -> Result<Manifest> {
+        let mut entries = self.current.entries.clone();
+        for (path, hash, size) in extra {
+            entries.insert(
+                SitePath::new(path)?,
+                Entry {
+                    hash: *hash,
+                    size: *size,
+                    content_type: "text/html; charset=utf-8".into(),
+                    encodings: BTreeMap::new(),
+                },
+            );
+        }
+        Ok(Manifest {
+            format: MANIFEST_FORMAT,
+            site: self.site.clone(),
+            version: self.head.version + 1,
+            parent: Some(self.head.manifest),
+            created: 0,
+            entries,
+            headers: vec![],
+            redirects: vec![],
+        })
+    }
+
+    async fn begin(&self, m: &Manifest) -> Result<Response, NetError> {
+        let head = Head {
+            site: self.site.clone(),
+            seq: self.head.seq + 1,
+            manifest: m.hash(),
+        };
+        self.client
+            .call(&Request::PublishBegin {
+                head: Signed::sign(&self.key, &head),
+                manifest: m.to_bytes(),
+            })
+            .await
+    }
+
+    /// Pushes `data` in the session that asked for it.
+    async fn push(&self, data: &[u8]) -> Result<iroh::endpoint::Connection> {
+        let conn = self.client.blobs_connection().await?;
+        let store = MemStore::new();
+        let tag = store.add_bytes(data.to_vec()).temp_tag().await?;
+        store
+            .remote()
+            .execute_push(
+                conn.clone(),
+                PushRequest::new(tag.hash(), ChunkRangesSeq::root()),
+            )
+            .await?;
+        Ok(conn)
+    }
+
+    /// The node still serves exactly what it served before the attack.
+    async fn unharmed(&self) -> Result<()> {
+        let r = http_get(self.net.node.http, SITE, "/", &[]).await?;
+        ensure!(r.status == 200, "the site went away: {}", r.status);
+        let index = &self.current.entries[&SitePath::new("index.html")?];
+        ensure!(Hash::of(&r.body) == index.hash, "index.html changed");
+        let versions = self.net.admin.ok(&["versions", SITE])?;
+        ensure!(versions.lines().count() == 1, "{versions}");
+        Ok(())
+    }
+}
+
+fn refused(r: Result<Response, NetError>) -> Result<RpcError> {
+    match r {
+        Err(NetError::Refused(e)) => Ok(e),
+        other => anyhow::bail!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// The red team's crash: `a.html` declares 1,000,000 bytes and `z.html` 10,
+/// both naming z's hash. Today a GET of a.html sliced 10 bytes to a million
+/// and the abort took every site down, on every node, at every restart.
+#[tokio::test]
+async fn one_hash_with_two_sizes_is_refused_by_path() -> Result<()> {
+    let a = attack().await?;
+    let z = Hash::of(b"0123456789");
+    let m = a.next(&[("a.html", z, 1_000_000), ("z.html", z, 10)])?;
+    let e = refused(a.begin(&m).await)?;
+    let text = e.to_string();
+    ensure!(
+        matches!(e, RpcError::InvalidManifest(_))
+            && text.contains("\"a.html\"")
+            && text.contains("\"z.html\"")
+            && text.contains("1000000 bytes"),
+        "{text}"
+    );
+    a.unharmed().await
+}
+
+/// One lie alone: a blob the node already holds, declared one byte longer.
+#[tokio::test]
+async fn a_wrong_size_for_a_stored_blob_is_refused_by_path() -> Result<()> {
+    let a = attack().await?;
+    let index = a.current.entries[&SitePath::new("index.html")?].clone();
+    let m = a.next(&[("copy.html", index.hash, index.size + 1)])?;
+    // Both entries name the hash: that is a conflict inside the manifest.
+    ensure!(matches!(
+        refused(a.begin(&m).await)?,
+        RpcError::InvalidManifest(_)
+    ));
+    // Alone (index.html dropped), it is a lie only the store can reveal.
+    let mut m = m;
+    m.entries.remove(&SitePath::new("index.html")?);
+    let e = refused(a.begin(&m).await)?;
+    ensure!(
+        e == RpcError::SizeMismatch {
+            path: "copy.html".into(),
+            declared: index.size + 1,
+            stored: index.size,
+        },
+        "{e}"
+    );
+    ensure!(e.to_string().contains("copy.html"), "{e}");
+    a.unharmed().await
+}
+
+/// The streaming variant: 10 bytes uploaded, 4 GiB declared (over the
+/// memory-cache limit, so it would have been streamed behind
+/// `Content-Length: 4294967296`, and the next pipelined response read as
+/// body). The push lands, verified against its hash, and the commit
+/// compares: refused by path.
+#[tokio::test]
+async fn a_wrong_size_for_an_uploaded_blob_is_refused_at_commit() -> Result<()> {
+    let a = attack().await?;
+    let data = b"ten bytes!";
+    let m = a.next(&[("huge.bin", Hash::of(data), 4 << 30)])?;
+    let Response::Missing {
+        session, hashes, ..
+    } = a.begin(&m).await?
+    else {
+        anyhow::bail!("expected the node to ask for the blob");
+    };
+    ensure!(hashes == vec![Hash::of(data)], "{hashes:?}");
+    let conn = a.push(data).await?;
+    let e = refused(a.client.call(&Request::PublishCommit { session }).await)?;
+    conn.close(0u32.into(), b"done");
+    ensure!(
+        e == RpcError::SizeMismatch {
+            path: "huge.bin".into(),
+            declared: 4 << 30,
+            stored: 10,
+        },
+        "{e}"
+    );
+    a.unharmed().await?;
+    let r = http_get(a.net.node.http, SITE, "/huge.bin", &[]).await?;
+    ensure!(r.status == 404, "{}", r.status);
+    Ok(())
+}
+
+/// A lying version already on disk (committed by an older node, before
+/// these checks): at start the node checks each served version against
+/// its blobs, refuses that one by path, and keeps running.
+#[tokio::test]
+async fn a_lying_version_on_disk_is_not_served_after_a_restart() -> Result<()> {
+    let a = attack().await?;
+    let index = a.current.entries[&SitePath::new("index.html")?].clone();
+    let mut m = a.next(&[])?;
+    m.entries
+        .get_mut(&SitePath::new("index.html")?)
+        .context("index")?
+        .size = 1 << 40;
+    let head = Head {
+        site: a.site.clone(),
+        seq: a.head.seq + 1,
+        manifest: m.hash(),
+    };
+    let signed = Signed::sign(&a.key, &head);
+    let Attack { net, client, .. } = a;
+    client.close().await;
+    let OneNode { tmp, node, admin } = net;
+    let data = node.dir.clone();
+    node.stop()?;
+    {
+        let content = makiatto::content::Content::load(&makiatto::node::blobs_dir(&data)).await?;
+        let stored = content.add_bytes(m.to_bytes().into()).await?;
+        ensure!(stored == head.manifest);
+        content
+            .protect(
+                &makiatto::content::version_tag(&head.site, head.manifest),
+                head.manifest,
+                m.blobs().keys().copied(),
+            )
+            .await?;
+        content.sync().await?;
+        content.shutdown().await;
+        let state = makiatto::state::State::open(&data.join("state.redb"))?;
+        state.commit_head(&head, &signed, Some(m.version), 5)?;
+    }
+    let node = NodeProc::start(&data)?;
+    maki_e2e::wait_for(
+        std::time::Duration::from_secs(10),
+        "the refusal in the log",
+        || async { Ok(node.log().contains("stored version declares a wrong size")) },
+    )
+    .await?;
+    let log = node.log();
+    ensure!(log.contains("index.html"), "{log}");
+    // Not served with a length it does not have; the node lives on.
+    let r = http_get(node.http, SITE, "/index.html", &[]).await?;
+    ensure!(
+        r.header("content-length") != Some("1099511627776"),
+        "{:?}",
+        r.headers
+    );
+    ensure!(r.status == 404 || Hash::of(&r.body) == index.hash);
+    let admin = maki_e2e::Maki::new(&admin.home, Some(&node.ticket));
+    let sites = admin.ok(&["sites"])?;
+    ensure!(sites.contains(SITE), "{sites}");
+    drop(tmp);
+    Ok(())
+}
