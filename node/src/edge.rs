@@ -862,6 +862,46 @@ mod tests {
         assert_eq!(decode_path("/%2"), None);
     }
 
+    /// A version published before reserved headers were refused still
+    /// loads; the edge drops what it must not send.
+    #[test]
+    fn rules_never_set_framing_headers() {
+        use maki_protocol::rules::{HeaderRule, Pattern};
+        let mut m = Manifest::decode(
+            &Manifest {
+                format: maki_protocol::MANIFEST_FORMAT,
+                site: maki_protocol::Domain::new("a.test").expect("domain"),
+                version: 1,
+                parent: None,
+                created: 0,
+                entries: Default::default(),
+                headers: vec![],
+                redirects: vec![],
+            }
+            .to_bytes(),
+        )
+        .expect("manifest");
+        m.headers.push(HeaderRule {
+            pattern: Pattern::new("/*").expect("pattern"),
+            set: vec![
+                ("transfer-encoding".into(), "chunked".into()),
+                ("content-length".into(), "1".into()),
+                ("connection".into(), "close".into()),
+                ("x-ok".into(), "yes".into()),
+            ],
+            unset: vec!["etag".into(), "date".into()],
+        });
+        let mut out = HeaderMap::new();
+        out.insert(header::ETAG, HeaderValue::from_static("\"e\""));
+        apply_rules(&m, "/a", &mut out);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(
+            out.get("x-ok").map(HeaderValue::as_bytes),
+            Some(&b"yes"[..])
+        );
+        assert!(out.contains_key(header::ETAG));
+    }
+
     #[test]
     fn etags() {
         assert!(etag_matches("\"a\", \"b\"", "\"b\""));

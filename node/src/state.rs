@@ -477,7 +477,8 @@ mod tests {
         };
         let ok = Record::Head(Signed::sign(&publisher, &head));
         assert_eq!(state.apply(&ok, &authority)?, Applied::New);
-        let bad = Record::Head(Signed::sign(&admin, &head));
+        let stranger_key = SecretKey::from_bytes(&[9; 32]);
+        let bad = Record::Head(Signed::sign(&stranger_key, &head));
         assert!(matches!(
             state.apply(&bad, &authority),
             Err(ApplyError::Auth(_))

@@ -279,3 +279,79 @@ async fn a_lying_version_on_disk_is_not_served_after_a_restart() -> Result<()> {
     drop(tmp);
     Ok(())
 }
+
+/// The red team's open redirects: a common `_redirects` rule, fed a path
+/// that makes its target look like another host to a browser.
+#[tokio::test]
+async fn redirect_targets_stay_on_the_site() -> Result<()> {
+    let (net, site_dir) = one_site("redir.test")?;
+    std::fs::write(
+        site_dir.join("_redirects"),
+        "/go/* /:splat 301\n/r/:x /:x 302\n/lit/* //evil.example/:splat 301\n/ext/* https://cdn.example/:splat 301\n",
+    )?;
+    net.admin.ok(&[
+        "publish",
+        &site_dir.to_string_lossy(),
+        "--site",
+        "redir.test",
+    ])?;
+    for (path, want) in [
+        ("/go//evil.example", "/evil.example"),
+        ("/go/%2fevil.example", "/evil.example"),
+        ("/go/%2F%2Fevil.example", "/evil.example"),
+        ("/go/%5cevil.example", "/%5Cevil.example"),
+        ("/go/%5C%5Cevil.example", "/%5C%5Cevil.example"),
+        ("/go/%09/evil.example", "malformed"),
+        ("/r/%5cevil.example", "/%5Cevil.example"),
+        ("/lit/x", "/evil.example/x"),
+        ("/go/a%20b?q=1", "/a%20b?q=1"),
+        ("/ext/a%3fb", "https://cdn.example/a%3Fb"),
+    ] {
+        let r = http_get(net.node.http, "redir.test", path, &[]).await?;
+        if want == "malformed" {
+            ensure!(r.status == 400, "{path}: {}", r.status);
+            continue;
+        }
+        ensure!(
+            r.header("location") == Some(want),
+            "{path}: {} {:?}",
+            r.status,
+            r.header("location")
+        );
+    }
+    Ok(())
+}
+
+/// `_headers` cannot set what frames a response: refused by the CLI with
+/// the line, and refused by the node when a client skips the parser.
+#[tokio::test]
+async fn headers_rules_cannot_touch_framing() -> Result<()> {
+    let a = attack().await?;
+    let site_dir = a.net.tmp.path().join("site");
+    std::fs::write(
+        site_dir.join("_headers"),
+        "/*\n  X-Frame-Options: DENY\n  Transfer-Encoding: chunked\n",
+    )?;
+    let err = a
+        .net
+        .admin
+        .fails(&["publish", &site_dir.to_string_lossy(), "--site", SITE])?;
+    ensure!(
+        err.contains("_headers:3: Transfer-Encoding is set by the server"),
+        "{err}"
+    );
+    for name in maki_protocol::rules::RESERVED_HEADERS {
+        let mut m = a.next(&[])?;
+        m.headers.push(maki_protocol::rules::HeaderRule {
+            pattern: maki_protocol::rules::Pattern::new("/*").map_err(anyhow::Error::msg)?,
+            set: vec![(name.to_string(), "1".into())],
+            unset: vec![],
+        });
+        let e = refused(a.begin(&m).await)?;
+        ensure!(
+            matches!(&e, RpcError::InvalidManifest(msg) if msg.contains(name)),
+            "{name}: {e}"
+        );
+    }
+    a.unharmed().await
+}

@@ -583,3 +583,25 @@ async fn a_node_without_the_http_role_holds_content_but_serves_no_visitors() -> 
     ensure!(roles == vec!["[]".to_owned()], "{roles:?} in {nodes}");
     Ok(())
 }
+
+/// An admin may publish any site through the admin RPC; every node must take
+/// that head too (it used to be served only where it was published, and
+/// the nodes disagreed for good).
+#[tokio::test]
+async fn an_admins_publish_of_someone_elses_site_replicates() -> Result<()> {
+    let net = network(2)?;
+    let publisher = maki_protocol::SecretKey::from_bytes(&[5; 32]).public();
+    net.admin.ok(&[
+        "site",
+        "add",
+        "r.test",
+        "--publisher",
+        &publisher.to_string(),
+    ])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    std::fs::write(site.join("index.html"), b"by the admin")?;
+    publish(&net.admin, &site, &["--wait", "--timeout", "20s"])?;
+    all_serve(&net, "r.test", "/", b"by the admin").await?;
+    Ok(())
+}
