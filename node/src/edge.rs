@@ -18,7 +18,7 @@ use std::{
     pin::{Pin, pin},
     sync::Arc,
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -28,10 +28,11 @@ use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use maki_protocol::{Encoding, Hash, Manifest, rules::is_reserved_header};
 use n0_future::StreamExt;
-use tokio::{io::AsyncSeekExt, net::TcpListener, sync::Semaphore, task::JoinSet};
+use tokio::{io::AsyncSeekExt, net::TcpListener, task::JoinSet};
 use tokio_util::{io::ReaderStream, sync::CancellationToken};
 use tracing::{debug, warn};
 
+mod conns;
 mod h1;
 mod local;
 mod timer;
@@ -102,8 +103,6 @@ pub struct Req<'a> {
     pub accept_encoding: Option<&'a str>,
 }
 
-/// Connections served at once per worker; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 10_000;
 /// How long open connections get to finish when the node stops.
 const DRAIN: Duration = Duration::from_secs(5);
 const BLOB_PREFIX: &str = "/.maki/blob/";
@@ -149,6 +148,10 @@ impl Edge {
         for _ in 1..threads {
             listeners.push(reuseport_listener(bound).map_err(err)?);
         }
+        // Past its share of the descriptors a worker sheds idle connections.
+        let fd_limit = conns::raise_fd_limit();
+        let max_conns = conns::bound(fd_limit, threads);
+        debug!(fd_limit, per_worker = max_conns, "connection bound");
         // Each worker caches its own copies, so the budget is split.
         let budget = shared.config.memory_cache_bytes / threads as u64;
         let max_blob = shared.config.memory_cache_max_blob;
@@ -166,7 +169,7 @@ impl Edge {
                     local::init(budget, max_blob);
                     rt.block_on(async move {
                         match TcpListener::from_std(std_listener) {
-                            Ok(listener) => serve(listener, shared, cancel).await,
+                            Ok(listener) => serve(listener, max_conns, shared, cancel).await,
                             Err(error) => warn!(%error, "edge worker could not start"),
                         }
                     });
@@ -217,9 +220,16 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     listener.into_std()
 }
 
-/// Accepts connections until `cancel`, then drains them.
-async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+/// Accepts connections until `cancel`, then drains them. Holds at most
+/// `max_conns`: past that, the oldest idle connection is shed for each new
+/// one, and when none is idle the new one is closed at once (the node
+/// keeps accepting either way, and never runs out of descriptors).
+async fn serve(
+    listener: TcpListener,
+    max_conns: usize,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+) {
     let mut conns = JoinSet::new();
     // The ticker outlives the accept loop: draining connections still time out.
     let ticker_stop = CancellationToken::new();
@@ -239,15 +249,22 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>, cancel: CancellationT
                 }
             },
         };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
-        };
+        if conns::count() >= max_conns {
+            if !conns::shed_oldest_idle() {
+                debug!(%peer, "every connection is busy; refusing a new one");
+                drop(stream);
+                continue;
+            }
+            // Let the shed connection close (and free its descriptor)
+            // before the next accept: a burst must not outrun the sheds.
+            tokio::task::yield_now().await;
+        }
         stream.set_nodelay(true).ok();
+        let registration = conns::open();
         let shared = shared.clone();
         let cancel = cancel.clone();
         conns.spawn(async move {
-            let _permit = permit;
-            serve_conn(stream, peer, shared, cancel).await;
+            serve_conn(stream, peer, registration, shared, cancel).await;
         });
     }
     // Idle connections close at once; one still sending a response gets
@@ -268,12 +285,14 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 async fn serve_conn(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    registration: conns::Registration,
     shared: Arc<Shared>,
     cancel: CancellationToken,
 ) {
+    let id = registration.id();
     let header_timeout = shared.config.http_header_timeout;
     let mut conn = h1::Conn::new(stream, shared.config.http_send_timeout);
-    let read = match h1::serve(&mut conn, &shared, header_timeout).await {
+    let read = match h1::serve(&mut conn, &shared, header_timeout, id).await {
         Ok(h1::Ended::Closed) => return,
         Ok(h1::Ended::HandOff(read)) => read,
         Err(error) => {
@@ -285,26 +304,56 @@ async fn serve_conn(
     // what it read is the preface or a part of it.
     let h2 = read.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&read);
     conn.rewind(read);
+    id.rest();
     let io = TokioIo::new(conn);
     let svc = hyper::service::service_fn(move |req| {
         let shared = shared.clone();
-        async move { Ok::<_, Infallible>(handle_hyper(&shared, req).await) }
+        // Counts the request until its response body is sent or dropped.
+        let active = conns::Active::new(id);
+        async move {
+            let response = handle_hyper(&shared, req).await;
+            Ok::<_, Infallible>(response.map(|body| Counted {
+                body,
+                _active: active,
+            }))
+        }
     });
+    // A connection with no request in progress for this long is closed:
+    // an HTTP/2 preface (or SETTINGS) with nothing after it, an idle h2c
+    // connection, an idle keep-alive one. The same deadline as a request
+    // head on the lean path.
+    let idle_limit = header_timeout;
     // hyper's h1 and h2 connections share no trait for graceful shutdown.
     macro_rules! drive {
         ($conn:expr) => {{
             let mut conn = pin!($conn);
-            tokio::select! {
-                res = conn.as_mut() => res,
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    tokio::time::timeout(DRAIN, conn).await.unwrap_or(Ok(()))
-                }
+            let mut shed = pin!(id.shed());
+            loop {
+                let due = id.idle_since().map_or_else(Instant::now, |t| t) + idle_limit;
+                let grace = tokio::select! {
+                    res = conn.as_mut() => break res,
+                    _ = cancel.cancelled() => DRAIN,
+                    // Room is needed now: no goodbye.
+                    () = shed.as_mut() => break Ok(()),
+                    () = timer::sleep_until(due) => {
+                        if !id.idle_since().is_some_and(|t| t.elapsed() >= idle_limit) {
+                            continue;
+                        }
+                        CLOSE_GRACE
+                    }
+                };
+                conn.as_mut().graceful_shutdown();
+                break tokio::time::timeout(grace, conn).await.unwrap_or(Ok(()));
             }
         }};
     }
     let res = if h2 {
-        let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        // Pings find a peer that vanished while a stream is open.
+        builder
+            .timer(timer::CoarseTimer)
+            .keep_alive_interval(Some(idle_limit))
+            .keep_alive_timeout(idle_limit);
         drive!(builder.serve_connection(io, svc))
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();
@@ -316,6 +365,38 @@ async fn serve_conn(
     };
     if let Err(error) = res {
         debug!(%peer, %error, "http connection ended with an error");
+    }
+}
+
+/// How long a connection closed for being idle (or shed) gets to say
+/// goodbye (HTTP/2's GOAWAY) before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// A response body that keeps its request counted as in progress until it
+/// is sent (or dropped), so a long download is never taken for idleness.
+#[derive(Debug)]
+struct Counted {
+    body: Body,
+    _active: conns::Active,
+}
+
+impl hyper::body::Body for Counted {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 

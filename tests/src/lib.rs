@@ -146,6 +146,20 @@ impl NodeProc {
         Self::spawn(dir, &["run"], dir.join("node.log"))
     }
 
+    /// Like [`Self::start`] with the process allowed only `n` open files
+    /// (soft and hard), through util-linux's `prlimit`.
+    pub fn start_with_fd_limit(dir: &Path, n: u64) -> Result<Self> {
+        let limit = format!("--nofile={n}:{n}");
+        let makiatto = bins()?.makiatto;
+        let makiatto = makiatto.to_str().context("binary path is not UTF-8")?;
+        Self::spawn_with(
+            "prlimit",
+            dir,
+            &[&limit, "--", makiatto, "run"],
+            dir.join("node.log"),
+        )
+    }
+
     /// `makiatto join TICKET` into `dir`, then running: waits for `ready`.
     pub fn join(dir: &Path, ticket: &str) -> Result<Self> {
         Self::join_with(dir, ticket, &[])
@@ -176,6 +190,15 @@ impl NodeProc {
 
     fn spawn(dir: &Path, args: &[&str], stderr_log: PathBuf) -> Result<Self> {
         let bins = bins()?;
+        Self::spawn_with(&bins.makiatto, dir, args, stderr_log)
+    }
+
+    fn spawn_with(
+        program: impl AsRef<std::ffi::OsStr>,
+        dir: &Path,
+        args: &[&str],
+        stderr_log: PathBuf,
+    ) -> Result<Self> {
         if let Some(parent) = stderr_log.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -183,7 +206,7 @@ impl NodeProc {
             .create(true)
             .append(true)
             .open(&stderr_log)?;
-        let mut child = Command::new(&bins.makiatto)
+        let mut child = Command::new(program)
             .args(args)
             .arg("--data-dir")
             .arg(dir)

@@ -272,3 +272,104 @@ async fn read_until_end(conn: &mut tokio::net::TcpStream, limit: usize) -> usize
     }
     total
 }
+
+/// h2c prefaces left hanging (16 bytes of `PRI * HTTP/2.0`, or the whole
+/// preface and SETTINGS) were never closed: 20,400 of them exhausted the
+/// node's descriptors. Now they get the same deadline as a request head.
+#[tokio::test]
+async fn hanging_http2_prefaces_are_cut_off() -> Result<()> {
+    let fresh = fresh_network()?;
+    let data = fresh.data.clone();
+    set_header_timeout(&data, "1s")?;
+    let node = NodeProc::start(&data)?;
+    let settings = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let mut full = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    full.extend_from_slice(settings);
+    for opening in [
+        &b"PRI * HTTP/2.0\r\n"[..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        &full,
+    ] {
+        let mut conn = tokio::net::TcpStream::connect(node.http).await?;
+        conn.write_all(opening).await?;
+        let start = Instant::now();
+        ensure!(
+            ends_within(&mut conn, Duration::from_secs(6)).await,
+            "{:?} was never closed",
+            String::from_utf8_lossy(opening)
+        );
+        ensure!(
+            start.elapsed() >= Duration::from_millis(900),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+    // An h2c client that makes a request and then goes quiet is closed too,
+    // after its request was answered.
+    let r = maki_e2e::request(node.http, "GET", "a.test", "/", &[], true).await?;
+    ensure!(r.status == 404);
+    Ok(())
+}
+
+/// More idle connections than the node has descriptors for: it sheds the
+/// oldest idle ones and keeps serving new clients, never hitting EMFILE.
+#[tokio::test]
+async fn a_connection_flood_never_locks_out_new_clients() -> Result<()> {
+    let fresh = fresh_network()?;
+    let data = fresh.data.clone();
+    // Long deadlines: only shedding can free a descriptor in this test.
+    set_header_timeout(&data, "60s")?;
+    let node = NodeProc::start_with_fd_limit(&data, 256)?;
+    let mut held = Vec::new();
+    for i in 0..600 {
+        let mut conn = tokio::net::TcpStream::connect(node.http).await?;
+        // Half slowloris heads, half hanging h2c prefaces.
+        let opening: &[u8] = if i % 2 == 0 {
+            b"GET / HTTP/1.1\r\nHost: a.test\r\n"
+        } else {
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        };
+        conn.write_all(opening).await?;
+        held.push(conn);
+    }
+    for _ in 0..5 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_get(node.http, "a.test", "/", &[]),
+        )
+        .await
+        .context("a new client waited more than 5 s")??;
+        ensure!(r.status == 404);
+    }
+    // The oldest were shed; the newest are still open.
+    ensure!(
+        closes(&mut held[0]).await,
+        "the oldest connection was not shed"
+    );
+    let log = node.log();
+    ensure!(!log.contains("accept failed"), "{log}");
+    Ok(())
+}
+
+fn set_header_timeout(data: &std::path::Path, value: &str) -> Result<()> {
+    let config = data.join("makiatto.toml");
+    let text = std::fs::read_to_string(&config)?.replace(
+        "http_header_timeout = \"10s\"",
+        &format!("http_header_timeout = \"{value}\""),
+    );
+    std::fs::write(&config, text)?;
+    Ok(())
+}
+
+/// True when the server closes `conn` within `limit` (whatever it sends first).
+async fn ends_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut b = [0u8; 4096];
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut b)).await {
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+            Err(_) => return false,
+        }
+    }
+}

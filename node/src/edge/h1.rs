@@ -33,7 +33,9 @@ use tokio::{
 };
 
 use super::{
-    Body, Req, handle,
+    Body, Req,
+    conns::ConnId,
+    handle,
     timer::{self, CoarseSleep},
 };
 use crate::node::Shared;
@@ -64,6 +66,7 @@ pub async fn serve(
     conn: &mut Conn,
     shared: &Shared,
     header_timeout: Duration,
+    id: ConnId,
 ) -> io::Result<Ended> {
     let mut buf = vec![0u8; FIRST_BUF];
     // buf[start..end] is read and not yet answered.
@@ -114,14 +117,19 @@ pub async fn serve(
         let due = *deadline.get_or_insert_with(|| Instant::now() + header_timeout);
         // Biased: when bytes are already there the sleep is never polled,
         // so it never registers with the timer.
+        // Waiting for the client: idle, so this connection may be shed
+        // (oldest first) when the worker is at its bound.
+        id.busy(false);
         let n = tokio::select! {
             biased;
             n = conn.read(&mut buf[end..]) => n?,
             () = timer::sleep_or_drain(due) => return Ok(Ended::Closed),
+            () = id.shed() => return Ok(Ended::Closed),
         };
         if n == 0 {
             return Ok(Ended::Closed);
         }
+        id.busy(true);
         end += n;
     }
 }
