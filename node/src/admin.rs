@@ -343,6 +343,28 @@ impl AdminProtocol {
         if !self.is_known(&caller) {
             return Err(RpcError::NotAdmin { key: caller });
         }
+        // A publisher sees where its own sites are, not where others' are.
+        let visible: Option<Vec<Domain>> = if self.shared.is_admin(&caller) {
+            None
+        } else {
+            Some(
+                self.shared
+                    .state
+                    .sites()
+                    .map_err(internal)?
+                    .into_iter()
+                    .filter(|(_, s)| s.may_publish(&caller, &self.shared.genesis.admins))
+                    .map(|(d, _)| d)
+                    .collect(),
+            )
+        };
+        let shown = |holds: Vec<maki_protocol::sync::Holding>| match &visible {
+            None => holds,
+            Some(mine) => holds
+                .into_iter()
+                .filter(|h| mine.contains(&h.site))
+                .collect(),
+        };
         // A peer counts as up if we exchanged with it within a few rounds.
         let fresh = (self.shared.config.sync_interval * 3).max(Duration::from_secs(15));
         let nodes = self
@@ -369,7 +391,7 @@ impl AdminProtocol {
                     version: p.version,
                     health,
                     rtt_us: p.rtt.map(|d| d.as_micros() as u64),
-                    holds: if me { self.shared.holdings() } else { p.holds },
+                    holds: shown(if me { self.shared.holdings() } else { p.holds }),
                     roles: p.roles,
                 }
             })

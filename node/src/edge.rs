@@ -418,18 +418,52 @@ async fn handle_hyper<B>(shared: &Shared, req: Request<B>) -> Response<Body> {
             .get(name)
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
+    // RFC 9112 §3.2: more than one Host, or none in an HTTP/1.1 request
+    // without an absolute-form target, is a bad request.
+    let hosts = headers.get_all(header::HOST).iter().count();
+    let authority = req.uri().host();
+    if hosts > 1 || (hosts == 0 && authority.is_none() && req.version() == http::Version::HTTP_11) {
+        return head_like(
+            plain(StatusCode::BAD_REQUEST, "exactly one Host header, please\n"),
+            head,
+        );
+    }
     let view = Req {
         head,
         path: req.uri().path(),
         query: req.uri().query(),
-        host: text(header::HOST).or_else(|| req.uri().host()),
-        range: text(header::RANGE),
+        // §3.2.2: an absolute-form target's host wins over the Host header
+        // (for HTTP/2 this is :authority).
+        host: authority.or_else(|| text(header::HOST)),
+        // Range is not a list: a repeated one is ignored, as on the lean path.
+        range: single(headers, header::RANGE),
         if_range: text(header::IF_RANGE),
         if_none_match: text(header::IF_NONE_MATCH),
         accept_encoding: text(header::ACCEPT_ENCODING),
     };
-    let mut response = handle(shared, &view).await;
+    head_like(handle(shared, &view).await, head)
+}
+
+/// The value of a header sent exactly once, as text.
+fn single(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    let mut all = headers.get_all(name).iter();
+    match (all.next(), all.next()) {
+        (Some(v), None) => v.to_str().ok(),
+        _ => None,
+    }
+}
+
+/// For HEAD: the GET response's headers, Content-Length included, and no
+/// body (RFC 9110 §9.3.2).
+fn head_like(mut response: Response<Body>, head: bool) -> Response<Body> {
     if head {
+        if !response.headers().contains_key(header::CONTENT_LENGTH)
+            && let Some(n) = hyper::body::Body::size_hint(response.body()).exact()
+        {
+            response
+                .headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+        }
         *response.body_mut() = Body::empty();
     }
     response
@@ -760,16 +794,18 @@ fn parse_range(value: &str, size: u64) -> RangeReq {
     };
     let (a, b) = (a.trim(), b.trim());
     let parsed = if a.is_empty() {
-        match b.parse::<u64>() {
-            Ok(0) => return RangeReq::Unsatisfiable,
-            Ok(n) => Some((size.saturating_sub(n), size)),
-            Err(_) => None,
+        match digits(b) {
+            Some(0) => return RangeReq::Unsatisfiable,
+            Some(n) => Some((size.saturating_sub(n), size)),
+            None => None,
         }
     } else {
-        match (a.parse::<u64>(), b.parse::<u64>()) {
-            (Ok(start), _) if start >= size => return RangeReq::Unsatisfiable,
-            (Ok(start), Ok(end)) if end >= start => Some((start, end.saturating_add(1).min(size))),
-            (Ok(start), Err(_)) if b.is_empty() => Some((start, size)),
+        match (digits(a), digits(b)) {
+            (Some(start), _) if start >= size => return RangeReq::Unsatisfiable,
+            (Some(start), Some(end)) if end >= start => {
+                Some((start, end.saturating_add(1).min(size)))
+            }
+            (Some(start), None) if b.is_empty() => Some((start, size)),
             _ => None,
         }
     };
@@ -778,6 +814,15 @@ fn parse_range(value: &str, size: u64) -> RangeReq {
         Some(_) => RangeReq::Unsatisfiable,
         None => RangeReq::Full,
     }
+}
+
+/// A run of ASCII digits (RFC 9110's `1*DIGIT`: no sign, no spaces), as a
+/// number; one past `u64::MAX` is as good as `u64::MAX` for a byte position.
+fn digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse().unwrap_or(u64::MAX))
 }
 
 fn etag_matches(list: &str, etag: &str) -> bool {
@@ -930,6 +975,23 @@ mod tests {
         assert_eq!(parse_range("items=0-1", 100), Full);
         assert_eq!(parse_range("bytes=9-1", 100), Full);
         assert_eq!(parse_range("bytes=0-0", 0), Unsatisfiable);
+        // Signs are not digits; a last position past the end is clamped,
+        // however many digits it has.
+        assert_eq!(parse_range("bytes=+1-2", 100), Full);
+        assert_eq!(parse_range("bytes=1-+2", 100), Full);
+        assert_eq!(parse_range("bytes=-+2", 100), Full);
+        assert_eq!(
+            parse_range("bytes=0-99999999999999999999999", 100),
+            Part(0, 100)
+        );
+        assert_eq!(
+            parse_range("bytes=-99999999999999999999999", 100),
+            Part(0, 100)
+        );
+        assert_eq!(
+            parse_range("bytes=99999999999999999999999-", 100),
+            Unsatisfiable
+        );
     }
 
     #[test]

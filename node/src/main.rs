@@ -38,8 +38,9 @@ enum Command {
     /// Join a network with an invite ticket (from `maki invite`), write
     /// DATA_DIR, then run like `run`. Later starts use `run`.
     Join {
-        /// The `makinvite1…` ticket.
-        ticket: InviteTicket,
+        /// The `makinvite1…` ticket. Parsed by us, not by clap: clap would
+        /// echo a malformed one (a secret) into the error.
+        ticket: String,
         #[arg(long, env = "MAKIATTO_DATA_DIR")]
         data_dir: PathBuf,
         /// A region name for pinning and DNS (e.g. `eu`).
@@ -129,6 +130,9 @@ async fn run(cli: Cli) -> Result<()> {
                 p2p,
                 ..Config::default()
             };
+            let ticket: InviteTicket = ticket
+                .parse()
+                .map_err(|e| anyhow::anyhow!("the invite ticket is not valid: {e}"))?;
             config.validate().map_err(anyhow::Error::msg)?;
             join(&ticket, &data_dir, &config).await?;
             run_node(&data_dir).await

@@ -373,3 +373,86 @@ async fn ends_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool 
         }
     }
 }
+
+/// RFC 9112/9110 corners the red team found, each asked of the lean path
+/// (HTTP/1.1) and of hyper's (the same request as HTTP/1.0): both answer
+/// alike.
+#[tokio::test]
+async fn request_corners_are_answered_alike_on_both_paths() -> Result<()> {
+    let (net, site_dir) = one_site("rfc.test")?;
+    net.admin
+        .ok(&["publish", &site_dir.to_string_lossy(), "--site", "rfc.test"])?;
+    let index = std::fs::read(site_dir.join("index.html"))?;
+    let size = index.len();
+    let ask = |raw: String| async move {
+        let mut conn = tokio::net::TcpStream::connect(net.node.http).await?;
+        conn.write_all(raw.as_bytes()).await?;
+        let mut buf = Vec::new();
+        let head = raw.starts_with("HEAD");
+        read_raw(&mut conn, &mut buf, head).await
+    };
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        // Two Host headers: 400.
+        let r = ask(format!(
+            "GET / {version}\r\nHost: rfc.test\r\nHost: other.test\r\n\r\n"
+        ))
+        .await?;
+        ensure!(r.status == 400, "{version} two hosts: {}", r.status);
+        // An absolute-form target's host wins over Host.
+        let r = ask(format!(
+            "GET http://rfc.test/ {version}\r\nHost: other.test\r\n\r\n"
+        ))
+        .await?;
+        ensure!(
+            r.status == 200 && r.body == index,
+            "{version} absolute: {}",
+            r.status
+        );
+        // A repeated Range is ignored: the whole body.
+        let r = ask(format!(
+            "GET / {version}\r\nHost: rfc.test\r\nRange: bytes=0-0\r\nRange: bytes=1-1\r\n\r\n"
+        ))
+        .await?;
+        ensure!(
+            r.status == 200 && r.body == index,
+            "{version} two ranges: {}",
+            r.status
+        );
+        // A sign is not a digit.
+        let r = ask(format!(
+            "GET / {version}\r\nHost: rfc.test\r\nRange: bytes=+1-2\r\n\r\n"
+        ))
+        .await?;
+        ensure!(r.status == 200, "{version} +1-2: {}", r.status);
+        // A last position past the end (however long) is clamped: 206.
+        let r = ask(format!(
+            "GET / {version}\r\nHost: rfc.test\r\nRange: bytes=1-99999999999999999999999\r\n\r\n"
+        ))
+        .await?;
+        ensure!(
+            r.status == 206 && r.body == index[1..],
+            "{version} long last-byte-pos: {}",
+            r.status
+        );
+        let want = format!("bytes 1-{}/{size}", size - 1);
+        ensure!(r.header("content-range") == Some(want.as_str()));
+        // HEAD carries GET's Content-Length, for errors and redirects too.
+        for path in ["/", "/nope", "/blog", "/%zz"] {
+            let get = ask(format!("GET {path} {version}\r\nHost: rfc.test\r\n\r\n")).await?;
+            let head = ask(format!("HEAD {path} {version}\r\nHost: rfc.test\r\n\r\n")).await?;
+            ensure!(
+                get.status == head.status
+                    && head.header("content-length") == Some(get.body.len().to_string().as_str()),
+                "{version} HEAD {path}: {} {:?} vs GET {} {}",
+                head.status,
+                head.header("content-length"),
+                get.status,
+                get.body.len()
+            );
+        }
+    }
+    // HTTP/1.1 without Host: 400.
+    let r = ask("GET / HTTP/1.1\r\n\r\n".into()).await?;
+    ensure!(r.status == 400, "no host: {}", r.status);
+    Ok(())
+}

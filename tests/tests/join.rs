@@ -109,9 +109,23 @@ async fn bad_invites_are_refused_with_reasons() -> Result<()> {
     let err = NodeProc::join_fails(&net.tmp.path().join("other"), &other.to_string())?;
     ensure!(err.contains("another network"), "{err}");
 
-    // Garbage.
+    // Garbage. A malformed ticket is a secret cut short: never echoed.
     let err = NodeProc::join_fails(&net.tmp.path().join("junk"), "makinvite1zzzz")?;
     ensure!(err.contains("ticket"), "{err}");
+    let cut = &good.to_string()[..40];
+    let err = NodeProc::join_fails(&net.tmp.path().join("cut"), cut)?;
+    ensure!(
+        err.contains("not valid") && !err.contains(&cut[10..]),
+        "{err}"
+    );
+    let home = net.tmp.path().join("cli");
+    std::fs::create_dir_all(&home)?;
+    let cut_node = &net.first.ticket[..40];
+    let err = Maki::new(&home, Some(cut_node)).fails(&["nodes"])?;
+    ensure!(
+        err.contains("not valid") && !err.contains(&cut_node[9..]),
+        "{err}"
+    );
 
     // Only admins make invites.
     let home = net.tmp.path().join("stranger");

@@ -149,3 +149,33 @@ impl Lossy for SyncMsg {
         }
     }
 }
+
+/// A publisher of one site sees where its own site is held, not where
+/// other tenants' sites are.
+#[tokio::test]
+async fn a_publisher_sees_only_its_own_sites_in_nodes() -> Result<()> {
+    let net = maki_e2e::network(1)?;
+    let home = net.tmp.path().join("tenant");
+    std::fs::create_dir_all(&home)?;
+    let tenant = maki_e2e::Maki::new(&home, Some(&net.nodes[0].ticket));
+    let key = tenant.key()?;
+    net.admin
+        .ok(&["site", "add", "mine.test", "--publisher", &key])?;
+    net.admin.ok(&["site", "add", "theirs.test"])?;
+    let site = net.tmp.path().join("site");
+    maki_e2e::copy_dir(&maki_e2e::example_site(), &site)?;
+    let dir = site.to_string_lossy();
+    tenant.ok(&["publish", &dir, "--site", "mine.test"])?;
+    net.admin.ok(&["publish", &dir, "--site", "theirs.test"])?;
+    let admin_view = net.admin.ok(&["nodes", "--json"])?;
+    ensure!(
+        admin_view.contains("mine.test") && admin_view.contains("theirs.test"),
+        "{admin_view}"
+    );
+    let tenant_view = tenant.ok(&["nodes", "--json"])?;
+    ensure!(
+        tenant_view.contains("mine.test") && !tenant_view.contains("theirs.test"),
+        "{tenant_view}"
+    );
+    Ok(())
+}

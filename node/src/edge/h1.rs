@@ -176,6 +176,7 @@ fn read_request<'b>(parsed: &httparse::Request<'_, 'b>) -> Option<(Req<'b>, bool
         ..Req::default()
     };
     let mut close = false;
+    let mut ranges = 0;
     for h in parsed.headers.iter() {
         let is = |name: &str| h.name.eq_ignore_ascii_case(name);
         let first = |slot: &mut Option<&'b str>| {
@@ -189,7 +190,8 @@ fn read_request<'b>(parsed: &httparse::Request<'_, 'b>) -> Option<(Req<'b>, bool
             }
             req.host = text(h.value);
         } else if is("range") {
-            first(&mut req.range);
+            ranges += 1;
+            req.range = text(h.value);
         } else if is("if-none-match") {
             first(&mut req.if_none_match);
         } else if is("if-range") {
@@ -213,6 +215,19 @@ fn read_request<'b>(parsed: &httparse::Request<'_, 'b>) -> Option<(Req<'b>, bool
         {
             return None;
         }
+    }
+    // Range is not a list: a repeated one is ignored (as on hyper's side).
+    if ranges > 1 {
+        req.range = None;
+    }
+    // No Host at all is hyper's to refuse (400), like a repeated one.
+    if req.host.is_none()
+        && !parsed
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("host"))
+    {
+        return None;
     }
     Some((req, close))
 }
