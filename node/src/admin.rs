@@ -51,6 +51,8 @@ struct Session {
     signed: Signed<Head>,
     manifest: Manifest,
     missing: Vec<Hash>,
+    /// Bytes of `missing`: this session's share of its key's upload budget.
+    bytes: u64,
 }
 
 /// Open publish sessions by id.
@@ -570,9 +572,14 @@ impl AdminProtocol {
             // The network's head, which may be ahead of what this node serves
             // while it downloads; a publish must build on it.
             let head = match (self.shared.current_head(&domain), &live) {
-                (Some((seq, m)), Some(l)) if l.manifest_hash == m => {
-                    Some(info(seq, m, &l.manifest))
-                }
+                (Some((seq, m)), Some(l)) if l.manifest_hash == m => Some(HeadInfo {
+                    seq,
+                    version: l.summary.version,
+                    manifest: m,
+                    files: l.summary.files,
+                    bytes: l.summary.bytes,
+                    created: l.summary.created,
+                }),
                 (Some((seq, m)), _) => match self.load_manifest(m).await {
                     Ok(manifest) => Some(info(seq, m, &manifest)),
                     // Not here yet: the head is still what a publish builds
@@ -580,7 +587,7 @@ impl AdminProtocol {
                     Err(_) => Some(HeadInfo {
                         seq,
                         manifest: m,
-                        version: live.as_ref().map_or(0, |l| l.manifest.version),
+                        version: live.as_ref().map_or(0, |l| l.summary.version),
                         files: 0,
                         bytes: 0,
                         created: 0,
@@ -691,10 +698,10 @@ impl AdminProtocol {
         let current = self.shared.live.get(head.site.as_str());
         if let Some(c) = &current
             && Some(c.manifest_hash) == current_hash
-            && c.manifest.same_content(&manifest)
+            && c.summary.content == manifest.content_hash()
         {
             return Ok(Response::Unchanged {
-                version: c.manifest.version,
+                version: c.summary.version,
             });
         }
         let latest = self
@@ -718,8 +725,23 @@ impl AdminProtocol {
             });
         }
 
+        let (open, in_flight) = self
+            .shared
+            .sessions
+            .inner
+            .lock()
+            .map(|s| {
+                let mine = s.values().filter(|s| s.caller == caller);
+                mine.fold((0, 0), |(n, b), s| (n + 1, b + s.bytes))
+            })
+            .unwrap_or((0, 0));
+        if open >= MAX_SESSIONS_PER_CALLER {
+            return Err(RpcError::BadRequest(format!(
+                "{open} publishes are already in progress for this key; finish or cancel them"
+            )));
+        }
         let content = &self.shared.content;
-        let stored = content
+        let (stored, _stored_tag) = content
             .add_bytes(manifest_bytes.into())
             .await
             .map_err(internal)?;
@@ -728,26 +750,35 @@ impl AdminProtocol {
                 "the store hashed the manifest differently".into(),
             ));
         }
-        let blobs = manifest.blobs();
-        let missing = content.check_manifest(&manifest).await.map_err(refusal)?;
-        let bytes = missing.iter().filter_map(|h| blobs.get(h)).sum::<u64>();
-        let open = self
-            .shared
-            .sessions
-            .inner
-            .lock()
-            .map(|s| s.values().filter(|s| s.caller == caller).count())
-            .unwrap_or(0);
-        if open >= MAX_SESSIONS_PER_CALLER {
-            return Err(RpcError::BadRequest(format!(
-                "{open} publishes are already in progress for this key; finish or cancel them"
-            )));
-        }
+        // Protected before the store is asked what it holds, so garbage
+        // collection cannot take a blob between the answer and the commit.
         let session = random_u64()?;
+        let blobs = manifest.blobs();
         content
             .protect(&temp_tag(session), head.manifest, blobs.keys().copied())
             .await
             .map_err(internal)?;
+        let checked = async {
+            let missing = content.check_manifest(&manifest).await.map_err(refusal)?;
+            let bytes = missing.iter().filter_map(|h| blobs.get(h)).sum::<u64>();
+            let limit = self.shared.config.max_upload_bytes;
+            if in_flight.saturating_add(bytes) > limit {
+                return Err(RpcError::UploadBudget {
+                    in_flight: in_flight.saturating_add(bytes),
+                    limit,
+                });
+            }
+            Ok((missing, bytes))
+        };
+        let (missing, bytes) = match checked.await {
+            Ok(ok) => ok,
+            Err(e) => {
+                if let Err(error) = content.unprotect(&temp_tag(session)).await {
+                    warn!(%error, "could not drop a refused publish's temporary tag");
+                }
+                return Err(e);
+            }
+        };
         self.shared.gate.allow(caller, session, &missing);
         info!(site = %head.site, version = manifest.version, missing = missing.len(), bytes, "publish started");
         let hashes = missing.clone();
@@ -760,6 +791,7 @@ impl AdminProtocol {
                     signed,
                     manifest,
                     missing,
+                    bytes,
                 },
             );
         }
@@ -850,6 +882,9 @@ impl AdminProtocol {
             )
             .await
             .map_err(internal)?;
+        let site = LiveSite::prepare(s.head.seq, s.head.manifest, s.manifest.clone())
+            .await
+            .map_err(internal)?;
         // The blob store batches its own commits: make the version durable
         // there before the head that names it is.
         content.sync().await.map_err(internal)?;
@@ -863,10 +898,7 @@ impl AdminProtocol {
                 self.shared.config.keep_versions,
             )
             .map_err(internal)?;
-        self.shared.live.set(
-            s.head.site.clone(),
-            LiveSite::new(s.head.seq, s.head.manifest, s.manifest.clone()),
-        );
+        self.shared.live.set(s.head.site.clone(), site);
         self.drop_versions(&s.head.site, committed.pruned).await;
         self.announce_head(s.signed.clone());
         info!(site = %s.head.site, version = s.manifest.version, seq = s.head.seq, "published");
@@ -927,16 +959,16 @@ impl AdminProtocol {
                 offered: head.seq,
             });
         }
+        let version = manifest.version;
+        let site = LiveSite::prepare(head.seq, head.manifest, manifest)
+            .await
+            .map_err(internal)?;
         let committed = self
             .shared
             .state
             .commit_head(&head, &signed, None, self.shared.config.keep_versions)
             .map_err(internal)?;
-        let version = manifest.version;
-        self.shared.live.set(
-            head.site.clone(),
-            LiveSite::new(head.seq, head.manifest, manifest),
-        );
+        self.shared.live.set(head.site.clone(), site);
         self.drop_versions(&head.site, committed.pruned).await;
         self.announce_head(signed);
         info!(site = %head.site, version, seq = head.seq, "rolled back");

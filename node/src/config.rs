@@ -63,6 +63,14 @@ pub struct Config {
     /// stream from disk.
     #[serde(default = "default_memory_cache_max_blob")]
     pub memory_cache_max_blob: u64,
+    /// Bytes one key may have in uploads not yet committed, over all its
+    /// publishes in progress at this node.
+    #[serde(default = "default_max_upload_bytes")]
+    pub max_upload_bytes: u64,
+    /// How often blobs that no kept version references (abandoned
+    /// uploads, pruned versions, removed sites) are deleted from disk.
+    #[serde(default = "default_gc_interval", with = "humantime_serde")]
+    pub gc_interval: std::time::Duration,
 }
 
 fn default_http() -> SocketAddr {
@@ -101,6 +109,12 @@ fn default_memory_cache_bytes() -> u64 {
 fn default_memory_cache_max_blob() -> u64 {
     4 << 20
 }
+fn default_max_upload_bytes() -> u64 {
+    default_max_site_bytes()
+}
+fn default_gc_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
 
 impl Default for Config {
     fn default() -> Self {
@@ -119,6 +133,8 @@ impl Default for Config {
             max_site_bytes: default_max_site_bytes(),
             memory_cache_bytes: default_memory_cache_bytes(),
             memory_cache_max_blob: default_memory_cache_max_blob(),
+            max_upload_bytes: default_max_upload_bytes(),
+            gc_interval: default_gc_interval(),
         }
     }
 }
@@ -187,6 +203,12 @@ impl Config {
         if self.keep_versions == 0 {
             return Err("keep_versions must be at least 1".into());
         }
+        if self.gc_interval < std::time::Duration::from_secs(1) {
+            return Err("gc_interval must be at least 1s".into());
+        }
+        if self.max_upload_bytes == 0 {
+            return Err("max_upload_bytes must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -235,7 +257,11 @@ impl Config {
              # Memory for hot blobs on the edge, in bytes.\n\
              memory_cache_bytes = {}\n\
              # Largest blob kept in that memory, in bytes.\n\
-             memory_cache_max_blob = {}\n",
+             memory_cache_max_blob = {}\n\
+             # Bytes one key may have in uploads not yet committed.\n\
+             max_upload_bytes = {}\n\
+             # How often unreferenced blobs are deleted from disk.\n\
+             gc_interval = \"{}\"\n",
             roles.join(", "),
             self.http,
             self.p2p,
@@ -248,6 +274,8 @@ impl Config {
             self.max_site_bytes,
             self.memory_cache_bytes,
             self.memory_cache_max_blob,
+            self.max_upload_bytes,
+            humantime_serde::re::humantime::format_duration(self.gc_interval),
         )
     }
 }

@@ -3,14 +3,30 @@
 //!
 //! A site version is protected by one tag `v/<domain>/<manifest hash>`
 //! naming a hash sequence of the manifest and every blob it needs. A
-//! publish in progress holds `tmp/<session>`; leftovers from a crash are
-//! swept at startup. This module never decides *what* to keep — `admin`
-//! and `state` do — nor caches bytes: the edge's workers do that.
+//! publish in progress holds `tmp/<session>`, a fetch `tmp/fetch/<site>`;
+//! leftovers from a crash are swept at startup. Whatever no tag protects
+//! (an abandoned upload, a pruned version, a removed site) is deleted by
+//! the store's garbage collection every `gc_interval`. This module never
+//! decides *what* to keep — `admin` and `state` do — nor caches bytes: the
+//! edge's workers do that.
+//!
+//! Room for a cache class (transformer output, fetch-on-miss): such blobs
+//! will be protected from collection by `GcConfig::add_protected` while
+//! an LRU under a byte limit holds them, and evicted by that LRU, not by
+//! the collector.
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use bytes::Bytes;
-use iroh_blobs::{BlobFormat, api::blobs::BlobReader, hashseq::HashSeq, store::fs::FsStore};
+use iroh_blobs::{
+    BlobFormat,
+    api::{TempTag, blobs::BlobReader},
+    hashseq::HashSeq,
+    store::{
+        GcConfig,
+        fs::{FsStore, options::Options},
+    },
+};
 use maki_protocol::{Domain, Hash, Manifest};
 use n0_future::{BufferedStreamExt, StreamExt};
 
@@ -45,8 +61,18 @@ pub struct Content {
 }
 
 impl Content {
-    pub async fn load(dir: &Path) -> Result<Self, ContentError> {
-        let store = FsStore::load(dir).await.map_err(store_err)?;
+    /// Opens the store under `dir`. Every `gc_interval` (None: never) the
+    /// store deletes what no tag protects: blobs of abandoned uploads,
+    /// pruned versions and removed sites.
+    pub async fn load(dir: &Path, gc_interval: Option<Duration>) -> Result<Self, ContentError> {
+        let mut options = Options::new(dir);
+        options.gc = gc_interval.map(|interval| GcConfig {
+            interval,
+            add_protected: None,
+        });
+        let store = FsStore::load_with_opts(dir.join("blobs.db"), options)
+            .await
+            .map_err(store_err)?;
         Ok(Self { store })
     }
 
@@ -101,18 +127,16 @@ impl Content {
         Ok(missing)
     }
 
-    pub async fn add_bytes(&self, bytes: Bytes) -> Result<Hash, ContentError> {
+    /// Stores `bytes`; the returned temporary tag keeps them from garbage
+    /// collection until the caller protects them under a name.
+    pub async fn add_bytes(&self, bytes: Bytes) -> Result<(Hash, TempTag), ContentError> {
         let tag = self
             .store
             .add_bytes(bytes)
             .temp_tag()
             .await
             .map_err(store_err)?;
-        let hash = from_iroh(tag.hash());
-        // The caller protects it with a named tag right after; the temp tag
-        // only has to bridge that gap.
-        drop(tag);
-        Ok(hash)
+        Ok((from_iroh(tag.hash()), tag))
     }
 
     pub async fn get_bytes(&self, hash: Hash) -> Result<Bytes, ContentError> {
@@ -159,6 +183,51 @@ impl Content {
     pub async fn unprotect(&self, name: &str) -> Result<(), ContentError> {
         self.store.tags().delete(name).await.map_err(store_err)?;
         Ok(())
+    }
+
+    /// Drops every version tag (`v/<domain>/<manifest>`) that `kept` does
+    /// not name: left behind when a crash came between a prune or a site's
+    /// removal and the tag's deletion. Returns how many went.
+    pub async fn drop_unkept_versions(
+        &self,
+        kept: &std::collections::HashSet<String>,
+    ) -> Result<usize, ContentError> {
+        let mut tags = self
+            .store
+            .tags()
+            .list_prefix("v/")
+            .await
+            .map_err(store_err)?;
+        let mut stale = Vec::new();
+        while let Some(tag) = tags.next().await {
+            let tag = tag.map_err(store_err)?;
+            let name = String::from_utf8_lossy(tag.name.as_ref()).into_owned();
+            if !kept.contains(&name) {
+                stale.push(name);
+            }
+        }
+        for name in &stale {
+            self.unprotect(name).await?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Bytes the store's files take on disk (data and outboards; small
+    /// blobs live inline in its database, counted with it).
+    pub fn disk_usage(dir: &Path) -> u64 {
+        fn walk(p: &Path) -> u64 {
+            std::fs::read_dir(p).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .map(|e| match e.metadata() {
+                        Ok(m) if m.is_dir() => walk(&e.path()),
+                        Ok(m) => m.len(),
+                        Err(_) => 0,
+                    })
+                    .sum()
+            })
+        }
+        walk(dir)
     }
 
     /// Removes every `tmp/` tag: publishes a crash interrupted.

@@ -26,7 +26,10 @@ use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header
 use http_body_util::{BodyExt, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, SizeHint};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use maki_protocol::{Encoding, Hash, Manifest, rules::is_reserved_header};
+use maki_protocol::{
+    Encoding, Hash,
+    rules::{HeaderRule, is_reserved_header},
+};
 use n0_future::StreamExt;
 use tokio::{io::AsyncSeekExt, net::TcpListener, task::JoinSet};
 use tokio_util::{io::ReaderStream, sync::CancellationToken};
@@ -541,6 +544,12 @@ async fn serve_blob(shared: &Shared, text: &str, req: &Req<'_>) -> Response<Body
             "not a BLAKE3 hash (64 hex characters)\n",
         );
     };
+    // Only what a served version references: never a manifest, an older
+    // kept version, an upload in progress, or anything taken down. The
+    // same answer whether or not the bytes are on disk.
+    if !shared.live.references(&hash) {
+        return plain(StatusCode::NOT_FOUND, "no such blob on this node\n");
+    }
     let size = match shared.content.complete_size(hash).await {
         Ok(Some(size)) => size,
         Ok(None) => return plain(StatusCode::NOT_FOUND, "no such blob on this node\n"),
@@ -593,7 +602,7 @@ fn resolve<'a>(site: &'a LiveSite, path: &str, query: Option<&str>) -> Resolved<
         _ => target,
     };
     let mut path = std::borrow::Cow::Borrowed(path);
-    for rule in &site.manifest.redirects {
+    for rule in &site.redirects {
         if let Some(caps) = rule.from.matches(&path) {
             if rule.status != 200 {
                 return Resolved::Redirect(rule.status, with_query(rule.target(&caps)));
@@ -646,15 +655,15 @@ async fn serve_site(shared: &Shared, site: &LiveSite, path: &str, req: &Req<'_>)
     };
 
     let mut extra = HeaderMap::with_capacity(8);
-    if let Some(ct) = &file.content_type {
-        extra.insert(header::CONTENT_TYPE, ct.clone());
+    if let Some(ct) = site.content_type(file) {
+        extra.insert(header::CONTENT_TYPE, ct);
     }
     extra.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static(DEFAULT_CACHE_CONTROL),
     );
-    if !site.manifest.headers.is_empty() {
-        apply_rules(&site.manifest, path, &mut extra);
+    if !site.headers.is_empty() {
+        apply_rules(&site.headers, path, &mut extra);
     }
 
     // Ranges address the identity representation; compression is for whole bodies.
@@ -667,40 +676,26 @@ async fn serve_site(shared: &Shared, site: &LiveSite, path: &str, req: &Req<'_>)
     } else {
         pick_encoding(req.accept_encoding, file)
     };
-    let e = &file.entry;
-    match chosen {
-        Some((enc, v, etag)) => {
-            send(
-                shared,
-                v.hash,
-                v.size,
-                etag.clone(),
-                Some(*enc),
-                status,
-                req,
-                extra,
-            )
-            .await
-        }
-        None => {
-            send(
-                shared,
-                e.hash,
-                e.size,
-                file.etag.clone(),
-                None,
-                status,
-                req,
-                extra,
-            )
-            .await
-        }
-    }
+    let (hash, size, encoding) = match chosen {
+        Some((enc, v)) => (v.hash, v.size, Some(*enc)),
+        None => (file.hash, file.size, None),
+    };
+    send(
+        shared,
+        hash,
+        size,
+        crate::live::etag(&hash),
+        encoding,
+        status,
+        req,
+        extra,
+    )
+    .await
 }
 
-fn apply_rules(m: &Manifest, path: &str, out: &mut HeaderMap) {
+fn apply_rules(rules: &[HeaderRule], path: &str, out: &mut HeaderMap) {
     let mut set: Vec<(&str, String)> = Vec::new();
-    for rule in &m.headers {
+    for rule in rules {
         if rule.pattern.matches(path).is_none() {
             continue;
         }
@@ -736,9 +731,9 @@ fn apply_rules(m: &Manifest, path: &str, out: &mut HeaderMap) {
 fn pick_encoding<'a>(
     accept: Option<&str>,
     file: &'a Served,
-) -> Option<&'a (Encoding, maki_protocol::Variant, HeaderValue)> {
+) -> Option<&'a (Encoding, maki_protocol::Variant)> {
     let accept = accept?;
-    let mut best: Option<(&(Encoding, maki_protocol::Variant, HeaderValue), f32)> = None;
+    let mut best: Option<(&(Encoding, maki_protocol::Variant), f32)> = None;
     for item in accept.split(',') {
         let mut parts = item.split(';');
         let token = parts.next().unwrap_or_default().trim();
@@ -1009,22 +1004,8 @@ mod tests {
     /// loads; the edge drops what it must not send.
     #[test]
     fn rules_never_set_framing_headers() {
-        use maki_protocol::rules::{HeaderRule, Pattern};
-        let mut m = Manifest::decode(
-            &Manifest {
-                format: maki_protocol::MANIFEST_FORMAT,
-                site: maki_protocol::Domain::new("a.test").expect("domain"),
-                version: 1,
-                parent: None,
-                created: 0,
-                entries: Default::default(),
-                headers: vec![],
-                redirects: vec![],
-            }
-            .to_bytes(),
-        )
-        .expect("manifest");
-        m.headers.push(HeaderRule {
+        use maki_protocol::rules::Pattern;
+        let rules = vec![HeaderRule {
             pattern: Pattern::new("/*").expect("pattern"),
             set: vec![
                 ("transfer-encoding".into(), "chunked".into()),
@@ -1033,10 +1014,10 @@ mod tests {
                 ("x-ok".into(), "yes".into()),
             ],
             unset: vec!["etag".into(), "date".into()],
-        });
+        }];
         let mut out = HeaderMap::new();
         out.insert(header::ETAG, HeaderValue::from_static("\"e\""));
-        apply_rules(&m, "/a", &mut out);
+        apply_rules(&rules, "/a", &mut out);
         assert_eq!(out.len(), 2, "{out:?}");
         assert_eq!(
             out.get("x-ok").map(HeaderValue::as_bytes),

@@ -227,10 +227,21 @@ impl Node {
         let key = identity::load_key(data_dir)?;
         let network = identity::load_genesis(data_dir)?;
         let state = State::open(&data_dir.join("state.redb"))?;
-        let content = Content::load(&blobs_dir(data_dir)).await?;
+        let content = Content::load(&blobs_dir(data_dir), Some(config.gc_interval)).await?;
         let swept = content.sweep_temp().await?;
         if swept > 0 {
             info!(swept, "removed leftovers of interrupted publishes");
+        }
+        // Versions the state no longer keeps lose their tags, so their
+        // blobs are collected (a crash between a prune and its tag's removal).
+        let kept: std::collections::HashSet<String> = state
+            .all_versions()?
+            .into_iter()
+            .map(|(site, manifest)| format!("v/{site}/{manifest}"))
+            .collect();
+        let dropped = content.drop_unkept_versions(&kept).await?;
+        if dropped > 0 {
+            info!(dropped, "dropped tags of versions no longer kept");
         }
         let live = Live::default();
         load_live(&state, &content, &live).await?;
@@ -333,6 +344,8 @@ impl Node {
             node.shared.changes.subscribe(),
             node.cancel.clone(),
         ));
+        node.tasks
+            .spawn(sweep_live(node.shared.clone(), node.cancel.clone()));
         node.tasks.spawn(crate::sync::run(
             node.shared.clone(),
             endpoint,
@@ -481,6 +494,24 @@ pub async fn bind_endpoint(
     builder.bind().await.map_err(|e| err(e.to_string()))
 }
 
+/// Drops replaced site versions once no edge worker holds them, on a
+/// blocking thread: freeing a million files takes a while.
+async fn sweep_live(shared: Arc<Shared>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let dead = shared.live.sweep();
+        if !dead.is_empty() {
+            tokio::task::spawn_blocking(move || drop(dead)).await.ok();
+        }
+    }
+}
+
 async fn load_live(state: &State, content: &Content, live: &Live) -> Result<(), NodeError> {
     for (domain, _) in state.sites()? {
         let Some(signed) = state.head(&domain)? else {
@@ -510,7 +541,12 @@ async fn load_live(state: &State, content: &Content, live: &Live) -> Result<(), 
         // the size the manifest declares.
         match content.check_manifest(&manifest).await {
             Ok(missing) if missing.is_empty() => {
-                live.set(domain, LiveSite::new(head.seq, head.manifest, manifest));
+                match LiveSite::prepare(head.seq, head.manifest, manifest).await {
+                    Ok(site) => live.set(domain, site),
+                    Err(error) => {
+                        warn!(site = %domain, %error, "could not lay out the stored version")
+                    }
+                }
             }
             Ok(missing) => {
                 warn!(site = %domain, missing = missing.len(), "stored version lacks blobs; not serving it until it is fetched again");

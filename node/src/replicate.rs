@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    content::{to_iroh, version_tag},
+    content::{ContentError, to_iroh, version_tag},
     live::LiveSite,
     node::Shared,
 };
@@ -171,7 +171,7 @@ enum FetchError {
     #[error("the manifest is invalid: {0}")]
     Manifest(String),
     #[error(transparent)]
-    Content(#[from] crate::content::ContentError),
+    Content(#[from] ContentError),
     #[error("state: {0}")]
     State(#[from] crate::state::StateError),
 }
@@ -278,50 +278,71 @@ async fn fetch_with(
     let content = &shared.content;
     let store = content.store();
     let started = std::time::Instant::now();
-    fetch_blob(store, providers, head.manifest).await;
-    let bytes = content
-        .get_bytes(head.manifest)
-        .await
-        .map_err(|_| FetchError::Unavailable {
-            what: "the manifest",
-        })?;
-    if Hash::of(&bytes) != head.manifest {
-        return Err(FetchError::Manifest("hash mismatch".into()));
-    }
-    let manifest = Manifest::decode(&bytes).map_err(|e| FetchError::Manifest(e.to_string()))?;
-    if manifest.site != head.site {
-        return Err(FetchError::Manifest(format!(
-            "it is for {}, the head for {}",
-            manifest.site, head.site
-        )));
-    }
-    let size = manifest.total_size();
-    if size > shared.config.max_site_bytes {
-        return Err(FetchError::Manifest(format!(
-            "{size} bytes is above this node's max_site_bytes"
-        )));
-    }
-    // The hash sequence protects what arrives from the start, and it is
-    // what peers ask for: the same list in the same order gives the same
-    // hash on every node.
-    // Until it is complete, a temporary tag (swept at restart) holds it.
-    let blobs = manifest.blobs();
+    // Until the version is complete, a temporary tag (swept at restart)
+    // keeps what arrives from garbage collection: the manifest first.
     let temp = format!("tmp/fetch/{}", head.site);
-    content
-        .protect(&temp, head.manifest, blobs.keys().copied())
-        .await?;
-    // Each fetched blob is verified against its hash, so its size is the
-    // truth; a manifest that declares another one is refused by path.
-    let missing = content.check_manifest(&manifest).await?;
-    let fetched: Vec<bool> = n0_future::stream::iter(missing)
-        .map(|h| fetch_blob(store, providers, h))
-        .buffered_unordered(PARALLEL)
-        .collect()
-        .await;
-    debug!(site = %head.site, blobs = fetched.len(), "fetched");
-    if !content.check_manifest(&manifest).await?.is_empty() {
-        return Err(FetchError::Unavailable { what: "every blob" });
+    content.protect(&temp, head.manifest, []).await?;
+    let fetched = async {
+        fetch_blob(store, providers, head.manifest).await;
+        let bytes =
+            content
+                .get_bytes(head.manifest)
+                .await
+                .map_err(|_| FetchError::Unavailable {
+                    what: "the manifest",
+                })?;
+        if Hash::of(&bytes) != head.manifest {
+            return Err(FetchError::Manifest("hash mismatch".into()));
+        }
+        let manifest = Manifest::decode(&bytes).map_err(|e| FetchError::Manifest(e.to_string()))?;
+        if manifest.site != head.site {
+            return Err(FetchError::Manifest(format!(
+                "it is for {}, the head for {}",
+                manifest.site, head.site
+            )));
+        }
+        let size = manifest.total_size();
+        if size > shared.config.max_site_bytes {
+            return Err(FetchError::Manifest(format!(
+                "{size} bytes is above this node's max_site_bytes"
+            )));
+        }
+        // The hash sequence protects what arrives from the start, and it is
+        // what peers ask for: the same list in the same order gives the same
+        // hash on every node.
+        let blobs = manifest.blobs();
+        content
+            .protect(&temp, head.manifest, blobs.keys().copied())
+            .await?;
+        // Each fetched blob is verified against its hash, so its size is the
+        // truth; a manifest that declares another one is refused by path.
+        let missing = content.check_manifest(&manifest).await?;
+        let fetched: Vec<bool> = n0_future::stream::iter(missing)
+            .map(|h| fetch_blob(store, providers, h))
+            .buffered_unordered(PARALLEL)
+            .collect()
+            .await;
+        debug!(site = %head.site, blobs = fetched.len(), "fetched");
+        if !content.check_manifest(&manifest).await?.is_empty() {
+            return Err(FetchError::Unavailable { what: "every blob" });
+        }
+        Ok(manifest)
     }
+    .await;
+    let manifest = match fetched {
+        Ok(m) => m,
+        // A dishonest version is never worth keeping; an unreachable one
+        // keeps what arrived, so the next try resumes.
+        Err(
+            e @ (FetchError::Manifest(_) | FetchError::Content(ContentError::SizeMismatch { .. })),
+        ) => {
+            if let Err(error) = content.unprotect(&temp).await {
+                warn!(%error, "could not drop a fetch's temporary tag");
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     let _guard = shared.head_lock.lock().await;
     let result = commit(shared, head, signed, manifest).await;
     if let Err(error) = content.unprotect(&temp).await {
@@ -355,17 +376,16 @@ async fn commit(
             manifest.blobs().keys().copied(),
         )
         .await?;
+    let version = manifest.version;
+    let site = LiveSite::prepare(head.seq, head.manifest, manifest)
+        .await
+        .map_err(|e| FetchError::Manifest(format!("could not lay it out: {e}")))?;
     content.sync().await?;
-    let committed = shared.state.commit_head(
-        head,
-        signed,
-        Some(manifest.version),
-        shared.config.keep_versions,
-    )?;
-    shared.live.set(
-        head.site.clone(),
-        LiveSite::new(head.seq, head.manifest, manifest),
-    );
+    let committed =
+        shared
+            .state
+            .commit_head(head, signed, Some(version), shared.config.keep_versions)?;
+    shared.live.set(head.site.clone(), site);
     for m in committed.pruned {
         if let Err(error) = content.unprotect(&version_tag(&head.site, m)).await {
             warn!(%error, "could not drop an old version's tag");

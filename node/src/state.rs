@@ -180,6 +180,18 @@ impl State {
         Ok(out)
     }
 
+    /// Every kept version of every site: (domain, manifest).
+    pub fn all_versions(&self) -> Result<Vec<(String, Hash)>, StateError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(VERSIONS)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (k, v) = item?;
+            out.push((k.value().0.to_owned(), Hash::from_bytes(*v.value())));
+        }
+        Ok(out)
+    }
+
     /// Makes `head` current and, for a publish, records `version`; prunes
     /// versions beyond `keep` (never the one the head names). One transaction.
     pub fn commit_head(

@@ -273,6 +273,18 @@ impl Manifest {
             && self.redirects == other.redirects
     }
 
+    /// The hash of what this version serves (entries and rules), leaving
+    /// out its version number, parent and time: two manifests with the same
+    /// content hash serve the same bytes the same way.
+    pub fn content_hash(&self) -> Hash {
+        Hash::of(&encode(&(
+            &self.site,
+            &self.entries,
+            &self.headers,
+            &self.redirects,
+        )))
+    }
+
     /// The sum of all entry sizes (without variants).
     pub fn total_size(&self) -> u64 {
         self.entries.values().map(|e| e.size).sum()

@@ -62,6 +62,10 @@ impl SitePath {
         Ok(Self(s))
     }
 
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -241,8 +241,9 @@ async fn a_lying_version_on_disk_is_not_served_after_a_restart() -> Result<()> {
     let data = node.dir.clone();
     node.stop()?;
     {
-        let content = makiatto::content::Content::load(&makiatto::node::blobs_dir(&data)).await?;
-        let stored = content.add_bytes(m.to_bytes().into()).await?;
+        let content =
+            makiatto::content::Content::load(&makiatto::node::blobs_dir(&data), None).await?;
+        let (stored, _tag) = content.add_bytes(m.to_bytes().into()).await?;
         ensure!(stored == head.manifest);
         content
             .protect(

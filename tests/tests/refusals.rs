@@ -361,16 +361,18 @@ fn big_file(seed: &[u8], i: u32) -> Vec<u8> {
     data
 }
 
-/// Waits until the node holds the first big file while the publish still
-/// runs; false if the publish ended first.
+/// Waits until the node holds at least one big file (its store grew by
+/// 4 MiB on disk) while the publish still runs; false if the publish ended
+/// first. (Uncommitted uploads are not readable over HTTP, so the disk is
+/// where to look.)
 async fn first_blob_landed(s: &Setup, child: &mut std::process::Child) -> Result<bool> {
-    let seed = std::fs::read(s.site_dir.join("big/0.bin"))?;
-    let path = format!("/.maki/blob/{}", blake3::hash(&seed).to_hex());
+    let blobs = makiatto::node::blobs_dir(&s.node.dir);
+    let before = makiatto::content::Content::disk_usage(&blobs);
     for _ in 0..4000 {
         if child.try_wait()?.is_some() {
             return Ok(false);
         }
-        if http_get(s.node.http, SITE, &path, &[]).await?.status == 200 {
+        if makiatto::content::Content::disk_usage(&blobs) >= before + (4 << 20) {
             return Ok(true);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

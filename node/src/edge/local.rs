@@ -1,8 +1,8 @@
-//! What each edge worker keeps to itself: a copy of the live view and a
-//! cache of small blobs. Shared-nothing, like nginx's workers: a request
-//! reads and writes only memory of its own core, so two cores serving the
-//! same hot file never bounce a cache line (an `Arc` count, a lock word,
-//! a `Bytes` refcount) between them.
+//! What each edge worker keeps to itself: its handles on the live sites and
+//! a cache of small blobs. A request writes only memory of its own core
+//! (it reads the shared, immutable site versions), so two cores serving the
+//! same hot file never bounce a cache line (an `Arc` count, a lock word, a
+//! `Bytes` refcount) between them.
 //!
 //! Lives in a thread local of the worker's single-threaded runtime; it is
 //! borrowed only in short synchronous sections, never across an await.
@@ -23,8 +23,22 @@ pub fn init(budget: u64, max_blob: u64) {
     LOCAL.with(|l| *l.borrow_mut() = Local::new(budget, max_blob));
 }
 
-/// This worker's copy of a site's live version.
-pub fn site(live: &Live, host: &str) -> Option<Arc<LiveSite>> {
+/// This worker's handle on a site's live version. The version itself is
+/// one immutable copy shared by every worker; the handle is this worker's
+/// own, so taking it per request counts on memory no other core writes.
+#[derive(Debug)]
+pub struct Mine(Arc<LiveSite>);
+
+impl std::ops::Deref for Mine {
+    type Target = LiveSite;
+
+    fn deref(&self) -> &LiveSite {
+        &self.0
+    }
+}
+
+/// This worker's handle on a site's live version.
+pub fn site(live: &Live, host: &str) -> Option<Arc<Mine>> {
     LOCAL.with(|l| l.borrow_mut().site(live, host))
 }
 
@@ -48,7 +62,7 @@ pub fn insert_blob(hash: Hash, bytes: &Bytes) {
 #[derive(Debug)]
 struct Local {
     generation: u64,
-    sites: HashMap<Domain, Arc<LiveSite>>,
+    sites: HashMap<Domain, Arc<Mine>>,
     blobs: BlobCache,
     max_blob: u64,
 }
@@ -63,7 +77,7 @@ impl Local {
         }
     }
 
-    fn site(&mut self, live: &Live, host: &str) -> Option<Arc<LiveSite>> {
+    fn site(&mut self, live: &Live, host: &str) -> Option<Arc<Mine>> {
         let generation = live.generation();
         if generation != self.generation {
             self.refresh(live, generation);
@@ -77,15 +91,19 @@ impl Local {
     fn refresh(&mut self, live: &Live, generation: u64) {
         let mut next = HashMap::new();
         for (domain, shared) in live.snapshot() {
-            let same = self.sites.get(&domain).filter(|mine| {
-                mine.seq == shared.seq && mine.manifest_hash == shared.manifest_hash
-            });
+            let same = self
+                .sites
+                .get(&domain)
+                .filter(|mine| Arc::ptr_eq(&mine.0, &shared));
             let mine = match same {
                 Some(mine) => mine.clone(),
-                None => Arc::new(LiveSite::clone(&shared)),
+                None => Arc::new(Mine(shared)),
             };
             next.insert(domain, mine);
         }
+        // What this drops is at most an outer handle: the live view's
+        // graveyard holds every replaced version until no worker does, so a
+        // large version is never freed on a serving thread.
         self.sites = next;
         self.generation = generation;
     }
