@@ -212,6 +212,41 @@ impl Content {
         Ok(stale.len())
     }
 
+    /// Deletes files under `DIR/data` that the store does not know: blobs a
+    /// crash caught in flight, after the store's metadata for them was lost
+    /// (it commits in batches). Its collector cannot see them, so they would
+    /// stay forever. Call at start, before anything writes to the store.
+    /// Returns the bytes freed.
+    pub async fn remove_orphans(&self, dir: &Path) -> Result<u64, ContentError> {
+        use iroh_blobs::api::proto::BlobStatus;
+        let Ok(entries) = std::fs::read_dir(dir.join("data")) else {
+            return Ok(0);
+        };
+        let mut freed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let Ok(hash) = stem.parse::<Hash>() else {
+                continue;
+            };
+            let status = self
+                .store
+                .blobs()
+                .status(to_iroh(hash))
+                .await
+                .map_err(store_err)?;
+            if matches!(status, BlobStatus::NotFound) {
+                let len = entry.metadata().map_or(0, |m| m.len());
+                if std::fs::remove_file(&path).is_ok() {
+                    freed += len;
+                }
+            }
+        }
+        Ok(freed)
+    }
+
     /// Bytes the store's files take on disk (data and outboards; small
     /// blobs live inline in its database, counted with it).
     pub fn disk_usage(dir: &Path) -> u64 {

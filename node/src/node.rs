@@ -228,6 +228,10 @@ impl Node {
         let network = identity::load_genesis(data_dir)?;
         let state = State::open(&data_dir.join("state.redb"))?;
         let content = Content::load(&blobs_dir(data_dir), Some(config.gc_interval)).await?;
+        let orphans = content.remove_orphans(&blobs_dir(data_dir)).await?;
+        if orphans > 0 {
+            info!(bytes = orphans, "removed blobs a crash left in flight");
+        }
         let swept = content.sweep_temp().await?;
         if swept > 0 {
             info!(swept, "removed leftovers of interrupted publishes");
