@@ -314,6 +314,9 @@ async fn a_node_crashing_mid_publish_restarts_on_the_old_version() -> Result<()>
         first_blob_landed(&s, &mut child).await?,
         "the first blob never arrived"
     );
+    // The store commits its metadata (the publish's temporary tag) within
+    // 500 ms: crash after that, so there is a leftover tag to sweep.
+    tokio::time::sleep(Duration::from_millis(700)).await;
     let data = s.node.dir.clone();
     s.node.crash()?;
     let status = child.wait()?;

@@ -509,7 +509,10 @@ async fn a_forged_head_from_a_member_is_dropped() -> Result<()> {
         ensure!(body_of(net.nodes[i].http, "r.test", "/").await.as_deref() == Some(&b"v1"[..]));
     }
     let log = net.nodes[0].log();
-    ensure!(log.contains("not one of its publishers"), "{log}");
+    ensure!(
+        log.contains("neither one of its publishers nor an admin"),
+        "{log}"
+    );
     Ok(())
 }
 
