@@ -51,7 +51,10 @@ async fn serving_rules_table() -> Result<()> {
         .ok(&["publish", &site.to_string_lossy(), "--site", SITE])?;
 
     let etag_of = |file: &str| -> Result<String> {
-        Ok(format!("\"{}\"", blake3::hash(&std::fs::read(site.join(file))?).to_hex()))
+        Ok(format!(
+            "\"{}\"",
+            blake3::hash(&std::fs::read(site.join(file))?).to_hex()
+        ))
     };
     let index_etag = etag_of("index.html")?;
     let notfound_etag = etag_of("404.html")?;
