@@ -456,3 +456,46 @@ async fn request_corners_are_answered_alike_on_both_paths() -> Result<()> {
     ensure!(r.status == 400, "no host: {}", r.status);
     Ok(())
 }
+
+/// SIGTERM while a large download is in flight: the download completes,
+/// byte for byte, and the node then exits 0.
+#[tokio::test]
+async fn a_download_in_flight_completes_across_sigterm() -> Result<()> {
+    let (net, site_dir) = one_site("drain.test")?;
+    let mut big = vec![0u8; 24 << 20];
+    for (i, b) in big.iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    std::fs::write(site_dir.join("big.bin"), &big)?;
+    net.admin
+        .ok(&["publish", &site_dir.to_string_lossy(), "--site", "drain.test"])?;
+    let mut conn = tokio::net::TcpStream::connect(net.node.http).await?;
+    conn.write_all(b"GET /big.bin HTTP/1.1\r\nHost: drain.test\r\nConnection: close\r\n\r\n")
+        .await?;
+    // Read slowly: ~8 MiB/s, so the response takes about 3 s.
+    let mut got = Vec::new();
+    let mut chunk = vec![0u8; 256 << 10];
+    let n = conn.read(&mut chunk).await?;
+    got.extend_from_slice(&chunk[..n]);
+    let node = net.node;
+    let stopping = tokio::task::spawn_blocking(move || node.stop());
+    loop {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut chunk)).await??;
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let status = stopping.await??;
+    let head_end = got
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .context("no response head")?
+        + 4;
+    ensure!(got.starts_with(b"HTTP/1.1 200"), "{:?}", String::from_utf8_lossy(&got[..head_end]));
+    ensure!(got[head_end..] == big[..], "got {} of {} body bytes", got.len() - head_end, big.len());
+    ensure!(status.success(), "the node exited with {status}");
+    drop(net.tmp);
+    Ok(())
+}
