@@ -348,9 +348,43 @@ impl Maki {
         Ok(cmd)
     }
 
-    /// Runs and returns the output, whatever the exit status.
+    /// Runs and returns the output, whatever the exit status. A command
+    /// still running after [`CLI_TIMEOUT`] is killed and reported, so a
+    /// regression fails the test instead of hanging it.
     pub fn output(&self, args: &[&str]) -> Result<Output> {
-        Ok(self.command(args)?.output()?)
+        let mut child = self
+            .command(args)?
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        let read = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut p) = pipe {
+                    std::io::Read::read_to_end(&mut p, &mut buf).ok();
+                }
+                buf
+            })
+        };
+        let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
+        let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
+        let deadline = Instant::now() + CLI_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if Instant::now() > deadline {
+                child.kill().ok();
+                child.wait().ok();
+                bail!("maki {args:?} still ran after {CLI_TIMEOUT:?}; killed it");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        Ok(Output {
+            status,
+            stdout: stdout.join().unwrap_or_default(),
+            stderr: stderr.join().unwrap_or_default(),
+        })
     }
 
     /// Runs, fails unless it succeeded, and returns stdout.
@@ -506,6 +540,12 @@ impl Reply {
     }
 }
 
+/// The longest any one `maki` command may run in a test.
+pub const CLI_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The longest one HTTP request (connect to last body byte) may take in a test.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// One HTTP/1.1 request on a fresh connection.
 pub async fn http_get(
     addr: SocketAddr,
@@ -518,6 +558,22 @@ pub async fn http_get(
 
 /// Like [`http_get`] with any method, over HTTP/1.1 or HTTP/2 (h2c prior knowledge).
 pub async fn request(
+    addr: SocketAddr,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    h2: bool,
+) -> Result<Reply> {
+    tokio::time::timeout(
+        HTTP_TIMEOUT,
+        request_inner(addr, method, host, path, headers, h2),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("{method} {host}{path} took more than {HTTP_TIMEOUT:?}"))?
+}
+
+async fn request_inner(
     addr: SocketAddr,
     method: &str,
     host: &str,

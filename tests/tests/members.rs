@@ -2,6 +2,8 @@
 //! network cannot sync, gossip or read blobs, however it introduces
 //! itself; a newer sync format is refused by name.
 
+use std::time::Duration;
+
 use anyhow::{Context, Result, ensure};
 use iroh::{EndpointAddr, endpoint::Connection};
 use maki_e2e::one_site;
@@ -113,7 +115,9 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
 
     // Gossip: the connection is closed at once.
     let conn = ep.connect(addr.clone(), GOSSIP_ALPN).await?;
-    let reason = conn.closed().await;
+    let reason = tokio::time::timeout(Duration::from_secs(20), conn.closed())
+        .await
+        .context("the gossip connection was never closed")?;
     ensure!(reason.to_string().contains("not a member"), "{reason}");
 
     // Blobs: the manifest exists, yet a stranger cannot read it.
@@ -177,5 +181,86 @@ async fn a_publisher_sees_only_its_own_sites_in_nodes() -> Result<()> {
         tenant_view.contains("mine.test") && !tenant_view.contains("theirs.test"),
         "{tenant_view}"
     );
+    Ok(())
+}
+
+/// A member may read blobs from another member, but not push one nobody
+/// asked for; once revoked it cannot read either.
+#[tokio::test]
+async fn a_member_cannot_push_unasked_blobs_and_a_revoked_one_cannot_read() -> Result<()> {
+    use iroh_blobs::{
+        HashAndFormat,
+        protocol::{ChunkRangesSeq, PushRequest},
+        store::mem::MemStore,
+    };
+    let net = maki_e2e::network(2)?;
+    net.admin.ok(&["site", "add", "m.test"])?;
+    let site = net.tmp.path().join("site");
+    maki_e2e::copy_dir(&maki_e2e::example_site(), &site)?;
+    net.admin.ok(&[
+        "publish",
+        &site.to_string_lossy(),
+        "--site",
+        "m.test",
+        "--wait",
+    ])?;
+    let index = iroh_blobs::Hash::from_bytes(
+        *blake3::hash(&std::fs::read(site.join("index.html"))?).as_bytes(),
+    );
+
+    // Node 1's key, used from outside its process (stopped first).
+    let mut nodes = net.nodes;
+    let second = nodes.remove(1);
+    let key = makiatto::identity::load_key(&second.dir)?;
+    let member_id = second.id()?;
+    second.stop()?;
+    let ticket: NodeTicket = nodes[0].ticket.parse()?;
+    let mut addr = EndpointAddr::new(iroh::PublicKey::from_bytes(ticket.id.as_bytes())?);
+    for a in &ticket.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let ep =
+        makiatto::node::bind_endpoint(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
+
+    // Positive control: as a member it reads a blob.
+    let store = MemStore::new();
+    let conn = ep.connect(addr.clone(), iroh_blobs::ALPN).await?;
+    store
+        .remote()
+        .fetch(conn.clone(), HashAndFormat::raw(index))
+        .await?;
+    ensure!(store.has(index).await?, "a member could not read a blob");
+
+    // A push nobody asked for is refused and lands nowhere.
+    let junk = b"pushed without a publish".to_vec();
+    let tag = store.add_bytes(junk.clone()).temp_tag().await?;
+    // The pusher may not hear of the refusal (a push is sent, then judged);
+    // what matters is that nothing lands, and the node says why.
+    let _ = store
+        .remote()
+        .execute_push(conn, PushRequest::new(tag.hash(), ChunkRangesSeq::root()))
+        .await;
+    maki_e2e::wait_for(
+        Duration::from_secs(10),
+        "the refusal in the log",
+        || async { Ok(nodes[0].log().contains("refused a push nobody asked for")) },
+    )
+    .await?;
+    let probe = MemStore::new();
+    let conn = ep.connect(addr.clone(), iroh_blobs::ALPN).await?;
+    let got = probe
+        .remote()
+        .fetch(conn, HashAndFormat::raw(tag.hash()))
+        .await;
+    ensure!(got.is_err(), "the unasked blob landed on the node");
+
+    // Revoked: its reads are refused.
+    net.admin.ok(&["nodes", "remove", &member_id])?;
+    let fresh = MemStore::new();
+    let conn = ep.connect(addr, iroh_blobs::ALPN).await?;
+    let got = fresh.remote().fetch(conn, HashAndFormat::raw(index)).await;
+    ensure!(got.is_err(), "a revoked node read a blob");
+    ensure!(!fresh.has(index).await?, "a revoked node holds the blob");
+    ep.close().await;
     Ok(())
 }
