@@ -37,8 +37,12 @@ use tracing::{debug, warn};
 
 mod conns;
 mod h1;
+pub mod head;
 mod local;
 mod timer;
+
+pub use head::Req;
+use head::View;
 
 use crate::{
     live::{LiveSite, Served},
@@ -86,24 +90,6 @@ impl hyper::body::Body for Body {
             Body::Stream(s) => s.size_hint(),
         }
     }
-}
-
-/// What the edge reads from a request, whichever parser read it. Header
-/// values are present only when they are visible ASCII (hyper's
-/// `HeaderValue::to_str`); the first of repeated headers counts.
-#[derive(Debug, Default)]
-pub struct Req<'a> {
-    /// HEAD rather than GET (no other method reaches [`handle`]).
-    pub head: bool,
-    /// The path as sent, before percent-decoding.
-    pub path: &'a str,
-    pub query: Option<&'a str>,
-    /// The Host header, or the host of an absolute-form target.
-    pub host: Option<&'a str>,
-    pub range: Option<&'a str>,
-    pub if_range: Option<&'a str>,
-    pub if_none_match: Option<&'a str>,
-    pub accept_encoding: Option<&'a str>,
 }
 
 /// How long open connections get to finish when the node stops.
@@ -405,54 +391,19 @@ impl hyper::body::Body for Counted {
 
 /// hyper's side of [`handle`]: other methods get 405, HEAD an empty body.
 async fn handle_hyper<B>(shared: &Shared, req: Request<B>) -> Response<Body> {
-    let head = match *req.method() {
-        Method::GET => false,
-        Method::HEAD => true,
-        _ => {
+    let head = req.method() == Method::HEAD;
+    match head::from_hyper(req.method(), req.uri(), req.version(), req.headers()) {
+        View::Req(view) => head_like(handle(shared, &view).await, head),
+        View::MethodNotAllowed => {
             let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
-            return r;
+            r
         }
-    };
-    let headers = req.headers();
-    let text = |name| {
-        headers
-            .get(name)
-            .and_then(|v: &HeaderValue| v.to_str().ok())
-    };
-    // RFC 9112 §3.2: more than one Host, or none in an HTTP/1.1 request
-    // without an absolute-form target, is a bad request.
-    let hosts = headers.get_all(header::HOST).iter().count();
-    let authority = req.uri().host();
-    if hosts > 1 || (hosts == 0 && authority.is_none() && req.version() == http::Version::HTTP_11) {
-        return head_like(
+        View::BadRequest => head_like(
             plain(StatusCode::BAD_REQUEST, "exactly one Host header, please\n"),
             head,
-        );
-    }
-    let view = Req {
-        head,
-        path: req.uri().path(),
-        query: req.uri().query(),
-        // §3.2.2: an absolute-form target's host wins over the Host header
-        // (for HTTP/2 this is :authority).
-        host: authority.or_else(|| text(header::HOST)),
-        // Range is not a list: a repeated one is ignored, as on the lean path.
-        range: single(headers, header::RANGE),
-        if_range: text(header::IF_RANGE),
-        if_none_match: text(header::IF_NONE_MATCH),
-        accept_encoding: text(header::ACCEPT_ENCODING),
-    };
-    head_like(handle(shared, &view).await, head)
-}
-
-/// The value of a header sent exactly once, as text.
-fn single(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
-    let mut all = headers.get_all(name).iter();
-    match (all.next(), all.next()) {
-        (Some(v), None) => v.to_str().ok(),
-        _ => None,
+        ),
     }
 }
 

@@ -33,17 +33,16 @@ use tokio::{
 };
 
 use super::{
-    Body, Req,
+    Body,
     conns::ConnId,
     handle,
+    head::{MAX_HEADERS, from_httparse},
     timer::{self, CoarseSleep},
 };
 use crate::node::Shared;
 
 /// The largest request head either path reads (hyper answers 431 beyond).
 pub const MAX_HEAD: usize = 64 * 1024;
-/// hyper allows 100 headers; a request with more than this goes to hyper.
-const MAX_HEADERS: usize = 64;
 const FIRST_BUF: usize = 8 * 1024;
 /// Bodies up to this size are copied next to their head, so a response (or
 /// a batch of pipelined ones) leaves in one `write`; larger ones go by
@@ -84,7 +83,7 @@ pub async fn serve(
                 Ok(httparse::Status::Partial) => break,
                 Err(_) => return hand_off(conn, &mut out, &buf[start..end]).await,
             };
-            let Some((req, wants_close)) = read_request(&parser) else {
+            let Some((req, wants_close)) = from_httparse(&parser) else {
                 return hand_off(conn, &mut out, &buf[start..end]).await;
             };
             let response = handle(shared, &req).await;
@@ -147,101 +146,6 @@ async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
         out.clear();
     }
     Ok(())
-}
-
-/// The request, if this path serves it, and whether the client asked to close.
-fn read_request<'b>(parsed: &httparse::Request<'_, 'b>) -> Option<(Req<'b>, bool)> {
-    if parsed.version != Some(1) {
-        return None;
-    }
-    let head = match parsed.method? {
-        "GET" => false,
-        "HEAD" => true,
-        _ => return None,
-    };
-    // Origin-form of visible ASCII only; hyper judges anything else (an
-    // absolute-form target, a fragment, raw UTF-8).
-    let target = parsed.path?;
-    if !target.starts_with('/') || !target.bytes().all(|b| b.is_ascii_graphic() && b != b'#') {
-        return None;
-    }
-    let (path, query) = match target.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (target, None),
-    };
-    let mut req = Req {
-        head,
-        path,
-        query,
-        ..Req::default()
-    };
-    let mut close = false;
-    let mut ranges = 0;
-    for h in parsed.headers.iter() {
-        let is = |name: &str| h.name.eq_ignore_ascii_case(name);
-        let first = |slot: &mut Option<&'b str>| {
-            if slot.is_none() {
-                *slot = text(h.value);
-            }
-        };
-        if is("host") {
-            if req.host.is_some() {
-                return None;
-            }
-            req.host = text(h.value);
-        } else if is("range") {
-            ranges += 1;
-            req.range = text(h.value);
-        } else if is("if-none-match") {
-            first(&mut req.if_none_match);
-        } else if is("if-range") {
-            first(&mut req.if_range);
-        } else if is("accept-encoding") {
-            first(&mut req.accept_encoding);
-        } else if is("connection") {
-            for token in text(h.value)?.split(',') {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case("upgrade") {
-                    return None;
-                }
-            }
-        } else if is("content-length")
-            || is("transfer-encoding")
-            || is("expect")
-            || is("upgrade")
-            || is("http2-settings")
-        {
-            return None;
-        }
-    }
-    // Range is not a list: a repeated one is ignored (as on hyper's side).
-    if ranges > 1 {
-        req.range = None;
-    }
-    // No Host at all is hyper's to refuse (400), like a repeated one.
-    if req.host.is_none()
-        && !parsed
-            .headers
-            .iter()
-            .any(|h| h.name.eq_ignore_ascii_case("host"))
-    {
-        return None;
-    }
-    Some((req, close))
-}
-
-/// A header value as text when it is visible ASCII (as `HeaderValue::to_str`).
-fn text(value: &[u8]) -> Option<&str> {
-    if value
-        .iter()
-        .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
-    {
-        std::str::from_utf8(value).ok()
-    } else {
-        None
-    }
 }
 
 /// Queues (or writes) one response; true when the connection must close
@@ -431,65 +335,5 @@ impl AsyncWrite for Conn {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let polled = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.written(cx, polled)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What the lean path read, as one line; None when it hands off.
-    fn parse(raw: &[u8]) -> Option<String> {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut p = httparse::Request::new(&mut headers);
-        assert!(p.parse(raw).expect("parses").is_complete());
-        read_request(&p).map(|(r, close)| {
-            format!(
-                "head={} path={} query={:?} host={:?} ae={:?} close={close}",
-                r.head, r.path, r.query, r.host, r.accept_encoding
-            )
-        })
-    }
-
-    #[test]
-    fn takes_plain_gets_and_heads() {
-        assert_eq!(
-            parse(b"GET /a/b.html?x=1 HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: br\r\n\r\n")
-                .as_deref(),
-            Some(
-                r#"head=false path=/a/b.html query=Some("x=1") host=Some("a.test") ae=Some("br") close=false"#
-            )
-        );
-        assert_eq!(
-            parse(b"HEAD / HTTP/1.1\r\nhost: a\r\nConnection: keep-alive, Close\r\n\r\n")
-                .as_deref(),
-            Some(r#"head=true path=/ query=None host=Some("a") ae=None close=true"#)
-        );
-    }
-
-    #[test]
-    fn hands_everything_else_to_hyper() {
-        for raw in [
-            &b"POST / HTTP/1.1\r\nHost: a\r\n\r\n"[..],
-            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
-            b"GET http://a/ HTTP/1.1\r\nHost: a\r\n\r\n",
-            b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n",
-            b"GET * HTTP/1.1\r\nHost: a\r\n\r\n",
-        ] {
-            assert!(parse(raw).is_none(), "{}", String::from_utf8_lossy(raw));
-        }
-    }
-
-    #[test]
-    fn header_values_must_be_text() {
-        assert_eq!(text(b"gzip, br"), Some("gzip, br"));
-        assert_eq!(text(b"a\tb"), Some("a\tb"));
-        assert_eq!(text(b"caf\xc3\xa9"), None);
-        assert_eq!(text(b"a\x7fb"), None);
     }
 }
