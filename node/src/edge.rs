@@ -18,7 +18,7 @@ use std::{
     pin::{Pin, pin},
     sync::Arc,
     task::{Context, Poll},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use bytes::Bytes;
@@ -41,6 +41,7 @@ pub mod head;
 mod local;
 mod timer;
 
+use conns::Activity;
 pub use head::Req;
 use head::View;
 
@@ -239,8 +240,8 @@ async fn serve(
             },
         };
         if conns::count() >= max_conns {
-            if !conns::shed_oldest_idle() {
-                debug!(%peer, "every connection is busy; refusing a new one");
+            if !conns::shed_one() {
+                debug!(%peer, "every connection is busy and fast; refusing a new one");
                 drop(stream);
                 continue;
             }
@@ -280,7 +281,8 @@ async fn serve_conn(
 ) {
     let id = registration.id();
     let header_timeout = shared.config.http_header_timeout;
-    let mut conn = h1::Conn::new(stream, shared.config.http_send_timeout);
+    let send_timeout = shared.config.http_send_timeout;
+    let mut conn = h1::Conn::new(stream, send_timeout, id);
     let read = match h1::serve(&mut conn, &shared, header_timeout, id).await {
         Ok(h1::Ended::Closed) => return,
         Ok(h1::Ended::HandOff(read)) => read,
@@ -301,10 +303,7 @@ async fn serve_conn(
         let active = conns::Active::new(id);
         async move {
             let response = handle_hyper(&shared, req).await;
-            Ok::<_, Infallible>(response.map(|body| Counted {
-                body,
-                _active: active,
-            }))
+            Ok::<_, Infallible>(response.map(|body| Counted { body, active }))
         }
     });
     // A connection with no request in progress for this long is closed:
@@ -318,18 +317,30 @@ async fn serve_conn(
             let mut conn = pin!($conn);
             let mut shed = pin!(id.shed());
             loop {
-                let due = id.idle_since().map_or_else(Instant::now, |t| t) + idle_limit;
+                // Nothing wakes this loop when a request starts, so it looks
+                // again at least every send timeout: a stall is caught
+                // within twice that.
+                let due = match id.activity() {
+                    Activity::Idle(since) => since + idle_limit,
+                    Activity::Busy(progress) => progress + send_timeout,
+                }
+                .min(std::time::Instant::now() + send_timeout);
                 let grace = tokio::select! {
                     res = conn.as_mut() => break res,
                     _ = cancel.cancelled() => DRAIN,
                     // Room is needed now: no goodbye.
                     () = shed.as_mut() => break Ok(()),
-                    () = timer::sleep_until(due) => {
-                        if !id.idle_since().is_some_and(|t| t.elapsed() >= idle_limit) {
-                            continue;
+                    () = timer::sleep_until(due) => match id.activity() {
+                        Activity::Idle(since) if since.elapsed() >= idle_limit => CLOSE_GRACE,
+                        // A response that took no step for the send
+                        // timeout (a client that stopped reading, or an
+                        // HTTP/2 flow-control window left shut) is cut.
+                        Activity::Busy(progress) if progress.elapsed() >= send_timeout => {
+                            debug!(%peer, "a response made no progress; closing");
+                            break Ok(());
                         }
-                        CLOSE_GRACE
-                    }
+                        _ => continue,
+                    },
                 };
                 conn.as_mut().graceful_shutdown();
                 break tokio::time::timeout(grace, conn).await.unwrap_or(Ok(()));
@@ -366,7 +377,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 struct Counted {
     body: Body,
-    _active: conns::Active,
+    active: conns::Active,
 }
 
 impl hyper::body::Body for Counted {
@@ -377,7 +388,12 @@ impl hyper::body::Body for Counted {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
-        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            this.active.id().progressed();
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -510,3 +510,137 @@ async fn a_download_in_flight_completes_across_sigterm() -> Result<()> {
     drop(net.tmp);
     Ok(())
 }
+
+/// The red team's HTTP/2 hold: a client that sets its flow-control window
+/// to 0, asks for a large file and answers every PING keeps a response "in
+/// progress" that never moves. A response that makes no progress for
+/// `http_send_timeout` is cut.
+#[tokio::test]
+async fn an_http2_response_that_never_moves_is_cut() -> Result<()> {
+    let (net, site_dir) = one_site("win.test")?;
+    std::fs::write(site_dir.join("big.bin"), vec![7u8; 6 << 20])?;
+    net.admin
+        .ok(&["publish", &site_dir.to_string_lossy(), "--site", "win.test"])?;
+    let data = net.node.dir.clone();
+    net.node.stop()?;
+    set_header_timeout(&data, "60s")?;
+    let config = data.join("makiatto.toml");
+    let text = std::fs::read_to_string(&config)?
+        .replace("http_send_timeout = \"1m\"", "http_send_timeout = \"2s\"");
+    std::fs::write(&config, text)?;
+    let node = NodeProc::start(&data)?;
+
+    let mut conn = tokio::net::TcpStream::connect(node.http).await?;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS: INITIAL_WINDOW_SIZE = 0.
+    out.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+    // HEADERS (END_STREAM | END_HEADERS) on stream 1: GET http://win.test/big.bin
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    for (index, value) in [(4u8, "/big.bin"), (1, "win.test")] {
+        block.push(index); // literal without indexing, indexed name
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    conn.write_all(&out).await?;
+    let start = Instant::now();
+    // Answer every PING and SETTINGS, never open the window.
+    let closed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut head = [0u8; 9];
+            if conn.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if conn.read_exact(&mut payload).await.is_err() {
+                return;
+            }
+            let (kind, flags) = (head[3], head[4]);
+            let reply: Option<Vec<u8>> = match (kind, flags & 1) {
+                (6, 0) => Some([&[0, 0, 8, 6, 1, 0, 0, 0, 0][..], &payload].concat()),
+                (4, 0) => Some(vec![0, 0, 0, 4, 1, 0, 0, 0, 0]),
+                _ => None,
+            };
+            if let Some(r) = reply
+                && conn.write_all(&r).await.is_err()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    ensure!(
+        closed.is_ok(),
+        "the stalled HTTP/2 connection was held for 30 s"
+    );
+    ensure!(
+        start.elapsed() >= Duration::from_millis(1900),
+        "{:?}",
+        start.elapsed()
+    );
+    // Others are served.
+    let r = http_get(node.http, "win.test", "/index.html", &[]).await?;
+    ensure!(r.status == 200);
+    Ok(())
+}
+
+/// Slow readers (a few hundred bytes a second: never stalled for the send
+/// timeout) fill every slot with "busy" connections. At the bound, the
+/// slowest is shed for each new client, so new clients are still served.
+#[tokio::test]
+async fn slow_readers_at_the_bound_are_shed_for_new_clients() -> Result<()> {
+    let (net, site_dir) = one_site("slow.test")?;
+    std::fs::write(site_dir.join("big.bin"), vec![9u8; 8 << 20])?;
+    net.admin.ok(&[
+        "publish",
+        &site_dir.to_string_lossy(),
+        "--site",
+        "slow.test",
+    ])?;
+    let data = net.node.dir.clone();
+    net.node.stop()?;
+    set_header_timeout(&data, "60s")?;
+    let node = NodeProc::start_with_fd_limit(&data, 256)?;
+    let mut held = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.set_recv_buffer_size(4096)?;
+        let Ok(mut conn) = socket.connect(node.http).await else {
+            continue;
+        };
+        if conn
+            .write_all(b"GET /big.bin HTTP/1.1\r\nHost: slow.test\r\n\r\n")
+            .await
+            .is_ok()
+        {
+            held.push(conn);
+        }
+    }
+    // Each reads a little now and then: progress, at a trickle.
+    let trickle = tokio::spawn(async move {
+        let mut buf = [0u8; 256];
+        for _ in 0..40 {
+            for c in held.iter_mut() {
+                let _ = tokio::time::timeout(Duration::from_millis(1), c.read(&mut buf)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    });
+    // Once they have been slow for long enough to judge (2 s), new clients
+    // get through.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for _ in 0..5 {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_get(node.http, "slow.test", "/index.html", &[]),
+        )
+        .await
+        .context("a new client waited more than 5 s")??;
+        ensure!(r.status == 200);
+    }
+    trickle.abort();
+    ensure!(!node.log().contains("accept failed"), "{}", node.log());
+    Ok(())
+}

@@ -1,24 +1,35 @@
-//! Each edge worker's open connections: how many, which are idle, and how
-//! to shed one. Past the worker's bound the oldest idle connection is
-//! closed to make room, so a flood of connections that say nothing (a
-//! slowloris, h2c prefaces left hanging) can never keep new clients out.
+//! Each edge worker's open connections: how many, what each is doing, and
+//! how to shed one. Past the worker's bound a connection is closed to make
+//! room for each new one, so a flood of connections that say nothing (a
+//! slowloris, h2c prefaces left hanging) or that take nothing (a reader of
+//! a byte a second, an HTTP/2 client that never opens its flow-control
+//! window) can never keep new clients out.
 //!
 //! The bound comes from the process's file-descriptor limit (see
 //! [`bound`]), not a fixed number: a node that runs out of descriptors
-//! cannot accept at all, which is worse than closing an idle connection.
+//! cannot accept at all, which is worse than closing a connection.
 //!
 //! "Idle" means waiting for the client: between requests, or in the middle
 //! of a request head that has not arrived yet (a slowloris is idle). A
-//! connection is busy while a response is being produced or sent. Lives in a thread local of the
-//! worker's single-threaded runtime, like the timer table.
+//! connection is busy while a response is being produced or sent. The
+//! registry also counts what each connection sends and when its response
+//! last made progress: one that makes none for `http_send_timeout` is cut
+//! (its watchdog in `edge.rs`, or the lean path's write deadline), and at
+//! the bound, when nothing is idle, the slowest busy connection under
+//! [`MIN_RATE`] is shed.
+//!
+//! Lives in a thread local of the worker's single-threaded runtime, like
+//! the timer table.
 
 use std::{
     cell::RefCell,
     future::Future,
     pin::Pin,
     task::{Context, Poll, Waker},
-    time::Instant,
+    time::{Duration, Instant},
 };
+
+use super::timer;
 
 thread_local! {
     static CONNS: RefCell<Registry> = RefCell::new(Registry::default());
@@ -28,6 +39,12 @@ thread_local! {
 /// the state database, logs and the listeners themselves.
 const RESERVE_MIN: u64 = 64;
 const RESERVE_MAX: u64 = 1024;
+
+/// Under pressure (at the bound, nothing idle), a connection busy for at
+/// least [`MIN_BUSY`] that has sent fewer bytes per second than this since
+/// is shed, slowest first.
+pub const MIN_RATE: u64 = 8 * 1024;
+const MIN_BUSY: Duration = Duration::from_secs(2);
 
 /// Raises the soft file-descriptor limit to the hard one (allowed without
 /// privileges) and returns the limit now in force.
@@ -75,6 +92,13 @@ struct Slot {
     active: u32,
     /// When the last request ended (or the connection opened).
     idle_since: Option<Instant>,
+    /// Bytes written to the client.
+    sent: u64,
+    /// While busy: since when, and `sent` then.
+    busy: Option<(Instant, u64)>,
+    /// When a response last made progress (a body chunk taken by hyper, a
+    /// write done on the lean path).
+    progress: Option<Instant>,
     shed: bool,
     waker: Option<Waker>,
 }
@@ -83,6 +107,56 @@ impl Slot {
     fn idle(&self) -> bool {
         self.active == 0
     }
+
+    fn start_busy(&mut self, now: Instant) {
+        if self.busy.is_none() {
+            self.busy = Some((now, self.sent));
+        }
+        self.progress = Some(now);
+    }
+
+    fn stop_busy(&mut self, now: Instant) {
+        self.active = 0;
+        self.busy = None;
+        self.idle_since = Some(now);
+    }
+
+    /// Bytes per second sent since it became busy, once busy long enough
+    /// to tell.
+    fn rate(&self, now: Instant) -> Option<u64> {
+        let (since, at) = self.busy?;
+        let busy_for = now.checked_duration_since(since)?;
+        if busy_for < MIN_BUSY {
+            return None;
+        }
+        let ms = u64::try_from(busy_for.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        Some(self.sent.saturating_sub(at).saturating_mul(1000) / ms)
+    }
+
+    fn shed(&mut self) {
+        self.shed = true;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    fn register(&mut self, cx: &Context<'_>) {
+        match &mut self.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            w => *w = Some(cx.waker().clone()),
+        }
+    }
+}
+
+/// What a connection is doing, for its watchdog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activity {
+    /// No request in progress since then.
+    Idle(Instant),
+    /// A response in progress; it last made progress then.
+    Busy(Instant),
 }
 
 /// One open connection's place in the registry; removed when dropped.
@@ -151,20 +225,28 @@ pub fn count() -> usize {
     with(|r| r.open).unwrap_or(0)
 }
 
-/// Asks the longest-open idle connection to close; false when none is idle.
-pub fn shed_oldest_idle() -> bool {
+/// Makes room for one connection: asks the longest-open idle connection
+/// to close or, when none is idle, the slowest busy one under
+/// [`MIN_RATE`]. False when every connection is busy and fast enough.
+pub fn shed_one() -> bool {
+    let now = timer::now();
     with(|r| {
-        let oldest = r
-            .slots
-            .iter_mut()
-            .filter(|s| s.live && !s.shed && s.idle())
-            .min_by_key(|s| s.seq);
-        match oldest {
-            Some(slot) => {
-                slot.shed = true;
-                if let Some(w) = slot.waker.take() {
-                    w.wake();
+        let mut oldest_idle: Option<&mut Slot> = None;
+        let mut slowest: Option<(u64, &mut Slot)> = None;
+        for slot in r.slots.iter_mut().filter(|s| s.live && !s.shed) {
+            if slot.idle() {
+                if oldest_idle.as_ref().is_none_or(|o| slot.seq < o.seq) {
+                    oldest_idle = Some(slot);
                 }
+            } else if let Some(rate) = slot.rate(now).filter(|r| *r < MIN_RATE)
+                && slowest.as_ref().is_none_or(|(s, _)| rate < *s)
+            {
+                slowest = Some((rate, slot));
+            }
+        }
+        match oldest_idle.or(slowest.map(|(_, s)| s)) {
+            Some(slot) => {
+                slot.shed();
                 true
             }
             None => false,
@@ -194,13 +276,21 @@ impl Drop for Registration {
 }
 
 impl ConnId {
+    fn update(self, f: impl FnOnce(&mut Slot)) {
+        with(|r| r.slot(self).map(f));
+    }
+
     /// The lean path's marks: busy from the first byte of a request until
-    /// its response is written, idle while it waits for the client. No
-    /// clock is read: the lean path keeps its own deadlines.
+    /// its response is written, idle while it waits for the client. Only
+    /// the coarse clock is read: the lean path keeps its own deadlines.
     pub fn busy(self, busy: bool) {
-        with(|r| {
-            if let Some(s) = r.slot(self) {
-                s.active = u32::from(busy);
+        self.update(|s| {
+            if busy {
+                s.active = 1;
+                s.start_busy(timer::now());
+            } else {
+                s.active = 0;
+                s.busy = None;
             }
         });
     }
@@ -208,39 +298,69 @@ impl ConnId {
     /// Idle from now: the lean path handed the connection to hyper, whose
     /// requests count themselves (see [`Active`]).
     pub fn rest(self) {
-        with(|r| {
-            if let Some(s) = r.slot(self) {
-                s.active = 0;
-                s.idle_since = Some(Instant::now());
-            }
-        });
+        self.update(|s| s.stop_busy(Instant::now()));
     }
 
     /// A request started: the connection is busy until [`ConnId::end`].
     pub fn begin(self) {
-        with(|r| {
-            if let Some(s) = r.slot(self) {
-                s.active += 1;
-                s.idle_since = None;
-            }
+        self.update(|s| {
+            s.active += 1;
+            s.idle_since = None;
+            s.start_busy(timer::now());
         });
     }
 
     /// A request (its response sent, or dropped) ended.
     pub fn end(self) {
-        with(|r| {
-            if let Some(s) = r.slot(self) {
-                s.active = s.active.saturating_sub(1);
-                if s.active == 0 {
-                    s.idle_since = Some(Instant::now());
-                }
+        self.update(|s| {
+            s.active = s.active.saturating_sub(1);
+            if s.active == 0 {
+                s.stop_busy(Instant::now());
             }
         });
     }
 
-    /// Since when no request has been in progress; `None` while one is.
-    pub fn idle_since(self) -> Option<Instant> {
-        with(|r| r.slot(self).and_then(|s| s.idle_since)).flatten()
+    /// `n` bytes went to the client; `progress` when they are the lean
+    /// path's response bytes (hyper's writes include HTTP/2 pings, which a
+    /// stalled client answers too: its progress is [`ConnId::progressed`]).
+    pub fn wrote(self, n: usize, progress: bool) {
+        self.update(|s| {
+            s.sent += n as u64;
+            if progress {
+                s.progress = Some(timer::now());
+            }
+        });
+    }
+
+    /// A response handed hyper another chunk of its body.
+    pub fn progressed(self) {
+        self.update(|s| s.progress = Some(timer::now()));
+    }
+
+    /// True once the worker asked this connection to close; until then
+    /// `cx`'s task is woken when it does (so a write stuck on a slow client
+    /// notices at once).
+    pub fn shed_requested(self, cx: &Context<'_>) -> bool {
+        with(|r| match r.slot(self) {
+            Some(s) if s.shed => true,
+            Some(s) => {
+                s.register(cx);
+                false
+            }
+            None => false,
+        })
+        .unwrap_or(false)
+    }
+
+    /// What the connection is doing, for its watchdog.
+    pub fn activity(self) -> Activity {
+        let now = Instant::now();
+        with(|r| match r.slot(self) {
+            Some(s) if s.active > 0 => Activity::Busy(s.progress.unwrap_or(now)),
+            Some(s) => Activity::Idle(s.idle_since.unwrap_or(now)),
+            None => Activity::Idle(now),
+        })
+        .unwrap_or(Activity::Idle(now))
     }
 
     /// Resolves once the worker wants this connection closed to make room.
@@ -259,20 +379,11 @@ impl Future for Shed {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let id = self.id;
-        // Not registered on this thread (never expected): never shed.
-        with(|r| match r.slot(id) {
-            Some(s) if s.shed => Poll::Ready(()),
-            Some(s) => {
-                match &mut s.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    w => *w = Some(cx.waker().clone()),
-                }
-                Poll::Pending
-            }
-            None => Poll::Pending,
-        })
-        .unwrap_or(Poll::Pending)
+        if self.id.shed_requested(cx) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }
 
@@ -287,6 +398,10 @@ impl Active {
     pub fn new(id: ConnId) -> Self {
         id.begin();
         Self { id }
+    }
+
+    pub fn id(&self) -> ConnId {
+        self.id
     }
 }
 
@@ -308,6 +423,11 @@ mod tests {
         assert!(bound(8, 4) >= 1);
     }
 
+    fn poll(shed: Pin<&mut Shed>) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        shed.poll(&mut cx).is_ready()
+    }
+
     #[test]
     fn the_oldest_idle_connection_is_shed_first() {
         let a = open();
@@ -321,21 +441,42 @@ mod tests {
         c.id().busy(false);
         let mut shed_b = std::pin::pin!(b.id().shed());
         let mut shed_c = std::pin::pin!(c.id().shed());
-        let waker = Waker::noop();
-        let mut cx = Context::from_waker(waker);
-        assert!(shed_b.as_mut().poll(&mut cx).is_pending());
-        assert!(shed_oldest_idle());
-        assert!(shed_b.as_mut().poll(&mut cx).is_ready());
-        assert!(shed_c.as_mut().poll(&mut cx).is_pending());
+        assert!(!poll(shed_b.as_mut()));
+        assert!(shed_one());
+        assert!(poll(shed_b.as_mut()));
+        assert!(!poll(shed_c.as_mut()));
         drop(b);
-        assert!(shed_oldest_idle());
-        assert!(shed_c.as_mut().poll(&mut cx).is_ready());
+        assert!(shed_one());
+        assert!(poll(shed_c.as_mut()));
         drop(c);
-        // Only the busy one is left: nothing to shed.
-        assert!(!shed_oldest_idle());
+        // Only the busy one is left, too new to judge: nothing to shed.
+        assert!(!shed_one());
         a.id().end();
-        assert!(a.id().idle_since().is_some());
+        assert!(matches!(a.id().activity(), Activity::Idle(_)));
         drop(a);
         assert_eq!(count(), 0);
+    }
+
+    #[test]
+    fn under_pressure_the_slowest_busy_connection_goes() {
+        let fast = open();
+        let slow = open();
+        let t0 = Instant::now();
+        with(|r| {
+            for (id, sent) in [(fast.id(), 10 << 20), (slow.id(), 100)] {
+                let s = r.slot(id).expect("slot");
+                s.active = 1;
+                s.busy = Some((t0 - MIN_BUSY * 2, 0));
+                s.sent = sent;
+            }
+        });
+        let mut shed_slow = std::pin::pin!(slow.id().shed());
+        let mut shed_fast = std::pin::pin!(fast.id().shed());
+        assert!(shed_one());
+        assert!(poll(shed_slow.as_mut()));
+        assert!(!poll(shed_fast.as_mut()));
+        // The fast one is above MIN_RATE: never shed.
+        assert!(!shed_one());
+        assert!(!poll(shed_fast.as_mut()));
     }
 }

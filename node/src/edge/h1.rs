@@ -247,24 +247,41 @@ pub struct Conn {
     inner: TcpStream,
     send_timeout: Duration,
     stalled: Option<CoarseSleep>,
+    id: ConnId,
+    /// Still on the lean path, whose writes are response bytes (hyper's
+    /// include HTTP/2 pings: its progress is counted per body chunk).
+    lean: bool,
 }
 
 impl Conn {
-    pub fn new(inner: TcpStream, send_timeout: Duration) -> Self {
+    pub fn new(inner: TcpStream, send_timeout: Duration, id: ConnId) -> Self {
         Self {
             read: Bytes::new(),
             inner,
             send_timeout,
             stalled: None,
+            id,
+            lean: true,
         }
     }
 
-    /// Puts bytes read but not answered in front of the socket's.
+    /// Puts bytes read but not answered in front of the socket's; hyper
+    /// serves the rest of the connection.
     pub fn rewind(&mut self, read: Bytes) {
         self.read = read;
+        self.lean = false;
     }
 
-    /// A write's outcome, or a timeout when it has been pending too long.
+    /// Counts what a write sent, for the registry's rates.
+    fn count(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.id.wrote(*n, self.lean);
+        }
+        polled
+    }
+
+    /// A write's outcome, or an error when it has been pending too long or
+    /// the worker shed this connection to make room.
     fn written<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -273,6 +290,12 @@ impl Conn {
         if polled.is_ready() {
             self.stalled = None;
             return polled;
+        }
+        if self.id.shed_requested(cx) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "shed to make room for new connections",
+            )));
         }
         let timeout = self.send_timeout;
         let stalled = self
@@ -311,7 +334,8 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
-        self.written(cx, polled)
+        let polled = self.written(cx, polled);
+        self.count(polled)
     }
 
     fn poll_write_vectored(
@@ -320,7 +344,8 @@ impl AsyncWrite for Conn {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        self.written(cx, polled)
+        let polled = self.written(cx, polled);
+        self.count(polled)
     }
 
     fn is_write_vectored(&self) -> bool {

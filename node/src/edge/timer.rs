@@ -36,6 +36,16 @@ thread_local! {
     static TABLE: RefCell<Table> = RefCell::new(Table::default());
     static DATE: Cell<Option<HttpDate>> = const { Cell::new(None) };
     static DRAINING: Cell<bool> = const { Cell::new(false) };
+    static NOW: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Now, to within one tick: for bookkeeping done on every write, where
+/// reading the clock each time would cost more than the precision is worth.
+pub fn now() -> Instant {
+    NOW.with(|n| match n.get() {
+        Some(now) => now,
+        None => Instant::now(),
+    })
 }
 
 /// Now as a `Date` header value, to within one tick.
@@ -147,8 +157,10 @@ pub async fn tick(drain: CancellationToken, stop: CancellationToken) {
                 TABLE.with(|t| t.borrow_mut().wake_all());
             }
             _ = interval.tick() => {
+                let now = Instant::now();
+                NOW.with(|n| n.set(Some(now)));
                 DATE.with(|d| d.set(Some(format_date(SystemTime::now()))));
-                TABLE.with(|t| t.borrow_mut().fire(Instant::now()));
+                TABLE.with(|t| t.borrow_mut().fire(now));
             }
         }
     }
