@@ -44,6 +44,10 @@ pub enum PublishError {
     Push { hash: Hash, message: String },
     #[error("the node answered {0:?} where it should not")]
     Unexpected(String),
+    #[error("{0} has never been published: there is nothing to roll back")]
+    NeverPublished(Domain),
+    #[error("{what} of {site} is not kept; see `maki versions {site}`")]
+    NotKept { what: String, site: Domain },
 }
 
 /// Scans `dir` and builds the manifest that would be published, checked
@@ -312,20 +316,17 @@ pub async fn rollback(
 ) -> Result<(u64, u64), PublishError> {
     let info = site_info(client, site).await?;
     let kept = versions(client, site).await?;
-    let current = info.head.as_ref().ok_or_else(|| {
-        PublishError::Net(NetError::Refused(RpcError::BadRequest(format!(
-            "{site} has never been published"
-        ))))
-    })?;
+    let current = info
+        .head
+        .as_ref()
+        .ok_or_else(|| PublishError::NeverPublished(site.clone()))?;
     let target = match to {
         Some(v) => kept.iter().find(|k| k.version == v),
         None => kept.iter().find(|k| k.version < current.version),
     }
-    .ok_or_else(|| {
-        let what = to.map_or("an older version".to_owned(), |v| format!("version {v}"));
-        NetError::Refused(RpcError::BadRequest(format!(
-            "{what} of {site} is not kept; see `maki versions {site}`"
-        )))
+    .ok_or_else(|| PublishError::NotKept {
+        what: to.map_or("an older version".to_owned(), |v| format!("version {v}")),
+        site: site.clone(),
     })?;
     let head = Head {
         site: site.clone(),

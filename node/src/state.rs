@@ -385,6 +385,19 @@ impl State {
                 table
                     .insert(key.as_slice(), encode(record).as_slice())
                     .map_err(StateError::from)?;
+                // A removal ends the site's head too, in the same
+                // transaction: a site added again later starts empty, and
+                // nothing keeps fetching a version nobody serves. (A member
+                // that missed the removal could still offer the old head;
+                // while the site stays removed it is refused. See
+                // docs/threat-model.md for the partition case.)
+                if let Body::Site(site) = &new.body
+                    && site.removed
+                {
+                    table
+                        .remove(encode(&RecordKey::Head(site.domain.clone())).as_slice())
+                        .map_err(StateError::from)?;
+                }
             }
             applied
         };

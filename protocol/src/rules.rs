@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 pub const MAX_LINES: usize = 10_000;
 
 /// Response headers the server owns: framing and hop-by-hop headers, and
-/// those it computes from the bytes it sends. `_headers` may neither set
+/// those it computes from the bytes it sends (which coding they are in is
+/// the server's choice among the variants made at publish time). `_headers` may neither set
 /// nor remove them (a `Content-Length` of its own would desynchronise the
 /// client from the next response on the connection).
 pub const RESERVED_HEADERS: &[&str] = &[
     "connection",
+    "content-encoding",
     "content-length",
     "content-range",
     "date",

@@ -245,3 +245,45 @@ async fn a_keys_uploads_in_flight_are_capped() -> Result<()> {
     admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE])?;
     Ok(())
 }
+
+/// A removed site added again (say, for a new owner of the domain) starts
+/// empty: the old owner's content is not served, not listed, not fetched.
+#[tokio::test]
+async fn a_site_added_again_after_removal_starts_empty() -> Result<()> {
+    let net = node_with_gc()?;
+    let site = net.tmp.path().join("site");
+    std::fs::create_dir_all(&site)?;
+    std::fs::write(site.join("index.html"), b"OLD OWNER SECRET PAGE")?;
+    let dir = site.to_string_lossy().to_string();
+    net.admin.ok(&["publish", &dir, "--site", SITE])?;
+    net.admin.ok(&["site", "remove", SITE])?;
+
+    let home = net.tmp.path().join("new-owner");
+    std::fs::create_dir_all(&home)?;
+    let owner = Maki::new(&home, Some(&net.node.ticket));
+    let key = owner.key()?;
+    net.admin.ok(&["site", "add", SITE, "--publisher", &key])?;
+    ensure!(status(&net.node, "/").await? == 404);
+    ensure!(status(&net.node, &blob_path(b"OLD OWNER SECRET PAGE")).await? == 404);
+    let sites = owner.ok(&["sites", "--json"])?;
+    let v: serde_json::Value = serde_json::from_str(&sites)?;
+    ensure!(
+        v[0]["head"].is_null(),
+        "the new owner sees an old head: {sites}"
+    );
+
+    // The new owner publishes from scratch, and only that is served, also
+    // after a restart (and nothing keeps trying to fetch the old version).
+    std::fs::write(site.join("index.html"), b"new owner")?;
+    owner.ok(&["publish", &dir, "--site", SITE])?;
+    let r = http_get(net.node.http, SITE, "/", &[]).await?;
+    ensure!(r.status == 200 && &r.body[..] == b"new owner");
+    let data = net.node.dir.clone();
+    net.node.stop()?;
+    let node = NodeProc::start(&data)?;
+    let r = http_get(node.http, SITE, "/", &[]).await?;
+    ensure!(r.status == 200 && &r.body[..] == b"new owner");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(!node.log().contains("fetch failed"), "{}", node.log());
+    Ok(())
+}
