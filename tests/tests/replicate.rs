@@ -616,3 +616,58 @@ async fn an_admins_publish_of_someone_elses_site_replicates() -> Result<()> {
     all_serve(&net, "r.test", "/", b"by the admin").await?;
     Ok(())
 }
+
+/// With anti-entropy slowed to once an hour, gossip alone carries a
+/// publish: the publishing node pushes by sync to 3 random members only,
+/// so in a network of 5 at least one node can learn of it by gossip alone.
+#[tokio::test]
+async fn gossip_alone_carries_a_publish() -> Result<()> {
+    let fresh = maki_e2e::fresh_network()?;
+    let slow = |data: &std::path::Path| -> Result<()> {
+        let path = data.join("makiatto.toml");
+        let text = std::fs::read_to_string(&path)?;
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("sync_interval") {
+                    "sync_interval = \"1h\"".to_owned()
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&path, text.join("\n"))?;
+        Ok(())
+    };
+    slow(&fresh.data)?;
+    let first = NodeProc::start(&fresh.data)?;
+    let admin = Maki::new(&fresh.admin.home, Some(&first.ticket));
+    let mut net = Network {
+        tmp: fresh.tmp,
+        nodes: vec![first],
+        admin,
+    };
+    for i in 1..5 {
+        let ticket = net.admin.ok(&["invite"])?.trim().to_owned();
+        let dir = net.tmp.path().join(format!("g{i}"));
+        let joined = NodeProc::join(&dir, &ticket)?;
+        joined.stop()?;
+        slow(&dir)?;
+        // Its start sync tells every member its new address.
+        net.nodes.push(NodeProc::start(&dir)?);
+    }
+    for i in 0..5 {
+        let at = net.admin_at(i);
+        wait_for(CONVERGE, "every node to know all members", || async {
+            Ok(at.ok(&["nodes"])?.lines().count() == 5)
+        })
+        .await?;
+    }
+    net.admin.ok(&["site", "add", "r.test"])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    std::fs::write(site.join("index.html"), b"by gossip")?;
+    publish(&net.admin, &site, &["--wait", "--timeout", "30s"])?;
+    all_serve(&net, "r.test", "/", b"by gossip").await?;
+    Ok(())
+}
