@@ -540,6 +540,30 @@ impl Reply {
     }
 }
 
+/// Sets `key = value` in a node's `makiatto.toml` (replacing the line the
+/// written config has for it; the node reads it at its next start).
+pub fn set_config(data: &Path, key: &str, value: &str) -> Result<()> {
+    let path = data.join("makiatto.toml");
+    let text = std::fs::read_to_string(&path)?;
+    let mut found = false;
+    let mut lines: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if l.split('=').next().is_some_and(|k| k.trim() == key) {
+                found = true;
+                format!("{key} = {value}")
+            } else {
+                l.to_owned()
+            }
+        })
+        .collect();
+    if !found {
+        lines.push(format!("{key} = {value}"));
+    }
+    std::fs::write(&path, lines.join("\n") + "\n")?;
+    Ok(())
+}
+
 /// The longest any one `maki` command may run in a test.
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 

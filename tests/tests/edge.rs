@@ -10,12 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn slow_request_heads_are_cut_off() -> Result<()> {
     let fresh = fresh_network()?;
     let data = fresh.data.clone();
-    let config = data.join("makiatto.toml");
-    let text = std::fs::read_to_string(&config)?.replace(
-        "http_header_timeout = \"10s\"",
-        "http_header_timeout = \"1s\"",
-    );
-    std::fs::write(&config, text)?;
+    set_header_timeout(&data, "1s")?;
     let node = NodeProc::start(&data)?;
 
     // A slowloris: half a request head, then silence.
@@ -215,19 +210,7 @@ async fn pipelined_requests_cut_anywhere_are_all_answered_in_order() -> Result<(
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off() -> Result<()> {
     let fresh = fresh_network()?;
-    let config = fresh.data.join("makiatto.toml");
-    let text: String = std::fs::read_to_string(&config)?
-        .lines()
-        .map(|l| {
-            if l.starts_with("http_send_timeout") {
-                "http_send_timeout = \"1s\"\n".to_owned()
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    ensure!(text.contains("http_send_timeout = \"1s\""));
-    std::fs::write(&config, text)?;
+    maki_e2e::set_config(&fresh.data, "http_send_timeout", "\"1s\"")?;
     let node = NodeProc::start(&fresh.data)?;
     let admin = Maki::new(&fresh.admin.home, Some(&node.ticket));
     admin.ok(&["site", "add", "slow.test"])?;
@@ -350,13 +333,7 @@ async fn a_connection_flood_never_locks_out_new_clients() -> Result<()> {
 }
 
 fn set_header_timeout(data: &std::path::Path, value: &str) -> Result<()> {
-    let config = data.join("makiatto.toml");
-    let text = std::fs::read_to_string(&config)?.replace(
-        "http_header_timeout = \"10s\"",
-        &format!("http_header_timeout = \"{value}\""),
-    );
-    std::fs::write(&config, text)?;
-    Ok(())
+    maki_e2e::set_config(data, "http_header_timeout", &format!("\"{value}\""))
 }
 
 /// True when the server closes `conn` within `limit` (whatever it sends first).
@@ -524,10 +501,7 @@ async fn an_http2_response_that_never_moves_is_cut() -> Result<()> {
     let data = net.node.dir.clone();
     net.node.stop()?;
     set_header_timeout(&data, "60s")?;
-    let config = data.join("makiatto.toml");
-    let text = std::fs::read_to_string(&config)?
-        .replace("http_send_timeout = \"1m\"", "http_send_timeout = \"2s\"");
-    std::fs::write(&config, text)?;
+    maki_e2e::set_config(&data, "http_send_timeout", "\"2s\"")?;
     let node = NodeProc::start(&data)?;
 
     let mut conn = tokio::net::TcpStream::connect(node.http).await?;

@@ -6,21 +6,10 @@ use maki_e2e::{Maki, NodeProc, bins, fresh_network};
 
 const SITE: &str = "limits.test";
 
-/// Replaces `key = …` in the node's config with `line`.
+/// `line` (`key = value`) into the node's config.
 fn set(data: &std::path::Path, key: &str, line: &str) -> Result<()> {
-    let path = data.join("makiatto.toml");
-    let text: Vec<String> = std::fs::read_to_string(&path)?
-        .lines()
-        .map(|l| {
-            if l.starts_with(&format!("{key} ")) {
-                line.to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect();
-    std::fs::write(&path, text.join("\n"))?;
-    Ok(())
+    let value = line.split_once('=').map_or("", |(_, v)| v.trim());
+    maki_e2e::set_config(data, key, value)
 }
 
 #[tokio::test]

@@ -569,10 +569,7 @@ async fn a_node_without_the_http_role_holds_content_but_serves_no_visitors() -> 
     let dir = quiet.dir.clone();
     let id = quiet.id()?;
     quiet.stop()?;
-    let config = dir.join("makiatto.toml");
-    let text = std::fs::read_to_string(&config)?;
-    ensure!(text.contains("roles = [\"http\"]"), "{text}");
-    std::fs::write(&config, text.replace("roles = [\"http\"]", "roles = []"))?;
+    maki_e2e::set_config(&dir, "roles", "[]")?;
     let quiet = NodeProc::start(&dir)?;
     ensure!(quiet.http.port() == 0, "it must not listen for visitors");
     net.nodes.push(quiet);
@@ -623,22 +620,7 @@ async fn an_admins_publish_of_someone_elses_site_replicates() -> Result<()> {
 #[tokio::test]
 async fn gossip_alone_carries_a_publish() -> Result<()> {
     let fresh = maki_e2e::fresh_network()?;
-    let slow = |data: &std::path::Path| -> Result<()> {
-        let path = data.join("makiatto.toml");
-        let text = std::fs::read_to_string(&path)?;
-        let text: Vec<String> = text
-            .lines()
-            .map(|l| {
-                if l.starts_with("sync_interval") {
-                    "sync_interval = \"1h\"".to_owned()
-                } else {
-                    l.to_owned()
-                }
-            })
-            .collect();
-        std::fs::write(&path, text.join("\n"))?;
-        Ok(())
-    };
+    let slow = |data: &std::path::Path| maki_e2e::set_config(data, "sync_interval", "\"1h\"");
     slow(&fresh.data)?;
     let first = NodeProc::start(&fresh.data)?;
     let admin = Maki::new(&fresh.admin.home, Some(&first.ticket));

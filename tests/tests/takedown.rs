@@ -25,11 +25,7 @@ fn disk(node: &NodeProc) -> u64 {
 /// A node with a fast collector, and `SITE` added.
 fn node_with_gc() -> Result<OneNode> {
     let fresh = fresh_network()?;
-    let config = fresh.data.join("makiatto.toml");
-    let text =
-        std::fs::read_to_string(&config)?.replace("gc_interval = \"1m\"", "gc_interval = \"1s\"");
-    ensure!(text.contains("gc_interval = \"1s\""), "{text}");
-    std::fs::write(&config, text)?;
+    maki_e2e::set_config(&fresh.data, "gc_interval", "\"1s\"")?;
     let node = NodeProc::start(&fresh.data)?;
     let admin = Maki::new(&fresh.admin.home, Some(&node.ticket));
     admin.ok(&["site", "add", SITE])?;
@@ -216,20 +212,7 @@ async fn blobs_of_a_publish_interrupted_by_a_crash_are_collected_after_restart()
 #[tokio::test]
 async fn a_keys_uploads_in_flight_are_capped() -> Result<()> {
     let fresh = fresh_network()?;
-    let config = fresh.data.join("makiatto.toml");
-    let text = std::fs::read_to_string(&config)?;
-    let text = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("max_upload_bytes") {
-                "max_upload_bytes = 3000000".to_owned()
-            } else {
-                l.to_owned()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    std::fs::write(&config, text)?;
+    maki_e2e::set_config(&fresh.data, "max_upload_bytes", "3000000")?;
     let node = NodeProc::start(&fresh.data)?;
     let admin = Maki::new(&fresh.admin.home, Some(&node.ticket));
     admin.ok(&["site", "add", SITE])?;
