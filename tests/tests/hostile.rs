@@ -356,3 +356,146 @@ async fn headers_rules_cannot_touch_framing() -> Result<()> {
     }
     a.unharmed().await
 }
+
+/// Request smuggling, as the red team tried it (44 cases held; these are
+/// the classic shapes): each case hides `GET /smuggled` inside what the
+/// first request's framing says is body, then sends `GET /after`. Whatever
+/// the node makes of the framing — a 400 and close, or a request with a
+/// body — it must never answer the hidden request, and what it answers
+/// comes in order.
+#[tokio::test]
+async fn smuggled_requests_are_never_answered() -> Result<()> {
+    let (net, site_dir) = one_site("smuggle.test")?;
+    std::fs::write(site_dir.join("after.html"), b"after")?;
+    std::fs::write(site_dir.join("_redirects"), "/smuggled /gotcha 302\n")?;
+    net.admin.ok(&[
+        "publish",
+        &site_dir.to_string_lossy(),
+        "--site",
+        "smuggle.test",
+    ])?;
+    let hidden = "GET /smuggled HTTP/1.1\r\nHost: smuggle.test\r\n\r\n";
+    let n = hidden.len();
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "CL.TE",
+            format!(
+                "POST / HTTP/1.1\r\nHost: smuggle.test\r\nContent-Length: {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{hidden}",
+                5 + n
+            ),
+        ),
+        (
+            "TE.CL",
+            format!(
+                "POST / HTTP/1.1\r\nHost: smuggle.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n{hidden}\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "two CL",
+            format!(
+                "GET / HTTP/1.1\r\nHost: smuggle.test\r\nContent-Length: 0\r\nContent-Length: {n}\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "CL list",
+            format!(
+                "GET / HTTP/1.1\r\nHost: smuggle.test\r\nContent-Length: {n}, 0\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "TE obs-fold",
+            format!(
+                "POST / HTTP/1.1\r\nHost: smuggle.test\r\nTransfer-Encoding:\r\n chunked\r\nContent-Length: {n}\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "TE space before colon",
+            format!(
+                "POST / HTTP/1.1\r\nHost: smuggle.test\r\nTransfer-Encoding : chunked\r\nContent-Length: {n}\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "TE xchunked",
+            format!(
+                "POST / HTTP/1.1\r\nHost: smuggle.test\r\nTransfer-Encoding: xchunked\r\nContent-Length: {n}\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "TE chunked, identity",
+            format!(
+                "POST / HTTP/1.1\r\nHost: smuggle.test\r\nTransfer-Encoding: chunked, identity\r\nContent-Length: {n}\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "CL on GET",
+            format!("GET / HTTP/1.1\r\nHost: smuggle.test\r\nContent-Length: {n}\r\n\r\n{hidden}"),
+        ),
+        (
+            "bare LF",
+            format!("GET / HTTP/1.1\nHost: smuggle.test\nContent-Length: {n}\n\n{hidden}"),
+        ),
+        (
+            "NUL in a header",
+            format!(
+                "GET / HTTP/1.1\r\nHost: smuggle.test\r\nX: a\0b\r\nContent-Length: {n}\r\n\r\n{hidden}"
+            ),
+        ),
+        (
+            "chunk extension",
+            format!(
+                "POST / HTTP/1.1\r\nHost: smuggle.test\r\nTransfer-Encoding: chunked\r\n\r\n{n:x};ext=\"a\r\n{hidden}\"\r\n0\r\n\r\n"
+            ),
+        ),
+        (
+            "HTTP/1.0 keep-alive with CL",
+            format!(
+                "GET / HTTP/1.0\r\nHost: smuggle.test\r\nConnection: keep-alive\r\nContent-Length: {n}\r\n\r\n{hidden}"
+            ),
+        ),
+    ];
+    for (name, case) in cases {
+        let mut conn = tokio::net::TcpStream::connect(net.node.http).await?;
+        let raw = format!(
+            "{case}GET /after.html HTTP/1.1\r\nHost: smuggle.test\r\nConnection: close\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut conn, raw.as_bytes()).await?;
+        let mut all = Vec::new();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut all),
+        )
+        .await;
+        let text = String::from_utf8_lossy(&all);
+        ensure!(
+            !text.contains("/gotcha"),
+            "{name}: the hidden request was answered:\n{text}"
+        );
+        // Every status line is a plain 1.1 response (no body read as a head).
+        for line in text.lines().filter(|l| l.starts_with("HTTP/")) {
+            ensure!(
+                line.starts_with("HTTP/1.1 ") || line.starts_with("HTTP/1.0 "),
+                "{name}: {line}"
+            );
+        }
+    }
+    // Positive control: the same request not hidden is answered, and seen.
+    let mut conn = tokio::net::TcpStream::connect(net.node.http).await?;
+    let raw = format!(
+        "GET / HTTP/1.1\r\nHost: smuggle.test\r\n\r\n{hidden}GET /after.html HTTP/1.1\r\nHost: smuggle.test\r\nConnection: close\r\n\r\n"
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut conn, raw.as_bytes()).await?;
+    let mut all = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut conn, &mut all),
+    )
+    .await??;
+    ensure!(
+        String::from_utf8_lossy(&all).contains("/gotcha"),
+        "the control was not seen"
+    );
+    // And the node is still there for everyone.
+    let r = http_get(net.node.http, "smuggle.test", "/after.html", &[]).await?;
+    ensure!(r.status == 200);
+    Ok(())
+}
