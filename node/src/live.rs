@@ -25,7 +25,7 @@ use maki_protocol::{
     rules::{HeaderRule, RedirectRule},
 };
 
-/// A file ready to serve: what a response needs, in 72 bytes plus its
+/// A file ready to serve: what a response needs, in 64 bytes plus its
 /// variants (header values are built per request, so no two cores ever
 /// write one shared reference count).
 #[derive(Debug)]

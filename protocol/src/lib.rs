@@ -6,6 +6,7 @@
 //! argument. Every decoder is total — any bytes give `Ok` or a typed error,
 //! never a panic.
 
+mod codec;
 mod domain;
 mod hash;
 mod keys;

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Domain, Hash, SitePath,
+    codec::encode,
     rules::{HeaderRule, RedirectRule},
     signed::Signable,
 };
@@ -265,14 +266,6 @@ impl Manifest {
         })
     }
 
-    /// True when `other` would serve exactly the same content.
-    pub fn same_content(&self, other: &Manifest) -> bool {
-        self.site == other.site
-            && self.entries == other.entries
-            && self.headers == other.headers
-            && self.redirects == other.redirects
-    }
-
     /// The hash of what this version serves (entries and rules), leaving
     /// out its version number, parent and time: two manifests with the same
     /// content hash serve the same bytes the same way.
@@ -302,12 +295,6 @@ pub struct Head {
 
 impl Signable for Head {
     const CONTEXT: &'static [u8] = b"makiatto/head/v1";
-}
-
-pub(crate) fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising our own types into a Vec cannot fail: no maps with
-    // non-string keys restrictions apply to postcard, and no I/O happens.
-    postcard::to_stdvec(value).unwrap_or_default()
 }
 
 #[cfg(test)]

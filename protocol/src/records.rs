@@ -213,7 +213,7 @@ impl Record {
     /// Checks the signature and format and finds the record's key. Whether
     /// the signer had the right is the caller's question: it needs state.
     pub fn verify(&self) -> Result<Verified, RecordError> {
-        let hash = Hash::of(&crate::manifest::encode(self));
+        let hash = Hash::of(&crate::codec::encode(self));
         let (key, version, signer, body) = match self {
             Record::Invite(s) => {
                 let v = s.verify()?;
@@ -380,7 +380,7 @@ pub struct InviteTicket {
 
 impl fmt::Display for InviteTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = crate::manifest::encode(self);
+        let bytes = crate::codec::encode(self);
         write!(f, "{INVITE_PREFIX}{}", crate::ticket::encode_b32(&bytes))
     }
 }

@@ -279,7 +279,7 @@ pub enum FrameError {
 
 /// Encodes a frame body: postcard bytes, no prefix (what gossip carries).
 pub fn encode_body<T: Serialize>(value: &T) -> Vec<u8> {
-    crate::manifest::encode(value)
+    crate::codec::encode(value)
 }
 
 /// Encodes a frame: length prefix plus postcard bytes.

@@ -39,7 +39,7 @@ pub enum SignedError {
 
 impl<T: Signable> Signed<T> {
     pub fn sign(key: &SecretKey, value: &T) -> Self {
-        let bytes = crate::manifest::encode(value);
+        let bytes = crate::codec::encode(value);
         let signature = key.sign(&message::<T>(&bytes));
         Self {
             bytes,

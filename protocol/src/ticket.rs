@@ -43,7 +43,7 @@ pub(crate) fn decode_b32(s: &str) -> Result<Vec<u8>, TicketError> {
 
 impl fmt::Display for NodeTicket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let bytes = crate::manifest::encode(self);
+        let bytes = crate::codec::encode(self);
         write!(f, "{NODE_PREFIX}{}", encode_b32(&bytes))
     }
 }
