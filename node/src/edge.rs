@@ -224,6 +224,19 @@ async fn serve(
     // The ticker outlives the accept loop: draining connections still time out.
     let ticker_stop = CancellationToken::new();
     let ticker = tokio::spawn(timer::tick(cancel.clone(), ticker_stop.clone()));
+    // An idle worker still lets go of replaced site versions.
+    let catching_up = tokio::spawn({
+        let (shared, stop) = (shared.clone(), ticker_stop.clone());
+        async move {
+            let mut every = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = every.tick() => local::catch_up(&shared.live),
+                }
+            }
+        }
+    });
     loop {
         let (stream, peer) = tokio::select! {
             biased;
@@ -268,6 +281,7 @@ async fn serve(
     }
     ticker_stop.cancel();
     ticker.await.ok();
+    catching_up.await.ok();
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

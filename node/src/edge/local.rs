@@ -42,6 +42,18 @@ pub fn site(live: &Live, host: &str) -> Option<Arc<Mine>> {
     LOCAL.with(|l| l.borrow_mut().site(live, host))
 }
 
+/// Takes up the live view's changes even while no request comes, so a
+/// replaced version is not kept alive by an idle worker's handle.
+pub fn catch_up(live: &Live) {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        let generation = live.generation();
+        if generation != l.generation {
+            l.refresh(live, generation);
+        }
+    });
+}
+
 /// A cached small blob, if this worker has it.
 pub fn blob(hash: &Hash) -> Option<Bytes> {
     LOCAL.with(|l| l.borrow_mut().blobs.get(hash))
