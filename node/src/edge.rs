@@ -138,7 +138,7 @@ impl Edge {
         for _ in 1..threads {
             listeners.push(reuseport_listener(bound).map_err(err)?);
         }
-        // Past its share of the descriptors a worker sheds idle connections.
+        // Past its share of the descriptors a worker sheds connections.
         let fd_limit = conns::raise_fd_limit();
         let max_conns = conns::bound(fd_limit, threads);
         debug!(fd_limit, per_worker = max_conns, "connection bound");
@@ -211,9 +211,10 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 }
 
 /// Accepts connections until `cancel`, then drains them. Holds at most
-/// `max_conns`: past that, the oldest idle connection is shed for each new
-/// one, and when none is idle the new one is closed at once (the node
-/// keeps accepting either way, and never runs out of descriptors).
+/// `max_conns`: past that, each new one sheds another (`conns::shed_one`:
+/// the oldest idle, else the slowest busy one under its minimum rate), or
+/// is closed at once when none qualifies. The node keeps accepting either
+/// way, and never runs out of descriptors.
 async fn serve(
     listener: TcpListener,
     max_conns: usize,
