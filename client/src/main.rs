@@ -272,6 +272,13 @@ async fn run(cli: Cli) -> Result<()> {
             }
             publishers.sort();
             publishers.dedup();
+            // Heads of this site start above any the network had for the
+            // domain before (a removed site's), so nothing old comes back.
+            let heads_after = match client.call(&Request::HeadFloor { domain: d.clone() }).await {
+                Ok(Response::HeadFloor { seq }) => seq,
+                Ok(other) => bail!("the node answered {other:?}"),
+                Err(e) => return Err(e.into()),
+            };
             let record = SiteRecord {
                 format: RECORD_FORMAT,
                 domain: d.clone(),
@@ -281,6 +288,7 @@ async fn run(cli: Cli) -> Result<()> {
                 // the clock in milliseconds gives that without asking.
                 version: now_millis(),
                 removed: false,
+                heads_after,
             };
             client
                 .call(&Request::SiteAdd {
@@ -301,6 +309,7 @@ async fn run(cli: Cli) -> Result<()> {
                 publishers: current.publishers,
                 version: now_millis().max(current.record_version + 1),
                 removed: true,
+                heads_after: current.heads_after,
             };
             client
                 .call(&Request::SiteRemove {

@@ -157,7 +157,14 @@ pub async fn publish(
 ) -> Result<Outcome, PublishError> {
     let info = site_info(client, site).await?;
     let parent = info.head.as_ref().map(|h| h.manifest);
-    let seq = info.head.as_ref().map_or(0, |h| h.seq) + 1;
+    // Above the current head, and above every head from before the site
+    // was (re-)added.
+    let seq = info
+        .head
+        .as_ref()
+        .map_or(0, |h| h.seq)
+        .max(info.heads_after)
+        + 1;
     let (manifest, scanned) = build(dir, site, cache, parent, info.latest_version + 1)?;
     let bytes = manifest.to_bytes();
     let hash = Hash::of(&bytes);

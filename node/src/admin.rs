@@ -309,6 +309,7 @@ impl AdminProtocol {
             Request::Nodes => self.nodes(caller),
             Request::NodeRemove { record } => self.node_remove(caller, record),
             Request::Pin { record } => self.pin(caller, record),
+            Request::HeadFloor { domain } => self.head_floor(caller, &domain),
             _ => Err(RpcError::BadRequest("unknown request".into())),
         }
     }
@@ -597,6 +598,7 @@ impl AdminProtocol {
             };
             out.push(SiteInfo {
                 domain,
+                heads_after: record.heads_after,
                 publishers: record.publishers,
                 head,
                 latest_version,
@@ -662,8 +664,31 @@ impl AdminProtocol {
         Ok(head)
     }
 
+    /// The sequence number a new head must follow: the current head's, or
+    /// where a site added again starts its heads.
     fn current_seq(&self, domain: &Domain) -> u64 {
-        self.shared.current_head(domain).map_or(0, |(seq, _)| seq)
+        let after = self
+            .shared
+            .state
+            .site(domain)
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.heads_after);
+        self.shared
+            .current_head(domain)
+            .map_or(0, |(seq, _)| seq)
+            .max(after)
+    }
+
+    /// Where a site added again (or anew) starts its heads: above every
+    /// head this node has seen for the domain.
+    fn head_floor(&self, caller: PublicKey, domain: &Domain) -> Result<Response, RpcError> {
+        self.require_admin(caller)?;
+        let seen = self.shared.state.head_floor(domain).map_err(internal)?;
+        let current = self.shared.current_head(domain).map_or(0, |(seq, _)| seq);
+        Ok(Response::HeadFloor {
+            seq: seen.max(current),
+        })
     }
 
     async fn publish_begin(
@@ -867,7 +892,7 @@ impl AdminProtocol {
                 current: current_hash,
             });
         }
-        let expected = current.map_or(0, |(seq, _)| seq) + 1;
+        let expected = self.current_seq(&s.head.site) + 1;
         if s.head.seq != expected {
             return Err(RpcError::StaleSeq {
                 expected,

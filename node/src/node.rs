@@ -136,10 +136,19 @@ impl Shared {
             .flatten()
             .and_then(|s| s.verify().ok())
             .map(|h| (h.seq, h.manifest));
+        // What this node serves counts only if it is of the site as it is
+        // now (not from before it was removed and added again).
+        let after = self
+            .state
+            .site(domain)
+            .ok()
+            .flatten()
+            .map_or(0, |s| s.heads_after);
         let live = self
             .live
             .get(domain.as_str())
-            .map(|l| (l.seq, l.manifest_hash));
+            .map(|l| (l.seq, l.manifest_hash))
+            .filter(|(seq, _)| *seq > after);
         match (record, live) {
             (Some(r), Some(l)) => Some(if l.0 > r.0 { l } else { r }),
             (r, l) => r.or(l),
@@ -517,7 +526,7 @@ async fn sweep_live(shared: Arc<Shared>, cancel: CancellationToken) {
 }
 
 async fn load_live(state: &State, content: &Content, live: &Live) -> Result<(), NodeError> {
-    for (domain, _) in state.sites()? {
+    for (domain, site) in state.sites()? {
         let Some(signed) = state.head(&domain)? else {
             continue;
         };
@@ -525,6 +534,10 @@ async fn load_live(state: &State, content: &Content, live: &Live) -> Result<(), 
             warn!(site = %domain, "stored head no longer verifies; not serving it");
             continue;
         };
+        if !site.current(head.seq) {
+            info!(site = %domain, "the stored version is from before the site was added again; not serving it");
+            continue;
+        }
         let manifest = match content
             .get_bytes(head.manifest)
             .await

@@ -228,6 +228,17 @@ async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
             }
             continue;
         }
+        // Serving a version from before the site was added again (a node
+        // that missed the removal): let it go at once.
+        if shared
+            .live
+            .get(site.domain.as_str())
+            .is_some_and(|l| !site.current(l.seq))
+        {
+            let _guard = shared.head_lock.lock().await;
+            clear_site(shared, &site.domain).await;
+            info!(site = %site.domain, "the site was added again; dropped what this node served of it before");
+        }
         if !shared.should_hold(&site.domain) {
             release_if_held_elsewhere(shared, &site.domain).await;
             continue;

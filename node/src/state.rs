@@ -27,6 +27,9 @@ const INVITES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("invites
 /// Replicated records: postcard(`RecordKey`) → postcard(`Record`), the
 /// winner per key.
 const RECORDS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
+/// Per domain, the highest head sequence this node has taken in, kept
+/// after the site's removal: where a site added again starts its heads.
+const FLOORS: TableDefinition<&str, u64> = TableDefinition::new("floors");
 
 /// An invite this node will redeem, and who redeemed it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,9 +131,25 @@ impl State {
     pub fn head_record(&self, domain: &Domain) -> Result<Option<Signed<Head>>, StateError> {
         match self.held(&RecordKey::Head(domain.clone()))? {
             None => Ok(None),
-            Some(Record::Head(h)) => Ok(Some(h)),
+            // A head from before the site was added again is void.
+            Some(Record::Head(h)) => Ok(match (self.site(domain)?, h.verify()) {
+                (Some(site), Ok(head)) if !site.current(head.seq) => None,
+                _ => Some(h),
+            }),
             Some(_) => Err(StateError::Corrupt(format!("head record of {domain}"))),
         }
+    }
+
+    /// The highest head sequence this node has taken in for `domain`, also
+    /// after the site's removal (0: none).
+    pub fn head_floor(&self, domain: &Domain) -> Result<u64, StateError> {
+        let tx = self.db.begin_read()?;
+        let floor = match tx.open_table(FLOORS) {
+            Ok(t) => t.get(domain.as_str())?.map_or(0, |v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        Ok(floor)
     }
 
     /// Forgets what this node serves of a site: its head and kept versions;
@@ -385,18 +404,43 @@ impl State {
                 table
                     .insert(key.as_slice(), encode(record).as_slice())
                     .map_err(StateError::from)?;
-                // A removal ends the site's head too, in the same
-                // transaction: a site added again later starts empty, and
-                // nothing keeps fetching a version nobody serves. (A member
-                // that missed the removal could still offer the old head;
-                // while the site stays removed it is refused. See
-                // docs/threat-model.md for the partition case.)
-                if let Body::Site(site) = &new.body
-                    && site.removed
-                {
-                    table
-                        .remove(encode(&RecordKey::Head(site.domain.clone())).as_slice())
-                        .map_err(StateError::from)?;
+                match &new.body {
+                    // A removal ends the site's head, and a site added
+                    // again voids the heads from before (`heads_after`), in
+                    // the same transaction: nothing keeps fetching a version
+                    // nobody may serve.
+                    Body::Site(site) => {
+                        let key = encode(&RecordKey::Head(site.domain.clone()));
+                        let void = match table.get(key.as_slice()).map_err(StateError::from)? {
+                            Some(raw) => {
+                                site.removed
+                                    || postcard::from_bytes::<Record>(raw.value())
+                                        .ok()
+                                        .and_then(|r| r.verify().ok())
+                                        .is_none_or(|v| match v.body {
+                                            Body::Head(h) => !site.current(h.seq),
+                                            _ => true,
+                                        })
+                            }
+                            None => false,
+                        };
+                        if void {
+                            table.remove(key.as_slice()).map_err(StateError::from)?;
+                        }
+                    }
+                    Body::Head(head) => {
+                        let mut floors = tx.open_table(FLOORS).map_err(StateError::from)?;
+                        let floor = floors
+                            .get(head.site.as_str())
+                            .map_err(StateError::from)?
+                            .map_or(0, |v| v.value());
+                        if head.seq > floor {
+                            floors
+                                .insert(head.site.as_str(), head.seq)
+                                .map_err(StateError::from)?;
+                        }
+                    }
+                    _ => {}
                 }
             }
             applied
@@ -482,6 +526,7 @@ mod tests {
             publishers: vec![publisher.public()],
             version,
             removed: false,
+            heads_after: 0,
         };
         let rec = |v: u64| Record::Site(Signed::sign(&admin, &site(v)));
         assert_eq!(state.apply(&rec(2), &authority)?, Applied::New);
@@ -509,6 +554,27 @@ mod tests {
             Err(ApplyError::Auth(_))
         ));
         assert_eq!(state.records()?.len(), 2);
+
+        // Removed, then added again above the old heads: the old head is
+        // gone with the removal, refused if offered again, and the floor
+        // remembers where the new heads start.
+        let d = Domain::new("a.test")?;
+        assert_eq!(state.head_floor(&d)?, 1);
+        let mut removed = site(10);
+        removed.removed = true;
+        state.apply(&Record::Site(Signed::sign(&admin, &removed)), &authority)?;
+        assert!(state.head_record(&d)?.is_none());
+        assert_eq!(state.head_floor(&d)?, 1);
+        let mut again = site(11);
+        again.heads_after = state.head_floor(&d)?;
+        state.apply(&Record::Site(Signed::sign(&admin, &again)), &authority)?;
+        assert!(matches!(
+            state.apply(&ok, &authority),
+            Err(ApplyError::Auth(AuthError::BeforeSite { .. }))
+        ));
+        let next = Record::Head(Signed::sign(&publisher, &Head { seq: 2, ..head }));
+        assert_eq!(state.apply(&next, &authority)?, Applied::New);
+        assert_eq!(state.head_floor(&d)?, 2);
         Ok(())
     }
 

@@ -69,6 +69,13 @@ pub struct SiteRecord {
     pub publishers: Vec<PublicKey>,
     pub version: u64,
     pub removed: bool,
+    /// Heads of this domain with a sequence number at or below this are
+    /// from before the site was (re-)added, and void: a site removed and
+    /// added again (say, for a new owner of the domain) never serves the
+    /// old one's content, even offered by a member that missed both
+    /// changes. Set when the site is added to the highest head sequence
+    /// the admin's node knows for the domain; new heads continue above it.
+    pub heads_after: u64,
 }
 
 impl Signable for SiteRecord {
@@ -82,6 +89,12 @@ impl SiteRecord {
     /// head every node takes.
     pub fn may_publish(&self, key: &PublicKey, admins: &[PublicKey]) -> bool {
         !self.removed && (self.publishers.contains(key) || admins.contains(key))
+    }
+
+    /// Whether a head of this site with sequence number `seq` belongs to
+    /// this incarnation of it (see [`SiteRecord::heads_after`]).
+    pub fn current(&self, seq: u64) -> bool {
+        seq > self.heads_after
     }
 }
 
@@ -312,6 +325,14 @@ pub enum AuthError {
     NotPublisher { site: Domain, key: PublicKey },
     #[error("head for unknown or removed site {0}")]
     UnknownSite(Domain),
+    #[error(
+        "head {seq} for {site} is from before the site was added again (its heads start after {heads_after})"
+    )]
+    BeforeSite {
+        site: Domain,
+        seq: u64,
+        heads_after: u64,
+    },
     #[error("node record for {node} not signed by that node")]
     NotSelfSigned { node: PublicKey },
     #[error("node {0} names no invite this network knows")]
@@ -336,7 +357,13 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
         Body::Invite(_) | Body::Site(_) | Body::Revocation(_) | Body::Pin(_) => admin(v.signer),
         Body::Head(h) => match view.site(&h.site) {
             Some(site) if !site.removed => {
-                if site.may_publish(&v.signer, view.admins()) {
+                if !site.current(h.seq) {
+                    Err(AuthError::BeforeSite {
+                        site: h.site.clone(),
+                        seq: h.seq,
+                        heads_after: site.heads_after,
+                    })
+                } else if site.may_publish(&v.signer, view.admins()) {
                     Ok(())
                 } else {
                     Err(AuthError::NotPublisher {
@@ -418,6 +445,7 @@ mod tests {
             publishers: vec![],
             version,
             removed: false,
+            heads_after: 0,
         }
     }
 
@@ -567,6 +595,33 @@ mod tests {
             check(Record::Head(Signed::sign(&stranger, &head)), &view),
             Err(AuthError::NotPublisher { .. })
         ));
+
+        // A site added again starts its heads above the old ones: an old
+        // head, even signed by someone who may still publish, is void.
+        let mut again = s.clone();
+        again.heads_after = 5;
+        view.site = Some(again);
+        let old = Head {
+            seq: 5,
+            ..head.clone()
+        };
+        assert_eq!(
+            check(Record::Head(Signed::sign(&publisher, &old)), &view),
+            Err(AuthError::BeforeSite {
+                site: s.domain.clone(),
+                seq: 5,
+                heads_after: 5
+            })
+        );
+        let new = Head {
+            seq: 6,
+            ..head.clone()
+        };
+        assert_eq!(
+            check(Record::Head(Signed::sign(&publisher, &new)), &view),
+            Ok(())
+        );
+        view.site = Some(s.clone());
 
         let node = |id: PublicKey, invite: Option<Hash>| NodeRecord {
             format: RECORD_FORMAT,

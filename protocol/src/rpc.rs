@@ -52,6 +52,9 @@ pub enum Request {
     NodeRemove { record: Signed<Revocation> },
     /// Admin: pin a site to regions (none: every node).
     Pin { record: Signed<crate::Pin> },
+    /// Admin: the highest head sequence this node knows for a domain, also
+    /// of a removed site; a site added again starts its heads after it.
+    HeadFloor { domain: Domain },
 }
 
 /// A member node as `maki nodes` shows it, seen from the node asked.
@@ -109,6 +112,9 @@ pub struct SiteInfo {
     pub record_version: u64,
     /// Regions the site is pinned to (empty: every node holds it).
     pub regions: Vec<String>,
+    /// A new head's sequence number must be above this as well as above the
+    /// current head's (see `SiteRecord::heads_after`).
+    pub heads_after: u64,
 }
 
 /// The version a site serves now.
@@ -162,6 +168,10 @@ pub enum Response {
     },
     Nodes(Vec<NodeInfo>),
     Error(RpcError),
+    /// See [`Request::HeadFloor`].
+    HeadFloor {
+        seq: u64,
+    },
 }
 
 /// Why a node refused a request. Each message names the problem and the fix.

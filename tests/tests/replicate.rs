@@ -653,3 +653,51 @@ async fn gossip_alone_carries_a_publish() -> Result<()> {
     all_serve(&net, "r.test", "/", b"by gossip").await?;
     Ok(())
 }
+
+/// The partition case of a domain changing hands: a member that was down
+/// while the site was removed and added again for a new owner still holds
+/// and serves the old owner's version, and offers its old head when it
+/// comes back. The new incarnation's heads start above every old one, so
+/// the old head is refused everywhere and the member drops what it served.
+#[tokio::test]
+async fn a_member_that_missed_a_domain_changing_hands_cannot_bring_the_old_site_back() -> Result<()>
+{
+    let (mut net, site) = published(2).await?;
+    std::fs::write(site.join("index.html"), b"OLD OWNER")?;
+    publish(&net.admin, &site, &["--wait", "--timeout", "20s"])?;
+    all_serve(&net, "r.test", "/", b"OLD OWNER").await?;
+
+    let away = net.nodes.remove(1);
+    let dir = away.dir.clone();
+    away.stop()?;
+    net.admin.ok(&["site", "remove", "r.test"])?;
+    let home = net.tmp.path().join("new-owner");
+    std::fs::create_dir_all(&home)?;
+    let owner = Maki::new(&home, Some(&net.nodes[0].ticket));
+    let key = owner.key()?;
+    net.admin
+        .ok(&["site", "add", "r.test", "--publisher", &key])?;
+    std::fs::write(site.join("index.html"), b"NEW OWNER")?;
+    owner.ok(&[
+        "publish",
+        site.to_str().unwrap_or_default(),
+        "--site",
+        "r.test",
+    ])?;
+
+    // It comes back with the old site, the old head and the old version.
+    net.nodes.push(NodeProc::start(&dir)?);
+    all_serve(&net, "r.test", "/", b"NEW OWNER").await?;
+    let old = format!("/.maki/blob/{}", blake3::hash(b"OLD OWNER").to_hex());
+    for n in &net.nodes {
+        let r = maki_e2e::http_get(n.http, "r.test", &old, &[]).await?;
+        ensure!(
+            r.status == 404,
+            "the old owner's page is still served by hash"
+        );
+    }
+    // A while later, still the new owner's everywhere.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    all_serve(&net, "r.test", "/", b"NEW OWNER").await?;
+    Ok(())
+}
