@@ -94,7 +94,17 @@ fn assemble(
 
 /// The checks a node makes on a manifest, made before anything is sent.
 fn check(manifest: &Manifest) -> Result<(), ScanError> {
-    Manifest::decode(&manifest.to_bytes())
+    let bytes = manifest.to_bytes();
+    // It travels in one admin frame, next to a signed head.
+    let limit = maki_protocol::rpc::MAX_FRAME - 4096;
+    if bytes.len() > limit {
+        return Err(ScanError::TooLarge {
+            files: manifest.entries.len(),
+            bytes: bytes.len(),
+            limit,
+        });
+    }
+    Manifest::decode(&bytes)
         .and_then(|_| manifest.check_publishable())
         .map_err(ScanError::Manifest)
 }

@@ -48,6 +48,14 @@ pub enum ScanError {
     },
     #[error("the site cannot be published: {0}")]
     Manifest(maki_protocol::ManifestError),
+    #[error(
+        "the manifest of {files} files is {bytes} bytes; one publish can carry at most {limit}: publish fewer files (or shorter paths) per site"
+    )]
+    TooLarge {
+        files: usize,
+        bytes: usize,
+        limit: usize,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ScanError + '_ {

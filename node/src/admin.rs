@@ -253,7 +253,18 @@ impl AdminProtocol {
             let (mut send, mut recv) = conn.accept_bi().await?;
             let mut prefix = [0u8; 4];
             recv.read_exact(&mut prefix).await?;
-            let len = rpc::frame_len(prefix)?;
+            let len = match rpc::frame_len(prefix) {
+                Ok(len) => len,
+                // Too large to read: say so (the body is never read), and
+                // keep the connection for the caller's next request.
+                Err(error) => {
+                    let refusal = Response::Error(RpcError::BadRequest(error.to_string()));
+                    send.write_all(&rpc::encode_frame(&refusal)).await?;
+                    send.finish()?;
+                    recv.stop(0u32.into()).ok();
+                    continue;
+                }
+            };
             if len > SMALL_FRAME && !self.is_known(&caller) {
                 let refusal = Response::Error(RpcError::NotAdmin { key: caller });
                 send.write_all(&rpc::encode_frame(&refusal)).await?;

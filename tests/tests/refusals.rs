@@ -382,3 +382,49 @@ async fn first_blob_landed(s: &Setup, child: &mut std::process::Child) -> Result
     }
     Ok(false)
 }
+
+/// A request frame announced larger than the limit is answered with a
+/// typed refusal (its body never read), and the connection serves the
+/// caller's next request.
+#[tokio::test]
+async fn an_oversized_request_gets_a_refusal_not_a_dropped_connection() -> Result<()> {
+    let s = setup()?;
+    let (key, _) = maki::keys::load_or_create(&s.admin.home)?;
+    let ticket: NodeTicket = s.node.ticket.parse()?;
+    let mut addr = iroh::EndpointAddr::new(iroh::PublicKey::from_bytes(ticket.id.as_bytes())?);
+    for a in &ticket.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let ep =
+        makiatto::node::bind_endpoint(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
+    let conn = ep.connect(addr, maki_protocol::rpc::ADMIN_ALPN).await?;
+    let ask = |frame: Vec<u8>| {
+        let conn = conn.clone();
+        async move {
+            let (mut send, mut recv) = conn.open_bi().await?;
+            send.write_all(&frame).await?;
+            send.finish()?;
+            let mut prefix = [0u8; 4];
+            recv.read_exact(&mut prefix).await?;
+            let mut body = vec![0u8; maki_protocol::rpc::frame_len(prefix)?];
+            recv.read_exact(&mut body).await?;
+            anyhow::Ok(maki_protocol::rpc::decode_body::<Response>(&body)?)
+        }
+    };
+    let huge = (maki_protocol::rpc::MAX_FRAME as u32 + 1)
+        .to_le_bytes()
+        .to_vec();
+    let answer = tokio::time::timeout(Duration::from_secs(10), ask(huge)).await??;
+    ensure!(
+        matches!(&answer, Response::Error(RpcError::BadRequest(m)) if m.contains("exceeds the limit")),
+        "{answer:?}"
+    );
+    let next = tokio::time::timeout(
+        Duration::from_secs(10),
+        ask(maki_protocol::rpc::encode_frame(&Request::Sites)),
+    )
+    .await??;
+    ensure!(matches!(next, Response::Sites(_)), "{next:?}");
+    ep.close().await;
+    Ok(())
+}
