@@ -52,6 +52,11 @@ pub struct Config {
     /// also syncs with all of them at start and after each local change).
     #[serde(default = "default_sync_interval", with = "humantime_serde")]
     pub sync_interval: std::time::Duration,
+    /// How long one sync with a member may take before it counts as failed
+    /// (a member that is down, frozen or cut off). Each member is synced by
+    /// its own task, so a slow one holds up nobody else.
+    #[serde(default = "default_sync_timeout", with = "humantime_serde")]
+    pub sync_timeout: std::time::Duration,
     /// HTTP worker threads (each with its own listener); 0 means one per core.
     #[serde(default)]
     pub http_threads: usize,
@@ -88,6 +93,10 @@ const KNOWN_ROLES: &[&str] = &[maki_protocol::ROLE_HTTP];
 
 fn default_sync_interval() -> std::time::Duration {
     std::time::Duration::from_secs(5)
+}
+
+fn default_sync_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 fn default_header_timeout() -> std::time::Duration {
@@ -128,6 +137,7 @@ impl Default for Config {
             http_header_timeout: default_header_timeout(),
             http_send_timeout: default_send_timeout(),
             sync_interval: default_sync_interval(),
+            sync_timeout: default_sync_timeout(),
             http_threads: 0,
             keep_versions: default_keep_versions(),
             max_site_bytes: default_max_site_bytes(),
@@ -200,6 +210,9 @@ impl Config {
         if self.sync_interval < std::time::Duration::from_millis(100) {
             return Err("sync_interval must be at least 100ms".into());
         }
+        if self.sync_timeout < std::time::Duration::from_secs(1) {
+            return Err("sync_timeout must be at least 1s".into());
+        }
         if self.keep_versions == 0 {
             return Err("keep_versions must be at least 1".into());
         }
@@ -248,6 +261,8 @@ impl Config {
              http_send_timeout = \"{}\"\n\
              # Anti-entropy: how often to sync records with a few random members.\n\
              sync_interval = \"{}\"\n\
+             # How long one sync may take before that member counts as failing.\n\
+             sync_timeout = \"{}\"\n\
              # HTTP worker threads; 0 = one per core.\n\
              http_threads = {}\n\
              # Versions kept per site for rollback.\n\
@@ -269,6 +284,7 @@ impl Config {
             humantime_serde::re::humantime::format_duration(self.http_header_timeout),
             humantime_serde::re::humantime::format_duration(self.http_send_timeout),
             humantime_serde::re::humantime::format_duration(self.sync_interval),
+            humantime_serde::re::humantime::format_duration(self.sync_timeout),
             self.http_threads,
             self.keep_versions,
             self.max_site_bytes,

@@ -30,7 +30,6 @@ use tracing::{debug, info, warn};
 use crate::node::Shared;
 
 /// A whole sync, connect included, must finish within this.
-const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Peers picked at random on each periodic round.
 const FANOUT: usize = 3;
 /// Syncs served at once; more are refused until one ends.
@@ -51,7 +50,7 @@ pub enum SyncFailure {
     Reconcile(String),
     #[error("the peer sent an unexpected message")]
     Unexpected,
-    #[error("timed out after {SYNC_TIMEOUT:?}")]
+    #[error("timed out (sync_timeout)")]
     Timeout,
     #[error("this node has no record of itself yet")]
     NoSelf,
@@ -143,7 +142,8 @@ pub async fn sync_with(
     endpoint: &Endpoint,
     peer: PublicKey,
 ) -> Result<(usize, usize), SyncFailure> {
-    let result = tokio::time::timeout(SYNC_TIMEOUT, initiate(shared, endpoint, peer)).await;
+    let result =
+        tokio::time::timeout(shared.config.sync_timeout, initiate(shared, endpoint, peer)).await;
     let result = result.unwrap_or(Err(SyncFailure::Timeout));
     match &result {
         Ok(_) => {}
@@ -340,7 +340,8 @@ impl ProtocolHandler for SyncProtocol {
             conn.close(1u32.into(), b"busy");
             return Ok(());
         };
-        match tokio::time::timeout(SYNC_TIMEOUT, self.respond(&conn, peer)).await {
+        match tokio::time::timeout(self.shared.config.sync_timeout, self.respond(&conn, peer)).await
+        {
             Ok(Ok(taken)) => {
                 if taken > 0 {
                     debug!(peer = %peer.fmt_short(), taken, "synced (inbound)");

@@ -486,6 +486,33 @@ impl Network {
     }
 }
 
+/// Like [`network`], with `settings` (`key`, `value`) in every node's
+/// `makiatto.toml` from its first start on (a joined node is restarted
+/// once to take them; its start sync tells the others its new address).
+pub fn network_with(n: usize, settings: &[(&str, &str)]) -> Result<Network> {
+    let fresh = fresh_network()?;
+    for (key, value) in settings {
+        set_config(&fresh.data, key, value)?;
+    }
+    let first = NodeProc::start(&fresh.data)?;
+    let admin = Maki::new(&fresh.admin.home, Some(&first.ticket));
+    let mut net = Network {
+        tmp: fresh.tmp,
+        nodes: vec![first],
+        admin,
+    };
+    for i in 1..n {
+        let ticket = net.admin.ok(&["invite"])?.trim().to_owned();
+        let dir = net.tmp.path().join(format!("n{i}"));
+        NodeProc::join(&dir, &ticket)?.stop()?;
+        for (key, value) in settings {
+            set_config(&dir, key, value)?;
+        }
+        net.nodes.push(NodeProc::start(&dir)?);
+    }
+    Ok(net)
+}
+
 pub fn network(n: usize) -> Result<Network> {
     let OneNode { tmp, node, admin } = one_node()?;
     let mut net = Network {

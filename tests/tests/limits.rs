@@ -89,6 +89,11 @@ fn config_bounds_are_refused_by_name() -> Result<()> {
             "gc_interval must be at least 1s",
         ),
         (
+            "sync_timeout",
+            "sync_timeout = \"10ms\"",
+            "sync_timeout must be at least 1s",
+        ),
+        (
             "max_upload_bytes",
             "max_upload_bytes = 0",
             "max_upload_bytes must be at least 1",
