@@ -394,12 +394,25 @@ pub async fn run(
             let shared = shared.clone();
             let endpoint = endpoint.clone();
             running.spawn(async move {
-                match sync_with(&shared, &endpoint, peer).await {
-                    Ok((taken, sent)) if taken + sent > 0 => {
-                        debug!(peer = %peer.fmt_short(), taken, sent, "synced");
+                // A failed sync is tried twice more, soon: with a long
+                // sync_interval, a transient failure (a peer restarting, a
+                // busy machine) must not wait for the next round.
+                for retry in [Some(1), Some(3), None] {
+                    match sync_with(&shared, &endpoint, peer).await {
+                        Ok((taken, sent)) => {
+                            if taken + sent > 0 {
+                                debug!(peer = %peer.fmt_short(), taken, sent, "synced");
+                            }
+                            break;
+                        }
+                        Err(error) => {
+                            debug!(peer = %peer.fmt_short(), %error, "sync failed");
+                            match retry {
+                                Some(secs) => tokio::time::sleep(Duration::from_secs(secs)).await,
+                                None => break,
+                            }
+                        }
                     }
-                    Ok(_) => {}
-                    Err(error) => debug!(peer = %peer.fmt_short(), %error, "sync failed"),
                 }
                 peer
             });
