@@ -621,6 +621,11 @@ async fn an_admins_publish_of_someone_elses_site_replicates() -> Result<()> {
     Ok(())
 }
 
+/// The partition case of a domain changing hands: a member that was down
+/// while the site was removed and added again for a new owner still holds
+/// and serves the old owner's version, and offers its old head when it
+/// comes back. The new incarnation's heads start above every old one, so
+/// the old head is refused everywhere and the member drops what it served.
 #[tokio::test]
 async fn a_member_that_missed_a_domain_changing_hands_cannot_bring_the_old_site_back() -> Result<()>
 {
