@@ -36,6 +36,26 @@ fn node_with_gc() -> Result<OneNode> {
     })
 }
 
+/// Starts `maki publish DIR` and waits until the node's store grew by
+/// 4 MiB over `base`; the caller kills the client (or the node) then.
+async fn publish_until_some_landed(
+    net: &OneNode,
+    dir: &str,
+    base: u64,
+) -> Result<(std::process::Child, Result<Duration>)> {
+    let child = net
+        .admin
+        .command(&["publish", dir, "--site", SITE])?
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let landed = wait_for(Duration::from_secs(30), "some blobs to land", || async {
+        Ok(disk(&net.node) >= base + (4 << 20))
+    })
+    .await;
+    Ok((child, landed))
+}
+
 /// Files of `n` × 1 MiB seeded by `seed`.
 fn write_files(dir: &Path, seed: &str, n: u32) -> Result<Vec<Vec<u8>>> {
     std::fs::create_dir_all(dir)?;
@@ -142,18 +162,7 @@ async fn an_abandoned_upload_is_never_readable_and_is_collected() -> Result<()> 
 
     // A draft of 40 files of 1 MiB: kill the client once some landed.
     let drafts = write_files(&site.join("draft"), "draft", 40)?;
-    let mut child = net
-        .admin
-        .command(&["publish", &dir, "--site", SITE])?
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let landed = wait_for(
-        Duration::from_secs(30),
-        "some draft blobs to land",
-        || async { Ok(disk(&net.node) >= base + (4 << 20)) },
-    )
-    .await;
+    let (mut child, landed) = publish_until_some_landed(&net, &dir, base).await?;
     child.kill().ok();
     child.wait()?;
     landed?;
@@ -182,16 +191,7 @@ async fn blobs_of_a_publish_interrupted_by_a_crash_are_collected_after_restart()
     let site = net.tmp.path().join("site");
     write_files(&site, "crash", 40)?;
     let dir = site.to_string_lossy().to_string();
-    let mut child = net
-        .admin
-        .command(&["publish", &dir, "--site", SITE])?
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let landed = wait_for(Duration::from_secs(30), "some blobs to land", || async {
-        Ok(disk(&net.node) >= base + (4 << 20))
-    })
-    .await;
+    let (mut child, landed) = publish_until_some_landed(&net, &dir, base).await?;
     let data = net.node.dir.clone();
     net.node.crash()?;
     child.kill().ok();
