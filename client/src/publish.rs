@@ -1,5 +1,5 @@
-//! Publishing: scan → manifest → signed head → ask the node what it lacks
-//! → push only that → commit. Also rollback.
+//! Publishing: scan → manifest → signed head → push the manifest → ask the
+//! node what it lacks → push only that → commit. Also rollback.
 
 use std::{path::Path, time::SystemTime};
 
@@ -95,12 +95,11 @@ fn assemble(
 /// The checks a node makes on a manifest, made before anything is sent.
 fn check(manifest: &Manifest) -> Result<(), ScanError> {
     let bytes = manifest.to_bytes();
-    // It travels in one admin frame, next to a signed head.
-    let limit = maki_protocol::rpc::MAX_FRAME - 4096;
-    if bytes.len() > limit {
+    let limit = maki_protocol::MAX_MANIFEST_BYTES;
+    if bytes.len() as u64 > limit {
         return Err(ScanError::TooLarge {
             files: manifest.entries.len(),
-            bytes: bytes.len(),
+            bytes: bytes.len() as u64,
             limit,
         });
     }
@@ -138,6 +137,13 @@ pub trait Progress {
     fn start(&mut self, total_bytes: u64, blobs: usize);
     fn advance(&mut self, bytes: u64);
     fn finish(&mut self);
+}
+
+/// No progress to show (the manifest's own push).
+impl Progress for () {
+    fn start(&mut self, _: u64, _: usize) {}
+    fn advance(&mut self, _: u64) {}
+    fn finish(&mut self) {}
 }
 
 /// The site's current state as its publisher sees it.
@@ -184,13 +190,8 @@ pub async fn publish(
         manifest: hash,
     };
     let signed = Signed::sign(key, &head);
-    let (session, missing) = match client
-        .call(&Request::PublishBegin {
-            head: signed,
-            manifest: bytes,
-        })
-        .await?
-    {
+    let mut conn = None;
+    let (session, missing) = match offer(client, &mut conn, signed, bytes).await? {
         Response::Unchanged { version } => return Ok(Outcome::Unchanged { version }),
         Response::Missing {
             session, hashes, ..
@@ -200,11 +201,10 @@ pub async fn publish(
     let all = manifest.blobs();
     let total: u64 = missing.iter().filter_map(|h| all.get(h)).sum();
     progress.start(total, missing.len());
-    let conn = if missing.is_empty() {
-        None
-    } else {
-        Some(upload(client, &scanned, &missing, &all, progress).await?)
-    };
+    if !missing.is_empty() {
+        let c = connect(client, &mut conn).await?;
+        upload(c, &scanned, &missing, &all, progress).await?;
+    }
     progress.finish();
     let committed = client.call(&Request::PublishCommit { session }).await;
     // Only now: closing earlier could cut pushes the node is still reading.
@@ -226,63 +226,103 @@ pub async fn publish(
     }
 }
 
+/// Offers a new version: sends the signed head, pushes the manifest if the
+/// node asks for it, and returns the node's answer (`Missing` or
+/// `Unchanged`). `conn` is the blobs connection, opened here if needed and
+/// kept open for the pushes that follow.
+pub async fn offer(
+    client: &Client,
+    conn: &mut Option<iroh::endpoint::Connection>,
+    head: Signed<Head>,
+    manifest: Vec<u8>,
+) -> Result<Response, PublishError> {
+    let answer = client
+        .call(&Request::PublishBegin {
+            head,
+            manifest_size: manifest.len() as u64,
+        })
+        .await?;
+    let Response::SendManifest { session } = answer else {
+        return Ok(answer);
+    };
+    push(connect(client, conn).await?, vec![manifest], &mut ()).await?;
+    Ok(client.call(&Request::PublishManifest { session }).await?)
+}
+
+/// The blobs connection to the node, opened on first use.
+async fn connect<'a>(
+    client: &Client,
+    conn: &'a mut Option<iroh::endpoint::Connection>,
+) -> Result<&'a iroh::endpoint::Connection, PublishError> {
+    if conn.is_none() {
+        *conn = Some(client.blobs_connection().await?);
+    }
+    conn.as_ref()
+        .ok_or_else(|| PublishError::Unexpected("no blobs connection".into()))
+}
+
 /// Pushes `missing` in batches, each through a fresh in-memory store so the
 /// client's memory stays bounded by [`BATCH_BYTES`] whatever the site size.
 async fn upload(
-    client: &Client,
+    conn: &iroh::endpoint::Connection,
     scanned: &Scanned,
     missing: &[Hash],
     sizes: &std::collections::BTreeMap<Hash, u64>,
     progress: &mut dyn Progress,
-) -> Result<iroh::endpoint::Connection, PublishError> {
-    let conn = client.blobs_connection().await?;
-    let mut batch: Vec<Hash> = Vec::new();
+) -> Result<(), PublishError> {
+    let mut batch = Vec::new();
     let mut batch_bytes = 0;
     for (i, hash) in missing.iter().enumerate() {
-        batch.push(*hash);
+        batch.push(read_blob(scanned, hash)?);
         batch_bytes += sizes.get(hash).copied().unwrap_or(0);
         if batch_bytes >= BATCH_BYTES || i + 1 == missing.len() {
-            push_batch(&conn, scanned, &batch, progress).await?;
-            batch.clear();
+            push(conn, std::mem::take(&mut batch), progress).await?;
             batch_bytes = 0;
         }
     }
-    Ok(conn)
+    Ok(())
 }
 
-async fn push_batch(
+/// The bytes of a blob as the scan saw it (compressed for a variant).
+fn read_blob(scanned: &Scanned, hash: &Hash) -> Result<Vec<u8>, PublishError> {
+    let (path, enc) = scanned
+        .sources
+        .get(hash)
+        .ok_or(PublishError::UnknownBlob(*hash))?;
+    let data = std::fs::read(path).map_err(|source| PublishError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let data = match enc {
+        Some(e) => scan::compress(&data, *e),
+        None => data,
+    };
+    if Hash::of(&data) != *hash {
+        return Err(PublishError::Changed {
+            path: path.display().to_string(),
+        });
+    }
+    Ok(data)
+}
+
+/// Pushes blobs to the node through a fresh in-memory store. The node takes
+/// only blobs an open publish of this key asked for.
+pub async fn push(
     conn: &iroh::endpoint::Connection,
-    scanned: &Scanned,
-    batch: &[Hash],
+    blobs: Vec<Vec<u8>>,
     progress: &mut dyn Progress,
 ) -> Result<(), PublishError> {
     let store = MemStore::new();
-    let mut tags = Vec::with_capacity(batch.len());
-    for hash in batch {
-        let (path, enc) = scanned
-            .sources
-            .get(hash)
-            .ok_or(PublishError::UnknownBlob(*hash))?;
-        let data = std::fs::read(path).map_err(|source| PublishError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let data = match enc {
-            Some(e) => scan::compress(&data, *e),
-            None => data,
-        };
-        if Hash::of(&data) != *hash {
-            return Err(PublishError::Changed {
-                path: path.display().to_string(),
-            });
-        }
+    let mut tags = Vec::with_capacity(blobs.len());
+    for data in blobs {
+        let hash = Hash::of(&data);
         let len = data.len() as u64;
         let tag = store
             .add_bytes(data)
             .temp_tag()
             .await
             .map_err(|e| PublishError::Push {
-                hash: *hash,
+                hash,
                 message: e.to_string(),
             })?;
         tags.push((tag, len));

@@ -53,8 +53,8 @@ pub enum ScanError {
     )]
     TooLarge {
         files: usize,
-        bytes: usize,
-        limit: usize,
+        bytes: u64,
+        limit: u64,
     },
 }
 

@@ -18,7 +18,8 @@ use iroh::{
 };
 use iroh_blobs::provider::events::{AbortReason, ProviderMessage};
 use maki_protocol::{
-    Domain, Hash, Head, Invite, Manifest, PublicKey, Record, Signable, Signed, SiteRecord,
+    Domain, Hash, Head, Invite, MAX_MANIFEST_BYTES, Manifest, PublicKey, Record, Signable, Signed,
+    SiteRecord,
     rpc::{self, HeadInfo, Request, Response, RpcError, SiteInfo, VersionInfo},
 };
 use tokio::sync::mpsc;
@@ -49,10 +50,21 @@ struct Session {
     caller: PublicKey,
     head: Head,
     signed: Signed<Head>,
-    manifest: Manifest,
-    missing: Vec<Hash>,
-    /// Bytes of `missing`: this session's share of its key's upload budget.
+    stage: Stage,
+    /// Bytes still to be pushed: this session's share of its key's upload
+    /// budget.
     bytes: u64,
+}
+
+#[derive(Debug)]
+enum Stage {
+    /// Waiting for the manifest blob, announced as `size` bytes.
+    Manifest { size: u64 },
+    /// Waiting for the blobs the manifest names that this node lacks.
+    Blobs {
+        manifest: Manifest,
+        missing: Vec<Hash>,
+    },
 }
 
 /// Open publish sessions by id.
@@ -299,12 +311,22 @@ impl AdminProtocol {
             Request::SiteRemove { record } => self.site_remove(caller, record).await,
             Request::Sites => self.sites(caller).await,
             Request::Versions { domain } => self.versions(caller, domain).await,
-            Request::PublishBegin { head, manifest } => {
-                let r = self.publish_begin(caller, head, manifest).await?;
-                if let Response::Missing { session, .. } = &r {
+            Request::PublishBegin {
+                head,
+                manifest_size,
+            } => {
+                let r = self.publish_begin(caller, head, manifest_size).await?;
+                if let Response::Missing { session, .. } | Response::SendManifest { session } = &r {
                     opened.push(*session);
                 }
                 Ok(r)
+            }
+            Request::PublishManifest { session } => {
+                let r = self.publish_manifest(caller, session).await;
+                if !matches!(r, Ok(Response::Missing { .. })) {
+                    opened.retain(|s| *s != session);
+                }
+                r
             }
             Request::PublishCommit { session } => {
                 let r = self.publish_commit(caller, session).await;
@@ -706,16 +728,164 @@ impl AdminProtocol {
         &self,
         caller: PublicKey,
         signed: Signed<Head>,
-        manifest_bytes: Vec<u8>,
+        manifest_size: u64,
     ) -> Result<Response, RpcError> {
         let head = self.check_head(caller, &signed)?;
-        if Hash::of(&manifest_bytes) != head.manifest {
+        if manifest_size > MAX_MANIFEST_BYTES {
             return Err(RpcError::InvalidManifest(
-                "the manifest bytes do not match the hash the head names".into(),
+                maki_protocol::ManifestError::TooLarge(manifest_size).to_string(),
             ));
         }
+        let (open, in_flight) = self.load_of(&caller);
+        if open >= MAX_SESSIONS_PER_CALLER {
+            return Err(RpcError::BadRequest(format!(
+                "{open} publishes are already in progress for this key; finish or cancel them"
+            )));
+        }
+        let limit = self.shared.config.max_upload_bytes;
+        if in_flight.saturating_add(manifest_size) > limit {
+            return Err(RpcError::UploadBudget {
+                in_flight: in_flight.saturating_add(manifest_size),
+                limit,
+            });
+        }
+        let content = &self.shared.content;
+        // Protected before anything is asked of the store, so garbage
+        // collection cannot take a blob between the answer and the commit.
+        let session = random_u64()?;
+        content
+            .protect(&temp_tag(session), head.manifest, [])
+            .await
+            .map_err(internal)?;
+        let held = content.complete_size(head.manifest).await;
+        let response = match held {
+            Ok(Some(_)) => self.open_blobs(caller, session, head, signed).await,
+            Ok(None) => {
+                self.shared.gate.allow(caller, session, &[head.manifest]);
+                if let Ok(mut s) = self.shared.sessions.inner.lock() {
+                    s.insert(
+                        session,
+                        Session {
+                            caller,
+                            head,
+                            signed,
+                            stage: Stage::Manifest {
+                                size: manifest_size,
+                            },
+                            bytes: manifest_size,
+                        },
+                    );
+                }
+                Ok(Response::SendManifest { session })
+            }
+            Err(e) => Err(internal(e)),
+        };
+        self.settle(session, response).await
+    }
+
+    /// The manifest of a session has been pushed: read and check it, then
+    /// ask for the blobs it names.
+    async fn publish_manifest(&self, caller: PublicKey, id: u64) -> Result<Response, RpcError> {
+        let session = self.take_session(caller, id, |s| matches!(s, Stage::Manifest { .. }))?;
+        let Stage::Manifest { size } = session.stage else {
+            return Err(RpcError::UnknownSession(id));
+        };
+        let manifest = session.head.manifest;
+        let response = async {
+            let landing = self.await_landing(&[manifest]).await;
+            // Only now: the push may still be arriving.
+            self.shared.gate.revoke(&caller, id);
+            let absent = landing?;
+            if let Some(first) = absent.first() {
+                return Err(RpcError::MissingBlobs {
+                    count: absent.len(),
+                    first: *first,
+                });
+            }
+            // The hash fixes the bytes, not the size a caller announced: a
+            // larger manifest than declared would dodge the upload budget.
+            let stored = self
+                .shared
+                .content
+                .complete_size(manifest)
+                .await
+                .map_err(internal)?
+                .unwrap_or(0);
+            if stored != size {
+                return Err(RpcError::InvalidManifest(format!(
+                    "the publish announced a manifest of {size} bytes, but {stored} bytes were pushed"
+                )));
+            }
+            self.open_blobs(caller, id, session.head, session.signed)
+                .await
+        }
+        .await;
+        self.settle(id, response).await
+    }
+
+    /// Drops a session's temporary tag unless the answer leaves it open.
+    async fn settle(
+        &self,
+        session: u64,
+        response: Result<Response, RpcError>,
+    ) -> Result<Response, RpcError> {
+        if !matches!(
+            response,
+            Ok(Response::SendManifest { .. } | Response::Missing { .. })
+        ) && let Err(error) = self.shared.content.unprotect(&temp_tag(session)).await
+        {
+            warn!(%error, "could not drop a publish's temporary tag");
+        }
+        response
+    }
+
+    /// How many publishes `caller` has open, and their upload bytes.
+    fn load_of(&self, caller: &PublicKey) -> (usize, u64) {
+        self.shared
+            .sessions
+            .inner
+            .lock()
+            .map(|s| {
+                let mine = s.values().filter(|s| s.caller == *caller);
+                mine.fold((0, 0), |(n, b), s| (n + 1, b + s.bytes))
+            })
+            .unwrap_or((0, 0))
+    }
+
+    /// Removes `caller`'s session `id` if it is at the stage `at` accepts.
+    fn take_session(
+        &self,
+        caller: PublicKey,
+        id: u64,
+        at: impl Fn(&Stage) -> bool,
+    ) -> Result<Session, RpcError> {
+        let mut sessions = self
+            .shared
+            .sessions
+            .inner
+            .lock()
+            .map_err(|_| RpcError::Internal("session table poisoned".into()))?;
+        match sessions.get(&id) {
+            Some(s) if s.caller == caller && at(&s.stage) => sessions.remove(&id),
+            _ => None,
+        }
+        .ok_or(RpcError::UnknownSession(id))
+    }
+
+    /// Checks a held manifest against the site and the store, and opens the
+    /// session's blob stage (or finds the content unchanged).
+    async fn open_blobs(
+        &self,
+        caller: PublicKey,
+        session: u64,
+        head: Head,
+        signed: Signed<Head>,
+    ) -> Result<Response, RpcError> {
+        let content = &self.shared.content;
+        let manifest_bytes = content.get_bytes(head.manifest).await.map_err(internal)?;
         let manifest = Manifest::decode(&manifest_bytes)
             .map_err(|e| RpcError::InvalidManifest(e.to_string()))?;
+        drop(manifest_bytes);
         manifest
             .check_publishable()
             .map_err(|e| RpcError::InvalidManifest(e.to_string()))?;
@@ -760,61 +930,21 @@ impl AdminProtocol {
                 limit: self.shared.config.max_site_bytes,
             });
         }
-
-        let (open, in_flight) = self
-            .shared
-            .sessions
-            .inner
-            .lock()
-            .map(|s| {
-                let mine = s.values().filter(|s| s.caller == caller);
-                mine.fold((0, 0), |(n, b), s| (n + 1, b + s.bytes))
-            })
-            .unwrap_or((0, 0));
-        if open >= MAX_SESSIONS_PER_CALLER {
-            return Err(RpcError::BadRequest(format!(
-                "{open} publishes are already in progress for this key; finish or cancel them"
-            )));
-        }
-        let content = &self.shared.content;
-        let (stored, _stored_tag) = content
-            .add_bytes(manifest_bytes.into())
-            .await
-            .map_err(internal)?;
-        if stored != head.manifest {
-            return Err(RpcError::Internal(
-                "the store hashed the manifest differently".into(),
-            ));
-        }
-        // Protected before the store is asked what it holds, so garbage
-        // collection cannot take a blob between the answer and the commit.
-        let session = random_u64()?;
         let blobs = manifest.blobs();
         content
             .protect(&temp_tag(session), head.manifest, blobs.keys().copied())
             .await
             .map_err(internal)?;
-        let checked = async {
-            let missing = content.check_manifest(&manifest).await.map_err(refusal)?;
-            let bytes = missing.iter().filter_map(|h| blobs.get(h)).sum::<u64>();
-            let limit = self.shared.config.max_upload_bytes;
-            if in_flight.saturating_add(bytes) > limit {
-                return Err(RpcError::UploadBudget {
-                    in_flight: in_flight.saturating_add(bytes),
-                    limit,
-                });
-            }
-            Ok((missing, bytes))
-        };
-        let (missing, bytes) = match checked.await {
-            Ok(ok) => ok,
-            Err(e) => {
-                if let Err(error) = content.unprotect(&temp_tag(session)).await {
-                    warn!(%error, "could not drop a refused publish's temporary tag");
-                }
-                return Err(e);
-            }
-        };
+        let missing = content.check_manifest(&manifest).await.map_err(refusal)?;
+        let bytes = missing.iter().filter_map(|h| blobs.get(h)).sum::<u64>();
+        let (_, in_flight) = self.load_of(&caller);
+        let limit = self.shared.config.max_upload_bytes;
+        if in_flight.saturating_add(bytes) > limit {
+            return Err(RpcError::UploadBudget {
+                in_flight: in_flight.saturating_add(bytes),
+                limit,
+            });
+        }
         self.shared.gate.allow(caller, session, &missing);
         info!(site = %head.site, version = manifest.version, missing = missing.len(), bytes, "publish started");
         let hashes = missing.clone();
@@ -825,8 +955,7 @@ impl AdminProtocol {
                     caller,
                     head,
                     signed,
-                    manifest,
-                    missing,
+                    stage: Stage::Blobs { manifest, missing },
                     bytes,
                 },
             );
@@ -838,34 +967,13 @@ impl AdminProtocol {
         })
     }
 
-    async fn publish_commit(&self, caller: PublicKey, id: u64) -> Result<Response, RpcError> {
-        let session = {
-            let mut sessions = self
-                .shared
-                .sessions
-                .inner
-                .lock()
-                .map_err(|_| RpcError::Internal("session table poisoned".into()))?;
-            match sessions.get(&id) {
-                Some(s) if s.caller == caller => sessions.remove(&id),
-                _ => None,
-            }
-        }
-        .ok_or(RpcError::UnknownSession(id))?;
-        let result = self.finish(&session).await;
-        self.shared.gate.revoke(&caller, id);
-        if let Err(error) = self.shared.content.unprotect(&temp_tag(id)).await {
-            warn!(%error, "could not drop a publish's temporary tag");
-        }
-        result
-    }
-
-    async fn finish(&self, s: &Session) -> Result<Response, RpcError> {
+    /// Waits (in all at most [`LANDING_TIMEOUT`]) until pushed blobs have
+    /// landed; pushes are acknowledged when sent. Returns those that have not.
+    async fn await_landing(&self, hashes: &[Hash]) -> Result<Vec<Hash>, RpcError> {
         let content = &self.shared.content;
-        // Pushes are acknowledged when sent; wait until each has landed.
-        let blobs = s.manifest.blobs();
         let deadline = tokio::time::Instant::now() + LANDING_TIMEOUT;
-        for hash in &s.missing {
+        let mut absent = Vec::new();
+        for hash in hashes {
             if content
                 .complete_size(*hash)
                 .await
@@ -880,13 +988,38 @@ impl AdminProtocol {
                 .observe(to_iroh(*hash))
                 .await_completion();
             if tokio::time::timeout_at(deadline, landed).await.is_err() {
-                break;
+                absent.push(*hash);
             }
         }
+        Ok(absent)
+    }
+
+    async fn publish_commit(&self, caller: PublicKey, id: u64) -> Result<Response, RpcError> {
+        let session = self.take_session(caller, id, |s| matches!(s, Stage::Blobs { .. }))?;
+        let result = match &session.stage {
+            Stage::Blobs { manifest, missing } => self.finish(&session, manifest, missing).await,
+            Stage::Manifest { .. } => Err(RpcError::UnknownSession(id)),
+        };
+        self.shared.gate.revoke(&caller, id);
+        if let Err(error) = self.shared.content.unprotect(&temp_tag(id)).await {
+            warn!(%error, "could not drop a publish's temporary tag");
+        }
+        result
+    }
+
+    async fn finish(
+        &self,
+        s: &Session,
+        manifest: &Manifest,
+        missing: &[Hash],
+    ) -> Result<Response, RpcError> {
+        let content = &self.shared.content;
+        let blobs = manifest.blobs();
+        self.await_landing(missing).await?;
         // A pushed blob was verified against its hash, so its size is the
         // truth: one that landed with another size than declared is the
         // manifest's lie, refused by path.
-        let absent = content.check_manifest(&s.manifest).await.map_err(refusal)?;
+        let absent = content.check_manifest(manifest).await.map_err(refusal)?;
         if let Some(first) = absent.first() {
             return Err(RpcError::MissingBlobs {
                 count: absent.len(),
@@ -898,7 +1031,7 @@ impl AdminProtocol {
         // Someone may have published while we were receiving.
         let current = self.shared.current_head(&s.head.site);
         let current_hash = current.map(|(_, m)| m);
-        if s.manifest.parent != current_hash {
+        if manifest.parent != current_hash {
             return Err(RpcError::StaleParent {
                 current: current_hash,
             });
@@ -918,7 +1051,7 @@ impl AdminProtocol {
             )
             .await
             .map_err(internal)?;
-        let site = LiveSite::prepare(s.head.seq, s.head.manifest, s.manifest.clone())
+        let site = LiveSite::prepare(s.head.seq, s.head.manifest, manifest.clone())
             .await
             .map_err(internal)?;
         // The blob store batches its own commits: make the version durable
@@ -930,16 +1063,16 @@ impl AdminProtocol {
             .commit_head(
                 &s.head,
                 &s.signed,
-                Some(s.manifest.version),
+                Some(manifest.version),
                 self.shared.config.keep_versions,
             )
             .map_err(internal)?;
         self.shared.live.set(s.head.site.clone(), site);
         self.drop_versions(&s.head.site, committed.pruned).await;
         self.announce_head(s.signed.clone());
-        info!(site = %s.head.site, version = s.manifest.version, seq = s.head.seq, "published");
+        info!(site = %s.head.site, version = manifest.version, seq = s.head.seq, "published");
         Ok(Response::Published {
-            version: s.manifest.version,
+            version: manifest.version,
             seq: s.head.seq,
         })
     }

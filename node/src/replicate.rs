@@ -295,6 +295,14 @@ async fn fetch_with(
     content.protect(&temp, head.manifest, []).await?;
     let fetched = async {
         fetch_blob(store, providers, head.manifest).await;
+        // Read whole below: bounded first, whatever a peer sent.
+        if let Ok(Some(size)) = content.complete_size(head.manifest).await
+            && size > maki_protocol::MAX_MANIFEST_BYTES
+        {
+            return Err(FetchError::Manifest(
+                maki_protocol::ManifestError::TooLarge(size).to_string(),
+            ));
+        }
         let bytes =
             content
                 .get_bytes(head.manifest)

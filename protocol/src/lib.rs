@@ -22,7 +22,9 @@ mod ticket;
 pub use domain::{Domain, DomainError};
 pub use hash::{Hash, HashError};
 pub use keys::{KeyError, PublicKey, SecretKey, Signature};
-pub use manifest::{Encoding, Entry, Head, MANIFEST_FORMAT, Manifest, ManifestError, Variant};
+pub use manifest::{
+    Encoding, Entry, Head, MANIFEST_FORMAT, MAX_MANIFEST_BYTES, Manifest, ManifestError, Variant,
+};
 pub use path::{SitePath, SitePathError};
 pub use records::{
     AuthError, Body, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NodeRecord, Pin, RECORD_FORMAT,

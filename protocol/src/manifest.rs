@@ -18,6 +18,10 @@ pub const MANIFEST_FORMAT: u16 = 1;
 /// The most entries one manifest may hold.
 pub const MAX_ENTRIES: usize = 1_000_000;
 
+/// The most bytes one canonical manifest may have: a million files with
+/// paths of ~200 bytes. Nodes refuse a larger one before receiving it.
+pub const MAX_MANIFEST_BYTES: u64 = 256 * 1024 * 1024;
+
 /// The most header plus redirect rules one manifest may hold.
 pub const MAX_RULES: usize = 10_000;
 
@@ -104,6 +108,8 @@ pub enum ManifestError {
     BadSite(String),
     #[error("manifest has trailing bytes after its end")]
     TrailingBytes,
+    #[error("manifest is {0} bytes; the limit is {MAX_MANIFEST_BYTES}")]
+    TooLarge(u64),
     #[error("manifest has {0} entries; the limit is {MAX_ENTRIES}")]
     TooManyEntries(usize),
     #[error("manifest has {0} rules; the limit is {MAX_RULES}")]
@@ -141,6 +147,9 @@ impl Manifest {
 
     /// Decodes and checks the limits. Total: any input gives a value or an error.
     pub fn decode(bytes: &[u8]) -> Result<Self, ManifestError> {
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(ManifestError::TooLarge(bytes.len() as u64));
+        }
         let (format, _) = postcard::take_from_bytes::<u16>(bytes)
             .map_err(|e| ManifestError::Decode(e.to_string()))?;
         if format > MANIFEST_FORMAT {

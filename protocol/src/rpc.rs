@@ -14,7 +14,9 @@ use crate::{
 /// ALPN of the admin protocol.
 pub const ADMIN_ALPN: &[u8] = b"maki/admin/1";
 
-/// The largest frame either side accepts (a manifest of ~100k files fits).
+/// The largest frame either side accepts. Manifests do not travel in
+/// frames (they are pushed as blobs), so a frame stays small whatever the
+/// site.
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// A request from the CLI to a node.
@@ -31,12 +33,17 @@ pub enum Request {
     Sites,
     /// List a site's kept versions, newest first.
     Versions { domain: Domain },
-    /// Publisher: offer a new version. `manifest` is the canonical manifest
-    /// bytes; `head` is signed by the caller and names their hash.
+    /// Publisher: offer a new version. `head` is signed by the caller and
+    /// names the hash of the canonical manifest bytes, `manifest_size` their
+    /// length. The node answers [`Response::SendManifest`] (push the
+    /// manifest as a blob, then [`Request::PublishManifest`]) or, if it
+    /// already holds the manifest, [`Response::Missing`] at once.
     PublishBegin {
         head: Signed<Head>,
-        manifest: Vec<u8>,
+        manifest_size: u64,
     },
+    /// Publisher: the manifest blob of this session has been pushed.
+    PublishManifest { session: u64 },
     /// Publisher: every missing blob has been pushed; make the version live.
     PublishCommit { session: u64 },
     /// Publisher: serve an older kept version (a new head, seq + 1).
@@ -147,6 +154,11 @@ pub enum Response {
     Done,
     Sites(Vec<SiteInfo>),
     Versions(Vec<VersionInfo>),
+    /// Push the manifest blob (iroh-blobs, ALPN `/iroh-bytes/4`), then send
+    /// [`Request::PublishManifest`].
+    SendManifest {
+        session: u64,
+    },
     /// Push these blobs (iroh-blobs, ALPN `/iroh-bytes/4`), then commit.
     Missing {
         session: u64,

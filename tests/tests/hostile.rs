@@ -6,11 +6,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context, Result, ensure};
-use iroh_blobs::{
-    protocol::{ChunkRangesSeq, PushRequest},
-    store::mem::MemStore,
+use maki::{
+    net::{Client, NetError},
+    publish::{PublishError, offer, push},
 };
-use maki::net::{Client, NetError};
 use maki_e2e::{NodeProc, OneNode, http_get, one_site};
 use maki_protocol::{
     Domain, Entry, Hash, Head, MANIFEST_FORMAT, Manifest, NodeTicket, SecretKey, Signed, SitePath,
@@ -88,32 +87,25 @@ impl Attack {
         })
     }
 
-    async fn begin(&self, m: &Manifest) -> Result<Response, NetError> {
+    async fn begin(&self, m: &Manifest) -> Result<Response, PublishError> {
         let head = Head {
             site: self.site.clone(),
             seq: self.head.seq + 1,
             manifest: m.hash(),
         };
-        self.client
-            .call(&Request::PublishBegin {
-                head: Signed::sign(&self.key, &head),
-                manifest: m.to_bytes(),
-            })
-            .await
+        offer(
+            &self.client,
+            &mut None,
+            Signed::sign(&self.key, &head),
+            m.to_bytes(),
+        )
+        .await
     }
 
     /// Pushes `data` in the session that asked for it.
     async fn push(&self, data: &[u8]) -> Result<iroh::endpoint::Connection> {
         let conn = self.client.blobs_connection().await?;
-        let store = MemStore::new();
-        let tag = store.add_bytes(data.to_vec()).temp_tag().await?;
-        store
-            .remote()
-            .execute_push(
-                conn.clone(),
-                PushRequest::new(tag.hash(), ChunkRangesSeq::root()),
-            )
-            .await?;
+        push(&conn, vec![data.to_vec()], &mut ()).await?;
         Ok(conn)
     }
 
@@ -129,9 +121,9 @@ impl Attack {
     }
 }
 
-fn refused(r: Result<Response, NetError>) -> Result<RpcError> {
-    match r {
-        Err(NetError::Refused(e)) => Ok(e),
+fn refused<E: Into<PublishError>>(r: Result<Response, E>) -> Result<RpcError> {
+    match r.map_err(Into::into) {
+        Err(PublishError::Net(NetError::Refused(e))) => Ok(e),
         other => anyhow::bail!("expected a refusal, got {other:?}"),
     }
 }

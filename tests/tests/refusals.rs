@@ -5,7 +5,10 @@
 use std::{process::Stdio, time::Duration};
 
 use anyhow::{Context, Result, ensure};
-use maki::net::{Client, NetError};
+use maki::{
+    net::{Client, NetError},
+    publish::{PublishError, offer, push},
+};
 use maki_e2e::{Maki, NodeProc, OneNode, copy_dir, http_get, one_site};
 use maki_protocol::{
     Domain, Hash, Head, Manifest, NodeTicket, Signed,
@@ -32,9 +35,9 @@ fn setup() -> Result<Setup> {
     })
 }
 
-fn refused(r: Result<Response, NetError>) -> Result<RpcError> {
-    match r {
-        Err(NetError::Refused(e)) => Ok(e),
+fn refused<E: Into<PublishError>>(r: Result<Response, E>) -> Result<RpcError> {
+    match r.map_err(Into::into) {
+        Err(PublishError::Net(NetError::Refused(e))) => Ok(e),
         other => anyhow::bail!("expected a refusal, got {other:?}"),
     }
 }
@@ -62,16 +65,19 @@ async fn unauthorised_callers_are_refused() -> Result<()> {
     // A stranger's huge frame is refused before the node buffers it.
     let (skey, _) = maki::keys::load_or_create(&home)?;
     let client = Client::connect(&skey, &s.node.ticket.parse::<NodeTicket>()?).await?;
-    let head = Head {
-        site: Domain::new(SITE)?,
-        seq: 2,
-        manifest: Hash::of(b"x"),
+    let record = maki_protocol::SiteRecord {
+        format: maki_protocol::RECORD_FORMAT,
+        domain: Domain::new("huge.test")?,
+        aliases: vec![],
+        publishers: vec![skey.public(); 70_000],
+        version: 1,
+        removed: false,
+        heads_after: 0,
     };
     let e = refused(
         client
-            .call(&Request::PublishBegin {
-                head: Signed::sign(&skey, &head),
-                manifest: vec![0; 2 << 20],
+            .call(&Request::SiteAdd {
+                record: Signed::sign(&skey, &record),
             })
             .await,
     )?;
@@ -140,38 +146,68 @@ async fn forged_and_malformed_publishes_change_nothing() -> Result<()> {
     let last = wire.len() - 1;
     wire[last] ^= 1;
     let forged: Signed<Head> = postcard::from_bytes(&wire)?;
-    let e = refused(
-        client
-            .call(&Request::PublishBegin {
-                head: forged,
-                manifest: m.to_bytes(),
-            })
-            .await,
-    )?;
+    let e = refused(offer(&client, &mut None, forged, m.to_bytes()).await)?;
     ensure!(e == RpcError::BadSignature, "{e}");
 
     // Signed by someone other than the caller.
     let other = maki_protocol::SecretKey::from_bytes(&[42; 32]);
     let e = refused(
-        client
-            .call(&Request::PublishBegin {
-                head: Signed::sign(&other, &next(m.hash())),
-                manifest: m.to_bytes(),
-            })
-            .await,
+        offer(
+            &client,
+            &mut None,
+            Signed::sign(&other, &next(m.hash())),
+            m.to_bytes(),
+        )
+        .await,
     )?;
     ensure!(e == RpcError::SignerMismatch, "{e}");
 
-    // Manifest bytes that do not match the signed hash.
+    // Manifest bytes that do not match the signed hash: the node takes
+    // no other push than the blob the head names, so it never arrives.
+    let x = Hash::of(b"x");
+    let e = refused(
+        offer(
+            &client,
+            &mut None,
+            Signed::sign(&key, &next(x)),
+            m.to_bytes(),
+        )
+        .await,
+    )?;
+    ensure!(e == RpcError::MissingBlobs { count: 1, first: x }, "{e}");
+
+    // A manifest announced above the limit is refused before it is sent.
     let e = refused(
         client
             .call(&Request::PublishBegin {
-                head: Signed::sign(&key, &next(Hash::of(b"x"))),
-                manifest: m.to_bytes(),
+                head: Signed::sign(&key, &next(m.hash())),
+                manifest_size: maki_protocol::MAX_MANIFEST_BYTES + 1,
             })
             .await,
     )?;
-    ensure!(matches!(e, RpcError::InvalidManifest(_)), "{e}");
+    ensure!(
+        matches!(&e, RpcError::InvalidManifest(msg) if msg.contains("limit")),
+        "{e}"
+    );
+
+    // A manifest larger than announced (a dodge of the upload budget).
+    let Response::SendManifest { session } = client
+        .call(&Request::PublishBegin {
+            head: Signed::sign(&key, &next(m.hash())),
+            manifest_size: 1,
+        })
+        .await?
+    else {
+        anyhow::bail!("the node should ask for the manifest");
+    };
+    let conn = client.blobs_connection().await?;
+    push(&conn, vec![m.to_bytes()], &mut ()).await?;
+    let e = refused(client.call(&Request::PublishManifest { session }).await)?;
+    conn.close(0u32.into(), b"done");
+    ensure!(
+        matches!(&e, RpcError::InvalidManifest(msg) if msg.contains("announced a manifest of 1 bytes")),
+        "{e}"
+    );
 
     // A traversal path smuggled into the manifest bytes.
     let mut entries = std::collections::BTreeMap::new();
@@ -192,12 +228,13 @@ async fn forged_and_malformed_publishes_change_nothing() -> Result<()> {
         .context("path")?;
     bytes[at..at + 3].copy_from_slice(b"../");
     let e = refused(
-        client
-            .call(&Request::PublishBegin {
-                head: Signed::sign(&key, &next(Hash::of(&bytes))),
-                manifest: bytes,
-            })
-            .await,
+        offer(
+            &client,
+            &mut None,
+            Signed::sign(&key, &next(Hash::of(&bytes))),
+            bytes,
+        )
+        .await,
     )?;
     ensure!(
         matches!(&e, RpcError::InvalidManifest(msg) if msg.contains("'..'")),
@@ -208,12 +245,13 @@ async fn forged_and_malformed_publishes_change_nothing() -> Result<()> {
     m.entries.clear();
     m.parent = None;
     let e = refused(
-        client
-            .call(&Request::PublishBegin {
-                head: Signed::sign(&key, &next(m.hash())),
-                manifest: m.to_bytes(),
-            })
-            .await,
+        offer(
+            &client,
+            &mut None,
+            Signed::sign(&key, &next(m.hash())),
+            m.to_bytes(),
+        )
+        .await,
     )?;
     ensure!(
         matches!(e, RpcError::StaleParent { current: Some(h) } if h == head.manifest),
@@ -225,14 +263,7 @@ async fn forged_and_malformed_publishes_change_nothing() -> Result<()> {
     m.parent = Some(head.manifest);
     let mut skip = next(m.hash());
     skip.seq += 5;
-    let e = refused(
-        client
-            .call(&Request::PublishBegin {
-                head: Signed::sign(&key, &skip),
-                manifest: m.to_bytes(),
-            })
-            .await,
-    )?;
+    let e = refused(offer(&client, &mut None, Signed::sign(&key, &skip), m.to_bytes()).await)?;
     ensure!(matches!(e, RpcError::StaleSeq { .. }), "{e}");
 
     // Committing a session that does not exist.
