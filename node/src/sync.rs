@@ -1,7 +1,8 @@
 //! Anti-entropy: the `maki/sync/1` server and client, and the task that
 //! decides when to sync (see `maki_protocol::sync` for the exchange).
 //!
-//! A node syncs with every member at start, with a few random members
+//! A node syncs with every member at start and with each member it learns
+//! of later, with a few random members
 //! right after a change made here (beside gossiping it), and every
 //! `sync_interval` with a few random members, which repairs whatever a
 //! partition, a restart or a lost gossip message left behind.
@@ -418,7 +419,18 @@ pub async fn run(
             });
         }
     };
-    start(shared.peers.others(), &mut running, &mut busy, &mut again);
+    // Every member this node has synced with (or tried to) since it
+    // started. One learned of later (from a sync, as a node that just
+    // joined learns of all but its issuer) is synced with at once: with a
+    // long sync_interval it would otherwise neither hear of this node nor
+    // be heard of for a whole round.
+    let mut met: HashSet<PublicKey> = shared.peers.others().into_iter().collect();
+    start(
+        met.iter().copied().collect(),
+        &mut running,
+        &mut busy,
+        &mut again,
+    );
     loop {
         tokio::select! {
             biased;
@@ -429,6 +441,16 @@ pub async fn run(
                     if again.remove(&peer) {
                         start(vec![peer], &mut running, &mut busy, &mut again);
                     }
+                }
+                let new: Vec<PublicKey> = shared
+                    .peers
+                    .others()
+                    .into_iter()
+                    .filter(|p| met.insert(*p))
+                    .collect();
+                if !new.is_empty() {
+                    debug!(count = new.len(), "syncing with newly learned members");
+                    start(new, &mut running, &mut busy, &mut again);
                 }
             }
             _ = shared.push.notified() => {

@@ -621,6 +621,31 @@ async fn an_admins_publish_of_someone_elses_site_replicates() -> Result<()> {
     Ok(())
 }
 
+/// With anti-entropy slowed to once an hour, gossip alone carries a
+/// publish: the publishing node pushes by sync to 3 random members only,
+/// so in a network of 5 at least one node can learn of it by gossip alone.
+#[tokio::test]
+async fn gossip_alone_carries_a_publish() -> Result<()> {
+    let net = maki_e2e::network_with(5, &[("sync_interval", "\"1h\"")])?;
+    // No rounds for an hour: members meet only through the syncs at start
+    // and with each member learned of since (a joiner learns of all but
+    // its issuer from its first sync).
+    for i in 0..5 {
+        let at = net.admin_at(i);
+        wait_for(CONVERGE, "every node to know all members", || async {
+            Ok(at.ok(&["nodes"])?.lines().count() == 5)
+        })
+        .await?;
+    }
+    net.admin.ok(&["site", "add", "r.test"])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    std::fs::write(site.join("index.html"), b"by gossip")?;
+    publish(&net.admin, &site, &["--wait", "--timeout", "30s"])?;
+    all_serve(&net, "r.test", "/", b"by gossip").await?;
+    Ok(())
+}
+
 /// The partition case of a domain changing hands: a member that was down
 /// while the site was removed and added again for a new owner still holds
 /// and serves the old owner's version, and offers its old head when it
