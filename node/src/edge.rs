@@ -46,9 +46,19 @@ pub use head::Req;
 use head::View;
 
 use crate::{
-    live::{LiveSite, Served},
-    node::Shared,
+    config::Config,
+    content::Content,
+    live::{Live, LiveSite, Served},
 };
+
+/// What the edge needs of the node, and nothing more: the sites served
+/// now, the blob store to read them from, and its settings.
+#[derive(Debug)]
+pub struct Sites {
+    pub live: Arc<Live>,
+    pub content: Arc<Content>,
+    pub config: Config,
+}
 
 /// A response body: bytes in memory, or a blob streamed from the store.
 #[derive(Debug)]
@@ -123,7 +133,7 @@ impl Edge {
     pub fn spawn(
         addr: SocketAddr,
         threads: usize,
-        shared: Arc<Shared>,
+        sites: Arc<Sites>,
         cancel: CancellationToken,
     ) -> Result<Self, EdgeError> {
         let threads = if threads == 0 {
@@ -143,11 +153,11 @@ impl Edge {
         let max_conns = conns::bound(fd_limit, threads);
         debug!(fd_limit, per_worker = max_conns, "connection bound");
         // Each worker caches its own copies, so the budget is split.
-        let budget = shared.config.memory_cache_bytes / threads as u64;
-        let max_blob = shared.config.memory_cache_max_blob;
+        let budget = sites.config.memory_cache_bytes / threads as u64;
+        let max_blob = sites.config.memory_cache_max_blob;
         let mut handles = Vec::with_capacity(threads);
         for (i, std_listener) in listeners.into_iter().enumerate() {
-            let shared = shared.clone();
+            let sites = sites.clone();
             let cancel = cancel.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -159,7 +169,7 @@ impl Edge {
                     local::init(budget, max_blob);
                     rt.block_on(async move {
                         match TcpListener::from_std(std_listener) {
-                            Ok(listener) => serve(listener, max_conns, shared, cancel).await,
+                            Ok(listener) => serve(listener, max_conns, sites, cancel).await,
                             Err(error) => warn!(%error, "edge worker could not start"),
                         }
                     });
@@ -218,7 +228,7 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 async fn serve(
     listener: TcpListener,
     max_conns: usize,
-    shared: Arc<Shared>,
+    sites: Arc<Sites>,
     cancel: CancellationToken,
 ) {
     let mut conns = JoinSet::new();
@@ -227,13 +237,13 @@ async fn serve(
     let ticker = tokio::spawn(timer::tick(cancel.clone(), ticker_stop.clone()));
     // An idle worker still lets go of replaced site versions.
     let catching_up = tokio::spawn({
-        let (shared, stop) = (shared.clone(), ticker_stop.clone());
+        let (sites, stop) = (sites.clone(), ticker_stop.clone());
         async move {
             let mut every = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = every.tick() => local::catch_up(&shared.live),
+                    _ = every.tick() => local::catch_up(&sites.live),
                 }
             }
         }
@@ -265,10 +275,10 @@ async fn serve(
         }
         stream.set_nodelay(true).ok();
         let registration = conns::open();
-        let shared = shared.clone();
+        let sites = sites.clone();
         let cancel = cancel.clone();
         conns.spawn(async move {
-            serve_conn(stream, peer, registration, shared, cancel).await;
+            serve_conn(stream, peer, registration, sites, cancel).await;
         });
     }
     // Idle connections close at once; one still sending a response gets
@@ -291,14 +301,14 @@ async fn serve_conn(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     registration: conns::Registration,
-    shared: Arc<Shared>,
+    sites: Arc<Sites>,
     cancel: CancellationToken,
 ) {
     let id = registration.id();
-    let header_timeout = shared.config.http_header_timeout;
-    let send_timeout = shared.config.http_send_timeout;
+    let header_timeout = sites.config.http_header_timeout;
+    let send_timeout = sites.config.http_send_timeout;
     let mut conn = h1::Conn::new(stream, send_timeout, id);
-    let read = match h1::serve(&mut conn, &shared, header_timeout, id).await {
+    let read = match h1::serve(&mut conn, &sites, header_timeout, id).await {
         Ok(h1::Ended::Closed) => return,
         Ok(h1::Ended::HandOff(read)) => read,
         Err(error) => {
@@ -313,11 +323,11 @@ async fn serve_conn(
     id.rest();
     let io = TokioIo::new(conn);
     let svc = hyper::service::service_fn(move |req| {
-        let shared = shared.clone();
+        let sites = sites.clone();
         // Counts the request until its response body is sent or dropped.
         let active = conns::Active::new(id);
         async move {
-            let response = handle_hyper(&shared, req).await;
+            let response = handle_hyper(&sites, req).await;
             Ok::<_, Infallible>(response.map(|body| Counted { body, active }))
         }
     });
@@ -421,10 +431,10 @@ impl hyper::body::Body for Counted {
 }
 
 /// hyper's side of [`handle`]: other methods get 405, HEAD an empty body.
-async fn handle_hyper<B>(shared: &Shared, req: Request<B>) -> Response<Body> {
+async fn handle_hyper<B>(sites: &Sites, req: Request<B>) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     match head::from_hyper(req.method(), req.uri(), req.version(), req.headers()) {
-        View::Req(view) => head_like(handle(shared, &view).await, head),
+        View::Req(view) => head_like(handle(sites, &view).await, head),
         View::MethodNotAllowed => {
             let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()
@@ -457,19 +467,19 @@ fn head_like(mut response: Response<Body>, head: bool) -> Response<Body> {
 /// Answers one GET or HEAD. Never fails: every problem is a status code.
 /// The body is the GET body even for HEAD; the caller drops it after
 /// taking its length.
-pub async fn handle(shared: &Shared, req: &Req<'_>) -> Response<Body> {
+pub async fn handle(sites: &Sites, req: &Req<'_>) -> Response<Body> {
     let Some(path) = decode_path(req.path) else {
         return plain(StatusCode::BAD_REQUEST, "malformed path\n");
     };
     if let Some(hash) = path.strip_prefix(BLOB_PREFIX) {
-        return serve_blob(shared, hash, req).await;
+        return serve_blob(sites, hash, req).await;
     }
     match req
         .host
         .map(bare_host)
-        .and_then(|h| local::site(&shared.live, h))
+        .and_then(|h| local::site(&sites.live, h))
     {
-        Some(site) => serve_site(shared, &site, &path, req).await,
+        Some(site) => serve_site(sites, &site, &path, req).await,
         None => plain(
             StatusCode::NOT_FOUND,
             "no site is published at this address\n",
@@ -519,7 +529,7 @@ fn decode_path(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     Some(std::borrow::Cow::Owned(s))
 }
 
-async fn serve_blob(shared: &Shared, text: &str, req: &Req<'_>) -> Response<Body> {
+async fn serve_blob(sites: &Sites, text: &str, req: &Req<'_>) -> Response<Body> {
     let Ok(hash) = text.parse::<Hash>() else {
         return plain(
             StatusCode::BAD_REQUEST,
@@ -529,10 +539,10 @@ async fn serve_blob(shared: &Shared, text: &str, req: &Req<'_>) -> Response<Body
     // Only what a served version references: never a manifest, an older
     // kept version, an upload in progress, or anything taken down. The
     // same answer whether or not the bytes are on disk.
-    if !shared.live.references(&hash) {
+    if !sites.live.references(&hash) {
         return plain(StatusCode::NOT_FOUND, "no such blob on this node\n");
     }
-    let size = match shared.content.complete_size(hash).await {
+    let size = match sites.content.complete_size(hash).await {
         Ok(Some(size)) => size,
         Ok(None) => return plain(StatusCode::NOT_FOUND, "no such blob on this node\n"),
         Err(error) => {
@@ -558,7 +568,7 @@ async fn serve_blob(shared: &Shared, text: &str, req: &Req<'_>) -> Response<Body
         HeaderValue::from_static(BLOB_CACHE_CONTROL),
     );
     send(
-        shared,
+        sites,
         hash,
         size,
         crate::live::etag(&hash),
@@ -619,7 +629,7 @@ fn resolve<'a>(site: &'a LiveSite, path: &str, query: Option<&str>) -> Resolved<
         .map_or(Resolved::NotFound, Resolved::File)
 }
 
-async fn serve_site(shared: &Shared, site: &LiveSite, path: &str, req: &Req<'_>) -> Response<Body> {
+async fn serve_site(sites: &Sites, site: &LiveSite, path: &str, req: &Req<'_>) -> Response<Body> {
     let (file, status) = match resolve(site, path, req.query) {
         Resolved::File(f) => (f, StatusCode::OK),
         Resolved::Redirect(status, location) => {
@@ -663,7 +673,7 @@ async fn serve_site(shared: &Shared, site: &LiveSite, path: &str, req: &Req<'_>)
         None => (file.hash, file.size, None),
     };
     send(
-        shared,
+        sites,
         hash,
         size,
         crate::live::etag(&hash),
@@ -812,7 +822,7 @@ fn etag_matches(list: &str, etag: &str) -> bool {
 /// Sends blob `hash` with conditional GET and Range handled.
 #[allow(clippy::too_many_arguments)]
 async fn send(
-    shared: &Shared,
+    sites: &Sites,
     hash: Hash,
     size: u64,
     etag_value: HeaderValue,
@@ -868,7 +878,7 @@ async fn send(
     let body = if local::cacheable(size) {
         let bytes = match local::blob(&hash) {
             Some(b) => b,
-            None => match shared.content.get_bytes(hash).await {
+            None => match sites.content.get_bytes(hash).await {
                 Ok(b) => {
                     local::insert_blob(hash, &b);
                     b
@@ -886,7 +896,7 @@ async fn send(
             _ => return size_mismatch(hash, size, bytes.len() as u64),
         }
     } else {
-        match shared.content.complete_size(hash).await {
+        match sites.content.complete_size(hash).await {
             Ok(Some(stored)) if stored == size => {}
             Ok(stored) => return size_mismatch(hash, size, stored.unwrap_or(0)),
             Err(error) => {
@@ -894,7 +904,7 @@ async fn send(
                 return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
             }
         }
-        let mut r = shared.content.reader(hash);
+        let mut r = sites.content.reader(hash);
         if let Err(error) = r.seek(io::SeekFrom::Start(start)).await {
             warn!(%error, %hash, "blob seek failed");
             return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");

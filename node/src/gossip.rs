@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::node::Shared;
+use crate::shared::Shared;
 
 /// Messages waiting to be broadcast; more are dropped (sync repairs).
 pub const OUTBOX: usize = 64;

@@ -18,7 +18,7 @@ use maki_protocol::{
 };
 use tracing::{info, warn};
 
-use crate::node::Shared;
+use crate::shared::Shared;
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -50,7 +50,12 @@ impl JoinProtocol {
                 JoinResponse::Welcome {
                     genesis: self.shared.signed_genesis.clone(),
                     invite,
-                    records: self.shared.state.records().unwrap_or_default(),
+                    records: self
+                        .shared
+                        .directory()
+                        .all()
+                        .map(|h| h.record.clone())
+                        .collect(),
                 }
             }
             Ok(Err(e)) => {

@@ -4,14 +4,19 @@
 pub mod admin;
 pub mod config;
 pub mod content;
+pub mod directory;
 pub mod edge;
+pub mod gate;
 pub mod gossip;
 pub mod identity;
 pub mod join;
 pub mod live;
 pub mod node;
 pub mod peers;
+pub mod records;
 pub mod replicate;
+pub mod serving;
+pub mod shared;
 pub mod state;
 pub mod sync;
 

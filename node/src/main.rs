@@ -187,19 +187,21 @@ async fn join(ticket: &InviteTicket, data_dir: &std::path::Path, config: &Config
     // arrived by gossip, and a bad one is only logged.
     let state = makiatto::state::State::open(&data_dir.join("state.redb"))?;
     let genesis = welcome.genesis.verify()?;
-    let authority = makiatto::state::Authority {
+    let authority = makiatto::directory::Authority {
         admins: genesis.admins,
         founder: welcome.genesis.signer(),
     };
-    // Invites first: node records are judged against them.
-    let mut records = welcome.records;
-    records.sort_by_key(|r| !matches!(r, maki_protocol::Record::Invite(_)));
-    for record in &records {
-        if let Err(error) = state.apply(record, &authority) {
+    let records = makiatto::records::Records::load(std::sync::Arc::new(state), authority)?;
+    // In the order that lets each record be judged: what authorises comes
+    // before what it admits, as in a sync.
+    let mut batch = welcome.records;
+    batch.sort_by_key(maki_protocol::sync::apply_rank);
+    for verdict in records.apply(&batch)? {
+        if let Err(error) = verdict {
             tracing::warn!(%error, "a record from the issuer was refused");
         }
     }
-    drop(state);
+    drop(records);
     eprintln!("joined network {} as node {}", ticket.network, key.public());
     Ok(())
 }

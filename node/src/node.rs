@@ -19,10 +19,9 @@ use iroh_blobs::{
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
 use maki_protocol::{
-    Domain, Genesis, Hash, Invite, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record,
-    RecordKey, SecretKey, Signed,
+    Hash, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record, SecretKey, Signed,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
-    sync::{GOSSIP_ALPN, GossipMsg, Holding, SYNC_ALPN},
+    sync::{GOSSIP_ALPN, SYNC_ALPN},
 };
 use std::sync::atomic::AtomicU64;
 use tokio::{
@@ -30,176 +29,26 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
+pub use crate::shared::Shared;
 use crate::{
-    admin::{AdminProtocol, PushGate, Sessions},
+    admin::AdminProtocol,
     config::Config,
     content::Content,
-    edge, identity,
+    directory::{Authority, Directory},
+    edge,
+    gate::PushGate,
+    identity,
     live::{Live, LiveSite},
     peers::Peers,
-    state::{Applied, ApplyError, State},
+    records::Records,
+    serving::Serving,
+    state::State,
 };
 
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Shared by the subsystems; each uses only its part.
-#[derive(Debug)]
-pub struct Shared {
-    pub config: Config,
-    /// This node's id (its key).
-    pub id: PublicKey,
-    pub genesis: Genesis,
-    pub signed_genesis: Signed<Genesis>,
-    pub network: Hash,
-    pub state: State,
-    pub content: Content,
-    pub live: Live,
-    pub sessions: Sessions,
-    pub gate: PushGate,
-    /// Serialises head changes; publishes of different sites are rare
-    /// enough that one lock is simpler than one per site.
-    pub head_lock: tokio::sync::Mutex<()>,
-    /// The members, and how to reach them.
-    pub peers: Peers,
-    /// Bumped whenever the records change: replication watches it.
-    pub changes: watch::Sender<u64>,
-    /// Woken after a change made here, to push it to every member now.
-    pub push: tokio::sync::Notify,
-    /// Records from peers that failed verification or authorisation.
-    pub dropped_records: AtomicU64,
-    /// This node's key: it signs its own record and holdings.
-    pub key: SecretKey,
-    /// Messages for the gossip task to broadcast.
-    pub gossip_out: mpsc::Sender<GossipMsg>,
-}
-
-impl Shared {
-    pub fn is_admin(&self, key: &PublicKey) -> bool {
-        self.genesis.admins.contains(key)
-    }
-
-    /// Verifies, authorises and merges a record (from anywhere); on a
-    /// change, refreshes the members and wakes replication.
-    pub fn apply_record(&self, record: &Record) -> Result<Applied, ApplyError> {
-        let applied = self.state.apply(record, &self.authority())?;
-        if applied != Applied::Stale {
-            if matches!(record, Record::Node(_) | Record::Revocation(_)) {
-                self.refresh_peers();
-            }
-            self.changes.send_modify(|g| *g += 1);
-        }
-        Ok(applied)
-    }
-
-    /// [`Self::apply_record`] for a change made here: also broadcast over
-    /// gossip and pushed to a few members by sync at once.
-    pub fn apply_local(&self, record: Record) -> Result<Applied, ApplyError> {
-        let applied = self.apply_record(&record)?;
-        if applied != Applied::Stale {
-            self.announce(GossipMsg::Record(record));
-            self.push.notify_one();
-        }
-        Ok(applied)
-    }
-
-    /// What a peer serves changed: replication may now drop a site pinned
-    /// elsewhere (it watches the same signal as for records).
-    pub fn holdings_changed(&self) {
-        self.changes.send_modify(|g| *g += 1);
-    }
-
-    /// Hands a message to gossip; when its queue is full the message is
-    /// dropped (anti-entropy carries it instead).
-    pub fn announce(&self, msg: GossipMsg) {
-        if self.gossip_out.try_send(msg).is_err() {
-            debug!("gossip queue full; leaving this one to sync");
-        }
-    }
-
-    pub fn refresh_peers(&self) {
-        match self.state.verified() {
-            Ok(records) => self.peers.refresh(&records),
-            Err(error) => warn!(%error, "cannot read the records for the member list"),
-        }
-    }
-
-    /// The site's newest head: (seq, manifest). The record, or what this
-    /// node serves when that is newer (a head committed before records).
-    pub fn current_head(&self, domain: &Domain) -> Option<(u64, Hash)> {
-        let record = self
-            .state
-            .head_record(domain)
-            .ok()
-            .flatten()
-            .and_then(|s| s.verify().ok())
-            .map(|h| (h.seq, h.manifest));
-        // What this node serves counts only if it is of the site as it is
-        // now (not from before it was removed and added again).
-        let after = self
-            .state
-            .site(domain)
-            .ok()
-            .flatten()
-            .map_or(0, |s| s.heads_after);
-        let live = self
-            .live
-            .get(domain.as_str())
-            .map(|l| (l.seq, l.manifest_hash))
-            .filter(|(seq, _)| *seq > after);
-        match (record, live) {
-            (Some(r), Some(l)) => Some(if l.0 > r.0 { l } else { r }),
-            (r, l) => r.or(l),
-        }
-    }
-
-    /// Whether this node should hold `domain` (its pin admits our region).
-    pub fn should_hold(&self, domain: &Domain) -> bool {
-        match self.state.pin(domain) {
-            Ok(Some(pin)) => pin.admits(self.config.region.as_deref()),
-            _ => true,
-        }
-    }
-
-    /// The site versions this node serves.
-    pub fn holdings(&self) -> Vec<Holding> {
-        self.live
-            .snapshot()
-            .into_iter()
-            .map(|(site, l)| Holding {
-                site,
-                seq: l.seq,
-                manifest: l.manifest_hash,
-            })
-            .collect()
-    }
-
-    /// This node's own record and the invite behind it: how it introduces
-    /// itself to peers.
-    pub fn introduction(&self) -> Option<(Signed<NodeRecord>, Option<Signed<Invite>>)> {
-        let Ok(Some(Record::Node(me))) = self.state.held(&RecordKey::Node(self.id)) else {
-            return None;
-        };
-        let invite = match me.verify().ok()?.invite {
-            Some(secret) => match self.state.held(&RecordKey::Invite(secret)) {
-                Ok(Some(Record::Invite(i))) => Some(i),
-                _ => None,
-            },
-            None => None,
-        };
-        Some((me, invite))
-    }
-
-    /// What records are judged against: genesis admins and founder.
-    pub fn authority(&self) -> crate::state::Authority {
-        crate::state::Authority {
-            admins: self.genesis.admins.clone(),
-            founder: self.signed_genesis.signer(),
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -235,7 +84,14 @@ impl Node {
         let config = Config::load(data_dir)?;
         let key = identity::load_key(data_dir)?;
         let network = identity::load_genesis(data_dir)?;
-        let state = State::open(&data_dir.join("state.redb"))?;
+        let state = Arc::new(State::open(&data_dir.join("state.redb"))?);
+        let records = Records::load(
+            state.clone(),
+            Authority {
+                admins: network.genesis.admins.clone(),
+                founder: network.signed.signer(),
+            },
+        )?;
         let content = Content::load(&blobs_dir(data_dir), Some(config.gc_interval)).await?;
         let orphans = content.remove_orphans(&blobs_dir(data_dir)).await?;
         if orphans > 0 {
@@ -256,8 +112,9 @@ impl Node {
         if dropped > 0 {
             info!(dropped, "dropped tags of versions no longer kept");
         }
-        let live = Live::default();
-        load_live(&state, &content, &live).await?;
+        let content = Arc::new(content);
+        let live = Arc::new(Live::default());
+        load_live(&state, &records.directory(), &content, &live).await?;
 
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -266,19 +123,19 @@ impl Node {
         let endpoint = bind_endpoint(&key, config.p2p, lookup.clone()).await?;
         let (changes, changes_rx) = watch::channel(0);
         let (gossip_out, gossip_rx) = mpsc::channel(crate::gossip::OUTBOX);
+        let keep_versions = config.keep_versions;
         let shared = Arc::new(Shared {
             config,
             id: key.public(),
             genesis: network.genesis,
             signed_genesis: network.signed,
             network: network.id,
+            serving: Serving::new(state.clone(), content.clone(), live.clone(), keep_versions),
             state,
+            records,
             content,
             live,
-            sessions: Sessions::default(),
-            gate: PushGate::default(),
-            head_lock: tokio::sync::Mutex::new(()),
-            peers: Peers::new(key.public(), lookup),
+            peers: Arc::new(Peers::new(key.public(), lookup)),
             changes,
             push: tokio::sync::Notify::new(),
             dropped_records: AtomicU64::new(0),
@@ -297,8 +154,10 @@ impl Node {
             ..EventMask::DEFAULT
         };
         let (events, events_rx) = EventSender::channel(256, mask);
-        tasks.spawn(crate::admin::run_gate(
-            shared.clone(),
+        let gate = Arc::new(PushGate::default());
+        tasks.spawn(crate::gate::run(
+            gate.clone(),
+            shared.peers.clone(),
             events_rx,
             cancel.clone(),
         ));
@@ -316,16 +175,21 @@ impl Node {
                     shared: shared.clone(),
                 },
             )
-            .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone()))
+            .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone(), gate))
             .accept(JOIN_ALPN, crate::join::JoinProtocol::new(shared.clone()))
             .spawn();
 
         // A node without the http role holds and forwards content only.
         let edge = if shared.config.roles.iter().any(|r| r == ROLE_HTTP) {
+            let sites = Arc::new(edge::Sites {
+                live: shared.live.clone(),
+                content: shared.content.clone(),
+                config: shared.config.clone(),
+            });
             Some(edge::Edge::spawn(
                 shared.config.http,
                 shared.config.http_threads,
-                shared.clone(),
+                sites,
                 cancel.clone(),
             )?)
         } else {
@@ -376,7 +240,6 @@ impl Node {
         invite: Option<maki_protocol::Signed<maki_protocol::Invite>>,
     ) {
         use maki_protocol::RECORD_FORMAT;
-        let state = &self.shared.state;
         let mut secret_hash = None;
         if let Some(invite) = invite {
             secret_hash = invite.verify().ok().map(|i| i.secret_hash);
@@ -385,12 +248,11 @@ impl Node {
             }
         }
         let id = self.shared.id;
-        let previous = state
-            .held(&RecordKey::Node(id))
-            .ok()
-            .flatten()
-            .and_then(|r| r.verify().ok())
-            .map(|v| v.version);
+        let previous = self
+            .shared
+            .directory()
+            .node(&id)
+            .map(|(_, version)| version);
         let config = &self.shared.config;
         let record = NodeRecord {
             format: RECORD_FORMAT,
@@ -525,13 +387,20 @@ async fn sweep_live(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
-async fn load_live(state: &State, content: &Content, live: &Live) -> Result<(), NodeError> {
-    for (domain, site) in state.sites()? {
+async fn load_live(
+    state: &State,
+    dir: &Directory,
+    content: &Content,
+    live: &Live,
+) -> Result<(), NodeError> {
+    for site in dir.sites() {
+        let domain = site.domain.clone();
         let Some(signed) = state.head(&domain)? else {
             continue;
         };
-        let Ok(head) = signed.verify() else {
-            warn!(site = %domain, "stored head no longer verifies; not serving it");
+        // Verified when it was committed; not checked again at each start.
+        let Ok(head) = signed.decode_trusted() else {
+            warn!(site = %domain, "stored head no longer decodes; not serving it");
             continue;
         };
         if !site.current(head.seq) {

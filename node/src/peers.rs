@@ -14,7 +14,9 @@ use std::{
 };
 
 use iroh::{EndpointAddr, address_lookup::MemoryLookup};
-use maki_protocol::{Body, Hash, PublicKey, Verified, sync::Holding};
+use maki_protocol::{Hash, PublicKey, sync::Holding};
+
+use crate::directory::Directory;
 
 /// A member as this node sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,23 +56,12 @@ impl Peers {
     }
 
     /// Recomputes the members from the records; keeps measurements.
-    pub fn refresh(&self, records: &[Verified]) {
-        let revoked: Vec<PublicKey> = records
-            .iter()
-            .filter_map(|v| match &v.body {
-                Body::Revocation(r) => Some(r.node),
-                _ => None,
-            })
-            .collect();
+    pub fn refresh(&self, dir: &Directory) {
         let Ok(mut inner) = self.inner.write() else {
             return;
         };
         let mut next = BTreeMap::new();
-        for v in records {
-            let Body::Node(n) = &v.body else { continue };
-            if revoked.contains(&n.id) {
-                continue;
-            }
+        for (n, version) in dir.members() {
             let old = inner.get(&n.id);
             next.insert(
                 n.id,
@@ -79,7 +70,7 @@ impl Peers {
                     region: n.region.clone(),
                     location: n.location,
                     roles: n.roles.clone(),
-                    version: v.version,
+                    version,
                     rtt: old.and_then(|p| p.rtt),
                     seen: old.and_then(|p| p.seen),
                     failing: old.is_some_and(|p| p.failing),

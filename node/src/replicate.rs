@@ -27,9 +27,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{
-    content::{ContentError, to_iroh, version_tag},
-    live::LiveSite,
-    node::Shared,
+    content::{ContentError, to_iroh},
+    serving::Kind,
+    shared::Shared,
 };
 
 /// How long to wait before retrying a fetch that found no provider.
@@ -172,8 +172,8 @@ enum FetchError {
     Manifest(String),
     #[error(transparent)]
     Content(#[from] ContentError),
-    #[error("state: {0}")]
-    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Serve(#[from] crate::serving::ServeError),
 }
 
 /// Runs until cancelled: one pass at start and after every change of the
@@ -211,19 +211,12 @@ pub async fn run(
 
 /// One pass over every site; true if something is still to be fetched.
 async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
-    let sites = match shared.state.site_records() {
-        Ok(s) => s,
-        Err(error) => {
-            warn!(%error, "cannot read the site records");
-            return true;
-        }
-    };
+    let dir = shared.directory();
     let mut wanted = Vec::new();
-    for (site, _) in sites {
+    for (site, _) in dir.site_records() {
         if site.removed {
             if shared.live.get(site.domain.as_str()).is_some() {
-                let _guard = shared.head_lock.lock().await;
-                clear_site(shared, &site.domain).await;
+                shared.serving.lock().await.clear(&site.domain).await;
                 info!(site = %site.domain, "site removed");
             }
             continue;
@@ -235,22 +228,20 @@ async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
             .get(site.domain.as_str())
             .is_some_and(|l| !site.current(l.seq))
         {
-            let _guard = shared.head_lock.lock().await;
-            clear_site(shared, &site.domain).await;
+            shared.serving.lock().await.clear(&site.domain).await;
             info!(site = %site.domain, "the site was added again; dropped what this node served of it before");
         }
         if !shared.should_hold(&site.domain) {
             release_if_held_elsewhere(shared, &site.domain).await;
             continue;
         }
-        let Ok(Some(signed)) = shared.state.head_record(&site.domain) else {
+        let Some((head, signed)) = dir.head(&site.domain) else {
             continue;
         };
-        let Ok(head) = signed.verify() else { continue };
-        if serves(shared, &head) {
+        if serves(shared, head) {
             continue;
         }
-        wanted.push((head, signed));
+        wanted.push((head.clone(), signed.clone()));
     }
     // A few sites at once, so a large one does not hold up the rest.
     let failed = n0_future::stream::iter(wanted)
@@ -362,8 +353,18 @@ async fn fetch_with(
         }
         Err(e) => return Err(e),
     };
-    let _guard = shared.head_lock.lock().await;
-    let result = commit(shared, head, signed, manifest).await;
+    let result = async {
+        let guard = shared.serving.lock().await;
+        if serves(shared, head) {
+            return Ok(());
+        }
+        let version = manifest.version;
+        guard
+            .commit(head, signed, manifest, Kind::New { version })
+            .await
+            .map_err(FetchError::from)
+    }
+    .await;
     if let Err(error) = content.unprotect(&temp).await {
         warn!(%error, "could not drop a fetch's temporary tag");
     }
@@ -376,43 +377,6 @@ async fn fetch_with(
     result
 }
 
-/// Makes a fetched version the one served here. The caller holds the head
-/// lock.
-async fn commit(
-    shared: &Shared,
-    head: &Head,
-    signed: &Signed<Head>,
-    manifest: Manifest,
-) -> Result<(), FetchError> {
-    let content = &shared.content;
-    if serves(shared, head) {
-        return Ok(());
-    }
-    content
-        .protect(
-            &version_tag(&head.site, head.manifest),
-            head.manifest,
-            manifest.blobs().keys().copied(),
-        )
-        .await?;
-    let version = manifest.version;
-    let site = LiveSite::prepare(head.seq, head.manifest, manifest)
-        .await
-        .map_err(|e| FetchError::Manifest(format!("could not lay it out: {e}")))?;
-    content.sync().await?;
-    let committed =
-        shared
-            .state
-            .commit_head(head, signed, Some(version), shared.config.keep_versions)?;
-    shared.live.set(head.site.clone(), site);
-    for m in committed.pruned {
-        if let Err(error) = content.unprotect(&version_tag(&head.site, m)).await {
-            warn!(%error, "could not drop an old version's tag");
-        }
-    }
-    Ok(())
-}
-
 /// A site pinned away from this node: keep what it serves (it may be the
 /// only copy, e.g. just published here) until a node the pin admits serves
 /// that version or a newer one, then drop it.
@@ -420,7 +384,8 @@ async fn release_if_held_elsewhere(shared: &Shared, domain: &Domain) {
     let Some(live) = shared.live.get(domain.as_str()) else {
         return;
     };
-    let Ok(Some(pin)) = shared.state.pin(domain) else {
+    let dir = shared.directory();
+    let Some(pin) = dir.pin(domain) else {
         return;
     };
     let covered = shared.peers.all().into_iter().any(|(_, p)| {
@@ -430,8 +395,7 @@ async fn release_if_held_elsewhere(shared: &Shared, domain: &Domain) {
                 .any(|h| &h.site == domain && h.seq >= live.seq)
     });
     if covered {
-        let _guard = shared.head_lock.lock().await;
-        clear_site(shared, domain).await;
+        shared.serving.lock().await.clear(domain).await;
         info!(site = %domain, "pinned to other regions; dropped here");
         shared.announce(crate::gossip::holdings(shared));
     }
@@ -444,22 +408,4 @@ fn serves(shared: &Shared, head: &Head) -> bool {
     shared.live.get(head.site.as_str()).is_some_and(|l| {
         l.seq > head.seq || (l.seq == head.seq && l.manifest_hash == head.manifest)
     })
-}
-
-/// Stops serving a site here and drops the tags of its versions. The
-/// caller holds the head lock.
-pub async fn clear_site(shared: &Shared, domain: &Domain) {
-    shared.live.remove(domain);
-    let manifests = match shared.state.clear_site(domain) {
-        Ok(m) => m.unwrap_or_default(),
-        Err(error) => {
-            warn!(site = %domain, %error, "could not clear the site's versions");
-            return;
-        }
-    };
-    for m in manifests {
-        if let Err(error) = shared.content.unprotect(&version_tag(domain, m)).await {
-            warn!(%error, "could not drop a version tag");
-        }
-    }
 }

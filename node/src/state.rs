@@ -10,10 +10,9 @@
 
 use std::path::Path;
 
-use maki_protocol::{
-    AuthError, Body, Domain, Hash, Head, Invite, PublicKey, Record, RecordError, RecordKey, Signed,
-    SiteRecord, Verified, View, authorize, rpc::JoinError,
-};
+use maki_protocol::{Domain, Hash, Head, Invite, PublicKey, Record, Signed, rpc::JoinError};
+
+use crate::directory::Change;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
@@ -86,58 +85,6 @@ impl State {
         tx.open_table(RECORDS)?;
         tx.commit()?;
         Ok(Self { db })
-    }
-
-    /// A site as its record says (None if unknown or removed).
-    pub fn site(&self, domain: &Domain) -> Result<Option<SiteRecord>, StateError> {
-        Ok(match self.record(&RecordKey::Site(domain.clone()))? {
-            Some(Body::Site(s)) if !s.removed => Some(s),
-            _ => None,
-        })
-    }
-
-    /// The sites the records name, removed ones included (they must be
-    /// cleared here too).
-    pub fn site_records(&self) -> Result<Vec<(SiteRecord, u64)>, StateError> {
-        let mut out = Vec::new();
-        for v in self.verified()? {
-            if let Body::Site(s) = v.body {
-                out.push((s, v.version));
-            }
-        }
-        Ok(out)
-    }
-
-    /// The pin of a site, if an admin set one.
-    pub fn pin(&self, domain: &Domain) -> Result<Option<maki_protocol::Pin>, StateError> {
-        Ok(match self.record(&RecordKey::Pin(domain.clone()))? {
-            Some(Body::Pin(p)) => Some(p),
-            _ => None,
-        })
-    }
-
-    /// Live sites (not removed), by domain.
-    pub fn sites(&self) -> Result<Vec<(Domain, SiteRecord)>, StateError> {
-        Ok(self
-            .site_records()?
-            .into_iter()
-            .filter(|(s, _)| !s.removed)
-            .map(|(s, _)| (s.domain.clone(), s))
-            .collect())
-    }
-
-    /// The network's newest head for a site (a record), which this node may
-    /// not hold yet.
-    pub fn head_record(&self, domain: &Domain) -> Result<Option<Signed<Head>>, StateError> {
-        match self.held(&RecordKey::Head(domain.clone()))? {
-            None => Ok(None),
-            // A head from before the site was added again is void.
-            Some(Record::Head(h)) => Ok(match (self.site(domain)?, h.verify()) {
-                (Some(site), Ok(head)) if !site.current(head.seq) => None,
-                _ => Some(h),
-            }),
-            Some(_) => Err(StateError::Corrupt(format!("head record of {domain}"))),
-        }
     }
 
     /// The highest head sequence this node has taken in for `domain`, also
@@ -304,180 +251,32 @@ impl State {
     }
 }
 
-/// What applying a record did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Applied {
-    /// First record for its key.
-    New,
-    /// It beat the record held for its key.
-    Replaced,
-    /// The held record wins (or is the same): nothing changed.
-    Stale,
-}
-
-/// A record that was not taken in; nothing changed.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ApplyError {
-    #[error(transparent)]
-    Record(#[from] RecordError),
-    #[error("unauthorised record: {0}")]
-    Auth(#[from] AuthError),
-    #[error(transparent)]
-    State(#[from] StateError),
-}
-
-/// The network's fixed facts a record is judged against.
-#[derive(Debug, Clone)]
-pub struct Authority {
-    pub admins: Vec<PublicKey>,
-    pub founder: PublicKey,
-}
-
-/// `View` over the records table inside the applying transaction, so the
-/// check and the write see the same state.
-struct TableView<'a, T> {
-    table: &'a T,
-    authority: &'a Authority,
-}
-
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> TableView<'_, T> {
-    fn body(&self, key: &RecordKey) -> Option<Body> {
-        let raw = self.table.get(encode(key).as_slice()).ok()??;
-        let record: Record = postcard::from_bytes(raw.value()).ok()?;
-        record.verify().ok().map(|v| v.body)
-    }
-}
-
-impl<T: ReadableTable<&'static [u8], &'static [u8]>> View for TableView<'_, T> {
-    fn admins(&self) -> &[PublicKey] {
-        &self.authority.admins
-    }
-    fn founder(&self) -> PublicKey {
-        self.authority.founder
-    }
-    fn site(&self, domain: &Domain) -> Option<SiteRecord> {
-        match self.body(&RecordKey::Site(domain.clone()))? {
-            Body::Site(s) => Some(s),
-            _ => None,
-        }
-    }
-    fn invite(&self, secret_hash: &Hash) -> Option<maki_protocol::Invite> {
-        match self.body(&RecordKey::Invite(*secret_hash))? {
-            Body::Invite(i) => Some(i),
-            _ => None,
-        }
-    }
-    fn revoked(&self, node: &PublicKey) -> bool {
-        self.body(&RecordKey::Revocation(*node)).is_some()
-    }
-}
-
 impl State {
-    /// Verifies, authorises and merges one record (last writer wins by
-    /// (version, hash)) in one transaction. Bad records change nothing.
-    pub fn apply(&self, record: &Record, authority: &Authority) -> Result<Applied, ApplyError> {
-        let new = record.verify()?;
-        let tx = self.db.begin_write().map_err(StateError::from)?;
-        let applied = {
-            let mut table = tx.open_table(RECORDS).map_err(StateError::from)?;
-            authorize(
-                &new,
-                &TableView {
-                    table: &table,
-                    authority,
-                },
-            )?;
-            let key = encode(&new.key);
-            let held = match table.get(key.as_slice()).map_err(StateError::from)? {
-                Some(raw) => postcard::from_bytes::<Record>(raw.value())
-                    .ok()
-                    .and_then(|r| r.verify().ok()),
-                None => None,
-            };
-            let applied = match held {
-                None => Applied::New,
-                Some(old) if new.wins_over(&old) => Applied::Replaced,
-                Some(_) => Applied::Stale,
-            };
-            if applied != Applied::Stale {
-                table
-                    .insert(key.as_slice(), encode(record).as_slice())
-                    .map_err(StateError::from)?;
-                match &new.body {
-                    // A removal ends the site's head, and a site added
-                    // again voids the heads from before (`heads_after`), in
-                    // the same transaction: nothing keeps fetching a version
-                    // nobody may serve.
-                    Body::Site(site) => {
-                        let key = encode(&RecordKey::Head(site.domain.clone()));
-                        let void = match table.get(key.as_slice()).map_err(StateError::from)? {
-                            Some(raw) => {
-                                site.removed
-                                    || postcard::from_bytes::<Record>(raw.value())
-                                        .ok()
-                                        .and_then(|r| r.verify().ok())
-                                        .is_none_or(|v| match v.body {
-                                            Body::Head(h) => !site.current(h.seq),
-                                            _ => true,
-                                        })
-                            }
-                            None => false,
-                        };
-                        if void {
-                            table.remove(key.as_slice()).map_err(StateError::from)?;
+    /// Makes a merged batch of record changes durable, in one transaction.
+    pub fn write_records(&self, changes: &[Change]) -> Result<(), StateError> {
+        let tx = self.db.begin_write()?;
+        {
+            let mut table = tx.open_table(RECORDS)?;
+            let mut floors = tx.open_table(FLOORS)?;
+            for change in changes {
+                match change {
+                    Change::Put(key, record) => {
+                        table.insert(encode(key).as_slice(), encode(record).as_slice())?;
+                    }
+                    Change::Remove(key) => {
+                        table.remove(encode(key).as_slice())?;
+                    }
+                    Change::HeadSeen(domain, seq) => {
+                        let floor = floors.get(domain.as_str())?.map_or(0, |v| v.value());
+                        if *seq > floor {
+                            floors.insert(domain.as_str(), *seq)?;
                         }
                     }
-                    Body::Head(head) => {
-                        let mut floors = tx.open_table(FLOORS).map_err(StateError::from)?;
-                        let floor = floors
-                            .get(head.site.as_str())
-                            .map_err(StateError::from)?
-                            .map_or(0, |v| v.value());
-                        if head.seq > floor {
-                            floors
-                                .insert(head.site.as_str(), head.seq)
-                                .map_err(StateError::from)?;
-                        }
-                    }
-                    _ => {}
                 }
             }
-            applied
-        };
-        if applied == Applied::Stale {
-            tx.abort().map_err(StateError::from)?;
-        } else {
-            tx.commit().map_err(StateError::from)?;
         }
-        Ok(applied)
-    }
-
-    /// The record held for `key`, as it travels (unverified).
-    pub fn held(&self, key: &RecordKey) -> Result<Option<Record>, StateError> {
-        let tx = self.db.begin_read()?;
-        let t = tx.open_table(RECORDS)?;
-        match t.get(encode(key).as_slice())? {
-            Some(raw) => Ok(Some(decode("record", raw.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The body of the record held for `key`, if any (and it verifies).
-    pub fn record(&self, key: &RecordKey) -> Result<Option<Body>, StateError> {
-        Ok(self
-            .held(key)?
-            .and_then(|r| r.verify().ok())
-            .map(|v| v.body))
-    }
-
-    /// Every record held, verified (those that no longer verify are skipped).
-    pub fn verified(&self) -> Result<Vec<Verified>, StateError> {
-        Ok(self
-            .records()?
-            .iter()
-            .filter_map(|r| r.verify().ok())
-            .collect())
+        tx.commit()?;
+        Ok(())
     }
 
     /// Every record held, in key order.
@@ -506,77 +305,6 @@ mod tests {
     use maki_protocol::SecretKey;
 
     use super::*;
-
-    #[test]
-    fn records_merge_last_writer_wins_and_refuse_strangers()
-    -> Result<(), Box<dyn std::error::Error>> {
-        use maki_protocol::RECORD_FORMAT;
-        let dir = tempfile::tempdir()?;
-        let state = State::open(&dir.path().join("s.redb"))?;
-        let admin = SecretKey::from_bytes(&[1; 32]);
-        let publisher = SecretKey::from_bytes(&[2; 32]);
-        let authority = Authority {
-            admins: vec![admin.public()],
-            founder: SecretKey::from_bytes(&[3; 32]).public(),
-        };
-        let site = |version: u64| SiteRecord {
-            format: RECORD_FORMAT,
-            domain: Domain::new("a.test").expect("domain"),
-            aliases: vec![],
-            publishers: vec![publisher.public()],
-            version,
-            removed: false,
-            heads_after: 0,
-        };
-        let rec = |v: u64| Record::Site(Signed::sign(&admin, &site(v)));
-        assert_eq!(state.apply(&rec(2), &authority)?, Applied::New);
-        assert_eq!(state.apply(&rec(1), &authority)?, Applied::Stale);
-        assert_eq!(state.apply(&rec(2), &authority)?, Applied::Stale);
-        assert_eq!(state.apply(&rec(3), &authority)?, Applied::Replaced);
-        let stranger = Record::Site(Signed::sign(&publisher, &site(9)));
-        assert!(matches!(
-            state.apply(&stranger, &authority),
-            Err(ApplyError::Auth(_))
-        ));
-
-        // A head is judged against the site record the table holds.
-        let head = Head {
-            site: Domain::new("a.test")?,
-            seq: 1,
-            manifest: Hash::of(b"m"),
-        };
-        let ok = Record::Head(Signed::sign(&publisher, &head));
-        assert_eq!(state.apply(&ok, &authority)?, Applied::New);
-        let stranger_key = SecretKey::from_bytes(&[9; 32]);
-        let bad = Record::Head(Signed::sign(&stranger_key, &head));
-        assert!(matches!(
-            state.apply(&bad, &authority),
-            Err(ApplyError::Auth(_))
-        ));
-        assert_eq!(state.records()?.len(), 2);
-
-        // Removed, then added again above the old heads: the old head is
-        // gone with the removal, refused if offered again, and the floor
-        // remembers where the new heads start.
-        let d = Domain::new("a.test")?;
-        assert_eq!(state.head_floor(&d)?, 1);
-        let mut removed = site(10);
-        removed.removed = true;
-        state.apply(&Record::Site(Signed::sign(&admin, &removed)), &authority)?;
-        assert!(state.head_record(&d)?.is_none());
-        assert_eq!(state.head_floor(&d)?, 1);
-        let mut again = site(11);
-        again.heads_after = state.head_floor(&d)?;
-        state.apply(&Record::Site(Signed::sign(&admin, &again)), &authority)?;
-        assert!(matches!(
-            state.apply(&ok, &authority),
-            Err(ApplyError::Auth(AuthError::BeforeSite { .. }))
-        ));
-        let next = Record::Head(Signed::sign(&publisher, &Head { seq: 2, ..head }));
-        assert_eq!(state.apply(&next, &authority)?, Applied::New);
-        assert_eq!(state.head_floor(&d)?, 2);
-        Ok(())
-    }
 
     #[test]
     fn head_and_versions() -> Result<(), Box<dyn std::error::Error>> {

@@ -21,14 +21,14 @@ use iroh::{
 use maki_protocol::{
     Hash, PublicKey, Record,
     rpc::{self, FrameError},
-    sync::{MAX_SYNC_FRAME, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg, apply_rank, record_id},
+    sync::{MAX_SYNC_FRAME, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg, apply_rank},
 };
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::node::Shared;
+use crate::shared::Shared;
 
 /// A whole sync, connect included, must finish within this.
 /// Peers picked at random on each periodic round.
@@ -93,11 +93,11 @@ struct Holdings {
 
 impl Holdings {
     fn load(shared: &Shared) -> Result<Self, SyncFailure> {
-        let records = shared.state.records()?;
-        let mut storage = NegentropyStorageVector::with_capacity(records.len());
-        let mut by_id = HashMap::with_capacity(records.len());
-        for r in records {
-            let id = record_id(&r);
+        let dir = shared.directory();
+        let mut storage = NegentropyStorageVector::with_capacity(dir.len());
+        let mut by_id = HashMap::with_capacity(dir.len());
+        for held in dir.all() {
+            let (id, r) = (held.verified.hash, held.record.clone());
             // Timestamps only order the items; ids alone are enough here.
             storage
                 .insert(0, Id::from_byte_array(*id.as_bytes()))
@@ -118,10 +118,17 @@ impl Holdings {
 /// Applies a batch from a peer, authorising records before what they admit.
 fn take_in(shared: &Shared, peer: &PublicKey, mut records: Vec<Record>) -> (usize, usize) {
     records.sort_by_key(apply_rank);
+    let verdicts = match shared.apply_batch(&records) {
+        Ok(v) => v,
+        Err(error) => {
+            warn!(peer = %peer.fmt_short(), %error, "could not store records from a peer");
+            return (0, 0);
+        }
+    };
     let (mut taken, mut dropped) = (0, 0);
-    for r in &records {
-        match shared.apply_record(r) {
-            Ok(crate::state::Applied::Stale) => {}
+    for verdict in verdicts {
+        match verdict {
+            Ok(crate::directory::Applied::Stale) => {}
             Ok(_) => taken += 1,
             Err(error) => {
                 dropped += 1;

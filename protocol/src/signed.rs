@@ -60,6 +60,14 @@ impl<T: Signable> Signed<T> {
         postcard::from_bytes(&self.bytes).map_err(|e| SignedError::Decode(e.to_string()))
     }
 
+    /// Decodes the value without checking the signature: only for bytes
+    /// this process verified before it stored them (a node's own records,
+    /// read back at start, where checking every signature again would cost
+    /// seconds for nothing).
+    pub fn decode_trusted(&self) -> Result<T, SignedError> {
+        postcard::from_bytes(&self.bytes).map_err(|e| SignedError::Decode(e.to_string()))
+    }
+
     /// Who claims to have signed this; trust it only after [`Self::verify`].
     pub fn signer(&self) -> PublicKey {
         self.signer

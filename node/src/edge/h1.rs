@@ -32,6 +32,7 @@ use tokio::{
     net::TcpStream,
 };
 
+use super::Sites;
 use super::{
     Body,
     conns::ConnId,
@@ -39,7 +40,6 @@ use super::{
     head::{MAX_HEADERS, from_httparse},
     timer::{self, CoarseSleep},
 };
-use crate::node::Shared;
 
 /// The largest request head either path reads (hyper answers 431 beyond).
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -63,7 +63,7 @@ pub enum Ended {
 /// Serves requests on `conn` until it ends or needs hyper.
 pub async fn serve(
     conn: &mut Conn,
-    shared: &Shared,
+    sites: &Sites,
     header_timeout: Duration,
     id: ConnId,
 ) -> io::Result<Ended> {
@@ -86,7 +86,7 @@ pub async fn serve(
             let Some((req, wants_close)) = from_httparse(&parser) else {
                 return hand_off(conn, &mut out, &buf[start..end]).await;
             };
-            let response = handle(shared, &req).await;
+            let response = handle(sites, &req).await;
             let wants_close = wants_close || timer::draining();
             close = write_response(conn, &mut out, response, req.head, wants_close).await?;
             start += len;

@@ -1,0 +1,145 @@
+//! Changes to the network's records an admin makes: sites, pins,
+//! invites, revocations.
+
+use maki_protocol::{
+    Domain, Invite, PublicKey, Record, Signed, SiteRecord,
+    rpc::{Response, RpcError},
+};
+use tracing::info;
+
+use super::{AdminProtocol, internal};
+use crate::directory::Applied;
+
+impl AdminProtocol {
+    pub(super) fn invite(
+        &self,
+        caller: PublicKey,
+        signed: Signed<Invite>,
+    ) -> Result<Response, RpcError> {
+        let invite = self.admin_signed(caller, &signed)?;
+        let bad = |m: &str| Err(RpcError::InvalidInvite(m.to_owned()));
+        if invite.format > maki_protocol::RECORD_FORMAT {
+            return bad("made by a newer maki; upgrade this node");
+        }
+        if invite.network != self.shared.network {
+            return bad("it names another network");
+        }
+        if invite.issuer != self.shared.id {
+            return bad("it names another issuing node; only the issuer can redeem it");
+        }
+        if invite.is_expired(crate::now()) {
+            return bad("it has already expired");
+        }
+        self.shared
+            .state
+            .add_invite(invite.secret_hash, &signed)
+            .map_err(internal)?;
+        // Also a replicated record: other members check joiners against it.
+        self.shared
+            .apply_local(Record::Invite(signed))
+            .map_err(|e| RpcError::InvalidInvite(e.to_string()))?;
+        info!(expires = invite.expires, "invite stored");
+        Ok(Response::Done)
+    }
+
+    pub(super) fn pin(
+        &self,
+        caller: PublicKey,
+        signed: Signed<maki_protocol::Pin>,
+    ) -> Result<Response, RpcError> {
+        let pin = self.admin_signed(caller, &signed)?;
+        if self.shared.directory().site(&pin.site).is_none() {
+            return Err(RpcError::UnknownSite(pin.site));
+        }
+        self.apply_admin(Record::Pin(signed), "pin of the site")?;
+        info!(site = %pin.site, regions = ?pin.regions, "site pinned");
+        Ok(Response::Done)
+    }
+
+    pub(super) fn node_remove(
+        &self,
+        caller: PublicKey,
+        signed: Signed<maki_protocol::Revocation>,
+    ) -> Result<Response, RpcError> {
+        let revocation = self.admin_signed(caller, &signed)?;
+        if !self.shared.peers.is_member(&revocation.node) {
+            return Err(RpcError::UnknownNode(revocation.node));
+        }
+        if revocation.node == self.shared.id {
+            return Err(RpcError::InvalidRecord(
+                "a node cannot revoke itself; ask another member".into(),
+            ));
+        }
+        self.apply_admin(Record::Revocation(signed), "revocation of that node")?;
+        info!(node = %revocation.node.fmt_short(), "node revoked");
+        Ok(Response::Done)
+    }
+
+    /// Takes in a record made here; an older one than held is refused.
+    pub(super) fn apply_admin(&self, record: Record, what: &str) -> Result<(), RpcError> {
+        match self.shared.apply_local(record) {
+            Ok(Applied::New | Applied::Replaced) => Ok(()),
+            Ok(Applied::Stale) => Err(RpcError::InvalidRecord(format!(
+                "this node holds a newer {what}; list and try again"
+            ))),
+            Err(e) => Err(RpcError::InvalidRecord(e.to_string())),
+        }
+    }
+
+    pub(super) async fn site_add(
+        &self,
+        caller: PublicKey,
+        signed: Signed<SiteRecord>,
+    ) -> Result<Response, RpcError> {
+        let record = self.admin_signed(caller, &signed)?;
+        if record.removed || record.publishers.is_empty() {
+            return Err(RpcError::InvalidRecord(
+                "a new site needs publishers and must not be marked removed".into(),
+            ));
+        }
+        let _guard = self.shared.serving.lock().await;
+        if self.shared.directory().site(&record.domain).is_some() {
+            return Err(RpcError::SiteExists(record.domain));
+        }
+        self.apply_admin(Record::Site(signed), "record of the site")?;
+        info!(site = %record.domain, "site added");
+        Ok(Response::Done)
+    }
+
+    pub(super) async fn site_remove(
+        &self,
+        caller: PublicKey,
+        signed: Signed<SiteRecord>,
+    ) -> Result<Response, RpcError> {
+        let record = self.admin_signed(caller, &signed)?;
+        if !record.removed {
+            return Err(RpcError::InvalidRecord(
+                "a removal must be marked removed".into(),
+            ));
+        }
+        let domain = record.domain;
+        let guard = self.shared.serving.lock().await;
+        if self.shared.directory().site(&domain).is_none() {
+            return Err(RpcError::UnknownSite(domain));
+        }
+        self.apply_admin(Record::Site(signed), "record of the site")?;
+        guard.clear(&domain).await;
+        info!(site = %domain, "site removed");
+        Ok(Response::Done)
+    }
+
+    /// Where a site added again (or anew) starts its heads: above every
+    /// head this node has seen for the domain.
+    pub(super) fn head_floor(
+        &self,
+        caller: PublicKey,
+        domain: &Domain,
+    ) -> Result<Response, RpcError> {
+        self.require_admin(caller)?;
+        let seen = self.shared.state.head_floor(domain).map_err(internal)?;
+        let current = self.shared.current_head(domain).map_or(0, |(seq, _)| seq);
+        Ok(Response::HeadFloor {
+            seq: seen.max(current),
+        })
+    }
+}

@@ -1,0 +1,464 @@
+//! The directory: an immutable, verified, in-memory snapshot of the
+//! replicated records (members, sites, heads, pins, revocations, invites).
+//!
+//! Pure: no I/O. [`crate::records::Records`], the one owner of record
+//! writes, merges each batch into a copy of the current directory, makes
+//! the changes durable, then publishes the copy. Readers (replication,
+//! membership, admin checks, listings, and later DNS, TLS and placement)
+//! hold an `Arc<Directory>` and never touch redb or check a signature.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use maki_protocol::{
+    AuthError, Body, Domain, Hash, Head, Invite, NodeRecord, Pin, PublicKey, Record, RecordError,
+    RecordKey, Signed, SiteRecord, Verified, View, authorize,
+};
+
+/// The network's fixed facts a record is judged against.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    pub admins: Vec<PublicKey>,
+    pub founder: PublicKey,
+}
+
+/// A record as it travels, with what verifying it found.
+#[derive(Debug)]
+pub struct Held {
+    pub record: Record,
+    pub verified: Verified,
+}
+
+/// What merging a record did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// First record for its key.
+    New,
+    /// It beat the record held for its key.
+    Replaced,
+    /// The held record wins (or is the same): nothing changed.
+    Stale,
+}
+
+/// A record that was not taken in; nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    #[error(transparent)]
+    Record(#[from] RecordError),
+    #[error("unauthorised record: {0}")]
+    Auth(#[from] AuthError),
+}
+
+/// A change the durable store must make for a merge.
+#[derive(Debug, Clone)]
+pub enum Change {
+    /// `record` is now the winner for its key.
+    Put(RecordKey, Record),
+    /// The record for this key is void (a head of a removed site, or from
+    /// before the site was added again).
+    Remove(RecordKey),
+    /// A head of this sequence was taken in for the domain.
+    HeadSeen(Domain, u64),
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    authority: Authority,
+    held: BTreeMap<RecordKey, Arc<Held>>,
+}
+
+impl Directory {
+    pub fn new(authority: Authority) -> Self {
+        Self {
+            authority,
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// A directory of records this node verified before it stored them:
+    /// their signatures are not checked again. One that no longer decodes
+    /// is returned apart.
+    pub fn load(authority: Authority, records: Vec<Record>) -> (Self, Vec<(Record, RecordError)>) {
+        let mut dir = Self::new(authority);
+        let mut bad = Vec::new();
+        for record in records {
+            match record.open_trusted() {
+                Ok(verified) => {
+                    dir.held
+                        .insert(verified.key.clone(), Arc::new(Held { record, verified }));
+                }
+                Err(e) => bad.push((record, e)),
+            }
+        }
+        (dir, bad)
+    }
+
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Verifies and authorises `record` against this directory and, if it
+    /// wins over the record held for its key, takes it in. `changes` gets
+    /// what the durable store must do to match.
+    pub fn merge(
+        &mut self,
+        record: &Record,
+        changes: &mut Vec<Change>,
+    ) -> Result<Applied, Refused> {
+        let new = record.verify()?;
+        authorize(&new, self)?;
+        let applied = match self.held.get(&new.key) {
+            None => Applied::New,
+            Some(old) if new.wins_over(&old.verified) => Applied::Replaced,
+            Some(_) => Applied::Stale,
+        };
+        if applied == Applied::Stale {
+            return Ok(applied);
+        }
+        changes.push(Change::Put(new.key.clone(), record.clone()));
+        match &new.body {
+            // A removal ends the site's head, and a site added again voids
+            // the heads from before (`heads_after`): nothing keeps fetching
+            // a version nobody may serve.
+            Body::Site(site) => {
+                let key = RecordKey::Head(site.domain.clone());
+                let void = self.held.get(&key).is_some_and(|h| match &h.verified.body {
+                    Body::Head(head) => site.removed || !site.current(head.seq),
+                    _ => true,
+                });
+                if void {
+                    self.held.remove(&key);
+                    changes.push(Change::Remove(key));
+                }
+            }
+            Body::Head(head) => changes.push(Change::HeadSeen(head.site.clone(), head.seq)),
+            _ => {}
+        }
+        self.held.insert(
+            new.key.clone(),
+            Arc::new(Held {
+                record: record.clone(),
+                verified: new,
+            }),
+        );
+        Ok(applied)
+    }
+
+    /// The record held for `key`, as it travels.
+    pub fn record(&self, key: &RecordKey) -> Option<&Record> {
+        self.held.get(key).map(|h| &h.record)
+    }
+
+    /// Every record held, in key order.
+    pub fn all(&self) -> impl Iterator<Item = &Held> {
+        self.held.values().map(|h| h.as_ref())
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    fn body(&self, key: &RecordKey) -> Option<&Body> {
+        self.held.get(key).map(|h| &h.verified.body)
+    }
+
+    /// A site as its record says, removed ones included, with the record's
+    /// version.
+    pub fn site_record(&self, domain: &Domain) -> Option<(&SiteRecord, u64)> {
+        let held = self.held.get(&RecordKey::Site(domain.clone()))?;
+        match &held.verified.body {
+            Body::Site(s) => Some((s, held.verified.version)),
+            _ => None,
+        }
+    }
+
+    /// A site that exists (not removed).
+    pub fn site(&self, domain: &Domain) -> Option<&SiteRecord> {
+        self.site_record(domain)
+            .map(|(s, _)| s)
+            .filter(|s| !s.removed)
+    }
+
+    /// Every site record, removed ones included (they must be cleared
+    /// wherever they are still served), with its version.
+    pub fn site_records(&self) -> impl Iterator<Item = (&SiteRecord, u64)> {
+        self.all().filter_map(|h| match &h.verified.body {
+            Body::Site(s) => Some((s, h.verified.version)),
+            _ => None,
+        })
+    }
+
+    /// The sites that exist.
+    pub fn sites(&self) -> impl Iterator<Item = &SiteRecord> {
+        self.site_records().map(|(s, _)| s).filter(|s| !s.removed)
+    }
+
+    /// The network's newest head of a site, which this node may not hold
+    /// yet. None for a removed site or a head from before it was added
+    /// again.
+    pub fn head(&self, domain: &Domain) -> Option<(&Head, &Signed<Head>)> {
+        let held = self.held.get(&RecordKey::Head(domain.clone()))?;
+        let (Body::Head(head), Record::Head(signed)) = (&held.verified.body, &held.record) else {
+            return None;
+        };
+        let site = self.site(domain)?;
+        site.current(head.seq).then_some((head, signed))
+    }
+
+    /// The pin of a site, if an admin set one.
+    pub fn pin(&self, domain: &Domain) -> Option<&Pin> {
+        match self.body(&RecordKey::Pin(domain.clone()))? {
+            Body::Pin(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The members: node records of nodes not revoked, with their versions.
+    pub fn members(&self) -> impl Iterator<Item = (&NodeRecord, u64)> {
+        self.all().filter_map(|h| match &h.verified.body {
+            Body::Node(n) if !self.is_revoked(&n.id) => Some((n, h.verified.version)),
+            _ => None,
+        })
+    }
+
+    /// A node's record, revoked or not, with its version.
+    pub fn node(&self, id: &PublicKey) -> Option<(&NodeRecord, u64)> {
+        let held = self.held.get(&RecordKey::Node(*id))?;
+        match &held.verified.body {
+            Body::Node(n) => Some((n, held.verified.version)),
+            _ => None,
+        }
+    }
+
+    /// A node's own record as it travels, and the invite that admitted it.
+    pub fn introduction(
+        &self,
+        id: &PublicKey,
+    ) -> Option<(Signed<NodeRecord>, Option<Signed<Invite>>)> {
+        let held = self.held.get(&RecordKey::Node(*id))?;
+        let (Record::Node(me), Body::Node(node)) = (&held.record, &held.verified.body) else {
+            return None;
+        };
+        let invite = node
+            .invite
+            .and_then(|secret| match self.record(&RecordKey::Invite(secret)) {
+                Some(Record::Invite(i)) => Some(i.clone()),
+                _ => None,
+            });
+        Some((me.clone(), invite))
+    }
+
+    pub fn is_revoked(&self, node: &PublicKey) -> bool {
+        self.held.contains_key(&RecordKey::Revocation(*node))
+    }
+
+    pub fn is_admin(&self, key: &PublicKey) -> bool {
+        self.authority.admins.contains(key)
+    }
+
+    /// Admins and the publishers of any site: callers trusted with large
+    /// frames and with the member list.
+    pub fn is_known(&self, key: &PublicKey) -> bool {
+        self.is_admin(key) || self.sites().any(|s| s.publishers.contains(key))
+    }
+}
+
+impl View for Directory {
+    fn admins(&self) -> &[PublicKey] {
+        &self.authority.admins
+    }
+    fn founder(&self) -> PublicKey {
+        self.authority.founder
+    }
+    fn site(&self, domain: &Domain) -> Option<SiteRecord> {
+        self.site_record(domain).map(|(s, _)| s.clone())
+    }
+    fn invite(&self, secret_hash: &Hash) -> Option<Invite> {
+        match self.body(&RecordKey::Invite(*secret_hash))? {
+            Body::Invite(i) => Some(i.clone()),
+            _ => None,
+        }
+    }
+    fn revoked(&self, node: &PublicKey) -> bool {
+        self.is_revoked(node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use maki_protocol::{Invite, RECORD_FORMAT, Revocation, SecretKey};
+
+    use super::*;
+
+    struct Net {
+        admin: SecretKey,
+        founder: SecretKey,
+        dir: Directory,
+    }
+
+    impl Net {
+        fn new() -> Self {
+            let admin = SecretKey::from_bytes(&[1; 32]);
+            let founder = SecretKey::from_bytes(&[2; 32]);
+            let dir = Directory::new(Authority {
+                admins: vec![admin.public()],
+                founder: founder.public(),
+            });
+            Self {
+                admin,
+                founder,
+                dir,
+            }
+        }
+
+        fn merge(&mut self, record: Record) -> Result<Applied, Refused> {
+            self.dir.merge(&record, &mut Vec::new())
+        }
+
+        fn node(key: &SecretKey, invite: Option<Hash>, version: u64) -> Record {
+            Record::Node(Signed::sign(
+                key,
+                &NodeRecord {
+                    format: RECORD_FORMAT,
+                    id: key.public(),
+                    addrs: vec![],
+                    region: None,
+                    location: None,
+                    version,
+                    invite,
+                    roles: vec![],
+                },
+            ))
+        }
+    }
+
+    #[test]
+    fn members_are_backed_by_an_invite_and_not_revoked() -> Result<(), Box<dyn std::error::Error>> {
+        let mut net = Net::new();
+        let joiner = SecretKey::from_bytes(&[3; 32]);
+        let founder = net.founder.clone();
+        assert_eq!(net.merge(Net::node(&founder, None, 1))?, Applied::New);
+
+        // Without the invite its record names, a node is not taken in.
+        let secret = Hash::of(b"secret");
+        assert!(matches!(
+            net.merge(Net::node(&joiner, Some(secret), 1)),
+            Err(Refused::Auth(AuthError::NoInvite(_)))
+        ));
+        let invite = Signed::sign(
+            &net.admin,
+            &Invite {
+                format: RECORD_FORMAT,
+                network: Hash::of(b"net"),
+                secret_hash: secret,
+                expires: u64::MAX,
+                issuer: founder.public(),
+            },
+        );
+        net.merge(Record::Invite(invite.clone()))?;
+        net.merge(Net::node(&joiner, Some(secret), 1))?;
+        let ids = |d: &Directory| d.members().map(|(n, _)| n.id).collect::<Vec<_>>();
+        assert_eq!(ids(&net.dir).len(), 2);
+        let (me, admitted) = net
+            .dir
+            .introduction(&joiner.public())
+            .ok_or("introduction")?;
+        assert_eq!(me.signer(), joiner.public());
+        assert_eq!(
+            admitted.map(|i| i.bytes().to_vec()),
+            Some(invite.bytes().to_vec())
+        );
+
+        // A newer record of a member replaces the old; an older one is stale.
+        assert_eq!(
+            net.merge(Net::node(&joiner, Some(secret), 5))?,
+            Applied::Replaced
+        );
+        assert_eq!(
+            net.merge(Net::node(&joiner, Some(secret), 4))?,
+            Applied::Stale
+        );
+        assert_eq!(net.dir.node(&joiner.public()).map(|(_, v)| v), Some(5));
+
+        // Revoked: no longer a member, and its new records are refused.
+        let revocation = Revocation {
+            format: RECORD_FORMAT,
+            node: joiner.public(),
+            version: 1,
+        };
+        net.merge(Record::Revocation(Signed::sign(&net.admin, &revocation)))?;
+        assert_eq!(ids(&net.dir), vec![founder.public()]);
+        assert!(matches!(
+            net.merge(Net::node(&joiner, Some(secret), 9)),
+            Err(Refused::Auth(AuthError::Revoked(_)))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn sites_heads_and_who_may_publish() -> Result<(), Box<dyn std::error::Error>> {
+        let mut net = Net::new();
+        let publisher = SecretKey::from_bytes(&[4; 32]);
+        let domain = Domain::new("a.test")?;
+        let site = |version: u64, removed: bool, heads_after: u64| SiteRecord {
+            format: RECORD_FORMAT,
+            domain: domain.clone(),
+            aliases: vec![],
+            publishers: vec![publisher.public()],
+            version,
+            removed,
+            heads_after,
+        };
+        // Only an admin makes a site.
+        assert!(
+            net.merge(Record::Site(Signed::sign(&publisher, &site(1, false, 0))))
+                .is_err()
+        );
+        net.merge(Record::Site(Signed::sign(&net.admin, &site(1, false, 0))))?;
+        assert!(net.dir.is_known(&publisher.public()));
+        assert!(!net.dir.is_known(&SecretKey::from_bytes(&[5; 32]).public()));
+
+        let head = |seq: u64| Head {
+            site: domain.clone(),
+            seq,
+            manifest: Hash::of(&seq.to_le_bytes()),
+        };
+        let mut changes = Vec::new();
+        net.dir.merge(
+            &Record::Head(Signed::sign(&publisher, &head(3))),
+            &mut changes,
+        )?;
+        assert!(matches!(changes.last(), Some(Change::HeadSeen(_, 3))));
+        assert_eq!(net.dir.head(&domain).map(|(h, _)| h.seq), Some(3));
+
+        // A removal voids the head at once, and the store is told to.
+        changes.clear();
+        net.dir.merge(
+            &Record::Site(Signed::sign(&net.admin, &site(2, true, 0))),
+            &mut changes,
+        )?;
+        assert!(
+            changes
+                .iter()
+                .any(|c| matches!(c, Change::Remove(RecordKey::Head(_))))
+        );
+        assert!(net.dir.site(&domain).is_none() && net.dir.head(&domain).is_none());
+        assert_eq!(net.dir.site_records().count(), 1);
+        assert!(!net.dir.is_known(&publisher.public()));
+
+        // Added again above the old heads: an old head is refused.
+        net.merge(Record::Site(Signed::sign(&net.admin, &site(3, false, 3))))?;
+        assert!(matches!(
+            net.merge(Record::Head(Signed::sign(&publisher, &head(3)))),
+            Err(Refused::Auth(AuthError::BeforeSite { .. }))
+        ));
+        net.merge(Record::Head(Signed::sign(&publisher, &head(4))))?;
+        assert_eq!(net.dir.head(&domain).map(|(h, _)| h.seq), Some(4));
+        Ok(())
+    }
+}
