@@ -182,7 +182,7 @@ async fn join(ticket: &InviteTicket, data_dir: &std::path::Path, config: &Config
     identity::write_key(data_dir, &key)?;
     identity::write_genesis(data_dir, &welcome.genesis)?;
     identity::write_invite(data_dir, &welcome.invite)?;
-    std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml())?;
+    std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml()?)?;
     // Start from the issuer's state; every record is checked as if it had
     // arrived by gossip, and a bad one is only logged.
     let state = makiatto::state::State::open(&data_dir.join("state.redb"))?;
@@ -239,7 +239,7 @@ fn init(
         p2p,
         ..Config::default()
     };
-    std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml())?;
+    std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml()?)?;
     let network = identity::load_genesis(&data_dir)?.id;
     println!("node {}", key.public());
     println!("network {network}");
