@@ -84,7 +84,7 @@ pub async fn run(
     shared: Arc<Shared>,
     gossip: Gossip,
     mut outbox: mpsc::Receiver<GossipMsg>,
-    mut changes: watch::Receiver<u64>,
+    mut records: watch::Receiver<Arc<crate::directory::Directory>>,
     cancel: CancellationToken,
 ) {
     let topic = TopicId::from_bytes(*shared.network.as_bytes());
@@ -129,14 +129,14 @@ pub async fn run(
                 }
                 Some(Ok(Event::Lagged)) => {
                     // We missed messages: a sync round fetches them.
-                    shared.push.notify_one();
+                    shared.sync_soon.notify_one();
                 }
                 Some(Ok(Event::NeighborUp(id))) => debug!(peer = %id.fmt_short(), "gossip neighbour up"),
                 Some(Ok(Event::NeighborDown(id))) => debug!(peer = %id.fmt_short(), "gossip neighbour down"),
                 Some(Err(error)) => debug!(%error, "gossip receive error"),
                 None => break,
             },
-            res = changes.changed() => {
+            res = records.changed() => {
                 if res.is_err() { break }
                 // New members: tell the swarm about them.
                 let now: HashSet<PublicKey> = shared.peers.others().into_iter().collect();

@@ -121,7 +121,7 @@ impl Node {
 
         let lookup = MemoryLookup::new();
         let endpoint = bind_endpoint(&key, config.p2p, lookup.clone()).await?;
-        let (changes, changes_rx) = watch::channel(0);
+        let (served_elsewhere, served_elsewhere_rx) = watch::channel(0);
         let (gossip_out, gossip_rx) = mpsc::channel(crate::gossip::OUTBOX);
         let keep_versions = config.keep_versions;
         let shared = Arc::new(Shared {
@@ -136,8 +136,8 @@ impl Node {
             content,
             live,
             peers: Arc::new(Peers::new(key.public(), lookup)),
-            changes,
-            push: tokio::sync::Notify::new(),
+            served_elsewhere,
+            sync_soon: tokio::sync::Notify::new(),
             dropped_records: AtomicU64::new(0),
             key: key.clone(),
             gossip_out,
@@ -211,14 +211,15 @@ impl Node {
         node.tasks.spawn(crate::replicate::run(
             node.shared.clone(),
             endpoint.clone(),
-            changes_rx,
+            node.shared.records.subscribe(),
+            served_elsewhere_rx,
             node.cancel.clone(),
         ));
         node.tasks.spawn(crate::gossip::run(
             node.shared.clone(),
             gossip,
             gossip_rx,
-            node.shared.changes.subscribe(),
+            node.shared.records.subscribe(),
             node.cancel.clone(),
         ));
         node.tasks
@@ -395,7 +396,7 @@ async fn load_live(
 ) -> Result<(), NodeError> {
     for site in dir.sites() {
         let domain = site.domain.clone();
-        let Some(signed) = state.head(&domain)? else {
+        let Some(signed) = state.served_head(&domain)? else {
             continue;
         };
         // Verified when it was committed; not checked again at each start.

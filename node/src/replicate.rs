@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     content::{ContentError, to_iroh},
+    directory::Directory,
     serving::Kind,
     shared::Shared,
 };
@@ -176,19 +177,22 @@ enum FetchError {
     Serve(#[from] crate::serving::ServeError),
 }
 
-/// Runs until cancelled: one pass at start and after every change of the
-/// records; passes that could not finish are retried.
+/// Runs until cancelled: one pass at start, after every change of the
+/// records and of what members serve; passes that could not finish are
+/// retried.
 pub async fn run(
     shared: Arc<Shared>,
     endpoint: Endpoint,
-    mut changes: watch::Receiver<u64>,
+    mut records: watch::Receiver<Arc<Directory>>,
+    mut served_elsewhere: watch::Receiver<u64>,
     cancel: CancellationToken,
 ) {
     // Retries of a fetch nobody can serve back off (2 s, 4 s, … 64 s); any
     // change of records or holdings tries again at once.
     let mut failures = 0u32;
     loop {
-        changes.borrow_and_update();
+        records.borrow_and_update();
+        served_elsewhere.borrow_and_update();
         let pending = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
@@ -203,7 +207,8 @@ pub async fn run(
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            res = changes.changed() => if res.is_err() { break },
+            res = records.changed() => if res.is_err() { break },
+            res = served_elsewhere.changed() => if res.is_err() { break },
             _ = tokio::time::sleep(wait), if pending => {},
         }
     }

@@ -41,10 +41,13 @@ pub struct Shared {
     pub serving: Serving,
     /// The members, and how to reach them.
     pub peers: Arc<Peers>,
-    /// Bumped whenever the records change: replication watches it.
-    pub changes: watch::Sender<u64>,
-    /// Woken after a change made here, to push it to every member now.
-    pub push: tokio::sync::Notify,
+    /// Bumped whenever what a member serves changes (replication may then
+    /// drop a site pinned elsewhere). Record changes come from the
+    /// directory's own watch (`records.subscribe()`).
+    pub served_elsewhere: watch::Sender<u64>,
+    /// Woken to sync with a few members now, not at the next round: after
+    /// a change made here, or when gossip lagged.
+    pub sync_soon: tokio::sync::Notify,
     /// Records from peers that failed verification or authorisation.
     pub dropped_records: AtomicU64,
     /// This node's key: it signs its own record and holdings.
@@ -95,7 +98,6 @@ impl Shared {
         if members {
             self.refresh_peers();
         }
-        self.changes.send_modify(|g| *g += 1);
     }
 
     /// [`Self::apply_record`] for a change made here: also broadcast over
@@ -104,15 +106,15 @@ impl Shared {
         let applied = self.apply_record(&record)?;
         if applied != Applied::Stale {
             self.announce(GossipMsg::Record(record));
-            self.push.notify_one();
+            self.sync_soon.notify_one();
         }
         Ok(applied)
     }
 
-    /// What a peer serves changed: replication may now drop a site pinned
-    /// elsewhere (it watches the same signal as for records).
+    /// What a member serves changed: replication may now drop a site
+    /// pinned elsewhere.
     pub fn holdings_changed(&self) {
-        self.changes.send_modify(|g| *g += 1);
+        self.served_elsewhere.send_modify(|g| *g += 1);
     }
 
     /// Hands a message to gossip; when its queue is full the message is
@@ -129,7 +131,7 @@ impl Shared {
 
     /// The site's newest head: (seq, manifest). The record, or what this
     /// node serves when that is newer (a head committed before records).
-    pub fn current_head(&self, domain: &Domain) -> Option<(u64, Hash)> {
+    pub fn newest_head(&self, domain: &Domain) -> Option<(u64, Hash)> {
         let dir = self.directory();
         let record = dir.head(domain).map(|(h, _)| (h.seq, h.manifest));
         // What this node serves counts only if it is of the site as it is

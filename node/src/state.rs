@@ -124,7 +124,8 @@ impl State {
         Ok(Some(manifests))
     }
 
-    pub fn head(&self, domain: &Domain) -> Result<Option<Signed<Head>>, StateError> {
+    /// The head this node serves for a site (it holds all of its content).
+    pub fn served_head(&self, domain: &Domain) -> Result<Option<Signed<Head>>, StateError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(HEADS)?;
         match t.get(domain.as_str())? {
@@ -324,13 +325,13 @@ mod tests {
         let vs = state.versions(&d)?;
         assert_eq!(vs.iter().map(|v| v.0).collect::<Vec<_>>(), vec![4, 3]);
         assert_eq!(
-            state.head(&d)?.map(|h| h.verify().map(|h| h.seq)),
+            state.served_head(&d)?.map(|h| h.verify().map(|h| h.seq)),
             Some(Ok(4))
         );
         assert_eq!(state.clear_site(&d)?.map(|m| m.len()), Some(2));
         assert!(state.clear_site(&d)?.is_none());
         assert!(state.versions(&d)?.is_empty());
-        assert!(state.head(&d)?.is_none());
+        assert!(state.served_head(&d)?.is_none());
         Ok(())
     }
 }

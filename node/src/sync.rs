@@ -86,12 +86,12 @@ async fn read_msg(recv: &mut RecvStream) -> Result<SyncMsg, SyncFailure> {
 }
 
 /// What one side holds, ready to reconcile and to answer wants.
-struct Holdings {
+struct RecordSet {
     by_id: HashMap<Hash, Record>,
     storage: NegentropyStorageVector,
 }
 
-impl Holdings {
+impl RecordSet {
     fn load(shared: &Shared) -> Result<Self, SyncFailure> {
         let dir = shared.directory();
         let mut storage = NegentropyStorageVector::with_capacity(dir.len());
@@ -174,8 +174,8 @@ async fn initiate(
         .map_err(|e| SyncFailure::Connect(e.to_string()))?;
     let result = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(stream_err)?;
-        let holdings = Holdings::load(shared)?;
-        let mut neg = Negentropy::borrowed(&holdings.storage, 0).map_err(neg_err)?;
+        let set = RecordSet::load(shared)?;
+        let mut neg = Negentropy::borrowed(&set.storage, 0).map_err(neg_err)?;
         let first = neg.initiate().map_err(neg_err)?;
         write_msg(
             &mut send,
@@ -207,7 +207,7 @@ async fn initiate(
             }
         }
         let to_id = |id: &Id| Hash::from_bytes(**id);
-        let give = holdings.pick(&have.iter().map(to_id).collect::<Vec<_>>());
+        let give = set.pick(&have.iter().map(to_id).collect::<Vec<_>>());
         let sent = give.len();
         write_msg(
             &mut send,
@@ -302,8 +302,8 @@ impl SyncProtocol {
             send.finish().map_err(stream_err)?;
             return Err(e.into());
         }
-        let holdings = Holdings::load(&self.shared)?;
-        let mut neg = Negentropy::borrowed(&holdings.storage, 0).map_err(neg_err)?;
+        let set = RecordSet::load(&self.shared)?;
+        let mut neg = Negentropy::borrowed(&set.storage, 0).map_err(neg_err)?;
         loop {
             match read_msg(&mut recv).await? {
                 SyncMsg::Reconcile(q) => {
@@ -315,7 +315,7 @@ impl SyncProtocol {
                     want,
                     holds,
                 } => {
-                    let give = holdings.pick(&want);
+                    let give = set.pick(&want);
                     write_msg(
                         &mut send,
                         &SyncMsg::Records {
@@ -460,7 +460,7 @@ pub async fn run(
                     start(new, &mut running, &mut busy, &mut again);
                 }
             }
-            _ = shared.push.notified() => {
+            _ = shared.sync_soon.notified() => {
                 let peers = random_subset(shared.peers.others(), FANOUT);
                 start(peers, &mut running, &mut busy, &mut again);
             }

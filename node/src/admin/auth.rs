@@ -89,7 +89,7 @@ impl AdminProtocol {
             .site(domain)
             .map_or(0, |s| s.heads_after);
         self.shared
-            .current_head(domain)
+            .newest_head(domain)
             .map_or(0, |(seq, _)| seq)
             .max(after)
     }

@@ -98,7 +98,7 @@ impl AdminProtocol {
             let live = self.shared.live.get(domain.as_str());
             // The network's head, which may be ahead of what this node serves
             // while it downloads; a publish must build on it.
-            let head = match (self.shared.current_head(&domain), &live) {
+            let head = match (self.shared.newest_head(&domain), &live) {
                 (Some((seq, m)), Some(l)) if l.manifest_hash == m => Some(HeadInfo {
                     seq,
                     version: l.summary.version,

@@ -224,7 +224,7 @@ impl AdminProtocol {
                 manifest.site, head.site
             )));
         }
-        let current_hash = self.shared.current_head(&head.site).map(|(_, m)| m);
+        let current_hash = self.shared.newest_head(&head.site).map(|(_, m)| m);
         if manifest.parent != current_hash {
             return Err(RpcError::StaleParent {
                 current: current_hash,
@@ -361,7 +361,7 @@ impl AdminProtocol {
 
         let guard = self.shared.serving.lock().await;
         // Someone may have published while we were receiving.
-        let current = self.shared.current_head(&s.head.site);
+        let current = self.shared.newest_head(&s.head.site);
         let current_hash = current.map(|(_, m)| m);
         if manifest.parent != current_hash {
             return Err(RpcError::StaleParent {

@@ -137,7 +137,7 @@ impl AdminProtocol {
     ) -> Result<Response, RpcError> {
         self.require_admin(caller)?;
         let seen = self.shared.state.head_floor(domain).map_err(internal)?;
-        let current = self.shared.current_head(domain).map_or(0, |(seq, _)| seq);
+        let current = self.shared.newest_head(domain).map_or(0, |(seq, _)| seq);
         Ok(Response::HeadFloor {
             seq: seen.max(current),
         })
