@@ -39,6 +39,12 @@ pub enum Applied {
     Stale,
 }
 
+/// Records of kinds this build cannot read that one signer may have this
+/// node carry, and their bytes: enough for a newer node's few records of a
+/// new kind, too few to make the network a free store.
+pub const MAX_UNKNOWN_PER_SIGNER: usize = 64;
+pub const MAX_UNKNOWN_BYTES_PER_SIGNER: usize = 256 * 1024;
+
 /// A record that was not taken in; nothing changed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -47,6 +53,14 @@ pub enum Refused {
     Record(#[from] RecordError),
     #[error("unauthorised record: {0}")]
     Auth(#[from] AuthError),
+    #[error(
+        "{signer} already has this node carry {count} records ({bytes} bytes) of kinds it cannot read; the limit is {MAX_UNKNOWN_PER_SIGNER} records and {MAX_UNKNOWN_BYTES_PER_SIGNER} bytes"
+    )]
+    TooManyUnknown {
+        signer: PublicKey,
+        count: usize,
+        bytes: usize,
+    },
 }
 
 /// A change the durable store must make for a merge.
@@ -59,6 +73,16 @@ pub enum Change {
     Remove(RecordKey),
     /// A head of this sequence was taken in for the domain.
     HeadSeen(Domain, u64),
+}
+
+/// What [`Directory::load`] found.
+#[derive(Debug)]
+pub struct Loaded {
+    pub dir: Directory,
+    pub bad: Vec<(Record, RecordError)>,
+    /// Records of a kind this build has learned since they were stored,
+    /// with the key they were stored under.
+    pub learned: Vec<(RecordKey, Record)>,
 }
 
 /// See the module docs.
@@ -77,21 +101,34 @@ impl Directory {
     }
 
     /// A directory of records this node verified before it stored them:
-    /// their signatures are not checked again. One that no longer decodes
-    /// is returned apart.
-    pub fn load(authority: Authority, records: Vec<Record>) -> (Self, Vec<(Record, RecordError)>) {
-        let mut dir = Self::new(authority);
-        let mut bad = Vec::new();
-        for record in records {
+    /// their signatures are not checked again. Returned apart: records
+    /// that no longer decode, and records stored as of an unknown kind that
+    /// this build now reads (they were never judged: the caller merges them
+    /// anew, and drops their old keys).
+    pub fn load(authority: Authority, records: Vec<(Option<RecordKey>, Record)>) -> Loaded {
+        let mut loaded = Loaded {
+            dir: Self::new(authority),
+            bad: Vec::new(),
+            learned: Vec::new(),
+        };
+        for (stored, record) in records {
             match record.open_trusted() {
                 Ok(verified) => {
-                    dir.held
+                    if let Some(old @ RecordKey::Unknown { .. }) = &stored
+                        && !matches!(verified.key, RecordKey::Unknown { .. })
+                    {
+                        loaded.learned.push((old.clone(), record));
+                        continue;
+                    }
+                    loaded
+                        .dir
+                        .held
                         .insert(verified.key.clone(), Arc::new(Held { record, verified }));
                 }
-                Err(e) => bad.push((record, e)),
+                Err(e) => loaded.bad.push((record, e)),
             }
         }
-        (dir, bad)
+        loaded
     }
 
     pub fn authority(&self) -> &Authority {
@@ -108,6 +145,19 @@ impl Directory {
     ) -> Result<Applied, Refused> {
         let new = record.verify()?;
         authorize(&new, self)?;
+        if let Body::Unknown { len, .. } = new.body {
+            let (count, bytes) = self.unknown_of(&new.signer);
+            if !self.held.contains_key(&new.key)
+                && (count >= MAX_UNKNOWN_PER_SIGNER
+                    || bytes.saturating_add(len) > MAX_UNKNOWN_BYTES_PER_SIGNER)
+            {
+                return Err(Refused::TooManyUnknown {
+                    signer: new.signer,
+                    count,
+                    bytes,
+                });
+            }
+        }
         let applied = match self.held.get(&new.key) {
             None => Applied::New,
             Some(old) if new.wins_over(&old.verified) => Applied::Replaced,
@@ -143,6 +193,28 @@ impl Directory {
             }),
         );
         Ok(applied)
+    }
+
+    /// Records of kinds this build cannot read: carried for newer nodes.
+    pub fn unknown(&self) -> impl Iterator<Item = &Held> {
+        self.held
+            .range(
+                RecordKey::Unknown {
+                    kind: 0,
+                    id: Hash::from_bytes([0; 32]),
+                }..,
+            )
+            .map(|(_, h)| h.as_ref())
+    }
+
+    /// How many unknown records `signer` has this node carry, and their bytes.
+    fn unknown_of(&self, signer: &PublicKey) -> (usize, usize) {
+        self.unknown()
+            .filter(|h| h.verified.signer == *signer)
+            .fold((0, 0), |(n, b), h| match h.verified.body {
+                Body::Unknown { len, .. } => (n + 1, b + len),
+                _ => (n, b),
+            })
     }
 
     /// The record held for `key`, as it travels.
@@ -286,6 +358,9 @@ impl View for Directory {
     }
     fn revoked(&self, node: &PublicKey) -> bool {
         self.is_revoked(node)
+    }
+    fn known_signer(&self, key: &PublicKey) -> bool {
+        self.is_known(key) || self.members().any(|(n, _)| n.id == *key)
     }
 }
 
@@ -459,6 +534,65 @@ mod tests {
         ));
         net.merge(Record::Head(Signed::sign(&publisher, &head(4))))?;
         assert_eq!(net.dir.head(&domain).map(|(h, _)| h.seq), Some(4));
+        Ok(())
+    }
+
+    /// A record of kind 9, which this build does not know.
+    fn future(key: &SecretKey, n: usize, len: usize) -> Record {
+        let mut body = vec![0u8; len];
+        body[..8].copy_from_slice(&(n as u64).to_le_bytes());
+        let signed = Signed::<maki_protocol::Unread>::sign_bytes_under(
+            key,
+            &maki_protocol::kind_context(9),
+            body,
+        );
+        Record::Unknown { kind: 9, signed }
+    }
+
+    #[test]
+    fn unknown_kinds_are_carried_for_known_signers_within_limits()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut net = Net::new();
+        let founder = net.founder.clone();
+        net.merge(Net::node(&founder, None, 1))?;
+        let stranger = SecretKey::from_bytes(&[7; 32]);
+
+        // A member's and an admin's are carried, a stranger's refused.
+        let mut changes = Vec::new();
+        assert_eq!(
+            net.dir.merge(&future(&founder, 0, 100), &mut changes)?,
+            Applied::New
+        );
+        assert!(matches!(
+            changes.as_slice(),
+            [Change::Put(RecordKey::Unknown { kind: 9, .. }, _)]
+        ));
+        let admin = net.admin.clone();
+        net.merge(future(&admin, 0, 100))?;
+        assert!(matches!(
+            net.merge(future(&stranger, 0, 100)),
+            Err(Refused::Auth(AuthError::UnknownSigner { kind: 9, .. }))
+        ));
+        // The same record again changes nothing.
+        assert_eq!(net.merge(future(&founder, 0, 100))?, Applied::Stale);
+        assert_eq!(net.dir.unknown().count(), 2);
+
+        // Per signer, at most so many records and so many bytes.
+        for n in 1..MAX_UNKNOWN_PER_SIGNER {
+            net.merge(future(&founder, n, 100))?;
+        }
+        assert!(matches!(
+            net.merge(future(&founder, 999, 100)),
+            Err(Refused::TooManyUnknown { .. })
+        ));
+        let big = MAX_UNKNOWN_BYTES_PER_SIGNER / 2;
+        net.merge(future(&admin, 1, big))?;
+        assert!(matches!(
+            net.merge(future(&admin, 2, big)),
+            Err(Refused::TooManyUnknown { .. })
+        ));
+        // Members, sites and heads are untouched by what is carried.
+        assert_eq!(net.dir.members().count(), 1);
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use maki_protocol::Record;
 use tokio::sync::watch;
 
 use crate::{
-    directory::{Applied, Authority, Directory, Refused},
+    directory::{Applied, Authority, Change, Directory, Refused},
     state::{State, StateError},
 };
 
@@ -34,15 +34,29 @@ pub struct Records {
 impl Records {
     /// Loads the directory from the records `state` holds.
     pub fn load(state: Arc<State>, authority: Authority) -> Result<Self, StateError> {
-        let (dir, bad) = Directory::load(authority, state.records()?);
-        for (record, error) in bad {
+        let loaded = Directory::load(authority, state.records()?);
+        for (record, error) in loaded.bad {
             tracing::warn!(%error, ?record, "a stored record no longer decodes; ignoring it");
         }
-        Ok(Self {
+        let records = Self {
             state,
-            current: watch::Sender::new(Arc::new(dir)),
+            current: watch::Sender::new(Arc::new(loaded.dir)),
             write: Mutex::new(()),
-        })
+        };
+        if !loaded.learned.is_empty() {
+            // Carried while unread; judged now, as if they had just arrived.
+            let (old, batch): (Vec<_>, Vec<_>) = loaded.learned.into_iter().unzip();
+            let changes: Vec<Change> = old.into_iter().map(Change::Remove).collect();
+            records.state.write_records(&changes)?;
+            let mut batch = batch;
+            batch.sort_by_key(maki_protocol::sync::apply_rank);
+            for verdict in records.apply(&batch)? {
+                if let Err(error) = verdict {
+                    tracing::info!(%error, "a carried record of a kind now known was refused");
+                }
+            }
+        }
+        Ok(records)
     }
 
     /// The directory now.
@@ -174,6 +188,56 @@ mod tests {
         let ids = |d: &Directory| d.all().map(|h| h.verified.hash).collect::<Vec<_>>();
         assert_eq!(ids(&before), ids(&reloaded));
         assert_eq!(reloaded.head(&d).map(|(h, _)| h.seq), Some(2));
+        Ok(())
+    }
+
+    /// A node upgraded to a build that knows a kind it used to carry
+    /// unread judges those records at start, as if they had just arrived.
+    #[test]
+    fn carried_records_of_a_kind_now_known_are_judged_at_start()
+    -> Result<(), Box<dyn std::error::Error>> {
+        use maki_protocol::RECORD_FORMAT;
+        let dir = tempfile::tempdir()?;
+        let state = Arc::new(State::open(&dir.path().join("s.redb"))?);
+        let admin = SecretKey::from_bytes(&[1; 32]);
+        let stranger = SecretKey::from_bytes(&[9; 32]);
+        let authority = Authority {
+            admins: vec![admin.public()],
+            founder: SecretKey::from_bytes(&[3; 32]).public(),
+        };
+        let site = |domain: &str| SiteRecord {
+            format: RECORD_FORMAT,
+            domain: Domain::new(domain).expect("domain"),
+            aliases: vec![],
+            publishers: vec![admin.public()],
+            version: 1,
+            removed: false,
+            heads_after: 0,
+        };
+        // As an older build stored them: under keys of an unknown kind.
+        let good = Record::Site(Signed::sign(&admin, &site("good.test")));
+        let bad = Record::Site(Signed::sign(&stranger, &site("bad.test")));
+        let carried = |r: &Record| RecordKey::Unknown {
+            kind: 1,
+            id: Hash::of(&postcard::to_stdvec(r).expect("encode")),
+        };
+        state.write_records(&[
+            Change::Put(carried(&good), good.clone()),
+            Change::Put(carried(&bad), bad.clone()),
+        ])?;
+
+        let records = Records::load(state.clone(), authority)?;
+        let d = records.directory();
+        assert!(d.site(&Domain::new("good.test")?).is_some());
+        assert!(d.site(&Domain::new("bad.test")?).is_none());
+        assert_eq!(d.unknown().count(), 0);
+        // What is stored now: the good one under its real key, nothing else.
+        let stored = state.records()?;
+        assert_eq!(stored.len(), 1);
+        assert_eq!(
+            stored[0].0,
+            Some(RecordKey::Site(Domain::new("good.test")?))
+        );
         Ok(())
     }
 }

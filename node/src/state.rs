@@ -10,7 +10,9 @@
 
 use std::path::Path;
 
-use maki_protocol::{Domain, Hash, Head, Invite, PublicKey, Record, Signed, rpc::JoinError};
+use maki_protocol::{
+    Domain, Hash, Head, Invite, PublicKey, Record, RecordKey, Signed, rpc::JoinError,
+};
 
 use crate::directory::Change;
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
@@ -280,14 +282,16 @@ impl State {
         Ok(())
     }
 
-    /// Every record held, in key order.
-    pub fn records(&self) -> Result<Vec<Record>, StateError> {
+    /// Every record held, in key order, with the key it is stored under
+    /// (`None` for a key this build cannot read).
+    pub fn records(&self) -> Result<Vec<(Option<RecordKey>, Record)>, StateError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(RECORDS)?;
         let mut out = Vec::new();
         for item in t.iter()? {
-            let (_, v) = item?;
-            out.push(decode("record", v.value())?);
+            let (k, v) = item?;
+            let key = postcard::from_bytes(k.value()).ok();
+            out.push((key, decode("record", v.value())?));
         }
         Ok(out)
     }

@@ -28,7 +28,8 @@ pub use manifest::{
 pub use path::{SitePath, SitePathError};
 pub use records::{
     AuthError, Body, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NodeRecord, Pin, RECORD_FORMAT,
-    ROLE_HTTP, Record, RecordError, RecordKey, Revocation, SiteRecord, Verified, View, authorize,
+    ROLE_HTTP, Record, RecordError, RecordKey, Revocation, SiteRecord, Unread, Verified, View,
+    authorize, kind_context,
 };
 pub use signed::{Signable, Signed, SignedError};
 pub use ticket::{NodeTicket, TicketError};

@@ -3,8 +3,18 @@
 //! Each record is signed by whoever may make it (see `docs/architecture.md`,
 //! Trust) and merged last-writer-wins per key by `(version, hash)`: a higher
 //! version wins, and between equal versions the higher hash, so every node
-//! picks the same winner without a clock. Records carry a format number; a
-//! node that meets a newer one says so instead of misreading it.
+//! picks the same winner without a clock.
+//!
+//! Records must survive a rolling upgrade, where nodes of two versions
+//! sync with each other:
+//! - A newer format of a known kind only appends fields, so an older node
+//!   reads the fields it knows (postcard reads a prefix) and carries the
+//!   signed bytes unchanged. A change that is not an append is a new kind.
+//! - A kind this build does not know travels as `(kind, signed bytes)` like
+//!   every record; it is kept as [`Record::Unknown`]: stored, relayed and
+//!   reconciled, never applied. Its signature is checked under the context
+//!   every kind after the first six uses ([`kind_context`]); the node limits
+//!   how many such records each signer may have it carry.
 
 use std::{fmt, net::SocketAddr, str::FromStr};
 
@@ -12,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{Domain, Hash, Head, NodeTicket, PublicKey, Signed, signed::Signable};
 
-/// The record format this code writes and the newest it reads.
+/// The record format this code writes. A newer one only appends fields,
+/// which this code reads past.
 pub const RECORD_FORMAT: u16 = 1;
 /// The genesis format (kept for the name used since the first release).
 pub const GENESIS_FORMAT: u16 = RECORD_FORMAT;
@@ -167,10 +178,21 @@ pub enum RecordKey {
     Node(PublicKey),
     Revocation(PublicKey),
     Pin(Domain),
+    /// A record of a kind this build does not know, by its identity (it
+    /// cannot read the key inside, so each such record is its own).
+    Unknown {
+        kind: u32,
+        id: Hash,
+    },
 }
 
-/// Any replicated record, as it travels.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Marks the bytes of a record this build cannot read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unread {}
+
+/// Any replicated record, as it travels: on the wire, its kind (a varint)
+/// then the signed record, the same bytes a derived enum would give.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Record {
     Invite(Signed<Invite>),
     Site(Signed<SiteRecord>),
@@ -178,6 +200,62 @@ pub enum Record {
     Node(Signed<NodeRecord>),
     Revocation(Signed<Revocation>),
     Pin(Signed<Pin>),
+    /// A kind made by a newer node: carried, not applied.
+    Unknown {
+        kind: u32,
+        signed: Signed<Unread>,
+    },
+}
+
+/// The signature context of record kinds after the first six: a node that
+/// does not know a kind can still check who signed it.
+pub fn kind_context(kind: u32) -> Vec<u8> {
+    format!("makiatto/record/{kind}").into_bytes()
+}
+
+impl Record {
+    /// The kind number that leads the record on the wire.
+    pub fn kind(&self) -> u32 {
+        match self {
+            Record::Invite(_) => 0,
+            Record::Site(_) => 1,
+            Record::Head(_) => 2,
+            Record::Node(_) => 3,
+            Record::Revocation(_) => 4,
+            Record::Pin(_) => 5,
+            Record::Unknown { kind, .. } => *kind,
+        }
+    }
+}
+
+impl Serialize for Record {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let kind = self.kind();
+        match self {
+            Record::Invite(r) => (kind, r).serialize(s),
+            Record::Site(r) => (kind, r).serialize(s),
+            Record::Head(r) => (kind, r).serialize(s),
+            Record::Node(r) => (kind, r).serialize(s),
+            Record::Revocation(r) => (kind, r).serialize(s),
+            Record::Pin(r) => (kind, r).serialize(s),
+            Record::Unknown { signed, .. } => (kind, signed).serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Record {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let (kind, signed) = <(u32, Signed<Unread>)>::deserialize(d)?;
+        Ok(match kind {
+            0 => Record::Invite(signed.retag()),
+            1 => Record::Site(signed.retag()),
+            2 => Record::Head(signed.retag()),
+            3 => Record::Node(signed.retag()),
+            4 => Record::Revocation(signed.retag()),
+            5 => Record::Pin(signed.retag()),
+            kind => Record::Unknown { kind, signed },
+        })
+    }
 }
 
 /// A record that cannot be taken in.
@@ -186,10 +264,6 @@ pub enum Record {
 pub enum RecordError {
     #[error(transparent)]
     Signature(#[from] crate::SignedError),
-    #[error(
-        "record format {found} is newer than this build understands (up to {RECORD_FORMAT}); upgrade this node"
-    )]
-    NewerFormat { found: u16 },
 }
 
 /// A record whose signature holds, decoded, with its merge position.
@@ -213,17 +287,15 @@ pub enum Body {
     Node(NodeRecord),
     Revocation(Revocation),
     Pin(Pin),
-}
-
-fn check_format(format: u16) -> Result<(), RecordError> {
-    if format > RECORD_FORMAT {
-        return Err(RecordError::NewerFormat { found: format });
-    }
-    Ok(())
+    /// A kind this build cannot read (its signature holds).
+    Unknown {
+        kind: u32,
+        len: usize,
+    },
 }
 
 impl Record {
-    /// Checks the signature and format and finds the record's key. Whether
+    /// Checks the signature and finds the record's key. Whether
     /// the signer had the right is the caller's question: it needs state.
     pub fn verify(&self) -> Result<Verified, RecordError> {
         self.open(true)
@@ -240,7 +312,6 @@ impl Record {
         let (key, version, signer, body) = match self {
             Record::Invite(s) => {
                 let v = content(s, verify)?;
-                check_format(v.format)?;
                 // An invite never changes: its version is fixed.
                 (
                     RecordKey::Invite(v.secret_hash),
@@ -251,7 +322,6 @@ impl Record {
             }
             Record::Site(s) => {
                 let v = content(s, verify)?;
-                check_format(v.format)?;
                 (
                     RecordKey::Site(v.domain.clone()),
                     v.version,
@@ -270,12 +340,10 @@ impl Record {
             }
             Record::Node(s) => {
                 let v = content(s, verify)?;
-                check_format(v.format)?;
                 (RecordKey::Node(v.id), v.version, s.signer(), Body::Node(v))
             }
             Record::Revocation(s) => {
                 let v = content(s, verify)?;
-                check_format(v.format)?;
                 (
                     RecordKey::Revocation(v.node),
                     v.version,
@@ -285,12 +353,28 @@ impl Record {
             }
             Record::Pin(s) => {
                 let v = content(s, verify)?;
-                check_format(v.format)?;
                 (
                     RecordKey::Pin(v.site.clone()),
                     v.version,
                     s.signer(),
                     Body::Pin(v),
+                )
+            }
+            Record::Unknown { kind, signed } => {
+                if verify && !signed.holds_under(&kind_context(*kind)) {
+                    return Err(crate::SignedError::BadSignature.into());
+                }
+                (
+                    RecordKey::Unknown {
+                        kind: *kind,
+                        id: hash,
+                    },
+                    0,
+                    signed.signer(),
+                    Body::Unknown {
+                        kind: *kind,
+                        len: signed.bytes().len(),
+                    },
                 )
             }
         };
@@ -331,6 +415,9 @@ pub trait View {
     fn invite(&self, secret_hash: &Hash) -> Option<Invite>;
     /// True when an admin revoked this node.
     fn revoked(&self, node: &PublicKey) -> bool;
+    /// An admin, a member node or a publisher of a site: the keys whose
+    /// records of unknown kinds a node agrees to carry.
+    fn known_signer(&self, key: &PublicKey) -> bool;
 }
 
 /// A record signed by someone without the right to make it.
@@ -357,6 +444,10 @@ pub enum AuthError {
     NoInvite(PublicKey),
     #[error("node {0} was revoked")]
     Revoked(PublicKey),
+    #[error(
+        "a record of unknown kind {kind} signed by {key}, who is no admin, member or publisher"
+    )]
+    UnknownSigner { kind: u32, key: PublicKey },
 }
 
 /// Whether the signer of `v` had the right to make it, given `view`:
@@ -407,6 +498,18 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
                 Ok(())
             } else {
                 Err(AuthError::NoInvite(n.id))
+            }
+        }
+        // What it may say is for a node that knows the kind to judge; this
+        // one only carries it, for someone the network knows.
+        Body::Unknown { kind, .. } => {
+            if view.known_signer(&v.signer) {
+                Ok(())
+            } else {
+                Err(AuthError::UnknownSigner {
+                    kind: *kind,
+                    key: v.signer,
+                })
             }
         }
     }
@@ -489,20 +592,56 @@ mod tests {
     }
 
     #[test]
-    fn newer_formats_are_named() {
+    fn newer_formats_are_read_by_the_fields_known() {
         let admin = SecretKey::from_bytes(&[1; 32]);
-        let mut s = site(1);
-        s.format = RECORD_FORMAT + 1;
-        let e = Record::Site(Signed::sign(&admin, &s))
-            .verify()
-            .expect_err("newer");
+        let mut v1 = site(1);
+        v1.format = RECORD_FORMAT + 1;
+        // Signed as the newer node would: same context, more bytes.
+        let newer =
+            Signed::<SiteRecord>::sign_bytes(&admin, crate::codec::encode(&(v1.clone(), 99u64)));
+        let record = Record::Site(newer);
+        let verified = record.verify().expect("read by prefix");
+        assert_eq!(verified.body, Body::Site(v1));
+        // Carried unchanged: the same bytes, so the same identity everywhere.
+        let wire = crate::codec::encode(&record);
+        let back: Record = postcard::from_bytes(&wire).expect("decode");
+        assert_eq!(back, record);
+        assert_eq!(back.verify().expect("again").hash, verified.hash);
+    }
+
+    #[test]
+    fn unknown_kinds_are_carried_with_their_signature_checked() {
+        let signer = SecretKey::from_bytes(&[5; 32]);
+        let body = b"a record of a kind from the future".to_vec();
+        let signed = Signed::<Unread>::sign_bytes_under(&signer, &kind_context(9), body.clone());
+        let wire = postcard::to_stdvec(&(9u32, &signed)).expect("encode");
+        let record: Record = postcard::from_bytes(&wire).expect("a whole batch still decodes");
+        assert!(matches!(record, Record::Unknown { kind: 9, .. }));
+        assert_eq!(crate::codec::encode(&record), wire, "relayed byte for byte");
+        let v = record.verify().expect("signature holds");
         assert_eq!(
-            e,
-            RecordError::NewerFormat {
-                found: RECORD_FORMAT + 1
+            v.key,
+            RecordKey::Unknown {
+                kind: 9,
+                id: Hash::of(&wire)
             }
         );
-        assert!(e.to_string().contains("upgrade"));
+        assert_eq!(v.signer, signer.public());
+
+        // Under another kind's context, or with a byte flipped, it does not.
+        let mut wire2 = postcard::to_stdvec(&(10u32, &signed)).expect("encode");
+        let other: Record = postcard::from_bytes(&wire2).expect("decode");
+        assert!(other.verify().is_err());
+        let last = wire2.len() - 70;
+        wire2[last] ^= 1;
+        let flipped: Record = postcard::from_bytes(&wire2).expect("decode");
+        assert!(flipped.verify().is_err());
+
+        // Known kinds keep the bytes a derived enum gave them.
+        let admin = SecretKey::from_bytes(&[1; 32]);
+        let site = Signed::sign(&admin, &site(3));
+        let derived = postcard::to_stdvec(&(1u32, &site)).expect("encode");
+        assert_eq!(crate::codec::encode(&Record::Site(site)), derived);
     }
 
     #[test]
@@ -559,6 +698,9 @@ mod tests {
         }
         fn revoked(&self, node: &PublicKey) -> bool {
             self.revoked.contains(node)
+        }
+        fn known_signer(&self, key: &PublicKey) -> bool {
+            self.admins.contains(key)
         }
     }
 
