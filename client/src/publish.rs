@@ -6,7 +6,7 @@ use std::{path::Path, time::SystemTime};
 use n0_future::{BufferedStreamExt, StreamExt};
 
 use iroh_blobs::{
-    protocol::{ChunkRangesSeq, PushRequest},
+    protocol::{ChunkRanges, ChunkRangesExt, ChunkRangesSeq, PushRequest},
     store::mem::MemStore,
 };
 use maki_protocol::{
@@ -193,13 +193,15 @@ pub async fn publish(
     let mut conn = None;
     let (session, missing) = match offer(client, &mut conn, signed, bytes).await? {
         Response::Unchanged { version } => return Ok(Outcome::Unchanged { version }),
-        Response::Missing {
-            session, hashes, ..
-        } => (session, hashes),
+        Response::Missing { session, lacks, .. } => (session, lacks),
         other => return Err(PublishError::Unexpected(format!("{other:?}"))),
     };
     let all = manifest.blobs();
-    let total: u64 = missing.iter().filter_map(|h| all.get(h)).sum();
+    let missing = missing.hashes(all.keys());
+    let total = missing
+        .iter()
+        .filter_map(|h| all.get(h))
+        .fold(0u64, |sum, b| sum.saturating_add(*b));
     progress.start(total, missing.len());
     if !missing.is_empty() {
         let c = connect(client, &mut conn).await?;
@@ -220,7 +222,7 @@ pub async fn publish(
             uploaded_blobs: missing.len(),
             uploaded_bytes: total,
             skipped_blobs: all.len() - missing.len(),
-            skipped_bytes: all.values().sum::<u64>() - total,
+            skipped_bytes: manifest.blobs_size().saturating_sub(total),
         }),
         other => Err(PublishError::Unexpected(format!("{other:?}"))),
     }
@@ -331,9 +333,12 @@ pub async fn push(
     // file would make a site of many small files crawl over a long link.
     let mut pushes = n0_future::stream::iter(tags.iter().map(|(tag, len)| {
         let hash = tag.hash();
+        // Exactly the blob's chunks: the node admits no more than the size
+        // it was told.
+        let ranges = ChunkRangesSeq::from_ranges([ChunkRanges::bytes(..(*len).max(1))]);
         let push = store
             .remote()
-            .execute_push(conn.clone(), PushRequest::new(hash, ChunkRangesSeq::root()));
+            .execute_push(conn.clone(), PushRequest::new(hash, ranges));
         async move {
             push.await.map(|_| *len).map_err(|e| PublishError::Push {
                 hash: Hash::from_bytes(*hash.as_bytes()),

@@ -3,11 +3,14 @@
 //! the pushing key asked for that very blob.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{Arc, Mutex},
 };
 
-use iroh_blobs::provider::events::{AbortReason, ProviderMessage};
+use iroh_blobs::{
+    protocol::{ChunkRanges, ChunkRangesExt, ChunkRangesSeq},
+    provider::events::{AbortReason, ProviderMessage},
+};
 use maki_protocol::{Hash, PublicKey};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -25,17 +28,23 @@ pub struct PushGate {
 struct GateInner {
     /// iroh-blobs connection id → the caller's key.
     conns: HashMap<u64, PublicKey>,
-    /// caller → session → hashes it may push.
-    wanted: HashMap<PublicKey, HashMap<u64, HashSet<Hash>>>,
+    /// caller → session → hashes it may push, with the size announced.
+    wanted: HashMap<PublicKey, HashMap<u64, HashMap<Hash, u64>>>,
 }
 
 impl PushGate {
-    pub(crate) fn allow(&self, caller: PublicKey, session: u64, hashes: &[Hash]) {
+    /// Lets `caller` push these blobs, each at most its announced size.
+    pub(crate) fn allow(
+        &self,
+        caller: PublicKey,
+        session: u64,
+        blobs: impl IntoIterator<Item = (Hash, u64)>,
+    ) {
         if let Ok(mut g) = self.inner.lock() {
             g.wanted
                 .entry(caller)
                 .or_default()
-                .insert(session, hashes.iter().copied().collect());
+                .insert(session, blobs.into_iter().collect());
         }
     }
 
@@ -58,11 +67,28 @@ impl PushGate {
         }
     }
 
-    fn check_push(&self, conn: u64, hash: Hash) -> Result<(), AbortReason> {
+    /// A push is admitted for a blob an open session of the pusher asked
+    /// for, and only for the chunks its announced size covers: the hash
+    /// fixes the content, not its length, so a blob larger than announced
+    /// never lands more than that on disk (it stays partial, and the
+    /// commit finds it missing).
+    fn check_push(
+        &self,
+        conn: u64,
+        hash: Hash,
+        ranges: &ChunkRangesSeq,
+    ) -> Result<(), AbortReason> {
         let g = self.inner.lock().map_err(|_| AbortReason::Permission)?;
         let caller = g.conns.get(&conn).ok_or(AbortReason::Permission)?;
         let wanted = g.wanted.get(caller).ok_or(AbortReason::Permission)?;
-        if wanted.values().any(|set| set.contains(&hash)) {
+        let Some((0, asked)) = ranges.as_single() else {
+            return Err(AbortReason::Permission);
+        };
+        let fits = |size: u64| asked.is_subset(&ChunkRanges::bytes(..size.max(1)));
+        if wanted
+            .values()
+            .any(|blobs| blobs.get(&hash).is_some_and(|size| fits(*size)))
+        {
             Ok(())
         } else {
             Err(AbortReason::Permission)
@@ -120,11 +146,7 @@ pub async fn run(
             }
             ProviderMessage::PushRequestReceived(msg) => {
                 let hash = crate::content::from_iroh(msg.request.hash);
-                let res = if !msg.request.ranges.is_blob() {
-                    Err(AbortReason::Permission)
-                } else {
-                    gate.check_push(msg.connection_id, hash)
-                };
+                let res = gate.check_push(msg.connection_id, hash, &msg.request.ranges);
                 if res.is_err() {
                     warn!(%hash, "refused a push nobody asked for");
                 }

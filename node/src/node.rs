@@ -408,6 +408,10 @@ async fn load_live(
             info!(site = %domain, "the stored version is from before the site was added again; not serving it");
             continue;
         }
+        if !site.may_publish(&signed.signer(), &dir.authority().admins) {
+            info!(site = %domain, "the stored version was published by a key that may no longer publish the site; not serving it");
+            continue;
+        }
         let manifest = match content
             .get_bytes(head.manifest)
             .await

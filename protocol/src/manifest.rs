@@ -128,6 +128,8 @@ pub enum ManifestError {
         other_path: String,
         other_size: u64,
     },
+    #[error("manifest declares sizes that add up to more than 2^64 bytes")]
+    SizesOverflow,
     #[error("manifest rule {index} is invalid: {message}")]
     BadRule { index: usize, message: String },
     #[error("_headers may not set or remove {name} (the server owns it)")]
@@ -157,6 +159,16 @@ impl Manifest {
         }
         // Decode paths and the domain as plain strings first, so a bad one
         // is reported as itself rather than as an opaque serde error.
+        // The number of entries first: a map far over the limit is refused
+        // before it is decoded into memory.
+        if let Ok(((_, _, _, _, _, n), _)) =
+            postcard::take_from_bytes::<(u16, String, u64, Option<Hash>, u64, u64)>(bytes)
+            && n > MAX_ENTRIES as u64
+        {
+            return Err(ManifestError::TooManyEntries(
+                usize::try_from(n).unwrap_or(usize::MAX),
+            ));
+        }
         let (raw, rest) = postcard::take_from_bytes::<RawManifest>(bytes)
             .map_err(|e| ManifestError::Decode(e.to_string()))?;
         if !rest.is_empty() {
@@ -207,6 +219,12 @@ impl Manifest {
             })?;
         }
         m.check_sizes()?;
+        // Every sum of declared sizes a reader may take must fit.
+        m.entries
+            .values()
+            .flat_map(|e| std::iter::once(e.size).chain(e.encodings.values().map(|v| v.size)))
+            .try_fold(0u64, u64::checked_add)
+            .ok_or(ManifestError::SizesOverflow)?;
         Ok(m)
     }
 
@@ -288,8 +306,18 @@ impl Manifest {
     }
 
     /// The sum of all entry sizes (without variants).
+    /// The bytes of every distinct blob (files and variants).
+    pub fn blobs_size(&self) -> u64 {
+        self.blobs()
+            .values()
+            .fold(0u64, |sum, b| sum.saturating_add(*b))
+    }
+
     pub fn total_size(&self) -> u64 {
-        self.entries.values().map(|e| e.size).sum()
+        // Cannot overflow for a decoded manifest; saturates for any other.
+        self.entries
+            .values()
+            .fold(0u64, |sum, e| sum.saturating_add(e.size))
     }
 }
 
@@ -515,6 +543,35 @@ mod tests {
     fn unchecked_pattern(s: &str) -> crate::rules::Pattern {
         let bytes = encode(&s.to_owned());
         postcard::from_bytes(&bytes).expect("pattern from bytes")
+    }
+
+    #[test]
+    fn sizes_past_2_64_and_too_many_entries_are_refused() {
+        let mut m = sample();
+        let big = u64::MAX / 2 + 1;
+        let first = m.entries.values().next().cloned().expect("an entry");
+        for (i, name) in ["a.bin", "b.bin"].into_iter().enumerate() {
+            let mut e = first.clone();
+            e.size = big;
+            e.hash = Hash::of(&[i as u8]);
+            e.encodings.clear();
+            m.entries.insert(SitePath::new(name).expect("path"), e);
+        }
+        assert_eq!(
+            Manifest::decode(&m.to_bytes()),
+            Err(ManifestError::SizesOverflow)
+        );
+
+        // A map that claims more entries than allowed is refused from its
+        // length alone, before any entry is read.
+        let mut bytes = Vec::new();
+        let head = (1u16, "a.test".to_owned(), 1u64, None::<Hash>, 0u64);
+        bytes.extend(postcard::to_stdvec(&head).expect("encode"));
+        bytes.extend(postcard::to_stdvec(&(MAX_ENTRIES as u64 + 1)).expect("encode"));
+        assert_eq!(
+            Manifest::decode(&bytes),
+            Err(ManifestError::TooManyEntries(MAX_ENTRIES + 1))
+        );
     }
 
     proptest! {

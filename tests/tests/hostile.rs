@@ -185,12 +185,10 @@ async fn a_wrong_size_for_an_uploaded_blob_is_refused_at_commit() -> Result<()> 
     let a = attack().await?;
     let data = b"ten bytes!";
     let m = a.next(&[("huge.bin", Hash::of(data), 4 << 30)])?;
-    let Response::Missing {
-        session, hashes, ..
-    } = a.begin(&m).await?
-    else {
+    let Response::Missing { session, lacks, .. } = a.begin(&m).await? else {
         anyhow::bail!("expected the node to ask for the blob");
     };
+    let hashes = lacks.hashes(m.blobs().keys());
     ensure!(hashes == vec![Hash::of(data)], "{hashes:?}");
     let conn = a.push(data).await?;
     let e = refused(a.client.call(&Request::PublishCommit { session }).await)?;
@@ -490,4 +488,82 @@ async fn smuggled_requests_are_never_answered() -> Result<()> {
     let r = http_get(net.node.http, "smuggle.test", "/after.html", &[]).await?;
     ensure!(r.status == 200);
     Ok(())
+}
+
+/// A publish open when its site was removed cannot bring the site back at
+/// commit (and, had the domain changed hands, could not serve the old
+/// owner's files under the new owner's name).
+#[tokio::test]
+async fn a_publish_open_across_a_removal_is_refused_at_commit() -> Result<()> {
+    let a = attack().await?;
+    let data = b"late content";
+    let m = a.next(&[("late.html", Hash::of(data), data.len() as u64)])?;
+    let Response::Missing { session, .. } = a.begin(&m).await? else {
+        anyhow::bail!("expected the node to ask for the blob");
+    };
+    a.net.admin.ok(&["site", "remove", SITE])?;
+    let conn = a.push(data).await?;
+    let e = refused(a.client.call(&Request::PublishCommit { session }).await)?;
+    conn.close(0u32.into(), b"done");
+    ensure!(matches!(e, RpcError::UnknownSite(_)), "{e}");
+    let r = http_get(a.net.node.http, SITE, "/late.html", &[]).await?;
+    ensure!(r.status == 404, "the removed site answered {}", r.status);
+    Ok(())
+}
+
+/// Sizes that add up past 2^64 would overflow every sum a node takes
+/// (site size, upload budget, replication): refused at decode, by name.
+#[tokio::test]
+async fn sizes_that_overflow_are_refused() -> Result<()> {
+    let a = attack().await?;
+    let half = u64::MAX / 2 + 1;
+    let m = a.next(&[
+        ("a.bin", Hash::of(b"a"), half),
+        ("b.bin", Hash::of(b"b"), half),
+    ])?;
+    let e = refused(a.begin(&m).await)?;
+    ensure!(
+        matches!(&e, RpcError::InvalidManifest(msg) if msg.contains("2^64")),
+        "{e}"
+    );
+    a.unharmed().await
+}
+
+/// The hash fixes a blob's content, not its length: a publisher that
+/// declares 10 bytes for a 4 MiB blob gets no more than those 10 bytes'
+/// chunk onto the node's disk, whichever ranges it asks to push.
+#[tokio::test]
+async fn a_blob_larger_than_declared_never_lands() -> Result<()> {
+    use iroh_blobs::protocol::{ChunkRangesSeq, PushRequest};
+    let a = attack().await?;
+    let data = vec![7u8; 4 << 20];
+    let m = a.next(&[("big.bin", Hash::of(&data), 10)])?;
+    let Response::Missing { session, .. } = a.begin(&m).await? else {
+        anyhow::bail!("expected the node to ask for the blob");
+    };
+    let blobs = makiatto::node::blobs_dir(&a.net.node.dir);
+    let before = makiatto::content::Content::disk_usage(&blobs);
+    let conn = a.client.blobs_connection().await?;
+    // The whole blob, as a plain push asks for it: refused outright.
+    let store = iroh_blobs::store::mem::MemStore::new();
+    let tag = store.add_bytes(data.clone()).temp_tag().await?;
+    let whole = store
+        .remote()
+        .execute_push(
+            conn.clone(),
+            PushRequest::new(tag.hash(), ChunkRangesSeq::root()),
+        )
+        .await;
+    // Exactly its chunks, as our client asks: refused too (more than 10 bytes).
+    let bounded = push(&conn, vec![data], &mut ()).await;
+    let e = refused(a.client.call(&Request::PublishCommit { session }).await)?;
+    conn.close(0u32.into(), b"done");
+    ensure!(matches!(e, RpcError::MissingBlobs { .. }), "{e}");
+    let after = makiatto::content::Content::disk_usage(&blobs);
+    ensure!(
+        after < before + (1 << 20),
+        "{} bytes landed (pushes: {whole:?}, {bounded:?})",
+        after.saturating_sub(before)
+    );
+    a.unharmed().await
 }

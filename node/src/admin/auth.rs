@@ -61,14 +61,21 @@ impl AdminProtocol {
         if signed.signer() != caller {
             return Err(RpcError::SignerMismatch);
         }
-        self.require_publisher(caller, &head.site)?;
-        self.check_seq(&head)?;
+        self.may_commit(caller, &head)?;
         Ok(head)
     }
 
-    /// A new head must follow the current one (checked when it is offered,
-    /// and again under the head lock when it is committed).
-    pub(super) fn check_seq(&self, head: &Head) -> Result<(), RpcError> {
+    /// Whether `caller` may make `head` the site's next head now: checked
+    /// when it is offered, and again under the serving lock just before it
+    /// is committed (the site may have been removed, or handed to another
+    /// publisher, while its blobs were arriving).
+    pub(super) fn may_commit(&self, caller: PublicKey, head: &Head) -> Result<(), RpcError> {
+        self.require_publisher(caller, &head.site)?;
+        self.check_seq(head)
+    }
+
+    /// A new head must follow the current one.
+    fn check_seq(&self, head: &Head) -> Result<(), RpcError> {
         let expected = self.current_seq(&head.site) + 1;
         if head.seq == expected {
             Ok(())

@@ -161,17 +161,20 @@ impl AdminProtocol {
                 }
                 Ok(r)
             }
-            Request::PublishManifest { session } => {
+            // A session belongs to the connection that opened it: only it
+            // continues the session, and its end abandons what is left.
+            Request::PublishManifest { session } if opened.contains(&session) => {
                 let r = self.publish_manifest(caller, session).await;
-                if !matches!(r, Ok(Response::Missing { .. })) {
-                    opened.retain(|s| *s != session);
-                }
+                opened.retain(|s| self.sessions.contains(*s));
                 r
             }
-            Request::PublishCommit { session } => {
+            Request::PublishCommit { session } if opened.contains(&session) => {
                 let r = self.publish_commit(caller, session).await;
-                opened.retain(|s| *s != session);
+                opened.retain(|s| self.sessions.contains(*s));
                 r
+            }
+            Request::PublishManifest { session } | Request::PublishCommit { session } => {
+                Err(RpcError::UnknownSession(session))
             }
             Request::Rollback { head } => self.rollback(caller, head).await,
             Request::Network => Ok(Response::Network {

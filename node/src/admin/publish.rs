@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use maki_protocol::{
     Hash, Head, MAX_MANIFEST_BYTES, Manifest, PublicKey, Record, Signed,
-    rpc::{Response, RpcError},
+    rpc::{Lacks, Response, RpcError},
 };
 use tracing::{info, warn};
 
@@ -50,6 +50,13 @@ pub struct Sessions {
     inner: Mutex<HashMap<u64, Session>>,
 }
 
+impl Sessions {
+    /// Whether the session is open (between two of its requests).
+    pub(super) fn contains(&self, id: u64) -> bool {
+        self.inner.lock().is_ok_and(|s| s.contains_key(&id))
+    }
+}
+
 impl AdminProtocol {
     pub(super) async fn publish_begin(
         &self,
@@ -88,7 +95,8 @@ impl AdminProtocol {
         let response = match held {
             Ok(Some(_)) => self.open_blobs(caller, session, head, signed).await,
             Ok(None) => {
-                self.gate.allow(caller, session, &[head.manifest]);
+                self.gate
+                    .allow(caller, session, [(head.manifest, manifest_size)]);
                 if let Ok(mut s) = self.sessions.inner.lock() {
                     s.insert(
                         session,
@@ -177,7 +185,7 @@ impl AdminProtocol {
             .lock()
             .map(|s| {
                 let mine = s.values().filter(|s| s.caller == *caller);
-                mine.fold((0, 0), |(n, b), s| (n + 1, b + s.bytes))
+                mine.fold((0, 0u64), |(n, b), s| (n + 1, b.saturating_add(s.bytes)))
             })
             .unwrap_or((0, 0))
     }
@@ -265,7 +273,10 @@ impl AdminProtocol {
             .await
             .map_err(internal)?;
         let missing = content.check_manifest(&manifest).await.map_err(refusal)?;
-        let bytes = missing.iter().filter_map(|h| blobs.get(h)).sum::<u64>();
+        let bytes = missing
+            .iter()
+            .filter_map(|h| blobs.get(h))
+            .fold(0u64, |sum, b| sum.saturating_add(*b));
         let (_, in_flight) = self.load_of(&caller);
         let limit = self.shared.config.max_upload_bytes;
         if in_flight.saturating_add(bytes) > limit {
@@ -274,9 +285,15 @@ impl AdminProtocol {
                 limit,
             });
         }
-        self.gate.allow(caller, session, &missing);
+        self.gate.allow(
+            caller,
+            session,
+            missing
+                .iter()
+                .filter_map(|h| blobs.get(h).map(|size| (*h, *size))),
+        );
         info!(site = %head.site, version = manifest.version, missing = missing.len(), bytes, "publish started");
-        let hashes = missing.clone();
+        let lacks = Lacks::new(blobs.keys(), &missing.iter().copied().collect());
         if let Ok(mut s) = self.sessions.inner.lock() {
             s.insert(
                 session,
@@ -291,7 +308,7 @@ impl AdminProtocol {
         }
         Ok(Response::Missing {
             session,
-            hashes,
+            lacks,
             bytes,
         })
     }
@@ -360,7 +377,9 @@ impl AdminProtocol {
         }
 
         let guard = self.shared.serving.lock().await;
-        // Someone may have published while we were receiving.
+        // The site may have been removed or handed to another publisher,
+        // and someone may have published, while we were receiving.
+        self.may_commit(s.caller, &s.head)?;
         let current = self.shared.newest_head(&s.head.site);
         let current_hash = current.map(|(_, m)| m);
         if manifest.parent != current_hash {
@@ -368,7 +387,6 @@ impl AdminProtocol {
                 current: current_hash,
             });
         }
-        self.check_seq(&s.head)?;
         guard
             .commit(
                 &s.head,
@@ -424,7 +442,7 @@ impl AdminProtocol {
         let manifest = self.load_manifest(head.manifest).await?;
         let version = manifest.version;
         let guard = self.shared.serving.lock().await;
-        self.check_seq(&head)?;
+        self.may_commit(caller, &head)?;
         guard
             .commit(&head, &signed, manifest, Kind::Rollback)
             .await
