@@ -18,7 +18,10 @@ use maki_protocol::{
 };
 use tracing::{info, warn};
 
-use crate::shared::Shared;
+use crate::{
+    frame::{self, FrameError},
+    shared::Shared,
+};
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -74,18 +77,16 @@ impl ProtocolHandler for JoinProtocol {
         };
         let served = tokio::time::timeout(JOIN_TIMEOUT, async {
             let (mut send, mut recv) = conn.accept_bi().await.ok()?;
-            let mut prefix = [0u8; 4];
-            recv.read_exact(&mut prefix).await.ok()?;
-            let len = rpc::frame_len(prefix).ok().filter(|l| *l <= 4096)?;
-            let mut body = vec![0u8; len];
-            recv.read_exact(&mut body).await.ok()?;
-            let response = match rpc::decode_body::<JoinRequest>(&body) {
+            // A join request is a few dozen bytes; anything large is not one.
+            let len = frame::read_len(&mut recv, 4096).await.ok()?;
+            let response = match frame::read_body::<JoinRequest>(&mut recv, len).await {
                 Ok(req) => self.redeem(node, req, crate::now()),
-                Err(e) => JoinResponse::Refused(JoinError::Internal(format!(
+                Err(FrameError::Decode(e)) => JoinResponse::Refused(JoinError::Internal(format!(
                     "the join request does not decode ({e}); is the joining makiatto newer than this node? upgrade this node"
                 ))),
+                Err(_) => return None,
             };
-            send.write_all(&rpc::encode_frame(&response)).await.ok()?;
+            frame::write(&mut send, &response).await.ok()?;
             send.finish().ok()?;
             // Wait for the joiner to read the answer before the connection drops.
             conn.closed().await;
@@ -149,17 +150,11 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
         network: ticket.network,
         secret: ticket.secret,
     };
-    send.write_all(&rpc::encode_frame(&req))
-        .await
-        .map_err(|e| proto(&e))?;
+    frame::write(&mut send, &req).await.map_err(|e| proto(&e))?;
     send.finish().map_err(|e| proto(&e))?;
-    let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.map_err(|e| proto(&e))?;
-    let len = rpc::frame_len(prefix).map_err(|e| proto(&e))?;
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| proto(&e))?;
+    let answer = frame::read::<JoinResponse>(&mut recv, rpc::MAX_FRAME).await;
     conn.close(0u32.into(), b"thanks");
-    match rpc::decode_body::<JoinResponse>(&body).map_err(|e| proto(&e))? {
+    match answer.map_err(|e| proto(&e))? {
         JoinResponse::Welcome {
             genesis,
             invite,

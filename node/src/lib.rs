@@ -6,6 +6,7 @@ pub mod config;
 pub mod content;
 pub mod directory;
 pub mod edge;
+pub mod frame;
 pub mod gate;
 pub mod gossip;
 pub mod identity;

@@ -20,7 +20,6 @@ use iroh::{
 };
 use maki_protocol::{
     Hash, PublicKey, Record,
-    rpc::{self, FrameError},
     sync::{MAX_SYNC_FRAME, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg, apply_rank},
 };
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
@@ -28,7 +27,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::shared::Shared;
+use crate::{frame, shared::Shared};
 
 /// A whole sync, connect included, must finish within this.
 /// Peers picked at random on each periodic round.
@@ -44,7 +43,7 @@ pub enum SyncFailure {
     #[error("the peer refused: {0}")]
     Refused(#[from] SyncError),
     #[error("frame: {0}")]
-    Frame(#[from] FrameError),
+    Frame(#[from] crate::frame::FrameError),
     #[error("stream: {0}")]
     Stream(String),
     #[error("reconciliation: {0}")]
@@ -68,21 +67,11 @@ fn neg_err(e: negentropy::Error) -> SyncFailure {
 }
 
 async fn write_msg(send: &mut SendStream, msg: &SyncMsg) -> Result<(), SyncFailure> {
-    send.write_all(&rpc::encode_frame(msg))
-        .await
-        .map_err(stream_err)
+    Ok(frame::write(send, msg).await?)
 }
 
 async fn read_msg(recv: &mut RecvStream) -> Result<SyncMsg, SyncFailure> {
-    let mut prefix = [0u8; 4];
-    recv.read_exact(&mut prefix).await.map_err(stream_err)?;
-    let len = rpc::frame_len(prefix)?;
-    if len > MAX_SYNC_FRAME {
-        return Err(FrameError::TooLarge(len).into());
-    }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(stream_err)?;
-    Ok(rpc::decode_body(&body)?)
+    Ok(frame::read(recv, MAX_SYNC_FRAME).await?)
 }
 
 /// What one side holds, ready to reconcile and to answer wants.

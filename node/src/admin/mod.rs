@@ -24,7 +24,11 @@ use maki_protocol::{
 };
 use tracing::{debug, info};
 
-use crate::{gate::PushGate, shared::Shared};
+use crate::{
+    frame::{self, FrameError},
+    gate::PushGate,
+    shared::Shared,
+};
 use publish::Sessions;
 
 /// Admin connections served at once; more are refused until one closes.
@@ -84,12 +88,8 @@ impl ProtocolHandler for AdminProtocol {
 enum StreamError {
     #[error("connection: {0}")]
     Conn(#[from] iroh::endpoint::ConnectionError),
-    #[error("read: {0}")]
-    Read(#[from] iroh::endpoint::ReadExactError),
-    #[error("write: {0}")]
-    Write(#[from] iroh::endpoint::WriteError),
-    #[error("frame: {0}")]
-    Frame(#[from] rpc::FrameError),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
     #[error("stream closed: {0}")]
     Closed(#[from] iroh::endpoint::ClosedStream),
 }
@@ -103,39 +103,37 @@ impl AdminProtocol {
     ) -> Result<(), StreamError> {
         loop {
             let (mut send, mut recv) = conn.accept_bi().await?;
-            let mut prefix = [0u8; 4];
-            recv.read_exact(&mut prefix).await?;
-            let len = match rpc::frame_len(prefix) {
+            let len = match frame::read_len(&mut recv, rpc::MAX_FRAME).await {
                 Ok(len) => len,
                 // Too large to read: say so (the body is never read), and
                 // keep the connection for the caller's next request.
-                Err(error) => {
+                Err(error @ FrameError::TooLarge { .. }) => {
                     let refusal = Response::Error(RpcError::BadRequest(error.to_string()));
-                    send.write_all(&rpc::encode_frame(&refusal)).await?;
+                    frame::write(&mut send, &refusal).await?;
                     send.finish()?;
                     recv.stop(0u32.into()).ok();
                     continue;
                 }
+                Err(e) => return Err(e.into()),
             };
             if len > SMALL_FRAME && !self.is_known(&caller) {
                 let refusal = Response::Error(RpcError::NotAdmin { key: caller });
-                send.write_all(&rpc::encode_frame(&refusal)).await?;
+                frame::write(&mut send, &refusal).await?;
                 send.finish()?;
                 continue;
             }
-            let mut body = vec![0u8; len];
-            recv.read_exact(&mut body).await?;
-            let response = match rpc::decode_body::<Request>(&body) {
+            let response = match frame::read_body::<Request>(&mut recv, len).await {
                 Ok(req) => match self.handle(caller, req, opened).await {
                     Ok(r) => r,
                     Err(e) => Response::Error(e),
                 },
-                Err(e) => Response::Error(RpcError::BadRequest(e.to_string())),
+                Err(FrameError::Decode(e)) => Response::Error(RpcError::BadRequest(e.to_string())),
+                Err(e) => return Err(e.into()),
             };
             if let Response::Error(error) = &response {
                 info!(caller = %caller.fmt_short(), %error, "admin request refused");
             }
-            send.write_all(&rpc::encode_frame(&response)).await?;
+            frame::write(&mut send, &response).await?;
             send.finish()?;
         }
     }
