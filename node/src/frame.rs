@@ -51,8 +51,9 @@ pub async fn read<T: DeserializeOwned>(
     read_body(recv, len).await
 }
 
-/// Writes one frame.
-pub async fn write<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<(), FrameError> {
-    send.write_all(&rpc::encode_frame(msg)).await?;
-    Ok(())
+/// Writes one frame; returns its length, prefix included.
+pub async fn write<T: Serialize>(send: &mut SendStream, msg: &T) -> Result<usize, FrameError> {
+    let frame = rpc::encode_frame(msg);
+    send.write_all(&frame).await?;
+    Ok(frame.len())
 }

@@ -37,6 +37,8 @@ pub struct Peer {
     pub holds: Vec<Holding>,
     /// Its clock when it last announced them over gossip.
     pub holds_at: u64,
+    /// Whether it has told us what it serves at all (by sync or gossip).
+    pub holds_known: bool,
 }
 
 #[derive(Debug)]
@@ -76,6 +78,7 @@ impl Peers {
                     failing: old.is_some_and(|p| p.failing),
                     holds: old.map(|p| p.holds.clone()).unwrap_or_default(),
                     holds_at: old.map_or(0, |p| p.holds_at),
+                    holds_known: old.is_some_and(|p| p.holds_known),
                 },
             );
             if n.id != self.me
@@ -152,12 +155,21 @@ impl Peers {
     pub fn set_holds(&self, key: &PublicKey, holds: Vec<Holding>) -> bool {
         if let Ok(mut inner) = self.inner.write()
             && let Some(p) = inner.get_mut(key)
-            && p.holds != holds
         {
-            p.holds = holds;
-            return true;
+            p.holds_known = true;
+            if p.holds != holds {
+                p.holds = holds;
+                return true;
+            }
         }
         false
+    }
+
+    /// The digest of what a peer last said it serves, if it said anything.
+    pub fn holds_digest(&self, key: &PublicKey) -> Option<Hash> {
+        let inner = self.inner.read().ok()?;
+        let p = inner.get(key).filter(|p| p.holds_known)?;
+        Some(maki_protocol::sync::holdings_digest(&p.holds))
     }
 
     /// Records a gossiped announcement unless a newer one came first;
@@ -168,6 +180,7 @@ impl Peers {
             && at > p.holds_at
         {
             p.holds_at = at;
+            p.holds_known = true;
             if p.holds != holds {
                 p.holds = holds;
                 return true;

@@ -193,11 +193,16 @@ pub async fn run(
     loop {
         records.borrow_and_update();
         served_elsewhere.borrow_and_update();
+        let began = std::time::Instant::now();
         let pending = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             pending = pass(&shared, &endpoint) => pending,
         };
+        debug!(
+            elapsed_us = began.elapsed().as_micros() as u64,
+            pending, "replication pass"
+        );
         failures = if pending {
             failures.saturating_add(1)
         } else {

@@ -20,7 +20,10 @@ use iroh::{
 };
 use maki_protocol::{
     Hash, PublicKey, Record,
-    sync::{MAX_SYNC_FRAME, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg, apply_rank},
+    sync::{
+        Holding, MAX_SYNC_FRAME, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg, apply_rank,
+        holdings_digest,
+    },
 };
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
 use tokio::task::JoinSet;
@@ -66,12 +69,37 @@ fn neg_err(e: negentropy::Error) -> SyncFailure {
     SyncFailure::Reconcile(format!("{e:?}"))
 }
 
-async fn write_msg(send: &mut SendStream, msg: &SyncMsg) -> Result<(), SyncFailure> {
+async fn write_msg(send: &mut SendStream, msg: &SyncMsg) -> Result<usize, SyncFailure> {
     Ok(frame::write(send, msg).await?)
 }
 
 async fn read_msg(recv: &mut RecvStream) -> Result<SyncMsg, SyncFailure> {
     Ok(frame::read(recv, MAX_SYNC_FRAME).await?)
+}
+
+/// What this node serves, unless the peer's digest says it knows already.
+fn unless_seen(holds: Vec<Holding>, seen: Option<Hash>) -> Option<Vec<Holding>> {
+    (seen != Some(holdings_digest(&holds))).then_some(holds)
+}
+
+/// Bytes a sync moved each way (frames, prefix included), for the log.
+#[derive(Debug, Default)]
+struct Wire {
+    out: usize,
+    back: usize,
+}
+
+impl Wire {
+    async fn write(&mut self, send: &mut SendStream, msg: &SyncMsg) -> Result<(), SyncFailure> {
+        self.out += write_msg(send, msg).await?;
+        Ok(())
+    }
+
+    async fn read(&mut self, recv: &mut RecvStream) -> Result<SyncMsg, SyncFailure> {
+        let len = frame::read_len(recv, MAX_SYNC_FRAME).await?;
+        self.back += 4 + len;
+        Ok(frame::read_body(recv, len).await?)
+    }
 }
 
 /// What one side holds, ready to reconcile and to answer wants.
@@ -161,28 +189,36 @@ async fn initiate(
         .connect(id, SYNC_ALPN)
         .await
         .map_err(|e| SyncFailure::Connect(e.to_string()))?;
+    let began = Instant::now();
+    let mut wire = Wire::default();
     let result = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(stream_err)?;
         let set = RecordSet::load(shared)?;
         let mut neg = Negentropy::borrowed(&set.storage, 0).map_err(neg_err)?;
         let first = neg.initiate().map_err(neg_err)?;
-        write_msg(
+        wire.write(
             &mut send,
             &SyncMsg::Hello {
                 format: SYNC_FORMAT,
                 network: shared.network,
                 me,
                 invite,
+                holds_seen: shared.peers.holds_digest(&peer),
             },
         )
         .await?;
         let started = Instant::now();
-        write_msg(&mut send, &SyncMsg::Reconcile(first)).await?;
+        wire.write(&mut send, &SyncMsg::Reconcile(first)).await?;
         let mut rtt = None;
         let (mut have, mut need) = (Vec::new(), Vec::new());
+        let mut theirs_of_mine = None;
         loop {
-            let answer = match read_msg(&mut recv).await? {
+            let answer = match wire.read(&mut recv).await? {
                 SyncMsg::Reconcile(a) => a,
+                SyncMsg::Welcome { holds_seen } => {
+                    theirs_of_mine = holds_seen;
+                    continue;
+                }
                 SyncMsg::Refused(e) => return Err(e.into()),
                 _ => return Err(SyncFailure::Unexpected),
             };
@@ -191,26 +227,28 @@ async fn initiate(
                 .reconcile_with_ids(&answer, &mut have, &mut need)
                 .map_err(neg_err)?
             {
-                Some(next) => write_msg(&mut send, &SyncMsg::Reconcile(next)).await?,
+                Some(next) => wire.write(&mut send, &SyncMsg::Reconcile(next)).await?,
                 None => break,
             }
         }
         let to_id = |id: &Id| Hash::from_bytes(**id);
         let give = set.pick(&have.iter().map(to_id).collect::<Vec<_>>());
         let sent = give.len();
-        write_msg(
+        wire.write(
             &mut send,
             &SyncMsg::Records {
                 records: give,
                 want: need.iter().map(to_id).collect(),
-                holds: shared.holdings(),
+                holds: unless_seen(shared.holdings(), theirs_of_mine),
             },
         )
         .await?;
         send.finish().map_err(stream_err)?;
-        let taken = match read_msg(&mut recv).await? {
+        let taken = match wire.read(&mut recv).await? {
             SyncMsg::Records { records, holds, .. } => {
-                if shared.peers.set_holds(&peer, holds) {
+                if let Some(holds) = holds
+                    && shared.peers.set_holds(&peer, holds)
+                {
                     shared.holdings_changed();
                 }
                 take_in(shared, &peer, records).0
@@ -223,6 +261,17 @@ async fn initiate(
     }
     .await;
     conn.close(0u32.into(), b"done");
+    if let Ok((taken, sent)) = &result {
+        debug!(
+            peer = %peer.fmt_short(),
+            taken,
+            sent,
+            bytes_out = wire.out,
+            bytes_in = wire.back,
+            elapsed_us = began.elapsed().as_micros() as u64,
+            "sync done"
+        );
+    }
     result
 }
 
@@ -249,6 +298,7 @@ impl SyncProtocol {
             network,
             me,
             invite,
+            ..
         } = hello
         else {
             return Err(SyncError::Protocol("expected a hello".into()));
@@ -286,11 +336,22 @@ impl SyncProtocol {
     async fn respond(&self, conn: &Connection, peer: PublicKey) -> Result<usize, SyncFailure> {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(stream_err)?;
         let hello = read_msg(&mut recv).await?;
+        let mine_seen = match &hello {
+            SyncMsg::Hello { holds_seen, .. } => *holds_seen,
+            _ => None,
+        };
         if let Err(e) = self.admit(&peer, hello) {
             write_msg(&mut send, &SyncMsg::Refused(e.clone())).await?;
             send.finish().map_err(stream_err)?;
             return Err(e.into());
         }
+        write_msg(
+            &mut send,
+            &SyncMsg::Welcome {
+                holds_seen: self.shared.peers.holds_digest(&peer),
+            },
+        )
+        .await?;
         let set = RecordSet::load(&self.shared)?;
         let mut neg = Negentropy::borrowed(&set.storage, 0).map_err(neg_err)?;
         loop {
@@ -310,12 +371,14 @@ impl SyncProtocol {
                         &SyncMsg::Records {
                             records: give,
                             want: Vec::new(),
-                            holds: self.shared.holdings(),
+                            holds: unless_seen(self.shared.holdings(), mine_seen),
                         },
                     )
                     .await?;
                     send.finish().map_err(stream_err)?;
-                    if self.shared.peers.set_holds(&peer, holds) {
+                    if let Some(holds) = holds
+                        && self.shared.peers.set_holds(&peer, holds)
+                    {
                         self.shared.holdings_changed();
                     }
                     let (taken, _) = take_in(&self.shared, &peer, records);

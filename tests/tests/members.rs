@@ -68,6 +68,7 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
         network,
         me: me(invite),
         invite: None,
+        holds_seen: None,
     };
 
     // A self-signed record naming an invite nobody issued: not a member.
