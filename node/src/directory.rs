@@ -75,6 +75,15 @@ pub enum Change {
     HeadSeen(Domain, u64),
 }
 
+/// One site as [`Directory::per_site`] walks them.
+#[derive(Debug, Clone, Copy)]
+pub struct SiteView<'a> {
+    pub site: &'a SiteRecord,
+    /// Its newest head record, if it may be served (as [`Directory::head`]).
+    pub head: Option<(&'a Head, &'a Signed<Head>)>,
+    pub pin: Option<&'a Pin>,
+}
+
 /// What [`Directory::load`] found.
 #[derive(Debug)]
 pub struct Loaded {
@@ -90,6 +99,34 @@ pub struct Loaded {
 pub struct Directory {
     authority: Authority,
     held: BTreeMap<RecordKey, Arc<Held>>,
+    /// The same site, head and pin records by domain: what readers ask
+    /// for per site, looked up without building a key.
+    by_domain: BTreeMap<Domain, Slots>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Slots {
+    site: Option<Arc<Held>>,
+    head: Option<Arc<Held>>,
+    pin: Option<Arc<Held>>,
+}
+
+impl Slots {
+    fn of(&mut self, key: &RecordKey) -> Option<&mut Option<Arc<Held>>> {
+        match key {
+            RecordKey::Site(_) => Some(&mut self.site),
+            RecordKey::Head(_) => Some(&mut self.head),
+            RecordKey::Pin(_) => Some(&mut self.pin),
+            _ => None,
+        }
+    }
+}
+
+fn domain_of(key: &RecordKey) -> Option<&Domain> {
+    match key {
+        RecordKey::Site(d) | RecordKey::Head(d) | RecordKey::Pin(d) => Some(d),
+        _ => None,
+    }
 }
 
 impl Directory {
@@ -97,7 +134,27 @@ impl Directory {
         Self {
             authority,
             held: BTreeMap::new(),
+            by_domain: BTreeMap::new(),
         }
+    }
+
+    fn put(&mut self, key: RecordKey, held: Arc<Held>) {
+        if let Some(domain) = domain_of(&key)
+            && let Some(slot) = self.by_domain.entry(domain.clone()).or_default().of(&key)
+        {
+            *slot = Some(held.clone());
+        }
+        self.held.insert(key, held);
+    }
+
+    fn take(&mut self, key: &RecordKey) {
+        if let Some(domain) = domain_of(key)
+            && let Some(slots) = self.by_domain.get_mut(domain)
+            && let Some(slot) = slots.of(key)
+        {
+            *slot = None;
+        }
+        self.held.remove(key);
     }
 
     /// A directory of records this node verified before it stored them:
@@ -122,8 +179,7 @@ impl Directory {
                     }
                     loaded
                         .dir
-                        .held
-                        .insert(verified.key.clone(), Arc::new(Held { record, verified }));
+                        .put(verified.key.clone(), Arc::new(Held { record, verified }));
                 }
                 Err(e) => loaded.bad.push((record, e)),
             }
@@ -178,14 +234,14 @@ impl Directory {
                     _ => true,
                 });
                 if void {
-                    self.held.remove(&key);
+                    self.take(&key);
                     changes.push(Change::Remove(key));
                 }
             }
             Body::Head(head) => changes.push(Change::HeadSeen(head.site.clone(), head.seq)),
             _ => {}
         }
-        self.held.insert(
+        self.put(
             new.key.clone(),
             Arc::new(Held {
                 record: record.clone(),
@@ -242,7 +298,7 @@ impl Directory {
     /// A site as its record says, removed ones included, with the record's
     /// version.
     pub fn site_record(&self, domain: &Domain) -> Option<(&SiteRecord, u64)> {
-        let held = self.held.get(&RecordKey::Site(domain.clone()))?;
+        let held = self.by_domain.get(domain)?.site.as_ref()?;
         match &held.verified.body {
             Body::Site(s) => Some((s, held.verified.version)),
             _ => None,
@@ -259,9 +315,40 @@ impl Directory {
     /// Every site record, removed ones included (they must be cleared
     /// wherever they are still served), with its version.
     pub fn site_records(&self) -> impl Iterator<Item = (&SiteRecord, u64)> {
-        self.all().filter_map(|h| match &h.verified.body {
-            Body::Site(s) => Some((s, h.verified.version)),
-            _ => None,
+        self.by_domain
+            .values()
+            .filter_map(|slots| match &slots.site.as_ref()?.verified {
+                v @ Verified {
+                    body: Body::Site(s),
+                    ..
+                } => Some((s, v.version)),
+                _ => None,
+            })
+    }
+
+    /// Every site record (removed ones included) with its current head and
+    /// its pin, in one walk: what a pass over all sites reads.
+    pub fn per_site(&self) -> impl Iterator<Item = SiteView<'_>> {
+        self.by_domain.values().filter_map(|slots| {
+            let Body::Site(site) = &slots.site.as_ref()?.verified.body else {
+                return None;
+            };
+            let head = slots
+                .head
+                .as_ref()
+                .and_then(|h| match (&h.verified.body, &h.record) {
+                    (Body::Head(head), Record::Head(signed))
+                        if !site.removed && site.current(head.seq) =>
+                    {
+                        Some((head, signed))
+                    }
+                    _ => None,
+                });
+            let pin = slots.pin.as_ref().and_then(|p| match &p.verified.body {
+                Body::Pin(pin) => Some(pin),
+                _ => None,
+            });
+            Some(SiteView { site, head, pin })
         })
     }
 
@@ -274,7 +361,7 @@ impl Directory {
     /// yet. None for a removed site or a head from before it was added
     /// again.
     pub fn head(&self, domain: &Domain) -> Option<(&Head, &Signed<Head>)> {
-        let held = self.held.get(&RecordKey::Head(domain.clone()))?;
+        let held = self.by_domain.get(domain)?.head.as_ref()?;
         let (Body::Head(head), Record::Head(signed)) = (&held.verified.body, &held.record) else {
             return None;
         };
@@ -284,7 +371,7 @@ impl Directory {
 
     /// The pin of a site, if an admin set one.
     pub fn pin(&self, domain: &Domain) -> Option<&Pin> {
-        match self.body(&RecordKey::Pin(domain.clone()))? {
+        match &self.by_domain.get(domain)?.pin.as_ref()?.verified.body {
             Body::Pin(p) => Some(p),
             _ => None,
         }

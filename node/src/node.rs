@@ -161,13 +161,17 @@ impl Node {
             events_rx,
             cancel.clone(),
         ));
+        let record_sets = Arc::new(crate::sync::RecordSets::default());
         let blobs = BlobsProtocol::new(shared.content.store(), Some(events));
         let gossip = iroh_gossip::net::Gossip::builder()
             .alpn(GOSSIP_ALPN)
             .spawn(endpoint.clone());
         let router = Router::builder(endpoint.clone())
             .accept(iroh_blobs::ALPN, blobs)
-            .accept(SYNC_ALPN, crate::sync::SyncProtocol::new(shared.clone()))
+            .accept(
+                SYNC_ALPN,
+                crate::sync::SyncProtocol::new(shared.clone(), record_sets.clone()),
+            )
             .accept(
                 GOSSIP_ALPN,
                 crate::gossip::MemberGossip {
@@ -226,6 +230,7 @@ impl Node {
             .spawn(sweep_live(node.shared.clone(), node.cancel.clone()));
         node.tasks.spawn(crate::sync::run(
             node.shared.clone(),
+            record_sets,
             endpoint,
             node.shared.config.sync_interval,
             node.cancel.clone(),

@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::{
     content::{ContentError, to_iroh},
     directory::Directory,
+    live::Live,
     serving::Kind,
     shared::Shared,
 };
@@ -219,39 +220,72 @@ pub async fn run(
     }
 }
 
+/// What a pass found to do for one site.
+enum Step {
+    /// Stop serving it: removed, or what is served predates the site.
+    Clear(Domain, &'static str),
+    /// Pinned elsewhere: drop it once a node there serves it.
+    Release(Domain),
+    /// Fetch and serve this head.
+    Fetch(Head, Signed<Head>),
+}
+
+/// Decides, from the records and what is served (read under one lock, no
+/// await), what each site needs; nothing for the common case of a site
+/// served as its head record says.
+fn plan(dir: &Directory, live: &Live, region: Option<&str>) -> Vec<Step> {
+    live.with_all(|served| {
+        let mut steps = Vec::new();
+        for view in dir.per_site() {
+            let site = view.site;
+            let now = served.get(&site.domain);
+            if site.removed {
+                if now.is_some() {
+                    steps.push(Step::Clear(site.domain.clone(), "site removed"));
+                }
+                continue;
+            }
+            // Serving a version from before the site was added again (a
+            // node that missed the removal): let it go at once.
+            if now.is_some_and(|l| !site.current(l.seq)) {
+                steps.push(Step::Clear(
+                    site.domain.clone(),
+                    "the site was added again; dropped what this node served of it before",
+                ));
+            }
+            if view.pin.is_some_and(|p| !p.admits(region)) {
+                steps.push(Step::Release(site.domain.clone()));
+                continue;
+            }
+            let Some((head, signed)) = view.head else {
+                continue;
+            };
+            let held = now.is_some_and(|l| {
+                l.seq > head.seq || (l.seq == head.seq && l.manifest_hash == head.manifest)
+            });
+            if !held {
+                steps.push(Step::Fetch(head.clone(), signed.clone()));
+            }
+        }
+        steps
+    })
+    .unwrap_or_default()
+}
+
 /// One pass over every site; true if something is still to be fetched.
 async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
     let dir = shared.directory();
+    let steps = plan(&dir, &shared.live, shared.config.region.as_deref());
     let mut wanted = Vec::new();
-    for (site, _) in dir.site_records() {
-        if site.removed {
-            if shared.live.get(site.domain.as_str()).is_some() {
-                shared.serving.lock().await.clear(&site.domain).await;
-                info!(site = %site.domain, "site removed");
+    for step in steps {
+        match step {
+            Step::Clear(domain, why) => {
+                shared.serving.lock().await.clear(&domain).await;
+                info!(site = %domain, "{why}");
             }
-            continue;
+            Step::Release(domain) => release_if_held_elsewhere(shared, &domain).await,
+            Step::Fetch(head, signed) => wanted.push((head, signed)),
         }
-        // Serving a version from before the site was added again (a node
-        // that missed the removal): let it go at once.
-        if shared
-            .live
-            .get(site.domain.as_str())
-            .is_some_and(|l| !site.current(l.seq))
-        {
-            shared.serving.lock().await.clear(&site.domain).await;
-            info!(site = %site.domain, "the site was added again; dropped what this node served of it before");
-        }
-        if !shared.should_hold(&site.domain) {
-            release_if_held_elsewhere(shared, &site.domain).await;
-            continue;
-        }
-        let Some((head, signed)) = dir.head(&site.domain) else {
-            continue;
-        };
-        if serves(shared, head) {
-            continue;
-        }
-        wanted.push((head.clone(), signed.clone()));
     }
     // A few sites at once, so a large one does not hold up the rest.
     let failed = n0_future::stream::iter(wanted)

@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{frame, shared::Shared};
+use crate::{directory::Directory, frame, shared::Shared};
 
 /// A whole sync, connect included, must finish within this.
 /// Peers picked at random on each periodic round.
@@ -108,9 +108,41 @@ struct RecordSet {
     storage: NegentropyStorageVector,
 }
 
-impl RecordSet {
-    fn load(shared: &Shared) -> Result<Self, SyncFailure> {
+/// The record set of the directory as it is now, built once per directory
+/// (each applied batch makes a new one): with tens of thousands of records,
+/// building it is most of what a sync of two agreeing nodes would cost.
+#[derive(Debug, Default)]
+pub struct RecordSets {
+    current: std::sync::Mutex<Option<(Arc<Directory>, Arc<RecordSet>)>>,
+}
+
+impl std::fmt::Debug for RecordSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordSet")
+            .field("records", &self.by_id.len())
+            .finish()
+    }
+}
+
+impl RecordSets {
+    fn get(&self, shared: &Shared) -> Result<Arc<RecordSet>, SyncFailure> {
         let dir = shared.directory();
+        if let Ok(cached) = self.current.lock()
+            && let Some((of, set)) = cached.as_ref()
+            && Arc::ptr_eq(of, &dir)
+        {
+            return Ok(set.clone());
+        }
+        let set = Arc::new(RecordSet::build(&dir)?);
+        if let Ok(mut cached) = self.current.lock() {
+            *cached = Some((dir, set.clone()));
+        }
+        Ok(set)
+    }
+}
+
+impl RecordSet {
+    fn build(dir: &Directory) -> Result<Self, SyncFailure> {
         let mut storage = NegentropyStorageVector::with_capacity(dir.len());
         let mut by_id = HashMap::with_capacity(dir.len());
         for held in dir.all() {
@@ -164,11 +196,15 @@ fn take_in(shared: &Shared, peer: &PublicKey, mut records: Vec<Record>) -> (usiz
 /// Syncs with `peer` as the initiator; returns (records taken, records sent).
 pub async fn sync_with(
     shared: &Shared,
+    sets: &RecordSets,
     endpoint: &Endpoint,
     peer: PublicKey,
 ) -> Result<(usize, usize), SyncFailure> {
-    let result =
-        tokio::time::timeout(shared.config.sync_timeout, initiate(shared, endpoint, peer)).await;
+    let result = tokio::time::timeout(
+        shared.config.sync_timeout,
+        initiate(shared, sets, endpoint, peer),
+    )
+    .await;
     let result = result.unwrap_or(Err(SyncFailure::Timeout));
     match &result {
         Ok(_) => {}
@@ -179,6 +215,7 @@ pub async fn sync_with(
 
 async fn initiate(
     shared: &Shared,
+    sets: &RecordSets,
     endpoint: &Endpoint,
     peer: PublicKey,
 ) -> Result<(usize, usize), SyncFailure> {
@@ -193,7 +230,7 @@ async fn initiate(
     let mut wire = Wire::default();
     let result = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(stream_err)?;
-        let set = RecordSet::load(shared)?;
+        let set = sets.get(shared)?;
         let mut neg = Negentropy::borrowed(&set.storage, 0).map_err(neg_err)?;
         let first = neg.initiate().map_err(neg_err)?;
         wire.write(
@@ -279,13 +316,15 @@ async fn initiate(
 #[derive(Debug, Clone)]
 pub struct SyncProtocol {
     shared: Arc<Shared>,
+    sets: Arc<RecordSets>,
     limit: Arc<tokio::sync::Semaphore>,
 }
 
 impl SyncProtocol {
-    pub fn new(shared: Arc<Shared>) -> Self {
+    pub fn new(shared: Arc<Shared>, sets: Arc<RecordSets>) -> Self {
         Self {
             shared,
+            sets,
             limit: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND)),
         }
     }
@@ -352,7 +391,7 @@ impl SyncProtocol {
             },
         )
         .await?;
-        let set = RecordSet::load(&self.shared)?;
+        let set = self.sets.get(&self.shared)?;
         let mut neg = Negentropy::borrowed(&set.storage, 0).map_err(neg_err)?;
         loop {
             match read_msg(&mut recv).await? {
@@ -432,6 +471,7 @@ impl ProtocolHandler for SyncProtocol {
 /// queues exactly one more after it.
 pub async fn run(
     shared: Arc<Shared>,
+    sets: Arc<RecordSets>,
     endpoint: Endpoint,
     interval: Duration,
     cancel: CancellationToken,
@@ -452,13 +492,14 @@ pub async fn run(
                 continue;
             }
             let shared = shared.clone();
+            let sets = sets.clone();
             let endpoint = endpoint.clone();
             running.spawn(async move {
                 // A failed sync is tried twice more, soon: with a long
                 // sync_interval, a transient failure (a peer restarting, a
                 // busy machine) must not wait for the next round.
                 for retry in [Some(1), Some(3), None] {
-                    match sync_with(&shared, &endpoint, peer).await {
+                    match sync_with(&shared, &sets, &endpoint, peer).await {
                         Ok((taken, sent)) => {
                             if taken + sent > 0 {
                                 debug!(peer = %peer.fmt_short(), taken, sent, "synced");
