@@ -15,7 +15,7 @@ use tracing::debug;
 use crate::{
     config::Config,
     content::Content,
-    directory::{Applied, Authority, Directory},
+    directory::{Applied, Directory},
     live::Live,
     peers::Peers,
     records::{ApplyError, Records},
@@ -148,13 +148,6 @@ impl Shared {
         }
     }
 
-    /// Whether this node should hold `domain` (its pin admits our region).
-    pub fn should_hold(&self, domain: &Domain) -> bool {
-        self.directory()
-            .pin(domain)
-            .is_none_or(|pin| pin.admits(self.config.region.as_deref()))
-    }
-
     /// The site versions this node serves.
     pub fn holdings(&self) -> Vec<Holding> {
         self.live
@@ -172,10 +165,5 @@ impl Shared {
     /// itself to peers.
     pub fn introduction(&self) -> Option<(Signed<NodeRecord>, Option<Signed<Invite>>)> {
         self.directory().introduction(&self.id)
-    }
-
-    /// What records are judged against: genesis admins and founder.
-    pub fn authority(&self) -> Authority {
-        self.directory().authority().clone()
     }
 }

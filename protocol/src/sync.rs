@@ -139,11 +139,6 @@ pub fn apply_rank(record: &Record) -> u8 {
     }
 }
 
-/// A record's identity in reconciliation: BLAKE3 of its wire bytes.
-pub fn record_id(record: &Record) -> Hash {
-    Hash::of(&crate::codec::encode(record))
-}
-
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
