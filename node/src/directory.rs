@@ -447,7 +447,9 @@ impl View for Directory {
         self.is_revoked(node)
     }
     fn known_signer(&self, key: &PublicKey) -> bool {
-        self.is_known(key) || self.members().any(|(n, _)| n.id == *key)
+        // A member by its own record (one lookup), before the walk over
+        // every site's publishers.
+        (self.node(key).is_some() && !self.is_revoked(key)) || self.is_known(key)
     }
 }
 
