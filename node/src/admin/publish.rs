@@ -55,6 +55,13 @@ impl Sessions {
     pub(super) fn contains(&self, id: u64) -> bool {
         self.inner.lock().is_ok_and(|s| s.contains_key(&id))
     }
+
+    /// Puts a session (back) in the table, at its next stage.
+    fn put(&self, id: u64, session: Session) {
+        if let Ok(mut s) = self.inner.lock() {
+            s.insert(id, session);
+        }
+    }
 }
 
 impl AdminProtocol {
@@ -97,20 +104,18 @@ impl AdminProtocol {
             Ok(None) => {
                 self.gate
                     .allow(caller, session, [(head.manifest, manifest_size)]);
-                if let Ok(mut s) = self.sessions.inner.lock() {
-                    s.insert(
-                        session,
-                        Session {
-                            caller,
-                            head,
-                            signed,
-                            stage: Stage::Manifest {
-                                size: manifest_size,
-                            },
-                            bytes: manifest_size,
+                self.sessions.put(
+                    session,
+                    Session {
+                        caller,
+                        head,
+                        signed,
+                        stage: Stage::Manifest {
+                            size: manifest_size,
                         },
-                    );
-                }
+                        bytes: manifest_size,
+                    },
+                );
                 Ok(Response::SendManifest { session })
             }
             Err(e) => Err(internal(e)),
@@ -294,18 +299,16 @@ impl AdminProtocol {
         );
         info!(site = %head.site, version = manifest.version, missing = missing.len(), bytes, "publish started");
         let lacks = Lacks::new(blobs.keys(), &missing.iter().copied().collect());
-        if let Ok(mut s) = self.sessions.inner.lock() {
-            s.insert(
-                session,
-                Session {
-                    caller,
-                    head,
-                    signed,
-                    stage: Stage::Blobs { manifest, missing },
-                    bytes,
-                },
-            );
-        }
+        self.sessions.put(
+            session,
+            Session {
+                caller,
+                head,
+                signed,
+                stage: Stage::Blobs { manifest, missing },
+                bytes,
+            },
+        );
         Ok(Response::Missing {
             session,
             lacks,
