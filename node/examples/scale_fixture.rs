@@ -134,6 +134,8 @@ async fn main() -> Result<()> {
                     version: 1,
                     invite: Some(secret_hash),
                     roles: vec![],
+                    #[cfg(feature = "next-format")]
+                    note: None,
                 },
             )));
             if batch.len() >= BATCH {

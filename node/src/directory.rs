@@ -260,6 +260,8 @@ impl Directory {
                     id: Hash::from_bytes([0; 32]),
                 }..,
             )
+            // Kinds added later sort after `Unknown`.
+            .take_while(|(k, _)| matches!(k, RecordKey::Unknown { .. }))
             .map(|(_, h)| h.as_ref())
     }
 
@@ -496,6 +498,8 @@ mod tests {
                     version,
                     invite,
                     roles: vec![],
+                    #[cfg(feature = "next-format")]
+                    note: None,
                 },
             ))
         }

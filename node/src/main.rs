@@ -2,10 +2,10 @@
 
 use std::{io::Write, net::SocketAddr, path::PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand};
-use maki_protocol::{GENESIS_FORMAT, Genesis, InviteTicket, PublicKey, Signed};
-use makiatto::{Config, Node, config::CONFIG_FILE, identity};
+use maki_protocol::{InviteTicket, PublicKey};
+use makiatto::{Config, Node, config::CONFIG_FILE, setup};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -69,7 +69,9 @@ enum Command {
     },
 }
 
-fn main() {
+// `pub(crate)`: `makiatto-next` (src/bin) is this same program, built with
+// a test-only feature.
+pub(crate) fn main() {
     // The release build aborts on any panic (`panic = "abort"`: the
     // userspace WireGuard device needs it). Make every build do so, so a
     // panic a visitor or publisher can trigger ends a test's node exactly
@@ -86,6 +88,8 @@ fn main() {
             EnvFilter::try_from_env("MAKIATTO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, not in a log file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let result = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -107,7 +111,21 @@ async fn run(cli: Cli) -> Result<()> {
             admins,
             http,
             p2p,
-        } => init(data_dir, admins, http, p2p),
+        } => {
+            let config = Config {
+                http,
+                p2p,
+                ..Config::default()
+            };
+            let created = setup::init(&data_dir, admins, &config)?;
+            println!("node {}", created.node);
+            println!("network {}", created.network);
+            println!(
+                "start it with: makiatto run --data-dir {}",
+                data_dir.display()
+            );
+            Ok(())
+        }
         Command::Validate { data_dir } => {
             Config::load(&data_dir)?;
             println!("{} is valid", data_dir.join(CONFIG_FILE).display());
@@ -134,7 +152,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .parse()
                 .map_err(|e| anyhow::anyhow!("the invite ticket is not valid: {e}"))?;
             config.validate().map_err(anyhow::Error::msg)?;
-            join(&ticket, &data_dir, &config).await?;
+            let node = setup::join(&ticket, &data_dir, &config).await?;
+            eprintln!("joined network {} as node {node}", ticket.network);
             run_node(&data_dir).await
         }
     }
@@ -155,98 +174,6 @@ async fn run_node(data_dir: &std::path::Path) -> Result<()> {
     wait_for_signal().await?;
     tracing::info!("shutting down");
     node.shutdown().await;
-    Ok(())
-}
-
-/// Redeems the invite first and writes DATA_DIR only after the issuer said
-/// yes: a refused join leaves nothing behind.
-async fn join(ticket: &InviteTicket, data_dir: &std::path::Path, config: &Config) -> Result<()> {
-    if data_dir.join(CONFIG_FILE).exists() {
-        bail!(
-            "{} already holds a node; start it with `makiatto run`",
-            data_dir.display()
-        );
-    }
-    let key = identity::generate_key(data_dir)?;
-    let any: SocketAddr = if ticket.issuer.addrs.iter().all(|a| a.is_ipv6()) {
-        "[::]:0".parse()?
-    } else {
-        "0.0.0.0:0".parse()?
-    };
-    let endpoint = makiatto::node::bind_endpoint(&key, any, Default::default()).await?;
-    let welcome = makiatto::join::redeem(&endpoint, ticket).await;
-    endpoint.close().await;
-    let welcome = welcome?;
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    identity::write_key(data_dir, &key)?;
-    identity::write_genesis(data_dir, &welcome.genesis)?;
-    identity::write_invite(data_dir, &welcome.invite)?;
-    std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml()?)?;
-    // Start from the issuer's state; every record is checked as if it had
-    // arrived by gossip, and a bad one is only logged.
-    let state = makiatto::state::State::open(&data_dir.join("state.redb"))?;
-    let genesis = welcome.genesis.verify()?;
-    let authority = makiatto::directory::Authority {
-        admins: genesis.admins,
-        founder: welcome.genesis.signer(),
-    };
-    let records = makiatto::records::Records::load(std::sync::Arc::new(state), authority)?;
-    // In the order that lets each record be judged: what authorises comes
-    // before what it admits, as in a sync.
-    let mut batch = welcome.records;
-    batch.sort_by_key(maki_protocol::sync::apply_rank);
-    for verdict in records.apply(&batch)? {
-        if let Err(error) = verdict {
-            tracing::warn!(%error, "a record from the issuer was refused");
-        }
-    }
-    drop(records);
-    eprintln!("joined network {} as node {}", ticket.network, key.public());
-    Ok(())
-}
-
-fn init(
-    data_dir: PathBuf,
-    admins: Vec<PublicKey>,
-    http: SocketAddr,
-    p2p: SocketAddr,
-) -> Result<()> {
-    if data_dir.join(CONFIG_FILE).exists() {
-        bail!(
-            "{} already holds a node; refusing to overwrite it",
-            data_dir.display()
-        );
-    }
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    let key = identity::create_key(&data_dir)?;
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut admins = admins;
-    admins.sort();
-    admins.dedup();
-    let genesis = Genesis {
-        format: GENESIS_FORMAT,
-        admins,
-        created,
-    };
-    identity::write_genesis(&data_dir, &Signed::sign(&key, &genesis))?;
-    let config = Config {
-        http,
-        p2p,
-        ..Config::default()
-    };
-    std::fs::write(data_dir.join(CONFIG_FILE), config.to_toml()?)?;
-    let network = identity::load_genesis(&data_dir)?.id;
-    println!("node {}", key.public());
-    println!("network {network}");
-    println!(
-        "start it with: makiatto run --data-dir {}",
-        data_dir.display()
-    );
     Ok(())
 }
 

@@ -8,12 +8,7 @@ use std::{
     time::Duration,
 };
 
-use iroh::{
-    Endpoint, RelayMode,
-    address_lookup::MemoryLookup,
-    endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, presets},
-    protocol::Router,
-};
+use iroh::{address_lookup::MemoryLookup, protocol::Router};
 use iroh_blobs::{
     BlobsProtocol,
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
@@ -47,9 +42,6 @@ use crate::{
     state::State,
 };
 
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
-
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NodeError {
@@ -61,8 +53,8 @@ pub enum NodeError {
     State(#[from] crate::state::StateError),
     #[error(transparent)]
     Content(#[from] crate::content::ContentError),
-    #[error("cannot bind the p2p endpoint on {addr}: {message}")]
-    Bind { addr: SocketAddr, message: String },
+    #[error(transparent)]
+    Bind(#[from] crate::endpoint::BindError),
     #[error(transparent)]
     Edge(#[from] edge::EdgeError),
 }
@@ -120,7 +112,7 @@ impl Node {
         let mut tasks = JoinSet::new();
 
         let lookup = MemoryLookup::new();
-        let endpoint = bind_endpoint(&key, config.p2p, lookup.clone()).await?;
+        let endpoint = crate::endpoint::bind(&key, config.p2p, lookup.clone()).await?;
         let (served_elsewhere, served_elsewhere_rx) = watch::channel(0);
         let (gossip_out, gossip_rx) = mpsc::channel(crate::gossip::OUTBOX);
         let keep_versions = config.keep_versions;
@@ -245,7 +237,6 @@ impl Node {
         key: &SecretKey,
         invite: Option<maki_protocol::Signed<maki_protocol::Invite>>,
     ) {
-        use maki_protocol::RECORD_FORMAT;
         let mut secret_hash = None;
         if let Some(invite) = invite {
             secret_hash = invite.verify().ok().map(|i| i.secret_hash);
@@ -261,7 +252,7 @@ impl Node {
             .map(|(_, version)| version);
         let config = &self.shared.config;
         let record = NodeRecord {
-            format: RECORD_FORMAT,
+            format: maki_protocol::NODE_FORMAT,
             id,
             addrs: self.ticket().addrs,
             region: config.region.clone(),
@@ -269,6 +260,8 @@ impl Node {
             version: crate::now().max(previous.map_or(0, |v| v + 1)),
             invite: secret_hash,
             roles: config.roles.clone(),
+            #[cfg(feature = "next-format")]
+            note: Some(crate::next::NODE_NOTE.into()),
         };
         if let Err(error) = self
             .shared
@@ -276,6 +269,8 @@ impl Node {
         {
             warn!(%error, "could not record this node");
         }
+        #[cfg(feature = "next-format")]
+        crate::next::announce(&self.shared, key);
     }
 
     /// Where the HTTP edge listens; `None` without the http role.
@@ -341,38 +336,6 @@ fn unreachable_key() -> PublicKey {
 
 pub fn blobs_dir(data_dir: &Path) -> PathBuf {
     data_dir.join("blobs")
-}
-
-pub async fn bind_endpoint(
-    key: &SecretKey,
-    addr: SocketAddr,
-    lookup: MemoryLookup,
-) -> Result<Endpoint, NodeError> {
-    let err = |message: String| NodeError::Bind { addr, message };
-    // No relays, no n0 discovery, no UPnP: peers come from our own records.
-    // A peer that vanishes (a killed CLI mid-publish) is noticed within
-    // the idle timeout, so its abandoned publish is cleaned up promptly.
-    let transport = QuicTransportConfig::builder()
-        .keep_alive_interval(KEEP_ALIVE)
-        .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok())
-        .build();
-    let builder = Endpoint::builder(presets::Minimal)
-        .transport_config(transport)
-        .secret_key(iroh::SecretKey::from_bytes(&key.to_bytes()))
-        .relay_mode(RelayMode::Disabled)
-        .portmapper_config(PortmapperConfig::Disabled)
-        .alpns(vec![
-            ADMIN_ALPN.to_vec(),
-            JOIN_ALPN.to_vec(),
-            SYNC_ALPN.to_vec(),
-            GOSSIP_ALPN.to_vec(),
-            iroh_blobs::ALPN.to_vec(),
-        ])
-        .address_lookup(lookup)
-        .clear_ip_transports()
-        .bind_addr(addr)
-        .map_err(|e| err(e.to_string()))?;
-    builder.bind().await.map_err(|e| err(e.to_string()))
 }
 
 /// Drops replaced site versions once no edge worker holds them, on a

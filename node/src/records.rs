@@ -81,6 +81,9 @@ impl Records {
         let verdicts = batch.iter().map(|r| next.merge(r, &mut changes)).collect();
         if !changes.is_empty() {
             self.state.write_records(&changes)?;
+            tell_unread(&self.current.borrow(), &changes);
+            #[cfg(feature = "next-format")]
+            crate::next::tell(&changes);
             self.current.send_replace(Arc::new(next));
         }
         Ok(verdicts)
@@ -91,6 +94,23 @@ impl Records {
         match self.apply(std::slice::from_ref(record))?.pop() {
             Some(verdict) => Ok(verdict?),
             None => Ok(Applied::Stale),
+        }
+    }
+}
+
+/// Says so, once per kind, when this node starts carrying records of a
+/// kind it cannot read: a newer release is in the network, and this node
+/// relays what it makes without applying it.
+fn tell_unread(before: &Directory, changes: &[Change]) {
+    for change in changes {
+        if let Change::Put(_, Record::Unknown { kind, signed }) = change
+            && !before.unknown().any(|h| h.record.kind() == *kind)
+        {
+            tracing::info!(
+                kind,
+                signer = %signed.signer(),
+                "carrying records of a kind this build cannot read (made by a newer release); they are relayed, not applied"
+            );
         }
     }
 }

@@ -109,9 +109,19 @@ impl SiteRecord {
     }
 }
 
+/// The [`NodeRecord`] format this build writes. Each format appends
+/// fields to the one before; the test-only `next-format` feature plays a
+/// newer release that appends [`NodeRecord::note`].
+pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 2 } else { 1 };
+
 /// A member node, signed by the node itself; valid only together with the
 /// admin-signed invite it redeemed (named by hash).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// Read by `format`: the fields a format appended are read only from a
+/// record of that format or newer, so a node reads records both of older
+/// formats (the appended fields take their empty value) and of newer ones
+/// (the fields it does not know are carried in the signed bytes, unread).
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NodeRecord {
     pub format: u16,
     pub id: PublicKey,
@@ -126,7 +136,55 @@ pub struct NodeRecord {
     /// What it offers the public: [`ROLE_HTTP`] (the web edge). Names a
     /// newer node adds are kept and ignored by older ones.
     pub roles: Vec<String>,
+    /// Format 2, test-only (feature `next-format`): a field today's
+    /// release does not know.
+    #[cfg(feature = "next-format")]
+    pub note: Option<String>,
 }
+
+impl<'de> Deserialize<'de> for NodeRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> serde::de::Visitor<'de> for Fields {
+            type Value = NodeRecord;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a node record")
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<NodeRecord, A::Error> {
+                macro_rules! field {
+                    ($name:literal) => {
+                        seq.next_element()?
+                            .ok_or_else(|| serde::de::Error::missing_field($name))?
+                    };
+                }
+                let format: u16 = field!("format");
+                Ok(NodeRecord {
+                    format,
+                    id: field!("id"),
+                    addrs: field!("addrs"),
+                    region: field!("region"),
+                    location: field!("location"),
+                    version: field!("version"),
+                    invite: field!("invite"),
+                    roles: field!("roles"),
+                    #[cfg(feature = "next-format")]
+                    note: if format >= 2 { field!("note") } else { None },
+                })
+            }
+        }
+        // postcard writes a struct as the tuple of its fields: a reader
+        // takes the ones its format has and leaves the rest unread.
+        d.deserialize_tuple(NODE_FIELDS, Fields)
+    }
+}
+
+/// The most fields a [`NodeRecord`] of this build's format has.
+const NODE_FIELDS: usize = if cfg!(feature = "next-format") { 9 } else { 8 };
 
 /// The role of a node that serves sites over HTTP.
 pub const ROLE_HTTP: &str = "http";
@@ -169,6 +227,28 @@ impl Pin {
     }
 }
 
+/// The kind number of [`Note`] (test-only, feature `next-format`).
+#[cfg(feature = "next-format")]
+pub const NOTE_KIND: u32 = 999;
+
+/// A record kind today's release does not know (test-only, feature
+/// `next-format`): a member's note about itself, as a newer release would
+/// add a kind. Signed by that node under [`kind_context`]`(NOTE_KIND)`, so
+/// today's nodes can check it and carry it.
+#[cfg(feature = "next-format")]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Note {
+    pub format: u16,
+    pub node: PublicKey,
+    pub text: String,
+    pub version: u64,
+}
+
+#[cfg(feature = "next-format")]
+impl Signable for Note {
+    const CONTEXT: &'static [u8] = b"makiatto/record/999";
+}
+
 /// What a record is about: one winner per key.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum RecordKey {
@@ -184,6 +264,10 @@ pub enum RecordKey {
         kind: u32,
         id: Hash,
     },
+    // Kinds added later go after `Unknown`: keys rest in the store by
+    // their postcard bytes, which name the variant by its position.
+    #[cfg(feature = "next-format")]
+    Note(PublicKey),
 }
 
 /// Marks the bytes of a record this build cannot read.
@@ -205,6 +289,8 @@ pub enum Record {
         kind: u32,
         signed: Signed<Unread>,
     },
+    #[cfg(feature = "next-format")]
+    Note(Signed<Note>),
 }
 
 /// The signature context of record kinds after the first six: a node that
@@ -224,6 +310,8 @@ impl Record {
             Record::Revocation(_) => 4,
             Record::Pin(_) => 5,
             Record::Unknown { kind, .. } => *kind,
+            #[cfg(feature = "next-format")]
+            Record::Note(_) => NOTE_KIND,
         }
     }
 }
@@ -239,6 +327,8 @@ impl Serialize for Record {
             Record::Revocation(r) => (kind, r).serialize(s),
             Record::Pin(r) => (kind, r).serialize(s),
             Record::Unknown { signed, .. } => (kind, signed).serialize(s),
+            #[cfg(feature = "next-format")]
+            Record::Note(r) => (kind, r).serialize(s),
         }
     }
 }
@@ -253,6 +343,8 @@ impl<'de> Deserialize<'de> for Record {
             3 => Record::Node(signed.retag()),
             4 => Record::Revocation(signed.retag()),
             5 => Record::Pin(signed.retag()),
+            #[cfg(feature = "next-format")]
+            NOTE_KIND => Record::Note(signed.retag()),
             kind => Record::Unknown { kind, signed },
         })
     }
@@ -292,6 +384,8 @@ pub enum Body {
         kind: u32,
         len: usize,
     },
+    #[cfg(feature = "next-format")]
+    Note(Note),
 }
 
 impl Record {
@@ -358,6 +452,16 @@ impl Record {
                     v.version,
                     s.signer(),
                     Body::Pin(v),
+                )
+            }
+            #[cfg(feature = "next-format")]
+            Record::Note(s) => {
+                let v = content(s, verify)?;
+                (
+                    RecordKey::Note(v.node),
+                    v.version,
+                    s.signer(),
+                    Body::Note(v),
                 )
             }
             Record::Unknown { kind, signed } => {
@@ -500,6 +604,19 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
                 Err(AuthError::NoInvite(n.id))
             }
         }
+        #[cfg(feature = "next-format")]
+        Body::Note(n) => {
+            if v.signer != n.node {
+                Err(AuthError::NotSelfSigned { node: n.node })
+            } else if view.known_signer(&v.signer) {
+                Ok(())
+            } else {
+                Err(AuthError::UnknownSigner {
+                    kind: NOTE_KIND,
+                    key: v.signer,
+                })
+            }
+        }
         // What it may say is for a node that knows the kind to judge; this
         // one only carries it, for someone the network knows.
         Body::Unknown { kind, .. } => {
@@ -607,6 +724,97 @@ mod tests {
         let back: Record = postcard::from_bytes(&wire).expect("decode");
         assert_eq!(back, record);
         assert_eq!(back.verify().expect("again").hash, verified.hash);
+    }
+
+    fn node_v1() -> NodeRecord {
+        NodeRecord {
+            format: 1,
+            id: SecretKey::from_bytes(&[6; 32]).public(),
+            addrs: vec!["127.0.0.1:1".parse().expect("addr")],
+            region: Some("eu".into()),
+            location: None,
+            version: 7,
+            invite: None,
+            roles: vec![ROLE_HTTP.into()],
+            #[cfg(feature = "next-format")]
+            note: None,
+        }
+    }
+
+    /// The bytes a format-1 node record has (what today's release signs).
+    fn node_v1_bytes(n: &NodeRecord) -> Vec<u8> {
+        crate::codec::encode(&(
+            n.format, n.id, &n.addrs, &n.region, n.location, n.version, n.invite, &n.roles,
+        ))
+    }
+
+    #[test]
+    fn node_records_of_a_newer_format_are_read_by_the_fields_known() {
+        let key = SecretKey::from_bytes(&[6; 32]);
+        let mut newer = node_v1();
+        newer.format = 9;
+        let mut bytes = node_v1_bytes(&newer);
+        bytes.extend(crate::codec::encode(&(Some("a field from later"), 5u64)));
+        let record = Record::Node(Signed::sign_bytes(&key, bytes));
+        match record.verify().expect("read by prefix").body {
+            Body::Node(read) => {
+                assert_eq!(read.format, 9);
+                assert_eq!(read.id, newer.id);
+                assert_eq!(read.roles, newer.roles);
+            }
+            other => panic!("not a node record: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn node_records_of_an_older_format_are_read_with_empty_new_fields() {
+        let key = SecretKey::from_bytes(&[6; 32]);
+        let v1 = node_v1();
+        let record = Record::Node(Signed::sign_bytes(&key, node_v1_bytes(&v1)));
+        assert_eq!(record.verify().expect("v1").body, Body::Node(v1.clone()));
+        // What this build writes reads back whole.
+        let mine = NodeRecord {
+            format: NODE_FORMAT,
+            ..v1
+        };
+        let record = Record::Node(Signed::sign(&key, &mine));
+        assert_eq!(record.verify().expect("own").body, Body::Node(mine));
+    }
+
+    #[cfg(feature = "next-format")]
+    #[test]
+    fn the_next_format_plays_a_newer_release() {
+        assert_eq!(Note::CONTEXT, kind_context(NOTE_KIND).as_slice());
+        let key = SecretKey::from_bytes(&[6; 32]);
+        let mut n = node_v1();
+        n.format = NODE_FORMAT;
+        n.note = Some("hello".into());
+        let record = Record::Node(Signed::sign(&key, &n));
+        assert_eq!(record.verify().expect("v2").body, Body::Node(n));
+        let note = Note {
+            format: 1,
+            node: key.public(),
+            text: "hi".into(),
+            version: 1,
+        };
+        let record = Record::Note(Signed::sign(&key, &note));
+        let wire = crate::codec::encode(&record);
+        let back: Record = postcard::from_bytes(&wire).expect("decode");
+        assert_eq!(back, record);
+        let v = back.verify().expect("verify");
+        assert_eq!(v.key, RecordKey::Note(key.public()));
+        // What today's release sees: the same bytes, as an unknown kind
+        // whose signature holds under the kind's context.
+        let signed = Signed::<Unread>::sign_bytes_under(
+            &key,
+            &kind_context(NOTE_KIND),
+            crate::codec::encode(&note),
+        );
+        assert_eq!(
+            crate::codec::encode(&(NOTE_KIND, &signed)),
+            wire,
+            "the wire form of a new kind is the generic one"
+        );
     }
 
     #[test]
@@ -792,6 +1000,8 @@ mod tests {
             version: 1,
             invite,
             roles: vec![ROLE_HTTP.into()],
+            #[cfg(feature = "next-format")]
+            note: None,
         };
         let founding = node(founder.public(), None);
         assert_eq!(

@@ -134,6 +134,8 @@ pub fn apply_rank(record: &Record) -> u8 {
         Record::Revocation(_) => 3,
         Record::Node(_) => 4,
         Record::Head(_) => 5,
+        #[cfg(feature = "next-format")]
+        Record::Note(_) => 5,
         // Judged against nothing this node can read: after all the rest.
         Record::Unknown { .. } => 6,
     }

@@ -40,25 +40,41 @@ pub fn bins() -> Result<Bins> {
         makiatto: dir.join("makiatto"),
         maki: dir.join("maki"),
     };
-    let root = workspace_root();
-    let protocol = newest_mtime(&root.join("protocol/src"))?;
-    for (bin, krate) in [(&bins.makiatto, "node/src"), (&bins.maki, "client/src")] {
-        let built = std::fs::metadata(bin)
-            .and_then(|m| m.modified())
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "{} is not built; run `cargo test --workspace`",
-                    bin.display()
-                )
-            })?;
-        let newest_source = protocol.max(newest_mtime(&root.join(krate))?);
-        ensure!(
-            built >= newest_source,
-            "{} is older than its sources; run `cargo test --workspace` (or `cargo build --workspace --bins`)",
-            bin.display()
-        );
-    }
+    let build = "cargo test --workspace (or cargo build --workspace --bins)";
+    fresh(&bins.makiatto, "node/src", build)?;
+    fresh(&bins.maki, "client/src", build)?;
     Ok(bins)
+}
+
+/// `makiatto-next`: the node built with the test-only `next-format`
+/// feature, which plays a newer release (tests/tests/upgrade.rs).
+pub fn next_bin() -> Result<PathBuf> {
+    let bin = bins()?
+        .makiatto
+        .with_file_name(format!("makiatto-next{}", std::env::consts::EXE_SUFFIX));
+    fresh(
+        &bin,
+        "node/src",
+        "cargo build -p makiatto --features next-format --bin makiatto-next",
+    )?;
+    Ok(bin)
+}
+
+/// Fails unless `bin` exists and is newer than its crate's sources and
+/// protocol's: a stale binary is never silently tested.
+fn fresh(bin: &Path, krate: &str, build: &str) -> Result<()> {
+    let root = workspace_root();
+    let built = std::fs::metadata(bin)
+        .and_then(|m| m.modified())
+        .map_err(|_| anyhow::anyhow!("{} is not built; run `{build}`", bin.display()))?;
+    let newest_source =
+        newest_mtime(&root.join("protocol/src"))?.max(newest_mtime(&root.join(krate))?);
+    ensure!(
+        built >= newest_source,
+        "{} is older than its sources; run `{build}`",
+        bin.display()
+    );
+    Ok(())
 }
 
 /// Builds both binaries with `cargo build --workspace --bins` (the quick
@@ -186,6 +202,19 @@ impl NodeProc {
             "join succeeded but should have failed"
         );
         Ok(String::from_utf8(out.stderr)?)
+    }
+
+    /// [`Self::join_with`] with another build of the node (`program`).
+    pub fn join_as(program: &Path, dir: &Path, ticket: &str, extra: &[&str]) -> Result<Self> {
+        let mut args = join_args(ticket).to_vec();
+        args.extend_from_slice(extra);
+        Self::spawn_with(program, dir, &args, dir.with_extension("log"))
+    }
+
+    /// [`Self::start`] with another build of the node (`program`): the
+    /// same data directory, as after an upgrade in place.
+    pub fn start_as(program: &Path, dir: &Path) -> Result<Self> {
+        Self::spawn_with(program, dir, &["run"], dir.join("node.log"))
     }
 
     fn spawn(dir: &Path, args: &[&str], stderr_log: PathBuf) -> Result<Self> {

@@ -46,8 +46,7 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
         addr = addr.with_ip_addr(*a);
     }
     let key = SecretKey::from_bytes(&[42; 32]);
-    let ep =
-        makiatto::node::bind_endpoint(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
+    let ep = makiatto::endpoint::bind(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
     let me = |invite| {
         Signed::sign(
             &key,
@@ -220,8 +219,7 @@ async fn a_member_cannot_push_unasked_blobs_and_a_revoked_one_cannot_read() -> R
     for a in &ticket.addrs {
         addr = addr.with_ip_addr(*a);
     }
-    let ep =
-        makiatto::node::bind_endpoint(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
+    let ep = makiatto::endpoint::bind(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
 
     // Positive control: as a member it reads a blob.
     let store = MemStore::new();

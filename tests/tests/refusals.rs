@@ -432,8 +432,7 @@ async fn an_oversized_request_gets_a_refusal_not_a_dropped_connection() -> Resul
     for a in &ticket.addrs {
         addr = addr.with_ip_addr(*a);
     }
-    let ep =
-        makiatto::node::bind_endpoint(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
+    let ep = makiatto::endpoint::bind(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
     let conn = ep.connect(addr, maki_protocol::rpc::ADMIN_ALPN).await?;
     let ask = |frame: Vec<u8>| {
         let conn = conn.clone();

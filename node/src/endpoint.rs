@@ -1,0 +1,59 @@
+//! The p2p endpoint: one iroh QUIC socket that carries every protocol a
+//! node speaks with members, admins and joiners (each by its ALPN).
+
+use std::{net::SocketAddr, time::Duration};
+
+use iroh::{
+    Endpoint, RelayMode,
+    address_lookup::MemoryLookup,
+    endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, presets},
+};
+use maki_protocol::{
+    SecretKey,
+    rpc::{ADMIN_ALPN, JOIN_ALPN},
+    sync::{GOSSIP_ALPN, SYNC_ALPN},
+};
+
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot bind the p2p endpoint on {addr}: {message}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    pub message: String,
+}
+
+/// An endpoint on `addr` with `key` as its identity, finding peers only
+/// through `lookup` (filled from the node records).
+pub async fn bind(
+    key: &SecretKey,
+    addr: SocketAddr,
+    lookup: MemoryLookup,
+) -> Result<Endpoint, BindError> {
+    let err = |message: String| BindError { addr, message };
+    // No relays, no n0 discovery, no UPnP: peers come from our own records.
+    // A peer that vanishes (a killed CLI mid-publish) is noticed within
+    // the idle timeout, so its abandoned publish is cleaned up promptly.
+    let transport = QuicTransportConfig::builder()
+        .keep_alive_interval(KEEP_ALIVE)
+        .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok())
+        .build();
+    let builder = Endpoint::builder(presets::Minimal)
+        .transport_config(transport)
+        .secret_key(iroh::SecretKey::from_bytes(&key.to_bytes()))
+        .relay_mode(RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .alpns(vec![
+            ADMIN_ALPN.to_vec(),
+            JOIN_ALPN.to_vec(),
+            SYNC_ALPN.to_vec(),
+            GOSSIP_ALPN.to_vec(),
+            iroh_blobs::ALPN.to_vec(),
+        ])
+        .address_lookup(lookup)
+        .clear_ip_transports()
+        .bind_addr(addr)
+        .map_err(|e| err(e.to_string()))?;
+    builder.bind().await.map_err(|e| err(e.to_string()))
+}
