@@ -3,6 +3,17 @@
 
 pub mod keys;
 pub mod net;
+pub mod nodes;
 pub mod project;
 pub mod publish;
+pub mod render;
 pub mod scan;
+pub mod sites;
+
+/// Milliseconds since the Unix epoch: the version of a record an admin
+/// signs, so a later change carries a higher one without asking.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

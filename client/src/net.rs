@@ -33,6 +33,16 @@ pub enum NetError {
     Refused(#[from] RpcError),
 }
 
+/// An answer that does not fit the request.
+pub fn unexpected(answer: Response) -> NetError {
+    let mut text = format!("{answer:?}");
+    if let Some((cut, _)) = text.char_indices().nth(200) {
+        text.truncate(cut);
+        text.push('…');
+    }
+    NetError::BadResponse(text)
+}
+
 fn io_err(e: impl std::fmt::Display) -> NetError {
     NetError::Io(e.to_string())
 }

@@ -11,7 +11,7 @@ use iroh_blobs::{
 };
 use maki_protocol::{
     Domain, Hash, Head, MANIFEST_FORMAT, Manifest, ManifestError, SecretKey, Signed,
-    rpc::{Request, Response, RpcError, SiteInfo, VersionInfo},
+    rpc::{Request, Response, VersionInfo},
 };
 
 use crate::{
@@ -146,23 +146,6 @@ impl Progress for () {
     fn finish(&mut self) {}
 }
 
-/// The site's current state as its publisher sees it.
-pub async fn site_info(client: &Client, site: &Domain) -> Result<SiteInfo, PublishError> {
-    // Versions gives the precise refusal (unknown site / not a publisher).
-    client
-        .call(&Request::Versions {
-            domain: site.clone(),
-        })
-        .await?;
-    match client.call(&Request::Sites).await? {
-        Response::Sites(sites) => sites
-            .into_iter()
-            .find(|s| &s.domain == site)
-            .ok_or_else(|| NetError::Refused(RpcError::UnknownSite(site.clone())).into()),
-        other => Err(PublishError::Unexpected(format!("{other:?}"))),
-    }
-}
-
 pub async fn publish(
     client: &Client,
     key: &SecretKey,
@@ -171,7 +154,7 @@ pub async fn publish(
     cache: &mut HashCache,
     progress: &mut dyn Progress,
 ) -> Result<Outcome, PublishError> {
-    let info = site_info(client, site).await?;
+    let info = crate::sites::info(client, site).await?;
     let parent = info.head.as_ref().map(|h| h.manifest);
     // Above the current head, and above every head from before the site
     // was (re-)added.
@@ -376,7 +359,7 @@ pub async fn rollback(
     site: &Domain,
     to: Option<u64>,
 ) -> Result<(u64, u64), PublishError> {
-    let info = site_info(client, site).await?;
+    let info = crate::sites::info(client, site).await?;
     let kept = versions(client, site).await?;
     let current = info
         .head
