@@ -19,10 +19,7 @@ use iroh_gossip::{
     net::Gossip,
     proto::TopicId,
 };
-use maki_protocol::{
-    PublicKey, RECORD_FORMAT, Signed,
-    sync::{GossipMsg, Holdings},
-};
+use maki_protocol::{PublicKey, sync::GossipMsg};
 use n0_future::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -65,17 +62,6 @@ fn iroh_ids(keys: impl IntoIterator<Item = PublicKey>) -> Vec<iroh::EndpointId> 
     keys.into_iter()
         .filter_map(|k| iroh::PublicKey::from_bytes(k.as_bytes()).ok())
         .collect()
-}
-
-/// This node's holdings, signed, as a gossip message.
-pub fn holdings(shared: &Shared) -> GossipMsg {
-    let body = Holdings {
-        format: RECORD_FORMAT,
-        node: shared.id,
-        holds: shared.holdings(),
-        at: crate::now_millis(),
-    };
-    GossipMsg::Holdings(Signed::sign(&shared.key, &body))
 }
 
 /// Runs until cancelled: joins the network's topic through the known
@@ -161,9 +147,6 @@ fn receive(shared: &Shared, content: &[u8]) {
     match msg {
         GossipMsg::Record(record) => {
             if let Err(error) = shared.apply_record(&record) {
-                shared
-                    .dropped_records
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 warn!(%error, "dropped a gossiped record");
             }
         }

@@ -18,47 +18,57 @@ use maki_protocol::{
 };
 use tracing::{info, warn};
 
+use tokio::sync::watch;
+
 use crate::{
+    directory::Directory,
     frame::{self, FrameError},
-    shared::Shared,
+    state::State,
 };
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The `maki/join/1` protocol handler.
+/// The `maki/join/1` protocol handler: the network's id and genesis, the
+/// invites this node issued, and the records a joiner starts from.
 #[derive(Debug, Clone)]
 pub struct JoinProtocol {
-    shared: Arc<Shared>,
+    network: Hash,
+    genesis: Signed<Genesis>,
+    state: Arc<State>,
+    directory: watch::Receiver<Arc<Directory>>,
 }
 
 impl JoinProtocol {
-    pub fn new(shared: Arc<Shared>) -> Self {
-        Self { shared }
+    pub fn new(
+        network: Hash,
+        genesis: Signed<Genesis>,
+        state: Arc<State>,
+        directory: watch::Receiver<Arc<Directory>>,
+    ) -> Self {
+        Self {
+            network,
+            genesis,
+            state,
+            directory,
+        }
     }
 
     fn redeem(&self, node: PublicKey, req: JoinRequest, now: u64) -> JoinResponse {
         let JoinRequest::Redeem { network, secret } = req else {
             return JoinResponse::Refused(JoinError::Internal("unknown request".into()));
         };
-        if network != self.shared.network {
+        if network != self.network {
             return JoinResponse::Refused(JoinError::WrongNetwork);
         }
-        match self
-            .shared
-            .state
-            .redeem_invite(Hash::of(&secret), node, now)
-        {
+        match self.state.redeem_invite(Hash::of(&secret), node, now) {
             Ok(Ok(invite)) => {
                 info!(node = %node.fmt_short(), "invite redeemed; a node joined");
+                // The snapshot, not the watch's lock, while copying it.
+                let directory = Arc::clone(&self.directory.borrow());
                 JoinResponse::Welcome {
-                    genesis: self.shared.signed_genesis.clone(),
+                    genesis: self.genesis.clone(),
                     invite,
-                    records: self
-                        .shared
-                        .directory()
-                        .all()
-                        .map(|h| h.record.clone())
-                        .collect(),
+                    records: directory.all().map(|h| h.record.clone()).collect(),
                 }
             }
             Ok(Err(e)) => {

@@ -16,6 +16,7 @@ pub mod live;
 #[cfg(feature = "next-format")]
 mod next;
 pub mod node;
+pub mod outbox;
 pub mod peers;
 pub mod records;
 pub mod replicate;

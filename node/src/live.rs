@@ -195,6 +195,18 @@ impl Live {
         self.sites.read().ok().map(|s| f(&s))
     }
 
+    /// The site versions served now, as members tell each other.
+    pub fn holdings(&self) -> Vec<maki_protocol::sync::Holding> {
+        self.snapshot()
+            .into_iter()
+            .map(|(site, l)| maki_protocol::sync::Holding {
+                site,
+                seq: l.seq,
+                manifest: l.manifest_hash,
+            })
+            .collect()
+    }
+
     pub fn snapshot(&self) -> Vec<(Domain, Arc<LiveSite>)> {
         self.sites
             .read()

@@ -18,7 +18,6 @@ use maki_protocol::{
     rpc::{ADMIN_ALPN, JOIN_ALPN},
     sync::{GOSSIP_ALPN, SYNC_ALPN},
 };
-use std::sync::atomic::AtomicU64;
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
@@ -36,6 +35,7 @@ use crate::{
     gate::PushGate,
     identity,
     live::{Live, LiveSite},
+    outbox::Outbox,
     peers::Peers,
     records::Records,
     serving::Serving,
@@ -123,6 +123,7 @@ impl Node {
             signed_genesis: network.signed,
             network: network.id,
             serving: Serving::new(state.clone(), content.clone(), live.clone(), keep_versions),
+            outbox: Outbox::new(gossip_out, key.clone(), live.clone()),
             state,
             records,
             content,
@@ -130,9 +131,6 @@ impl Node {
             peers: Arc::new(Peers::new(key.public(), lookup)),
             served_elsewhere,
             sync_soon: tokio::sync::Notify::new(),
-            dropped_records: AtomicU64::new(0),
-            key: key.clone(),
-            gossip_out,
         });
         shared.refresh_peers();
 
@@ -172,7 +170,15 @@ impl Node {
                 },
             )
             .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone(), gate))
-            .accept(JOIN_ALPN, crate::join::JoinProtocol::new(shared.clone()))
+            .accept(
+                JOIN_ALPN,
+                crate::join::JoinProtocol::new(
+                    shared.network,
+                    shared.signed_genesis.clone(),
+                    shared.state.clone(),
+                    shared.records.subscribe(),
+                ),
+            )
             .spawn();
 
         // A node without the http role holds and forwards content only.

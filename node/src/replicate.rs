@@ -415,7 +415,7 @@ async fn fetch_with(
     if result.is_ok() {
         // Tell the members at once: they may fetch from here, and a
         // publisher waiting with `--wait` learns this node is done.
-        shared.announce(crate::gossip::holdings(shared));
+        shared.outbox.holdings();
         info!(site = %head.site, seq = head.seq, elapsed = ?started.elapsed(), "replicated");
     }
     result
@@ -441,7 +441,7 @@ async fn release_if_held_elsewhere(shared: &Shared, domain: &Domain) {
     if covered {
         shared.serving.lock().await.clear(domain).await;
         info!(site = %domain, "pinned to other regions; dropped here");
-        shared.announce(crate::gossip::holdings(shared));
+        shared.outbox.holdings();
     }
 }
 

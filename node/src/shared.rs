@@ -3,20 +3,17 @@
 //! serves and how to announce a change. Built by `node.rs`, the
 //! composition root; the edge gets a narrower handle (`edge::Sites`).
 
-use std::sync::{Arc, atomic::AtomicU64};
+use std::sync::Arc;
 
-use maki_protocol::{
-    Domain, Genesis, Hash, Invite, NodeRecord, PublicKey, Record, SecretKey, Signed,
-    sync::{GossipMsg, Holding},
-};
-use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use maki_protocol::{Domain, Genesis, Hash, Invite, NodeRecord, PublicKey, Record, Signed};
+use tokio::sync::watch;
 
 use crate::{
     config::Config,
     content::Content,
     directory::{Applied, Directory},
     live::Live,
+    outbox::Outbox,
     peers::Peers,
     records::{ApplyError, Records},
     serving::Serving,
@@ -48,12 +45,9 @@ pub struct Shared {
     /// Woken to sync with a few members now, not at the next round: after
     /// a change made here, or when gossip lagged.
     pub sync_soon: tokio::sync::Notify,
-    /// Records from peers that failed verification or authorisation.
-    pub dropped_records: AtomicU64,
-    /// This node's key: it signs its own record and holdings.
-    pub key: SecretKey,
-    /// Messages for the gossip task to broadcast.
-    pub gossip_out: mpsc::Sender<GossipMsg>,
+    /// What this node tells the network over gossip (it alone holds the
+    /// node's key, and signs only holdings with it).
+    pub outbox: Outbox,
 }
 
 impl Shared {
@@ -105,7 +99,7 @@ impl Shared {
     pub fn apply_local(&self, record: Record) -> Result<Applied, ApplyError> {
         let applied = self.apply_record(&record)?;
         if applied != Applied::Stale {
-            self.announce(GossipMsg::Record(record));
+            self.outbox.record(record);
             self.sync_soon.notify_one();
         }
         Ok(applied)
@@ -115,14 +109,6 @@ impl Shared {
     /// pinned elsewhere.
     pub fn holdings_changed(&self) {
         self.served_elsewhere.send_modify(|g| *g += 1);
-    }
-
-    /// Hands a message to gossip; when its queue is full the message is
-    /// dropped (anti-entropy carries it instead).
-    pub fn announce(&self, msg: GossipMsg) {
-        if self.gossip_out.try_send(msg).is_err() {
-            debug!("gossip queue full; leaving this one to sync");
-        }
     }
 
     pub fn refresh_peers(&self) {
@@ -146,19 +132,6 @@ impl Shared {
             (Some(r), Some(l)) => Some(if l.0 > r.0 { l } else { r }),
             (r, l) => r.or(l),
         }
-    }
-
-    /// The site versions this node serves.
-    pub fn holdings(&self) -> Vec<Holding> {
-        self.live
-            .snapshot()
-            .into_iter()
-            .map(|(site, l)| Holding {
-                site,
-                seq: l.seq,
-                manifest: l.manifest_hash,
-            })
-            .collect()
     }
 
     /// This node's own record and the invite behind it: how it introduces

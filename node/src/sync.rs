@@ -185,11 +185,6 @@ fn take_in(shared: &Shared, peer: &PublicKey, mut records: Vec<Record>) -> (usiz
             }
         }
     }
-    if dropped > 0 {
-        shared
-            .dropped_records
-            .fetch_add(dropped as u64, std::sync::atomic::Ordering::Relaxed);
-    }
     (taken, dropped)
 }
 
@@ -276,7 +271,7 @@ async fn initiate(
             &SyncMsg::Records {
                 records: give,
                 want: need.iter().map(to_id).collect(),
-                holds: unless_seen(shared.holdings(), theirs_of_mine),
+                holds: unless_seen(shared.live.holdings(), theirs_of_mine),
             },
         )
         .await?;
@@ -410,7 +405,7 @@ impl SyncProtocol {
                         &SyncMsg::Records {
                             records: give,
                             want: Vec::new(),
-                            holds: unless_seen(self.shared.holdings(), mine_seen),
+                            holds: unless_seen(self.shared.live.holdings(), mine_seen),
                         },
                     )
                     .await?;

@@ -61,7 +61,11 @@ impl AdminProtocol {
                     version: p.version,
                     health,
                     rtt_us: p.rtt.map(|d| d.as_micros() as u64),
-                    holds: shown(if me { self.shared.holdings() } else { p.holds }),
+                    holds: shown(if me {
+                        self.shared.live.holdings()
+                    } else {
+                        p.holds
+                    }),
                     roles: p.roles,
                 }
             })

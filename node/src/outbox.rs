@@ -1,0 +1,61 @@
+//! What this node tells the network over gossip: records made here, and
+//! its holdings, signed. The only holder of the node's key after start,
+//! and it signs nothing but holdings.
+
+use std::sync::Arc;
+
+use maki_protocol::{
+    PublicKey, RECORD_FORMAT, Record, SecretKey, Signed,
+    sync::{GossipMsg, Holdings},
+};
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::live::Live;
+
+/// See the module docs. The gossip task drains the other end.
+#[derive(Debug)]
+pub struct Outbox {
+    tx: mpsc::Sender<GossipMsg>,
+    key: SecretKey,
+    live: Arc<Live>,
+}
+
+impl Outbox {
+    pub fn new(tx: mpsc::Sender<GossipMsg>, key: SecretKey, live: Arc<Live>) -> Self {
+        Self { tx, key, live }
+    }
+
+    pub fn id(&self) -> PublicKey {
+        self.key.public()
+    }
+
+    /// Broadcasts a record made here.
+    pub fn record(&self, record: Record) {
+        self.send(GossipMsg::Record(record));
+    }
+
+    /// Broadcasts what this node serves now.
+    pub fn holdings(&self) {
+        self.send(self.signed_holdings());
+    }
+
+    /// This node's holdings, signed, as a gossip message.
+    pub fn signed_holdings(&self) -> GossipMsg {
+        let body = Holdings {
+            format: RECORD_FORMAT,
+            node: self.id(),
+            holds: self.live.holdings(),
+            at: crate::now_millis(),
+        };
+        GossipMsg::Holdings(Signed::sign(&self.key, &body))
+    }
+
+    /// When the queue is full the message is dropped: anti-entropy
+    /// carries it instead.
+    fn send(&self, msg: GossipMsg) {
+        if self.tx.try_send(msg).is_err() {
+            debug!("gossip queue full; leaving this one to sync");
+        }
+    }
+}
