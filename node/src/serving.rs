@@ -140,3 +140,220 @@ impl Guard<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use maki_protocol::{Entry, MANIFEST_FORMAT, SecretKey, SitePath};
+
+    use super::*;
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        serving: Serving,
+        state: Arc<State>,
+        content: Arc<Content>,
+        live: Arc<Live>,
+        key: SecretKey,
+        site: Domain,
+    }
+
+    /// One published version: its head, signed, and its manifest.
+    struct Version {
+        head: Head,
+        signed: Signed<Head>,
+        manifest: Manifest,
+    }
+
+    impl Fixture {
+        async fn new(keep: u32) -> Self {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let state = Arc::new(State::open(&dir.path().join("state.redb")).expect("state"));
+            let content = Arc::new(
+                Content::load(&dir.path().join("blobs"), None)
+                    .await
+                    .expect("content"),
+            );
+            let live = Arc::new(Live::default());
+            Self {
+                serving: Serving::new(state.clone(), content.clone(), live.clone(), keep),
+                _dir: dir,
+                state,
+                content,
+                live,
+                key: SecretKey::from_bytes(&[1; 32]),
+                site: Domain::new("a.test").expect("domain"),
+            }
+        }
+
+        /// Version `n` of the site (one file saying so), its blobs stored,
+        /// as head `seq`.
+        async fn version(&self, n: u64, seq: u64) -> Version {
+            let body = Bytes::from(format!("version {n}"));
+            let (hash, _tag) = self.content.add_bytes(body.clone()).await.expect("blob");
+            let manifest = Manifest {
+                format: MANIFEST_FORMAT,
+                site: self.site.clone(),
+                version: n,
+                parent: None,
+                created: 0,
+                entries: BTreeMap::from([(
+                    SitePath::new("index.html").expect("path"),
+                    Entry {
+                        hash,
+                        size: body.len() as u64,
+                        content_type: "text/html".into(),
+                        encodings: BTreeMap::new(),
+                    },
+                )]),
+                headers: vec![],
+                redirects: vec![],
+            };
+            let head = Head {
+                site: self.site.clone(),
+                seq,
+                manifest: manifest.hash(),
+            };
+            Version {
+                signed: Signed::sign(&self.key, &head),
+                head,
+                manifest,
+            }
+        }
+
+        async fn commit(&self, v: &Version, kind: Kind) {
+            self.serving
+                .lock()
+                .await
+                .commit(&v.head, &v.signed, v.manifest.clone(), kind)
+                .await
+                .expect("commit");
+        }
+
+        /// (seq, manifest) served now.
+        fn served(&self) -> Option<(u64, Hash)> {
+            let live = self.live.get(self.site.as_str())?;
+            let stored = self
+                .state
+                .served_head(&self.site)
+                .expect("state")
+                .and_then(|s| s.verify().ok())
+                .map(|h| (h.seq, h.manifest));
+            assert_eq!(
+                stored,
+                Some((live.seq, live.manifest_hash)),
+                "store and live agree"
+            );
+            Some((live.seq, live.manifest_hash))
+        }
+
+        fn kept(&self) -> Vec<u64> {
+            let mut v: Vec<u64> = self
+                .state
+                .versions(&self.site)
+                .expect("versions")
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect();
+            v.sort();
+            v
+        }
+
+        async fn tags(&self) -> Vec<String> {
+            let mut names = Vec::new();
+            let mut tags = self
+                .content
+                .store()
+                .tags()
+                .list_prefix("v/")
+                .await
+                .expect("tags");
+            while let Some(tag) = n0_future::StreamExt::next(&mut tags).await {
+                let tag = tag.expect("tag");
+                names.push(String::from_utf8_lossy(tag.name.as_ref()).into_owned());
+            }
+            names.sort();
+            names
+        }
+
+        fn tag(&self, v: &Version) -> String {
+            version_tag(&self.site, v.head.manifest)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_new_version_is_kept_served_and_the_oldest_pruned() {
+        let f = Fixture::new(2).await;
+        let v: Vec<Version> = vec![
+            f.version(1, 1).await,
+            f.version(2, 2).await,
+            f.version(3, 3).await,
+        ];
+        f.commit(&v[0], Kind::New { version: 1 }).await;
+        assert_eq!(f.served(), Some((1, v[0].head.manifest)));
+        f.commit(&v[1], Kind::New { version: 2 }).await;
+        f.commit(&v[2], Kind::New { version: 3 }).await;
+        assert_eq!(f.served(), Some((3, v[2].head.manifest)));
+        // Two kept; the first lost its version and its tag.
+        assert_eq!(f.kept(), vec![2, 3]);
+        let mut want = vec![f.tag(&v[1]), f.tag(&v[2])];
+        want.sort();
+        assert_eq!(f.tags().await, want);
+    }
+
+    #[tokio::test]
+    async fn a_rollback_serves_a_kept_version_and_prunes_nothing() {
+        let f = Fixture::new(2).await;
+        let one = f.version(1, 1).await;
+        let two = f.version(2, 2).await;
+        f.commit(&one, Kind::New { version: 1 }).await;
+        f.commit(&two, Kind::New { version: 2 }).await;
+        // Version 1 again, as head 3.
+        let back = Version {
+            head: Head {
+                seq: 3,
+                ..one.head.clone()
+            },
+            signed: Signed::sign(
+                &f.key,
+                &Head {
+                    seq: 3,
+                    ..one.head.clone()
+                },
+            ),
+            manifest: one.manifest.clone(),
+        };
+        f.commit(&back, Kind::Rollback).await;
+        assert_eq!(f.served(), Some((3, one.head.manifest)));
+        assert_eq!(f.kept(), vec![1, 2]);
+        assert_eq!(f.tags().await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn clearing_a_site_stops_serving_it_and_releases_every_version() {
+        let f = Fixture::new(3).await;
+        for n in 1..=2 {
+            let v = f.version(n, n).await;
+            f.commit(&v, Kind::New { version: n }).await;
+        }
+        f.serving.lock().await.clear(&f.site).await;
+        assert!(f.live.get(f.site.as_str()).is_none());
+        assert_eq!(f.state.served_head(&f.site).expect("state"), None);
+        assert!(f.kept().is_empty());
+        assert!(f.tags().await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn one_head_change_at_a_time() {
+        let f = Fixture::new(2).await;
+        let guard = f.serving.lock().await;
+        // While one change holds the lock, another waits for it.
+        let second =
+            tokio::time::timeout(std::time::Duration::from_millis(50), f.serving.lock()).await;
+        assert!(second.is_err(), "a second guard while the first is held");
+        drop(guard);
+        let _ = f.serving.lock().await;
+    }
+}
