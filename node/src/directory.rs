@@ -102,6 +102,9 @@ pub struct Directory {
     /// The same site, head and pin records by domain: what readers ask
     /// for per site, looked up without building a key.
     by_domain: BTreeMap<Domain, Slots>,
+    /// The node records: the member list is read without walking every
+    /// record.
+    nodes: BTreeMap<PublicKey, Arc<Held>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -135,6 +138,7 @@ impl Directory {
             authority,
             held: BTreeMap::new(),
             by_domain: BTreeMap::new(),
+            nodes: BTreeMap::new(),
         }
     }
 
@@ -143,6 +147,9 @@ impl Directory {
             && let Some(slot) = self.by_domain.entry(domain.clone()).or_default().of(&key)
         {
             *slot = Some(held.clone());
+        }
+        if let RecordKey::Node(id) = &key {
+            self.nodes.insert(*id, held.clone());
         }
         self.held.insert(key, held);
     }
@@ -153,6 +160,9 @@ impl Directory {
             && let Some(slot) = slots.of(key)
         {
             *slot = None;
+        }
+        if let RecordKey::Node(id) = key {
+            self.nodes.remove(id);
         }
         self.held.remove(key);
     }
@@ -381,7 +391,7 @@ impl Directory {
 
     /// The members: node records of nodes not revoked, with their versions.
     pub fn members(&self) -> impl Iterator<Item = (&NodeRecord, u64)> {
-        self.all().filter_map(|h| match &h.verified.body {
+        self.nodes.values().filter_map(|h| match &h.verified.body {
             Body::Node(n) if !self.is_revoked(&n.id) => Some((n, h.verified.version)),
             _ => None,
         })
@@ -455,20 +465,22 @@ impl View for Directory {
     }
 }
 
+/// A small network to build directories from, for the tests of the
+/// modules that read one.
 #[cfg(test)]
-mod tests {
-    use maki_protocol::{Invite, RECORD_FORMAT, Revocation, SecretKey};
+pub(crate) mod testing {
+    use maki_protocol::{RECORD_FORMAT, SecretKey};
 
     use super::*;
 
-    struct Net {
-        admin: SecretKey,
-        founder: SecretKey,
-        dir: Directory,
+    pub(crate) struct Net {
+        pub(crate) admin: SecretKey,
+        pub(crate) founder: SecretKey,
+        pub(crate) dir: Directory,
     }
 
     impl Net {
-        fn new() -> Self {
+        pub(crate) fn new() -> Self {
             let admin = SecretKey::from_bytes(&[1; 32]);
             let founder = SecretKey::from_bytes(&[2; 32]);
             let dir = Directory::new(Authority {
@@ -482,11 +494,11 @@ mod tests {
             }
         }
 
-        fn merge(&mut self, record: Record) -> Result<Applied, Refused> {
+        pub(crate) fn merge(&mut self, record: Record) -> Result<Applied, Refused> {
             self.dir.merge(&record, &mut Vec::new())
         }
 
-        fn node(key: &SecretKey, invite: Option<Hash>, version: u64) -> Record {
+        pub(crate) fn node(key: &SecretKey, invite: Option<Hash>, version: u64) -> Record {
             Record::Node(Signed::sign(
                 key,
                 &NodeRecord {
@@ -504,6 +516,15 @@ mod tests {
             ))
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use maki_protocol::{Invite, RECORD_FORMAT, Revocation, SecretKey};
+
+    use super::*;
+
+    use super::testing::Net;
 
     #[test]
     fn members_are_backed_by_an_invite_and_not_revoked() -> Result<(), Box<dyn std::error::Error>> {

@@ -204,3 +204,100 @@ impl Peers {
         order
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use maki_protocol::{Hash, Invite, RECORD_FORMAT, Record, Revocation, SecretKey, Signed};
+
+    use super::*;
+    use crate::directory::testing::Net;
+
+    /// The founder and two invited members.
+    fn three() -> (Net, [SecretKey; 3]) {
+        let mut net = Net::new();
+        let founder = net.founder.clone();
+        net.merge(Net::node(&founder, None, 1)).expect("founder");
+        let keys = [
+            founder,
+            SecretKey::from_bytes(&[7; 32]),
+            SecretKey::from_bytes(&[8; 32]),
+        ];
+        for (i, k) in keys.iter().enumerate().skip(1) {
+            let secret = Hash::of(&[i as u8]);
+            let invite = Invite {
+                format: RECORD_FORMAT,
+                network: Hash::of(b"net"),
+                secret_hash: secret,
+                expires: u64::MAX,
+                issuer: keys[0].public(),
+            };
+            net.merge(Record::Invite(Signed::sign(&net.admin, &invite)))
+                .expect("invite");
+            net.merge(Net::node(k, Some(secret), 1)).expect("member");
+        }
+        (net, keys)
+    }
+
+    #[test]
+    fn members_follow_the_records_and_keep_their_measurements() {
+        let (mut net, [me, a, b]) = three();
+        let peers = Peers::new(me.public(), MemoryLookup::new());
+        peers.refresh(&net.dir);
+        assert!(peers.is_member(&a.public()) && peers.is_member(&b.public()));
+        // Unmeasured ones sort after measured, nearest first.
+        peers.seen(&b.public(), Some(Duration::from_millis(5)));
+        assert_eq!(peers.others(), vec![b.public(), a.public()]);
+        peers.seen(&a.public(), Some(Duration::from_millis(1)));
+        assert_eq!(peers.others(), vec![a.public(), b.public()]);
+
+        // A newer record of a member keeps what was measured.
+        net.merge(Net::node(&a, Some(Hash::of(&[1u8])), 2))
+            .expect("newer");
+        peers.refresh(&net.dir);
+        let p = peers.get(&a.public()).expect("still a member");
+        assert_eq!((p.version, p.rtt), (2, Some(Duration::from_millis(1))));
+
+        // A failed peer loses its measurement and sorts last.
+        peers.failed(&a.public());
+        assert_eq!(peers.others(), vec![b.public(), a.public()]);
+
+        // Revoked: no longer a member.
+        let revocation = Revocation {
+            format: RECORD_FORMAT,
+            node: b.public(),
+            version: 1,
+        };
+        net.merge(Record::Revocation(Signed::sign(&net.admin, &revocation)))
+            .expect("revocation");
+        peers.refresh(&net.dir);
+        assert!(!peers.is_member(&b.public()));
+        assert_eq!(peers.others(), vec![a.public()]);
+    }
+
+    #[test]
+    fn holders_are_asked_first_and_older_announcements_lose() {
+        let (net, [me, a, b]) = three();
+        let peers = Peers::new(me.public(), MemoryLookup::new());
+        peers.refresh(&net.dir);
+        peers.seen(&a.public(), Some(Duration::from_millis(1)));
+        peers.seen(&b.public(), Some(Duration::from_millis(9)));
+        let m = Hash::of(b"manifest");
+        let holding = |seq| {
+            vec![Holding {
+                site: maki_protocol::Domain::new("a.test").expect("domain"),
+                seq,
+                manifest: m,
+            }]
+        };
+        assert_eq!(peers.providers(&m), vec![a.public(), b.public()]);
+        assert!(peers.set_holds_at(&b.public(), holding(1), 10));
+        assert_eq!(peers.providers(&m), vec![b.public(), a.public()]);
+        // An announcement older than the one taken changes nothing.
+        assert!(!peers.set_holds_at(&b.public(), vec![], 9));
+        assert_eq!(peers.get(&b.public()).map(|p| p.holds), Some(holding(1)));
+        // Strangers' holdings are not recorded.
+        let stranger = SecretKey::from_bytes(&[9; 32]).public();
+        assert!(!peers.set_holds(&stranger, holding(1)));
+        assert_eq!(peers.holds_digest(&stranger), None);
+    }
+}
