@@ -699,10 +699,13 @@ mod tests {
             net.merge(future(&founder, 999, 100)),
             Err(Refused::TooManyUnknown { .. })
         ));
-        let big = MAX_UNKNOWN_BYTES_PER_SIGNER / 2;
+        // Two records just under the size of one fit; a third does not.
+        let big = maki_protocol::MAX_SIGNED_BYTES - 64;
+        assert!(3 * big > MAX_UNKNOWN_BYTES_PER_SIGNER);
         net.merge(future(&admin, 1, big))?;
+        net.merge(future(&admin, 2, big))?;
         assert!(matches!(
-            net.merge(future(&admin, 2, big)),
+            net.merge(future(&admin, 3, big)),
             Err(Refused::TooManyUnknown { .. })
         ));
         // Members, sites and heads are untouched by what is carried.

@@ -82,6 +82,12 @@ pub(crate) fn main() {
         report(info);
         std::process::abort();
     }));
+    // The test-only feature makes a node carry a record kind and format no
+    // release has: only the `makiatto-next` test binary may be built so.
+    if cfg!(feature = "next-format") && env!("CARGO_BIN_NAME") != "makiatto-next" {
+        eprintln!("error: this makiatto was built with the test-only `next-format` feature");
+        std::process::exit(2);
+    }
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -102,8 +102,10 @@ impl Records {
 /// kind it cannot read: a newer release is in the network, and this node
 /// relays what it makes without applying it.
 fn tell_unread(before: &Directory, changes: &[Change]) {
+    let mut told = std::collections::BTreeSet::new();
     for change in changes {
         if let Change::Put(_, Record::Unknown { kind, signed }) = change
+            && told.insert(*kind)
             && !before.unknown().any(|h| h.record.kind() == *kind)
         {
             tracing::info!(

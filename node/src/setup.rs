@@ -24,7 +24,7 @@ use crate::{
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SetupError {
-    #[error("{0} already holds a node; start it with `makiatto run`")]
+    #[error("{0} already holds a node; refusing to overwrite it (start it with `makiatto run`)")]
     Exists(PathBuf),
     #[error("cannot write {path}: {source}")]
     Io {

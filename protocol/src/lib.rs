@@ -33,5 +33,5 @@ pub use records::{
 };
 #[cfg(feature = "next-format")]
 pub use records::{NOTE_KIND, Note};
-pub use signed::{Signable, Signed, SignedError};
+pub use signed::{MAX_SIGNED_BYTES, Signable, Signed, SignedError};
 pub use ticket::{NodeTicket, TicketError};

@@ -28,11 +28,18 @@ pub struct Signed<T> {
     _t: PhantomData<fn() -> T>,
 }
 
+/// The most signed bytes a record may carry. Every node carries every
+/// record and a sync sends many in one frame, so one record is kept far
+/// below a frame (a zone of 64 KiB, the largest planned, fits).
+pub const MAX_SIGNED_BYTES: usize = 96 * 1024;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignedError {
     #[error("the signature does not match the signer and content")]
     BadSignature,
+    #[error("the signed content is {len} bytes; the limit is {MAX_SIGNED_BYTES}")]
+    TooLarge { len: usize },
     #[error("the signed content does not decode: {0}")]
     Decode(String),
 }
@@ -55,8 +62,9 @@ impl<T: Signable> Signed<T> {
         }
     }
 
-    /// Checks the signature, then decodes the value.
+    /// Checks the size and the signature, then decodes the value.
     pub fn verify(&self) -> Result<T, SignedError> {
+        self.check_size()?;
         if !self
             .signer
             .verify(&message::<T>(&self.bytes), &self.signature)
@@ -101,9 +109,25 @@ impl<T> Signed<T> {
     /// Whether the signature holds for these bytes under `context`: for
     /// content this build cannot decode (a record kind made by a newer
     /// node), whose context follows a fixed rule.
-    pub fn holds_under(&self, context: &[u8]) -> bool {
-        self.signer
+    pub fn holds_under(&self, context: &[u8]) -> Result<(), SignedError> {
+        self.check_size()?;
+        if self
+            .signer
             .verify(&message_in(context, &self.bytes), &self.signature)
+        {
+            Ok(())
+        } else {
+            Err(SignedError::BadSignature)
+        }
+    }
+
+    fn check_size(&self) -> Result<(), SignedError> {
+        if self.bytes.len() > MAX_SIGNED_BYTES {
+            return Err(SignedError::TooLarge {
+                len: self.bytes.len(),
+            });
+        }
+        Ok(())
     }
 
     /// The same signed bytes, read as another type.
@@ -183,6 +207,20 @@ mod tests {
         let mut forged = signed.clone();
         forged.bytes[2] ^= 1;
         assert_eq!(forged.verify(), Err(SignedError::BadSignature));
+
+        // Padded past the limit (postcard would read the prefix and ignore
+        // the rest): refused whatever the signature, for every kind.
+        let mut padded = crate::codec::encode(&head());
+        padded.resize(MAX_SIGNED_BYTES + 1, 0);
+        let big = Signed::<Head>::sign_bytes(&sk, padded.clone());
+        assert_eq!(
+            big.verify(),
+            Err(SignedError::TooLarge {
+                len: MAX_SIGNED_BYTES + 1
+            })
+        );
+        let unread = Signed::<Head>::sign_bytes_under(&sk, b"makiatto/record/9", padded);
+        assert!(unread.holds_under(b"makiatto/record/9").is_err());
 
         // Claim another signer.
         let mut forged = signed;
