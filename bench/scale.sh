@@ -127,3 +127,20 @@ start a
 A=$PID
 for _ in $(seq 600); do [ -n "$(moved "$na" "$nb" "(taken|sent)=[0-9]{3,}")" ] && break; sleep 0.1; done
 report "sync, 1,000 records apart" "$(moved "$na" "$nb" "(taken|sent)=[0-9]{3,}")"
+
+# A new member joins a network of this size: the join brings only who the
+# members are; every site's records come by its first sync, in frames of
+# at most 4 MiB (a single frame would pass 16 MiB at 100,000 sites).
+TICKET=$("$BIN/maki" invite 2>/dev/null)
+s=$(date +%s.%N)
+MAKIATTO_LOG=$LOG "$BIN/makiatto" join "$TICKET" --data-dir "$W/c" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >"$W/c.ready" 2>"$W/c.log" &
+PIDS+=("$!")
+wait_ready "$W/c.ready"
+first=""
+for _ in $(seq 1200); do
+    first=$(sed 's/\x1b\[[0-9;]*m//g' "$W/c.log" | grep -E "(sync done|synced \(inbound\)).*taken=[0-9]{4,}" | head -1 || true)
+    [ -n "$first" ] && break
+    sleep 0.1
+done
+e=$(date +%s.%N)
+echo "a new member's first sync: taken=$(echo "$first" | field taken) records, $(echo "$first" | field bytes_in) B in; joined and synced $(ms "$s" "$e") ms after the join began"

@@ -13,7 +13,7 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 use maki_protocol::{
-    Genesis, Hash, Invite, InviteTicket, PublicKey, Signed,
+    Genesis, Hash, Invite, InviteTicket, PublicKey, Record, Signed,
     rpc::{self, JoinError, JoinRequest, JoinResponse},
 };
 use tracing::{info, warn};
@@ -68,7 +68,19 @@ impl JoinProtocol {
                 JoinResponse::Welcome {
                     genesis: self.genesis.clone(),
                     invite,
-                    records: directory.all().map(|h| h.record.clone()).collect(),
+                    // Who the members are, so the joiner knows whom to
+                    // sync with; the rest (sites, heads, pins) comes by
+                    // sync, in frames of bounded size however many sites.
+                    records: directory
+                        .all()
+                        .filter(|h| {
+                            matches!(
+                                h.record,
+                                Record::Invite(_) | Record::Node(_) | Record::Revocation(_)
+                            )
+                        })
+                        .map(|h| h.record.clone())
+                        .collect(),
                 }
             }
             Ok(Err(e)) => {

@@ -21,8 +21,8 @@ use iroh::{
 use maki_protocol::{
     Hash, PublicKey, Record,
     sync::{
-        Holding, MAX_SYNC_FRAME, SYNC_ALPN, SYNC_FORMAT, SyncError, SyncMsg, apply_rank,
-        holdings_digest,
+        Holding, MAX_SYNC_FRAME, RECONCILE_FRAME, RECORDS_PER_FRAME, SYNC_ALPN, SYNC_FORMAT,
+        SyncError, SyncMsg, apply_rank, holdings_digest, split_records,
     },
 };
 use negentropy::{Id, Negentropy, NegentropyStorageVector};
@@ -93,6 +93,31 @@ impl Wire {
     async fn write(&mut self, send: &mut SendStream, msg: &SyncMsg) -> Result<(), SyncFailure> {
         self.out += write_msg(send, msg).await?;
         Ok(())
+    }
+
+    /// The records a peer lacks: all but the last part as `More`, the last
+    /// with `want` and `holds` as `Records`.
+    async fn write_records(
+        &mut self,
+        send: &mut SendStream,
+        records: Vec<Record>,
+        want: Vec<Hash>,
+        holds: Option<Vec<Holding>>,
+    ) -> Result<(), SyncFailure> {
+        let mut parts = split_records(records, RECORDS_PER_FRAME);
+        let last = parts.pop().unwrap_or_default();
+        for part in parts {
+            self.write(send, &SyncMsg::More(part)).await?;
+        }
+        self.write(
+            send,
+            &SyncMsg::Records {
+                records: last,
+                want,
+                holds,
+            },
+        )
+        .await
     }
 
     async fn read(&mut self, recv: &mut RecvStream) -> Result<SyncMsg, SyncFailure> {
@@ -226,7 +251,7 @@ async fn initiate(
     let result = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(stream_err)?;
         let set = sets.get(shared)?;
-        let mut neg = Negentropy::borrowed(&set.storage, 0).map_err(neg_err)?;
+        let mut neg = Negentropy::borrowed(&set.storage, RECONCILE_FRAME).map_err(neg_err)?;
         let first = neg.initiate().map_err(neg_err)?;
         wire.write(
             &mut send,
@@ -266,28 +291,32 @@ async fn initiate(
         let to_id = |id: &Id| Hash::from_bytes(**id);
         let give = set.pick(&have.iter().map(to_id).collect::<Vec<_>>());
         let sent = give.len();
-        wire.write(
+        wire.write_records(
             &mut send,
-            &SyncMsg::Records {
-                records: give,
-                want: need.iter().map(to_id).collect(),
-                holds: unless_seen(shared.live.holdings(), theirs_of_mine),
-            },
+            give,
+            need.iter().map(to_id).collect(),
+            unless_seen(shared.live.holdings(), theirs_of_mine),
         )
         .await?;
         send.finish().map_err(stream_err)?;
-        let taken = match wire.read(&mut recv).await? {
-            SyncMsg::Records { records, holds, .. } => {
-                if let Some(holds) = holds
-                    && shared.peers.set_holds(&peer, holds)
-                {
-                    shared.holdings_changed();
+        let mut taken = 0;
+        loop {
+            match wire.read(&mut recv).await? {
+                // Each part is in apply order: taken in as it arrives.
+                SyncMsg::More(records) => taken += take_in(shared, &peer, records).0,
+                SyncMsg::Records { records, holds, .. } => {
+                    if let Some(holds) = holds
+                        && shared.peers.set_holds(&peer, holds)
+                    {
+                        shared.holdings_changed();
+                    }
+                    taken += take_in(shared, &peer, records).0;
+                    break;
                 }
-                take_in(shared, &peer, records).0
+                SyncMsg::Refused(e) => return Err(e.into()),
+                _ => return Err(SyncFailure::Unexpected),
             }
-            SyncMsg::Refused(e) => return Err(e.into()),
-            _ => return Err(SyncFailure::Unexpected),
-        };
+        }
         shared.peers.seen(&peer, rtt);
         Ok((taken, sent))
     }
@@ -387,26 +416,26 @@ impl SyncProtocol {
         )
         .await?;
         let set = self.sets.get(&self.shared)?;
-        let mut neg = Negentropy::borrowed(&set.storage, 0).map_err(neg_err)?;
+        let mut neg = Negentropy::borrowed(&set.storage, RECONCILE_FRAME).map_err(neg_err)?;
+        let mut wire = Wire::default();
+        let mut taken = 0;
         loop {
             match read_msg(&mut recv).await? {
                 SyncMsg::Reconcile(q) => {
                     let answer = neg.reconcile(&q).map_err(neg_err)?;
                     write_msg(&mut send, &SyncMsg::Reconcile(answer)).await?;
                 }
+                SyncMsg::More(records) => taken += take_in(&self.shared, &peer, records).0,
                 SyncMsg::Records {
                     records,
                     want,
                     holds,
                 } => {
-                    let give = set.pick(&want);
-                    write_msg(
+                    wire.write_records(
                         &mut send,
-                        &SyncMsg::Records {
-                            records: give,
-                            want: Vec::new(),
-                            holds: unless_seen(self.shared.live.holdings(), mine_seen),
-                        },
+                        set.pick(&want),
+                        Vec::new(),
+                        unless_seen(self.shared.live.holdings(), mine_seen),
                     )
                     .await?;
                     send.finish().map_err(stream_err)?;
@@ -415,7 +444,7 @@ impl SyncProtocol {
                     {
                         self.shared.holdings_changed();
                     }
-                    let (taken, _) = take_in(&self.shared, &peer, records);
+                    taken += take_in(&self.shared, &peer, records).0;
                     self.shared.peers.seen(&peer, None);
                     return Ok(taken);
                 }

@@ -329,6 +329,27 @@ impl Record {
     }
 }
 
+impl Record {
+    /// Its size on the wire, at most a few bytes over: what a sender counts
+    /// to keep a frame of records under its limit.
+    pub fn wire_len(&self) -> usize {
+        let signed = match self {
+            Record::Invite(s) => s.bytes().len(),
+            Record::Site(s) => s.bytes().len(),
+            Record::Head(s) => s.bytes().len(),
+            Record::Node(s) => s.bytes().len(),
+            Record::Revocation(s) => s.bytes().len(),
+            Record::Pin(s) => s.bytes().len(),
+            Record::Unknown { signed, .. } => signed.bytes().len(),
+            #[cfg(feature = "next-format")]
+            Record::Note(s) => s.bytes().len(),
+        };
+        // Kind and length varints (5 bytes each at most), signer (32) and
+        // signature (64, with its length).
+        signed + 5 + 5 + 32 + 65
+    }
+}
+
 impl Serialize for Record {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let kind = self.kind();

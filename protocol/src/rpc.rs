@@ -302,7 +302,8 @@ pub enum JoinResponse {
     Welcome {
         genesis: Signed<Genesis>,
         invite: Signed<Invite>,
-        /// The issuer's replicated records: the state the joiner starts from.
+        /// The issuer's membership records (invites, nodes, revocations):
+        /// whom the joiner syncs the rest with.
         records: Vec<Record>,
     },
     Refused(JoinError),

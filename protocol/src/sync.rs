@@ -31,6 +31,16 @@ pub const SYNC_FORMAT: u16 = 2;
 /// Largest sync frame: a batch of records or a reconciliation message.
 pub const MAX_SYNC_FRAME: usize = 16 * 1024 * 1024;
 
+/// Records a sender puts in one frame, by their size on the wire: well
+/// under [`MAX_SYNC_FRAME`], so a first sync with a large network (or a
+/// batch of the largest records) travels as several frames, never as one
+/// the receiver must refuse.
+pub const RECORDS_PER_FRAME: usize = 4 * 1024 * 1024;
+
+/// Largest reconciliation message a node sends (negentropy splits its
+/// work into rounds to stay under it).
+pub const RECONCILE_FRAME: u64 = 4 * 1024 * 1024;
+
 /// One frame of a sync.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -66,6 +76,33 @@ pub enum SyncMsg {
     },
     /// The sync cannot go on; nothing was changed by it.
     Refused(SyncError),
+    /// Part of the records the receiver lacks, ahead of the `Records`
+    /// frame that ends them: what does not fit one frame (see
+    /// [`split_records`]). Last among the variants, so the messages of
+    /// nodes that predate it keep their encoding.
+    More(Vec<Record>),
+}
+
+/// Puts `records` in apply order (see [`apply_rank`]), so a receiver can
+/// apply each part as it arrives, and splits them into parts of about
+/// `max_bytes` on the wire (a record larger than that is a part alone).
+/// Never empty: the last part ends the records, empty or not.
+pub fn split_records(mut records: Vec<Record>, max_bytes: usize) -> Vec<Vec<Record>> {
+    records.sort_by_key(apply_rank);
+    let mut parts = vec![Vec::new()];
+    let mut size = 0;
+    for r in records {
+        let len = r.wire_len();
+        if size + len > max_bytes && size > 0 {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += len;
+        if let Some(part) = parts.last_mut() {
+            part.push(r);
+        }
+    }
+    parts
 }
 
 /// What a sync compares instead of sending a node's whole holdings.
@@ -146,6 +183,48 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn records_split_in_apply_order_under_the_limit() {
+        use crate::{Head, SecretKey};
+        let key = SecretKey::from_bytes(&[1; 32]);
+        let head = |n: u64| {
+            Record::Head(Signed::sign(
+                &key,
+                &Head {
+                    site: Domain::new(&format!("s{n}.test")).expect("domain"),
+                    seq: n,
+                    manifest: Hash::of(&n.to_le_bytes()),
+                },
+            ))
+        };
+        let site = Record::Site(Signed::sign(
+            &key,
+            &crate::SiteRecord {
+                format: 1,
+                domain: Domain::new("a.test").expect("domain"),
+                aliases: vec![],
+                publishers: vec![],
+                version: 1,
+                removed: false,
+                heads_after: 0,
+            },
+        ));
+        let mut records: Vec<Record> = (0..100).map(head).collect();
+        records.push(site.clone());
+        let limit = head(0).wire_len() * 10;
+        let parts = split_records(records, limit);
+        assert!((10..=12).contains(&parts.len()), "{} parts", parts.len());
+        assert_eq!(parts.iter().map(Vec::len).sum::<usize>(), 101);
+        assert_eq!(parts[0][0], site, "what authorises first");
+        for p in &parts {
+            let bytes: usize = p.iter().map(Record::wire_len).sum();
+            assert!(bytes <= limit);
+            let wire = crate::codec::encode(p);
+            assert!(wire.len() <= bytes + 8, "the estimate covers the encoding");
+        }
+        assert_eq!(split_records(Vec::new(), 10), vec![Vec::<Record>::new()]);
+    }
 
     proptest! {
         #[test]
