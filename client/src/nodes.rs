@@ -73,6 +73,7 @@ pub async fn invite(
         secret_hash: Hash::of(&secret),
         expires: crate::publish::now() + expires,
         issuer: node,
+        key: maki_protocol::invite_key(&secret).public(),
     };
     client
         .call(&Request::Invite {

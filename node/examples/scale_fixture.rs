@@ -16,8 +16,9 @@ use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, Result, bail};
 use maki_protocol::{
-    Domain, Entry, Hash, Head, Invite, MANIFEST_FORMAT, Manifest, NodeRecord, RECORD_FORMAT,
-    Record, SecretKey, Signed, SitePath, SiteRecord, sync::apply_rank,
+    Admission, Domain, Entry, Hash, Head, Invite, MANIFEST_FORMAT, Manifest, NODE_FORMAT,
+    NodeRecord, RECORD_FORMAT, Record, SecretKey, Signed, SitePath, SiteRecord, invite_key,
+    sync::apply_rank,
 };
 use makiatto::{
     content::{Content, version_tag},
@@ -38,6 +39,11 @@ fn member_key(i: usize) -> SecretKey {
     SecretKey::from_bytes(&seed)
 }
 
+/// The secret of member `i`'s invite.
+fn secret(i: usize) -> [u8; 32] {
+    *Hash::of(format!("scale invite {i}").as_bytes()).as_bytes()
+}
+
 fn invite(
     admin: &SecretKey,
     network: Hash,
@@ -49,9 +55,21 @@ fn invite(
         &Invite {
             format: RECORD_FORMAT,
             network,
-            secret_hash: Hash::of(format!("scale invite {i}").as_bytes()),
+            secret_hash: Hash::of(&secret(i)),
             expires: u64::MAX,
             issuer,
+            key: invite_key(&secret(i)).public(),
+        },
+    )
+}
+
+/// Member `i`'s admission through its invite.
+fn admission(i: usize) -> Signed<Admission> {
+    Signed::sign(
+        &invite_key(&secret(i)),
+        &Admission {
+            invite: Hash::of(&secret(i)),
+            node: member_key(i).public(),
         },
     )
 }
@@ -86,7 +104,13 @@ async fn main() -> Result<()> {
         // A copy of the founder's directory: it becomes another node.
         std::fs::remove_file(dir.join("node.key"))?;
         identity::write_key(dir, &member_key(i))?;
-        identity::write_invite(dir, &invite(&admin, network, founder, i))?;
+        identity::write_membership(
+            dir,
+            &identity::Membership {
+                invite: invite(&admin, network, founder, i),
+                admission: admission(i),
+            },
+        )?;
         return Ok(());
     }
     let [dir, key_file, sites, nodes, rest @ ..] = args.as_slice() else {
@@ -125,7 +149,7 @@ async fn main() -> Result<()> {
             batch.push(Record::Node(Signed::sign(
                 &node,
                 &NodeRecord {
-                    format: RECORD_FORMAT,
+                    format: NODE_FORMAT,
                     id: node.public(),
                     // Unreachable by design: members that never answer.
                     addrs: vec![format!("127.0.0.1:{}", 1 + i % 1000).parse()?],
@@ -134,6 +158,7 @@ async fn main() -> Result<()> {
                     version: 1,
                     invite: Some(secret_hash),
                     roles: vec![],
+                    admission: Some(admission(i)),
                     #[cfg(feature = "next-format")]
                     note: None,
                 },

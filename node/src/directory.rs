@@ -105,6 +105,8 @@ pub struct Directory {
     /// The node records: the member list is read without walking every
     /// record.
     nodes: BTreeMap<PublicKey, Arc<Held>>,
+    /// Which node's record names each invite: an invite admits one node.
+    by_invite: BTreeMap<Hash, PublicKey>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -139,6 +141,7 @@ impl Directory {
             held: BTreeMap::new(),
             by_domain: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            by_invite: BTreeMap::new(),
         }
     }
 
@@ -149,6 +152,13 @@ impl Directory {
             *slot = Some(held.clone());
         }
         if let RecordKey::Node(id) = &key {
+            if let Body::Node(NodeRecord {
+                invite: Some(invite),
+                ..
+            }) = &held.verified.body
+            {
+                self.by_invite.insert(*invite, *id);
+            }
             self.nodes.insert(*id, held.clone());
         }
         self.held.insert(key, held);
@@ -161,8 +171,14 @@ impl Directory {
         {
             *slot = None;
         }
-        if let RecordKey::Node(id) = key {
-            self.nodes.remove(id);
+        if let RecordKey::Node(id) = key
+            && let Some(old) = self.nodes.remove(id)
+            && let Body::Node(NodeRecord {
+                invite: Some(invite),
+                ..
+            }) = &old.verified.body
+        {
+            self.by_invite.remove(invite);
         }
         self.held.remove(key);
     }
@@ -458,6 +474,9 @@ impl View for Directory {
     fn revoked(&self, node: &PublicKey) -> bool {
         self.is_revoked(node)
     }
+    fn invite_holder(&self, secret_hash: &Hash) -> Option<PublicKey> {
+        self.by_invite.get(secret_hash).copied()
+    }
     fn known_signer(&self, key: &PublicKey) -> bool {
         // A member by its own record (one lookup), before the walk over
         // every site's publishers.
@@ -498,18 +517,45 @@ pub(crate) mod testing {
             self.dir.merge(&record, &mut Vec::new())
         }
 
-        pub(crate) fn node(key: &SecretKey, invite: Option<Hash>, version: u64) -> Record {
+        /// An invite of the founder's, redeemable with `secret`.
+        pub(crate) fn invite(&self, secret: &[u8; 32]) -> Signed<maki_protocol::Invite> {
+            Signed::sign(
+                &self.admin,
+                &maki_protocol::Invite {
+                    format: RECORD_FORMAT,
+                    network: Hash::of(b"net"),
+                    secret_hash: Hash::of(secret),
+                    expires: u64::MAX,
+                    issuer: self.founder.public(),
+                    key: maki_protocol::invite_key(secret).public(),
+                },
+            )
+        }
+
+        /// `key`'s node record, admitted by the invite of `secret` (none:
+        /// the founder).
+        pub(crate) fn node(key: &SecretKey, secret: Option<&[u8; 32]>, version: u64) -> Record {
+            let admission = secret.map(|s| {
+                Signed::sign(
+                    &maki_protocol::invite_key(s),
+                    &maki_protocol::Admission {
+                        invite: Hash::of(s),
+                        node: key.public(),
+                    },
+                )
+            });
             Record::Node(Signed::sign(
                 key,
                 &NodeRecord {
-                    format: RECORD_FORMAT,
+                    format: maki_protocol::NODE_FORMAT,
                     id: key.public(),
                     addrs: vec![],
                     region: None,
                     location: None,
                     version,
-                    invite,
+                    invite: secret.map(|s| Hash::of(s)),
                     roles: vec![],
+                    admission,
                     #[cfg(feature = "next-format")]
                     note: None,
                 },
@@ -520,7 +566,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use maki_protocol::{Invite, RECORD_FORMAT, Revocation, SecretKey};
+    use maki_protocol::{RECORD_FORMAT, Revocation, SecretKey};
 
     use super::*;
 
@@ -534,21 +580,13 @@ mod tests {
         assert_eq!(net.merge(Net::node(&founder, None, 1))?, Applied::New);
 
         // Without the invite its record names, a node is not taken in.
-        let secret = Hash::of(b"secret");
+        let secret = [7; 32];
+        let secret = &secret;
         assert!(matches!(
             net.merge(Net::node(&joiner, Some(secret), 1)),
             Err(Refused::Auth(AuthError::NoInvite(_)))
         ));
-        let invite = Signed::sign(
-            &net.admin,
-            &Invite {
-                format: RECORD_FORMAT,
-                network: Hash::of(b"net"),
-                secret_hash: secret,
-                expires: u64::MAX,
-                issuer: founder.public(),
-            },
-        );
+        let invite = net.invite(secret);
         net.merge(Record::Invite(invite.clone()))?;
         net.merge(Net::node(&joiner, Some(secret), 1))?;
         let ids = |d: &Directory| d.members().map(|(n, _)| n.id).collect::<Vec<_>>();
@@ -586,6 +624,44 @@ mod tests {
             net.merge(Net::node(&joiner, Some(secret), 9)),
             Err(Refused::Auth(AuthError::Revoked(_)))
         ));
+        // Nor does it come back under a new key, ticket kept or not: the
+        // invite admitted it, and admits nobody else.
+        let again = SecretKey::from_bytes(&[4; 32]);
+        assert!(matches!(
+            net.merge(Net::node(&again, Some(secret), 1)),
+            Err(Refused::Auth(AuthError::InviteTaken { .. }))
+        ));
+        // A member naming another's invite without its ticket proves nothing.
+        let mut borrowed = maki_protocol::NodeRecord {
+            format: maki_protocol::NODE_FORMAT,
+            id: again.public(),
+            addrs: vec![],
+            region: None,
+            location: None,
+            version: 1,
+            invite: Some(Hash::of(&[8; 32])),
+            roles: vec![],
+            admission: None,
+            #[cfg(feature = "next-format")]
+            note: None,
+        };
+        net.merge(Record::Invite(net.invite(&[8; 32])))?;
+        assert!(matches!(
+            net.merge(Record::Node(Signed::sign(&again, &borrowed))),
+            Err(Refused::Auth(AuthError::NoAdmission(_)))
+        ));
+        borrowed.admission = Some(Signed::sign(
+            &again,
+            &maki_protocol::Admission {
+                invite: Hash::of(&[8; 32]),
+                node: again.public(),
+            },
+        ));
+        assert!(matches!(
+            net.merge(Record::Node(Signed::sign(&again, &borrowed))),
+            Err(Refused::Auth(AuthError::NoAdmission(_)))
+        ));
+        assert_eq!(ids(&net.dir), vec![founder.public()]);
         Ok(())
     }
 

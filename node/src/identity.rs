@@ -128,19 +128,24 @@ pub fn load_genesis(dir: &Path) -> Result<Network, IdentityError> {
     })
 }
 
-/// Keeps the invite a joined node redeemed: its membership credential.
-pub fn write_invite(
-    dir: &Path,
-    invite: &Signed<maki_protocol::Invite>,
-) -> Result<(), IdentityError> {
+/// How a joined node proves it is a member: the invite it redeemed, and
+/// its admission, signed with the key of the ticket's secret.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Membership {
+    pub invite: Signed<maki_protocol::Invite>,
+    pub admission: Signed<maki_protocol::Admission>,
+}
+
+/// Keeps a joined node's membership credential.
+pub fn write_membership(dir: &Path, membership: &Membership) -> Result<(), IdentityError> {
     let path = dir.join(INVITE_FILE);
-    let bytes = postcard::to_stdvec(invite)
+    let bytes = postcard::to_stdvec(membership)
         .map_err(|e| IdentityError::BadInvite(path.clone(), e.to_string()))?;
     write_private(&path, &bytes)
 }
 
-/// The invite a joined node redeemed, if it joined (the founder did not).
-pub fn load_invite(dir: &Path) -> Result<Option<Signed<maki_protocol::Invite>>, IdentityError> {
+/// A joined node's membership credential (the founder has none).
+pub fn load_membership(dir: &Path) -> Result<Option<Membership>, IdentityError> {
     let path = dir.join(INVITE_FILE);
     match std::fs::read(&path) {
         Ok(bytes) => postcard::from_bytes(&bytes)

@@ -13,7 +13,7 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 use maki_protocol::{
-    Genesis, Hash, Invite, InviteTicket, PublicKey, Record, Signed,
+    Admission, Genesis, Hash, InviteTicket, PublicKey, Record, Signed, invite_key,
     rpc::{self, JoinError, JoinRequest, JoinResponse},
 };
 use tracing::{info, warn};
@@ -54,13 +54,13 @@ impl JoinProtocol {
     }
 
     fn redeem(&self, node: PublicKey, req: JoinRequest, now: u64) -> JoinResponse {
-        let JoinRequest::Redeem { network, secret } = req else {
+        let JoinRequest::Redeem { network, admission } = req else {
             return JoinResponse::Refused(JoinError::Internal("unknown request".into()));
         };
         if network != self.network {
             return JoinResponse::Refused(JoinError::WrongNetwork);
         }
-        match self.state.redeem_invite(Hash::of(&secret), node, now) {
+        match self.state.redeem_invite(&admission, node, now) {
             Ok(Ok(invite)) => {
                 info!(node = %node.fmt_short(), "invite redeemed; a node joined");
                 // The snapshot, not the watch's lock, while copying it.
@@ -126,8 +126,10 @@ impl ProtocolHandler for JoinProtocol {
 #[derive(Debug)]
 pub struct Welcome {
     pub genesis: Signed<Genesis>,
-    pub invite: Signed<Invite>,
-    /// The issuer's records, unchecked: apply them through `State::apply`.
+    /// The invite redeemed, and this node's admission through it.
+    pub membership: crate::identity::Membership,
+    /// The issuer's membership records, unchecked: apply them through
+    /// `Records::apply`.
     pub records: Vec<maki_protocol::Record>,
 }
 
@@ -168,9 +170,18 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
             }
         };
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| proto(&e))?;
+    // The secret stays here: what it signs proves it.
+    let me = PublicKey::from_bytes(*endpoint.id().as_bytes()).map_err(|e| proto(&e))?;
+    let admission = Signed::sign(
+        &invite_key(&ticket.secret),
+        &Admission {
+            invite: Hash::of(&ticket.secret),
+            node: me,
+        },
+    );
     let req = JoinRequest::Redeem {
         network: ticket.network,
-        secret: ticket.secret,
+        admission: admission.clone(),
     };
     frame::write(&mut send, &req).await.map_err(|e| proto(&e))?;
     send.finish().map_err(|e| proto(&e))?;
@@ -197,7 +208,7 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
             }
             Ok(Welcome {
                 genesis,
-                invite,
+                membership: crate::identity::Membership { invite, admission },
                 records,
             })
         }

@@ -1,5 +1,5 @@
 //! Test-only (feature `next-format`, binary `makiatto-next`): what makes
-//! this build play a newer release. Its node record is of format 2 (with
+//! this build play a newer release. Its node record is of a format one newer than today's (with
 //! a note), it signs a record of a kind today's release does not know, and
 //! it logs what only it can read of them, so the mixed-version test
 //! (`tests/tests/upgrade.rs`) sees them arrive through today's nodes.

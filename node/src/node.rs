@@ -199,7 +199,7 @@ impl Node {
         };
         let http_addr = edge.as_ref().map(|e| e.local_addr());
         info!(node = %key.public().fmt_short(), http_addr = ?http_addr, "node started");
-        let invite = identity::load_invite(data_dir)?;
+        let membership = identity::load_membership(data_dir)?;
         let node = Self {
             shared,
             router,
@@ -208,7 +208,7 @@ impl Node {
             cancel,
             tasks,
         };
-        node.record_self(&key, invite);
+        node.record_self(&key, membership);
         let mut node = node;
         node.tasks.spawn(crate::replicate::run(
             node.shared.clone(),
@@ -238,15 +238,13 @@ impl Node {
 
     /// Puts this node's own record (and the invite that admitted it) into
     /// its records, with a version above any it signed before.
-    fn record_self(
-        &self,
-        key: &SecretKey,
-        invite: Option<maki_protocol::Signed<maki_protocol::Invite>>,
-    ) {
+    fn record_self(&self, key: &SecretKey, membership: Option<identity::Membership>) {
         let mut secret_hash = None;
-        if let Some(invite) = invite {
-            secret_hash = invite.verify().ok().map(|i| i.secret_hash);
-            if let Err(error) = self.shared.apply_record(&Record::Invite(invite)) {
+        let mut admission = None;
+        if let Some(m) = membership {
+            secret_hash = m.invite.verify().ok().map(|i| i.secret_hash);
+            admission = Some(m.admission);
+            if let Err(error) = self.shared.apply_record(&Record::Invite(m.invite)) {
                 warn!(%error, "the invite this node redeemed is not valid here");
             }
         }
@@ -266,6 +264,7 @@ impl Node {
             version: crate::now().max(previous.map_or(0, |v| v + 1)),
             invite: secret_hash,
             roles: config.roles.clone(),
+            admission,
             #[cfg(feature = "next-format")]
             note: Some(crate::next::NODE_NOTE.into()),
         };

@@ -207,7 +207,7 @@ impl Peers {
 
 #[cfg(test)]
 mod tests {
-    use maki_protocol::{Hash, Invite, RECORD_FORMAT, Record, Revocation, SecretKey, Signed};
+    use maki_protocol::{Hash, RECORD_FORMAT, Record, Revocation, SecretKey, Signed};
 
     use super::*;
     use crate::directory::testing::Net;
@@ -223,17 +223,10 @@ mod tests {
             SecretKey::from_bytes(&[8; 32]),
         ];
         for (i, k) in keys.iter().enumerate().skip(1) {
-            let secret = Hash::of(&[i as u8]);
-            let invite = Invite {
-                format: RECORD_FORMAT,
-                network: Hash::of(b"net"),
-                secret_hash: secret,
-                expires: u64::MAX,
-                issuer: keys[0].public(),
-            };
-            net.merge(Record::Invite(Signed::sign(&net.admin, &invite)))
+            let secret = [i as u8; 32];
+            net.merge(Record::Invite(net.invite(&secret)))
                 .expect("invite");
-            net.merge(Net::node(k, Some(secret), 1)).expect("member");
+            net.merge(Net::node(k, Some(&secret), 1)).expect("member");
         }
         (net, keys)
     }
@@ -251,8 +244,7 @@ mod tests {
         assert_eq!(peers.others(), vec![a.public(), b.public()]);
 
         // A newer record of a member keeps what was measured.
-        net.merge(Net::node(&a, Some(Hash::of(&[1u8])), 2))
-            .expect("newer");
+        net.merge(Net::node(&a, Some(&[1; 32]), 2)).expect("newer");
         peers.refresh(&net.dir);
         let p = peers.get(&a.public()).expect("still a member");
         assert_eq!((p.version, p.rtt), (2, Some(Duration::from_millis(1))));

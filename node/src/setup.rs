@@ -118,7 +118,7 @@ pub async fn join(
     create_dir(data_dir)?;
     identity::write_key(data_dir, &key)?;
     identity::write_genesis(data_dir, &welcome.genesis)?;
-    identity::write_invite(data_dir, &welcome.invite)?;
+    identity::write_membership(data_dir, &welcome.membership)?;
     write(data_dir.join(CONFIG_FILE), config.to_toml()?)?;
     // Start from the issuer's state; every record is checked as if it had
     // arrived by gossip, and a bad one is only logged.

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use maki_protocol::{
-    Domain, Hash, Head, Invite, PublicKey, Record, RecordKey, Signed, rpc::JoinError,
+    Admission, Domain, Hash, Head, Invite, PublicKey, Record, RecordKey, Signed, rpc::JoinError,
 };
 
 use crate::directory::Change;
@@ -216,10 +216,16 @@ impl State {
     /// and the mark are one transaction, so two racing joins cannot both win.
     pub fn redeem_invite(
         &self,
-        secret_hash: Hash,
+        admission: &Signed<Admission>,
         node: PublicKey,
         now: u64,
     ) -> Result<Result<Signed<Invite>, JoinError>, StateError> {
+        // Which invite it claims; whether it may is checked below, before
+        // anything is written (a bad admission must not use up the invite).
+        let secret_hash = match admission.verify() {
+            Ok(a) => a.invite,
+            Err(_) => return Ok(Err(JoinError::BadAdmission)),
+        };
         let tx = self.db.begin_write()?;
         let result = {
             let mut t = tx.open_table(INVITES)?;
@@ -233,9 +239,13 @@ impl State {
                     Err(JoinError::AlreadyUsed)
                 }
                 Some(mut s) => {
-                    let expired = s.invite.verify().map_or(true, |i| i.is_expired(now));
-                    if expired {
+                    let invite = s.invite.verify().ok();
+                    if invite.as_ref().is_none_or(|i| i.is_expired(now)) {
                         Err(JoinError::Expired)
+                    } else if invite
+                        .is_none_or(|i| !Admission::admits(admission, &i, &secret_hash, &node))
+                    {
+                        Err(JoinError::BadAdmission)
                     } else {
                         // The same node asking again (a lost answer) gets the same welcome.
                         s.redeemed_by = Some(node);

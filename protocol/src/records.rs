@@ -43,17 +43,58 @@ impl Signable for Genesis {
 }
 
 /// Permission for one new node to join, redeemable once, only at `issuer`.
-/// Signed by an admin. The secret itself travels only in the ticket.
+/// Signed by an admin. The secret itself travels only in the ticket, and
+/// never leaves the joining machine: it proves itself by signing its
+/// [`Admission`] with the key derived from it ([`invite_key`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invite {
     pub format: u16,
     pub network: Hash,
-    /// BLAKE3 of the ticket's secret.
+    /// BLAKE3 of the ticket's secret: the invite's name.
     pub secret_hash: Hash,
     /// Seconds since the Unix epoch after which the invite is void.
     pub expires: u64,
     /// The only node that may redeem it (single use holds in a partition).
     pub issuer: PublicKey,
+    /// The public half of [`invite_key`] of the secret: what an
+    /// admission must be signed with.
+    pub key: PublicKey,
+}
+
+/// The key a ticket's secret gives: whoever holds the ticket signs its
+/// node's [`Admission`] with it.
+pub fn invite_key(secret: &[u8; 32]) -> crate::SecretKey {
+    crate::SecretKey::from_bytes(&blake3::derive_key("makiatto invite admission v1", secret))
+}
+
+/// "Node `node` is the one that redeemed invite `invite`": signed with the
+/// invite's key by the holder of the ticket, carried in the node's record.
+/// Binds an invite to one node: knowing an invite's name (every member
+/// does) admits nobody, and an invite admits one node only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admission {
+    pub invite: Hash,
+    pub node: PublicKey,
+}
+
+impl Signable for Admission {
+    const CONTEXT: &'static [u8] = b"makiatto/admission/v1";
+}
+
+impl Admission {
+    /// Whether `signed` admits `node` through `invite` (named
+    /// `secret_hash`).
+    pub fn admits(
+        signed: &Signed<Admission>,
+        invite: &Invite,
+        secret_hash: &Hash,
+        node: &PublicKey,
+    ) -> bool {
+        signed.signer() == invite.key
+            && signed
+                .verify()
+                .is_ok_and(|a| a.invite == *secret_hash && a.node == *node)
+    }
 }
 
 impl Signable for Invite {
@@ -112,7 +153,7 @@ impl SiteRecord {
 /// The [`NodeRecord`] format this build writes. Each format appends
 /// fields to the one before; the test-only `next-format` feature plays a
 /// newer release that appends [`NodeRecord::note`].
-pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 2 } else { 1 };
+pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 3 } else { 2 };
 
 /// A member node, signed by the node itself; valid only together with the
 /// admin-signed invite it redeemed (named by hash).
@@ -136,7 +177,10 @@ pub struct NodeRecord {
     /// What it offers the public: [`ROLE_HTTP`] (the web edge). Names a
     /// newer node adds are kept and ignored by older ones.
     pub roles: Vec<String>,
-    /// Format 2, test-only (feature `next-format`): a field today's
+    /// Format 2: the proof that this node redeemed `invite` (none for the
+    /// founder). A record naming an invite without it admits nobody.
+    pub admission: Option<Signed<Admission>>,
+    /// Format 3, test-only (feature `next-format`): a field today's
     /// release does not know.
     #[cfg(feature = "next-format")]
     pub note: Option<String>,
@@ -165,7 +209,6 @@ impl<'de> Deserialize<'de> for NodeRecord {
                 // A field a later format appended. Missing or unreadable,
                 // it is empty: a build that predates it never reads it, and
                 // every build must take the same records.
-                #[cfg(feature = "next-format")]
                 macro_rules! appended {
                     ($read:expr, $since:expr) => {
                         if $read >= $since {
@@ -185,8 +228,9 @@ impl<'de> Deserialize<'de> for NodeRecord {
                     version: field!("version"),
                     invite: field!("invite"),
                     roles: field!("roles"),
+                    admission: appended!(format, 2),
                     #[cfg(feature = "next-format")]
-                    note: appended!(format, 2),
+                    note: appended!(format, 3),
                 })
             }
         }
@@ -197,7 +241,7 @@ impl<'de> Deserialize<'de> for NodeRecord {
 }
 
 /// The most fields a [`NodeRecord`] of this build's format has.
-const NODE_FIELDS: usize = if cfg!(feature = "next-format") { 9 } else { 8 };
+const NODE_FIELDS: usize = if cfg!(feature = "next-format") { 10 } else { 9 };
 
 /// The role of a node that serves sites over HTTP.
 pub const ROLE_HTTP: &str = "http";
@@ -553,6 +597,8 @@ pub trait View {
     fn invite(&self, secret_hash: &Hash) -> Option<Invite>;
     /// True when an admin revoked this node.
     fn revoked(&self, node: &PublicKey) -> bool;
+    /// The node whose record names this invite, if any (revoked or not).
+    fn invite_holder(&self, secret_hash: &Hash) -> Option<PublicKey>;
     /// An admin, a member node or a publisher of a site: the keys whose
     /// records of unknown kinds a node agrees to carry.
     fn known_signer(&self, key: &PublicKey) -> bool;
@@ -580,6 +626,10 @@ pub enum AuthError {
     NotSelfSigned { node: PublicKey },
     #[error("node {0} names no invite this network knows")]
     NoInvite(PublicKey),
+    #[error("node {0} does not prove it redeemed the invite it names")]
+    NoAdmission(PublicKey),
+    #[error("node {node} names an invite node {holder} redeemed")]
+    InviteTaken { node: PublicKey, holder: PublicKey },
     #[error("node {0} was revoked")]
     Revoked(PublicKey),
     #[error(
@@ -628,14 +678,25 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
             if view.revoked(&n.id) {
                 return Err(AuthError::Revoked(n.id));
             }
-            let backed = match n.invite {
-                None => n.id == view.founder(),
-                Some(secret_hash) => view.invite(&secret_hash).is_some(),
-            };
-            if backed {
-                Ok(())
-            } else {
-                Err(AuthError::NoInvite(n.id))
+            match n.invite {
+                None if n.id == view.founder() => Ok(()),
+                None => Err(AuthError::NoInvite(n.id)),
+                Some(secret_hash) => {
+                    let invite = view.invite(&secret_hash).ok_or(AuthError::NoInvite(n.id))?;
+                    let admitted = n
+                        .admission
+                        .as_ref()
+                        .is_some_and(|a| Admission::admits(a, &invite, &secret_hash, &n.id));
+                    if !admitted {
+                        return Err(AuthError::NoAdmission(n.id));
+                    }
+                    match view.invite_holder(&secret_hash) {
+                        Some(holder) if holder != n.id => {
+                            Err(AuthError::InviteTaken { node: n.id, holder })
+                        }
+                        _ => Ok(()),
+                    }
+                }
             }
         }
         #[cfg(feature = "next-format")]
@@ -770,6 +831,7 @@ mod tests {
             version: 7,
             invite: None,
             roles: vec![ROLE_HTTP.into()],
+            admission: None,
             #[cfg(feature = "next-format")]
             note: None,
         }
@@ -832,7 +894,7 @@ mod tests {
             bytes.extend(tail);
             let record = Record::Node(Signed::sign_bytes(&key, bytes));
             match record.verify().expect("lenient").body {
-                Body::Node(read) => assert_eq!((read.format, read.note), (2, None)),
+                Body::Node(read) => assert_eq!((read.format, read.note), (NODE_FORMAT, None)),
                 other => panic!("not a node record: {other:?}"),
             }
         }
@@ -921,6 +983,7 @@ mod tests {
             secret_hash: Hash::of(&t.secret),
             expires: 100,
             issuer: t.issuer.id,
+            key: invite_key(&t.secret).public(),
         };
         assert!(invite.matches(&t.secret) && !invite.matches(&[8; 32]));
         assert!(!invite.is_expired(99) && invite.is_expired(100));
@@ -932,6 +995,7 @@ mod tests {
         site: Option<SiteRecord>,
         invite: Option<Invite>,
         revoked: Vec<PublicKey>,
+        holder: Option<PublicKey>,
     }
 
     impl View for TestView {
@@ -952,6 +1016,9 @@ mod tests {
         fn revoked(&self, node: &PublicKey) -> bool {
             self.revoked.contains(node)
         }
+        fn invite_holder(&self, _: &Hash) -> Option<PublicKey> {
+            self.holder
+        }
         fn known_signer(&self, key: &PublicKey) -> bool {
             self.admins.contains(key)
         }
@@ -966,12 +1033,14 @@ mod tests {
         let joiner = SecretKey::from_bytes(&[5; 32]);
         let mut s = site(1);
         s.publishers = vec![publisher.public()];
+        let secret = [9; 32];
         let invite = Invite {
             format: RECORD_FORMAT,
             network: Hash::of(b"net"),
-            secret_hash: Hash::of(b"secret"),
+            secret_hash: Hash::of(&secret),
             expires: 10,
             issuer: founder.public(),
+            key: invite_key(&secret).public(),
         };
         let mut view = TestView {
             admins: vec![admin.public()],
@@ -979,6 +1048,7 @@ mod tests {
             site: Some(s.clone()),
             invite: Some(invite.clone()),
             revoked: vec![],
+            holder: None,
         };
         let check = |r: Record, view: &TestView| authorize(&r.verify().expect("verify"), view);
 
@@ -1036,8 +1106,18 @@ mod tests {
         );
         view.site = Some(s.clone());
 
+        let admission = |by: &SecretKey, node: PublicKey| {
+            Signed::sign(
+                by,
+                &Admission {
+                    invite: invite.secret_hash,
+                    node,
+                },
+            )
+        };
+        let ticket_key = invite_key(&secret);
         let node = |id: PublicKey, invite: Option<Hash>| NodeRecord {
-            format: RECORD_FORMAT,
+            format: NODE_FORMAT,
             id,
             addrs: vec![],
             region: Some("eu".into()),
@@ -1045,6 +1125,7 @@ mod tests {
             version: 1,
             invite,
             roles: vec![ROLE_HTTP.into()],
+            admission: invite.map(|_| admission(&ticket_key, id)),
             #[cfg(feature = "next-format")]
             note: None,
         };
@@ -1063,6 +1144,44 @@ mod tests {
             check(Record::Node(Signed::sign(&admin, &joined)), &view),
             Err(AuthError::NotSelfSigned { .. })
         ));
+        // Naming the invite is not enough: the admission must be signed
+        // with the ticket's key, for this node.
+        let mut bare = node(stranger.public(), Some(invite.secret_hash));
+        bare.admission = None;
+        assert_eq!(
+            check(Record::Node(Signed::sign(&stranger, &bare)), &view),
+            Err(AuthError::NoAdmission(stranger.public()))
+        );
+        let mut forged = bare.clone();
+        forged.admission = Some(admission(&stranger, stranger.public()));
+        assert_eq!(
+            check(Record::Node(Signed::sign(&stranger, &forged)), &view),
+            Err(AuthError::NoAdmission(stranger.public()))
+        );
+        let mut borrowed = bare.clone();
+        borrowed.admission = Some(admission(&ticket_key, joiner.public()));
+        assert_eq!(
+            check(Record::Node(Signed::sign(&stranger, &borrowed)), &view),
+            Err(AuthError::NoAdmission(stranger.public()))
+        );
+        // Even with the ticket (a node that kept it, then was revoked),
+        // an invite admits one node only.
+        let mut second = bare.clone();
+        second.admission = Some(admission(&ticket_key, stranger.public()));
+        view.holder = Some(joiner.public());
+        assert_eq!(
+            check(Record::Node(Signed::sign(&stranger, &second)), &view),
+            Err(AuthError::InviteTaken {
+                node: stranger.public(),
+                holder: joiner.public()
+            })
+        );
+        assert_eq!(
+            check(Record::Node(Signed::sign(&joiner, &joined)), &view),
+            Ok(()),
+            "the holder's own newer record"
+        );
+        view.holder = None;
         let uninvited = node(stranger.public(), None);
         assert_eq!(
             check(Record::Node(Signed::sign(&stranger, &uninvited)), &view),

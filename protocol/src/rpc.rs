@@ -289,7 +289,12 @@ pub const JOIN_ALPN: &[u8] = b"maki/join/1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum JoinRequest {
-    Redeem { network: Hash, secret: [u8; 32] },
+    /// The ticket's secret stays home: the admission, signed with the
+    /// key it gives, proves the joiner holds it.
+    Redeem {
+        network: Hash,
+        admission: Signed<crate::Admission>,
+    },
 }
 
 /// The issuer's answer.
@@ -323,6 +328,8 @@ pub enum JoinError {
     Expired,
     #[error("the invite is for another network")]
     WrongNetwork,
+    #[error("the ticket does not match the invite (a damaged or forged ticket)")]
+    BadAdmission,
     #[error("the issuing node failed: {0}")]
     Internal(String),
 }

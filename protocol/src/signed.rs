@@ -172,6 +172,8 @@ impl<T> PartialEq for Signed<T> {
     }
 }
 
+impl<T> Eq for Signed<T> {}
+
 impl<T> fmt::Debug for Signed<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Signed")

@@ -59,6 +59,7 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
                 version: 1,
                 invite,
                 roles: vec![],
+                admission: None,
             },
         )
     };
@@ -261,5 +262,102 @@ async fn a_member_cannot_push_unasked_blobs_and_a_revoked_one_cannot_read() -> R
     ensure!(got.is_err(), "a revoked node read a blob");
     ensure!(!fresh.has(index).await?, "a revoked node holds the blob");
     ep.close().await;
+    Ok(())
+}
+
+/// Revocation holds: a revoked node cannot come back as a member under a
+/// new key, with or without the ticket it joined with, and no member can
+/// become another node by naming an invite it did not redeem.
+#[tokio::test]
+async fn a_revoked_node_cannot_return_under_a_new_key() -> Result<()> {
+    use maki_protocol::{Admission, InviteTicket, NODE_FORMAT, invite_key};
+    let net = maki_e2e::one_node()?;
+    let ticket_text = net.admin.ok(&["invite"])?.trim().to_owned();
+    let ticket: InviteTicket = ticket_text.parse()?;
+    let joiner_dir = net.tmp.path().join("joiner");
+    let joiner = maki_e2e::NodeProc::join(&joiner_dir, &ticket_text)?;
+    let joiner_id = joiner.id()?;
+    let admin = net.admin.clone();
+    maki_e2e::wait_for(
+        Duration::from_secs(20),
+        "the joiner to be a member",
+        || async { Ok(admin.ok(&["nodes"])?.contains(&joiner_id)) },
+    )
+    .await?;
+    joiner.stop()?;
+    net.admin.ok(&["nodes", "remove", &joiner_id])?;
+
+    let issuer: NodeTicket = net.node.ticket.parse()?;
+    let mut addr = EndpointAddr::new(iroh::PublicKey::from_bytes(issuer.id.as_bytes())?);
+    for a in &issuer.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let network = makiatto::identity::load_genesis(&net.node.dir)?.id;
+    // What the revoked machine still has: its invite, and the ticket.
+    let membership =
+        makiatto::identity::load_membership(&joiner_dir)?.context("the joiner's membership")?;
+    let invite = membership.invite.verify()?;
+    let key = SecretKey::from_bytes(&[43; 32]);
+    let ep = makiatto::endpoint::bind(&key, "127.0.0.1:0".parse()?, Default::default()).await?;
+    let record = |admission| {
+        Signed::sign(
+            &key,
+            &NodeRecord {
+                format: NODE_FORMAT,
+                id: key.public(),
+                addrs: vec![],
+                region: None,
+                location: None,
+                version: 1,
+                invite: Some(invite.secret_hash),
+                roles: vec![],
+                admission,
+            },
+        )
+    };
+    let attempts = [
+        // The invite's name alone (every member knows it).
+        ("no admission", None),
+        // The old admission: it names the revoked node, not this key.
+        (
+            "the revoked node's admission",
+            Some(membership.admission.clone()),
+        ),
+        // A fresh admission signed with the ticket's key: the ticket is
+        // genuine, but the invite already admitted a node.
+        (
+            "an admission from the kept ticket",
+            Some(Signed::sign(
+                &invite_key(&ticket.secret),
+                &Admission {
+                    invite: invite.secret_hash,
+                    node: key.public(),
+                },
+            )),
+        ),
+    ];
+    for (what, admission) in attempts {
+        let conn = ep.connect(addr.clone(), SYNC_ALPN).await?;
+        let answer = hello(
+            &conn,
+            &SyncMsg::Hello {
+                format: SYNC_FORMAT,
+                network,
+                me: record(admission),
+                invite: Some(membership.invite.clone()),
+                holds_seen: None,
+            },
+        )
+        .await?;
+        ensure!(
+            matches!(answer, SyncMsg::Refused(SyncError::NotMember(_))),
+            "{what}: {answer:?}"
+        );
+    }
+    let listed = net.admin.ok(&["nodes"])?;
+    ensure!(
+        !listed.contains(&key.public().to_string()) && !listed.contains(&joiner_id),
+        "{listed}"
+    );
     Ok(())
 }

@@ -1,5 +1,5 @@
 //! A rolling upgrade: nodes of a newer release (`makiatto-next`, built
-//! with the test-only `next-format` feature: a node record of format 2
+//! with the test-only `next-format` feature: a node record of a newer format
 //! and a record kind 999) in one network with today's nodes. Today's
 //! nodes carry what they cannot read; the newer nodes read it, even when
 //! it reached them only through today's; both keep syncing; and a node
@@ -47,7 +47,7 @@ async fn a_newer_release_s_records_cross_today_s_nodes() -> Result<()> {
     let later = join_next(&next, &net.admin, &net.tmp.path().join("later"))?;
     later.pause()?;
 
-    // A newer node joins: its format-2 node record and its note (kind 999)
+    // A newer node joins: its newer-format node record and its note (kind 999)
     // reach today's node, which takes the first by the fields it knows
     // and carries the second unread.
     let speaker = join_next(&next, &net.admin, &net.tmp.path().join("speaker"))?;
@@ -80,6 +80,7 @@ async fn a_newer_release_s_records_cross_today_s_nodes() -> Result<()> {
     speaker.stop()?;
     later.resume()?;
     let speaker_field = format!("node={speaker_id}");
+    let next_format = format!("format={}", maki_protocol::NODE_FORMAT + 1);
     log_says(
         &later,
         "the note to reach the newer node through today's",
@@ -88,8 +89,8 @@ async fn a_newer_release_s_records_cross_today_s_nodes() -> Result<()> {
     .await?;
     log_says(
         &later,
-        "the format-2 node record to arrive whole",
-        &["read a node record's note", &speaker_field, "format=2"],
+        "the newer-format node record to arrive whole",
+        &["read a node record's note", &speaker_field, &next_format],
     )
     .await?;
 
