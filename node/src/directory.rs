@@ -203,6 +203,13 @@ impl Directory {
                         loaded.learned.push((old.clone(), record));
                         continue;
                     }
+                    // Two rows for one key (one stored under a key an
+                    // older build gave it): the winner is the merge's.
+                    if let Some(held) = loaded.dir.held.get(&verified.key)
+                        && !verified.wins_over(&held.verified)
+                    {
+                        continue;
+                    }
                     loaded
                         .dir
                         .put(verified.key.clone(), Arc::new(Held { record, verified }));

@@ -45,12 +45,12 @@ impl Records {
         };
         if !loaded.learned.is_empty() {
             // Carried while unread; judged now, as if they had just arrived.
-            let (old, batch): (Vec<_>, Vec<_>) = loaded.learned.into_iter().unzip();
-            let changes: Vec<Change> = old.into_iter().map(Change::Remove).collect();
-            records.state.write_records(&changes)?;
-            let mut batch = batch;
+            // Their old keys go in the same transaction as the verdicts,
+            // so a crash between the two loses nothing.
+            let (old, mut batch): (Vec<_>, Vec<_>) = loaded.learned.into_iter().unzip();
             batch.sort_by_key(maki_protocol::sync::apply_rank);
-            for verdict in records.apply(&batch)? {
+            let removals = old.into_iter().map(Change::Remove).collect();
+            for verdict in records.apply_after(removals, &batch)? {
                 if let Err(error) = verdict {
                     tracing::info!(%error, "a carried record of a kind now known was refused");
                 }
@@ -74,10 +74,19 @@ impl Records {
     /// new directory. One verdict per record; if the transaction fails,
     /// nothing changed.
     pub fn apply(&self, batch: &[Record]) -> Result<Vec<Result<Applied, Refused>>, StateError> {
+        self.apply_after(Vec::new(), batch)
+    }
+
+    /// [`Self::apply`], with `first` made in the same transaction.
+    fn apply_after(
+        &self,
+        first: Vec<Change>,
+        batch: &[Record],
+    ) -> Result<Vec<Result<Applied, Refused>>, StateError> {
         // A poisoned lock means a writer panicked, which aborts the process.
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Directory::clone(&self.current.borrow());
-        let mut changes = Vec::new();
+        let mut changes = first;
         let verdicts = batch.iter().map(|r| next.merge(r, &mut changes)).collect();
         if !changes.is_empty() {
             self.state.write_records(&changes)?;
