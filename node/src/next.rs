@@ -5,24 +5,22 @@
 //! (`tests/tests/upgrade.rs`) sees them arrive through today's nodes.
 
 use maki_protocol::{NOTE_KIND, Note, Record, SecretKey, Signed};
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::{directory::Change, shared::Shared};
+use crate::directory::Change;
 
 /// The note a `makiatto-next` node puts in its own node record.
 pub(crate) const NODE_NOTE: &str = "a field of the next format";
 
-/// Signs and spreads this node's note record (the new kind).
-pub(crate) fn announce(shared: &Shared, key: &SecretKey) {
+/// This node's note record (the new kind), signed.
+pub(crate) fn note(key: &SecretKey) -> Record {
     let note = Note {
         format: 1,
-        node: shared.id,
-        text: format!("a record of kind {NOTE_KIND} from {}", shared.id),
+        node: key.public(),
+        text: format!("a record of kind {NOTE_KIND} from {}", key.public()),
         version: crate::now_millis(),
     };
-    if let Err(error) = shared.apply_local(Record::Note(Signed::sign(key, &note))) {
-        warn!(%error, "could not record this node's note");
-    }
+    Record::Note(Signed::sign(key, &note))
 }
 
 /// Logs the records of the next format that a batch took in.

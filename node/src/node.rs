@@ -275,7 +275,9 @@ impl Node {
             warn!(%error, "could not record this node");
         }
         #[cfg(feature = "next-format")]
-        crate::next::announce(&self.shared, key);
+        if let Err(error) = self.shared.apply_local(crate::next::note(key)) {
+            warn!(%error, "could not record this node's note");
+        }
     }
 
     /// Where the HTTP edge listens; `None` without the http role.
