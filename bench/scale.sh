@@ -71,7 +71,11 @@ MAKI_NODE=$(sed -n 's/.*ticket=\([^ ]*\).*/\1/p' "$W/a.ready")
 # Passes run at start (beside the start syncs) and on every change; the
 # quietest one is the cost of a pass itself.
 sleep 2
-"$BIN/maki" site add idle-pass.scale.test >/dev/null 2>&1 || true
+# Each new record wakes a pass; several give a quiet one to report.
+for i in 1 2 3 4 5 6; do
+    "$BIN/maki" site add "idle-pass-$i.scale.test" >/dev/null 2>&1 || true
+    sleep 0.5
+done
 sleep 1
 passes=$(sed 's/\x1b\[[0-9;]*m//g' "$W/a.log" | grep "replication pass" | sed -n 's/.* elapsed_us=\([0-9]*\).*/\1/p' | sort -n)
 echo "replication pass over every site: min $(echo "$passes" | head -1 | awk '{print $1/1000}') ms, max $(echo "$passes" | tail -1 | awk '{print $1/1000}') ms of $(echo "$passes" | wc -l) (goal < 5)"
