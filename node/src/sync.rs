@@ -136,10 +136,20 @@ struct RecordSet {
 /// The record set of the directory as it is now, built once per directory
 /// (each applied batch makes a new one): with tens of thousands of records,
 /// building it is most of what a sync of two agreeing nodes would cost.
+///
+/// Also the records peers offered that this node refused: a record one
+/// peer holds and this node refuses (its signer's unknown-kind allowance
+/// is full here, or it lost a race elsewhere) is offered again at every
+/// sync, and is worth one warning, not one per sync.
 #[derive(Debug, Default)]
 pub struct RecordSets {
     current: std::sync::Mutex<Option<(Arc<Directory>, Arc<RecordSet>)>>,
+    refused: std::sync::Mutex<std::collections::HashSet<Hash>>,
 }
+
+/// How many refused records [`RecordSets`] remembers before it forgets
+/// them all (and warns about each once more).
+const REFUSED_REMEMBERED: usize = 4096;
 
 impl std::fmt::Debug for RecordSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -150,6 +160,18 @@ impl std::fmt::Debug for RecordSet {
 }
 
 impl RecordSets {
+    /// True the first time (lately) this record was refused.
+    fn first_refusal(&self, record: &Record) -> bool {
+        let id = Hash::of(&postcard::to_stdvec(record).unwrap_or_default());
+        let Ok(mut refused) = self.refused.lock() else {
+            return true;
+        };
+        if refused.len() >= REFUSED_REMEMBERED {
+            refused.clear();
+        }
+        refused.insert(id)
+    }
+
     fn get(&self, shared: &Shared) -> Result<Arc<RecordSet>, SyncFailure> {
         let dir = shared.directory();
         if let Ok(cached) = self.current.lock()
@@ -190,7 +212,12 @@ impl RecordSet {
 }
 
 /// Applies a batch from a peer, authorising records before what they admit.
-fn take_in(shared: &Shared, peer: &PublicKey, mut records: Vec<Record>) -> (usize, usize) {
+fn take_in(
+    shared: &Shared,
+    sets: &RecordSets,
+    peer: &PublicKey,
+    mut records: Vec<Record>,
+) -> (usize, usize) {
     records.sort_by_key(apply_rank);
     let verdicts = match shared.apply_batch(&records) {
         Ok(v) => v,
@@ -200,13 +227,17 @@ fn take_in(shared: &Shared, peer: &PublicKey, mut records: Vec<Record>) -> (usiz
         }
     };
     let (mut taken, mut dropped) = (0, 0);
-    for verdict in verdicts {
+    for (record, verdict) in records.iter().zip(verdicts) {
         match verdict {
             Ok(crate::directory::Applied::Stale) => {}
             Ok(_) => taken += 1,
             Err(error) => {
                 dropped += 1;
-                warn!(peer = %peer.fmt_short(), %error, "dropped a record from a peer");
+                if sets.first_refusal(record) {
+                    warn!(peer = %peer.fmt_short(), %error, "dropped a record from a peer");
+                } else {
+                    debug!(peer = %peer.fmt_short(), %error, "dropped a record from a peer again");
+                }
             }
         }
     }
@@ -303,14 +334,14 @@ async fn initiate(
         loop {
             match wire.read(&mut recv).await? {
                 // Each part is in apply order: taken in as it arrives.
-                SyncMsg::More(records) => taken += take_in(shared, &peer, records).0,
+                SyncMsg::More(records) => taken += take_in(shared, sets, &peer, records).0,
                 SyncMsg::Records { records, holds, .. } => {
                     if let Some(holds) = holds
                         && shared.peers.set_holds(&peer, holds)
                     {
                         shared.holdings_changed();
                     }
-                    taken += take_in(shared, &peer, records).0;
+                    taken += take_in(shared, sets, &peer, records).0;
                     break;
                 }
                 SyncMsg::Refused(e) => return Err(e.into()),
@@ -425,7 +456,7 @@ impl SyncProtocol {
                     let answer = neg.reconcile(&q).map_err(neg_err)?;
                     write_msg(&mut send, &SyncMsg::Reconcile(answer)).await?;
                 }
-                SyncMsg::More(records) => taken += take_in(&self.shared, &peer, records).0,
+                SyncMsg::More(records) => taken += take_in(&self.shared, &self.sets, &peer, records).0,
                 SyncMsg::Records {
                     records,
                     want,
@@ -444,7 +475,7 @@ impl SyncProtocol {
                     {
                         self.shared.holdings_changed();
                     }
-                    taken += take_in(&self.shared, &peer, records).0;
+                    taken += take_in(&self.shared, &self.sets, &peer, records).0;
                     self.shared.peers.seen(&peer, None);
                     return Ok(taken);
                 }
