@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::shared::Shared;
+use crate::members::Members;
 
 /// Messages waiting to be broadcast; more are dropped (sync repairs).
 pub const OUTBOX: usize = 64;
@@ -34,13 +34,13 @@ pub const OUTBOX: usize = 64;
 #[derive(Debug, Clone)]
 pub struct MemberGossip {
     pub gossip: Gossip,
-    pub shared: Arc<Shared>,
+    pub members: Arc<Members>,
 }
 
 impl ProtocolHandler for MemberGossip {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
         let member = PublicKey::from_bytes(*conn.remote_id().as_bytes())
-            .is_ok_and(|k| self.shared.peers.is_member(&k));
+            .is_ok_and(|k| self.members.peers.is_member(&k));
         if !member {
             conn.close(1u32.into(), b"not a member");
             return Ok(());
@@ -67,14 +67,14 @@ fn iroh_ids(keys: impl IntoIterator<Item = PublicKey>) -> Vec<iroh::EndpointId> 
 /// Runs until cancelled: joins the network's topic through the known
 /// members, broadcasts what `outbox` brings, applies what arrives.
 pub async fn run(
-    shared: Arc<Shared>,
+    members: Arc<Members>,
     gossip: Gossip,
     mut outbox: mpsc::Receiver<GossipMsg>,
     mut records: watch::Receiver<Arc<crate::directory::Directory>>,
     cancel: CancellationToken,
 ) {
-    let topic = TopicId::from_bytes(*shared.network.as_bytes());
-    let mut known: HashSet<PublicKey> = shared.peers.others().into_iter().collect();
+    let topic = TopicId::from_bytes(*members.network.as_bytes());
+    let mut known: HashSet<PublicKey> = members.peers.others().into_iter().collect();
     let sub = match gossip
         .subscribe(topic, iroh_ids(known.iter().copied()))
         .await
@@ -107,15 +107,15 @@ pub async fn run(
                     // A connection opened before its peer was revoked may
                     // still deliver: only members' deliveries count.
                     let from = PublicKey::from_bytes(*m.delivered_from.as_bytes());
-                    if let Ok(k) = from && shared.peers.is_member(&k) {
+                    if let Ok(k) = from && members.peers.is_member(&k) {
                         // A delivery is a sign of life, as a sync is.
-                        shared.peers.seen(&k, None);
-                        receive(&shared, &m.content);
+                        members.peers.seen(&k, None);
+                        receive(&members, &m.content);
                     }
                 }
                 Some(Ok(Event::Lagged)) => {
                     // We missed messages: a sync round fetches them.
-                    shared.sync_soon.notify_one();
+                    members.sync_soon.notify_one();
                 }
                 Some(Ok(Event::NeighborUp(id))) => debug!(peer = %id.fmt_short(), "gossip neighbour up"),
                 Some(Ok(Event::NeighborDown(id))) => debug!(peer = %id.fmt_short(), "gossip neighbour down"),
@@ -125,7 +125,7 @@ pub async fn run(
             res = records.changed() => {
                 if res.is_err() { break }
                 // New members: tell the swarm about them.
-                let now: HashSet<PublicKey> = shared.peers.others().into_iter().collect();
+                let now: HashSet<PublicKey> = members.peers.others().into_iter().collect();
                 let new: Vec<PublicKey> = now.difference(&known).copied().collect();
                 known = now;
                 if !new.is_empty() && let Err(error) = sender.join_peers(iroh_ids(new)).await {
@@ -136,7 +136,7 @@ pub async fn run(
     }
 }
 
-fn receive(shared: &Shared, content: &[u8]) {
+fn receive(members: &Members, content: &[u8]) {
     let msg = match maki_protocol::rpc::decode_body::<GossipMsg>(content) {
         Ok(m) => m,
         Err(error) => {
@@ -146,7 +146,7 @@ fn receive(shared: &Shared, content: &[u8]) {
     };
     match msg {
         GossipMsg::Record(record) => {
-            if let Err(error) = shared.apply_record(&record) {
+            if let Err(error) = members.apply_record(&record) {
                 warn!(%error, "dropped a gossiped record");
             }
         }
@@ -156,10 +156,10 @@ fn receive(shared: &Shared, content: &[u8]) {
                 return;
             };
             if signed.signer() == h.node
-                && shared.peers.is_member(&h.node)
-                && shared.peers.set_holds_at(&h.node, h.holds, h.at)
+                && members.peers.is_member(&h.node)
+                && members.peers.set_holds_at(&h.node, h.holds, h.at)
             {
-                shared.holdings_changed();
+                members.holdings_changed();
             }
         }
         _ => {}

@@ -13,6 +13,7 @@ pub mod gossip;
 pub mod identity;
 pub mod join;
 pub mod live;
+pub mod members;
 #[cfg(feature = "next-format")]
 mod next;
 pub mod node;

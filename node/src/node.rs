@@ -35,6 +35,7 @@ use crate::{
     gate::PushGate,
     identity,
     live::{Live, LiveSite},
+    members::Members,
     outbox::Outbox,
     peers::Peers,
     records::Records,
@@ -116,23 +117,26 @@ impl Node {
         let (served_elsewhere, served_elsewhere_rx) = watch::channel(0);
         let (gossip_out, gossip_rx) = mpsc::channel(crate::gossip::OUTBOX);
         let keep_versions = config.keep_versions;
-        let shared = Arc::new(Shared {
-            config,
+        let members = Arc::new(Members {
             id: key.public(),
-            genesis: network.genesis,
-            signed_genesis: network.signed,
             network: network.id,
-            serving: Serving::new(state.clone(), content.clone(), live.clone(), keep_versions),
             outbox: Outbox::new(gossip_out, key.clone(), live.clone()),
-            state,
             records,
-            content,
-            live,
             peers: Arc::new(Peers::new(key.public(), lookup)),
+            live: live.clone(),
             served_elsewhere,
             sync_soon: tokio::sync::Notify::new(),
         });
-        shared.refresh_peers();
+        members.refresh_peers();
+        let shared = Arc::new(Shared {
+            config,
+            genesis: network.genesis,
+            signed_genesis: network.signed,
+            serving: Serving::new(state.clone(), content.clone(), live, keep_versions),
+            state,
+            content,
+            members: members.clone(),
+        });
 
         let mask = EventMask {
             connected: ConnectMode::Intercept,
@@ -147,7 +151,7 @@ impl Node {
         let gate = Arc::new(PushGate::default());
         tasks.spawn(crate::gate::run(
             gate.clone(),
-            shared.peers.clone(),
+            members.peers.clone(),
             events_rx,
             cancel.clone(),
         ));
@@ -160,23 +164,27 @@ impl Node {
             .accept(iroh_blobs::ALPN, blobs)
             .accept(
                 SYNC_ALPN,
-                crate::sync::SyncProtocol::new(shared.clone(), record_sets.clone()),
+                crate::sync::SyncProtocol::new(
+                    members.clone(),
+                    record_sets.clone(),
+                    shared.config.sync_timeout,
+                ),
             )
             .accept(
                 GOSSIP_ALPN,
                 crate::gossip::MemberGossip {
                     gossip: gossip.clone(),
-                    shared: shared.clone(),
+                    members: members.clone(),
                 },
             )
             .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone(), gate))
             .accept(
                 JOIN_ALPN,
                 crate::join::JoinProtocol::new(
-                    shared.network,
+                    members.network,
                     shared.signed_genesis.clone(),
                     shared.state.clone(),
-                    shared.records.subscribe(),
+                    members.records.subscribe(),
                 ),
             )
             .spawn();
@@ -184,7 +192,7 @@ impl Node {
         // A node without the http role holds and forwards content only.
         let edge = if shared.config.roles.iter().any(|r| r == ROLE_HTTP) {
             let sites = Arc::new(edge::Sites {
-                live: shared.live.clone(),
+                live: members.live.clone(),
                 content: shared.content.clone(),
                 config: shared.config.clone(),
             });
@@ -213,24 +221,25 @@ impl Node {
         node.tasks.spawn(crate::replicate::run(
             node.shared.clone(),
             endpoint.clone(),
-            node.shared.records.subscribe(),
+            members.records.subscribe(),
             served_elsewhere_rx,
             node.cancel.clone(),
         ));
         node.tasks.spawn(crate::gossip::run(
-            node.shared.clone(),
+            members.clone(),
             gossip,
             gossip_rx,
-            node.shared.records.subscribe(),
+            members.records.subscribe(),
             node.cancel.clone(),
         ));
         node.tasks
             .spawn(sweep_live(node.shared.clone(), node.cancel.clone()));
         node.tasks.spawn(crate::sync::run(
-            node.shared.clone(),
+            members,
             record_sets,
             endpoint,
             node.shared.config.sync_interval,
+            node.shared.config.sync_timeout,
             node.cancel.clone(),
         ));
         Ok(node)
@@ -244,13 +253,14 @@ impl Node {
         if let Some(m) = membership {
             secret_hash = m.invite.verify().ok().map(|i| i.secret_hash);
             admission = Some(m.admission);
-            if let Err(error) = self.shared.apply_record(&Record::Invite(m.invite)) {
+            if let Err(error) = self.shared.members.apply_record(&Record::Invite(m.invite)) {
                 warn!(%error, "the invite this node redeemed is not valid here");
             }
         }
-        let id = self.shared.id;
+        let id = self.shared.members.id;
         let previous = self
             .shared
+            .members
             .directory()
             .node(&id)
             .map(|(_, version)| version);
@@ -270,12 +280,13 @@ impl Node {
         };
         if let Err(error) = self
             .shared
+            .members
             .apply_record(&Record::Node(Signed::sign(key, &record)))
         {
             warn!(%error, "could not record this node");
         }
         #[cfg(feature = "next-format")]
-        if let Err(error) = self.shared.apply_local(crate::next::note(key)) {
+        if let Err(error) = self.shared.members.apply_local(crate::next::note(key)) {
             warn!(%error, "could not record this node's note");
         }
     }
@@ -312,7 +323,7 @@ impl Node {
     }
 
     pub fn network(&self) -> Hash {
-        self.shared.network
+        self.shared.members.network
     }
 
     /// Stops accepting, drains, then closes the stores.
@@ -356,7 +367,7 @@ async fn sweep_live(shared: Arc<Shared>, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             _ = every.tick() => {}
         }
-        let dead = shared.live.sweep();
+        let dead = shared.members.live.sweep();
         if !dead.is_empty() {
             tokio::task::spawn_blocking(move || drop(dead)).await.ok();
         }

@@ -274,8 +274,8 @@ fn plan(dir: &Directory, live: &Live, region: Option<&str>) -> Vec<Step> {
 
 /// One pass over every site; true if something is still to be fetched.
 async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
-    let dir = shared.directory();
-    let steps = plan(&dir, &shared.live, shared.config.region.as_deref());
+    let dir = shared.members.directory();
+    let steps = plan(&dir, &shared.members.live, shared.config.region.as_deref());
     let mut wanted = Vec::new();
     for step in steps {
         match step {
@@ -309,7 +309,10 @@ async fn fetch(
     head: &Head,
     signed: &Signed<Head>,
 ) -> Result<(), FetchError> {
-    let providers = Providers::new(endpoint.clone(), shared.peers.providers(&head.manifest));
+    let providers = Providers::new(
+        endpoint.clone(),
+        shared.members.peers.providers(&head.manifest),
+    );
     let result = fetch_with(shared, &providers, head, signed).await;
     providers.close();
     result
@@ -415,7 +418,7 @@ async fn fetch_with(
     if result.is_ok() {
         // Tell the members at once: they may fetch from here, and a
         // publisher waiting with `--wait` learns this node is done.
-        shared.outbox.holdings();
+        shared.members.outbox.holdings();
         info!(site = %head.site, seq = head.seq, elapsed = ?started.elapsed(), "replicated");
     }
     result
@@ -425,14 +428,14 @@ async fn fetch_with(
 /// only copy, e.g. just published here) until a node the pin admits serves
 /// that version or a newer one, then drop it.
 async fn release_if_held_elsewhere(shared: &Shared, domain: &Domain) {
-    let Some(live) = shared.live.get(domain.as_str()) else {
+    let Some(live) = shared.members.live.get(domain.as_str()) else {
         return;
     };
-    let dir = shared.directory();
+    let dir = shared.members.directory();
     let Some(pin) = dir.pin(domain) else {
         return;
     };
-    let covered = shared.peers.all().into_iter().any(|(_, p)| {
+    let covered = shared.members.peers.all().into_iter().any(|(_, p)| {
         pin.admits(p.region.as_deref())
             && p.holds
                 .iter()
@@ -441,7 +444,7 @@ async fn release_if_held_elsewhere(shared: &Shared, domain: &Domain) {
     if covered {
         shared.serving.lock().await.clear(domain).await;
         info!(site = %domain, "pinned to other regions; dropped here");
-        shared.outbox.holdings();
+        shared.members.outbox.holdings();
     }
 }
 
@@ -449,7 +452,11 @@ async fn release_if_held_elsewhere(shared: &Shared, domain: &Domain) {
 /// one seq (publishes on both sides of a partition) differ in manifest: the
 /// records pick one winner, and every node must switch to it.
 fn serves(shared: &Shared, head: &Head) -> bool {
-    shared.live.get(head.site.as_str()).is_some_and(|l| {
-        l.seq > head.seq || (l.seq == head.seq && l.manifest_hash == head.manifest)
-    })
+    shared
+        .members
+        .live
+        .get(head.site.as_str())
+        .is_some_and(|l| {
+            l.seq > head.seq || (l.seq == head.seq && l.manifest_hash == head.manifest)
+        })
 }

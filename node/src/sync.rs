@@ -30,7 +30,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{directory::Directory, frame, shared::Shared};
+use crate::{directory::Directory, frame, members::Members};
 
 /// A whole sync, connect included, must finish within this.
 /// Peers picked at random on each periodic round.
@@ -172,8 +172,8 @@ impl RecordSets {
         refused.insert(id)
     }
 
-    fn get(&self, shared: &Shared) -> Result<Arc<RecordSet>, SyncFailure> {
-        let dir = shared.directory();
+    fn get(&self, members: &Members) -> Result<Arc<RecordSet>, SyncFailure> {
+        let dir = members.directory();
         if let Ok(cached) = self.current.lock()
             && let Some((of, set)) = cached.as_ref()
             && Arc::ptr_eq(of, &dir)
@@ -213,13 +213,13 @@ impl RecordSet {
 
 /// Applies a batch from a peer, authorising records before what they admit.
 fn take_in(
-    shared: &Shared,
+    members: &Members,
     sets: &RecordSets,
     peer: &PublicKey,
     mut records: Vec<Record>,
 ) -> (usize, usize) {
     records.sort_by_key(apply_rank);
-    let verdicts = match shared.apply_batch(&records) {
+    let verdicts = match members.apply_batch(&records) {
         Ok(v) => v,
         Err(error) => {
             warn!(peer = %peer.fmt_short(), %error, "could not store records from a peer");
@@ -246,31 +246,28 @@ fn take_in(
 
 /// Syncs with `peer` as the initiator; returns (records taken, records sent).
 pub async fn sync_with(
-    shared: &Shared,
+    members: &Members,
     sets: &RecordSets,
     endpoint: &Endpoint,
     peer: PublicKey,
+    timeout: Duration,
 ) -> Result<(usize, usize), SyncFailure> {
-    let result = tokio::time::timeout(
-        shared.config.sync_timeout,
-        initiate(shared, sets, endpoint, peer),
-    )
-    .await;
+    let result = tokio::time::timeout(timeout, initiate(members, sets, endpoint, peer)).await;
     let result = result.unwrap_or(Err(SyncFailure::Timeout));
     match &result {
         Ok(_) => {}
-        Err(_) => shared.peers.failed(&peer),
+        Err(_) => members.peers.failed(&peer),
     }
     result
 }
 
 async fn initiate(
-    shared: &Shared,
+    members: &Members,
     sets: &RecordSets,
     endpoint: &Endpoint,
     peer: PublicKey,
 ) -> Result<(usize, usize), SyncFailure> {
-    let (me, invite) = shared.introduction().ok_or(SyncFailure::NoSelf)?;
+    let (me, invite) = members.introduction().ok_or(SyncFailure::NoSelf)?;
     let id = iroh::PublicKey::from_bytes(peer.as_bytes())
         .map_err(|e| SyncFailure::Connect(e.to_string()))?;
     let conn = endpoint
@@ -281,17 +278,17 @@ async fn initiate(
     let mut wire = Wire::default();
     let result = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(stream_err)?;
-        let set = sets.get(shared)?;
+        let set = sets.get(members)?;
         let mut neg = Negentropy::borrowed(&set.storage, RECONCILE_FRAME).map_err(neg_err)?;
         let first = neg.initiate().map_err(neg_err)?;
         wire.write(
             &mut send,
             &SyncMsg::Hello {
                 format: SYNC_FORMAT,
-                network: shared.network,
+                network: members.network,
                 me,
                 invite,
-                holds_seen: shared.peers.holds_digest(&peer),
+                holds_seen: members.peers.holds_digest(&peer),
             },
         )
         .await?;
@@ -326,7 +323,7 @@ async fn initiate(
             &mut send,
             give,
             need.iter().map(to_id).collect(),
-            unless_seen(shared.live.holdings(), theirs_of_mine),
+            unless_seen(members.live.holdings(), theirs_of_mine),
         )
         .await?;
         send.finish().map_err(stream_err)?;
@@ -334,21 +331,21 @@ async fn initiate(
         loop {
             match wire.read(&mut recv).await? {
                 // Each part is in apply order: taken in as it arrives.
-                SyncMsg::More(records) => taken += take_in(shared, sets, &peer, records).0,
+                SyncMsg::More(records) => taken += take_in(members, sets, &peer, records).0,
                 SyncMsg::Records { records, holds, .. } => {
                     if let Some(holds) = holds
-                        && shared.peers.set_holds(&peer, holds)
+                        && members.peers.set_holds(&peer, holds)
                     {
-                        shared.holdings_changed();
+                        members.holdings_changed();
                     }
-                    taken += take_in(shared, sets, &peer, records).0;
+                    taken += take_in(members, sets, &peer, records).0;
                     break;
                 }
                 SyncMsg::Refused(e) => return Err(e.into()),
                 _ => return Err(SyncFailure::Unexpected),
             }
         }
-        shared.peers.seen(&peer, rtt);
+        members.peers.seen(&peer, rtt);
         Ok((taken, sent))
     }
     .await;
@@ -370,17 +367,20 @@ async fn initiate(
 /// The `maki/sync/1` protocol handler.
 #[derive(Debug, Clone)]
 pub struct SyncProtocol {
-    shared: Arc<Shared>,
+    members: Arc<Members>,
     sets: Arc<RecordSets>,
     limit: Arc<tokio::sync::Semaphore>,
+    /// The longest one inbound sync may take (`sync_timeout`).
+    timeout: Duration,
 }
 
 impl SyncProtocol {
-    pub fn new(shared: Arc<Shared>, sets: Arc<RecordSets>) -> Self {
+    pub fn new(members: Arc<Members>, sets: Arc<RecordSets>, timeout: Duration) -> Self {
         Self {
-            shared,
+            members,
             sets,
             limit: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND)),
+            timeout,
         }
     }
 
@@ -400,10 +400,10 @@ impl SyncProtocol {
         if format > SYNC_FORMAT {
             return Err(SyncError::NewerFormat { found: format });
         }
-        if network != self.shared.network {
+        if network != self.members.network {
             return Err(SyncError::WrongNetwork);
         }
-        if self.shared.peers.is_member(peer) {
+        if self.members.peers.is_member(peer) {
             return Ok(());
         }
         if me.signer() != *peer {
@@ -412,14 +412,14 @@ impl SyncProtocol {
             ));
         }
         if let Some(invite) = invite {
-            self.shared
+            self.members
                 .apply_record(&Record::Invite(invite))
                 .map_err(|e| SyncError::NotMember(e.to_string()))?;
         }
-        self.shared
+        self.members
             .apply_record(&Record::Node(me))
             .map_err(|e| SyncError::NotMember(e.to_string()))?;
-        if self.shared.peers.is_member(peer) {
+        if self.members.peers.is_member(peer) {
             info!(peer = %peer.fmt_short(), "a new member introduced itself");
             Ok(())
         } else {
@@ -442,11 +442,11 @@ impl SyncProtocol {
         write_msg(
             &mut send,
             &SyncMsg::Welcome {
-                holds_seen: self.shared.peers.holds_digest(&peer),
+                holds_seen: self.members.peers.holds_digest(&peer),
             },
         )
         .await?;
-        let set = self.sets.get(&self.shared)?;
+        let set = self.sets.get(&self.members)?;
         let mut neg = Negentropy::borrowed(&set.storage, RECONCILE_FRAME).map_err(neg_err)?;
         let mut wire = Wire::default();
         let mut taken = 0;
@@ -456,7 +456,9 @@ impl SyncProtocol {
                     let answer = neg.reconcile(&q).map_err(neg_err)?;
                     write_msg(&mut send, &SyncMsg::Reconcile(answer)).await?;
                 }
-                SyncMsg::More(records) => taken += take_in(&self.shared, &self.sets, &peer, records).0,
+                SyncMsg::More(records) => {
+                    taken += take_in(&self.members, &self.sets, &peer, records).0
+                }
                 SyncMsg::Records {
                     records,
                     want,
@@ -466,17 +468,17 @@ impl SyncProtocol {
                         &mut send,
                         set.pick(&want),
                         Vec::new(),
-                        unless_seen(self.shared.live.holdings(), mine_seen),
+                        unless_seen(self.members.live.holdings(), mine_seen),
                     )
                     .await?;
                     send.finish().map_err(stream_err)?;
                     if let Some(holds) = holds
-                        && self.shared.peers.set_holds(&peer, holds)
+                        && self.members.peers.set_holds(&peer, holds)
                     {
-                        self.shared.holdings_changed();
+                        self.members.holdings_changed();
                     }
-                    taken += take_in(&self.shared, &self.sets, &peer, records).0;
-                    self.shared.peers.seen(&peer, None);
+                    taken += take_in(&self.members, &self.sets, &peer, records).0;
+                    self.members.peers.seen(&peer, None);
                     return Ok(taken);
                 }
                 _ => return Err(SyncFailure::Unexpected),
@@ -494,8 +496,7 @@ impl ProtocolHandler for SyncProtocol {
             conn.close(1u32.into(), b"busy");
             return Ok(());
         };
-        match tokio::time::timeout(self.shared.config.sync_timeout, self.respond(&conn, peer)).await
-        {
+        match tokio::time::timeout(self.timeout, self.respond(&conn, peer)).await {
             Ok(Ok(taken)) => {
                 if taken > 0 {
                     debug!(peer = %peer.fmt_short(), taken, "synced (inbound)");
@@ -525,10 +526,11 @@ impl ProtocolHandler for SyncProtocol {
 /// up nobody else. A push that finds a sync with that peer already running
 /// queues exactly one more after it.
 pub async fn run(
-    shared: Arc<Shared>,
+    members: Arc<Members>,
     sets: Arc<RecordSets>,
     endpoint: Endpoint,
     interval: Duration,
+    timeout: Duration,
     cancel: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(interval);
@@ -546,7 +548,7 @@ pub async fn run(
                 again.insert(peer);
                 continue;
             }
-            let shared = shared.clone();
+            let members = members.clone();
             let sets = sets.clone();
             let endpoint = endpoint.clone();
             running.spawn(async move {
@@ -554,7 +556,7 @@ pub async fn run(
                 // sync_interval, a transient failure (a peer restarting, a
                 // busy machine) must not wait for the next round.
                 for retry in [Some(1), Some(3), None] {
-                    match sync_with(&shared, &sets, &endpoint, peer).await {
+                    match sync_with(&members, &sets, &endpoint, peer, timeout).await {
                         Ok((taken, sent)) => {
                             if taken + sent > 0 {
                                 debug!(peer = %peer.fmt_short(), taken, sent, "synced");
@@ -579,7 +581,7 @@ pub async fn run(
     // joined learns of all but its issuer) is synced with at once: with a
     // long sync_interval it would otherwise neither hear of this node nor
     // be heard of for a whole round.
-    let mut met: HashSet<PublicKey> = shared.peers.others().into_iter().collect();
+    let mut met: HashSet<PublicKey> = members.peers.others().into_iter().collect();
     start(
         met.iter().copied().collect(),
         &mut running,
@@ -597,7 +599,7 @@ pub async fn run(
                         start(vec![peer], &mut running, &mut busy, &mut again);
                     }
                 }
-                let new: Vec<PublicKey> = shared
+                let new: Vec<PublicKey> = members
                     .peers
                     .others()
                     .into_iter()
@@ -608,12 +610,12 @@ pub async fn run(
                     start(new, &mut running, &mut busy, &mut again);
                 }
             }
-            _ = shared.sync_soon.notified() => {
-                let peers = random_subset(shared.peers.others(), FANOUT);
+            _ = members.sync_soon.notified() => {
+                let peers = random_subset(members.peers.others(), FANOUT);
                 start(peers, &mut running, &mut busy, &mut again);
             }
             _ = tick.tick() => {
-                let peers = random_subset(shared.peers.others(), FANOUT);
+                let peers = random_subset(members.peers.others(), FANOUT);
                 start(peers, &mut running, &mut busy, &mut again);
             }
         }

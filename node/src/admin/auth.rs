@@ -98,7 +98,7 @@ impl AdminProtocol {
     }
 
     pub(super) fn require_admin(&self, caller: PublicKey) -> Result<(), RpcError> {
-        require_admin(&self.shared.directory(), caller)
+        require_admin(&self.shared.members.directory(), caller)
     }
 
     pub(super) fn require_publisher(
@@ -106,7 +106,7 @@ impl AdminProtocol {
         caller: PublicKey,
         domain: &Domain,
     ) -> Result<SiteRecord, RpcError> {
-        require_publisher(&self.shared.directory(), caller, domain)
+        require_publisher(&self.shared.members.directory(), caller, domain)
     }
 
     pub(super) fn admin_signed<T: Signable>(
@@ -114,7 +114,7 @@ impl AdminProtocol {
         caller: PublicKey,
         signed: &Signed<T>,
     ) -> Result<T, RpcError> {
-        admin_signed(&self.shared.directory(), caller, signed)
+        admin_signed(&self.shared.members.directory(), caller, signed)
     }
 
     pub(super) fn check_head(
@@ -122,7 +122,7 @@ impl AdminProtocol {
         caller: PublicKey,
         signed: &Signed<Head>,
     ) -> Result<Head, RpcError> {
-        check_head(&self.shared.directory(), caller, signed, |d| {
+        check_head(&self.shared.members.directory(), caller, signed, |d| {
             self.newest_seq(d)
         })
     }
@@ -133,7 +133,7 @@ impl AdminProtocol {
     /// its blobs were arriving).
     pub(super) fn may_commit(&self, caller: PublicKey, head: &Head) -> Result<(), RpcError> {
         let newest = self.newest_seq(&head.site);
-        may_commit(&self.shared.directory(), caller, head, newest)
+        may_commit(&self.shared.members.directory(), caller, head, newest)
     }
 }
 

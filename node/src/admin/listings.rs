@@ -21,6 +21,7 @@ impl AdminProtocol {
         } else {
             Some(
                 self.shared
+                    .members
                     .directory()
                     .sites()
                     .filter(|s| s.may_publish(&caller, &self.shared.genesis.admins))
@@ -39,11 +40,12 @@ impl AdminProtocol {
         let fresh = (self.shared.config.sync_interval * 3).max(Duration::from_secs(15));
         let nodes = self
             .shared
+            .members
             .peers
             .all()
             .into_iter()
             .map(|(id, p)| {
-                let me = id == self.shared.id;
+                let me = id == self.shared.members.id;
                 let health = if me {
                     Health::Me
                 } else if p.failing {
@@ -62,7 +64,7 @@ impl AdminProtocol {
                     health,
                     rtt_us: p.rtt.map(|d| d.as_micros() as u64),
                     holds: shown(if me {
-                        self.shared.live.holdings()
+                        self.shared.members.live.holdings()
                     } else {
                         p.holds
                     }),
@@ -76,7 +78,7 @@ impl AdminProtocol {
     pub(super) async fn sites(&self, caller: PublicKey) -> Result<Response, RpcError> {
         let admin = self.shared.is_admin(&caller);
         let mut out = Vec::new();
-        let dir = self.shared.directory();
+        let dir = self.shared.members.directory();
         for (record, record_version) in dir.site_records() {
             let record = record.clone();
             if record.removed || (!admin && !record.publishers.contains(&caller)) {
@@ -99,7 +101,7 @@ impl AdminProtocol {
                 bytes: m.total_size(),
                 created: m.created,
             };
-            let live = self.shared.live.get(domain.as_str());
+            let live = self.shared.members.live.get(domain.as_str());
             // The network's head, which may be ahead of what this node serves
             // while it downloads; a publish must build on it.
             let head = match (self.shared.newest_head(&domain), &live) {
@@ -150,6 +152,7 @@ impl AdminProtocol {
         self.require_publisher(caller, &domain)?;
         let current = self
             .shared
+            .members
             .live
             .get(domain.as_str())
             .map(|s| s.manifest_hash);

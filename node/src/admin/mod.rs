@@ -58,7 +58,7 @@ impl AdminProtocol {
 
     /// Admins and the publishers of any site: callers trusted with large frames.
     fn is_known(&self, caller: &PublicKey) -> bool {
-        self.shared.directory().is_known(caller)
+        self.shared.members.directory().is_known(caller)
     }
 }
 
@@ -176,8 +176,8 @@ impl AdminProtocol {
             }
             Request::Rollback { head } => self.rollback(caller, head).await,
             Request::Network => Ok(Response::Network {
-                network: self.shared.network,
-                node: self.shared.id,
+                network: self.shared.members.network,
+                node: self.shared.members.id,
             }),
             Request::Invite { invite } => self.invite(caller, invite),
             Request::Nodes => self.nodes(caller),

@@ -243,7 +243,7 @@ impl AdminProtocol {
                 current: current_hash,
             });
         }
-        let current = self.shared.live.get(head.site.as_str());
+        let current = self.shared.members.live.get(head.site.as_str());
         if let Some(c) = &current
             && Some(c.manifest_hash) == current_hash
             && c.summary.content == manifest.content_hash()
@@ -411,7 +411,7 @@ impl AdminProtocol {
 
     /// The head is live here: make it the network's (it replicates).
     fn announce_head(&self, signed: Signed<Head>) {
-        if let Err(error) = self.shared.apply_local(Record::Head(signed)) {
+        if let Err(error) = self.shared.members.apply_local(Record::Head(signed)) {
             warn!(%error, "a committed head was not taken into the records");
         }
     }

@@ -21,10 +21,10 @@ impl AdminProtocol {
         if invite.format > maki_protocol::RECORD_FORMAT {
             return bad("made by a newer maki; upgrade this node");
         }
-        if invite.network != self.shared.network {
+        if invite.network != self.shared.members.network {
             return bad("it names another network");
         }
-        if invite.issuer != self.shared.id {
+        if invite.issuer != self.shared.members.id {
             return bad("it names another issuing node; only the issuer can redeem it");
         }
         if invite.is_expired(crate::now()) {
@@ -36,6 +36,7 @@ impl AdminProtocol {
             .map_err(internal)?;
         // Also a replicated record: other members check joiners against it.
         self.shared
+            .members
             .apply_local(Record::Invite(signed))
             .map_err(|e| RpcError::InvalidInvite(e.to_string()))?;
         info!(expires = invite.expires, "invite stored");
@@ -48,7 +49,7 @@ impl AdminProtocol {
         signed: Signed<maki_protocol::Pin>,
     ) -> Result<Response, RpcError> {
         let pin = self.admin_signed(caller, &signed)?;
-        if self.shared.directory().site(&pin.site).is_none() {
+        if self.shared.members.directory().site(&pin.site).is_none() {
             return Err(RpcError::UnknownSite(pin.site));
         }
         self.apply_admin(Record::Pin(signed), "pin of the site")?;
@@ -62,10 +63,10 @@ impl AdminProtocol {
         signed: Signed<maki_protocol::Revocation>,
     ) -> Result<Response, RpcError> {
         let revocation = self.admin_signed(caller, &signed)?;
-        if !self.shared.peers.is_member(&revocation.node) {
+        if !self.shared.members.peers.is_member(&revocation.node) {
             return Err(RpcError::UnknownNode(revocation.node));
         }
-        if revocation.node == self.shared.id {
+        if revocation.node == self.shared.members.id {
             return Err(RpcError::InvalidRecord(
                 "a node cannot revoke itself; ask another member".into(),
             ));
@@ -77,7 +78,7 @@ impl AdminProtocol {
 
     /// Takes in a record made here; an older one than held is refused.
     pub(super) fn apply_admin(&self, record: Record, what: &str) -> Result<(), RpcError> {
-        match self.shared.apply_local(record) {
+        match self.shared.members.apply_local(record) {
             Ok(Applied::New | Applied::Replaced) => Ok(()),
             Ok(Applied::Stale) => Err(RpcError::InvalidRecord(format!(
                 "this node holds a newer {what}; list and try again"
@@ -98,7 +99,13 @@ impl AdminProtocol {
             ));
         }
         let _guard = self.shared.serving.lock().await;
-        if self.shared.directory().site(&record.domain).is_some() {
+        if self
+            .shared
+            .members
+            .directory()
+            .site(&record.domain)
+            .is_some()
+        {
             return Err(RpcError::SiteExists(record.domain));
         }
         self.apply_admin(Record::Site(signed), "record of the site")?;
@@ -119,7 +126,7 @@ impl AdminProtocol {
         }
         let domain = record.domain;
         let guard = self.shared.serving.lock().await;
-        if self.shared.directory().site(&domain).is_none() {
+        if self.shared.members.directory().site(&domain).is_none() {
             return Err(RpcError::UnknownSite(domain));
         }
         self.apply_admin(Record::Site(signed), "record of the site")?;
