@@ -63,10 +63,10 @@ fn invite(
     )
 }
 
-/// Member `i`'s admission through its invite.
-fn admission(i: usize) -> Signed<Admission> {
+/// Member `i`'s admission through its invite, signed by its issuer.
+fn admission(issuer: &SecretKey, i: usize) -> Signed<Admission> {
     Signed::sign(
-        &invite_key(&secret(i)),
+        issuer,
         &Admission {
             invite: Hash::of(&secret(i)),
             node: member_key(i).public(),
@@ -99,7 +99,8 @@ async fn main() -> Result<()> {
         let dir = Path::new(dir);
         let admin = admin_key(Path::new(key_file))?;
         let network = identity::load_genesis(dir)?.id;
-        let founder = identity::load_key(dir)?.public();
+        let founder_key = identity::load_key(dir)?;
+        let founder = founder_key.public();
         let i: usize = index.parse()?;
         // A copy of the founder's directory: it becomes another node.
         std::fs::remove_file(dir.join("node.key"))?;
@@ -108,7 +109,7 @@ async fn main() -> Result<()> {
             dir,
             &identity::Membership {
                 invite: invite(&admin, network, founder, i),
-                admission: admission(i),
+                admission: admission(&founder_key, i),
             },
         )?;
         return Ok(());
@@ -133,6 +134,7 @@ async fn main() -> Result<()> {
     let records = Records::load(
         state.clone(),
         Authority {
+            network: network.id,
             admins: genesis.admins,
             founder: network.signed.signer(),
         },
@@ -158,7 +160,7 @@ async fn main() -> Result<()> {
                     version: 1,
                     invite: Some(secret_hash),
                     roles: vec![],
-                    admission: Some(admission(i)),
+                    admission: Some(admission(&key, i)),
                     #[cfg(feature = "next-format")]
                     note: None,
                 },

@@ -13,7 +13,8 @@ use iroh::{
     protocol::{AcceptError, ProtocolHandler},
 };
 use maki_protocol::{
-    Admission, Genesis, Hash, InviteTicket, PublicKey, Record, Signed, invite_key,
+    Admission, Claim, Genesis, Hash, InviteTicket, PublicKey, Record, SecretKey, Signed,
+    invite_key,
     rpc::{self, JoinError, JoinRequest, JoinResponse},
 };
 use tracing::{info, warn};
@@ -36,6 +37,9 @@ pub struct JoinProtocol {
     genesis: Signed<Genesis>,
     state: Arc<State>,
     directory: watch::Receiver<Arc<Directory>>,
+    /// This node's key: it signs the admissions of the nodes it lets in,
+    /// and nothing else here.
+    key: SecretKey,
 }
 
 impl JoinProtocol {
@@ -44,30 +48,44 @@ impl JoinProtocol {
         genesis: Signed<Genesis>,
         state: Arc<State>,
         directory: watch::Receiver<Arc<Directory>>,
+        key: SecretKey,
     ) -> Self {
         Self {
             network,
             genesis,
             state,
             directory,
+            key,
         }
     }
 
     fn redeem(&self, node: PublicKey, req: JoinRequest, now: u64) -> JoinResponse {
-        let JoinRequest::Redeem { network, admission } = req else {
+        let JoinRequest::Redeem { network, claim } = req else {
             return JoinResponse::Refused(JoinError::Internal("unknown request".into()));
         };
         if network != self.network {
             return JoinResponse::Refused(JoinError::WrongNetwork);
         }
-        match self.state.redeem_invite(&admission, node, now) {
+        match self.state.redeem_invite(&claim, node, now) {
             Ok(Ok(invite)) => {
+                // The claim named this invite and proved the ticket.
+                let Ok(claimed) = claim.verify() else {
+                    return JoinResponse::Refused(JoinError::BadAdmission);
+                };
+                let admission = Signed::sign(
+                    &self.key,
+                    &Admission {
+                        invite: claimed.invite,
+                        node,
+                    },
+                );
                 info!(node = %node.fmt_short(), "invite redeemed; a node joined");
                 // The snapshot, not the watch's lock, while copying it.
                 let directory = Arc::clone(&self.directory.borrow());
                 JoinResponse::Welcome {
                     genesis: self.genesis.clone(),
                     invite,
+                    admission,
                     // Who the members are, so the joiner knows whom to
                     // sync with; the rest (sites, heads, pins) comes by
                     // sync, in frames of bounded size however many sites.
@@ -172,16 +190,16 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| proto(&e))?;
     // The secret stays here: what it signs proves it.
     let me = PublicKey::from_bytes(*endpoint.id().as_bytes()).map_err(|e| proto(&e))?;
-    let admission = Signed::sign(
+    let claim = Signed::sign(
         &invite_key(&ticket.secret),
-        &Admission {
+        &Claim {
             invite: Hash::of(&ticket.secret),
             node: me,
         },
     );
     let req = JoinRequest::Redeem {
         network: ticket.network,
-        admission: admission.clone(),
+        claim,
     };
     frame::write(&mut send, &req).await.map_err(|e| proto(&e))?;
     send.finish().map_err(|e| proto(&e))?;
@@ -191,6 +209,7 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
         JoinResponse::Welcome {
             genesis,
             invite,
+            admission,
             records,
         } => {
             // Trust, but verify: the genesis must be the network the ticket names.
@@ -204,6 +223,13 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
             if i.secret_hash != Hash::of(&ticket.secret) {
                 return Err(RedeemError::Protocol(
                     "the issuer sent another invite".into(),
+                ));
+            }
+            if i.issuer != ticket.issuer.id
+                || !Admission::admits(&admission, &i, &i.secret_hash, &me)
+            {
+                return Err(RedeemError::Protocol(
+                    "the issuer's admission does not admit this node".into(),
                 ));
             }
             Ok(Welcome {

@@ -88,7 +88,20 @@ pub(crate) fn main() {
         eprintln!("error: this makiatto was built with the test-only `next-format` feature");
         std::process::exit(2);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // clap quotes what it could not place; an invite ticket there
+            // (a stray argument, a misplaced flag) is a secret.
+            let text = redact(&e.render().to_string());
+            if e.use_stderr() {
+                eprint!("{text}");
+            } else {
+                print!("{text}");
+            }
+            std::process::exit(e.exit_code());
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("MAKIATTO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
@@ -105,7 +118,7 @@ pub(crate) fn main() {
         Err(e) => Err(e.into()),
     };
     if let Err(e) = result {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", redact(&format!("{e:#}")));
         std::process::exit(1);
     }
 }
@@ -192,4 +205,39 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// `text` with every invite ticket in it cut to its prefix: a ticket holds
+/// the secret that lets a machine join.
+fn redact(text: &str) -> String {
+    const PREFIX: &str = "makinvite1";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(PREFIX) {
+        out.push_str(&rest[..at + PREFIX.len()]);
+        out.push('…');
+        rest = &rest[at + PREFIX.len()..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_alphanumeric())
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tickets_are_cut_from_messages() {
+        assert_eq!(
+            super::redact("unexpected argument 'makinvite1abc234xyz' found"),
+            "unexpected argument 'makinvite1…' found"
+        );
+        assert_eq!(super::redact("no ticket here"), "no ticket here");
+        assert_eq!(
+            super::redact("makinvite1a makinvite1b"),
+            "makinvite1… makinvite1…"
+        );
+    }
 }

@@ -81,6 +81,7 @@ impl Node {
         let records = Records::load(
             state.clone(),
             Authority {
+                network: network.id,
                 admins: network.genesis.admins.clone(),
                 founder: network.signed.signer(),
             },
@@ -185,6 +186,7 @@ impl Node {
                     shared.signed_genesis.clone(),
                     shared.state.clone(),
                     members.records.subscribe(),
+                    key.clone(),
                 ),
             )
             .spawn();

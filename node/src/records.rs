@@ -142,6 +142,7 @@ mod tests {
         let admin = SecretKey::from_bytes(&[1; 32]);
         let publisher = SecretKey::from_bytes(&[2; 32]);
         let authority = Authority {
+            network: maki_protocol::Hash::of(b"net"),
             admins: vec![admin.public()],
             founder: SecretKey::from_bytes(&[3; 32]).public(),
         };
@@ -233,6 +234,7 @@ mod tests {
         let admin = SecretKey::from_bytes(&[1; 32]);
         let stranger = SecretKey::from_bytes(&[9; 32]);
         let authority = Authority {
+            network: maki_protocol::Hash::of(b"net"),
             admins: vec![admin.public()],
             founder: SecretKey::from_bytes(&[3; 32]).public(),
         };

@@ -124,6 +124,7 @@ pub async fn join(
     // arrived by gossip, and a bad one is only logged.
     let state = State::open(&data_dir.join("state.redb"))?;
     let authority = Authority {
+        network: ticket.network,
         admins: genesis.admins,
         founder: welcome.genesis.signer(),
     };

@@ -11,7 +11,7 @@
 use std::path::Path;
 
 use maki_protocol::{
-    Admission, Domain, Hash, Head, Invite, PublicKey, Record, RecordKey, Signed, rpc::JoinError,
+    Claim, Domain, Hash, Head, Invite, PublicKey, Record, RecordKey, Signed, rpc::JoinError,
 };
 
 use crate::directory::Change;
@@ -216,14 +216,14 @@ impl State {
     /// and the mark are one transaction, so two racing joins cannot both win.
     pub fn redeem_invite(
         &self,
-        admission: &Signed<Admission>,
+        claim: &Signed<Claim>,
         node: PublicKey,
         now: u64,
     ) -> Result<Result<Signed<Invite>, JoinError>, StateError> {
         // Which invite it claims; whether it may is checked below, before
-        // anything is written (a bad admission must not use up the invite).
-        let secret_hash = match admission.verify() {
-            Ok(a) => a.invite,
+        // anything is written (a bad claim must not use up the invite).
+        let secret_hash = match claim.verify() {
+            Ok(c) => c.invite,
             Err(_) => return Ok(Err(JoinError::BadAdmission)),
         };
         let tx = self.db.begin_write()?;
@@ -242,8 +242,7 @@ impl State {
                     let invite = s.invite.verify().ok();
                     if invite.as_ref().is_none_or(|i| i.is_expired(now)) {
                         Err(JoinError::Expired)
-                    } else if invite
-                        .is_none_or(|i| !Admission::admits(admission, &i, &secret_hash, &node))
+                    } else if invite.is_none_or(|i| !Claim::proves(claim, &i, &secret_hash, &node))
                     {
                         Err(JoinError::BadAdmission)
                     } else {

@@ -27,7 +27,7 @@ pub use manifest::{
 };
 pub use path::{SitePath, SitePathError};
 pub use records::{
-    Admission, AuthError, Body, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NODE_FORMAT,
+    Admission, AuthError, Body, Claim, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NODE_FORMAT,
     NodeRecord, Pin, RECORD_FORMAT, ROLE_HTTP, Record, RecordError, RecordKey, Revocation,
     SiteRecord, Unread, Verified, View, authorize, invite_key, kind_context,
 };

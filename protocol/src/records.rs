@@ -44,8 +44,10 @@ impl Signable for Genesis {
 
 /// Permission for one new node to join, redeemable once, only at `issuer`.
 /// Signed by an admin. The secret itself travels only in the ticket, and
-/// never leaves the joining machine: it proves itself by signing its
-/// [`Admission`] with the key derived from it ([`invite_key`]).
+/// never leaves the joining machine: it proves itself to the issuer by
+/// signing a [`Claim`] with the key derived from it ([`invite_key`]); the
+/// issuer, having checked expiry and single use, answers with the
+/// [`Admission`] every member then requires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Invite {
     pub format: u16,
@@ -56,21 +58,51 @@ pub struct Invite {
     pub expires: u64,
     /// The only node that may redeem it (single use holds in a partition).
     pub issuer: PublicKey,
-    /// The public half of [`invite_key`] of the secret: what an
-    /// admission must be signed with.
+    /// The public half of [`invite_key`] of the secret: what a claim must
+    /// be signed with.
     pub key: PublicKey,
 }
 
 /// The key a ticket's secret gives: whoever holds the ticket signs its
-/// node's [`Admission`] with it.
+/// node's [`Claim`] with it.
 pub fn invite_key(secret: &[u8; 32]) -> crate::SecretKey {
     crate::SecretKey::from_bytes(&blake3::derive_key("makiatto invite admission v1", secret))
 }
 
-/// "Node `node` is the one that redeemed invite `invite`": signed with the
-/// invite's key by the holder of the ticket, carried in the node's record.
-/// Binds an invite to one node: knowing an invite's name (every member
-/// does) admits nobody, and an invite admits one node only.
+/// "Node `node` holds the ticket of invite `invite`": signed with the
+/// invite's key by the joining machine, and shown to the issuer only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claim {
+    pub invite: Hash,
+    pub node: PublicKey,
+}
+
+impl Signable for Claim {
+    const CONTEXT: &'static [u8] = b"makiatto/claim/v1";
+}
+
+impl Claim {
+    /// Whether `signed` shows that `node` holds the ticket of `invite`
+    /// (named `secret_hash`).
+    pub fn proves(
+        signed: &Signed<Claim>,
+        invite: &Invite,
+        secret_hash: &Hash,
+        node: &PublicKey,
+    ) -> bool {
+        signed.signer() == invite.key
+            && signed
+                .verify()
+                .is_ok_and(|c| c.invite == *secret_hash && c.node == *node)
+    }
+}
+
+/// "Node `node` redeemed invite `invite` here": signed by the invite's
+/// issuer once it checked the claim, the expiry and that the invite was
+/// unused; carried in the node's record. Every member requires it, so an
+/// invite admits only whom its issuer let in (knowing an invite's name,
+/// as every member does, or even its ticket, admits nobody else), and no
+/// other node's record may name the same invite.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Admission {
     pub invite: Hash,
@@ -90,7 +122,7 @@ impl Admission {
         secret_hash: &Hash,
         node: &PublicKey,
     ) -> bool {
-        signed.signer() == invite.key
+        signed.signer() == invite.issuer
             && signed
                 .verify()
                 .is_ok_and(|a| a.invite == *secret_hash && a.node == *node)
@@ -177,8 +209,9 @@ pub struct NodeRecord {
     /// What it offers the public: [`ROLE_HTTP`] (the web edge). Names a
     /// newer node adds are kept and ignored by older ones.
     pub roles: Vec<String>,
-    /// Format 2: the proof that this node redeemed `invite` (none for the
-    /// founder). A record naming an invite without it admits nobody.
+    /// Format 2: the issuer's word that this node redeemed `invite` (none
+    /// for the founder). A record naming an invite without it admits
+    /// nobody.
     pub admission: Option<Signed<Admission>>,
     /// Format 3, test-only (feature `next-format`): a field today's
     /// release does not know.
@@ -587,6 +620,8 @@ impl Verified {
 
 /// What [`authorize`] needs to know of the current state.
 pub trait View {
+    /// The network's id (the hash of its genesis record).
+    fn network(&self) -> Hash;
     /// The network's admins (from genesis).
     fn admins(&self) -> &[PublicKey];
     /// The node that created the network (the genesis signer).
@@ -626,12 +661,12 @@ pub enum AuthError {
     NotSelfSigned { node: PublicKey },
     #[error("node {0} names no invite this network knows")]
     NoInvite(PublicKey),
+    #[error("an invite for another network ({0})")]
+    OtherNetwork(Hash),
     #[error("node {0} does not prove it redeemed the invite it names")]
     NoAdmission(PublicKey),
     #[error("node {node} names an invite node {holder} redeemed")]
     InviteTaken { node: PublicKey, holder: PublicKey },
-    #[error("node {0} was revoked")]
-    Revoked(PublicKey),
     #[error(
         "a record of unknown kind {kind} signed by {key}, who is no admin, member or publisher"
     )]
@@ -651,6 +686,7 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
         }
     };
     match &v.body {
+        Body::Invite(i) if i.network != view.network() => Err(AuthError::OtherNetwork(i.network)),
         Body::Invite(_) | Body::Site(_) | Body::Revocation(_) | Body::Pin(_) => admin(v.signer),
         Body::Head(h) => match view.site(&h.site) {
             Some(site) if !site.removed => {
@@ -675,9 +711,8 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
             if v.signer != n.id {
                 return Err(AuthError::NotSelfSigned { node: n.id });
             }
-            if view.revoked(&n.id) {
-                return Err(AuthError::Revoked(n.id));
-            }
+            // A revoked node's record is still taken in (a revocation beats
+            // it: the node is no member): the invite it names stays used.
             match n.invite {
                 None if n.id == view.founder() => Ok(()),
                 None => Err(AuthError::NoInvite(n.id)),
@@ -999,6 +1034,9 @@ mod tests {
     }
 
     impl View for TestView {
+        fn network(&self) -> Hash {
+            Hash::of(b"net")
+        }
         fn admins(&self) -> &[PublicKey] {
             &self.admins
         }
@@ -1053,6 +1091,15 @@ mod tests {
         let check = |r: Record, view: &TestView| authorize(&r.verify().expect("verify"), view);
 
         assert_eq!(check(Record::Site(Signed::sign(&admin, &s)), &view), Ok(()));
+        // An invite of another network (an admin of both) is refused here.
+        let elsewhere = Invite {
+            network: Hash::of(b"elsewhere"),
+            ..invite.clone()
+        };
+        assert_eq!(
+            check(Record::Invite(Signed::sign(&admin, &elsewhere)), &view),
+            Err(AuthError::OtherNetwork(Hash::of(b"elsewhere")))
+        );
         assert_eq!(
             check(Record::Site(Signed::sign(&stranger, &s)), &view),
             Err(AuthError::NotAdmin(stranger.public()))
@@ -1125,7 +1172,7 @@ mod tests {
             version: 1,
             invite,
             roles: vec![ROLE_HTTP.into()],
-            admission: invite.map(|_| admission(&ticket_key, id)),
+            admission: invite.map(|_| admission(&founder, id)),
             #[cfg(feature = "next-format")]
             note: None,
         };
@@ -1144,8 +1191,9 @@ mod tests {
             check(Record::Node(Signed::sign(&admin, &joined)), &view),
             Err(AuthError::NotSelfSigned { .. })
         ));
-        // Naming the invite is not enough: the admission must be signed
-        // with the ticket's key, for this node.
+        // Naming the invite is not enough: the admission must be the
+        // issuer's, for this node. The ticket's own key does not admit
+        // (a ticket holder cannot let anyone in past the issuer's checks).
         let mut bare = node(stranger.public(), Some(invite.secret_hash));
         bare.admission = None;
         assert_eq!(
@@ -1158,16 +1206,22 @@ mod tests {
             check(Record::Node(Signed::sign(&stranger, &forged)), &view),
             Err(AuthError::NoAdmission(stranger.public()))
         );
+        let mut with_ticket = bare.clone();
+        with_ticket.admission = Some(admission(&ticket_key, stranger.public()));
+        assert_eq!(
+            check(Record::Node(Signed::sign(&stranger, &with_ticket)), &view),
+            Err(AuthError::NoAdmission(stranger.public()))
+        );
         let mut borrowed = bare.clone();
-        borrowed.admission = Some(admission(&ticket_key, joiner.public()));
+        borrowed.admission = Some(admission(&founder, joiner.public()));
         assert_eq!(
             check(Record::Node(Signed::sign(&stranger, &borrowed)), &view),
             Err(AuthError::NoAdmission(stranger.public()))
         );
-        // Even with the ticket (a node that kept it, then was revoked),
-        // an invite admits one node only.
+        // Even with an admission from the issuer (a compromised one), an
+        // invite admits one node only.
         let mut second = bare.clone();
-        second.admission = Some(admission(&ticket_key, stranger.public()));
+        second.admission = Some(admission(&founder, stranger.public()));
         view.holder = Some(joiner.public());
         assert_eq!(
             check(Record::Node(Signed::sign(&stranger, &second)), &view),
@@ -1187,11 +1241,12 @@ mod tests {
             check(Record::Node(Signed::sign(&stranger, &uninvited)), &view),
             Err(AuthError::NoInvite(stranger.public()))
         );
-        // A revocation beats the node's own record, whatever its version.
+        // A revoked node's record is still taken in: the revocation beats
+        // it (the node is no member), and the invite it names stays used.
         view.revoked.push(joiner.public());
         assert_eq!(
             check(Record::Node(Signed::sign(&joiner, &joined)), &view),
-            Err(AuthError::Revoked(joiner.public()))
+            Ok(())
         );
         // A removed site takes no heads.
         let mut removed = s.clone();

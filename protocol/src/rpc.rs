@@ -289,11 +289,11 @@ pub const JOIN_ALPN: &[u8] = b"maki/join/1";
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum JoinRequest {
-    /// The ticket's secret stays home: the admission, signed with the
-    /// key it gives, proves the joiner holds it.
+    /// The ticket's secret stays home: the claim, signed with the key it
+    /// gives, proves the joiner holds it.
     Redeem {
         network: Hash,
-        admission: Signed<crate::Admission>,
+        claim: Signed<crate::Claim>,
     },
 }
 
@@ -307,6 +307,9 @@ pub enum JoinResponse {
     Welcome {
         genesis: Signed<Genesis>,
         invite: Signed<Invite>,
+        /// The issuer's word that the joiner redeemed `invite`: what its
+        /// node record must carry.
+        admission: Signed<crate::Admission>,
         /// The issuer's membership records (invites, nodes, revocations):
         /// whom the joiner syncs the rest with.
         records: Vec<Record>,

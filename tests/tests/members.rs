@@ -323,12 +323,24 @@ async fn a_revoked_node_cannot_return_under_a_new_key() -> Result<()> {
             "the revoked node's admission",
             Some(membership.admission.clone()),
         ),
-        // A fresh admission signed with the ticket's key: the ticket is
-        // genuine, but the invite already admitted a node.
+        // Signed with the ticket's key: a ticket admits nobody by itself
+        // (only the issuer, after its checks, does).
         (
             "an admission from the kept ticket",
             Some(Signed::sign(
                 &invite_key(&ticket.secret),
+                &Admission {
+                    invite: invite.secret_hash,
+                    node: key.public(),
+                },
+            )),
+        ),
+        // Signed by the issuer itself (as a compromised issuer could): the
+        // invite already admitted a node, and admits nobody else.
+        (
+            "a second admission from the issuer",
+            Some(Signed::sign(
+                &makiatto::identity::load_key(&net.node.dir)?,
                 &Admission {
                     invite: invite.secret_hash,
                     node: key.public(),

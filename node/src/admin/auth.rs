@@ -158,6 +158,7 @@ mod tests {
             let admin = SecretKey::from_bytes(&[1; 32]);
             let mut net = Self {
                 dir: Directory::new(Authority {
+                    network: Hash::of(b"net"),
                     admins: vec![admin.public()],
                     founder: admin.public(),
                 }),
