@@ -56,6 +56,10 @@ pub enum NodeError {
     Content(#[from] crate::content::ContentError),
     #[error(transparent)]
     Bind(#[from] crate::endpoint::BindError),
+    #[error(
+        "{0} lacks invite.bin: this node joined with an invite and cannot prove it is a member without it; restore the file from a backup, or join again with a new invite"
+    )]
+    NoMembership(PathBuf),
     #[error(transparent)]
     Edge(#[from] edge::EdgeError),
 }
@@ -77,6 +81,11 @@ impl Node {
         let config = Config::load(data_dir)?;
         let key = identity::load_key(data_dir)?;
         let network = identity::load_genesis(data_dir)?;
+        // Only the founder is a member without an invite.
+        let membership = identity::load_membership(data_dir)?;
+        if membership.is_none() && key.public() != network.signed.signer() {
+            return Err(NodeError::NoMembership(data_dir.to_owned()));
+        }
         let state = Arc::new(State::open(&data_dir.join("state.redb"))?);
         let records = Records::load(
             state.clone(),
@@ -209,7 +218,6 @@ impl Node {
         };
         let http_addr = edge.as_ref().map(|e| e.local_addr());
         info!(node = %key.public().fmt_short(), http_addr = ?http_addr, "node started");
-        let membership = identity::load_membership(data_dir)?;
         let node = Self {
             shared,
             router,

@@ -144,3 +144,19 @@ async fn bad_invites_are_refused_with_reasons() -> Result<()> {
     let _second = NodeProc::join(&n2, &good.to_string())?;
     Ok(())
 }
+
+/// A joined node that lost the file proving its membership does not start
+/// as a stranger: it says what is missing and how to recover.
+#[tokio::test]
+async fn a_joined_node_without_its_invite_file_says_what_is_missing() -> Result<()> {
+    let mut net = maki_e2e::network(2)?;
+    let second = net.nodes.remove(1);
+    let dir = second.dir.clone();
+    second.stop()?;
+    std::fs::remove_file(dir.join("invite.bin"))?;
+    let Err(e) = NodeProc::start(&dir) else {
+        anyhow::bail!("the node started without its membership");
+    };
+    ensure!(e.to_string().contains("lacks invite.bin"), "{e}");
+    Ok(())
+}
