@@ -406,6 +406,9 @@ impl SyncProtocol {
         if self.members.peers.is_member(peer) {
             return Ok(());
         }
+        if self.members.directory().is_revoked(peer) {
+            return Err(SyncError::NotMember("revoked by an admin".into()));
+        }
         if me.signer() != *peer {
             return Err(SyncError::NotMember(
                 "the node record is not the caller's".into(),
