@@ -274,6 +274,20 @@ impl Directory {
                 }
             }
             Body::Head(head) => changes.push(Change::HeadSeen(head.site.clone(), head.seq)),
+            // A revoked node's records of kinds this build cannot read go
+            // with it, on every node alike: nothing judged them, and the
+            // signer is no longer one whose records a node carries.
+            Body::Revocation(r) => {
+                let carried: Vec<RecordKey> = self
+                    .unknown()
+                    .filter(|h| h.verified.signer == r.node)
+                    .map(|h| h.verified.key.clone())
+                    .collect();
+                for key in carried {
+                    self.take(&key);
+                    changes.push(Change::Remove(key));
+                }
+            }
             _ => {}
         }
         self.put(
@@ -813,6 +827,38 @@ mod tests {
         ));
         // Members, sites and heads are untouched by what is carried.
         assert_eq!(net.dir.members().count(), 1);
+
+        // A revoked node's carried records go with it, and no more come.
+        let carried_before = net.dir.unknown().count();
+        let revocation = Signed::sign(
+            &net.admin,
+            &maki_protocol::Revocation {
+                format: RECORD_FORMAT,
+                node: founder.public(),
+                version: 1,
+            },
+        );
+        let mut changes = Vec::new();
+        net.dir
+            .merge(&Record::Revocation(revocation), &mut changes)?;
+        let removed = changes
+            .iter()
+            .filter(|c| matches!(c, Change::Remove(RecordKey::Unknown { .. })))
+            .count();
+        assert_eq!(removed, MAX_UNKNOWN_PER_SIGNER);
+        assert_eq!(
+            net.dir.unknown().count(),
+            carried_before - MAX_UNKNOWN_PER_SIGNER
+        );
+        assert!(
+            net.dir
+                .unknown()
+                .all(|h| h.verified.signer != founder.public())
+        );
+        assert!(matches!(
+            net.merge(future(&founder, 500, 100)),
+            Err(Refused::Auth(AuthError::UnknownSigner { .. }))
+        ));
         Ok(())
     }
 }
