@@ -14,6 +14,8 @@ use maki_protocol::{
     sync::{GOSSIP_ALPN, SYNC_ALPN},
 };
 
+use crate::peers::MembersOnly;
+
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -25,11 +27,32 @@ pub struct BindError {
 }
 
 /// An endpoint on `addr` with `key` as its identity, finding peers only
-/// through `lookup` (filled from the node records).
+/// through `lookup`: for a node's short talks before it runs (a join), and
+/// for tests that play a stranger.
 pub async fn bind(
     key: &SecretKey,
     addr: SocketAddr,
     lookup: MemoryLookup,
+) -> Result<Endpoint, BindError> {
+    bind_with(key, addr, lookup, None).await
+}
+
+/// A running node's endpoint: [`bind`], with gossip kept among `members`
+/// (the lookup is filled from the node records).
+pub async fn bind_node(
+    key: &SecretKey,
+    addr: SocketAddr,
+    lookup: MemoryLookup,
+    members: MembersOnly,
+) -> Result<Endpoint, BindError> {
+    bind_with(key, addr, lookup, Some(members)).await
+}
+
+async fn bind_with(
+    key: &SecretKey,
+    addr: SocketAddr,
+    lookup: MemoryLookup,
+    members: Option<MembersOnly>,
 ) -> Result<Endpoint, BindError> {
     let err = |message: String| BindError { addr, message };
     // No relays, no n0 discovery, no UPnP: peers come from our own records.
@@ -55,5 +78,9 @@ pub async fn bind(
         .clear_ip_transports()
         .bind_addr(addr)
         .map_err(|e| err(e.to_string()))?;
+    let builder = match members {
+        Some(m) => builder.hooks(m),
+        None => builder,
+    };
     builder.bind().await.map_err(|e| err(e.to_string()))
 }

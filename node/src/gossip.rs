@@ -39,8 +39,9 @@ pub struct MemberGossip {
 
 impl ProtocolHandler for MemberGossip {
     async fn accept(&self, conn: Connection) -> Result<(), AcceptError> {
+        // Kept, so it is closed if the member is removed.
         let member = PublicKey::from_bytes(*conn.remote_id().as_bytes())
-            .is_ok_and(|k| self.members.peers.is_member(&k));
+            .is_ok_and(|k| self.members.peers.hold_link(&k, &conn));
         if !member {
             conn.close(1u32.into(), b"not a member");
             return Ok(());

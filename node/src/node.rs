@@ -123,7 +123,14 @@ impl Node {
         let mut tasks = JoinSet::new();
 
         let lookup = MemoryLookup::new();
-        let endpoint = crate::endpoint::bind(&key, config.p2p, lookup.clone()).await?;
+        let peers = Arc::new(Peers::new(key.public(), lookup.clone()));
+        let endpoint = crate::endpoint::bind_node(
+            &key,
+            config.p2p,
+            lookup,
+            crate::peers::MembersOnly(peers.clone()),
+        )
+        .await?;
         let (served_elsewhere, served_elsewhere_rx) = watch::channel(0);
         let (gossip_out, gossip_rx) = mpsc::channel(crate::gossip::OUTBOX);
         let keep_versions = config.keep_versions;
@@ -132,7 +139,7 @@ impl Node {
             network: network.id,
             outbox: Outbox::new(gossip_out, key.clone(), live.clone()),
             records,
-            peers: Arc::new(Peers::new(key.public(), lookup)),
+            peers,
             live: live.clone(),
             served_elsewhere,
             sync_soon: tokio::sync::Notify::new(),

@@ -5,16 +5,27 @@
 //!
 //! Rebuilt from the records whenever a node record or revocation changes;
 //! read on every member-only connection, so it lives in memory.
+//!
+//! It also guards the long-lived member connections (gossip): the endpoint
+//! hook [`MembersOnly`] refuses them to anyone not a member, in both
+//! directions, and a member removed from the list has its open ones
+//! closed at once. Checking each message instead would still leave a
+//! removed node reading what its neighbours broadcast.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::SocketAddr,
-    sync::RwLock,
+    sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
 
-use iroh::{EndpointAddr, address_lookup::MemoryLookup};
-use maki_protocol::{Hash, PublicKey, sync::Holding};
+use iroh::{
+    EndpointAddr,
+    address_lookup::MemoryLookup,
+    endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, Side, WeakConnectionHandle},
+};
+use maki_protocol::{Hash, PublicKey, sync::GOSSIP_ALPN, sync::Holding};
+use tracing::info;
 
 use crate::directory::Directory;
 
@@ -46,6 +57,8 @@ pub struct Peers {
     me: PublicKey,
     inner: RwLock<BTreeMap<PublicKey, Peer>>,
     lookup: MemoryLookup,
+    /// Open member-only connections, by peer: closed when it leaves.
+    links: Mutex<HashMap<PublicKey, Vec<WeakConnectionHandle>>>,
 }
 
 impl Peers {
@@ -54,6 +67,7 @@ impl Peers {
             me,
             inner: RwLock::default(),
             lookup,
+            links: Mutex::default(),
         }
     }
 
@@ -96,7 +110,41 @@ impl Peers {
                 self.lookup.remove_endpoint_info(id);
             }
         }
+        // Under the write lock, so no link to a removed member is added
+        // after this (`hold_link` checks membership under the read lock).
+        if let Ok(mut links) = self.links.lock() {
+            links.retain(|key, conns| {
+                if next.contains_key(key) {
+                    return true;
+                }
+                let open: Vec<Connection> = conns.iter().filter_map(|c| c.upgrade()).collect();
+                if !open.is_empty() {
+                    info!(peer = %key.fmt_short(), conns = open.len(), "closing the links of a removed member");
+                }
+                for conn in open {
+                    conn.close(REMOVED, b"no longer a member");
+                }
+                false
+            });
+        }
         *inner = next;
+    }
+
+    /// Keeps `conn` to close it if `key` stops being a member; false (and
+    /// nothing kept) if it is not one now.
+    pub fn hold_link(&self, key: &PublicKey, conn: &Connection) -> bool {
+        let Ok(inner) = self.inner.read() else {
+            return false;
+        };
+        if !inner.contains_key(key) {
+            return false;
+        }
+        if let Ok(mut links) = self.links.lock() {
+            let conns = links.entry(*key).or_default();
+            conns.retain(|c| c.upgrade().is_some());
+            conns.push(conn.weak_handle());
+        }
+        true
     }
 
     pub fn is_member(&self, key: &PublicKey) -> bool {
@@ -291,5 +339,34 @@ mod tests {
         let stranger = SecretKey::from_bytes(&[9; 32]).public();
         assert!(!peers.set_holds(&stranger, holding(1)));
         assert_eq!(peers.holds_digest(&stranger), None);
+    }
+}
+
+/// The close code for a connection whose peer was removed (or never was a
+/// member).
+const REMOVED: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(403);
+
+/// The endpoint hook that keeps gossip among members: see the module docs.
+#[derive(Debug, Clone)]
+pub struct MembersOnly(pub Arc<Peers>);
+
+impl EndpointHooks for MembersOnly {
+    async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
+        if conn.alpn() != GOSSIP_ALPN {
+            return AfterHandshakeOutcome::Accept;
+        }
+        let member = PublicKey::from_bytes(*conn.remote_id().as_bytes())
+            .is_ok_and(|key| self.0.hold_link(&key, conn));
+        // An incoming one from a non-member goes on to the gossip handler,
+        // which closes it quietly: a joiner dials before its record has
+        // arrived here, and a refusal at this point is logged as a warning.
+        if member || conn.side() == Side::Server {
+            AfterHandshakeOutcome::Accept
+        } else {
+            AfterHandshakeOutcome::Reject {
+                error_code: REMOVED,
+                reason: b"not a member".to_vec(),
+            }
+        }
     }
 }

@@ -202,12 +202,6 @@ async fn a_revoked_node_is_cut_off() -> Result<()> {
             .contains("is not an admin")
     );
 
-    std::fs::write(site.join("index.html"), b"v2")?;
-    let out = publish(&net.admin, &site, &["--wait", "--timeout", "20s"])?;
-    ensure!(out.contains("all 2 nodes serve"), "{out}");
-    // The revoked node never hears of it, and is listed nowhere.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    ensure!(body_of(net.nodes[2].http, "r.test", "/").await.as_deref() == Some(&b"v1"[..]));
     for i in 0..2 {
         let at = net.admin_at(i);
         wait_for(CONVERGE, "the revocation to reach every member", || async {
@@ -215,6 +209,21 @@ async fn a_revoked_node_is_cut_off() -> Result<()> {
         })
         .await?;
     }
+
+    std::fs::write(site.join("index.html"), b"v2")?;
+    let out = publish(&net.admin, &site, &["--wait", "--timeout", "20s"])?;
+    ensure!(out.contains("all 2 nodes serve"), "{out}");
+    // The revoked node never hears of it: not by sync, and not over the
+    // gossip links it had open (they were closed), so it neither serves
+    // the new version nor knows its record.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(body_of(net.nodes[2].http, "r.test", "/").await.as_deref() == Some(&b"v1"[..]));
+    // Had it heard, it would try to fetch seq 2 and log that it could not.
+    let log = net.nodes[2].log();
+    ensure!(
+        !log.contains("seq=2"),
+        "the revoked node heard of v2:\n{log}"
+    );
     // Its next syncs are refused, and said so.
     wait_for(CONVERGE, "a member to refuse the revoked node", || async {
         Ok(net.nodes[..2]
