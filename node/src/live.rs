@@ -223,6 +223,15 @@ impl Live {
             .is_ok_and(|r| r.get(hash).is_some_and(|n| *n > 0))
     }
 
+    /// How many sites are served.
+    pub fn len(&self) -> usize {
+        self.sites.read().map_or(0, |s| s.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn set(&self, domain: Domain, site: LiveSite) {
         let site = Arc::new(site);
         self.count(&site, true);

@@ -14,10 +14,11 @@ use iroh_blobs::{
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
 use maki_protocol::{
-    Hash, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record, SecretKey, Signed,
+    Domain, Hash, Head, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record, SecretKey, Signed,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
     sync::{GOSSIP_ALPN, SYNC_ALPN},
 };
+use n0_future::{BufferedStreamExt, StreamExt};
 use tokio::{
     sync::{mpsc, watch},
     task::JoinSet,
@@ -62,6 +63,8 @@ pub enum NodeError {
     NoMembership(PathBuf),
     #[error(transparent)]
     Edge(#[from] edge::EdgeError),
+    #[error("a task loading the stored sites failed: {0}")]
+    Load(#[from] tokio::task::JoinError),
 }
 
 /// A running node.
@@ -117,7 +120,9 @@ impl Node {
         }
         let content = Arc::new(content);
         let live = Arc::new(Live::default());
+        let loading = std::time::Instant::now();
         load_live(&state, &records.directory(), &content, &live).await?;
+        info!(sites = live.len(), elapsed = ?loading.elapsed(), "serving the stored sites");
 
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
@@ -391,12 +396,20 @@ async fn sweep_live(shared: Arc<Shared>, cancel: CancellationToken) {
     }
 }
 
+/// How many stored sites are checked and laid out at once at start: enough
+/// to keep every core and the blob store busy.
+const LOAD_AT_ONCE: usize = 16;
+
+/// Serves again what was served before the stop: every stored head that
+/// the records still allow, whose blobs are all here. The checks that need
+/// the disk run on several tasks at once; start time grows with the sites.
 async fn load_live(
     state: &State,
     dir: &Directory,
-    content: &Content,
+    content: &Arc<Content>,
     live: &Live,
 ) -> Result<(), NodeError> {
+    let mut heads = Vec::new();
     for site in dir.sites() {
         let domain = site.domain.clone();
         let Some(signed) = state.served_head(&domain)? else {
@@ -415,45 +428,73 @@ async fn load_live(
             info!(site = %domain, "the stored version was published by a key that may no longer publish the site; not serving it");
             continue;
         }
-        let manifest = match content
-            .get_bytes(head.manifest)
-            .await
-            .map(|b| Manifest::decode(&b))
-        {
-            Ok(Ok(manifest)) => manifest,
-            Ok(Err(error)) => {
-                warn!(site = %domain, %error, "stored manifest does not decode; not serving it");
-                continue;
-            }
-            Err(error) => {
-                warn!(site = %domain, %error, "stored manifest is missing; not serving it");
-                continue;
-            }
-        };
-        // What is on disk may predate today's checks (or a disk may have
-        // lost blobs): serve only a version whose every blob is here, with
-        // the size the manifest declares.
-        match content.check_manifest(&manifest).await {
-            Ok(missing) if missing.is_empty() => {
-                match LiveSite::prepare(head.seq, head.manifest, manifest).await {
-                    Ok(site) => live.set(domain, site),
-                    Err(error) => {
-                        warn!(site = %domain, %error, "could not lay out the stored version")
-                    }
-                }
-            }
-            Ok(missing) => {
-                warn!(site = %domain, missing = missing.len(), "stored version lacks blobs; not serving it until it is fetched again");
-            }
-            Err(crate::content::ContentError::SizeMismatch {
-                path,
-                declared,
-                stored,
-            }) => {
-                warn!(site = %domain, %path, declared, stored, "stored version declares a wrong size; not serving it");
-            }
-            Err(error) => return Err(error.into()),
+        heads.push((domain, head));
+    }
+    let mut loads = n0_future::stream::iter(heads)
+        .map(|(domain, head)| {
+            let content = content.clone();
+            tokio::spawn(async move {
+                let site = load_site(&domain, &head, &content).await;
+                (domain, site)
+            })
+        })
+        .buffered_unordered(LOAD_AT_ONCE);
+    while let Some(done) = loads.next().await {
+        let (domain, site) = done?;
+        if let Some(site) = site? {
+            live.set(domain, site);
         }
     }
     Ok(())
+}
+
+/// One stored version, checked against the disk and laid out; None (said
+/// why) if it cannot be served.
+async fn load_site(
+    domain: &Domain,
+    head: &Head,
+    content: &Content,
+) -> Result<Option<LiveSite>, NodeError> {
+    let manifest = match content
+        .get_bytes(head.manifest)
+        .await
+        .map(|b| Manifest::decode(&b))
+    {
+        Ok(Ok(manifest)) => manifest,
+        Ok(Err(error)) => {
+            warn!(site = %domain, %error, "stored manifest does not decode; not serving it");
+            return Ok(None);
+        }
+        Err(error) => {
+            warn!(site = %domain, %error, "stored manifest is missing; not serving it");
+            return Ok(None);
+        }
+    };
+    // What is on disk may predate today's checks (or a disk may have
+    // lost blobs): serve only a version whose every blob is here, with
+    // the size the manifest declares.
+    match content.check_manifest(&manifest).await {
+        Ok(missing) if missing.is_empty() => {
+            match LiveSite::prepare(head.seq, head.manifest, manifest).await {
+                Ok(site) => Ok(Some(site)),
+                Err(error) => {
+                    warn!(site = %domain, %error, "could not lay out the stored version");
+                    Ok(None)
+                }
+            }
+        }
+        Ok(missing) => {
+            warn!(site = %domain, missing = missing.len(), "stored version lacks blobs; not serving it until it is fetched again");
+            Ok(None)
+        }
+        Err(crate::content::ContentError::SizeMismatch {
+            path,
+            declared,
+            stored,
+        }) => {
+            warn!(site = %domain, %path, declared, stored, "stored version declares a wrong size; not serving it");
+            Ok(None)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
