@@ -49,9 +49,10 @@ pub struct Config {
     /// also syncs with all of them at start and after each local change).
     #[serde(with = "humantime_serde")]
     pub sync_interval: std::time::Duration,
-    /// How long one sync with a member may take before it counts as failed
-    /// (a member that is down, frozen or cut off). Each member is synced by
-    /// its own task, so a slow one holds up nobody else.
+    /// How long any step of a sync with a member may wait before the sync
+    /// counts as failed (a member that is down, frozen or cut off); a sync
+    /// that keeps moving may take `sync::LONGEST_SYNC` of these. Each
+    /// member is synced by its own task, so a slow one holds up nobody else.
     #[serde(with = "humantime_serde")]
     pub sync_timeout: std::time::Duration,
     /// HTTP worker threads (each with its own listener); 0 means one per core.

@@ -7,7 +7,9 @@
 //! membership, admin checks, listings, and later DNS, TLS and placement)
 //! hold an `Arc<Directory>` and never touch redb or check a signature.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
+
+use rpds::RedBlackTreeMapSync as Map;
 
 use maki_protocol::{
     AuthError, Body, Domain, Hash, Head, Invite, NodeRecord, Pin, PublicKey, Record, RecordError,
@@ -100,15 +102,15 @@ pub struct Loaded {
 #[derive(Debug, Clone)]
 pub struct Directory {
     authority: Authority,
-    held: BTreeMap<RecordKey, Arc<Held>>,
+    held: Map<RecordKey, Arc<Held>>,
     /// The same site, head and pin records by domain: what readers ask
     /// for per site, looked up without building a key.
-    by_domain: BTreeMap<Domain, Slots>,
+    by_domain: Map<Domain, Slots>,
     /// The node records: the member list is read without walking every
     /// record.
-    nodes: BTreeMap<PublicKey, Arc<Held>>,
+    nodes: Map<PublicKey, Arc<Held>>,
     /// Which node's record names each invite: an invite admits one node.
-    by_invite: BTreeMap<Hash, PublicKey>,
+    by_invite: Map<Hash, PublicKey>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -140,18 +142,20 @@ impl Directory {
     pub fn new(authority: Authority) -> Self {
         Self {
             authority,
-            held: BTreeMap::new(),
-            by_domain: BTreeMap::new(),
-            nodes: BTreeMap::new(),
-            by_invite: BTreeMap::new(),
+            held: Map::new_sync(),
+            by_domain: Map::new_sync(),
+            nodes: Map::new_sync(),
+            by_invite: Map::new_sync(),
         }
     }
 
     fn put(&mut self, key: RecordKey, held: Arc<Held>) {
-        if let Some(domain) = domain_of(&key)
-            && let Some(slot) = self.by_domain.entry(domain.clone()).or_default().of(&key)
-        {
-            *slot = Some(held.clone());
+        if let Some(domain) = domain_of(&key) {
+            let mut slots = self.by_domain.get(domain).cloned().unwrap_or_default();
+            if let Some(slot) = slots.of(&key) {
+                *slot = Some(held.clone());
+                self.by_domain.insert_mut(domain.clone(), slots);
+            }
         }
         if let RecordKey::Node(id) = &key {
             if let Body::Node(NodeRecord {
@@ -159,11 +163,11 @@ impl Directory {
                 ..
             }) = &held.verified.body
             {
-                self.by_invite.insert(*invite, *id);
+                self.by_invite.insert_mut(*invite, *id);
             }
-            self.nodes.insert(*id, held.clone());
+            self.nodes.insert_mut(*id, held.clone());
         }
-        self.held.insert(key, held);
+        self.held.insert_mut(key, held);
     }
 
     fn take(&mut self, key: &RecordKey) {
@@ -174,15 +178,18 @@ impl Directory {
             *slot = None;
         }
         if let RecordKey::Node(id) = key
-            && let Some(old) = self.nodes.remove(id)
+            && let Some(old) = self.nodes.get(id).cloned()
             && let Body::Node(NodeRecord {
                 invite: Some(invite),
                 ..
             }) = &old.verified.body
         {
-            self.by_invite.remove(invite);
+            self.by_invite.remove_mut(invite);
         }
-        self.held.remove(key);
+        if let RecordKey::Node(id) = key {
+            self.nodes.remove_mut(id);
+        }
+        self.held.remove_mut(key);
     }
 
     /// A directory of records this node verified before it stored them:
@@ -234,6 +241,16 @@ impl Directory {
         record: &Record,
         changes: &mut Vec<Change>,
     ) -> Result<Applied, Refused> {
+        // The very record held already (gossip and overlapping syncs bring
+        // many): nothing to check, and nothing changes.
+        if let Ok(seen) = record.open_trusted()
+            && self
+                .held
+                .get(&seen.key)
+                .is_some_and(|h| h.verified.hash == seen.hash)
+        {
+            return Ok(Applied::Stale);
+        }
         let new = record.verify()?;
         authorize(&new, self)?;
         if let Body::Unknown { len, .. } = new.body {
@@ -335,7 +352,7 @@ impl Directory {
     }
 
     pub fn len(&self) -> usize {
-        self.held.len()
+        self.held.size()
     }
 
     pub fn is_empty(&self) -> bool {

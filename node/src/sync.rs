@@ -35,6 +35,13 @@ use crate::{directory::Directory, frame, members::Members};
 /// A whole sync, connect included, must finish within this.
 /// Peers picked at random on each periodic round.
 const FANOUT: usize = 3;
+
+/// The most records a sync pushes to the peer it called: what that peer
+/// lacks beyond this, it pulls in its own syncs. A change made here is a
+/// few records; only a peer far behind (new, or back after long) lacks
+/// more, and when every member learns of a new one at once, each pushing
+/// it all of the records would send it the whole state once per member.
+pub const PUSH_AT_MOST: usize = 1000;
 /// Syncs served at once; more are refused until one ends.
 const MAX_INBOUND: usize = 32;
 
@@ -53,7 +60,9 @@ pub enum SyncFailure {
     Reconcile(String),
     #[error("the peer sent an unexpected message")]
     Unexpected,
-    #[error("timed out (sync_timeout)")]
+    #[error("the peer made no progress within sync_timeout")]
+    Stalled,
+    #[error("took longer than {LONGEST_SYNC} × sync_timeout")]
     Timeout,
     #[error("this node has no record of itself yet")]
     NoSelf,
@@ -69,29 +78,42 @@ fn neg_err(e: negentropy::Error) -> SyncFailure {
     SyncFailure::Reconcile(format!("{e:?}"))
 }
 
-async fn write_msg(send: &mut SendStream, msg: &SyncMsg) -> Result<usize, SyncFailure> {
-    Ok(frame::write(send, msg).await?)
-}
-
-async fn read_msg(recv: &mut RecvStream) -> Result<SyncMsg, SyncFailure> {
-    Ok(frame::read(recv, MAX_SYNC_FRAME).await?)
-}
+/// A sync may take this many `sync_timeout`s in all, as long as no step
+/// of it (a connect, a frame each way) waits longer than one. A new
+/// member's first sync in a large network carries every record, in many
+/// parts that each take a while to check and store: it must not be cut
+/// off while it moves. A peer that stalls is still given up within one
+/// `sync_timeout`, and one that drips is bounded by this.
+pub const LONGEST_SYNC: u32 = 12;
 
 /// What this node serves, unless the peer's digest says it knows already.
 fn unless_seen(holds: Vec<Holding>, seen: Option<Hash>) -> Option<Vec<Holding>> {
     (seen != Some(holdings_digest(&holds))).then_some(holds)
 }
 
-/// Bytes a sync moved each way (frames, prefix included), for the log.
-#[derive(Debug, Default)]
+/// One side of a sync's frames: each must move within `step`
+/// (`sync_timeout`); counts the bytes each way (prefix included) for the
+/// log.
+#[derive(Debug)]
 struct Wire {
+    step: Duration,
     out: usize,
     back: usize,
 }
 
 impl Wire {
+    fn new(step: Duration) -> Self {
+        Self {
+            step,
+            out: 0,
+            back: 0,
+        }
+    }
+
     async fn write(&mut self, send: &mut SendStream, msg: &SyncMsg) -> Result<(), SyncFailure> {
-        self.out += write_msg(send, msg).await?;
+        self.out += tokio::time::timeout(self.step, frame::write(send, msg))
+            .await
+            .map_err(|_| SyncFailure::Stalled)??;
         Ok(())
     }
 
@@ -121,9 +143,14 @@ impl Wire {
     }
 
     async fn read(&mut self, recv: &mut RecvStream) -> Result<SyncMsg, SyncFailure> {
-        let len = frame::read_len(recv, MAX_SYNC_FRAME).await?;
-        self.back += 4 + len;
-        Ok(frame::read_body(recv, len).await?)
+        let read = async {
+            let len = frame::read_len(recv, MAX_SYNC_FRAME).await?;
+            self.back += 4 + len;
+            Ok::<_, SyncFailure>(frame::read_body(recv, len).await?)
+        };
+        tokio::time::timeout(self.step, read)
+            .await
+            .map_err(|_| SyncFailure::Stalled)?
     }
 }
 
@@ -145,6 +172,41 @@ struct RecordSet {
 pub struct RecordSets {
     current: std::sync::Mutex<Option<(Arc<Directory>, Arc<RecordSet>)>>,
     refused: std::sync::Mutex<std::collections::HashSet<Hash>>,
+    /// The records syncs in flight asked their peers for.
+    pulling: std::sync::Mutex<HashSet<Hash>>,
+}
+
+/// The records one sync asks its peer for, claimed so that no other sync
+/// running at the same time asks for them too: a node far behind syncs
+/// with every member at start, and would otherwise take the same records
+/// from each. Released when the sync ends; what it did not get is asked
+/// for again by the next.
+struct Pulling {
+    sets: Arc<RecordSets>,
+    ids: Vec<Hash>,
+}
+
+impl Pulling {
+    fn claim(sets: &Arc<RecordSets>, need: impl Iterator<Item = Hash>) -> Self {
+        let ids = match sets.pulling.lock() {
+            Ok(mut pulling) => need.filter(|id| pulling.insert(*id)).collect(),
+            Err(_) => need.collect(),
+        };
+        Self {
+            sets: sets.clone(),
+            ids,
+        }
+    }
+}
+
+impl Drop for Pulling {
+    fn drop(&mut self) {
+        if let Ok(mut pulling) = self.sets.pulling.lock() {
+            for id in &self.ids {
+                pulling.remove(id);
+            }
+        }
+    }
 }
 
 /// How many refused records [`RecordSets`] remembers before it forgets
@@ -172,7 +234,9 @@ impl RecordSets {
         refused.insert(id)
     }
 
-    fn get(&self, members: &Members) -> Result<Arc<RecordSet>, SyncFailure> {
+    /// The set of the records now; built (off the async workers: it is
+    /// every record, sorted) only when they changed since the last sync.
+    async fn get(&self, members: &Members) -> Result<Arc<RecordSet>, SyncFailure> {
         let dir = members.directory();
         if let Ok(cached) = self.current.lock()
             && let Some((of, set)) = cached.as_ref()
@@ -180,7 +244,11 @@ impl RecordSets {
         {
             return Ok(set.clone());
         }
-        let set = Arc::new(RecordSet::build(&dir)?);
+        let of = dir.clone();
+        let set = tokio::task::spawn_blocking(move || RecordSet::build(&of))
+            .await
+            .map_err(|e| SyncFailure::Reconcile(e.to_string()))??;
+        let set = Arc::new(set);
         if let Ok(mut cached) = self.current.lock() {
             *cached = Some((dir, set.clone()));
         }
@@ -211,28 +279,46 @@ impl RecordSet {
     }
 }
 
-/// Applies a batch from a peer, authorising records before what they admit.
-fn take_in(
+/// Applies a batch from a peer, off the async workers (a part of a first
+/// sync is thousands of signatures to check and one large transaction);
+/// returns how many records were new.
+async fn take_in(
+    members: &Arc<Members>,
+    sets: &Arc<RecordSets>,
+    peer: &PublicKey,
+    records: Vec<Record>,
+) -> usize {
+    if records.is_empty() {
+        return 0;
+    }
+    let (members, sets, peer) = (members.clone(), sets.clone(), *peer);
+    tokio::task::spawn_blocking(move || take_in_now(&members, &sets, &peer, records))
+        .await
+        .unwrap_or(0)
+}
+
+/// [`take_in`], on this thread: authorises records before what they admit.
+fn take_in_now(
     members: &Members,
     sets: &RecordSets,
     peer: &PublicKey,
     mut records: Vec<Record>,
-) -> (usize, usize) {
+) -> usize {
+    let began = Instant::now();
     records.sort_by_key(apply_rank);
     let verdicts = match members.apply_batch(&records) {
         Ok(v) => v,
         Err(error) => {
             warn!(peer = %peer.fmt_short(), %error, "could not store records from a peer");
-            return (0, 0);
+            return 0;
         }
     };
-    let (mut taken, mut dropped) = (0, 0);
+    let mut taken = 0;
     for (record, verdict) in records.iter().zip(verdicts) {
         match verdict {
             Ok(crate::directory::Applied::Stale) => {}
             Ok(_) => taken += 1,
             Err(error) => {
-                dropped += 1;
                 if sets.first_refusal(record) {
                     warn!(peer = %peer.fmt_short(), %error, "dropped a record from a peer");
                 } else {
@@ -241,18 +327,23 @@ fn take_in(
             }
         }
     }
-    (taken, dropped)
+    debug!(peer = %peer.fmt_short(), records = records.len(), taken, elapsed_ms = began.elapsed().as_millis() as u64, "took in records");
+    taken
 }
 
 /// Syncs with `peer` as the initiator; returns (records taken, records sent).
 pub async fn sync_with(
-    members: &Members,
-    sets: &RecordSets,
+    members: &Arc<Members>,
+    sets: &Arc<RecordSets>,
     endpoint: &Endpoint,
     peer: PublicKey,
     timeout: Duration,
 ) -> Result<(usize, usize), SyncFailure> {
-    let result = tokio::time::timeout(timeout, initiate(members, sets, endpoint, peer)).await;
+    let result = tokio::time::timeout(
+        timeout.saturating_mul(LONGEST_SYNC),
+        initiate(members, sets, endpoint, peer, timeout),
+    )
+    .await;
     let result = result.unwrap_or(Err(SyncFailure::Timeout));
     match &result {
         Ok(_) => {}
@@ -262,23 +353,24 @@ pub async fn sync_with(
 }
 
 async fn initiate(
-    members: &Members,
-    sets: &RecordSets,
+    members: &Arc<Members>,
+    sets: &Arc<RecordSets>,
     endpoint: &Endpoint,
     peer: PublicKey,
+    step: Duration,
 ) -> Result<(usize, usize), SyncFailure> {
     let (me, invite) = members.introduction().ok_or(SyncFailure::NoSelf)?;
     let id = iroh::PublicKey::from_bytes(peer.as_bytes())
         .map_err(|e| SyncFailure::Connect(e.to_string()))?;
-    let conn = endpoint
-        .connect(id, SYNC_ALPN)
+    let conn = tokio::time::timeout(step, endpoint.connect(id, SYNC_ALPN))
         .await
+        .map_err(|_| SyncFailure::Stalled)?
         .map_err(|e| SyncFailure::Connect(e.to_string()))?;
     let began = Instant::now();
-    let mut wire = Wire::default();
+    let mut wire = Wire::new(step);
     let result = async {
         let (mut send, mut recv) = conn.open_bi().await.map_err(stream_err)?;
-        let set = sets.get(members)?;
+        let set = sets.get(members).await?;
         let mut neg = Negentropy::borrowed(&set.storage, RECONCILE_FRAME).map_err(neg_err)?;
         let first = neg.initiate().map_err(neg_err)?;
         wire.write(
@@ -317,12 +409,15 @@ async fn initiate(
             }
         }
         let to_id = |id: &Id| Hash::from_bytes(**id);
+        have.truncate(PUSH_AT_MOST);
         let give = set.pick(&have.iter().map(to_id).collect::<Vec<_>>());
         let sent = give.len();
+        // What another sync is already pulling is not asked for twice.
+        let pulling = Pulling::claim(sets, need.iter().map(to_id));
         wire.write_records(
             &mut send,
             give,
-            need.iter().map(to_id).collect(),
+            pulling.ids.clone(),
             unless_seen(members.live.holdings(), theirs_of_mine),
         )
         .await?;
@@ -331,14 +426,14 @@ async fn initiate(
         loop {
             match wire.read(&mut recv).await? {
                 // Each part is in apply order: taken in as it arrives.
-                SyncMsg::More(records) => taken += take_in(members, sets, &peer, records).0,
+                SyncMsg::More(records) => taken += take_in(members, sets, &peer, records).await,
                 SyncMsg::Records { records, holds, .. } => {
                     if let Some(holds) = holds
                         && members.peers.set_holds(&peer, holds)
                     {
                         members.holdings_changed();
                     }
-                    taken += take_in(members, sets, &peer, records).0;
+                    taken += take_in(members, sets, &peer, records).await;
                     break;
                 }
                 SyncMsg::Refused(e) => return Err(e.into()),
@@ -370,7 +465,8 @@ pub struct SyncProtocol {
     members: Arc<Members>,
     sets: Arc<RecordSets>,
     limit: Arc<tokio::sync::Semaphore>,
-    /// The longest one inbound sync may take (`sync_timeout`).
+    /// The longest wait for any step of an inbound sync (`sync_timeout`);
+    /// it may take [`LONGEST_SYNC`] of them in all.
     timeout: Duration,
 }
 
@@ -432,35 +528,35 @@ impl SyncProtocol {
 
     async fn respond(&self, conn: &Connection, peer: PublicKey) -> Result<usize, SyncFailure> {
         let (mut send, mut recv) = conn.accept_bi().await.map_err(stream_err)?;
-        let hello = read_msg(&mut recv).await?;
+        let mut wire = Wire::new(self.timeout);
+        let hello = wire.read(&mut recv).await?;
         let mine_seen = match &hello {
             SyncMsg::Hello { holds_seen, .. } => *holds_seen,
             _ => None,
         };
         if let Err(e) = self.admit(&peer, hello) {
-            write_msg(&mut send, &SyncMsg::Refused(e.clone())).await?;
+            wire.write(&mut send, &SyncMsg::Refused(e.clone())).await?;
             send.finish().map_err(stream_err)?;
             return Err(e.into());
         }
-        write_msg(
+        wire.write(
             &mut send,
             &SyncMsg::Welcome {
                 holds_seen: self.members.peers.holds_digest(&peer),
             },
         )
         .await?;
-        let set = self.sets.get(&self.members)?;
+        let set = self.sets.get(&self.members).await?;
         let mut neg = Negentropy::borrowed(&set.storage, RECONCILE_FRAME).map_err(neg_err)?;
-        let mut wire = Wire::default();
         let mut taken = 0;
         loop {
-            match read_msg(&mut recv).await? {
+            match wire.read(&mut recv).await? {
                 SyncMsg::Reconcile(q) => {
                     let answer = neg.reconcile(&q).map_err(neg_err)?;
-                    write_msg(&mut send, &SyncMsg::Reconcile(answer)).await?;
+                    wire.write(&mut send, &SyncMsg::Reconcile(answer)).await?;
                 }
                 SyncMsg::More(records) => {
-                    taken += take_in(&self.members, &self.sets, &peer, records).0
+                    taken += take_in(&self.members, &self.sets, &peer, records).await
                 }
                 SyncMsg::Records {
                     records,
@@ -480,7 +576,7 @@ impl SyncProtocol {
                     {
                         self.members.holdings_changed();
                     }
-                    taken += take_in(&self.members, &self.sets, &peer, records).0;
+                    taken += take_in(&self.members, &self.sets, &peer, records).await;
                     self.members.peers.seen(&peer, None);
                     return Ok(taken);
                 }
@@ -499,7 +595,7 @@ impl ProtocolHandler for SyncProtocol {
             conn.close(1u32.into(), b"busy");
             return Ok(());
         };
-        match tokio::time::timeout(self.timeout, self.respond(&conn, peer)).await {
+        match tokio::time::timeout(self.timeout.saturating_mul(LONGEST_SYNC), self.respond(&conn, peer)).await {
             Ok(Ok(taken)) => {
                 if taken > 0 {
                     debug!(peer = %peer.fmt_short(), taken, "synced (inbound)");
