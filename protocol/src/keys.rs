@@ -41,13 +41,16 @@ impl PublicKey {
         &self.0
     }
 
-    /// Checks `signature` over `message`; strict verification (no malleability).
+    /// Checks `signature` over `message`; strict verification (no
+    /// malleability). `verify_strict` is the plain check plus refusing
+    /// small-order keys and R: checking with both, as before, did the same
+    /// curve arithmetic twice, most of what taking in a record costs.
     pub fn verify(&self, message: &[u8], signature: &Signature) -> bool {
         let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(&self.0) else {
             return false;
         };
         let sig = ed25519_dalek::Signature::from_bytes(&signature.0);
-        key.verify_strict(message, &sig).is_ok() && key.verify(message, &sig).is_ok()
+        key.verify_strict(message, &sig).is_ok()
     }
 
     pub fn fmt_short(&self) -> String {
@@ -126,6 +129,35 @@ impl<'de> Deserialize<'de> for Signature {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The signatures a plain check would take: a small-order key signing
+    /// every message at once, and a second encoding of a valid signature.
+    #[test]
+    fn weak_keys_and_malleated_signatures_are_refused() {
+        // The identity point as key, R = identity, s = 0: [s]B = R + [k]A
+        // holds for any message.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = PublicKey::from_bytes(identity).expect("on the curve");
+        let mut forged = [0u8; 64];
+        forged[..32].copy_from_slice(&identity);
+        assert!(!weak.verify(b"anything", &Signature(forged)));
+
+        // s + L: the same signature, encoded again.
+        let sk = SecretKey::from_bytes(&[9; 32]);
+        let mut sig = sk.sign(b"msg").0;
+        let l: [u8; 32] = [
+            0xed, 0xd3, 0xf5, 0x5c, 0x1a, 0x63, 0x12, 0x58, 0xd6, 0x9c, 0xf7, 0xa2, 0xde, 0xf9,
+            0xde, 0x14, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let mut carry = 0u16;
+        for (s, l) in sig[32..].iter_mut().zip(l) {
+            let sum = u16::from(*s) + u16::from(l) + carry;
+            *s = sum as u8;
+            carry = sum >> 8;
+        }
+        assert!(!sk.public().verify(b"msg", &Signature(sig)));
+    }
 
     #[test]
     fn sign_verify() {
