@@ -14,7 +14,8 @@ use iroh_blobs::{
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
 use maki_protocol::{
-    Domain, Hash, Head, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record, SecretKey, Signed,
+    Domain, Hash, Head, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record, SecretKey,
+    Signed,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
     sync::{GOSSIP_ALPN, SYNC_ALPN},
 };

@@ -595,7 +595,12 @@ impl ProtocolHandler for SyncProtocol {
             conn.close(1u32.into(), b"busy");
             return Ok(());
         };
-        match tokio::time::timeout(self.timeout.saturating_mul(LONGEST_SYNC), self.respond(&conn, peer)).await {
+        match tokio::time::timeout(
+            self.timeout.saturating_mul(LONGEST_SYNC),
+            self.respond(&conn, peer),
+        )
+        .await
+        {
             Ok(Ok(taken)) => {
                 if taken > 0 {
                     debug!(peer = %peer.fmt_short(), taken, "synced (inbound)");

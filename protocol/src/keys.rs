@@ -3,7 +3,7 @@
 
 use std::{fmt, str::FromStr};
 
-use ed25519_dalek::{Signer, Verifier};
+use ed25519_dalek::Signer;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{parse_hex32, write_hex};
