@@ -621,6 +621,25 @@ mod tests {
     use super::testing::Net;
 
     #[test]
+    fn a_record_held_already_is_stale_and_a_copy_keeps_what_it_saw()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let mut net = Net::new();
+        let founder = net.founder.clone();
+        let record = Net::node(&founder, None, 1);
+        assert_eq!(net.merge(record.clone())?, Applied::New);
+        // The same bytes again (gossip and overlapping syncs): stale.
+        assert_eq!(net.merge(record)?, Applied::Stale);
+
+        // A copy is a snapshot: what merges into the original later (the
+        // maps are shared until one side changes) does not reach it.
+        let before = net.dir.clone();
+        assert_eq!(net.merge(Net::node(&founder, None, 2))?, Applied::Replaced);
+        assert_eq!(before.node(&founder.public()).map(|(_, v)| v), Some(1));
+        assert_eq!(net.dir.node(&founder.public()).map(|(_, v)| v), Some(2));
+        Ok(())
+    }
+
+    #[test]
     fn members_are_backed_by_an_invite_and_not_revoked() -> Result<(), Box<dyn std::error::Error>> {
         let mut net = Net::new();
         let joiner = SecretKey::from_bytes(&[3; 32]);

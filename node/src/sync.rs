@@ -740,3 +740,28 @@ fn random_subset(mut peers: Vec<PublicKey>, n: usize) -> Vec<PublicKey> {
     peers.truncate(n);
     peers
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(range: std::ops::Range<u8>) -> Vec<Hash> {
+        range.map(|i| Hash::from_bytes([i; 32])).collect()
+    }
+
+    #[test]
+    fn concurrent_syncs_ask_for_a_record_once_and_release_it_when_done() {
+        let sets = Arc::new(RecordSets::default());
+        let first = Pulling::claim(&sets, ids(0..10).into_iter());
+        assert_eq!(first.ids, ids(0..10));
+        // A second sync at the same time asks only for what the first does not.
+        let second = Pulling::claim(&sets, ids(5..15).into_iter());
+        assert_eq!(second.ids, ids(10..15));
+        // The first ended (whatever it got): a later sync may ask again.
+        drop(first);
+        let third = Pulling::claim(&sets, ids(0..15).into_iter());
+        assert_eq!(third.ids, ids(0..10));
+        drop((second, third));
+        assert!(sets.pulling.lock().is_ok_and(|p| p.is_empty()));
+    }
+}
