@@ -11,6 +11,7 @@ mod domain;
 mod hash;
 mod keys;
 mod manifest;
+pub mod mesh;
 mod path;
 mod records;
 pub mod rpc;
