@@ -66,6 +66,8 @@ pub enum SyncFailure {
     Timeout,
     #[error("this node has no record of itself yet")]
     NoSelf,
+    #[error("no longer a member (removed by an admin)")]
+    Removed,
     #[error(transparent)]
     State(#[from] crate::state::StateError),
 }
@@ -360,6 +362,9 @@ async fn initiate(
     step: Duration,
 ) -> Result<(usize, usize), SyncFailure> {
     let (me, invite) = members.introduction().ok_or(SyncFailure::NoSelf)?;
+    if !members.peers.is_member(&peer) {
+        return Err(SyncFailure::Removed);
+    }
     let id = iroh::PublicKey::from_bytes(peer.as_bytes())
         .map_err(|e| SyncFailure::Connect(e.to_string()))?;
     let conn = tokio::time::timeout(step, endpoint.connect(id, SYNC_ALPN))
@@ -412,6 +417,11 @@ async fn initiate(
         have.truncate(PUSH_AT_MOST);
         let give = set.pick(&have.iter().map(to_id).collect::<Vec<_>>());
         let sent = give.len();
+        // Removed while this sync waited on it (a peer paused, or down
+        // and retried): it gets nothing more.
+        if !members.peers.is_member(&peer) {
+            return Err(SyncFailure::Removed);
+        }
         // What another sync is already pulling is not asked for twice.
         let pulling = Pulling::claim(sets, need.iter().map(to_id));
         wire.write_records(
@@ -468,6 +478,9 @@ pub struct SyncProtocol {
     /// The longest wait for any step of an inbound sync (`sync_timeout`);
     /// it may take [`LONGEST_SYNC`] of them in all.
     timeout: Duration,
+    /// Callers refused as non-members, warned about once each: a removed
+    /// node that keeps running retries every second or so.
+    refused: Arc<std::sync::Mutex<HashSet<PublicKey>>>,
 }
 
 impl SyncProtocol {
@@ -477,6 +490,7 @@ impl SyncProtocol {
             sets,
             limit: Arc::new(tokio::sync::Semaphore::new(MAX_INBOUND)),
             timeout,
+            refused: Arc::default(),
         }
     }
 
@@ -563,6 +577,10 @@ impl SyncProtocol {
                     want,
                     holds,
                 } => {
+                    // Removed since it said hello: it gets nothing.
+                    if !self.members.peers.is_member(&peer) {
+                        return Err(SyncFailure::Removed);
+                    }
                     wire.write_records(
                         &mut send,
                         set.pick(&want),
@@ -610,7 +628,17 @@ impl ProtocolHandler for SyncProtocol {
             }
             Ok(Err(error)) => {
                 if matches!(error, SyncFailure::Refused(SyncError::NotMember(_))) {
-                    warn!(peer = %peer.fmt_short(), %error, "refused a sync");
+                    let first = self.refused.lock().is_ok_and(|mut r| {
+                        if r.len() >= REFUSED_REMEMBERED {
+                            r.clear();
+                        }
+                        r.insert(peer)
+                    });
+                    if first {
+                        warn!(peer = %peer.fmt_short(), %error, "refused a sync (said once per caller)");
+                    } else {
+                        debug!(peer = %peer.fmt_short(), %error, "refused a sync");
+                    }
                 } else {
                     debug!(peer = %peer.fmt_short(), %error, "inbound sync failed");
                 }
@@ -643,11 +671,24 @@ pub async fn run(
     let mut running: JoinSet<PublicKey> = JoinSet::new();
     let mut busy: HashSet<PublicKey> = HashSet::new();
     let mut again: HashSet<PublicKey> = HashSet::new();
+    let told_removed = std::sync::atomic::AtomicBool::new(false);
     let start = |peers: Vec<PublicKey>,
                  running: &mut JoinSet<PublicKey>,
                  busy: &mut HashSet<PublicKey>,
                  again: &mut HashSet<PublicKey>| {
+        if members.directory().is_revoked(&members.id) {
+            if !told_removed.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                warn!(
+                    "an admin removed this node from the network: it no longer syncs; stop it, or join again with a new invite"
+                );
+            }
+            return;
+        }
         for peer in peers {
+            // Removed since it was queued: nothing more goes to it.
+            if !members.peers.is_member(&peer) {
+                continue;
+            }
             if !busy.insert(peer) {
                 again.insert(peer);
                 continue;
@@ -667,6 +708,7 @@ pub async fn run(
                             }
                             break;
                         }
+                        Err(SyncFailure::Removed) => break,
                         Err(error) => {
                             debug!(peer = %peer.fmt_short(), %error, "sync failed");
                             match retry {

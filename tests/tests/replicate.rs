@@ -234,6 +234,36 @@ async fn a_revoked_node_is_cut_off() -> Result<()> {
     Ok(())
 }
 
+/// A sync that was under way when the node was removed (the node paused,
+/// or down and retried) must not go on to hand it what came after.
+#[tokio::test]
+async fn a_node_removed_while_paused_hears_nothing_after() -> Result<()> {
+    let (net, _site) = published(3).await?;
+    let gone = net.nodes[2].id()?;
+    net.nodes[2].pause()?;
+    // Long enough that both members start a sync with it (every 5 s each
+    // syncs with its two peers), short of the 10 s one step may wait.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    net.admin.ok(&["nodes", "remove", &gone])?;
+    net.admin.ok(&["site", "add", "after.test"])?;
+    let at1 = net.admin_at(1);
+    wait_for(
+        CONVERGE,
+        "the new site to reach the other member",
+        || async { Ok(at1.ok(&["sites"])?.contains("after.test")) },
+    )
+    .await?;
+    net.nodes[2].resume()?;
+    // The syncs it was part of wake up now; give them time to finish.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let sites = net.admin_at(2).ok(&["sites"])?;
+    ensure!(
+        !sites.contains("after.test"),
+        "the removed node heard of a later site:\n{sites}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn five_nodes_serve_one_publish() -> Result<()> {
     let (net, site) = published(5).await?;
