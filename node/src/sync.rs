@@ -32,7 +32,6 @@ use tracing::{debug, info, warn};
 
 use crate::{directory::Directory, frame, members::Members};
 
-/// A whole sync, connect included, must finish within this.
 /// Peers picked at random on each periodic round.
 const FANOUT: usize = 3;
 
@@ -42,6 +41,7 @@ const FANOUT: usize = 3;
 /// more, and when every member learns of a new one at once, each pushing
 /// it all of the records would send it the whole state once per member.
 pub const PUSH_AT_MOST: usize = 1000;
+
 /// Syncs served at once; more are refused until one ends.
 const MAX_INBOUND: usize = 32;
 
