@@ -6,10 +6,11 @@
 //! Rebuilt from the records whenever a node record or revocation changes;
 //! read on every member-only connection, so it lives in memory.
 //!
-//! It also guards the long-lived member connections (gossip): the endpoint
-//! hook [`MembersOnly`] refuses them to anyone not a member, in both
-//! directions, and a member removed from the list has its open ones
-//! closed at once. Checking each message instead would still leave a
+//! It also guards the long-lived member connections (gossip): only a
+//! member gets one (the endpoint hook [`MembersOnly`] refuses those this
+//! node dials to anyone else, and the gossip handler closes those a
+//! non-member dials in), and a member removed from the list has its open
+//! ones closed at once. Checking each message instead would still leave a
 //! removed node reading what its neighbours broadcast.
 
 use std::{
@@ -351,16 +352,16 @@ const REMOVED: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(403);
 pub struct MembersOnly(pub Arc<Peers>);
 
 impl EndpointHooks for MembersOnly {
+    /// Gossip links this node dials; those dialled in are kept, or closed,
+    /// by the gossip handler (a refusal here would log a warning for every
+    /// joiner, which dials before its record has arrived).
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
-        if conn.alpn() != GOSSIP_ALPN {
+        if conn.alpn() != GOSSIP_ALPN || conn.side() == Side::Server {
             return AfterHandshakeOutcome::Accept;
         }
         let member = PublicKey::from_bytes(*conn.remote_id().as_bytes())
             .is_ok_and(|key| self.0.hold_link(&key, conn));
-        // An incoming one from a non-member goes on to the gossip handler,
-        // which closes it quietly: a joiner dials before its record has
-        // arrived here, and a refusal at this point is logged as a warning.
-        if member || conn.side() == Side::Server {
+        if member {
             AfterHandshakeOutcome::Accept
         } else {
             AfterHandshakeOutcome::Reject {

@@ -685,10 +685,6 @@ pub async fn run(
             return;
         }
         for peer in peers {
-            // Removed since it was queued: nothing more goes to it.
-            if !members.peers.is_member(&peer) {
-                continue;
-            }
             if !busy.insert(peer) {
                 again.insert(peer);
                 continue;
