@@ -78,8 +78,12 @@ pub fn node_line(n: &NodeInfo) -> String {
     } else {
         n.roles.join(",")
     };
+    let mesh = match &n.mesh {
+        Some(m) => format!("  mesh {} ({})", m.addr, m.backend),
+        None => String::new(),
+    };
     format!(
-        "{}  {}{}  {}  {}  {}{}  serves [{}]",
+        "{}  {}{}  {}{mesh}  {}  {}{}  serves [{}]",
         n.id,
         n.region.as_deref().unwrap_or("-"),
         place,

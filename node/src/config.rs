@@ -3,7 +3,10 @@
 //! Unknown fields are refused so a typo never silently falls back to a
 //! default. Every field is documented here and in `docs/config.md`.
 
-use std::{net::SocketAddr, path::Path};
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +36,15 @@ pub struct Config {
     /// Addresses put into this node's ticket, for nodes behind NAT or bound
     /// to an unspecified address. Default: the addresses actually bound.
     pub public_addrs: Vec<SocketAddr>,
+    /// This node's public IP addresses: what DNS answers with, and where
+    /// the other members' WireGuard sends. Default: the IPs of
+    /// `public_addrs`, else of the addresses bound.
+    pub public_ips: Vec<IpAddr>,
+    /// The WireGuard mesh between members: `off`, `auto`, `kernel` or
+    /// `userspace` (see [`MeshMode`]).
+    pub mesh: MeshMode,
+    /// The UDP port WireGuard listens on (with the mesh on). Default 51820.
+    pub wireguard_port: u16,
     /// How many versions of each site to keep for rollback (at least 1).
     pub keep_versions: u32,
     /// The largest site (sum of file sizes) a publish may bring, in bytes.
@@ -72,6 +84,22 @@ pub struct Config {
     pub gc_interval: std::time::Duration,
 }
 
+/// Whether members talk over a WireGuard mesh, and which WireGuard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MeshMode {
+    /// No mesh: members talk over their public addresses (QUIC, which is
+    /// encrypted and authenticated by node key either way).
+    #[default]
+    Off,
+    /// Kernel WireGuard where the kernel has it, else userspace.
+    Auto,
+    /// Kernel WireGuard only.
+    Kernel,
+    /// The in-process userspace WireGuard only.
+    Userspace,
+}
+
 /// The roles this version knows.
 const KNOWN_ROLES: &[&str] = &[maki_protocol::ROLE_HTTP];
 
@@ -85,6 +113,9 @@ impl Default for Config {
             http: SocketAddr::from(([0, 0, 0, 0], 80)),
             p2p: SocketAddr::from(([0, 0, 0, 0], 51821)),
             public_addrs: Vec::new(),
+            public_ips: Vec::new(),
+            mesh: MeshMode::Off,
+            wireguard_port: 51820,
             keep_versions: 10,
             max_site_bytes: 10 << 30,
             http_header_timeout: Duration::from_secs(10),

@@ -604,6 +604,8 @@ pub(crate) mod testing {
                     invite: secret.map(|s| Hash::of(s)),
                     roles: vec![],
                     admission,
+                    ips: vec![],
+                    mesh: None,
                     #[cfg(feature = "next-format")]
                     note: None,
                 },
@@ -719,6 +721,8 @@ mod tests {
             invite: Some(Hash::of(&[8; 32])),
             roles: vec![],
             admission: None,
+            ips: vec![],
+            mesh: None,
             #[cfg(feature = "next-format")]
             note: None,
         };

@@ -1,12 +1,19 @@
 //! The p2p endpoint: one iroh QUIC socket that carries every protocol a
 //! node speaks with members, admins and joiners (each by its ALPN).
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use iroh::{
     Endpoint, RelayMode,
     address_lookup::MemoryLookup,
-    endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, presets},
+    endpoint::{
+        BindOpts, IdleTimeout, PortmapperConfig, QuicTransportConfig, presets,
+        transports::{FourTuple, PathSelection, PathSelectionContext, PathSelector},
+    },
 };
 use maki_protocol::{
     SecretKey,
@@ -38,21 +45,24 @@ pub async fn bind(
 }
 
 /// A running node's endpoint: [`bind`], with gossip kept among `members`
-/// (the lookup is filled from the node records).
+/// (the lookup is filled from the node records). With the mesh on, it also
+/// listens at the node's mesh address (`mesh`, on `addr`'s port), and
+/// prefers paths inside the mesh.
 pub async fn bind_node(
     key: &SecretKey,
     addr: SocketAddr,
+    mesh: Option<Ipv6Addr>,
     lookup: MemoryLookup,
     members: MembersOnly,
 ) -> Result<Endpoint, BindError> {
-    bind_with(key, addr, lookup, Some(members)).await
+    bind_with(key, addr, lookup, Some((members, mesh))).await
 }
 
 async fn bind_with(
     key: &SecretKey,
     addr: SocketAddr,
     lookup: MemoryLookup,
-    members: Option<MembersOnly>,
+    node: Option<(MembersOnly, Option<Ipv6Addr>)>,
 ) -> Result<Endpoint, BindError> {
     let err = |message: String| BindError { addr, message };
     // No relays, no n0 discovery, no UPnP: peers come from our own records.
@@ -78,9 +88,87 @@ async fn bind_with(
         .clear_ip_transports()
         .bind_addr(addr)
         .map_err(|e| err(e.to_string()))?;
-    let builder = match members {
-        Some(m) => builder.hooks(m),
+    let builder = match node {
+        Some((members, None)) => builder.hooks(members),
+        Some((members, Some(mesh))) => builder
+            .hooks(members)
+            .bind_addr_with_opts(
+                SocketAddr::new(mesh.into(), addr.port()),
+                BindOpts::default().set_prefix_len(maki_protocol::mesh::NETWORK_PREFIX_LEN),
+            )
+            .map_err(|e| err(e.to_string()))?
+            .path_selector(Arc::new(MeshFirst::new(mesh))),
         None => builder,
     };
     builder.bind().await.map_err(|e| err(e.to_string()))
+}
+
+/// The mesh address the endpoint listens at, if any.
+pub fn mesh_port(endpoint: &Endpoint, mesh: Ipv6Addr) -> Option<u16> {
+    endpoint
+        .bound_sockets()
+        .into_iter()
+        .find(|a| a.ip() == IpAddr::V6(mesh))
+        .map(|a| a.port())
+}
+
+/// Path choice with the mesh on: a path inside the mesh beats any other,
+/// whatever the round trips (iroh's own choice goes by round trip alone,
+/// so it would as soon carry member traffic over the public addresses it
+/// learns while punching holes). Among paths of one kind, the lowest round
+/// trip, kept until another is clearly lower, so the choice does not flap.
+#[derive(Debug)]
+struct MeshFirst {
+    /// The network's /48.
+    prefix: [u8; 6],
+}
+
+/// How much lower another path's round trip must be to switch to it.
+const SWITCH_AFTER: Duration = Duration::from_millis(5);
+
+impl MeshFirst {
+    fn new(mesh: Ipv6Addr) -> Self {
+        let mut prefix = [0; 6];
+        prefix.copy_from_slice(&mesh.octets()[..6]);
+        Self { prefix }
+    }
+
+    /// 0: inside the mesh, 1: another IP path, 2: anything else.
+    fn tier(&self, path: &FourTuple) -> u8 {
+        match path {
+            FourTuple::Ip { remote, .. } => match remote.ip() {
+                IpAddr::V6(ip) if ip.octets()[..6] == self.prefix => 0,
+                _ => 1,
+            },
+            _ => 2,
+        }
+    }
+}
+
+impl PathSelector for MeshFirst {
+    fn select(&self, ctx: &PathSelectionContext<'_>) -> PathSelection {
+        let current = ctx.current();
+        let mut best = None;
+        let mut current_key: Option<(u8, Duration)> = None;
+        for path in ctx.paths() {
+            let Some(stats) = path.stats() else {
+                continue;
+            };
+            let key = (self.tier(path.network_path()), stats.rtt);
+            if Some(path.network_path()) == current && current_key.is_none_or(|c| key < c) {
+                current_key = Some(key);
+            }
+            if best.as_ref().is_none_or(|(_, b)| key < *b) {
+                best = Some((path, key));
+            }
+        }
+        let mut selection = PathSelection::none();
+        if let Some((path, (tier, rtt))) = best {
+            let keep = current_key.is_some_and(|(t, r)| t == tier && r < rtt + SWITCH_AFTER);
+            if !keep {
+                selection.set(&path);
+            }
+        }
+        selection
+    }
 }

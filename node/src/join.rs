@@ -3,7 +3,9 @@
 //!
 //! Only the issuing node redeems its invites, so single use holds even
 //! while the network is partitioned. The new member then introduces itself
-//! to every member through `sync`.
+//! to every member through `sync`; with the mesh on, first over this
+//! protocol ([`introduce`]), since a member's WireGuard carries nobody
+//! whose record it lacks.
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,23 +22,27 @@ use maki_protocol::{
 use tracing::{info, warn};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     directory::Directory,
     frame::{self, FrameError},
+    members::Members,
     state::State,
 };
 
 const JOIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// The `maki/join/1` protocol handler: the network's id and genesis, the
-/// invites this node issued, and the records a joiner starts from.
+/// invites this node issued, and the records a joiner starts from; and
+/// the introductions of members that talk over the mesh.
 #[derive(Debug, Clone)]
 pub struct JoinProtocol {
     network: Hash,
     genesis: Signed<Genesis>,
     state: Arc<State>,
     directory: watch::Receiver<Arc<Directory>>,
+    members: Arc<Members>,
     /// This node's key: it signs the admissions of the nodes it lets in,
     /// and nothing else here.
     key: SecretKey,
@@ -47,22 +53,70 @@ impl JoinProtocol {
         network: Hash,
         genesis: Signed<Genesis>,
         state: Arc<State>,
-        directory: watch::Receiver<Arc<Directory>>,
+        members: Arc<Members>,
         key: SecretKey,
     ) -> Self {
         Self {
             network,
             genesis,
             state,
-            directory,
+            directory: members.records.subscribe(),
+            members,
             key,
         }
     }
 
-    fn redeem(&self, node: PublicKey, req: JoinRequest, now: u64) -> JoinResponse {
-        let JoinRequest::Redeem { network, claim } = req else {
-            return JoinResponse::Refused(JoinError::Internal("unknown request".into()));
-        };
+    fn answer(&self, node: PublicKey, req: JoinRequest, now: u64) -> JoinResponse {
+        match req {
+            JoinRequest::Redeem { network, claim } => self.redeem(node, network, claim, now),
+            JoinRequest::Introduce {
+                network,
+                record,
+                invite,
+            } => self.introduce(node, network, record, invite),
+            _ => JoinResponse::Refused(JoinError::Internal("unknown request".into())),
+        }
+    }
+
+    /// Takes a member's own record, as sync would: checked and authorised
+    /// like any record (it is valid only with an admission), and only the
+    /// caller's own.
+    fn introduce(
+        &self,
+        node: PublicKey,
+        network: Hash,
+        record: Record,
+        invite: Option<Record>,
+    ) -> JoinResponse {
+        if network != self.network {
+            return JoinResponse::Refused(JoinError::WrongNetwork);
+        }
+        let own = matches!(&record, Record::Node(r) if r.signer() == node);
+        if !own || !matches!(invite, None | Some(Record::Invite(_))) {
+            return JoinResponse::Refused(JoinError::NotIntroduced(
+                "only a node's own record and its invite".into(),
+            ));
+        }
+        let batch: Vec<Record> = invite.into_iter().chain([record]).collect();
+        match self.members.apply_batch(&batch) {
+            Ok(verdicts) => match verdicts.into_iter().last() {
+                Some(Ok(_)) => JoinResponse::Introduced,
+                Some(Err(refused)) => {
+                    JoinResponse::Refused(JoinError::NotIntroduced(refused.to_string()))
+                }
+                None => JoinResponse::Refused(JoinError::NotIntroduced("nothing sent".into())),
+            },
+            Err(e) => JoinResponse::Refused(JoinError::Internal(e.to_string())),
+        }
+    }
+
+    fn redeem(
+        &self,
+        node: PublicKey,
+        network: Hash,
+        claim: Signed<Claim>,
+        now: u64,
+    ) -> JoinResponse {
         if network != self.network {
             return JoinResponse::Refused(JoinError::WrongNetwork);
         }
@@ -120,7 +174,7 @@ impl ProtocolHandler for JoinProtocol {
             // A join request is a few dozen bytes; anything large is not one.
             let len = frame::read_len(&mut recv, 4096).await.ok()?;
             let response = match frame::read_body::<JoinRequest>(&mut recv, len).await {
-                Ok(req) => self.redeem(node, req, crate::now()),
+                Ok(req) => self.answer(node, req, crate::now()),
                 Err(FrameError::Decode(e)) => JoinResponse::Refused(JoinError::Internal(format!(
                     "the join request does not decode ({e}); is the joining makiatto newer than this node? upgrade this node"
                 ))),
@@ -243,4 +297,74 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
             "unexpected answer {other:?}"
         ))),
     }
+}
+
+/// How many members are introduced to at once.
+const INTRODUCE_AT_ONCE: usize = 8;
+
+/// Sends this node's own record to every other member that runs the mesh,
+/// at its public addresses, so each makes this node a mesh peer before
+/// anything is sent over the mesh. A member that cannot be reached now
+/// learns the record later, by sync through the others.
+pub async fn introduce(endpoint: Endpoint, members: Arc<Members>, cancel: CancellationToken) {
+    use n0_future::{BufferedStreamExt, StreamExt};
+    let Some((record, invite)) = members.introduction() else {
+        return;
+    };
+    let record = Record::Node(record);
+    let invite = invite.map(Record::Invite);
+    let dir = members.directory();
+    let targets: Vec<EndpointAddr> = dir
+        .members()
+        .filter(|(n, _)| n.id != members.id && n.mesh.is_some())
+        .filter_map(|(n, _)| {
+            let id = iroh::PublicKey::from_bytes(n.id.as_bytes()).ok()?;
+            Some(n.addrs.iter().fold(EndpointAddr::new(id), |a, s| a.with_ip_addr(*s)))
+        })
+        .collect();
+    let network = members.network;
+    let work = n0_future::stream::iter(targets)
+        .map(|addr| {
+            let req = JoinRequest::Introduce {
+                network,
+                record: record.clone(),
+                invite: invite.clone(),
+            };
+            let endpoint = endpoint.clone();
+            async move {
+                let peer = addr.id.fmt_short().to_string();
+                match tokio::time::timeout(JOIN_TIMEOUT, ask(&endpoint, addr, &req)).await {
+                    Ok(Ok(JoinResponse::Introduced)) => {
+                        tracing::debug!(%peer, "introduced to a member");
+                    }
+                    Ok(Ok(other)) => warn!(%peer, answer = ?other, "a member refused this node's introduction"),
+                    Ok(Err(error)) => tracing::debug!(%peer, %error, "could not introduce this node"),
+                    Err(_) => tracing::debug!(%peer, "no answer to an introduction"),
+                }
+            }
+        })
+        .buffered_unordered(INTRODUCE_AT_ONCE)
+        .for_each(|()| ());
+    tokio::select! {
+        _ = cancel.cancelled() => {}
+        _ = work => {}
+    }
+}
+
+/// One request and its answer over `maki/join/1`.
+async fn ask(
+    endpoint: &Endpoint,
+    addr: EndpointAddr,
+    req: &JoinRequest,
+) -> Result<JoinResponse, String> {
+    let conn = endpoint
+        .connect(addr, rpc::JOIN_ALPN)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    frame::write(&mut send, req).await.map_err(|e| e.to_string())?;
+    send.finish().map_err(|e| e.to_string())?;
+    let answer = frame::read::<JoinResponse>(&mut recv, rpc::MAX_FRAME).await;
+    conn.close(0u32.into(), b"thanks");
+    answer.map_err(|e| e.to_string())
 }

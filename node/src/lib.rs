@@ -14,6 +14,7 @@ pub mod identity;
 pub mod join;
 pub mod live;
 pub mod members;
+pub mod mesh;
 #[cfg(feature = "next-format")]
 mod next;
 pub mod node;

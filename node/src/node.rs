@@ -38,6 +38,7 @@ use crate::{
     identity,
     live::{Live, LiveSite},
     members::Members,
+    mesh::Mesh,
     outbox::Outbox,
     peers::Peers,
     records::Records,
@@ -66,6 +67,8 @@ pub enum NodeError {
     Edge(#[from] edge::EdgeError),
     #[error("a task loading the stored sites failed: {0}")]
     Load(#[from] tokio::task::JoinError),
+    #[error(transparent)]
+    Mesh(#[from] crate::mesh::MeshError),
 }
 
 /// A running node.
@@ -75,6 +78,8 @@ pub struct Node {
     router: Router,
     http_addr: Option<SocketAddr>,
     edge: Option<edge::Edge>,
+    /// Removed at shutdown, once nothing sends through it.
+    mesh: Option<Arc<Mesh>>,
     cancel: CancellationToken,
     tasks: JoinSet<()>,
 }
@@ -128,11 +133,25 @@ impl Node {
         let cancel = CancellationToken::new();
         let mut tasks = JoinSet::new();
 
+        let mesh = Mesh::start(
+            config.mesh,
+            data_dir,
+            config.wireguard_port,
+            &network.id,
+            &key.public(),
+        )?
+        .map(Arc::new);
         let lookup = MemoryLookup::new();
-        let peers = Arc::new(Peers::new(key.public(), lookup.clone()));
+        let peers = Arc::new(Peers::new(
+            key.public(),
+            network.id,
+            mesh.clone(),
+            lookup.clone(),
+        ));
         let endpoint = crate::endpoint::bind_node(
             &key,
             config.p2p,
+            mesh.as_ref().map(|m| m.addr()),
             lookup,
             crate::peers::MembersOnly(peers.clone()),
         )
@@ -207,7 +226,7 @@ impl Node {
                     members.network,
                     shared.signed_genesis.clone(),
                     shared.state.clone(),
-                    members.records.subscribe(),
+                    members.clone(),
                     key.clone(),
                 ),
             )
@@ -236,11 +255,19 @@ impl Node {
             router,
             http_addr,
             edge,
+            mesh,
             cancel,
             tasks,
         };
         node.record_self(&key, membership);
         let mut node = node;
+        if node.mesh.is_some() {
+            node.tasks.spawn(crate::join::introduce(
+                endpoint.clone(),
+                members.clone(),
+                node.cancel.clone(),
+            ));
+        }
         node.tasks.spawn(crate::replicate::run(
             node.shared.clone(),
             endpoint.clone(),
@@ -288,16 +315,29 @@ impl Node {
             .node(&id)
             .map(|(_, version)| version);
         let config = &self.shared.config;
+        let addrs = self.ticket().addrs;
+        let mut ips = config.public_ips.clone();
+        if ips.is_empty() {
+            ips = addrs.iter().map(|a| a.ip()).collect();
+            ips.dedup();
+        }
+        let endpoint = self.router.endpoint();
+        let mesh = self.mesh.as_ref().and_then(|m| {
+            let port = crate::endpoint::mesh_port(endpoint, m.addr())?;
+            Some(m.announce(port))
+        });
         let record = NodeRecord {
             format: maki_protocol::NODE_FORMAT,
             id,
-            addrs: self.ticket().addrs,
+            addrs,
             region: config.region.clone(),
             location: config.location.map(|[lat, lon]| (lat, lon)),
             version: crate::now().max(previous.map_or(0, |v| v + 1)),
             invite: secret_hash,
             roles: config.roles.clone(),
             admission,
+            ips,
+            mesh,
             #[cfg(feature = "next-format")]
             note: Some(crate::next::NODE_NOTE.into()),
         };
@@ -358,6 +398,7 @@ impl Node {
         if let Err(error) = self.router.shutdown().await {
             warn!(%error, "p2p router did not shut down cleanly");
         }
+        drop(self.mesh.take());
         while let Some(res) = self.tasks.join_next().await {
             if let Err(e) = res
                 && e.is_panic()

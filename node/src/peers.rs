@@ -25,10 +25,16 @@ use iroh::{
     address_lookup::MemoryLookup,
     endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, Side, WeakConnectionHandle},
 };
-use maki_protocol::{Hash, PublicKey, sync::GOSSIP_ALPN, sync::Holding};
+use maki_protocol::{
+    Hash, PublicKey, mesh,
+    sync::{GOSSIP_ALPN, Holding, SYNC_ALPN},
+};
 use tracing::info;
 
-use crate::directory::Directory;
+use crate::{
+    directory::Directory,
+    mesh::{Mesh, MeshMember},
+};
 
 /// A member as this node sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -51,11 +57,20 @@ pub struct Peer {
     pub holds_at: u64,
     /// Whether it has told us what it serves at all (by sync or gossip).
     pub holds_known: bool,
+    /// Its mesh address, when both it and this node run the mesh: then it
+    /// is dialled there, and members-only connections from it come from
+    /// there or are refused.
+    pub mesh_addr: Option<std::net::Ipv6Addr>,
+    /// Its side of the mesh, as its record announces it.
+    pub mesh: Option<maki_protocol::MeshPeer>,
 }
 
 #[derive(Debug)]
 pub struct Peers {
     me: PublicKey,
+    network: Hash,
+    /// This node's WireGuard mesh, when it runs one.
+    mesh: Option<Arc<Mesh>>,
     inner: RwLock<BTreeMap<PublicKey, Peer>>,
     lookup: MemoryLookup,
     /// Open member-only connections, by peer: closed when it leaves.
@@ -63,9 +78,16 @@ pub struct Peers {
 }
 
 impl Peers {
-    pub fn new(me: PublicKey, lookup: MemoryLookup) -> Self {
+    pub fn new(
+        me: PublicKey,
+        network: Hash,
+        mesh: Option<Arc<Mesh>>,
+        lookup: MemoryLookup,
+    ) -> Self {
         Self {
             me,
+            network,
+            mesh,
             inner: RwLock::default(),
             lookup,
             links: Mutex::default(),
@@ -73,13 +95,23 @@ impl Peers {
     }
 
     /// Recomputes the members from the records; keeps measurements.
+    /// With the mesh on, the mesh peers are set first, so a member is a
+    /// WireGuard peer before anything dials its mesh address.
     pub fn refresh(&self, dir: &Directory) {
         let Ok(mut inner) = self.inner.write() else {
             return;
         };
+        if let Some(mesh) = &self.mesh {
+            mesh.set_peers(dir.members().filter_map(|(n, _)| {
+                let peer = n.mesh.as_ref()?;
+                Some(MeshMember::of(&self.network, n.id, &n.ips, peer))
+            }));
+        }
         let mut next = BTreeMap::new();
         for (n, version) in dir.members() {
             let old = inner.get(&n.id);
+            let mesh_addr = (self.mesh.is_some() && n.mesh.is_some())
+                .then(|| mesh::member_addr(&self.network, &n.id));
             next.insert(
                 n.id,
                 Peer {
@@ -94,15 +126,27 @@ impl Peers {
                     holds: old.map(|p| p.holds.clone()).unwrap_or_default(),
                     holds_at: old.map_or(0, |p| p.holds_at),
                     holds_known: old.is_some_and(|p| p.holds_known),
+                    mesh_addr,
+                    mesh: n.mesh.clone(),
                 },
             );
             if n.id != self.me
                 && let Ok(id) = iroh::PublicKey::from_bytes(n.id.as_bytes())
             {
                 let mut addr = EndpointAddr::new(id);
-                for a in &n.addrs {
-                    addr = addr.with_ip_addr(*a);
+                match (mesh_addr, &n.mesh) {
+                    // Only there: a public address would let iroh carry
+                    // member traffic outside the mesh.
+                    (Some(ip), Some(peer)) => {
+                        addr = addr.with_ip_addr(SocketAddr::new(ip.into(), peer.p2p_port));
+                    }
+                    _ => {
+                        for a in &n.addrs {
+                            addr = addr.with_ip_addr(*a);
+                        }
+                    }
                 }
+                // Replaces what it was dialled at before.
                 self.lookup.set_endpoint_info(addr);
             }
         }
@@ -283,7 +327,7 @@ mod tests {
     #[test]
     fn members_follow_the_records_and_keep_their_measurements() {
         let (mut net, [me, a, b]) = three();
-        let peers = Peers::new(me.public(), MemoryLookup::new());
+        let peers = Peers::new(me.public(), Hash::of(b"net"), None, MemoryLookup::new());
         peers.refresh(&net.dir);
         assert!(peers.is_member(&a.public()) && peers.is_member(&b.public()));
         // Unmeasured ones sort after measured, nearest first.
@@ -318,7 +362,7 @@ mod tests {
     #[test]
     fn holders_are_asked_first_and_older_announcements_lose() {
         let (net, [me, a, b]) = three();
-        let peers = Peers::new(me.public(), MemoryLookup::new());
+        let peers = Peers::new(me.public(), Hash::of(b"net"), None, MemoryLookup::new());
         peers.refresh(&net.dir);
         peers.seen(&a.public(), Some(Duration::from_millis(1)));
         peers.seen(&b.public(), Some(Duration::from_millis(9)));
@@ -347,21 +391,58 @@ mod tests {
 /// member).
 const REMOVED: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(403);
 
-/// The endpoint hook that keeps gossip among members: see the module docs.
+/// The endpoint hook that keeps gossip among members (see the module
+/// docs), and members-only protocols on the mesh between members that
+/// both run one.
 #[derive(Debug, Clone)]
 pub struct MembersOnly(pub Arc<Peers>);
+
+/// The protocols only members speak with each other.
+fn members_only(alpn: &[u8]) -> bool {
+    alpn == GOSSIP_ALPN || alpn == SYNC_ALPN || alpn == iroh_blobs::ALPN
+}
+
+/// Whether every path `conn` has comes from `addr`.
+fn only_from(conn: &Connection, addr: std::net::Ipv6Addr) -> bool {
+    let paths = conn.paths();
+    !paths.is_empty()
+        && paths.iter().all(|p| match p.remote_addr() {
+            iroh::TransportAddr::Ip(a) => a.ip() == std::net::IpAddr::V6(addr),
+            _ => false,
+        })
+}
 
 impl EndpointHooks for MembersOnly {
     /// Gossip links this node dials; those dialled in are kept, or closed,
     /// by the gossip handler (a refusal here would log a warning for every
-    /// joiner, which dials before its record has arrived).
+    /// joiner, which dials before its record has arrived). A member that
+    /// runs the mesh, as this node does, is refused any members-only
+    /// protocol that does not come from its mesh address.
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
-        if conn.alpn() != GOSSIP_ALPN || conn.side() == Side::Server {
+        let alpn = conn.alpn();
+        if !members_only(alpn) {
             return AfterHandshakeOutcome::Accept;
         }
-        let member = PublicKey::from_bytes(*conn.remote_id().as_bytes())
-            .is_ok_and(|key| self.0.hold_link(&key, conn));
-        if member {
+        let Ok(key) = PublicKey::from_bytes(*conn.remote_id().as_bytes()) else {
+            return AfterHandshakeOutcome::Reject {
+                error_code: REMOVED,
+                reason: b"not a member".to_vec(),
+            };
+        };
+        if conn.side() == Side::Server {
+            let mesh_addr = self.0.get(&key).and_then(|p| p.mesh_addr);
+            return match mesh_addr {
+                Some(addr) if !only_from(conn, addr) => {
+                    tracing::debug!(peer = %key.fmt_short(), "refused a member's connection from outside the mesh");
+                    AfterHandshakeOutcome::Reject {
+                        error_code: OFF_MESH,
+                        reason: b"members talk over the mesh".to_vec(),
+                    }
+                }
+                _ => AfterHandshakeOutcome::Accept,
+            };
+        }
+        if alpn != GOSSIP_ALPN || self.0.hold_link(&key, conn) {
             AfterHandshakeOutcome::Accept
         } else {
             AfterHandshakeOutcome::Reject {
@@ -371,3 +452,7 @@ impl EndpointHooks for MembersOnly {
         }
     }
 }
+
+/// The close code for a member's connection that came from outside the
+/// mesh while both ends run one.
+const OFF_MESH: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(421);

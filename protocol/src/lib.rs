@@ -28,9 +28,9 @@ pub use manifest::{
 };
 pub use path::{SitePath, SitePathError};
 pub use records::{
-    Admission, AuthError, Body, Claim, GENESIS_FORMAT, Genesis, Invite, InviteTicket, NODE_FORMAT,
-    NodeRecord, Pin, RECORD_FORMAT, ROLE_HTTP, Record, RecordError, RecordKey, Revocation,
-    SiteRecord, Unread, Verified, View, authorize, invite_key, kind_context,
+    Admission, AuthError, Body, Claim, GENESIS_FORMAT, Genesis, Invite, InviteTicket, MeshPeer,
+    NODE_FORMAT, NodeRecord, Pin, RECORD_FORMAT, ROLE_HTTP, Record, RecordError, RecordKey,
+    Revocation, SiteRecord, Unread, Verified, View, authorize, invite_key, kind_context,
 };
 #[cfg(feature = "next-format")]
 pub use records::{NOTE_KIND, Note};

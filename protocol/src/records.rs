@@ -16,7 +16,11 @@
 //!   every kind after the first six uses ([`kind_context`]); the node limits
 //!   how many such records each signer may have it carry.
 
-use std::{fmt, net::SocketAddr, str::FromStr};
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -185,7 +189,7 @@ impl SiteRecord {
 /// The [`NodeRecord`] format this build writes. Each format appends
 /// fields to the one before; the test-only `next-format` feature plays a
 /// newer release that appends [`NodeRecord::note`].
-pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 3 } else { 2 };
+pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 4 } else { 3 };
 
 /// A member node, signed by the node itself; valid only together with the
 /// admin-signed invite it redeemed (named by hash).
@@ -213,10 +217,31 @@ pub struct NodeRecord {
     /// for the founder). A record naming an invite without it admits
     /// nobody.
     pub admission: Option<Signed<Admission>>,
-    /// Format 3, test-only (feature `next-format`): a field today's
+    /// Format 3: the node's public IP addresses, what DNS answers with and
+    /// where its WireGuard peers send to (empty: unknown).
+    pub ips: Vec<IpAddr>,
+    /// Format 3: how members reach it inside the WireGuard mesh; `None`
+    /// while its mesh is off.
+    pub mesh: Option<MeshPeer>,
+    /// Format 4, test-only (feature `next-format`): a field today's
     /// release does not know.
     #[cfg(feature = "next-format")]
     pub note: Option<String>,
+}
+
+/// A member's side of the WireGuard mesh, as its node record announces it.
+/// Its mesh address is not here: every node derives it from the network
+/// and node ids ([`crate::mesh::member_addr`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MeshPeer {
+    /// Its WireGuard (Curve25519) public key.
+    pub key: [u8; 32],
+    /// The UDP port its WireGuard device listens on, at each of `ips`.
+    pub port: u16,
+    /// The UDP port of its p2p endpoint at its mesh address.
+    pub p2p_port: u16,
+    /// Which WireGuard it runs: `kernel` or `userspace` (for people).
+    pub backend: String,
 }
 
 impl<'de> Deserialize<'de> for NodeRecord {
@@ -262,8 +287,10 @@ impl<'de> Deserialize<'de> for NodeRecord {
                     invite: field!("invite"),
                     roles: field!("roles"),
                     admission: appended!(format, 2),
+                    ips: appended!(format, 3),
+                    mesh: appended!(format, 3),
                     #[cfg(feature = "next-format")]
-                    note: appended!(format, 3),
+                    note: appended!(format, 4),
                 })
             }
         }
@@ -274,7 +301,11 @@ impl<'de> Deserialize<'de> for NodeRecord {
 }
 
 /// The most fields a [`NodeRecord`] of this build's format has.
-const NODE_FIELDS: usize = if cfg!(feature = "next-format") { 10 } else { 9 };
+const NODE_FIELDS: usize = if cfg!(feature = "next-format") {
+    12
+} else {
+    11
+};
 
 /// The role of a node that serves sites over HTTP.
 pub const ROLE_HTTP: &str = "http";
@@ -867,6 +898,8 @@ mod tests {
             invite: None,
             roles: vec![ROLE_HTTP.into()],
             admission: None,
+            ips: vec![],
+            mesh: None,
             #[cfg(feature = "next-format")]
             note: None,
         }
@@ -906,6 +939,16 @@ mod tests {
         // What this build writes reads back whole.
         let mine = NodeRecord {
             format: NODE_FORMAT,
+            ips: vec![
+                "192.0.2.7".parse().expect("ip"),
+                "2001:db8::7".parse().expect("ip"),
+            ],
+            mesh: Some(MeshPeer {
+                key: [9; 32],
+                port: 51820,
+                p2p_port: 51821,
+                backend: "userspace".into(),
+            }),
             ..v1
         };
         let record = Record::Node(Signed::sign(&key, &mine));
@@ -1173,6 +1216,8 @@ mod tests {
             invite,
             roles: vec![ROLE_HTTP.into()],
             admission: invite.map(|_| admission(&founder, id)),
+            ips: vec![],
+            mesh: None,
             #[cfg(feature = "next-format")]
             note: None,
         };

@@ -115,6 +115,16 @@ pub struct NodeInfo {
     pub holds: Vec<crate::sync::Holding>,
     /// What it offers the public (see [`crate::ROLE_HTTP`]).
     pub roles: Vec<String>,
+    /// Its place in the WireGuard mesh, if it runs one.
+    pub mesh: Option<NodeMesh>,
+}
+
+/// A member's mesh, as `maki nodes` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeMesh {
+    pub addr: std::net::Ipv6Addr,
+    /// `kernel` or `userspace`.
+    pub backend: String,
 }
 
 /// How the node asked sees a member.
@@ -286,7 +296,7 @@ pub const JOIN_ALPN: &[u8] = b"maki/join/1";
 
 /// What a joining node sends (one frame on one stream). Its node id is the
 /// key of the connection.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub enum JoinRequest {
     /// The ticket's secret stays home: the claim, signed with the key it
@@ -294,6 +304,15 @@ pub enum JoinRequest {
     Redeem {
         network: Hash,
         claim: Signed<crate::Claim>,
+    },
+    /// A member's own node record (and the invite it redeemed), sent to
+    /// the other members over their public address before it talks to
+    /// them over the WireGuard mesh: they make it a mesh peer only once
+    /// they have its record, and until then the mesh does not carry it.
+    Introduce {
+        network: Hash,
+        record: Record,
+        invite: Option<Record>,
     },
 }
 
@@ -314,6 +333,8 @@ pub enum JoinResponse {
         /// whom the joiner syncs the rest with.
         records: Vec<Record>,
     },
+    /// The introduction was taken (or was known already).
+    Introduced,
     Refused(JoinError),
 }
 
@@ -335,6 +356,8 @@ pub enum JoinError {
     BadAdmission,
     #[error("the issuing node failed: {0}")]
     Internal(String),
+    #[error("the introduction was refused: {0}")]
+    NotIntroduced(String),
 }
 
 /// A frame that cannot be read.

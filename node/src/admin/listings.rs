@@ -11,7 +11,7 @@ use super::{AdminProtocol, internal};
 
 impl AdminProtocol {
     pub(super) fn nodes(&self, caller: PublicKey) -> Result<Response, RpcError> {
-        use maki_protocol::rpc::{Health, NodeInfo};
+        use maki_protocol::rpc::{Health, NodeInfo, NodeMesh};
         if !self.is_known(&caller) {
             return Err(RpcError::NotAdmin { key: caller });
         }
@@ -69,6 +69,10 @@ impl AdminProtocol {
                         p.holds
                     }),
                     roles: p.roles,
+                    mesh: p.mesh.map(|m| NodeMesh {
+                        addr: maki_protocol::mesh::member_addr(&self.shared.members.network, &id),
+                        backend: m.backend,
+                    }),
                 }
             })
             .collect();

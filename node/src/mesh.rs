@@ -1,0 +1,440 @@
+//! The WireGuard mesh: interface [`INTERFACE`] carries member-to-member
+//! traffic, one WireGuard peer per member that announced a mesh.
+//!
+//! Each node's mesh address is derived from the network and node ids
+//! ([`maki_protocol::mesh`]), so the interface holds one address, the
+//! node's own, with the network's /48: the kernel routes the whole mesh
+//! to the interface, and WireGuard picks the peer by its /128.
+//!
+//! The peer list is rebuilt from the member list on every change and
+//! handed over whole. With the userspace device that is the only safe way
+//! (its fork of boringtun panics when a peer is changed in place); the
+//! kernel takes the difference, peer by peer, since its whole-device call
+//! would first flush the interface's address from under the sockets bound
+//! to it.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
+    path::Path,
+    sync::Mutex,
+};
+
+use defguard_wireguard_rs::{
+    InterfaceConfiguration, Kernel, Userspace, WGApi, WireguardInterfaceApi, host::Host, key::Key,
+    net::IpAddrMask, peer::Peer,
+};
+use maki_protocol::{Hash, MeshPeer, PublicKey, mesh};
+use tracing::{debug, info, warn};
+
+use crate::config::MeshMode;
+
+/// The mesh's network interface.
+pub const INTERFACE: &str = "maki0";
+
+/// WireGuard's usual MTU: 1500 less its overhead over IPv6.
+const MTU: u32 = 1420;
+
+/// Keeps NAT mappings open between members behind NAT.
+const KEEPALIVE_SECS: u16 = 25;
+
+const KEY_FILE: &str = "wireguard.key";
+
+/// Which WireGuard implementation runs the mesh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Kernel,
+    Userspace,
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Kernel => "kernel",
+            Backend::Userspace => "userspace",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MeshError {
+    #[error("{path}: {source}")]
+    Key {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0} is not a WireGuard key (64 hex characters)")]
+    BadKey(String),
+    #[error(
+        "cannot create the WireGuard interface {INTERFACE} ({backend}): {message}; the mesh needs root (CAP_NET_ADMIN) and /dev/net/tun"
+    )]
+    Create {
+        backend: &'static str,
+        message: String,
+    },
+    #[error("kernel WireGuard is not available here ({0}); set mesh = \"userspace\" or \"auto\"")]
+    NoKernel(String),
+    #[error("cannot configure {INTERFACE}: {0}")]
+    Configure(String),
+}
+
+/// One member's WireGuard peer: who, where, and its mesh address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeshMember {
+    pub node: PublicKey,
+    pub key: [u8; 32],
+    /// Where its WireGuard listens (`None`: it has announced no public IP,
+    /// so only it can start a handshake).
+    pub endpoint: Option<SocketAddr>,
+    pub addr: Ipv6Addr,
+}
+
+impl MeshMember {
+    /// The peer a member's record describes, in `network`.
+    pub fn of(network: &Hash, node: PublicKey, ips: &[IpAddr], peer: &MeshPeer) -> Self {
+        // An IPv4 address first: most providers' underlay.
+        let ip = ips
+            .iter()
+            .find(|ip| ip.is_ipv4())
+            .or_else(|| ips.first())
+            .copied();
+        Self {
+            node,
+            key: peer.key,
+            endpoint: ip.map(|ip| SocketAddr::new(ip, peer.port)),
+            addr: mesh::member_addr(network, &node),
+        }
+    }
+
+    fn peer(&self) -> Peer {
+        let mut p = Peer::new(Key::new(self.key));
+        p.endpoint = self.endpoint;
+        p.persistent_keepalive_interval = Some(KEEPALIVE_SECS);
+        p.allowed_ips = vec![IpAddrMask::host(IpAddr::V6(self.addr))];
+        p
+    }
+}
+
+enum Device {
+    Kernel(WGApi<Kernel>),
+    Userspace(WGApi<Userspace>),
+}
+
+/// The running mesh interface; removed when dropped.
+pub struct Mesh {
+    backend: Backend,
+    /// Why this backend (for the log and for people).
+    reason: String,
+    key: Key,
+    port: u16,
+    addr: Ipv6Addr,
+    device: Mutex<Device>,
+    /// The peers last handed to the device, by WireGuard key.
+    peers: Mutex<HashMap<[u8; 32], MeshMember>>,
+}
+
+impl std::fmt::Debug for Mesh {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mesh")
+            .field("backend", &self.backend)
+            .field("port", &self.port)
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mesh {
+    /// Brings up [`INTERFACE`] with this node's mesh address and no peers,
+    /// on the backend `mode` asks for. `Ok(None)` when the mesh is off.
+    pub fn start(
+        mode: MeshMode,
+        data_dir: &Path,
+        port: u16,
+        network: &Hash,
+        node: &PublicKey,
+    ) -> Result<Option<Self>, MeshError> {
+        let (backend, reason) = match mode {
+            MeshMode::Off => return Ok(None),
+            MeshMode::Kernel => (Backend::Kernel, "mesh = \"kernel\"".to_owned()),
+            MeshMode::Userspace => (Backend::Userspace, "mesh = \"userspace\"".to_owned()),
+            MeshMode::Auto => match kernel_wireguard() {
+                Ok(()) => (Backend::Kernel, "the kernel has WireGuard".to_owned()),
+                Err(why) => (
+                    Backend::Userspace,
+                    format!("the kernel has no WireGuard ({why})"),
+                ),
+            },
+        };
+        let key = load_or_create_key(data_dir)?;
+        let addr = mesh::member_addr(network, node);
+        let device = create(backend)?;
+        let mut mesh = Self {
+            backend,
+            reason,
+            key,
+            port,
+            addr,
+            device: Mutex::new(device),
+            peers: Mutex::default(),
+        };
+        mesh.configure()?;
+        info!(
+            interface = INTERFACE,
+            backend = backend.name(),
+            why = %mesh.reason,
+            %addr,
+            port = mesh.port,
+            "mesh up"
+        );
+        Ok(Some(mesh))
+    }
+
+    /// The interface's address, key and port, with no peers yet.
+    fn configure(&mut self) -> Result<(), MeshError> {
+        let err = |e: defguard_wireguard_rs::error::WireguardInterfaceError| {
+            MeshError::Configure(e.to_string())
+        };
+        let config = InterfaceConfiguration {
+            name: INTERFACE.to_owned(),
+            prvkey: self.key.to_string(),
+            addresses: vec![IpAddrMask::new(
+                IpAddr::V6(self.addr),
+                mesh::NETWORK_PREFIX_LEN,
+            )],
+            port: self.port,
+            peers: Vec::new(),
+            mtu: Some(MTU),
+            fwmark: None,
+        };
+        let device = self.device.get_mut().map_err(|_| poisoned())?;
+        match device {
+            Device::Kernel(api) => api.configure_interface(&config).map_err(err)?,
+            Device::Userspace(api) => api.configure_interface(&config).map_err(err)?,
+        }
+        // Port 0 asks for any free port: learn which.
+        if self.port == 0 {
+            self.port = match device {
+                Device::Kernel(api) => api.read_interface_data().map_err(err)?.listen_port,
+                Device::Userspace(api) => {
+                    api.read_host()
+                        .map_err(|e| MeshError::Configure(e.to_string()))?
+                        .listen_port
+                }
+            };
+        }
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// This node's mesh address.
+    pub fn addr(&self) -> Ipv6Addr {
+        self.addr
+    }
+
+    /// What this node's record announces; `p2p_port` is where its
+    /// endpoint listens at its mesh address.
+    pub fn announce(&self, p2p_port: u16) -> MeshPeer {
+        MeshPeer {
+            key: self.key.public_key().as_array(),
+            port: self.port,
+            p2p_port,
+            backend: self.backend.name().to_owned(),
+        }
+    }
+
+    /// Makes `members` the device's whole peer list (this node skipped).
+    /// Two members claiming one WireGuard key get neither: the device
+    /// could route the address of only one of them, and the key is not
+    /// either's alone to use.
+    pub fn set_peers(&self, members: impl IntoIterator<Item = MeshMember>) {
+        let own = self.key.public_key().as_array();
+        let mut next: HashMap<[u8; 32], MeshMember> = HashMap::new();
+        let mut clashing = Vec::new();
+        for m in members {
+            if m.addr == self.addr {
+                continue;
+            }
+            if m.key == own || next.contains_key(&m.key) {
+                clashing.push(m.key);
+                continue;
+            }
+            next.insert(m.key, m);
+        }
+        for key in &clashing {
+            if let Some(m) = next.remove(key) {
+                warn!(peer = %m.node.fmt_short(), "two members announce one WireGuard key: neither is a mesh peer");
+            }
+        }
+        let Ok(mut current) = self.peers.lock() else {
+            return;
+        };
+        if *current == next {
+            return;
+        }
+        let Ok(device) = self.device.lock() else {
+            return;
+        };
+        let result = match &*device {
+            Device::Userspace(api) => {
+                let mut host = Host::new(self.port, self.key.clone());
+                host.peers = next
+                    .values()
+                    .map(|m| (Key::new(m.key), m.peer()))
+                    .collect();
+                api.write_host(&host).map_err(|e| e.to_string())
+            }
+            Device::Kernel(api) => {
+                let mut result = Ok(());
+                for gone in current.keys().filter(|k| !next.contains_key(*k)) {
+                    if let Err(e) = api.remove_peer(&Key::new(*gone)) {
+                        result = Err(e.to_string());
+                    }
+                }
+                for m in next.values().filter(|m| current.get(&m.key) != Some(*m)) {
+                    if let Err(e) = api.configure_peer(&m.peer()) {
+                        result = Err(e.to_string());
+                    }
+                }
+                result
+            }
+        };
+        match result {
+            Ok(()) => {
+                debug!(peers = next.len(), "mesh peers set");
+                *current = next;
+            }
+            // The next change of members tries again with the whole list.
+            Err(error) => {
+                warn!(%error, "could not set the mesh peers");
+                current.clear();
+            }
+        }
+    }
+}
+
+impl Drop for Mesh {
+    fn drop(&mut self) {
+        let Ok(device) = self.device.get_mut() else {
+            return;
+        };
+        let result = match device {
+            Device::Kernel(api) => api.remove_interface(),
+            Device::Userspace(api) => api.remove_interface(),
+        };
+        if let Err(error) = result {
+            warn!(%error, "could not remove {INTERFACE}");
+        }
+    }
+}
+
+fn poisoned() -> MeshError {
+    MeshError::Configure("a thread panicked while configuring the mesh".into())
+}
+
+/// Why kernel WireGuard is missing, if it is: the kernel lists the module
+/// (loaded, or built in) under /sys/module.
+fn kernel_wireguard() -> Result<(), String> {
+    if Path::new("/sys/module/wireguard").exists() {
+        Ok(())
+    } else {
+        Err("no /sys/module/wireguard".into())
+    }
+}
+
+fn create(backend: Backend) -> Result<Device, MeshError> {
+    let err = |e: defguard_wireguard_rs::error::WireguardInterfaceError| MeshError::Create {
+        backend: backend.name(),
+        message: e.to_string(),
+    };
+    match backend {
+        Backend::Kernel => {
+            let mut api = WGApi::<Kernel>::new(INTERFACE).map_err(err)?;
+            // Left over by a node that did not stop cleanly.
+            let _ = api.remove_interface();
+            api.create_interface().map_err(|e| {
+                let message = e.to_string();
+                if message.contains("Operation not supported") || message.contains("os error 95")
+                {
+                    MeshError::NoKernel(message)
+                } else {
+                    err(e)
+                }
+            })?;
+            Ok(Device::Kernel(api))
+        }
+        Backend::Userspace => {
+            let mut api = WGApi::<Userspace>::new(INTERFACE).map_err(err)?;
+            api.create_interface().map_err(err)?;
+            Ok(Device::Userspace(api))
+        }
+    }
+}
+
+/// The node's WireGuard key, made on first use: `DATA_DIR/wireguard.key`
+/// (hex, mode 0600).
+fn load_or_create_key(dir: &Path) -> Result<Key, MeshError> {
+    let path = dir.join(KEY_FILE);
+    let shown = path.display().to_string();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Key::decode(text.trim()).map_err(|_| MeshError::BadKey(shown)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = Key::generate();
+            crate::identity::write_private(&path, key.to_lower_hex().as_bytes()).map_err(|e| {
+                MeshError::Key {
+                    path: shown.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
+            Ok(key)
+        }
+        Err(source) => Err(MeshError::Key {
+            path: shown,
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_key_is_made_once_and_kept() -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let a = load_or_create_key(dir.path())?;
+        let b = load_or_create_key(dir.path())?;
+        assert_eq!(a.as_array(), b.as_array());
+        let mode = std::fs::metadata(dir.path().join(KEY_FILE))?.permissions();
+        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        std::fs::write(dir.path().join(KEY_FILE), "not a key")?;
+        assert!(matches!(
+            load_or_create_key(dir.path()),
+            Err(MeshError::BadKey(_))
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn a_member_is_reached_at_its_ipv4_first() {
+        let net = Hash::of(b"n");
+        let node = maki_protocol::SecretKey::from_bytes(&[3; 32]).public();
+        let peer = MeshPeer {
+            key: [1; 32],
+            port: 51820,
+            p2p_port: 51821,
+            backend: "userspace".into(),
+        };
+        let ips: Vec<IpAddr> = vec![
+            "2001:db8::1".parse().expect("ip"),
+            "192.0.2.1".parse().expect("ip"),
+        ];
+        let m = MeshMember::of(&net, node, &ips, &peer);
+        assert_eq!(m.endpoint, Some("192.0.2.1:51820".parse().expect("addr")));
+        assert_eq!(m.addr, mesh::member_addr(&net, &node));
+        assert_eq!(MeshMember::of(&net, node, &[], &peer).endpoint, None);
+    }
+}
