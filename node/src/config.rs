@@ -100,6 +100,22 @@ pub enum MeshMode {
     Userspace,
 }
 
+impl std::str::FromStr for MeshMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "auto" => Ok(Self::Auto),
+            "kernel" => Ok(Self::Kernel),
+            "userspace" => Ok(Self::Userspace),
+            other => Err(format!(
+                "{other:?} is not a mesh mode (off, auto, kernel, userspace)"
+            )),
+        }
+    }
+}
+
 /// The roles this version knows.
 const KNOWN_ROLES: &[&str] = &[maki_protocol::ROLE_HTTP];
 
@@ -201,6 +217,11 @@ impl Config {
         }
         if self.gc_interval < std::time::Duration::from_secs(1) {
             return Err("gc_interval must be at least 1s".into());
+        }
+        if self.mesh != MeshMode::Off && self.wireguard_port == 0 {
+            // Members send to the port the node record names, so it must
+            // stay the same across restarts.
+            return Err("wireguard_port must be a fixed port (not 0) with the mesh on".into());
         }
         if self.max_upload_bytes == 0 {
             return Err("max_upload_bytes must be at least 1".into());

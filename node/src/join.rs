@@ -306,10 +306,27 @@ const INTRODUCE_AT_ONCE: usize = 8;
 /// at its public addresses, so each makes this node a mesh peer before
 /// anything is sent over the mesh. A member that cannot be reached now
 /// learns the record later, by sync through the others.
-pub async fn introduce(endpoint: Endpoint, members: Arc<Members>, cancel: CancellationToken) {
+///
+/// From an endpoint of its own (same key, any port): what the node's own
+/// endpoint learns of a member's public addresses it may use again, and a
+/// member is to be reached only over the mesh.
+pub async fn introduce(
+    key: SecretKey,
+    bind: std::net::SocketAddr,
+    members: Arc<Members>,
+    cancel: CancellationToken,
+) {
     use n0_future::{BufferedStreamExt, StreamExt};
     let Some((record, invite)) = members.introduction() else {
         return;
+    };
+    let any = std::net::SocketAddr::new(bind.ip(), 0);
+    let endpoint = match crate::endpoint::bind(&key, any, iroh::address_lookup::MemoryLookup::new()).await {
+        Ok(e) => e,
+        Err(error) => {
+            warn!(%error, "cannot introduce this node to the members");
+            return;
+        }
     };
     let record = Record::Node(record);
     let invite = invite.map(Record::Invite);
@@ -349,6 +366,7 @@ pub async fn introduce(endpoint: Endpoint, members: Arc<Members>, cancel: Cancel
         _ = cancel.cancelled() => {}
         _ = work => {}
     }
+    endpoint.close().await;
 }
 
 /// One request and its answer over `maki/join/1`.

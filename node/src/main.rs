@@ -5,7 +5,11 @@ use std::{io::Write, net::SocketAddr, path::PathBuf};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use maki_protocol::{InviteTicket, PublicKey};
-use makiatto::{Config, Node, config::CONFIG_FILE, setup};
+use makiatto::{
+    Config, Node,
+    config::{CONFIG_FILE, MeshMode},
+    setup,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -34,6 +38,8 @@ enum Command {
         /// p2p (iroh QUIC, UDP) listen address.
         #[arg(long, default_value = "0.0.0.0:51821")]
         p2p: SocketAddr,
+        #[command(flatten)]
+        mesh: MeshArgs,
     },
     /// Join a network with an invite ticket (from `maki invite`), write
     /// DATA_DIR, then run like `run`. Later starts use `run`.
@@ -56,6 +62,8 @@ enum Command {
         http: SocketAddr,
         #[arg(long, default_value = "0.0.0.0:51821")]
         p2p: SocketAddr,
+        #[command(flatten)]
+        mesh: MeshArgs,
     },
     /// Run the node in DATA_DIR until SIGINT or SIGTERM.
     Run {
@@ -67,6 +75,21 @@ enum Command {
         #[arg(long, env = "MAKIATTO_DATA_DIR")]
         data_dir: PathBuf,
     },
+}
+
+/// The WireGuard mesh settings `init` and `join` write.
+#[derive(Debug, clap::Args)]
+struct MeshArgs {
+    /// The WireGuard mesh between members: off, auto, kernel or userspace.
+    #[arg(long, default_value = "off")]
+    mesh: MeshMode,
+    /// The UDP port WireGuard listens on.
+    #[arg(long, default_value_t = 51820)]
+    wireguard_port: u16,
+    /// This node's public IP (repeat for more): what DNS answers with and
+    /// where members' WireGuard sends. Default: the p2p addresses' IPs.
+    #[arg(long = "public-ip")]
+    public_ips: Vec<std::net::IpAddr>,
 }
 
 // `pub(crate)`: `makiatto-next` (src/bin) is this same program, built with
@@ -130,10 +153,14 @@ async fn run(cli: Cli) -> Result<()> {
             admins,
             http,
             p2p,
+            mesh,
         } => {
             let config = Config {
                 http,
                 p2p,
+                mesh: mesh.mesh,
+                wireguard_port: mesh.wireguard_port,
+                public_ips: mesh.public_ips,
                 ..Config::default()
             };
             let created = setup::init(&data_dir, admins, &config)?;
@@ -159,12 +186,16 @@ async fn run(cli: Cli) -> Result<()> {
             lon,
             http,
             p2p,
+            mesh,
         } => {
             let config = Config {
                 region,
                 location: lat.zip(lon).map(|(lat, lon)| [lat, lon]),
                 http,
                 p2p,
+                mesh: mesh.mesh,
+                wireguard_port: mesh.wireguard_port,
+                public_ips: mesh.public_ips,
                 ..Config::default()
             };
             let ticket: InviteTicket = ticket

@@ -20,8 +20,9 @@ use std::{
     sync::Mutex,
 };
 
+use defguard_boringtun::device::{DeviceConfig, DeviceHandle};
 use defguard_wireguard_rs::{
-    InterfaceConfiguration, Kernel, Userspace, WGApi, WireguardInterfaceApi, host::Host, key::Key,
+    InterfaceConfiguration, Kernel, Userspace, WGApi, WireguardInterfaceApi, key::Key,
     net::IpAddrMask, peer::Peer,
 };
 use maki_protocol::{Hash, MeshPeer, PublicKey, mesh};
@@ -118,7 +119,66 @@ impl MeshMember {
 
 enum Device {
     Kernel(WGApi<Kernel>),
-    Userspace(WGApi<Userspace>),
+    Userspace(UserspaceDevice),
+}
+
+/// The in-process WireGuard (defguard's boringtun), configured over a
+/// socket pair: its configuration socket would otherwise be a file shared
+/// by every network namespace, and would come with handlers that take
+/// SIGINT and SIGTERM from the node.
+struct UserspaceDevice {
+    /// Dropped last: it stops the device and removes the interface.
+    _handle: DeviceHandle,
+    /// Our end of the device's configuration (UAPI) socket.
+    uapi: std::os::unix::net::UnixStream,
+}
+
+impl UserspaceDevice {
+    fn create() -> Result<Self, String> {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| e.to_string())?;
+        ours.set_read_timeout(Some(std::time::Duration::from_secs(3)))
+            .map_err(|e| e.to_string())?;
+        let config = DeviceConfig {
+            n_threads: 2,
+            use_connected_socket: true,
+            use_multi_queue: true,
+            // The device owns this end from here on.
+            uapi_fd: std::os::fd::IntoRawFd::into_raw_fd(theirs),
+        };
+        let handle = DeviceHandle::new(INTERFACE, config).map_err(|e| e.to_string())?;
+        Ok(Self {
+            _handle: handle,
+            uapi: ours,
+        })
+    }
+
+    /// One `set` of the UAPI protocol: lines of `key=value`.
+    fn set(&self, body: &str) -> Result<(), String> {
+        use std::io::{BufRead, Write};
+        let mut w = &self.uapi;
+        w.write_all(format!("set=1\n{body}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut reader = std::io::BufReader::new(&self.uapi);
+        let mut errno = None;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+                return Err("the device closed its configuration socket".into());
+            }
+            let line = line.trim();
+            if line.is_empty() {
+                break;
+            }
+            if let Some(n) = line.strip_prefix("errno=") {
+                errno = n.parse::<i32>().ok();
+            }
+        }
+        match errno {
+            Some(0) => Ok(()),
+            Some(n) => Err(std::io::Error::from_raw_os_error(n).to_string()),
+            None => Err("the device did not answer".into()),
+        }
+    }
 }
 
 /// The running mesh interface; removed when dropped.
@@ -195,33 +255,33 @@ impl Mesh {
         let err = |e: defguard_wireguard_rs::error::WireguardInterfaceError| {
             MeshError::Configure(e.to_string())
         };
-        let config = InterfaceConfiguration {
-            name: INTERFACE.to_owned(),
-            prvkey: self.key.to_string(),
-            addresses: vec![IpAddrMask::new(
-                IpAddr::V6(self.addr),
-                mesh::NETWORK_PREFIX_LEN,
-            )],
-            port: self.port,
-            peers: Vec::new(),
-            mtu: Some(MTU),
-            fwmark: None,
-        };
+        let address = IpAddrMask::new(IpAddr::V6(self.addr), mesh::NETWORK_PREFIX_LEN);
         let device = self.device.get_mut().map_err(|_| poisoned())?;
         match device {
-            Device::Kernel(api) => api.configure_interface(&config).map_err(err)?,
-            Device::Userspace(api) => api.configure_interface(&config).map_err(err)?,
-        }
-        // Port 0 asks for any free port: learn which.
-        if self.port == 0 {
-            self.port = match device {
-                Device::Kernel(api) => api.read_interface_data().map_err(err)?.listen_port,
-                Device::Userspace(api) => {
-                    api.read_host()
-                        .map_err(|e| MeshError::Configure(e.to_string()))?
-                        .listen_port
-                }
-            };
+            Device::Kernel(api) => {
+                let config = InterfaceConfiguration {
+                    name: INTERFACE.to_owned(),
+                    prvkey: self.key.to_string(),
+                    addresses: vec![address],
+                    port: self.port,
+                    peers: Vec::new(),
+                    mtu: Some(MTU),
+                    fwmark: None,
+                };
+                api.configure_interface(&config).map_err(err)?;
+            }
+            Device::Userspace(dev) => {
+                dev.set(&format!(
+                    "private_key={}\nlisten_port={}\n",
+                    self.key.to_lower_hex(),
+                    self.port
+                ))
+                .map_err(MeshError::Configure)?;
+                link::up(INTERFACE, MTU).map_err(MeshError::Configure)?;
+                WGApi::<Userspace>::new(INTERFACE)
+                    .and_then(|api| api.assign_address(&address))
+                    .map_err(err)?;
+            }
         }
         Ok(())
     }
@@ -279,13 +339,16 @@ impl Mesh {
             return;
         };
         let result = match &*device {
-            Device::Userspace(api) => {
-                let mut host = Host::new(self.port, self.key.clone());
-                host.peers = next
-                    .values()
-                    .map(|m| (Key::new(m.key), m.peer()))
-                    .collect();
-                api.write_host(&host).map_err(|e| e.to_string())
+            Device::Userspace(dev) => {
+                // Peers without an endpoint first: this device carries a
+                // field of one peer over to the next that lacks it.
+                let mut peers: Vec<&MeshMember> = next.values().collect();
+                peers.sort_by_key(|m| (m.endpoint.is_some(), m.key));
+                let mut body = String::from("replace_peers=true\n");
+                for m in peers {
+                    body.push_str(&m.peer().as_uapi_update());
+                }
+                dev.set(&body)
             }
             Device::Kernel(api) => {
                 let mut result = Ok(());
@@ -321,12 +384,49 @@ impl Drop for Mesh {
         let Ok(device) = self.device.get_mut() else {
             return;
         };
-        let result = match device {
-            Device::Kernel(api) => api.remove_interface(),
-            Device::Userspace(api) => api.remove_interface(),
-        };
-        if let Err(error) = result {
+        // The userspace device goes with its handle (and its interface
+        // with it); its `remove_interface` would also reset the host's DNS.
+        if let Device::Kernel(api) = device
+            && let Err(error) = api.remove_interface()
+        {
             warn!(%error, "could not remove {INTERFACE}");
+        }
+    }
+}
+
+/// Bringing the userspace device's interface up, by netlink.
+mod link {
+    use netlink_packet_core::{NLM_F_ACK, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+    use netlink_packet_route::{
+        RouteNetlinkMessage,
+        link::{LinkAttribute, LinkFlags, LinkMessage},
+    };
+    use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+
+    /// Sets `name` up with `mtu` (the kernel finds it by name).
+    pub fn up(name: &str, mtu: u32) -> Result<(), String> {
+        let mut link = LinkMessage::default();
+        link.header.flags = LinkFlags::Up;
+        link.header.change_mask = LinkFlags::Up;
+        link.attributes.push(LinkAttribute::IfName(name.into()));
+        link.attributes.push(LinkAttribute::Mtu(mtu));
+        let mut req = NetlinkMessage::from(RouteNetlinkMessage::SetLink(link));
+        req.header.flags = NLM_F_REQUEST | NLM_F_ACK;
+        req.finalize();
+        let mut buf = vec![0u8; req.buffer_len()];
+        req.serialize(&mut buf);
+        let socket = Socket::new(NETLINK_ROUTE).map_err(|e| e.to_string())?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(|e| e.to_string())?;
+        socket.send(&buf, 0).map_err(|e| e.to_string())?;
+        let mut answer = vec![0u8; 8192];
+        let n = socket.recv(&mut &mut answer[..], 0).map_err(|e| e.to_string())?;
+        let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer[..n])
+            .map_err(|e| e.to_string())?;
+        match reply.payload {
+            NetlinkPayload::Error(e) if e.code.is_some() => Err(e.to_io().to_string()),
+            _ => Ok(()),
         }
     }
 }
@@ -366,11 +466,12 @@ fn create(backend: Backend) -> Result<Device, MeshError> {
             })?;
             Ok(Device::Kernel(api))
         }
-        Backend::Userspace => {
-            let mut api = WGApi::<Userspace>::new(INTERFACE).map_err(err)?;
-            api.create_interface().map_err(err)?;
-            Ok(Device::Userspace(api))
-        }
+        Backend::Userspace => UserspaceDevice::create()
+            .map(Device::Userspace)
+            .map_err(|message| MeshError::Create {
+                backend: backend.name(),
+                message,
+            }),
     }
 }
 

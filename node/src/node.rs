@@ -263,7 +263,8 @@ impl Node {
         let mut node = node;
         if node.mesh.is_some() {
             node.tasks.spawn(crate::join::introduce(
-                endpoint.clone(),
+                key.clone(),
+                node.shared.config.p2p,
                 members.clone(),
                 node.cancel.clone(),
             ));
@@ -363,6 +364,7 @@ impl Node {
     pub fn ticket(&self) -> NodeTicket {
         let ep = self.router.endpoint();
         let mut addrs = self.shared.config.public_addrs.clone();
+        let mesh = self.mesh.as_ref().map(|m| std::net::IpAddr::V6(m.addr()));
         if addrs.is_empty() {
             for a in ep.bound_sockets() {
                 if a.ip().is_unspecified() {
@@ -377,6 +379,8 @@ impl Node {
                 }
             }
         }
+        // Not the mesh address: tickets are for those outside it.
+        addrs.retain(|a| Some(a.ip()) != mesh);
         addrs.sort();
         addrs.dedup();
         NodeTicket {

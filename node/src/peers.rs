@@ -433,7 +433,12 @@ impl EndpointHooks for MembersOnly {
             let mesh_addr = self.0.get(&key).and_then(|p| p.mesh_addr);
             return match mesh_addr {
                 Some(addr) if !only_from(conn, addr) => {
-                    tracing::debug!(peer = %key.fmt_short(), "refused a member's connection from outside the mesh");
+                    let from: Vec<String> = conn
+                        .paths()
+                        .iter()
+                        .map(|p| format!("{:?}", p.remote_addr()))
+                        .collect();
+                    tracing::debug!(peer = %key.fmt_short(), ?from, "refused a member's connection from outside the mesh");
                     AfterHandshakeOutcome::Reject {
                         error_code: OFF_MESH,
                         reason: b"members talk over the mesh".to_vec(),
