@@ -161,6 +161,8 @@ async fn main() -> Result<()> {
                     invite: Some(secret_hash),
                     roles: vec![],
                     admission: Some(admission(&key, i)),
+                    ips: vec![],
+                    mesh: None,
                     #[cfg(feature = "next-format")]
                     note: None,
                 },

@@ -321,13 +321,14 @@ pub async fn introduce(
         return;
     };
     let any = std::net::SocketAddr::new(bind.ip(), 0);
-    let endpoint = match crate::endpoint::bind(&key, any, iroh::address_lookup::MemoryLookup::new()).await {
-        Ok(e) => e,
-        Err(error) => {
-            warn!(%error, "cannot introduce this node to the members");
-            return;
-        }
-    };
+    let endpoint =
+        match crate::endpoint::bind(&key, any, iroh::address_lookup::MemoryLookup::new()).await {
+            Ok(e) => e,
+            Err(error) => {
+                warn!(%error, "cannot introduce this node to the members");
+                return;
+            }
+        };
     let record = Record::Node(record);
     let invite = invite.map(Record::Invite);
     let dir = members.directory();
@@ -336,7 +337,11 @@ pub async fn introduce(
         .filter(|(n, _)| n.id != members.id && n.mesh.is_some())
         .filter_map(|(n, _)| {
             let id = iroh::PublicKey::from_bytes(n.id.as_bytes()).ok()?;
-            Some(n.addrs.iter().fold(EndpointAddr::new(id), |a, s| a.with_ip_addr(*s)))
+            Some(
+                n.addrs
+                    .iter()
+                    .fold(EndpointAddr::new(id), |a, s| a.with_ip_addr(*s)),
+            )
         })
         .collect();
     let network = members.network;
@@ -354,8 +359,12 @@ pub async fn introduce(
                     Ok(Ok(JoinResponse::Introduced)) => {
                         tracing::debug!(%peer, "introduced to a member");
                     }
-                    Ok(Ok(other)) => warn!(%peer, answer = ?other, "a member refused this node's introduction"),
-                    Ok(Err(error)) => tracing::debug!(%peer, %error, "could not introduce this node"),
+                    Ok(Ok(other)) => {
+                        warn!(%peer, answer = ?other, "a member refused this node's introduction")
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "could not introduce this node")
+                    }
                     Err(_) => tracing::debug!(%peer, "no answer to an introduction"),
                 }
             }
@@ -380,7 +389,9 @@ async fn ask(
         .await
         .map_err(|e| e.to_string())?;
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    frame::write(&mut send, req).await.map_err(|e| e.to_string())?;
+    frame::write(&mut send, req)
+        .await
+        .map_err(|e| e.to_string())?;
     send.finish().map_err(|e| e.to_string())?;
     let answer = frame::read::<JoinResponse>(&mut recv, rpc::MAX_FRAME).await;
     conn.close(0u32.into(), b"thanks");

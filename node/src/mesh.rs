@@ -421,7 +421,9 @@ mod link {
             .map_err(|e| e.to_string())?;
         socket.send(&buf, 0).map_err(|e| e.to_string())?;
         let mut answer = vec![0u8; 8192];
-        let n = socket.recv(&mut &mut answer[..], 0).map_err(|e| e.to_string())?;
+        let n = socket
+            .recv(&mut &mut answer[..], 0)
+            .map_err(|e| e.to_string())?;
         let reply = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&answer[..n])
             .map_err(|e| e.to_string())?;
         match reply.payload {
@@ -457,8 +459,7 @@ fn create(backend: Backend) -> Result<Device, MeshError> {
             let _ = api.remove_interface();
             api.create_interface().map_err(|e| {
                 let message = e.to_string();
-                if message.contains("Operation not supported") || message.contains("os error 95")
-                {
+                if message.contains("Operation not supported") || message.contains("os error 95") {
                     MeshError::NoKernel(message)
                 } else {
                     err(e)
@@ -510,7 +511,10 @@ mod tests {
         let b = load_or_create_key(dir.path())?;
         assert_eq!(a.as_array(), b.as_array());
         let mode = std::fs::metadata(dir.path().join(KEY_FILE))?.permissions();
-        assert_eq!(std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777, 0o600);
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
         std::fs::write(dir.path().join(KEY_FILE), "not a key")?;
         assert!(matches!(
             load_or_create_key(dir.path()),

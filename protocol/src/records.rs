@@ -514,6 +514,9 @@ pub struct Verified {
 
 /// The decoded content of a [`Verified`] record.
 #[derive(Debug, Clone, PartialEq)]
+// A body lives only while its record is checked and applied, one at a
+// time; boxing the node record would cost an allocation for each instead.
+#[allow(clippy::large_enum_variant)]
 pub enum Body {
     Invite(Invite),
     Site(SiteRecord),

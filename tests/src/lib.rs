@@ -16,6 +16,8 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 
+pub mod lab;
+
 /// Paths of the built binaries.
 #[derive(Debug, Clone)]
 pub struct Bins {
@@ -217,6 +219,18 @@ impl NodeProc {
         Self::spawn_with(program, dir, &["run"], dir.join("node.log"))
     }
 
+    /// `makiatto ARGS` run through `wrap` (a lab host's `ip netns exec
+    /// NS`), waiting for its `ready` line; stderr goes to `log`.
+    pub fn spawn_in(wrap: &[String], dir: &Path, args: &[&str], log: PathBuf) -> Result<Self> {
+        let makiatto = bins()?.makiatto;
+        let makiatto = makiatto.to_str().context("binary path is not UTF-8")?;
+        let (program, before) = wrap.split_first().context("an empty wrapper")?;
+        let mut all: Vec<&str> = before.iter().map(String::as_str).collect();
+        all.push(makiatto);
+        all.extend_from_slice(args);
+        Self::spawn_with(program, dir, &all, log)
+    }
+
     fn spawn(dir: &Path, args: &[&str], stderr_log: PathBuf) -> Result<Self> {
         let bins = bins()?;
         Self::spawn_with(&bins.makiatto, dir, args, stderr_log)
@@ -354,6 +368,8 @@ pub struct Maki {
     pub home: PathBuf,
     pub node: Option<String>,
     pub cwd: PathBuf,
+    /// What runs it (a lab host's `ip netns exec NS`); empty: directly.
+    pub wrap: Vec<String>,
 }
 
 impl Maki {
@@ -362,11 +378,20 @@ impl Maki {
             home: home.to_owned(),
             node: node.map(str::to_owned),
             cwd: home.to_owned(),
+            wrap: Vec::new(),
         }
     }
 
     pub fn command(&self, args: &[&str]) -> Result<Command> {
-        let mut cmd = Command::new(bins()?.maki);
+        let maki = bins()?.maki;
+        let mut cmd = match self.wrap.split_first() {
+            Some((program, before)) => {
+                let mut c = Command::new(program);
+                c.args(before).arg(maki);
+                c
+            }
+            None => Command::new(maki),
+        };
         cmd.args(args)
             .current_dir(&self.cwd)
             .env("MAKI_HOME", &self.home)

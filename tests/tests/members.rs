@@ -60,6 +60,8 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
                 invite,
                 roles: vec![],
                 admission: None,
+                ips: vec![],
+                mesh: None,
             },
         )
     };
@@ -312,6 +314,8 @@ async fn a_revoked_node_cannot_return_under_a_new_key() -> Result<()> {
                 invite: Some(invite.secret_hash),
                 roles: vec![],
                 admission,
+                ips: vec![],
+                mesh: None,
             },
         )
     };
