@@ -7,7 +7,7 @@
 //! protocol ([`introduce`]), since a member's WireGuard carries nobody
 //! whose record it lacks.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use iroh::{
     Endpoint, EndpointAddr,
@@ -73,28 +73,22 @@ impl JoinProtocol {
                 network,
                 record,
                 invite,
-            } => self.introduce(node, network, record, invite),
+            } => self.introduce(network, record, invite),
             _ => JoinResponse::Refused(JoinError::Internal("unknown request".into())),
         }
     }
 
-    /// Takes a member's own record, as sync would: checked and authorised
-    /// like any record (it is valid only with an admission), and only the
-    /// caller's own.
-    fn introduce(
-        &self,
-        node: PublicKey,
-        network: Hash,
-        record: Record,
-        invite: Option<Record>,
-    ) -> JoinResponse {
+    /// Takes a member's record, as sync would: checked and authorised like
+    /// any record (it is valid only signed by that node, with its
+    /// admission). Whoever sends it (the node introduces itself from a key
+    /// of the moment) could have had it reach this node by sync as well.
+    fn introduce(&self, network: Hash, record: Record, invite: Option<Record>) -> JoinResponse {
         if network != self.network {
             return JoinResponse::Refused(JoinError::WrongNetwork);
         }
-        let own = matches!(&record, Record::Node(r) if r.signer() == node);
-        if !own || !matches!(invite, None | Some(Record::Invite(_))) {
+        if !matches!(record, Record::Node(_)) || !matches!(invite, None | Some(Record::Invite(_))) {
             return JoinResponse::Refused(JoinError::NotIntroduced(
-                "only a node's own record and its invite".into(),
+                "only a node record and its invite".into(),
             ));
         }
         let batch: Vec<Record> = invite.into_iter().chain([record]).collect();
@@ -307,11 +301,10 @@ const INTRODUCE_AT_ONCE: usize = 8;
 /// anything is sent over the mesh. A member that cannot be reached now
 /// learns the record later, by sync through the others.
 ///
-/// From an endpoint of its own (same key, any port): what the node's own
-/// endpoint learns of a member's public addresses it may use again, and a
-/// member is to be reached only over the mesh.
+/// From an endpoint of its own, with a key of the moment: a member's
+/// endpoint remembers where a node id last called from and may dial it
+/// there again, and this node is to be reached only over the mesh.
 pub async fn introduce(
-    key: SecretKey,
     bind: std::net::SocketAddr,
     members: Arc<Members>,
     cancel: CancellationToken,
@@ -321,6 +314,13 @@ pub async fn introduce(
         return;
     };
     let any = std::net::SocketAddr::new(bind.ip(), 0);
+    let key = match crate::identity::generate_key(Path::new("(introduction)")) {
+        Ok(k) => k,
+        Err(error) => {
+            warn!(%error, "cannot introduce this node to the members");
+            return;
+        }
+    };
     let endpoint =
         match crate::endpoint::bind(&key, any, iroh::address_lookup::MemoryLookup::new()).await {
             Ok(e) => e,

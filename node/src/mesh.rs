@@ -239,6 +239,7 @@ impl Mesh {
             peers: Mutex::default(),
         };
         mesh.configure()?;
+        mesh.usable()?;
         info!(
             interface = INTERFACE,
             backend = backend.name(),
@@ -284,6 +285,26 @@ impl Mesh {
             }
         }
         Ok(())
+    }
+
+    /// Waits until the interface's address can be bound: a new IPv6
+    /// address is tentative for a moment (duplicate address detection,
+    /// which a TUN device skips, still runs from a work queue), and the
+    /// endpoint binds it next.
+    fn usable(&self) -> Result<(), MeshError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match std::net::UdpSocket::bind((self.addr, 0)) {
+                Ok(_) => return Ok(()),
+                Err(e) if std::time::Instant::now() > deadline => {
+                    return Err(MeshError::Configure(format!(
+                        "its address {} is not usable: {e}",
+                        self.addr
+                    )));
+                }
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
     }
 
     pub fn backend(&self) -> Backend {

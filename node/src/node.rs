@@ -263,7 +263,6 @@ impl Node {
         let mut node = node;
         if node.mesh.is_some() {
             node.tasks.spawn(crate::join::introduce(
-                key.clone(),
                 node.shared.config.p2p,
                 members.clone(),
                 node.cancel.clone(),

@@ -161,5 +161,181 @@ async fn three_hosts_form_a_mesh_by_invite_publish_and_serve_over_it() -> Result
             "host {i}: {eth} bytes on eth0 for {mesh} on maki0: member traffic went around the mesh"
         );
     }
+    // No member tried a members-only protocol from outside the mesh (the
+    // endpoint would have refused it at the handshake).
+    for (i, n) in net.nodes.iter().enumerate() {
+        ensure!(
+            !n.log().contains("rejected locally"),
+            "node {i} refused a connection:\n{}",
+            n.log()
+        );
+    }
+    Ok(())
+}
+
+impl MeshNet {
+    /// The admin's CLI run inside host `i`, pointed at its node.
+    fn admin_in(&self, i: usize) -> Maki {
+        let mut m = Maki::new(&self.admin.home, Some(&self.nodes[i].ticket));
+        m.wrap = self.lab.wrap(i);
+        m
+    }
+
+    /// Publishes `site` (its index.html saying `body`) through `admin`
+    /// without waiting for other nodes.
+    fn publish(&self, admin: &Maki, site: &Path, body: &str) -> Result<()> {
+        std::fs::write(site.join("index.html"), body)?;
+        admin.ok(&[
+            "publish",
+            site.to_str().context("path")?,
+            "--site",
+            "lab.test",
+        ])?;
+        Ok(())
+    }
+
+    /// What host `i` serves at / of lab.test, asked from inside it (a
+    /// host cut off is out of the test's reach), by curl.
+    fn served(&self, i: usize) -> Option<String> {
+        let url = format!("http://{}:80/", self.lab.hosts[i].ip);
+        self.lab
+            .exec(
+                i,
+                "curl",
+                &["-sf", "--max-time", "2", "-H", "Host: lab.test", &url],
+            )
+            .ok()
+    }
+
+    /// Waits until host `i` serves `body` at /.
+    async fn serves(&self, i: usize, body: &str) -> Result<()> {
+        wait_for(CONVERGE, &format!("host {i} to serve {body:?}"), || async {
+            Ok(self.served(i).as_deref() == Some(body))
+        })
+        .await
+        .with_context(|| self.logs())?;
+        Ok(())
+    }
+
+    /// A site added and published once (v1), served by every host.
+    async fn with_site(&self) -> Result<std::path::PathBuf> {
+        self.admin.ok(&["site", "add", "lab.test"])?;
+        let site = self.tmp.path().join("site");
+        copy_dir(&example_site(), &site)?;
+        self.publish(&self.admin, &site, "v1")?;
+        for i in 0..self.nodes.len() {
+            self.serves(i, "v1").await?;
+        }
+        Ok(site)
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+async fn a_host_cut_off_leaves_the_others_serving_and_converges_when_back() -> Result<()> {
+    let net = MeshNet::new(3)?;
+    net.meshed().await.with_context(|| net.logs())?;
+    let site = net.with_site().await?;
+
+    net.lab.cut(2)?;
+    net.publish(&net.admin, &site, "v2")?;
+    net.serves(0, "v2").await?;
+    net.serves(1, "v2").await?;
+    // Cut off, it keeps what it had (its own visitors still get v1).
+    let inside = net.lab.exec(2, "sh", &["-c", "true"]);
+    ensure!(inside.is_ok(), "the host itself is still there");
+
+    net.lab.restore(2)?;
+    net.serves(2, "v2").await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+async fn a_partition_with_a_publish_on_each_side_heals_to_one_head() -> Result<()> {
+    let net = MeshNet::new(3)?;
+    net.meshed().await.with_context(|| net.logs())?;
+    let site = net.with_site().await?;
+
+    // 2 + 1: host 2 alone, its admin inside it.
+    net.lab.cut(2)?;
+    let alone = net.admin_in(2);
+    net.publish(&net.admin, &site, "left")?;
+    net.publish(&alone, &site, "right")?;
+    net.serves(0, "left").await?;
+    net.serves(1, "left").await?;
+    net.serves(2, "right").await?;
+
+    // Healed: both sides now hold two heads of the same sequence number;
+    // last-writer-wins keeps the same one everywhere.
+    net.lab.restore(2)?;
+    wait_for(CONVERGE, "one head everywhere", || async {
+        let seen: Vec<_> = (0..3).map(|i| net.served(i)).collect();
+        Ok(seen[0].is_some() && seen.iter().all(|b| b == &seen[0]))
+    })
+    .await
+    .with_context(|| net.logs())?;
+    let winner = net.served(0).context("served")?;
+    ensure!(winner == "left" || winner == "right", "{winner:?}");
+    // Every node names the same manifest as current.
+    let sites: Vec<String> = (0..3)
+        .map(|i| {
+            let line = net
+                .admin_in(i)
+                .ok(&["sites"])?
+                .lines()
+                .find(|l| l.starts_with("lab.test"))
+                .map(str::to_owned)
+                .context("lab.test listed")?;
+            Ok(line)
+        })
+        .collect::<Result<_>>()?;
+    ensure!(sites.iter().all(|s| s == &sites[0]), "{sites:#?}");
+    Ok(())
+}
+
+/// A member's own key, used from outside the mesh (the test process, on
+/// the bridge), is refused every members-only protocol at the handshake,
+/// though the same member inside the mesh is served: members talk over
+/// the mesh only. The public doors (admin here) stay open.
+#[tokio::test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+async fn members_only_protocols_refuse_a_member_from_outside_the_mesh() -> Result<()> {
+    use maki_protocol::{
+        NodeTicket,
+        rpc::ADMIN_ALPN,
+        sync::{GOSSIP_ALPN, SYNC_ALPN},
+    };
+    let mut net = MeshNet::new(2)?;
+    net.meshed().await.with_context(|| net.logs())?;
+    // Node 1's key, used from the bridge after it stops.
+    let second = net.nodes.remove(1);
+    let key = makiatto::identity::load_key(&second.dir)?;
+    second.stop()?;
+    let ticket: NodeTicket = net.nodes[0].ticket.parse()?;
+    let mut addr = iroh::EndpointAddr::new(iroh::PublicKey::from_bytes(ticket.id.as_bytes())?);
+    for a in &ticket.addrs {
+        addr = addr.with_ip_addr(*a);
+    }
+    let bind = format!("{}:0", net.lab.gateway).parse()?;
+    let ep = makiatto::endpoint::bind(&key, bind, Default::default()).await?;
+    for alpn in [SYNC_ALPN, GOSSIP_ALPN, iroh_blobs::ALPN] {
+        let conn = ep.connect(addr.clone(), alpn).await?;
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn.closed()).await;
+        let reason = format!("{closed:?}");
+        ensure!(
+            reason.contains("421") || reason.contains("over the mesh"),
+            "{}: not refused: {reason}",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+    // A public door: the handshake is kept.
+    let conn = ep.connect(addr, ADMIN_ALPN).await?;
+    ensure!(
+        tokio::time::timeout(Duration::from_millis(500), conn.closed())
+            .await
+            .is_err(),
+        "admin was closed from outside the mesh"
+    );
     Ok(())
 }
