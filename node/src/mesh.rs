@@ -68,7 +68,7 @@ pub enum MeshError {
     #[error("{0} is not a WireGuard key (64 hex characters)")]
     BadKey(String),
     #[error(
-        "cannot create the WireGuard interface {INTERFACE} ({backend}): {message}; the mesh needs root (CAP_NET_ADMIN) and /dev/net/tun"
+        "cannot create the WireGuard interface {INTERFACE} ({backend}): {message}; the mesh needs root (CAP_NET_ADMIN), and the userspace device /dev/net/tun"
     )]
     Create {
         backend: &'static str,
@@ -214,21 +214,35 @@ impl Mesh {
         network: &Hash,
         node: &PublicKey,
     ) -> Result<Option<Self>, MeshError> {
-        let (backend, reason) = match mode {
+        // Auto: making the interface is the test (it loads the module if
+        // the kernel has it as one); the userspace device is the fallback.
+        let (backend, reason, device) = match mode {
             MeshMode::Off => return Ok(None),
-            MeshMode::Kernel => (Backend::Kernel, "mesh = \"kernel\"".to_owned()),
-            MeshMode::Userspace => (Backend::Userspace, "mesh = \"userspace\"".to_owned()),
-            MeshMode::Auto => match kernel_wireguard() {
-                Ok(()) => (Backend::Kernel, "the kernel has WireGuard".to_owned()),
+            MeshMode::Kernel => (
+                Backend::Kernel,
+                "mesh = \"kernel\"".to_owned(),
+                create(Backend::Kernel)?,
+            ),
+            MeshMode::Userspace => (
+                Backend::Userspace,
+                "mesh = \"userspace\"".to_owned(),
+                create(Backend::Userspace)?,
+            ),
+            MeshMode::Auto => match create(Backend::Kernel) {
+                Ok(device) => (
+                    Backend::Kernel,
+                    "the kernel has WireGuard".to_owned(),
+                    device,
+                ),
                 Err(why) => (
                     Backend::Userspace,
                     format!("the kernel has no WireGuard ({why})"),
+                    create(Backend::Userspace)?,
                 ),
             },
         };
         let key = load_or_create_key(data_dir)?;
         let addr = mesh::member_addr(network, node);
-        let device = create(backend)?;
         let mut mesh = Self {
             backend,
             reason,
@@ -458,16 +472,6 @@ fn poisoned() -> MeshError {
     MeshError::Configure("a thread panicked while configuring the mesh".into())
 }
 
-/// Why kernel WireGuard is missing, if it is: the kernel lists the module
-/// (loaded, or built in) under /sys/module.
-fn kernel_wireguard() -> Result<(), String> {
-    if Path::new("/sys/module/wireguard").exists() {
-        Ok(())
-    } else {
-        Err("no /sys/module/wireguard".into())
-    }
-}
-
 fn create(backend: Backend) -> Result<Device, MeshError> {
     let err = |e: defguard_wireguard_rs::error::WireguardInterfaceError| MeshError::Create {
         backend: backend.name(),
@@ -479,11 +483,11 @@ fn create(backend: Backend) -> Result<Device, MeshError> {
             // Left over by a node that did not stop cleanly.
             let _ = api.remove_interface();
             api.create_interface().map_err(|e| {
-                let message = e.to_string();
-                if message.contains("Operation not supported") || message.contains("os error 95") {
-                    MeshError::NoKernel(message)
-                } else {
+                // Making one loads the module, if the kernel has it.
+                if Path::new("/sys/module/wireguard").exists() {
                     err(e)
+                } else {
+                    MeshError::NoKernel(format!("no wireguard module; {e}"))
                 }
             })?;
             Ok(Device::Kernel(api))

@@ -21,6 +21,11 @@ struct MeshNet {
 
 impl MeshNet {
     fn new(n: usize) -> Result<Self> {
+        Self::with_mode(n, "userspace")
+    }
+
+    /// [`Self::new`] with `mesh = MODE` on every node.
+    fn with_mode(n: usize, mode: &str) -> Result<Self> {
         let lab = Lab::new(n)?;
         let tmp = tempfile::tempdir()?;
         let home = tmp.path().join("admin");
@@ -33,7 +38,7 @@ impl MeshNet {
             let at = lab.hosts[i].ip;
             let http = format!("{at}:80");
             let p2p = format!("{at}:51821");
-            let mut args = vec!["--http", &http, "--p2p", &p2p, "--mesh", "userspace"];
+            let mut args = vec!["--http", &http, "--p2p", &p2p, "--mesh", mode];
             let node = if i == 0 {
                 let mut init = vec!["init", "--admin", &key];
                 init.extend_from_slice(&args);
@@ -71,7 +76,10 @@ impl MeshNet {
         let n = self.nodes.len();
         wait_for(CONVERGE, "every node up on the mesh", || async {
             let out = self.admin.ok(&["nodes"])?;
-            let meshed = out.lines().filter(|l| l.contains("(userspace)")).count();
+            let meshed = out
+                .lines()
+                .filter(|l| l.contains("(userspace)") || l.contains("(kernel)"))
+                .count();
             let up = out.lines().filter(|l| l.contains("  up")).count();
             Ok(meshed == n && up == n - 1)
         })
@@ -337,5 +345,41 @@ async fn members_only_protocols_refuse_a_member_from_outside_the_mesh() -> Resul
             .is_err(),
         "admin was closed from outside the mesh"
     );
+    Ok(())
+}
+
+/// `auto` picks kernel WireGuard where the kernel has it, else the
+/// userspace device, and says which and why.
+#[tokio::test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+async fn auto_picks_a_backend_and_says_why() -> Result<()> {
+    let net = MeshNet::with_mode(2, "auto")?;
+    net.meshed().await.with_context(|| net.logs())?;
+    let kernel = Path::new("/sys/module/wireguard").exists()
+        || std::process::Command::new("modprobe")
+            .arg("wireguard")
+            .status()
+            .is_ok_and(|s| s.success());
+    let (backend, why) = if kernel {
+        ("(kernel)", "the kernel has WireGuard")
+    } else {
+        ("(userspace)", "the kernel has no WireGuard")
+    };
+    let nodes = net.admin.ok(&["nodes"])?;
+    ensure!(nodes.lines().all(|l| l.contains(backend)), "{nodes}");
+    for n in &net.nodes {
+        ensure!(n.log().contains(why), "{}", n.log());
+    }
+    Ok(())
+}
+
+/// The kernel backend end to end. `.ci/run` skips it where the module is
+/// missing (as on the machines this was written on).
+#[tokio::test]
+#[ignore = "needs the wireguard kernel module (and root)"]
+async fn with_kernel_wireguard_three_hosts_mesh_and_serve() -> Result<()> {
+    let net = MeshNet::with_mode(3, "kernel")?;
+    net.meshed().await.with_context(|| net.logs())?;
+    let _site = net.with_site().await?;
     Ok(())
 }
