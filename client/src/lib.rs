@@ -4,6 +4,7 @@
 pub mod keys;
 pub mod net;
 pub mod nodes;
+pub mod peers;
 pub mod project;
 pub mod publish;
 pub mod render;

@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use maki::{
     keys,
     net::{Client, NetError},
-    nodes,
+    nodes, peers,
     project::{PROJECT_FILE, Project, SiteSection},
     publish::{self, Outcome},
     render::{self, Bar, human, parse_duration},
@@ -65,6 +65,12 @@ enum Command {
         #[command(subcommand)]
         action: Option<NodesCommand>,
     },
+    /// Let a machine outside the network (a laptop, a database host) into
+    /// the WireGuard mesh, or take it out (admins).
+    Peer {
+        #[command(subcommand)]
+        action: PeerCommand,
+    },
     /// Pin a site to regions (admins): only nodes there hold and serve it.
     /// Without --region, every node holds it again.
     Pin {
@@ -108,6 +114,24 @@ enum NodesCommand {
     /// Revoke a node (admins): every member refuses its records and
     /// connections from then on.
     Remove { id: PublicKey },
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerCommand {
+    /// Add (or change) a peer; prints its wg-quick configuration.
+    Add {
+        /// 1 to 32 of a-z, 0-9 and -.
+        name: String,
+        /// Its WireGuard public key (`wg pubkey` prints it).
+        #[arg(long)]
+        key: String,
+        /// Where it listens, if members can reach it (a server); a laptop
+        /// behind NAT has none.
+        #[arg(long)]
+        endpoint: Option<std::net::SocketAddr>,
+    },
+    /// Remove a peer from every member's mesh.
+    Remove { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +288,32 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             removed?;
             println!("removed node {id}; every member refuses it from now on");
+        }
+        Command::Peer {
+            action:
+                PeerCommand::Add {
+                    name,
+                    key: wg_key,
+                    endpoint,
+                },
+        } => {
+            if !maki_protocol::valid_peer_name(name) {
+                anyhow::bail!("{name:?} is not a peer name (1 to 32 of a-z, 0-9 and -)");
+            }
+            let wg_key = maki_protocol::mesh::parse_key(wg_key)?;
+            let (client, key) = connect(&cli, &project).await?;
+            let added = peers::add(&client, &key, name, wg_key, *endpoint).await;
+            client.close().await;
+            print!("{}", added?);
+        }
+        Command::Peer {
+            action: PeerCommand::Remove { name },
+        } => {
+            let (client, key) = connect(&cli, &project).await?;
+            let removed = peers::remove(&client, &key, name).await;
+            client.close().await;
+            removed?;
+            println!("removed peer {name} from the mesh");
         }
         Command::Nodes { action: None } => {
             let (client, _) = connect(&cli, &project).await?;

@@ -12,8 +12,8 @@ use std::sync::Arc;
 use rpds::RedBlackTreeMapSync as Map;
 
 use maki_protocol::{
-    AuthError, Body, Domain, Hash, Head, Invite, NodeRecord, Pin, PublicKey, Record, RecordError,
-    RecordKey, Signed, SiteRecord, Verified, View, authorize,
+    AuthError, Body, Domain, Hash, Head, Invite, NodeRecord, PeerRecord, Pin, PublicKey, Record,
+    RecordError, RecordKey, Signed, SiteRecord, Verified, View, authorize,
 };
 
 /// The network's fixed facts a record is judged against.
@@ -443,6 +443,17 @@ impl Directory {
             Body::Pin(p) => Some(p),
             _ => None,
         }
+    }
+
+    /// The external WireGuard peers admins added, and not removed.
+    pub fn external_peers(&self) -> impl Iterator<Item = &PeerRecord> {
+        self.held
+            .range(RecordKey::Peer(String::new())..)
+            .take_while(|(k, _)| matches!(k, RecordKey::Peer(_)))
+            .filter_map(|(_, h)| match &h.verified.body {
+                Body::Peer(p) if !p.removed => Some(p),
+                _ => None,
+            })
     }
 
     /// The members: node records of nodes not revoked, with their versions.

@@ -101,6 +101,11 @@ impl Members {
     }
 }
 
+/// Whether `record` changes who is in the mesh: a member, or an external
+/// WireGuard peer.
 fn changes_members(record: &Record) -> bool {
-    matches!(record, Record::Node(_) | Record::Revocation(_))
+    matches!(
+        record,
+        Record::Node(_) | Record::Revocation(_) | Record::Peer(_)
+    )
 }

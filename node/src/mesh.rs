@@ -25,7 +25,7 @@ use defguard_wireguard_rs::{
     InterfaceConfiguration, Kernel, Userspace, WGApi, WireguardInterfaceApi, key::Key,
     net::IpAddrMask, peer::Peer,
 };
-use maki_protocol::{Hash, MeshPeer, PublicKey, mesh};
+use maki_protocol::{Hash, MeshPeer, PeerRecord, PublicKey, mesh};
 use tracing::{debug, info, warn};
 
 use crate::config::MeshMode;
@@ -80,10 +80,12 @@ pub enum MeshError {
     Configure(String),
 }
 
-/// One member's WireGuard peer: who, where, and its mesh address.
+/// One WireGuard peer (a member, or an external peer an admin added):
+/// who, where, and its mesh address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MeshMember {
-    pub node: PublicKey,
+    /// Who it is, for people: a member's short id, or an external name.
+    pub name: String,
     pub key: [u8; 32],
     /// Where its WireGuard listens (`None`: it has announced no public IP,
     /// so only it can start a handshake).
@@ -101,10 +103,20 @@ impl MeshMember {
             .or_else(|| ips.first())
             .copied();
         Self {
-            node,
+            name: node.fmt_short().to_string(),
             key: peer.key,
             endpoint: ip.map(|ip| SocketAddr::new(ip, peer.port)),
             addr: mesh::member_addr(network, &node),
+        }
+    }
+
+    /// An external peer an admin added, in `network`.
+    pub fn external(network: &Hash, peer: &PeerRecord) -> Self {
+        Self {
+            name: peer.name.clone(),
+            key: peer.key,
+            endpoint: peer.endpoint,
+            addr: mesh::external_addr(network, &peer.key),
         }
     }
 
@@ -342,9 +354,9 @@ impl Mesh {
     }
 
     /// Makes `members` the device's whole peer list (this node skipped).
-    /// Two members claiming one WireGuard key get neither: the device
-    /// could route the address of only one of them, and the key is not
-    /// either's alone to use.
+    /// Two peers claiming one WireGuard key get neither: the device could
+    /// route the address of only one of them, and the key is not either's
+    /// alone to use.
     pub fn set_peers(&self, members: impl IntoIterator<Item = MeshMember>) {
         let own = self.key.public_key().as_array();
         let mut next: HashMap<[u8; 32], MeshMember> = HashMap::new();
@@ -361,7 +373,7 @@ impl Mesh {
         }
         for key in &clashing {
             if let Some(m) = next.remove(key) {
-                warn!(peer = %m.node.fmt_short(), "two members announce one WireGuard key: neither is a mesh peer");
+                warn!(peer = %m.name, "two peers announce one WireGuard key: neither is a mesh peer");
             }
         }
         let Ok(mut current) = self.peers.lock() else {

@@ -63,6 +63,8 @@ pub struct Peer {
     pub mesh_addr: Option<std::net::Ipv6Addr>,
     /// Its side of the mesh, as its record announces it.
     pub mesh: Option<maki_protocol::MeshPeer>,
+    /// Its public IPs, as its record announces them.
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug)]
@@ -102,10 +104,14 @@ impl Peers {
             return;
         };
         if let Some(mesh) = &self.mesh {
-            mesh.set_peers(dir.members().filter_map(|(n, _)| {
+            let members = dir.members().filter_map(|(n, _)| {
                 let peer = n.mesh.as_ref()?;
                 Some(MeshMember::of(&self.network, n.id, &n.ips, peer))
-            }));
+            });
+            let external = dir
+                .external_peers()
+                .map(|p| MeshMember::external(&self.network, p));
+            mesh.set_peers(members.chain(external));
         }
         let mut next = BTreeMap::new();
         for (n, version) in dir.members() {
@@ -128,6 +134,7 @@ impl Peers {
                     holds_known: old.is_some_and(|p| p.holds_known),
                     mesh_addr,
                     mesh: n.mesh.clone(),
+                    ips: n.ips.clone(),
                 },
             );
             if n.id != self.me

@@ -94,6 +94,25 @@ pub fn subnet_of(network: &Hash, addr: &Ipv6Addr) -> Option<Subnet> {
     }
 }
 
+/// A WireGuard key as `wg` shows it: standard base64 of its 32 bytes.
+pub fn key_text(key: &[u8; 32]) -> String {
+    data_encoding::BASE64.encode(key)
+}
+
+/// A WireGuard key that is not 32 bytes of base64.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a WireGuard key (44 characters of base64, as `wg pubkey` prints)")]
+pub struct KeyTextError(pub String);
+
+/// Reads a key as `wg` shows it.
+pub fn parse_key(text: &str) -> Result<[u8; 32], KeyTextError> {
+    let err = || KeyTextError(text.chars().take(60).collect());
+    let bytes = data_encoding::BASE64
+        .decode(text.trim().as_bytes())
+        .map_err(|_| err())?;
+    bytes.try_into().map_err(|_| err())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,6 +144,17 @@ mod tests {
 
         let outside: Ipv6Addr = "fd00::1".parse().unwrap_or(Ipv6Addr::LOCALHOST);
         assert_eq!(subnet_of(&net, &outside), None);
+    }
+
+    #[test]
+    fn wireguard_keys_read_as_wg_prints_them() {
+        let key = [7u8; 32];
+        let text = key_text(&key);
+        assert_eq!(text.len(), 44);
+        assert_eq!(parse_key(&text), Ok(key));
+        assert_eq!(parse_key(&format!(" {text}\n")), Ok(key));
+        assert!(parse_key("not a key").is_err());
+        assert!(parse_key(&data_encoding::BASE64.encode(&[1u8; 31])).is_err());
     }
 
     #[test]

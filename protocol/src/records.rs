@@ -348,6 +348,41 @@ impl Pin {
     }
 }
 
+/// The kind number of [`PeerRecord`]: the first kind after the first six,
+/// so it is signed under [`kind_context`], and a build that predates it
+/// checks and carries it as a kind it does not know.
+pub const PEER_KIND: u32 = 6;
+
+/// A machine outside the network an admin lets into the WireGuard mesh (a
+/// laptop, a database host): every member with a mesh makes it a peer, at
+/// its address in the external subnet ([`crate::mesh::external_addr`]).
+/// Signed by an admin; removal is a newer version with `removed` set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerRecord {
+    pub format: u16,
+    /// What people call it: 1 to 32 of `a-z`, `0-9` and `-`.
+    pub name: String,
+    /// Its WireGuard public key.
+    pub key: [u8; 32],
+    /// Where it listens, if it is reachable (a server); a laptop behind
+    /// NAT has none, and starts every handshake itself.
+    pub endpoint: Option<SocketAddr>,
+    pub version: u64,
+    pub removed: bool,
+}
+
+impl Signable for PeerRecord {
+    const CONTEXT: &'static [u8] = b"makiatto/record/6";
+}
+
+/// Whether `name` is a valid [`PeerRecord::name`].
+pub fn valid_peer_name(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// The kind number of [`Note`] (test-only, feature `next-format`).
 #[cfg(feature = "next-format")]
 pub const NOTE_KIND: u32 = 999;
@@ -387,6 +422,7 @@ pub enum RecordKey {
     },
     // Kinds added later go after `Unknown`: keys rest in the store by
     // their postcard bytes, which name the variant by its position.
+    Peer(String),
     #[cfg(feature = "next-format")]
     Note(PublicKey),
 }
@@ -410,6 +446,7 @@ pub enum Record {
         kind: u32,
         signed: Signed<Unread>,
     },
+    Peer(Signed<PeerRecord>),
     #[cfg(feature = "next-format")]
     Note(Signed<Note>),
 }
@@ -431,6 +468,7 @@ impl Record {
             Record::Revocation(_) => 4,
             Record::Pin(_) => 5,
             Record::Unknown { kind, .. } => *kind,
+            Record::Peer(_) => PEER_KIND,
             #[cfg(feature = "next-format")]
             Record::Note(_) => NOTE_KIND,
         }
@@ -449,6 +487,7 @@ impl Record {
             Record::Revocation(s) => s.bytes().len(),
             Record::Pin(s) => s.bytes().len(),
             Record::Unknown { signed, .. } => signed.bytes().len(),
+            Record::Peer(s) => s.bytes().len(),
             #[cfg(feature = "next-format")]
             Record::Note(s) => s.bytes().len(),
         };
@@ -469,6 +508,7 @@ impl Serialize for Record {
             Record::Revocation(r) => (kind, r).serialize(s),
             Record::Pin(r) => (kind, r).serialize(s),
             Record::Unknown { signed, .. } => (kind, signed).serialize(s),
+            Record::Peer(r) => (kind, r).serialize(s),
             #[cfg(feature = "next-format")]
             Record::Note(r) => (kind, r).serialize(s),
         }
@@ -485,6 +525,7 @@ impl<'de> Deserialize<'de> for Record {
             3 => Record::Node(signed.retag()),
             4 => Record::Revocation(signed.retag()),
             5 => Record::Pin(signed.retag()),
+            PEER_KIND => Record::Peer(signed.retag()),
             #[cfg(feature = "next-format")]
             NOTE_KIND => Record::Note(signed.retag()),
             kind => Record::Unknown { kind, signed },
@@ -529,6 +570,7 @@ pub enum Body {
         kind: u32,
         len: usize,
     },
+    Peer(PeerRecord),
     #[cfg(feature = "next-format")]
     Note(Note),
 }
@@ -597,6 +639,15 @@ impl Record {
                     v.version,
                     s.signer(),
                     Body::Pin(v),
+                )
+            }
+            Record::Peer(s) => {
+                let v = content(s, verify)?;
+                (
+                    RecordKey::Peer(v.name.clone()),
+                    v.version,
+                    s.signer(),
+                    Body::Peer(v),
                 )
             }
             #[cfg(feature = "next-format")]
@@ -679,6 +730,8 @@ pub trait View {
 pub enum AuthError {
     #[error("signed by {0}, who is not an admin")]
     NotAdmin(PublicKey),
+    #[error("{0:?} is not a peer name (1 to 32 of a-z, 0-9 and -)")]
+    BadPeerName(String),
     #[error("head for {site} signed by {key}, who is neither one of its publishers nor an admin")]
     NotPublisher { site: Domain, key: PublicKey },
     #[error("head for unknown or removed site {0}")]
@@ -722,6 +775,8 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
     match &v.body {
         Body::Invite(i) if i.network != view.network() => Err(AuthError::OtherNetwork(i.network)),
         Body::Invite(_) | Body::Site(_) | Body::Revocation(_) | Body::Pin(_) => admin(v.signer),
+        Body::Peer(p) if !valid_peer_name(&p.name) => Err(AuthError::BadPeerName(p.name.clone())),
+        Body::Peer(_) => admin(v.signer),
         Body::Head(h) => match view.site(&h.site) {
             Some(site) if !site.removed => {
                 if !site.current(h.seq) {

@@ -62,6 +62,9 @@ pub enum Request {
     /// Admin: the highest head sequence this node knows for a domain, also
     /// of a removed site; a site added again starts its heads after it.
     HeadFloor { domain: Domain },
+    /// Admin: add, change or remove (`removed` set) an external WireGuard
+    /// peer of the mesh.
+    PeerSet { record: Signed<crate::PeerRecord> },
 }
 
 /// Which of a manifest's blobs (in [`crate::Manifest::blobs`] order, by
@@ -125,6 +128,10 @@ pub struct NodeMesh {
     pub addr: std::net::Ipv6Addr,
     /// `kernel` or `userspace`.
     pub backend: String,
+    /// Its WireGuard public key.
+    pub key: [u8; 32],
+    /// Where its WireGuard listens, if it announced a public IP.
+    pub endpoint: Option<std::net::SocketAddr>,
 }
 
 /// How the node asked sees a member.

@@ -26,7 +26,13 @@ impl MeshNet {
 
     /// [`Self::new`] with `mesh = MODE` on every node.
     fn with_mode(n: usize, mode: &str) -> Result<Self> {
-        let lab = Lab::new(n)?;
+        Self::build(n, 0, mode)
+    }
+
+    /// `n` nodes with `mesh = MODE`, and `spare` more hosts after them
+    /// that run no node.
+    fn build(n: usize, spare: usize, mode: &str) -> Result<Self> {
+        let lab = Lab::new(n + spare)?;
         let tmp = tempfile::tempdir()?;
         let home = tmp.path().join("admin");
         std::fs::create_dir_all(&home)?;
@@ -382,4 +388,91 @@ async fn with_kernel_wireguard_three_hosts_mesh_and_serve() -> Result<()> {
     net.meshed().await.with_context(|| net.logs())?;
     let _site = net.with_site().await?;
     Ok(())
+}
+
+/// `maki peer add` lets a machine outside the network into the mesh: the
+/// wg-quick file it prints, run by Debian's own `wg-quick` with
+/// `wireguard-go`, reaches a node's mesh address with a real client (the
+/// admin CLI, over the mesh). `maki peer remove` shuts it out again.
+#[tokio::test]
+#[ignore = "needs root, wireguard-tools and wireguard-go (.ci/run installs them)"]
+async fn an_external_peer_joins_the_mesh_with_the_printed_wg_quick_file() -> Result<()> {
+    use maki_protocol::NodeTicket;
+    let net = MeshNet::build(2, 1, "userspace")?;
+    net.meshed().await.with_context(|| net.logs())?;
+    let outside = 2;
+    let private = net.lab.exec(outside, "wg", &["genkey"])?;
+    let public = {
+        let mut child = std::process::Command::new("wg")
+            .arg("pubkey")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        std::io::Write::write_all(child.stdin.as_mut().context("stdin")?, private.as_bytes())?;
+        String::from_utf8(child.wait_with_output()?.stdout)?
+    };
+    let conf = net
+        .admin
+        .ok(&["peer", "add", "laptop", "--key", public.trim()])?;
+    ensure!(conf.matches("[Peer]").count() == 2, "{conf}");
+    let conf = conf.replace("<the private key of the key you added>", private.trim());
+    // wg-quick names the interface after the file; wireguard-go's socket
+    // sits in the host's /var/run/wireguard, so the name is this run's.
+    let ifname = format!("mkx{}", std::process::id() % 100_000);
+    let file = net.tmp.path().join(format!("{ifname}.conf"));
+    std::fs::write(&file, conf)?;
+    let up = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.lab.hosts[outside].ns,
+            "wg-quick",
+            "up",
+        ])
+        .arg(&file)
+        .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+        .output()?;
+    ensure!(
+        up.status.success(),
+        "wg-quick up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let down = || {
+        std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &net.lab.hosts[outside].ns,
+                "wg-quick",
+                "down",
+            ])
+            .arg(&file)
+            .output()
+    };
+
+    // The admin CLI inside the outside host, pointed at node 0's mesh
+    // address only.
+    let first: NodeTicket = net.nodes[0].ticket.parse()?;
+    let network = makiatto::identity::load_genesis(&net.nodes[0].dir)?.id;
+    let mesh_addr = maki_protocol::mesh::member_addr(&network, &first.id);
+    let over_mesh = NodeTicket {
+        id: first.id,
+        addrs: vec![std::net::SocketAddr::new(mesh_addr.into(), 51821)],
+    };
+    let mut laptop = Maki::new(&net.admin.home, Some(&over_mesh.to_string()));
+    laptop.wrap = net.lab.wrap(outside);
+    let result = async {
+        let nodes = laptop.ok(&["nodes"])?;
+        ensure!(nodes.lines().count() == 2, "{nodes}");
+
+        net.admin.ok(&["peer", "remove", "laptop"])?;
+        wait_for(CONVERGE, "the peer to be shut out", || async {
+            Ok(!laptop.output(&["nodes"])?.status.success())
+        })
+        .await?;
+        Ok(())
+    }
+    .await;
+    let _ = down();
+    result.with_context(|| net.logs())
 }

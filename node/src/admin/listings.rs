@@ -69,9 +69,16 @@ impl AdminProtocol {
                         p.holds
                     }),
                     roles: p.roles,
-                    mesh: p.mesh.map(|m| NodeMesh {
-                        addr: maki_protocol::mesh::member_addr(&self.shared.members.network, &id),
-                        backend: m.backend,
+                    mesh: p.mesh.map(|m| {
+                        let network = &self.shared.members.network;
+                        let endpoint =
+                            crate::mesh::MeshMember::of(network, id, &p.ips, &m).endpoint;
+                        NodeMesh {
+                            addr: maki_protocol::mesh::member_addr(network, &id),
+                            key: m.key,
+                            endpoint,
+                            backend: m.backend,
+                        }
                     }),
                 }
             })

@@ -184,6 +184,7 @@ impl AdminProtocol {
             Request::NodeRemove { record } => self.node_remove(caller, record),
             Request::Pin { record } => self.pin(caller, record),
             Request::HeadFloor { domain } => self.head_floor(caller, &domain),
+            Request::PeerSet { record } => self.peer_set(caller, record),
             _ => Err(RpcError::BadRequest("unknown request".into())),
         }
     }

@@ -57,6 +57,27 @@ impl AdminProtocol {
         Ok(Response::Done)
     }
 
+    pub(super) fn peer_set(
+        &self,
+        caller: PublicKey,
+        signed: Signed<maki_protocol::PeerRecord>,
+    ) -> Result<Response, RpcError> {
+        let peer = self.admin_signed(caller, &signed)?;
+        if !maki_protocol::valid_peer_name(&peer.name) {
+            return Err(RpcError::InvalidRecord(format!(
+                "{:?} is not a peer name (1 to 32 of a-z, 0-9 and -)",
+                peer.name
+            )));
+        }
+        self.apply_admin(Record::Peer(signed), "external peer")?;
+        if peer.removed {
+            info!(peer = %peer.name, "external peer removed");
+        } else {
+            info!(peer = %peer.name, endpoint = ?peer.endpoint, "external peer set");
+        }
+        Ok(Response::Done)
+    }
+
     pub(super) fn node_remove(
         &self,
         caller: PublicKey,
