@@ -1359,6 +1359,64 @@ mod tests {
             check(Record::Head(Signed::sign(&publisher, &head)), &view),
             Err(AuthError::UnknownSite(_))
         ));
+        // External WireGuard peers: admins only, with a valid name.
+        let peer = PeerRecord {
+            format: RECORD_FORMAT,
+            name: "laptop-1".into(),
+            key: [8; 32],
+            endpoint: None,
+            version: 1,
+            removed: false,
+        };
+        assert_eq!(
+            check(Record::Peer(Signed::sign(&admin, &peer)), &view),
+            Ok(())
+        );
+        assert_eq!(
+            check(Record::Peer(Signed::sign(&joiner, &peer)), &view),
+            Err(AuthError::NotAdmin(joiner.public()))
+        );
+        for bad in ["", "Laptop", "a b", "../x", &"x".repeat(33)] {
+            let named = PeerRecord {
+                name: bad.to_owned(),
+                ..peer.clone()
+            };
+            assert_eq!(
+                check(Record::Peer(Signed::sign(&admin, &named)), &view),
+                Err(AuthError::BadPeerName(bad.to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn peer_records_are_a_kind_older_builds_can_check_and_carry() {
+        // Signed under the context an older build checks unknown kinds by.
+        assert_eq!(PeerRecord::CONTEXT, kind_context(PEER_KIND).as_slice());
+        let admin = SecretKey::from_bytes(&[1; 32]);
+        let peer = PeerRecord {
+            format: RECORD_FORMAT,
+            name: "db".into(),
+            key: [8; 32],
+            endpoint: Some("192.0.2.9:51820".parse().expect("addr")),
+            version: 3,
+            removed: false,
+        };
+        let record = Record::Peer(Signed::sign(&admin, &peer));
+        let wire = crate::codec::encode(&record);
+        let back: Record = postcard::from_bytes(&wire).expect("decode");
+        assert_eq!(back, record);
+        let v = back.verify().expect("verify");
+        assert_eq!(v.key, RecordKey::Peer("db".into()));
+        assert_eq!(v.version, 3);
+        // What an older build sees: kind 6, unknown, its signature holds.
+        let Record::Peer(signed) = record else {
+            unreachable!()
+        };
+        let unknown = Record::Unknown {
+            kind: PEER_KIND,
+            signed: signed.retag(),
+        };
+        assert!(unknown.verify().is_ok());
     }
 
     proptest! {
