@@ -163,6 +163,16 @@ fn receive(members: &Members, content: &[u8]) {
                 members.holdings_changed();
             }
         }
+        GossipMsg::Progress(signed) => {
+            let Ok(p) = signed.verify() else {
+                debug!("gossiped progress with a bad signature");
+                return;
+            };
+            if signed.signer() == p.node {
+                let node = p.node;
+                members.peers.set_progress(&node, p);
+            }
+        }
         _ => {}
     }
 }

@@ -1,12 +1,13 @@
 //! What this node tells the network over gossip: records made here, and
-//! its holdings, signed. The only holder of the node's key after start,
-//! and it signs nothing but holdings.
+//! its holdings and fetch progress, signed. The only holder of the node's
+//! key after start, and it signs nothing but those.
 
 use std::sync::Arc;
 
 use maki_protocol::{
-    PublicKey, RECORD_FORMAT, Record, SecretKey, Signed,
-    sync::{GossipMsg, Holdings},
+    Hash, PublicKey, RECORD_FORMAT, Record, SecretKey, Signed,
+    rpc::BlobSet,
+    sync::{GossipMsg, Holdings, MAX_PROGRESS_BYTES, Progress},
 };
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -38,6 +39,24 @@ impl Outbox {
     /// Broadcasts what this node serves now.
     pub fn holdings(&self) {
         self.send(self.signed_holdings());
+    }
+
+    /// Broadcasts what this node holds so far of the version `manifest`
+    /// it fetches, and what it is fetching now; nothing for a version of
+    /// too many blobs to say so in one message.
+    pub fn progress(&self, manifest: Hash, have: BlobSet, getting: BlobSet) {
+        if have.len_bytes() > MAX_PROGRESS_BYTES {
+            return;
+        }
+        let body = Progress {
+            format: RECORD_FORMAT,
+            node: self.id(),
+            manifest,
+            have,
+            getting,
+            at: crate::now_millis(),
+        };
+        self.send(GossipMsg::Progress(Signed::sign(&self.key, &body)));
     }
 
     /// This node's holdings, signed, as a gossip message.

@@ -27,7 +27,7 @@ use iroh::{
 };
 use maki_protocol::{
     Hash, PublicKey, mesh,
-    sync::{GOSSIP_ALPN, Holding, SYNC_ALPN},
+    sync::{GOSSIP_ALPN, Holding, Progress, SYNC_ALPN},
 };
 use tracing::info;
 
@@ -65,6 +65,8 @@ pub struct Peer {
     pub mesh: Option<maki_protocol::MeshPeer>,
     /// Its public IPs, as its record announces them.
     pub ips: Vec<std::net::IpAddr>,
+    /// What it held of the version it was fetching, when it last said.
+    pub progress: Option<Arc<Progress>>,
 }
 
 #[derive(Debug)]
@@ -135,6 +137,7 @@ impl Peers {
                     mesh_addr,
                     mesh: n.mesh.clone(),
                     ips: n.ips.clone(),
+                    progress: old.and_then(|p| p.progress.clone()),
                 },
             );
             if n.id != self.me
@@ -287,6 +290,51 @@ impl Peers {
             }
         }
         false
+    }
+
+    /// Records what a member said it holds of a version it fetches,
+    /// unless a newer word came first.
+    pub fn set_progress(&self, key: &PublicKey, progress: Progress) {
+        if let Ok(mut inner) = self.inner.write()
+            && let Some(p) = inner.get_mut(key)
+            && p.progress.as_ref().is_none_or(|old| progress.at > old.at)
+        {
+            p.progress = Some(Arc::new(progress));
+        }
+    }
+
+    /// Which members hold the blob at `index` of `manifest`'s blobs: those
+    /// that serve the version, and those that said they hold that blob
+    /// while fetching it.
+    pub fn holders(&self, manifest: &Hash, index: usize) -> Vec<PublicKey> {
+        let Ok(inner) = self.inner.read() else {
+            return Vec::new();
+        };
+        inner
+            .iter()
+            .filter(|(k, _)| **k != self.me)
+            .filter(|(_, p)| {
+                p.holds.iter().any(|h| h.manifest == *manifest)
+                    || p.progress
+                        .as_ref()
+                        .is_some_and(|g| g.manifest == *manifest && g.have.contains(index))
+            })
+            .map(|(k, _)| *k)
+            .collect()
+    }
+
+    /// Whether another member said it is fetching the blob at `index` of
+    /// `manifest`'s blobs (and does not hold it yet).
+    pub fn claimed(&self, manifest: &Hash, index: usize) -> bool {
+        let Ok(inner) = self.inner.read() else {
+            return false;
+        };
+        inner.iter().any(|(k, p)| {
+            *k != self.me
+                && p.progress.as_ref().is_some_and(|g| {
+                    g.manifest == *manifest && g.getting.contains(index) && !g.have.contains(index)
+                })
+        })
     }
 
     /// Fetch order for a version: the members that hold it (nearest

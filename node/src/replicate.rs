@@ -20,7 +20,7 @@ use std::{
 
 use iroh::{Endpoint, endpoint::Connection};
 use iroh_blobs::{HashAndFormat, api::Store, api::remote::GetProgressItem};
-use maki_protocol::{Domain, Hash, Head, Manifest, PublicKey, Signed};
+use maki_protocol::{Domain, Hash, Head, Manifest, PublicKey, Signed, rpc::BlobSet};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ use crate::{
     content::{ContentError, to_iroh},
     directory::Directory,
     live::Live,
+    peers::Peers,
     serving::Kind,
     shared::Shared,
 };
@@ -55,33 +56,86 @@ struct Providers {
     order: Vec<PublicKey>,
     conns: std::sync::Mutex<HashMap<PublicKey, Arc<OnceCell<Option<Connection>>>>>,
     dead: std::sync::Mutex<HashSet<PublicKey>>,
+    /// Who holds what, as the members said (whole versions, and progress).
+    peers: Arc<Peers>,
+    /// The version's manifest and each blob's place in its blob list, once
+    /// the manifest is here: how progress names blobs.
+    blobs: std::sync::OnceLock<(Hash, HashMap<Hash, usize>)>,
+    /// Blobs being fetched from each provider now.
+    busy: std::sync::Mutex<HashMap<PublicKey, usize>>,
 }
 
 impl Providers {
-    fn new(endpoint: Endpoint, order: Vec<PublicKey>) -> Self {
+    fn new(endpoint: Endpoint, order: Vec<PublicKey>, peers: Arc<Peers>) -> Self {
         Self {
             endpoint,
             order,
             conns: Default::default(),
             dead: Default::default(),
+            peers,
+            blobs: Default::default(),
+            busy: Default::default(),
         }
     }
 
-    /// The order in which to try providers for `hash`: live ones first,
-    /// starting at one of the nearest few picked by the hash.
+    /// The order in which to try providers for `hash`, live ones only:
+    /// first the members known to hold it (whole, or as they fetch the
+    /// same version), least busy with this fetch first, ties split by the
+    /// hash so the load spreads; then the rest, starting at one of the
+    /// nearest few picked by the hash.
     fn order_for(&self, hash: &Hash) -> Vec<PublicKey> {
         let dead = self.dead.lock().map(|d| d.clone()).unwrap_or_default();
-        let mut live: Vec<PublicKey> = self
+        let mut holders: Vec<PublicKey> = match self.blobs.get() {
+            Some((manifest, index)) => index
+                .get(hash)
+                .map(|i| self.peers.holders(manifest, *i))
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        holders.retain(|p| !dead.contains(p));
+        let busy = self.busy.lock().map(|b| b.clone()).unwrap_or_default();
+        holders.sort_by_cached_key(|p| {
+            let mix = Hash::of(&[hash.as_bytes().as_slice(), p.as_bytes()].concat());
+            (busy.get(p).copied().unwrap_or(0), mix)
+        });
+        let mut rest: Vec<PublicKey> = self
             .order
             .iter()
-            .filter(|p| !dead.contains(p))
+            .filter(|p| !dead.contains(p) && !holders.contains(p))
             .copied()
             .collect();
-        let spread = live.len().min(SPREAD);
+        let spread = rest.len().min(SPREAD);
         if spread > 1 {
-            live[..spread].rotate_left(usize::from(hash.as_bytes()[0]) % spread);
+            rest[..spread].rotate_left(usize::from(hash.as_bytes()[0]) % spread);
         }
-        live
+        holders.extend(rest);
+        holders
+    }
+
+    /// Whether another member fetching this version said it is getting
+    /// `hash` now.
+    fn claimed(&self, hash: &Hash) -> bool {
+        self.blobs.get().is_some_and(|(manifest, index)| {
+            index
+                .get(hash)
+                .is_some_and(|i| self.peers.claimed(manifest, *i))
+        })
+    }
+
+    /// Blobs being fetched from `p` now.
+    fn busy(&self, p: &PublicKey) -> usize {
+        self.busy
+            .lock()
+            .map(|b| b.get(p).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// Counts a blob being fetched from `p` until the guard drops.
+    fn busy_with(&self, p: PublicKey) -> Busy<'_> {
+        if let Ok(mut b) = self.busy.lock() {
+            *b.entry(p).or_default() += 1;
+        }
+        Busy { of: self, p }
     }
 
     /// True the first time `p` is marked.
@@ -124,6 +178,22 @@ impl Providers {
     }
 }
 
+/// See [`Providers::busy_with`].
+struct Busy<'a> {
+    of: &'a Providers,
+    p: PublicKey,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut b) = self.of.busy.lock()
+            && let Some(n) = b.get_mut(&self.p)
+        {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
 /// Fetches one blob, trying providers until it is complete here.
 async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
     let remote = store.remote();
@@ -140,6 +210,7 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
             }
             continue;
         };
+        let _busy = providers.busy_with(p);
         let mut progress = std::pin::pin!(remote.execute_get(conn, local.missing()).stream());
         loop {
             match tokio::time::timeout(STALL, progress.next()).await {
@@ -164,6 +235,144 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
         .local(HashAndFormat::raw(to_iroh(hash)))
         .await
         .is_ok_and(|l| l.is_complete())
+}
+
+/// Blobs of one fetch taken from one provider at once: a member that holds
+/// a version whole serves each fetcher a share, and the fetchers' other
+/// slots go to blobs the members fetching beside them have already.
+const PER_PROVIDER: usize = 4;
+
+/// How many pending blobs each free slot looks through for one to take.
+const LOOK_AHEAD: usize = 512;
+
+/// What a fetch holds and is getting of its version's blobs: what its
+/// progress says.
+#[derive(Debug, Default)]
+struct Held {
+    have: HashSet<Hash>,
+    getting: HashSet<Hash>,
+}
+
+/// Fetches `pending` (in this node's order), `PARALLEL` at once. Each free
+/// slot takes, among the next `LOOK_AHEAD` pending blobs, the first whose
+/// best provider has room (`PER_PROVIDER`) and that no other member is
+/// fetching already; with none such, one another member is fetching too,
+/// but only when nothing else runs. Otherwise it waits for a fetch to end
+/// or for news of who holds what: a blob another member is getting is
+/// taken from that member once it has it. Returns whether every blob
+/// arrived.
+async fn swarm(
+    store: &Store,
+    providers: &Providers,
+    pending: Vec<Hash>,
+    held: &std::sync::Mutex<Held>,
+) -> bool {
+    let mut pending: std::collections::VecDeque<Hash> = pending.into();
+    let mut running = n0_future::FuturesUnordered::new();
+    let mut every = tokio::time::interval(PROGRESS_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut all = true;
+    loop {
+        while running.len() < PARALLEL {
+            let room = |h: &Hash| {
+                providers
+                    .order_for(h)
+                    .first()
+                    .is_none_or(|p| providers.busy(p) < PER_PROVIDER)
+            };
+            let free = pending
+                .iter()
+                .take(LOOK_AHEAD)
+                .position(|h| room(h) && !providers.claimed(h));
+            let free = match free {
+                Some(pos) => Some(pos),
+                // Nothing runs: take something, or wait forever.
+                None if running.is_empty() => {
+                    Some(pending.iter().take(LOOK_AHEAD).position(room).unwrap_or(0))
+                }
+                None => None,
+            };
+            let Some(hash) = free.and_then(|pos| pending.remove(pos)) else {
+                break;
+            };
+            running.push(fetch_counted(store, providers, held, hash));
+        }
+        if running.is_empty() {
+            return all;
+        }
+        tokio::select! {
+            Some(ok) = running.next() => all &= ok,
+            // New holders may have spoken: look again.
+            _ = every.tick() => {}
+        }
+    }
+}
+
+/// [`fetch_blob`], counted as getting while it runs and as held if it
+/// arrived.
+async fn fetch_counted(
+    store: &Store,
+    providers: &Providers,
+    held: &std::sync::Mutex<Held>,
+    hash: Hash,
+) -> bool {
+    if let Ok(mut held) = held.lock() {
+        held.getting.insert(hash);
+    }
+    let ok = fetch_blob(store, providers, hash).await;
+    if let Ok(mut held) = held.lock() {
+        held.getting.remove(&hash);
+        if ok {
+            held.have.insert(hash);
+        }
+    }
+    ok
+}
+
+/// How often a node fetching a version tells the members what it holds
+/// and gets (at least: with many members, less often, so the messages of
+/// all of them stay a few hundred a second).
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// Drives `fetching` to its end, telling the members which of `blobs`
+/// this node holds and is getting (`held`) whenever that changed, at most
+/// every `PROGRESS_EVERY` (or 10 ms per member): they may fetch those from
+/// here already, and leave these to it.
+async fn announce_progress<F: std::future::Future>(
+    shared: &Shared,
+    manifest: Hash,
+    blobs: &std::collections::BTreeMap<Hash, u64>,
+    held: &std::sync::Mutex<Held>,
+    fetching: F,
+) -> F::Output {
+    if blobs.len() > maki_protocol::sync::MAX_PROGRESS_BYTES * 8 {
+        return fetching.await;
+    }
+    let members = u32::try_from(shared.members.peers.others().len()).unwrap_or(u32::MAX);
+    let period = PROGRESS_EVERY.max(Duration::from_millis(10).saturating_mul(members));
+    let mut fetching = std::pin::pin!(fetching);
+    let mut every = tokio::time::interval(period);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut told: Option<(usize, HashSet<Hash>)> = None;
+    loop {
+        tokio::select! {
+            out = &mut fetching => return out,
+            _ = every.tick() => {
+                let Ok(now) = held.lock().map(|h| (h.have.len(), h.getting.clone())) else {
+                    continue;
+                };
+                if told.as_ref() == Some(&now) {
+                    continue;
+                }
+                let Ok(have) = held.lock().map(|h| BlobSet::new(blobs.keys(), &h.have)) else {
+                    continue;
+                };
+                let getting = BlobSet::new(blobs.keys(), &now.1);
+                shared.members.outbox.progress(manifest, have, getting);
+                told = Some(now);
+            }
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -312,6 +521,7 @@ async fn fetch(
     let providers = Providers::new(
         endpoint.clone(),
         shared.members.peers.providers(&head.manifest),
+        shared.members.peers.clone(),
     );
     let result = fetch_with(shared, &providers, head, signed).await;
     providers.close();
@@ -373,13 +583,27 @@ async fn fetch_with(
             .await?;
         // Each fetched blob is verified against its hash, so its size is the
         // truth; a manifest that declares another one is refused by path.
-        let missing = content.check_manifest(&manifest).await?;
-        let fetched: Vec<bool> = n0_future::stream::iter(missing)
-            .map(|h| fetch_blob(store, providers, h))
-            .buffered_unordered(PARALLEL)
-            .collect()
-            .await;
-        debug!(site = %head.site, blobs = fetched.len(), "fetched");
+        let mut missing = content.check_manifest(&manifest).await?;
+        let index: HashMap<Hash, usize> = blobs.keys().enumerate().map(|(i, h)| (*h, i)).collect();
+        let _ = providers.blobs.set((head.manifest, index));
+        // Each node takes the blobs in an order of its own, so the members
+        // fetching at once start with different blobs and soon have
+        // something to give each other.
+        let me = shared.members.id;
+        missing
+            .sort_by_cached_key(|h| Hash::of(&[me.as_bytes().as_slice(), h.as_bytes()].concat()));
+        let lacking: HashSet<Hash> = missing.iter().copied().collect();
+        let held = std::sync::Mutex::new(Held {
+            have: blobs
+                .keys()
+                .filter(|h| !lacking.contains(h))
+                .copied()
+                .collect(),
+            getting: HashSet::new(),
+        });
+        let fetching = swarm(store, providers, missing, &held);
+        let fetched = announce_progress(shared, head.manifest, &blobs, &held, fetching).await;
+        debug!(site = %head.site, all = fetched, "fetched");
         if !content.check_manifest(&manifest).await?.is_empty() {
             return Err(FetchError::Unavailable { what: "every blob" });
         }

@@ -67,13 +67,14 @@ pub enum Request {
     PeerSet { record: Signed<crate::PeerRecord> },
 }
 
-/// Which of a manifest's blobs (in [`crate::Manifest::blobs`] order, by
-/// hash) a node lacks: one bit each, so the answer for a million-file site
-/// with its compressed variants stays under half a MiB, well inside a frame.
+/// A set of a manifest's blobs (in [`crate::Manifest::blobs`] order, by
+/// hash): which a node lacks (a publish), or holds (a fetch in progress).
+/// One bit each, so the set for a million-file site with its compressed
+/// variants stays under half a MiB, well inside a frame.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Lacks(Vec<u8>);
+pub struct BlobSet(Vec<u8>);
 
-impl Lacks {
+impl BlobSet {
     /// The set of `missing` among `all` (a manifest's blobs, in order).
     pub fn new<'a>(
         all: impl IntoIterator<Item = &'a Hash>,
@@ -93,11 +94,23 @@ impl Lacks {
         Self(bits)
     }
 
+    /// Whether the blob at `index` (in the manifest's order) is in the set.
+    pub fn contains(&self, index: usize) -> bool {
+        self.0
+            .get(index / 8)
+            .is_some_and(|b| b & (1 << (index % 8)) != 0)
+    }
+
+    /// How many bytes the set takes.
+    pub fn len_bytes(&self) -> usize {
+        self.0.len()
+    }
+
     /// The hashes of `all` (the same manifest's blobs, in order) in the set.
     pub fn hashes<'a>(&self, all: impl IntoIterator<Item = &'a Hash>) -> Vec<Hash> {
         all.into_iter()
             .enumerate()
-            .filter(|(i, _)| self.0.get(i / 8).is_some_and(|b| b & (1 << (i % 8)) != 0))
+            .filter(|(i, _)| self.contains(*i))
             .map(|(_, h)| *h)
             .collect()
     }
@@ -216,7 +229,7 @@ pub enum Response {
     /// `lacks` names them as a set over the manifest's blobs.
     Missing {
         session: u64,
-        lacks: Lacks,
+        lacks: BlobSet,
         bytes: u64,
     },
     /// Same content as the current head: nothing to do.
@@ -418,7 +431,7 @@ mod tests {
         let all: Vec<Hash> = (0u8..20).map(|i| Hash::of(&[i])).collect();
         for missing in [vec![], vec![0], vec![7, 8], (0..20).collect::<Vec<usize>>()] {
             let set = missing.iter().map(|i| all[*i]).collect();
-            let lacks = Lacks::new(&all, &set);
+            let lacks = BlobSet::new(&all, &set);
             let want: Vec<Hash> = missing.iter().map(|i| all[*i]).collect();
             assert_eq!(lacks.hashes(&all), want);
             assert!(lacks.0.len() <= 3);

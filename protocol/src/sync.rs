@@ -134,6 +134,36 @@ impl crate::Signable for Holdings {
     const CONTEXT: &'static [u8] = b"makiatto/holdings/v1";
 }
 
+/// What a node holds so far of a version it is still fetching, signed by
+/// it: spread over gossip while it fetches, so the members fetching the
+/// same version take blobs from each other (a swarm) instead of all from
+/// the few that held it first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Progress {
+    pub format: u16,
+    pub node: crate::PublicKey,
+    /// The version's manifest.
+    pub manifest: crate::Hash,
+    /// The manifest's blobs it holds whole.
+    pub have: crate::rpc::BlobSet,
+    /// The manifest's blobs it is fetching now: the others had better
+    /// take different ones from the members that hold the version whole,
+    /// and these from it once it has them.
+    pub getting: crate::rpc::BlobSet,
+    /// The node's clock in milliseconds: a newer announcement replaces an
+    /// older one that arrives late.
+    pub at: u64,
+}
+
+impl crate::Signable for Progress {
+    const CONTEXT: &'static [u8] = b"makiatto/progress/v1";
+}
+
+/// The largest [`Progress::have`] (and `getting`) a gossip message carries
+/// (bytes, one bit per blob): a version of more blobs is fetched without
+/// it, from the members that hold it whole.
+pub const MAX_PROGRESS_BYTES: usize = 3 << 9;
+
 /// ALPN of the members' gossip (iroh-gossip on our own name, so only
 /// this protocol's handler, which checks membership, accepts it).
 pub const GOSSIP_ALPN: &[u8] = b"maki/gossip/1";
@@ -145,6 +175,9 @@ pub const GOSSIP_ALPN: &[u8] = b"maki/gossip/1";
 pub enum GossipMsg {
     Record(Record),
     Holdings(Signed<Holdings>),
+    /// Added after the first release: an older node cannot decode it, and
+    /// drops it.
+    Progress(Signed<Progress>),
 }
 
 /// Why a peer refused to sync.

@@ -16,7 +16,14 @@ use std::{
     sync::atomic::{AtomicU32, Ordering},
 };
 
-use anyhow::{Context, Result, bail};
+use std::{path::Path, time::Duration};
+
+use anyhow::{Context, Result, bail, ensure};
+
+use crate::{Maki, NodeProc, copy_dir, example_site, wait_for};
+
+/// How long a lab test waits for the network to get somewhere.
+pub const CONVERGE: Duration = Duration::from_secs(30);
 
 /// The names of everything a lab makes start with this.
 const PREFIX: &str = "mklab";
@@ -146,6 +153,23 @@ impl Lab {
         Ok(self.exec(i, "cat", &[&path])?.trim().parse()?)
     }
 
+    /// Limits host `i`'s link to `mbit` Mbit/s each way (tbf: on its
+    /// `eth0` for what it sends, on the bridge's side for what it gets).
+    pub fn limit(&self, i: usize, mbit: u32) -> Result<()> {
+        let rate = format!("{mbit}mbit");
+        // A burst of a few packets, a queue of ~100 ms at the rate.
+        let burst = format!("{}", (mbit as u64 * 1_000_000 / 8 / 100).max(16 * 1024));
+        let tbf = [
+            "root", "tbf", "rate", &rate, "burst", &burst, "latency", "100ms",
+        ];
+        let mut inside = vec!["-n", &self.hosts[i].ns, "qdisc", "replace", "dev", "eth0"];
+        inside.extend_from_slice(&tbf);
+        run("tc", &inside)?;
+        let mut outside = vec!["qdisc", "replace", "dev", &self.hosts[i].veth];
+        outside.extend_from_slice(&tbf);
+        run("tc", &outside)
+    }
+
     /// Cuts host `i` off: its link to the bridge goes down.
     pub fn cut(&self, i: usize) -> Result<()> {
         ip(&["link", "set", &self.hosts[i].veth, "down"])
@@ -213,5 +237,176 @@ fn sweep() {
         if owner.is_some_and(|o| dead.iter().any(|pid| pid & 0xffff == o)) {
             ip(&["link", "del", name]).ok();
         }
+    }
+}
+
+/// A network of `n` lab hosts, the mesh on in each: host 0 made it, the
+/// others joined by invites from it. The admin's CLI runs outside, on the
+/// bridge.
+#[derive(Debug)]
+pub struct MeshNet {
+    pub tmp: tempfile::TempDir,
+    pub lab: Lab,
+    pub nodes: Vec<NodeProc>,
+    pub admin: Maki,
+}
+
+impl MeshNet {
+    pub fn new(n: usize) -> Result<Self> {
+        Self::with_mode(n, "userspace")
+    }
+
+    /// [`Self::new`] with `mesh = MODE` on every node.
+    pub fn with_mode(n: usize, mode: &str) -> Result<Self> {
+        Self::build(n, 0, mode)
+    }
+
+    /// `n` nodes with `mesh = MODE`, and `spare` more hosts after them
+    /// that run no node.
+    pub fn build(n: usize, spare: usize, mode: &str) -> Result<Self> {
+        let lab = Lab::new(n + spare)?;
+        let tmp = tempfile::tempdir()?;
+        let home = tmp.path().join("admin");
+        std::fs::create_dir_all(&home)?;
+        let admin = Maki::new(&home, None);
+        let key = admin.key()?;
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            let dir = tmp.path().join(format!("n{i}"));
+            let at = lab.hosts[i].ip;
+            let http = format!("{at}:80");
+            let p2p = format!("{at}:51821");
+            let mut args = vec!["--http", &http, "--p2p", &p2p, "--mesh", mode];
+            let node = if i == 0 {
+                let mut init = vec!["init", "--admin", &key];
+                init.extend_from_slice(&args);
+                let out = Command::new(crate::bins()?.makiatto)
+                    .args(&init)
+                    .arg("--data-dir")
+                    .arg(&dir)
+                    .output()?;
+                ensure!(
+                    out.status.success(),
+                    "init: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                NodeProc::spawn_in(&lab.wrap(i), &dir, &["run"], dir.join("node.log"))?
+            } else {
+                let admin = Maki::new(&home, Some(&nodes_ticket(&nodes)?));
+                let ticket = admin.ok(&["invite"])?.trim().to_owned();
+                let mut join = vec!["join", ticket.as_str()];
+                join.append(&mut args);
+                NodeProc::spawn_in(&lab.wrap(i), &dir, &join, dir.with_extension("log"))?
+            };
+            nodes.push(node);
+        }
+        let admin = Maki::new(&home, Some(&nodes_ticket(&nodes)?));
+        Ok(Self {
+            tmp,
+            lab,
+            nodes,
+            admin,
+        })
+    }
+
+    /// Waits until the first node sees every node up, each on the mesh.
+    pub async fn meshed(&self) -> Result<()> {
+        let n = self.nodes.len();
+        wait_for(CONVERGE, "every node up on the mesh", || async {
+            let out = self.admin.ok(&["nodes"])?;
+            let meshed = out
+                .lines()
+                .filter(|l| l.contains("(userspace)") || l.contains("(kernel)"))
+                .count();
+            let up = out.lines().filter(|l| l.contains("  up")).count();
+            Ok(meshed == n && up == n - 1)
+        })
+        .await
+        .with_context(|| format!("nodes:\n{}", self.admin.ok(&["nodes"]).unwrap_or_default()))?;
+        Ok(())
+    }
+
+    pub fn logs(&self) -> String {
+        self.nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("--- node {i}\n{}", n.log()))
+            .collect()
+    }
+}
+
+fn nodes_ticket(nodes: &[NodeProc]) -> Result<String> {
+    Ok(nodes.first().context("no node yet")?.ticket.clone())
+}
+
+/// Fills `dir` with one incompressible file of `size` bytes.
+pub fn random_file(dir: &Path, name: &str, size: usize) -> Result<()> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut buf = Vec::with_capacity(size);
+    while buf.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        buf.extend_from_slice(&x.to_le_bytes());
+    }
+    buf.truncate(size);
+    std::fs::write(dir.join(name), buf)?;
+    Ok(())
+}
+
+impl MeshNet {
+    /// The admin's CLI run inside host `i`, pointed at its node.
+    pub fn admin_in(&self, i: usize) -> Maki {
+        let mut m = Maki::new(&self.admin.home, Some(&self.nodes[i].ticket));
+        m.wrap = self.lab.wrap(i);
+        m
+    }
+
+    /// Publishes `site` (its index.html saying `body`) through `admin`
+    /// without waiting for other nodes.
+    pub fn publish(&self, admin: &Maki, site: &Path, body: &str) -> Result<()> {
+        std::fs::write(site.join("index.html"), body)?;
+        admin.ok(&[
+            "publish",
+            site.to_str().context("path")?,
+            "--site",
+            "lab.test",
+        ])?;
+        Ok(())
+    }
+
+    /// What host `i` serves at / of lab.test, asked from inside it (a
+    /// host cut off is out of the test's reach), by curl.
+    pub fn served(&self, i: usize) -> Option<String> {
+        let url = format!("http://{}:80/", self.lab.hosts[i].ip);
+        self.lab
+            .exec(
+                i,
+                "curl",
+                &["-sf", "--max-time", "2", "-H", "Host: lab.test", &url],
+            )
+            .ok()
+    }
+
+    /// Waits until host `i` serves `body` at /.
+    pub async fn serves(&self, i: usize, body: &str) -> Result<()> {
+        wait_for(CONVERGE, &format!("host {i} to serve {body:?}"), || async {
+            Ok(self.served(i).as_deref() == Some(body))
+        })
+        .await
+        .with_context(|| self.logs())?;
+        Ok(())
+    }
+
+    /// A site added and published once (v1), served by every host.
+    pub async fn with_site(&self) -> Result<std::path::PathBuf> {
+        self.admin.ok(&["site", "add", "lab.test"])?;
+        let site = self.tmp.path().join("site");
+        copy_dir(&example_site(), &site)?;
+        self.publish(&self.admin, &site, "v1")?;
+        for i in 0..self.nodes.len() {
+            self.serves(i, "v1").await?;
+        }
+        Ok(site)
     }
 }

@@ -5,7 +5,7 @@ use std::{collections::HashMap, sync::Mutex, time::Duration};
 
 use maki_protocol::{
     Hash, Head, MAX_MANIFEST_BYTES, Manifest, PublicKey, Record, Signed,
-    rpc::{Lacks, Response, RpcError},
+    rpc::{BlobSet, Response, RpcError},
 };
 use tracing::{info, warn};
 
@@ -298,7 +298,7 @@ impl AdminProtocol {
                 .filter_map(|h| blobs.get(h).map(|size| (*h, *size))),
         );
         info!(site = %head.site, version = manifest.version, missing = missing.len(), bytes, "publish started");
-        let lacks = Lacks::new(blobs.keys(), &missing.iter().copied().collect());
+        let lacks = BlobSet::new(blobs.keys(), &missing.iter().copied().collect());
         self.sessions.put(
             session,
             Session {
