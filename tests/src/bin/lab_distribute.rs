@@ -1,0 +1,231 @@
+//! The lab distribution benchmark (`bench/lab-distribute.sh` runs it, root
+//! only): N hosts in network namespaces, every link limited to one rate
+//! each way, the WireGuard mesh on. For each N, the time from the end of a
+//! publish at host 0 until all N serve: a site of many files, and a single
+//! large file. Beside it, in the same run: the physical limit (one host's
+//! transfer of the same bytes at that rate, over HTTP from host 0), and
+//! rsync pushing the same content from host 0 to each host in turn
+//! (Makiatto 0.6's way), at the N asked for. CPU use (of the whole
+//! machine) is printed next to each result: the cores must not be what
+//! limits it.
+//!
+//! usage: maki-lab-distribute [--rate MBIT] [--site-mb MB] [--files N]
+//!        [--big-mb MB] [--nodes 2,4,6,8] [--rsync 2,6]
+
+use std::{path::Path, process::Command, time::Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use maki_e2e::lab::{MeshNet, random_file};
+
+struct Args {
+    rate: u32,
+    site_mb: usize,
+    files: usize,
+    big_mb: usize,
+    nodes: Vec<usize>,
+    rsync: Vec<usize>,
+}
+
+fn args() -> Result<Args> {
+    let mut a = Args {
+        rate: 20,
+        site_mb: 50,
+        files: 500,
+        big_mb: 200,
+        nodes: vec![2, 4, 6, 8],
+        rsync: vec![2, 6],
+    };
+    let list = |v: &str| -> Result<Vec<usize>> {
+        v.split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| Ok(s.parse()?))
+            .collect()
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let v = it.next().with_context(|| format!("{flag} needs a value"))?;
+        match flag.as_str() {
+            "--rate" => a.rate = v.parse()?,
+            "--site-mb" => a.site_mb = v.parse()?,
+            "--files" => a.files = v.parse()?,
+            "--big-mb" => a.big_mb = v.parse()?,
+            "--nodes" => a.nodes = list(&v)?,
+            "--rsync" => a.rsync = list(&v)?,
+            other => bail!("unknown flag {other}"),
+        }
+    }
+    Ok(a)
+}
+
+/// Busy and total jiffies of the whole machine.
+fn cpu() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("no cpu line")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Ok((total - idle, total))
+}
+
+/// Runs `f`, returning its result, the seconds it took and the share of
+/// the machine's CPU used meanwhile (percent of all cores).
+fn measured<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
+    let (b0, t0) = cpu()?;
+    let start = Instant::now();
+    let out = f()?;
+    let secs = start.elapsed().as_secs_f64();
+    let (b1, t1) = cpu()?;
+    let share = 100.0 * (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+    Ok((out, secs, share))
+}
+
+/// Publishes `dir` as `site` at host 0, from inside it, and returns when
+/// every node serves it: the slowest node's time after the publish.
+fn publish(net: &MeshNet, dir: &Path, site: &str) -> Result<f64> {
+    let admin = net.admin_in(0);
+    admin.ok(&["site", "add", site])?;
+    let out = admin.ok(&[
+        "publish",
+        dir.to_str().context("path")?,
+        "--site",
+        site,
+        "--wait",
+        "--timeout",
+        "900s",
+    ])?;
+    ensure!(
+        out.contains(&format!("all {} nodes serve", net.nodes.len())),
+        "{out}"
+    );
+    // "  ID (REGION) serves it after 12.3s"
+    let slowest = out
+        .lines()
+        .filter_map(|l| l.split("serves it after ").nth(1))
+        .filter_map(|t| t.trim().trim_end_matches('s').parse::<f64>().ok())
+        .fold(0.0, f64::max);
+    Ok(slowest)
+}
+
+/// One host's transfer of `path` on `site` from host 0 over HTTP, at the
+/// limited rate: seconds.
+fn single_transfer(net: &MeshNet, site: &str, path: &str) -> Result<f64> {
+    let url = format!("http://{}:80{path}", net.lab.hosts[0].ip);
+    let out = net.lab.exec(
+        1,
+        "curl",
+        &[
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+            "-H",
+            &format!("Host: {site}"),
+            &url,
+        ],
+    )?;
+    Ok(out.trim().parse()?)
+}
+
+/// rsync pushing `dir` from host 0 to every other host in turn, each
+/// running an rsync daemon: seconds.
+fn rsync_push(net: &MeshNet, dir: &Path, work: &Path) -> Result<f64> {
+    let mut daemons = Vec::new();
+    for i in 1..net.nodes.len() {
+        let dest = work.join(format!("rsync-dest-{i}"));
+        std::fs::create_dir_all(&dest)?;
+        let conf = work.join(format!("rsyncd-{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "use chroot = no\n[maki]\npath = {}\nread only = no\nuid = root\ngid = root\n",
+                dest.display()
+            ),
+        )?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &net.lab.hosts[i].ns, "rsync", "--daemon"])
+            .args(["--no-detach", "--port", "873", "--config"])
+            .arg(&conf)
+            .spawn()?;
+        daemons.push(child);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let start = Instant::now();
+    let mut result = Ok(());
+    for i in 1..net.nodes.len() {
+        let src = format!("{}/", dir.display());
+        let dst = format!("rsync://{}/maki/", net.lab.hosts[i].ip);
+        if let Err(e) = net
+            .lab
+            .exec(0, "rsync", &["-a", "--whole-file", &src, &dst])
+        {
+            result = Err(e);
+            break;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    for mut d in daemons {
+        d.kill().ok();
+        d.wait().ok();
+    }
+    result.map(|()| secs)
+}
+
+fn main() -> Result<()> {
+    let a = args()?;
+    let work = tempfile::tempdir()?;
+    let site = work.path().join("site");
+    std::fs::create_dir_all(&site)?;
+    let per_file = a.site_mb * (1 << 20) / a.files.max(1);
+    for f in 0..a.files {
+        random_file(&site, &format!("f{f:05}.bin"), per_file + f % 97)?;
+    }
+    let big = work.path().join("big");
+    std::fs::create_dir_all(&big)?;
+    random_file(&big, "big.bin", a.big_mb << 20)?;
+
+    println!(
+        "rate {} Mbit/s each way per host; site {} MB in {} files; one file of {} MB",
+        a.rate, a.site_mb, a.files, a.big_mb
+    );
+    println!("what\tN\tseconds\t× single\tCPU %");
+    let mut single_site = 0.0;
+    let mut single_big = 0.0;
+    for &n in &a.nodes {
+        let net = MeshNet::build(n, 0, "userspace")?;
+        for i in 0..n {
+            net.lab.limit(i, a.rate)?;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(net.meshed())?;
+        let (t, _, cpu_site) = measured(|| publish(&net, &site, "site.test"))?;
+        let (tb, _, cpu_big) = measured(|| publish(&net, &big, "big.test"))?;
+        if single_big == 0.0 {
+            // The physical limit, measured once on this lab's links.
+            let (t1, _, c1) = measured(|| single_transfer(&net, "big.test", "/big.bin"))?;
+            single_big = t1;
+            single_site = t1 * a.site_mb as f64 / a.big_mb as f64;
+            println!("single transfer (HTTP, one host)\t1\t{t1:.1}\t1.00\t{c1:.0}");
+        }
+        println!(
+            "makiatto site\t{n}\t{t:.1}\t{:.2}\t{cpu_site:.0}",
+            t / single_site
+        );
+        println!(
+            "makiatto one file\t{n}\t{tb:.1}\t{:.2}\t{cpu_big:.0}",
+            tb / single_big
+        );
+        if a.rsync.contains(&n) {
+            let (r, _, cr) = measured(|| rsync_push(&net, &site, work.path()))?;
+            println!("rsync site\t{n}\t{r:.1}\t{:.2}\t{cr:.0}", r / single_site);
+        }
+        drop(net);
+    }
+    Ok(())
+}
