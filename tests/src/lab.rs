@@ -341,7 +341,10 @@ fn nodes_ticket(nodes: &[NodeProc]) -> Result<String> {
 
 /// Fills `dir` with one incompressible file of `size` bytes.
 pub fn random_file(dir: &Path, name: &str, size: usize) -> Result<()> {
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    // Seeded by the name: files of one size must still differ (a site of
+    // equal files would be a few blobs, deduplicated).
+    let seed = blake3::hash(name.as_bytes());
+    let mut x = u64::from_le_bytes(seed.as_bytes()[..8].try_into()?) | 1;
     let mut buf = Vec::with_capacity(size);
     while buf.len() < size {
         x ^= x << 13;

@@ -204,7 +204,13 @@ fn main() -> Result<()> {
             .enable_all()
             .build()?;
         rt.block_on(net.meshed())?;
-        let (t, _, cpu_site) = measured(|| publish(&net, &site, "site.test"))?;
+        let rx = |i| net.lab.counter(i, "eth0", "rx_bytes");
+        let rx_before: Vec<u64> = (1..n).map(rx).collect::<Result<_>>()?;
+        let (t, wall, cpu_site) = measured(|| publish(&net, &site, "site.test"))?;
+        let rx_site: Vec<String> = (1..n)
+            .map(|i| Ok(format!("{:.0}", (rx(i)? - rx_before[i - 1]) as f64 / 1e6)))
+            .collect::<Result<_>>()?;
+        eprintln!("site at N={n}: publish + wait took {wall:.1} s; MB received on each host's underlay: {rx_site:?}");
         let (tb, _, cpu_big) = measured(|| publish(&net, &big, "big.test"))?;
         if single_big == 0.0 {
             // The physical limit, measured once on this lab's links.
