@@ -132,6 +132,8 @@ enum PeerCommand {
     },
     /// Remove a peer from every member's mesh.
     Remove { name: String },
+    /// List the peers: name, mesh address, key, endpoint.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,6 +316,14 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             removed?;
             println!("removed peer {name} from the mesh");
+        }
+        Command::Peer {
+            action: PeerCommand::List,
+        } => {
+            let (client, _) = connect(&cli, &project).await?;
+            let listed = peers::list(&client).await;
+            client.close().await;
+            list(cli.json, &listed?, render::peer_line)?;
         }
         Command::Nodes { action: None } => {
             let (client, _) = connect(&cli, &project).await?;

@@ -6,7 +6,7 @@ use std::{fmt::Write, net::SocketAddr};
 
 use maki_protocol::{
     PeerRecord, RECORD_FORMAT, SecretKey, Signed, mesh,
-    rpc::{NodeInfo, Request, Response},
+    rpc::{NodeInfo, PeerInfo, Request, Response},
 };
 
 use crate::net::{Client, NetError, unexpected};
@@ -40,6 +40,14 @@ pub async fn add(
         endpoint,
         &nodes,
     ))
+}
+
+/// The external peers.
+pub async fn list(client: &Client) -> Result<Vec<PeerInfo>, NetError> {
+    match client.call(&Request::Peers).await? {
+        Response::Peers(peers) => Ok(peers),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// Removes the external peer `name` from every member's mesh.
@@ -94,7 +102,7 @@ pub fn wg_quick(
         };
         meshed += 1;
         let _ = writeln!(out, "\n[Peer]\n# node {}", n.id.fmt_short());
-        let _ = writeln!(out, "PublicKey = {}", mesh::key_text(&m.key));
+        let _ = writeln!(out, "PublicKey = {}", m.key);
         if let Some(e) = m.endpoint {
             let _ = writeln!(out, "Endpoint = {e}");
         }

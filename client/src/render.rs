@@ -95,6 +95,14 @@ pub fn node_line(n: &NodeInfo) -> String {
     )
 }
 
+/// A line of `maki peer list`.
+pub fn peer_line(p: &maki_protocol::rpc::PeerInfo) -> String {
+    let endpoint = p
+        .endpoint
+        .map_or_else(|| "no endpoint".to_owned(), |e| e.to_string());
+    format!("{}  {}  {}  {endpoint}", p.name, p.addr, p.key)
+}
+
 /// A line of `maki sites`.
 pub fn site_line(s: &SiteInfo) -> String {
     let pinned = if s.regions.is_empty() {

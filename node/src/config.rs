@@ -223,6 +223,21 @@ impl Config {
             // stay the same across restarts.
             return Err("wireguard_port must be a fixed port (not 0) with the mesh on".into());
         }
+        if self.mesh != MeshMode::Off && self.wireguard_port == self.p2p.port() {
+            return Err(format!(
+                "wireguard_port {} is the p2p port too: both are UDP, give them different ports",
+                self.wireguard_port
+            ));
+        }
+        if let Some(ip) = self
+            .public_ips
+            .iter()
+            .find(|ip| ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(format!(
+                "public_ips: {ip} is not an address members or visitors can reach"
+            ));
+        }
         if self.max_upload_bytes == 0 {
             return Err("max_upload_bytes must be at least 1".into());
         }

@@ -85,22 +85,29 @@ async fn bind_with(
             iroh_blobs::ALPN.to_vec(),
         ])
         .address_lookup(lookup)
-        .clear_ip_transports()
-        .bind_addr(addr)
-        .map_err(|e| err(e.to_string()))?;
+        .clear_ip_transports();
     let builder = match node {
         Some((members, None)) => builder.hooks(members),
+        // The mesh socket before the public one: iroh refuses a second
+        // IPv6 socket after an unspecified one (`p2p = "[::]:…"`).
         Some((members, Some(mesh))) => builder
             .hooks(members)
             .bind_addr_with_opts(
                 SocketAddr::new(mesh.into(), addr.port()),
-                BindOpts::default().set_prefix_len(maki_protocol::mesh::NETWORK_PREFIX_LEN),
+                BindOpts::default()
+                    .set_prefix_len(maki_protocol::mesh::NETWORK_PREFIX_LEN)
+                    .set_is_default_route(false),
             )
             .map_err(|e| err(e.to_string()))?
             .path_selector(Arc::new(MeshFirst::new(mesh))),
         None => builder,
     };
-    builder.bind().await.map_err(|e| err(e.to_string()))
+    builder
+        .bind_addr(addr)
+        .map_err(|e| err(e.to_string()))?
+        .bind()
+        .await
+        .map_err(|e| err(e.to_string()))
 }
 
 /// The mesh address the endpoint listens at, if any.

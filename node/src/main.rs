@@ -163,6 +163,7 @@ async fn run(cli: Cli) -> Result<()> {
                 public_ips: mesh.public_ips,
                 ..Config::default()
             };
+            config.validate().map_err(anyhow::Error::msg)?;
             let created = setup::init(&data_dir, admins, &config)?;
             println!("node {}", created.node);
             println!("network {}", created.network);

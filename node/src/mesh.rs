@@ -74,6 +74,10 @@ pub enum MeshError {
         backend: &'static str,
         message: String,
     },
+    #[error(
+        "an interface {INTERFACE} exists already: another node's mesh in this network namespace (one per namespace), or a WireGuard made by hand (remove it: ip link del {INTERFACE})"
+    )]
+    InUse,
     #[error("kernel WireGuard is not available here ({0}); set mesh = \"userspace\" or \"auto\"")]
     NoKernel(String),
     #[error("cannot configure {INTERFACE}: {0}")]
@@ -337,6 +341,11 @@ impl Mesh {
         self.backend
     }
 
+    /// This node's WireGuard public key.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.key.public_key().as_array()
+    }
+
     /// This node's mesh address.
     pub fn addr(&self) -> Ipv6Addr {
         self.addr
@@ -503,6 +512,13 @@ fn create(backend: Backend) -> Result<Device, MeshError> {
                 }
             })?;
             Ok(Device::Kernel(api))
+        }
+        // A TUN device lives only as long as the process that holds it, so
+        // one that exists belongs to a live process: another node's mesh
+        // in this network namespace (its device would quietly take this
+        // one as a second queue), or a WireGuard someone made by hand.
+        Backend::Userspace if Path::new(&format!("/sys/class/net/{INTERFACE}")).exists() => {
+            Err(MeshError::InUse)
         }
         Backend::Userspace => UserspaceDevice::create()
             .map(Device::Userspace)

@@ -58,8 +58,7 @@ pub struct Peer {
     /// Whether it has told us what it serves at all (by sync or gossip).
     pub holds_known: bool,
     /// Its mesh address, when both it and this node run the mesh: then it
-    /// is dialled there, and members-only connections from it come from
-    /// there or are refused.
+    /// is dialled there.
     pub mesh_addr: Option<std::net::Ipv6Addr>,
     /// Its side of the mesh, as its record announces it.
     pub mesh: Option<maki_protocol::MeshPeer>,
@@ -105,21 +104,42 @@ impl Peers {
         let Ok(mut inner) = self.inner.write() else {
             return;
         };
+        // A WireGuard key two members announce (or one announces this
+        // node's) is neither's: one of them lies, or copied the other's
+        // data. Both are reached over their public addresses instead, so a
+        // member cannot cut another off the mesh by announcing its key.
+        let mut uses: HashMap<[u8; 32], usize> = HashMap::new();
+        for (n, _) in dir.members() {
+            if let Some(m) = &n.mesh {
+                *uses.entry(m.key).or_default() += 1;
+            }
+        }
+        let own = self.mesh.as_ref().map(|m| m.public_key());
+        let meshed = |n: &maki_protocol::NodeRecord| {
+            n.mesh.as_ref().is_some_and(|m| {
+                uses.get(&m.key) == Some(&1) && (n.id == self.me || Some(m.key) != own)
+            })
+        };
         if let Some(mesh) = &self.mesh {
-            let members = dir.members().filter_map(|(n, _)| {
-                let peer = n.mesh.as_ref()?;
-                Some(MeshMember::of(&self.network, n.id, &n.ips, peer))
-            });
+            let members = dir
+                .members()
+                .filter(|(n, _)| meshed(n))
+                .filter_map(|(n, _)| {
+                    let peer = n.mesh.as_ref()?;
+                    Some(MeshMember::of(&self.network, n.id, &n.ips, peer))
+                });
+            // An external peer never takes a member's key.
             let external = dir
                 .external_peers()
+                .filter(|p| !uses.contains_key(&p.key) && Some(p.key) != own)
                 .map(|p| MeshMember::external(&self.network, p));
             mesh.set_peers(members.chain(external));
         }
         let mut next = BTreeMap::new();
         for (n, version) in dir.members() {
             let old = inner.get(&n.id);
-            let mesh_addr = (self.mesh.is_some() && n.mesh.is_some())
-                .then(|| mesh::member_addr(&self.network, &n.id));
+            let mesh_addr =
+                (self.mesh.is_some() && meshed(n)).then(|| mesh::member_addr(&self.network, &n.id));
             next.insert(
                 n.id,
                 Peer {
@@ -447,8 +467,7 @@ mod tests {
 const REMOVED: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(403);
 
 /// The endpoint hook that keeps gossip among members (see the module
-/// docs), and members-only protocols on the mesh between members that
-/// both run one.
+/// docs).
 #[derive(Debug, Clone)]
 pub struct MembersOnly(pub Arc<Peers>);
 
@@ -470,9 +489,15 @@ fn only_from(conn: &Connection, addr: std::net::Ipv6Addr) -> bool {
 impl EndpointHooks for MembersOnly {
     /// Gossip links this node dials; those dialled in are kept, or closed,
     /// by the gossip handler (a refusal here would log a warning for every
-    /// joiner, which dials before its record has arrived). A member that
-    /// runs the mesh, as this node does, is refused any members-only
-    /// protocol that does not come from its mesh address.
+    /// joiner, which dials before its record has arrived).
+    ///
+    /// A member that runs the mesh, as this node does, is not refused when
+    /// it comes from outside the mesh: iroh dials every address it learned
+    /// of a peer (its own, and those the peer told it while punching
+    /// holes), so after a WireGuard outage, or while a node turns its mesh
+    /// on, refusing left members partitioned for good though the mesh
+    /// worked again. Its traffic moves to the mesh as soon as a path there
+    /// opens ([`crate::endpoint`]'s path choice).
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
         let alpn = conn.alpn();
         if !members_only(alpn) {
@@ -485,22 +510,12 @@ impl EndpointHooks for MembersOnly {
             };
         };
         if conn.side() == Side::Server {
-            let mesh_addr = self.0.get(&key).and_then(|p| p.mesh_addr);
-            return match mesh_addr {
-                Some(addr) if !only_from(conn, addr) => {
-                    let from: Vec<String> = conn
-                        .paths()
-                        .iter()
-                        .map(|p| format!("{:?}", p.remote_addr()))
-                        .collect();
-                    tracing::debug!(peer = %key.fmt_short(), ?from, "refused a member's connection from outside the mesh");
-                    AfterHandshakeOutcome::Reject {
-                        error_code: OFF_MESH,
-                        reason: b"members talk over the mesh".to_vec(),
-                    }
-                }
-                _ => AfterHandshakeOutcome::Accept,
-            };
+            if let Some(addr) = self.0.get(&key).and_then(|p| p.mesh_addr)
+                && !only_from(conn, addr)
+            {
+                tracing::debug!(peer = %key.fmt_short(), "a member connected from outside the mesh (is its mesh down?)");
+            }
+            return AfterHandshakeOutcome::Accept;
         }
         if alpn != GOSSIP_ALPN || self.0.hold_link(&key, conn) {
             AfterHandshakeOutcome::Accept
@@ -512,7 +527,3 @@ impl EndpointHooks for MembersOnly {
         }
     }
 }
-
-/// The close code for a member's connection that came from outside the
-/// mesh while both ends run one.
-const OFF_MESH: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(421);

@@ -65,6 +65,8 @@ pub enum Request {
     /// Admin: add, change or remove (`removed` set) an external WireGuard
     /// peer of the mesh.
     PeerSet { record: Signed<crate::PeerRecord> },
+    /// Admin: the external WireGuard peers.
+    Peers,
 }
 
 /// A set of a manifest's blobs (in [`crate::Manifest::blobs`] order, by
@@ -135,14 +137,25 @@ pub struct NodeInfo {
     pub mesh: Option<NodeMesh>,
 }
 
+/// An external WireGuard peer, as `maki peer list` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerInfo {
+    pub name: String,
+    /// Its WireGuard public key, as `wg` shows it (base64).
+    pub key: String,
+    pub endpoint: Option<std::net::SocketAddr>,
+    /// Its address in the mesh.
+    pub addr: std::net::Ipv6Addr,
+}
+
 /// A member's mesh, as `maki nodes` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeMesh {
     pub addr: std::net::Ipv6Addr,
     /// `kernel` or `userspace`.
     pub backend: String,
-    /// Its WireGuard public key.
-    pub key: [u8; 32],
+    /// Its WireGuard public key, as `wg` shows it (base64).
+    pub key: String,
     /// Where its WireGuard listens, if it announced a public IP.
     pub endpoint: Option<std::net::SocketAddr>,
 }
@@ -246,6 +259,7 @@ pub enum Response {
         node: PublicKey,
     },
     Nodes(Vec<NodeInfo>),
+    Peers(Vec<PeerInfo>),
     Error(RpcError),
     /// See [`Request::HeadFloor`].
     HeadFloor {

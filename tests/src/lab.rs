@@ -170,6 +170,55 @@ impl Lab {
         run("tc", &outside)
     }
 
+    /// Drops every UDP packet host `i` sends from `port` (a WireGuard
+    /// outage, say), until [`Self::undrop`].
+    pub fn drop_udp_from(&self, i: usize, port: u16) -> Result<()> {
+        let ns = self.hosts[i].ns.as_str();
+        let port = port.to_string();
+        let tc = |args: &[&str]| {
+            let mut all = vec!["-n", ns];
+            all.extend_from_slice(args);
+            run("tc", &all)
+        };
+        // This kernel has neither prio nor netem: htb, with the matched
+        // packets sent to a class of 8 bit/s and a queue of one.
+        tc(&[
+            "qdisc", "replace", "dev", "eth0", "root", "handle", "1:", "htb", "default", "10",
+        ])?;
+        tc(&[
+            "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:10", "htb", "rate",
+            "10gbit",
+        ])?;
+        tc(&[
+            "class", "add", "dev", "eth0", "parent", "1:", "classid", "1:20", "htb", "rate",
+            "8bit", "ceil", "8bit", "burst", "1", "cburst", "1",
+        ])?;
+        tc(&[
+            "qdisc", "add", "dev", "eth0", "parent", "1:20", "handle", "20:", "pfifo", "limit", "1",
+        ])?;
+        tc(&[
+            "filter", "add", "dev", "eth0", "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+            "match", "ip", "protocol", "17", "0xff", "match", "ip", "sport", &port, "0xffff",
+            "flowid", "1:20",
+        ])
+    }
+
+    /// Ends what [`Self::drop_udp_from`] began.
+    pub fn undrop(&self, i: usize) -> Result<()> {
+        run(
+            "tc",
+            &[
+                "-n",
+                &self.hosts[i].ns,
+                "qdisc",
+                "del",
+                "dev",
+                "eth0",
+                "root",
+            ],
+        )
+    }
+
     /// Cuts host `i` off: its link to the bridge goes down.
     pub fn cut(&self, i: usize) -> Result<()> {
         ip(&["link", "set", &self.hosts[i].veth, "down"])

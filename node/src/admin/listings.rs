@@ -10,6 +10,27 @@ use maki_protocol::{
 use super::{AdminProtocol, internal};
 
 impl AdminProtocol {
+    pub(super) fn peers(&self, caller: PublicKey) -> Result<Response, RpcError> {
+        use maki_protocol::{mesh, rpc::PeerInfo};
+        if !self.shared.is_admin(&caller) {
+            return Err(RpcError::NotAdmin { key: caller });
+        }
+        let network = self.shared.members.network;
+        let peers = self
+            .shared
+            .members
+            .directory()
+            .external_peers()
+            .map(|p| PeerInfo {
+                name: p.name.clone(),
+                key: mesh::key_text(&p.key),
+                endpoint: p.endpoint,
+                addr: mesh::external_addr(&network, &p.key),
+            })
+            .collect();
+        Ok(Response::Peers(peers))
+    }
+
     pub(super) fn nodes(&self, caller: PublicKey) -> Result<Response, RpcError> {
         use maki_protocol::rpc::{Health, NodeInfo, NodeMesh};
         if !self.is_known(&caller) {
@@ -75,7 +96,7 @@ impl AdminProtocol {
                             crate::mesh::MeshMember::of(network, id, &p.ips, &m).endpoint;
                         NodeMesh {
                             addr: maki_protocol::mesh::member_addr(network, &id),
-                            key: m.key,
+                            key: maki_protocol::mesh::key_text(&m.key),
                             endpoint,
                             backend: m.backend,
                         }

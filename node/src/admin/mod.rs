@@ -185,6 +185,7 @@ impl AdminProtocol {
             Request::Pin { record } => self.pin(caller, record),
             Request::HeadFloor { domain } => self.head_floor(caller, &domain),
             Request::PeerSet { record } => self.peer_set(caller, record),
+            Request::Peers => self.peers(caller),
             _ => Err(RpcError::BadRequest("unknown request".into())),
         }
     }

@@ -69,6 +69,31 @@ impl AdminProtocol {
                 peer.name
             )));
         }
+        let dir = self.shared.members.directory();
+        if peer.removed {
+            if !dir.external_peers().any(|p| p.name == peer.name) {
+                return Err(RpcError::InvalidRecord(format!(
+                    "there is no peer {:?} (maki peer list shows them)",
+                    peer.name
+                )));
+            }
+        } else if let Some((n, _)) = dir
+            .members()
+            .find(|(n, _)| n.mesh.as_ref().is_some_and(|m| m.key == peer.key))
+        {
+            return Err(RpcError::InvalidRecord(format!(
+                "that WireGuard key is node {}'s",
+                n.id.fmt_short()
+            )));
+        } else if let Some(other) = dir
+            .external_peers()
+            .find(|p| p.key == peer.key && p.name != peer.name)
+        {
+            return Err(RpcError::InvalidRecord(format!(
+                "that WireGuard key is peer {:?}'s already",
+                other.name
+            )));
+        }
         self.apply_admin(Record::Peer(signed), "external peer")?;
         if peer.removed {
             info!(peer = %peer.name, "external peer removed");

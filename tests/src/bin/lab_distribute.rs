@@ -210,7 +210,9 @@ fn main() -> Result<()> {
         let rx_site: Vec<String> = (1..n)
             .map(|i| Ok(format!("{:.0}", (rx(i)? - rx_before[i - 1]) as f64 / 1e6)))
             .collect::<Result<_>>()?;
-        eprintln!("site at N={n}: publish + wait took {wall:.1} s; MB received on each host's underlay: {rx_site:?}");
+        eprintln!(
+            "site at N={n}: publish + wait took {wall:.1} s; MB received on each host's underlay: {rx_site:?}"
+        );
         let (tb, _, cpu_big) = measured(|| publish(&net, &big, "big.test"))?;
         if single_big == 0.0 {
             // The physical limit, measured once on this lab's links.
