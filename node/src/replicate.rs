@@ -45,7 +45,8 @@ const SITES_AT_ONCE: usize = 4;
 const PARALLEL: usize = 16;
 /// A provider that takes longer to connect is passed over.
 const CONNECT: Duration = Duration::from_secs(1);
-/// A provider that sends nothing for this long is taken for dead.
+/// A provider that sends nothing for this long, on any stream of a fetch,
+/// is taken for dead.
 const STALL: Duration = Duration::from_secs(1);
 
 /// The providers of one fetch and their connections, opened on first use;
@@ -63,6 +64,8 @@ struct Providers {
     blobs: std::sync::OnceLock<(Hash, HashMap<Hash, usize>)>,
     /// Blobs being fetched from each provider now.
     busy: std::sync::Mutex<HashMap<PublicKey, usize>>,
+    /// When each provider last sent anything, on any of its streams.
+    heard: std::sync::Mutex<HashMap<PublicKey, std::time::Instant>>,
 }
 
 impl Providers {
@@ -75,6 +78,7 @@ impl Providers {
             peers,
             blobs: Default::default(),
             busy: Default::default(),
+            heard: Default::default(),
         }
     }
 
@@ -120,6 +124,22 @@ impl Providers {
                 .get(hash)
                 .is_some_and(|i| self.peers.claimed(manifest, *i))
         })
+    }
+
+    /// `p` sent something just now.
+    fn heard_from(&self, p: PublicKey) {
+        if let Ok(mut h) = self.heard.lock() {
+            h.insert(p, std::time::Instant::now());
+        }
+    }
+
+    /// Whether `p` sent anything, on any stream, within `STALL`: a stream
+    /// of a provider busy with this fetch's other streams waits its turn;
+    /// only a provider silent on all of them is taken for dead.
+    fn lately_heard(&self, p: &PublicKey) -> bool {
+        self.heard
+            .lock()
+            .is_ok_and(|h| h.get(p).is_some_and(|t| t.elapsed() < STALL))
     }
 
     /// Blobs being fetched from `p` now.
@@ -212,9 +232,15 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
         };
         let _busy = providers.busy_with(p);
         let mut progress = std::pin::pin!(remote.execute_get(conn, local.missing()).stream());
+        // STALLs in a row this stream waited while its provider sent others.
+        let mut waited = 0;
         loop {
             match tokio::time::timeout(STALL, progress.next()).await {
-                Ok(Some(GetProgressItem::Progress(_))) => continue,
+                Ok(Some(GetProgressItem::Progress(_))) => {
+                    providers.heard_from(p);
+                    waited = 0;
+                    continue;
+                }
                 Ok(Some(GetProgressItem::Done(_))) => break,
                 Ok(Some(GetProgressItem::Error(error))) => {
                     // It may simply not hold this blob (yet): not dead.
@@ -222,6 +248,9 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
                     break;
                 }
                 Ok(None) => break,
+                // Alive, but not sending this blob: after a while, the next.
+                Err(_) if providers.lately_heard(&p) && waited < 10 => waited += 1,
+                Err(_) if providers.lately_heard(&p) => break,
                 Err(_) => {
                     if providers.mark_dead(p) {
                         info!(provider = %p.fmt_short(), "provider stalled; trying the next");
