@@ -6,6 +6,7 @@
 //! argument. Every decoder is total — any bytes give `Ok` or a typed error,
 //! never a panic.
 
+mod blobset;
 mod codec;
 mod domain;
 mod hash;
@@ -20,6 +21,7 @@ mod signed;
 pub mod sync;
 mod ticket;
 
+pub use blobset::BlobSet;
 pub use domain::{Domain, DomainError};
 pub use hash::{Hash, HashError};
 pub use keys::{KeyError, PublicKey, SecretKey, Signature};

@@ -145,11 +145,11 @@ pub struct Progress {
     /// The version's manifest.
     pub manifest: crate::Hash,
     /// The manifest's blobs it holds whole.
-    pub have: crate::rpc::BlobSet,
+    pub have: crate::BlobSet,
     /// The manifest's blobs it is fetching now: the others had better
     /// take different ones from the members that hold the version whole,
     /// and these from it once it has them.
-    pub getting: crate::rpc::BlobSet,
+    pub getting: crate::BlobSet,
     /// The node's clock in milliseconds: a newer announcement replaces an
     /// older one that arrives late.
     pub at: u64,
