@@ -401,7 +401,7 @@ mod tests {
             let lacks = BlobSet::new(&all, &set);
             let want: Vec<Hash> = missing.iter().map(|i| all[*i]).collect();
             assert_eq!(lacks.hashes(&all), want);
-            assert!(lacks.0.len() <= 3);
+            assert!(lacks.len_bytes() <= 3);
         }
     }
 
