@@ -127,7 +127,11 @@ pub(crate) fn main() {
     };
     tracing_subscriber::fmt()
         .with_env_filter(
-            EnvFilter::try_from_env("MAKIATTO_LOG").unwrap_or_else(|_| EnvFilter::new("info")),
+            // The userspace WireGuard warns, unattributed, at every failed
+            // handshake with a peer that is offline: a line a second per
+            // such peer. Its errors stay.
+            EnvFilter::try_from_env("MAKIATTO_LOG")
+                .unwrap_or_else(|_| EnvFilter::new("info,defguard_boringtun=error")),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in a log file.

@@ -353,15 +353,16 @@ async fn members_fetch_from_each_other_not_all_from_the_origin() -> Result<()> {
         "the origin sent {:.2} copies for {others} members; each host sent {each:?} copies",
         sent as f64 / copy as f64
     );
-    // Less than a copy each from the origin; the rest came from members
-    // that fetched the version too. (How much less depends on when each
+    // Less than a copy each from the origin (without the swarm it sends
+    // each a copy, and headers on top); the rest came from members that
+    // fetched the version too. (How much less depends on when each
     // heard of it: the distribution time is what bench/lab-distribute.sh
     // measures.)
     let from_others: u64 = (1..MEMBERS)
         .map(|i| Ok(tx(i)? - before[i]))
         .sum::<Result<u64>>()?;
     ensure!(
-        sent < copy * others * 9 / 10 && from_others > copy / 3,
+        sent < copy * others * 19 / 20 && from_others > copy / 3,
         "the origin sent {:.2} copies for {others} members, the others {:.2}",
         sent as f64 / copy as f64,
         from_others as f64 / copy as f64
