@@ -21,11 +21,9 @@ use maki_protocol::{
 };
 use tracing::{info, warn};
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    directory::Directory,
     frame::{self, FrameError},
     members::Members,
     state::State,
@@ -41,7 +39,6 @@ pub struct JoinProtocol {
     network: Hash,
     genesis: Signed<Genesis>,
     state: Arc<State>,
-    directory: watch::Receiver<Arc<Directory>>,
     members: Arc<Members>,
     /// This node's key: it signs the admissions of the nodes it lets in,
     /// and nothing else here.
@@ -60,7 +57,6 @@ impl JoinProtocol {
             network,
             genesis,
             state,
-            directory: members.records.subscribe(),
             members,
             key,
         }
@@ -129,7 +125,7 @@ impl JoinProtocol {
                 );
                 info!(node = %node.fmt_short(), "invite redeemed; a node joined");
                 // The snapshot, not the watch's lock, while copying it.
-                let directory = Arc::clone(&self.directory.borrow());
+                let directory = self.members.directory();
                 JoinResponse::Welcome {
                     genesis: self.genesis.clone(),
                     invite,
