@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use maki_e2e::{Maki, Network, NodeProc, body_of, copy_dir, example_site, network, wait_for};
+use maki_e2e::{
+    Maki, Network, NodeProc, body_of, copy_dir, example_site, lab::random_file, network, wait_for,
+};
 
 const CONVERGE: Duration = Duration::from_secs(20);
 
@@ -296,28 +298,14 @@ async fn five_nodes_serve_one_publish() -> Result<()> {
     Ok(())
 }
 
-/// Fills `dir` with `files` incompressible files of `size` bytes.
-fn random_files(dir: &std::path::Path, files: usize, size: usize, seed: u64) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let mut x = seed | 1;
-    for i in 0..files {
-        let mut buf = Vec::with_capacity(size);
-        while buf.len() < size {
-            // xorshift64: fast, and no compression shrinks it.
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            buf.extend_from_slice(&x.to_le_bytes());
-        }
-        std::fs::write(dir.join(format!("blob{i}.bin")), &buf)?;
-    }
-    Ok(())
-}
-
 #[tokio::test]
 async fn a_provider_killed_mid_transfer_is_replaced() -> Result<()> {
     let (mut net, site) = published(3).await?;
-    random_files(&site.join("big"), 40, 2 << 20, 7)?;
+    let big = site.join("big");
+    std::fs::create_dir_all(&big)?;
+    for i in 0..40 {
+        random_file(&big, &format!("blob{i}.bin"), 2 << 20)?;
+    }
     std::fs::write(site.join("index.html"), b"v2")?;
     publish(&net.admin, &site, &["--wait", "--timeout", "60s"])?;
 
