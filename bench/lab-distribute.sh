@@ -8,10 +8,10 @@
 # the origin to each host in turn (Makiatto 0.6's way) at N = 2 and 6.
 # CPU use of the whole machine is printed next to each result.
 # Goals (issue 10), at N = 6: site <= 1.3x, one file <= 1.5x the single
-# transfer. Latency: tc netem is missing from these kernels, so the links
-# have none added (see docs/benchmarks.md).
+# transfer. Every two hosts are RTT ms apart (tc netem is missing from these
+# kernels: each host's traffic goes through maki-lab-delay, a TUN device).
 # Root only.
-#   usage: bench/lab-distribute.sh [RATE] [SITE_MB] [FILES] [BIG_MB] [NODES] [RSYNC_NODES]
+#   usage: bench/lab-distribute.sh [RATE] [SITE_MB] [FILES] [BIG_MB] [NODES] [RSYNC_NODES] [RTT]
 source "$(dirname "$0")/lib.sh"
 need rsync curl tc
 [ "$(id -u)" = 0 ] || { echo "the lab needs root" >&2; exit 1; }
@@ -21,6 +21,7 @@ FILES=${3:-500}
 BIG_MB=${4:-200}
 NODES=${5:-2,4,6,8}
 RSYNC=${6:-2,6}
+RTT=${7:-20}
 build_release
-"$BIN/maki-lab-distribute" --rate "$RATE" --site-mb "$SITE_MB" --files "$FILES" \
+"$BIN/maki-lab-distribute" --rate "$RATE" --rtt "$RTT" --site-mb "$SITE_MB" --files "$FILES" \
     --big-mb "$BIG_MB" --nodes "$NODES" --rsync "$RSYNC"

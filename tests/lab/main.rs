@@ -7,7 +7,7 @@ use std::{path::Path, time::Duration};
 use anyhow::{Context, Result, ensure};
 use maki_e2e::{
     Maki, body_of, copy_dir, example_site,
-    lab::{CONVERGE, MeshNet, random_file},
+    lab::{CONVERGE, Lab, MeshNet, random_file},
     wait_for,
 };
 
@@ -370,5 +370,53 @@ async fn members_fetch_from_each_other_not_all_from_the_origin() -> Result<()> {
         sent as f64 / copy as f64,
         from_others as f64 / copy as f64
     );
+    Ok(())
+}
+
+/// A refused connection from host `from` to `to` takes one round trip:
+/// its shortest of a few, in seconds, or None if none came back.
+fn round_trip(lab: &Lab, from: usize, to: usize) -> Result<Option<f64>> {
+    let url = format!("http://{}:9/", lab.hosts[to].ip);
+    let mut best: Option<f64> = None;
+    for _ in 0..5 {
+        let script = format!(
+            "curl -s -o /dev/null --max-time 1 -w '%{{time_total}} %{{http_code}}' {url}; true"
+        );
+        let out = lab.exec(from, "sh", &["-c", &script])?;
+        let mut words = out.split_whitespace();
+        let secs: f64 = words.next().context("no time")?.parse()?;
+        // Refused (000 after a reply) within the time limit: a round trip.
+        if secs < 0.9 {
+            best = Some(best.map_or(secs, |b| b.min(secs)));
+        }
+    }
+    Ok(best)
+}
+
+#[test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+fn the_lab_delays_and_drops_what_it_was_asked_to() -> Result<()> {
+    let lab = Lab::new(3)?;
+    let base = round_trip(&lab, 0, 1)?.context("no reply without any delay")?;
+    ensure!(base < 0.01, "{base}s without any delay");
+    lab.delay(0, 40)?;
+    lab.delay(1, 20)?;
+    let rtt = round_trip(&lab, 0, 1)?.context("no reply with the delays")?;
+    ensure!(
+        (0.06..0.1).contains(&rtt),
+        "round trip {rtt}s, not 40 + 20 ms"
+    );
+    // Host 2 has none of its own: only host 0's.
+    let rtt = round_trip(&lab, 2, 0)?.context("no reply from host 0")?;
+    ensure!((0.04..0.07).contains(&rtt), "round trip {rtt}s, not 40 ms");
+
+    lab.lose(1, 100)?;
+    ensure!(round_trip(&lab, 0, 1)?.is_none(), "host 1 still answers");
+    ensure!(
+        round_trip(&lab, 2, 0)?.is_some(),
+        "host 1's loss hit host 2"
+    );
+    lab.lose(1, 0)?;
+    ensure!(round_trip(&lab, 0, 1)?.is_some(), "host 1 stays lost");
     Ok(())
 }

@@ -6,14 +6,20 @@
 //! reaches every host through it; no host has a route anywhere else, so
 //! no traffic leaves what the lab made.
 //!
-//! A link can be cut and restored. [`Lab`] removes everything it made
-//! when dropped, even after a failed test; a lab left behind by a killed
-//! test run is removed by the next one.
+//! A host's link can be limited (tbf), delayed (this kernel has no
+//! netem: `maki-lab-delay`, a TUN device the host's outgoing lab traffic
+//! is routed through), made lossy (nftables), cut and restored. [`Lab`]
+//! removes everything it made when dropped, even after a failed test; a
+//! lab left behind by a killed test run is removed by the next one.
 
 use std::{
+    io::{BufRead, BufReader},
     net::Ipv4Addr,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
+    process::{Child, Command, Stdio},
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
 };
 
 use std::{path::Path, time::Duration};
@@ -46,6 +52,10 @@ pub struct Lab {
     /// The bridge's own address: where the test process is seen from.
     pub gateway: Ipv4Addr,
     pub hosts: Vec<Host>,
+    /// The lab's /24.
+    net: [u8; 3],
+    /// The `maki-lab-delay` processes, killed on drop.
+    delays: Mutex<Vec<Child>>,
 }
 
 /// Runs `ip ARGS`, failing with its stderr.
@@ -87,6 +97,8 @@ impl Lab {
             bridge: bridge.clone(),
             gateway,
             hosts: Vec::new(),
+            net,
+            delays: Mutex::new(Vec::new()),
         };
         ip(&["link", "add", &bridge, "type", "bridge"])?;
         ip(&["addr", "add", &format!("{gateway}/24"), "dev", &bridge])?;
@@ -170,6 +182,86 @@ impl Lab {
         run("tc", &outside)
     }
 
+    /// Delays what host `i` sends into the lab by `ms` milliseconds: the
+    /// round trip between two hosts is the sum of their delays. Once per
+    /// host.
+    pub fn delay(&self, i: usize, ms: u32) -> Result<()> {
+        let ns = self.hosts[i].ns.as_str();
+        let bin = crate::bins()?.makiatto.with_file_name("maki-lab-delay");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(&bin)
+            .args(["dly0", &ms.to_string()])
+            .stdout(Stdio::piped())
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            BufReader::new(out).read_line(&mut line)?;
+        }
+        self.delays
+            .lock()
+            .map_err(|_| anyhow::anyhow!("lab poisoned"))?
+            .push(child);
+        ensure!(line.trim() == "ready", "maki-lab-delay in host {i} failed");
+        // What the host itself sends to the lab (`iif lo`) goes to the
+        // device; what comes back out of it is forwarded to eth0 like any
+        // routed packet, which needs forwarding on and the host's own
+        // source address accepted on the device.
+        let [a, b, c] = self.net;
+        let sysctl = "echo 1 > /proc/sys/net/ipv4/ip_forward && \
+            echo 0 > /proc/sys/net/ipv4/conf/all/rp_filter && \
+            echo 0 > /proc/sys/net/ipv4/conf/dly0/rp_filter && \
+            echo 0 > /proc/sys/net/ipv4/conf/all/send_redirects && \
+            echo 1 > /proc/sys/net/ipv4/conf/dly0/accept_local";
+        self.exec(i, "sh", &["-c", sysctl])?;
+        let host = self.hosts[i].ip.to_string();
+        ip(&["-n", ns, "link", "set", "dly0", "up"])?;
+        ip(&[
+            "-n",
+            ns,
+            "route",
+            "add",
+            &format!("{a}.{b}.{c}.0/24"),
+            "dev",
+            "dly0",
+            "src",
+            &host,
+            "table",
+            "100",
+        ])?;
+        ip(&[
+            "-n", ns, "rule", "add", "iif", "lo", "priority", "100", "lookup", "100",
+        ])
+    }
+
+    /// Drops `percent` % of what host `i` sends, at random (nftables).
+    pub fn lose(&self, i: usize, percent: u32) -> Result<()> {
+        ensure!(percent <= 100, "{percent} is not a percentage");
+        let nft = |args: &[&str]| self.exec(i, "nft", args).map(|_| ());
+        nft(&["add", "table", "inet", PREFIX])?;
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            PREFIX,
+            "out",
+            "{ type filter hook postrouting priority 0; }",
+        ])?;
+        nft(&["flush", "chain", "inet", PREFIX, "out"])?;
+        let pct = percent.to_string();
+        let mut rule = vec!["add", "rule", "inet", PREFIX, "out", "oifname", "eth0"];
+        match percent {
+            0 => return Ok(()),
+            100 => {}
+            _ => rule.extend(["numgen", "random", "mod", "100", "<", &pct]),
+        }
+        rule.push("drop");
+        nft(&rule)?;
+        Ok(())
+    }
+
     /// Drops every UDP packet host `i` sends from `port` (a WireGuard
     /// outage, say), until [`Self::undrop`].
     pub fn drop_udp_from(&self, i: usize, port: u16) -> Result<()> {
@@ -232,6 +324,12 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if let Ok(delays) = self.delays.get_mut() {
+            for child in delays.iter_mut() {
+                child.kill().ok();
+                child.wait().ok();
+            }
+        }
         for h in &self.hosts {
             ip(&["netns", "del", &h.ns]).ok();
             ip(&["link", "del", &h.veth]).ok();
@@ -258,6 +356,13 @@ fn sweep() {
             continue;
         };
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            // Its processes first (nodes, delays): a namespace lives on
+            // while any process is in it.
+            if let Ok(pids) = Command::new("ip").args(["netns", "pids", name]).output() {
+                for p in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
+                    Command::new("kill").args(["-9", p]).status().ok();
+                }
+            }
             ip(&["netns", "del", name]).ok();
             dead.insert(pid);
         }

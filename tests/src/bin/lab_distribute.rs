@@ -9,8 +9,11 @@
 //! machine) is printed next to each result: the cores must not be what
 //! limits it.
 //!
-//! usage: maki-lab-distribute [--rate MBIT] [--site-mb MB] [--files N]
-//!        [--big-mb MB] [--nodes 2,4,6,8] [--rsync 2,6]
+//! Every host delays what it sends by half the round trip asked for
+//! (`maki-lab-delay`), so any two hosts are that round trip apart.
+//!
+//! usage: maki-lab-distribute [--rate MBIT] [--rtt MS] [--site-mb MB]
+//!        [--files N] [--big-mb MB] [--nodes 2,4,6,8] [--rsync 2,6]
 
 use std::{path::Path, process::Command, time::Instant};
 
@@ -19,6 +22,7 @@ use maki_e2e::lab::{MeshNet, random_file};
 
 struct Args {
     rate: u32,
+    rtt: u32,
     site_mb: usize,
     files: usize,
     big_mb: usize,
@@ -29,6 +33,7 @@ struct Args {
 fn args() -> Result<Args> {
     let mut a = Args {
         rate: 20,
+        rtt: 20,
         site_mb: 50,
         files: 500,
         big_mb: 200,
@@ -46,6 +51,7 @@ fn args() -> Result<Args> {
         let v = it.next().with_context(|| format!("{flag} needs a value"))?;
         match flag.as_str() {
             "--rate" => a.rate = v.parse()?,
+            "--rtt" => a.rtt = v.parse()?,
             "--site-mb" => a.site_mb = v.parse()?,
             "--files" => a.files = v.parse()?,
             "--big-mb" => a.big_mb = v.parse()?,
@@ -189,8 +195,8 @@ fn main() -> Result<()> {
     random_file(&big, "big.bin", a.big_mb << 20)?;
 
     println!(
-        "rate {} Mbit/s each way per host; site {} MB in {} files; one file of {} MB",
-        a.rate, a.site_mb, a.files, a.big_mb
+        "rate {} Mbit/s each way per host, {} ms between hosts; site {} MB in {} files; one file of {} MB",
+        a.rate, a.rtt, a.site_mb, a.files, a.big_mb
     );
     println!("what\tN\tseconds\t× single\tCPU %");
     let mut single_site = 0.0;
@@ -199,6 +205,9 @@ fn main() -> Result<()> {
         let net = MeshNet::build(n, 0, "userspace")?;
         for i in 0..n {
             net.lab.limit(i, a.rate)?;
+            if a.rtt > 0 {
+                net.lab.delay(i, a.rtt / 2)?;
+            }
         }
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
