@@ -323,28 +323,30 @@ impl Peers {
         }
     }
 
-    /// Which members hold the blob at `index` of `manifest`'s blobs: those
-    /// that serve the version, and those that said they hold that blob
-    /// while fetching it.
-    pub fn holders(&self, manifest: &Hash, index: usize) -> Vec<PublicKey> {
+    /// Which members hold the piece at `index` of `manifest`'s pieces
+    /// ([`maki_protocol::pieces`]), and whether each holds the whole
+    /// version: those that serve it, and those that said they hold that
+    /// piece while fetching it.
+    pub fn holders(&self, manifest: &Hash, index: usize) -> Vec<(PublicKey, bool)> {
         let Ok(inner) = self.inner.read() else {
             return Vec::new();
         };
         inner
             .iter()
             .filter(|(k, _)| **k != self.me)
-            .filter(|(_, p)| {
-                p.holds.iter().any(|h| h.manifest == *manifest)
-                    || p.progress
-                        .as_ref()
-                        .is_some_and(|g| g.manifest == *manifest && g.have.contains(index))
+            .filter_map(|(k, p)| {
+                let whole = p.holds.iter().any(|h| h.manifest == *manifest);
+                let piece = p
+                    .progress
+                    .as_ref()
+                    .is_some_and(|g| g.manifest == *manifest && g.have.contains(index));
+                (whole || piece).then_some((*k, whole))
             })
-            .map(|(k, _)| *k)
             .collect()
     }
 
-    /// Whether another member said it is fetching the blob at `index` of
-    /// `manifest`'s blobs (and does not hold it yet).
+    /// Whether another member said it is fetching the piece at `index` of
+    /// `manifest`'s pieces (and does not hold it yet).
     pub fn claimed(&self, manifest: &Hash, index: usize) -> bool {
         let Ok(inner) = self.inner.read() else {
             return false;

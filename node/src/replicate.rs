@@ -1,16 +1,21 @@
 //! Replication: makes what this node serves follow the records.
 //!
 //! Whenever the records change, each site's newest head is compared with
-//! the head this node serves. A newer one is fetched from the other members
-//! (those known to hold it first, nearest first): the manifest, then every
-//! blob it lacks, `PARALLEL` blobs at once (and `SITES_AT_ONCE` sites), each
-//! starting at a different one of the nearest `SPREAD` providers so they
-//! share the load, the rest being failover. A provider that cannot be reached within `CONNECT`, or sends
-//! nothing for `STALL`, is dropped for the rest of the fetch and the blob
-//! goes on from the next one — from where the first stopped: iroh-blobs
-//! verifies every chunk against the BLAKE3 tree and keeps what arrived.
-//! Only when the whole version is here does the node switch to it; until
-//! then it keeps serving the previous one. A removed site is cleared.
+//! the head this node serves. A newer one is fetched from the other
+//! members: the manifest, then every piece it lacks (a blob, or 1 MiB of a
+//! large one: `maki_protocol::pieces`), `PARALLEL` at once (and
+//! `SITES_AT_ONCE` sites). A piece is taken from the members known to hold
+//! it (serving the version, or saying so in their progress while they
+//! fetch it too), the least busy first, else from the nearest `SPREAD`
+//! providers in turn, the rest being failover; a node fetching a version
+//! tells the members which pieces it holds and is getting, so they take
+//! different ones and then take them from each other (a swarm). A
+//! provider that cannot be reached within `CONNECT`, or sends nothing for
+//! `STALL`, is dropped for the rest of the fetch and the piece goes on
+//! from the next one — from where the first stopped: iroh-blobs verifies
+//! every chunk against the BLAKE3 tree and keeps what arrived. Only when
+//! the whole version is here does the node switch to it; until then it
+//! keeps serving the previous one. A removed site is cleared.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -19,8 +24,11 @@ use std::{
 };
 
 use iroh::{Endpoint, endpoint::Connection};
-use iroh_blobs::{HashAndFormat, api::Store, api::remote::GetProgressItem};
-use maki_protocol::{Domain, Hash, Head, Manifest, PublicKey, Signed, rpc::BlobSet};
+use iroh_blobs::{
+    api::{Store, remote::GetProgressItem},
+    protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
+};
+use maki_protocol::{BlobSet, Domain, Hash, Head, Manifest, Piece, PublicKey, Signed};
 use n0_future::{BufferedStreamExt, StreamExt};
 use tokio::sync::{OnceCell, watch};
 use tokio_util::sync::CancellationToken;
@@ -59,9 +67,8 @@ struct Providers {
     dead: std::sync::Mutex<HashSet<PublicKey>>,
     /// Who holds what, as the members said (whole versions, and progress).
     peers: Arc<Peers>,
-    /// The version's manifest and each blob's place in its blob list, once
-    /// the manifest is here: how progress names blobs.
-    blobs: std::sync::OnceLock<(Hash, HashMap<Hash, usize>)>,
+    /// The version's manifest, once it is here: progress names its pieces.
+    manifest: std::sync::OnceLock<Hash>,
     /// Blobs being fetched from each provider now.
     busy: std::sync::Mutex<HashMap<PublicKey, usize>>,
     /// When each provider last sent anything, on any of its streams.
@@ -76,32 +83,33 @@ impl Providers {
             conns: Default::default(),
             dead: Default::default(),
             peers,
-            blobs: Default::default(),
+            manifest: Default::default(),
             busy: Default::default(),
             heard: Default::default(),
         }
     }
 
-    /// The order in which to try providers for `hash`, live ones only:
-    /// first the members known to hold it (whole, or as they fetch the
-    /// same version), least busy with this fetch first, ties split by the
-    /// hash so the load spreads; then the rest, starting at one of the
-    /// nearest few picked by the hash.
-    fn order_for(&self, hash: &Hash) -> Vec<PublicKey> {
+    /// The order in which to try providers for `unit`, live ones only:
+    /// first the members known to hold it, least busy with this fetch
+    /// first; among equals, those still fetching the version before those
+    /// that hold it whole (every fetcher has the origin as a holder of
+    /// everything, and its uplink is what the swarm is to spare), ties
+    /// split by the unit so the load spreads. Then the rest, starting at
+    /// one of the nearest few picked by the unit.
+    fn order_for(&self, unit: &Unit) -> Vec<PublicKey> {
         let dead = self.dead.lock().map(|d| d.clone()).unwrap_or_default();
-        let mut holders: Vec<PublicKey> = match self.blobs.get() {
-            Some((manifest, index)) => index
-                .get(hash)
-                .map(|i| self.peers.holders(manifest, *i))
-                .unwrap_or_default(),
-            None => Vec::new(),
+        let mut holders: Vec<(PublicKey, bool)> = match (self.manifest.get(), unit.index) {
+            (Some(manifest), Some(i)) => self.peers.holders(manifest, i),
+            _ => Vec::new(),
         };
-        holders.retain(|p| !dead.contains(p));
+        holders.retain(|(p, _)| !dead.contains(p));
         let busy = self.busy.lock().map(|b| b.clone()).unwrap_or_default();
-        holders.sort_by_cached_key(|p| {
-            let mix = Hash::of(&[hash.as_bytes().as_slice(), p.as_bytes()].concat());
-            (busy.get(p).copied().unwrap_or(0), mix)
+        let key = unit.key();
+        holders.sort_by_cached_key(|(p, whole)| {
+            let mix = Hash::of(&[key.as_bytes().as_slice(), p.as_bytes()].concat());
+            (busy.get(p).copied().unwrap_or(0), *whole, mix)
         });
+        let mut holders: Vec<PublicKey> = holders.into_iter().map(|(p, _)| p).collect();
         let mut rest: Vec<PublicKey> = self
             .order
             .iter()
@@ -110,20 +118,19 @@ impl Providers {
             .collect();
         let spread = rest.len().min(SPREAD);
         if spread > 1 {
-            rest[..spread].rotate_left(usize::from(hash.as_bytes()[0]) % spread);
+            rest[..spread].rotate_left(usize::from(key.as_bytes()[0]) % spread);
         }
         holders.extend(rest);
         holders
     }
 
     /// Whether another member fetching this version said it is getting
-    /// `hash` now.
-    fn claimed(&self, hash: &Hash) -> bool {
-        self.blobs.get().is_some_and(|(manifest, index)| {
-            index
-                .get(hash)
-                .is_some_and(|i| self.peers.claimed(manifest, *i))
-        })
+    /// `unit` now.
+    fn claimed(&self, unit: &Unit) -> bool {
+        match (self.manifest.get(), unit.index) {
+            (Some(manifest), Some(i)) => self.peers.claimed(manifest, i),
+            _ => false,
+        }
     }
 
     /// `p` sent something just now.
@@ -214,11 +221,57 @@ impl Drop for Busy<'_> {
     }
 }
 
-/// Fetches one blob, trying providers until it is complete here.
-async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
+/// What one fetch stream gets: a whole blob (the manifest), or a piece
+/// of the version ([`maki_protocol::pieces`]) and its index there.
+#[derive(Debug, Clone, Copy)]
+struct Unit {
+    piece: Piece,
+    index: Option<usize>,
+}
+
+impl Unit {
+    fn whole(hash: Hash) -> Self {
+        Self {
+            piece: Piece {
+                hash,
+                start: 0,
+                end: None,
+            },
+            index: None,
+        }
+    }
+
+    /// The request for all of it: chunk ranges of its blob, verified
+    /// against the blob's BLAKE3 tree as they arrive.
+    fn request(&self) -> Arc<GetRequest> {
+        let Piece { hash, start, end } = self.piece;
+        let ranges = match end {
+            Some(end) => ChunkRanges::bytes(start..end),
+            None => ChunkRanges::bytes(start..),
+        };
+        Arc::new(GetRequest::blob_ranges(to_iroh(hash), ranges))
+    }
+
+    /// Names it, to spread units over providers and orders.
+    fn key(&self) -> Hash {
+        let Piece { hash, start, .. } = self.piece;
+        Hash::of(&[hash.as_bytes().as_slice(), &start.to_le_bytes()].concat())
+    }
+}
+
+/// Fetches one unit, trying providers until it is complete here. A piece
+/// comes from any member that holds it, even one still fetching the rest
+/// of its blob: iroh-blobs serves ranges of a partial blob.
+async fn fetch_unit(
+    store: &Store,
+    providers: &Providers,
+    unit: Unit,
+    mut reserved: Option<Busy<'_>>,
+) -> bool {
     let remote = store.remote();
-    for p in providers.order_for(&hash) {
-        let Ok(local) = remote.local(HashAndFormat::raw(to_iroh(hash))).await else {
+    let request = unit.request();
+    for p in providers.order_for(&unit) {
+        let Ok(local) = remote.local_for_request(request.clone()).await else {
             return false;
         };
         if local.is_complete() {
@@ -231,6 +284,7 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
             continue;
         };
         let _busy = providers.busy_with(p);
+        drop(reserved.take());
         let mut progress = std::pin::pin!(remote.execute_get(conn, local.missing()).stream());
         // STALLs in a row this stream waited while its provider sent others.
         let mut waited = 0;
@@ -241,7 +295,10 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
                     waited = 0;
                     continue;
                 }
-                Ok(Some(GetProgressItem::Done(_))) => break,
+                Ok(Some(GetProgressItem::Done(_))) => {
+                    debug!(provider = %p.fmt_short(), piece = ?unit.index, "got a piece");
+                    break;
+                }
                 Ok(Some(GetProgressItem::Error(error))) => {
                     // It may simply not hold this blob (yet): not dead.
                     debug!(provider = %p.fmt_short(), %error, "provider could not send a blob");
@@ -261,7 +318,7 @@ async fn fetch_blob(store: &Store, providers: &Providers, hash: Hash) -> bool {
         }
     }
     remote
-        .local(HashAndFormat::raw(to_iroh(hash)))
+        .local_for_request(request)
         .await
         .is_ok_and(|l| l.is_complete())
 }
@@ -274,36 +331,36 @@ const PER_PROVIDER: usize = 4;
 /// How many pending blobs each free slot looks through for one to take.
 const LOOK_AHEAD: usize = 512;
 
-/// What a fetch holds and is getting of its version's blobs: what its
-/// progress says.
+/// What a fetch holds and is getting of its version's pieces (by index):
+/// what its progress says.
 #[derive(Debug, Default)]
 struct Held {
-    have: HashSet<Hash>,
-    getting: HashSet<Hash>,
+    have: HashSet<usize>,
+    getting: HashSet<usize>,
 }
 
 /// Fetches `pending` (in this node's order), `PARALLEL` at once. Each free
-/// slot takes, among the next `LOOK_AHEAD` pending blobs, the first whose
+/// slot takes, among the next `LOOK_AHEAD` pending pieces, the first whose
 /// best provider has room (`PER_PROVIDER`) and that no other member is
 /// fetching already; with none such, one another member is fetching too,
 /// but only when nothing else runs. Otherwise it waits for a fetch to end
-/// or for news of who holds what: a blob another member is getting is
-/// taken from that member once it has it. Returns whether every blob
+/// or for news of who holds what: a piece another member is getting is
+/// taken from that member once it has it. Returns whether every piece
 /// arrived.
 async fn swarm(
     store: &Store,
     providers: &Providers,
-    pending: Vec<Hash>,
+    pending: Vec<Unit>,
     held: &std::sync::Mutex<Held>,
 ) -> bool {
-    let mut pending: std::collections::VecDeque<Hash> = pending.into();
+    let mut pending: std::collections::VecDeque<Unit> = pending.into();
     let mut running = n0_future::FuturesUnordered::new();
     let mut every = tokio::time::interval(PROGRESS_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut all = true;
     loop {
         while running.len() < PARALLEL {
-            let room = |h: &Hash| {
+            let room = |h: &Unit| {
                 providers
                     .order_for(h)
                     .first()
@@ -321,10 +378,17 @@ async fn swarm(
                 }
                 None => None,
             };
-            let Some(hash) = free.and_then(|pos| pending.remove(pos)) else {
+            let Some(unit) = free.and_then(|pos| pending.remove(pos)) else {
                 break;
             };
-            running.push(fetch_counted(store, providers, held, hash));
+            // Counted against its provider now, not once its future first
+            // runs: the slots filled in this loop would all pick the same
+            // provider.
+            let reserved = providers
+                .order_for(&unit)
+                .first()
+                .map(|p| providers.busy_with(*p));
+            running.push(fetch_counted(store, providers, held, unit, reserved));
         }
         if running.is_empty() {
             return all;
@@ -337,22 +401,23 @@ async fn swarm(
     }
 }
 
-/// [`fetch_blob`], counted as getting while it runs and as held if it
+/// [`fetch_unit`], counted as getting while it runs and as held if it
 /// arrived.
 async fn fetch_counted(
     store: &Store,
     providers: &Providers,
     held: &std::sync::Mutex<Held>,
-    hash: Hash,
+    unit: Unit,
+    reserved: Option<Busy<'_>>,
 ) -> bool {
-    if let Ok(mut held) = held.lock() {
-        held.getting.insert(hash);
+    if let (Ok(mut held), Some(i)) = (held.lock(), unit.index) {
+        held.getting.insert(i);
     }
-    let ok = fetch_blob(store, providers, hash).await;
-    if let Ok(mut held) = held.lock() {
-        held.getting.remove(&hash);
+    let ok = fetch_unit(store, providers, unit, reserved).await;
+    if let (Ok(mut held), Some(i)) = (held.lock(), unit.index) {
+        held.getting.remove(&i);
         if ok {
-            held.have.insert(hash);
+            held.have.insert(i);
         }
     }
     ok
@@ -363,18 +428,18 @@ async fn fetch_counted(
 /// all of them stay a few hundred a second).
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
-/// Drives `fetching` to its end, telling the members which of `blobs`
-/// this node holds and is getting (`held`) whenever that changed, at most
-/// every `PROGRESS_EVERY` (or 10 ms per member): they may fetch those from
-/// here already, and leave these to it.
+/// Drives `fetching` to its end, telling the members which of the
+/// version's `pieces` this node holds and is getting (`held`) whenever
+/// that changed, at most every `PROGRESS_EVERY` (or 10 ms per member):
+/// they may fetch those from here already, and leave these to it.
 async fn announce_progress<F: std::future::Future>(
     shared: &Shared,
     manifest: Hash,
-    blobs: &std::collections::BTreeMap<Hash, u64>,
+    pieces: usize,
     held: &std::sync::Mutex<Held>,
     fetching: F,
 ) -> F::Output {
-    if blobs.len() > maki_protocol::sync::MAX_PROGRESS_BYTES * 8 {
+    if pieces > maki_protocol::sync::MAX_PROGRESS_BYTES * 8 {
         return fetching.await;
     }
     let members = u32::try_from(shared.members.peers.others().len()).unwrap_or(u32::MAX);
@@ -382,21 +447,24 @@ async fn announce_progress<F: std::future::Future>(
     let mut fetching = std::pin::pin!(fetching);
     let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut told: Option<(usize, HashSet<Hash>)> = None;
+    let mut told: Option<(usize, HashSet<usize>)> = None;
     loop {
         tokio::select! {
             out = &mut fetching => return out,
             _ = every.tick() => {
-                let Ok(now) = held.lock().map(|h| (h.have.len(), h.getting.clone())) else {
+                // One lock: what is held and got is read at one moment.
+                let Ok((now, have)) = held.lock().map(|h| {
+                    let now = (h.have.len(), h.getting.clone());
+                    if told.as_ref() == Some(&now) {
+                        return (now, None);
+                    }
+                    let have = BlobSet::of_indices(pieces, h.have.iter().copied());
+                    (now, Some(have))
+                }) else {
                     continue;
                 };
-                if told.as_ref() == Some(&now) {
-                    continue;
-                }
-                let Ok(have) = held.lock().map(|h| BlobSet::new(blobs.keys(), &h.have)) else {
-                    continue;
-                };
-                let getting = BlobSet::new(blobs.keys(), &now.1);
+                let Some(have) = have else { continue };
+                let getting = BlobSet::of_indices(pieces, now.1.iter().copied());
                 shared.members.outbox.progress(manifest, have, getting);
                 told = Some(now);
             }
@@ -571,7 +639,7 @@ async fn fetch_with(
     let temp = format!("tmp/fetch/{}", head.site);
     content.protect(&temp, head.manifest, []).await?;
     let fetched = async {
-        fetch_blob(store, providers, head.manifest).await;
+        fetch_unit(store, providers, Unit::whole(head.manifest), None).await;
         // Read whole below: bounded first, whatever a peer sent.
         if let Ok(Some(size)) = content.complete_size(head.manifest).await
             && size > maki_protocol::MAX_MANIFEST_BYTES
@@ -612,26 +680,34 @@ async fn fetch_with(
             .await?;
         // Each fetched blob is verified against its hash, so its size is the
         // truth; a manifest that declares another one is refused by path.
-        let mut missing = content.check_manifest(&manifest).await?;
-        let index: HashMap<Hash, usize> = blobs.keys().enumerate().map(|(i, h)| (*h, i)).collect();
-        let _ = providers.blobs.set((head.manifest, index));
-        // Each node takes the blobs in an order of its own, so the members
-        // fetching at once start with different blobs and soon have
+        let lacking: HashSet<Hash> = content
+            .check_manifest(&manifest)
+            .await?
+            .into_iter()
+            .collect();
+        let _ = providers.manifest.set(head.manifest);
+        let pieces = maki_protocol::pieces(&blobs);
+        let (mut missing, have): (Vec<Unit>, Vec<Unit>) = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, piece)| Unit {
+                piece: *piece,
+                index: Some(i),
+            })
+            .partition(|u| lacking.contains(&u.piece.hash));
+        // Each node takes the pieces in an order of its own, so the members
+        // fetching at once start with different ones and soon have
         // something to give each other.
         let me = shared.members.id;
-        missing
-            .sort_by_cached_key(|h| Hash::of(&[me.as_bytes().as_slice(), h.as_bytes()].concat()));
-        let lacking: HashSet<Hash> = missing.iter().copied().collect();
+        missing.sort_by_cached_key(|u| {
+            Hash::of(&[me.as_bytes().as_slice(), u.key().as_bytes()].concat())
+        });
         let held = std::sync::Mutex::new(Held {
-            have: blobs
-                .keys()
-                .filter(|h| !lacking.contains(h))
-                .copied()
-                .collect(),
+            have: have.iter().filter_map(|u| u.index).collect(),
             getting: HashSet::new(),
         });
         let fetching = swarm(store, providers, missing, &held);
-        let fetched = announce_progress(shared, head.manifest, &blobs, &held, fetching).await;
+        let fetched = announce_progress(shared, head.manifest, pieces.len(), &held, fetching).await;
         debug!(site = %head.site, all = fetched, "fetched");
         if !content.check_manifest(&manifest).await?.is_empty() {
             return Err(FetchError::Unavailable { what: "every blob" });

@@ -21,7 +21,7 @@ mod signed;
 pub mod sync;
 mod ticket;
 
-pub use blobset::BlobSet;
+pub use blobset::{BlobSet, PIECE_BYTES, Piece, pieces};
 pub use domain::{Domain, DomainError};
 pub use hash::{Hash, HashError};
 pub use keys::{KeyError, PublicKey, SecretKey, Signature};

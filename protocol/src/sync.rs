@@ -144,11 +144,12 @@ pub struct Progress {
     pub node: crate::PublicKey,
     /// The version's manifest.
     pub manifest: crate::Hash,
-    /// The manifest's blobs it holds whole.
+    /// The version's pieces ([`crate::pieces`] of the manifest's blobs)
+    /// it holds whole.
     pub have: crate::BlobSet,
-    /// The manifest's blobs it is fetching now: the others had better
-    /// take different ones from the members that hold the version whole,
-    /// and these from it once it has them.
+    /// The pieces it is fetching now: the others had better take
+    /// different ones from the members that hold the version whole, and
+    /// these from it once it has them.
     pub getting: crate::BlobSet,
     /// The node's clock in milliseconds: a newer announcement replaces an
     /// older one that arrives late.
@@ -160,8 +161,8 @@ impl crate::Signable for Progress {
 }
 
 /// The largest [`Progress::have`] (and `getting`) a gossip message carries
-/// (bytes, one bit per blob): a version of more blobs is fetched without
-/// it, from the members that hold it whole.
+/// (bytes, one bit per piece): a version of more pieces is fetched
+/// without it, from the members that hold it whole.
 pub const MAX_PROGRESS_BYTES: usize = 3 << 9;
 
 /// ALPN of the members' gossip (iroh-gossip on our own name, so only

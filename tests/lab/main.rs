@@ -318,9 +318,22 @@ async fn an_external_peer_joins_the_mesh_with_the_printed_wg_quick_file() -> Res
 #[tokio::test]
 #[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
 async fn members_fetch_from_each_other_not_all_from_the_origin() -> Result<()> {
+    swarm_of(64, 64 << 10).await
+}
+
+#[tokio::test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+async fn one_large_file_comes_from_several_members_at_once() -> Result<()> {
+    // 24 pieces (maki_protocol::PIECE_BYTES): the members fetching it
+    // take pieces from each other while their own copies are partial.
+    swarm_of(1, 24 * (1 << 20) + 1234).await
+}
+
+/// Four members; the origin publishes `files` random files of about
+/// `size` bytes: it sends the others less than a copy each, the rest
+/// they send each other.
+async fn swarm_of(files: usize, size: usize) -> Result<()> {
     const MEMBERS: usize = 4;
-    const FILES: usize = 64;
-    const SIZE: usize = 64 << 10;
     let net = MeshNet::new(MEMBERS)?;
     net.meshed().await.with_context(|| net.logs())?;
     for i in 0..MEMBERS {
@@ -329,8 +342,8 @@ async fn members_fetch_from_each_other_not_all_from_the_origin() -> Result<()> {
     net.admin.ok(&["site", "add", "lab.test"])?;
     let site = net.tmp.path().join("swarm");
     std::fs::create_dir_all(&site)?;
-    for f in 0..FILES {
-        random_file(&site, &format!("f{f}.bin"), SIZE + f)?;
+    for f in 0..files {
+        random_file(&site, &format!("f{f}.bin"), size + f)?;
     }
     // Published from inside the origin's host: the upload stays off the
     // limited link.
@@ -347,7 +360,7 @@ async fn members_fetch_from_each_other_not_all_from_the_origin() -> Result<()> {
         "60s",
     ])?;
     let sent = net.lab.counter(0, "maki0", "tx_bytes")? - sent_before;
-    let copy = (FILES * SIZE) as u64;
+    let copy = (files * size) as u64;
     let others = (MEMBERS - 1) as u64;
     let each: Vec<String> = (0..MEMBERS)
         .map(|i| Ok(format!("{:.2}", (tx(i)? - before[i]) as f64 / copy as f64)))
@@ -356,19 +369,20 @@ async fn members_fetch_from_each_other_not_all_from_the_origin() -> Result<()> {
         "the origin sent {:.2} copies for {others} members; each host sent {each:?} copies",
         sent as f64 / copy as f64
     );
-    // Less than a copy each from the origin (without the swarm it sends
-    // each a copy, and headers on top); the rest came from members that
-    // fetched the version too. (How much less depends on when each
-    // heard of it: the distribution time is what bench/lab-distribute.sh
-    // measures.)
+    // At most three quarters of a copy each from the origin (without the
+    // swarm it sends each a copy, and headers on top; with it, about 1.6
+    // copies for the three here); the rest came from members that fetched
+    // the version too. (How much less depends on when each heard of it:
+    // the distribution time is what bench/lab-distribute.sh measures.)
     let from_others: u64 = (1..MEMBERS)
         .map(|i| Ok(tx(i)? - before[i]))
         .sum::<Result<u64>>()?;
     ensure!(
-        sent < copy * others * 19 / 20 && from_others > copy / 3,
-        "the origin sent {:.2} copies for {others} members, the others {:.2}",
+        sent < copy * others * 3 / 4 && from_others > copy / 3,
+        "the origin sent {:.2} copies for {others} members, the others {:.2}\n{}",
         sent as f64 / copy as f64,
-        from_others as f64 / copy as f64
+        from_others as f64 / copy as f64,
+        net.logs()
     );
     Ok(())
 }

@@ -253,7 +253,12 @@ impl NodeProc {
             .args(args)
             .arg("--data-dir")
             .arg(dir)
-            .env("MAKIATTO_LOG", "info,iroh=warn,iroh_blobs=warn")
+            // MAKI_TEST_LOG: another filter for the nodes of a test run.
+            .env(
+                "MAKIATTO_LOG",
+                std::env::var("MAKI_TEST_LOG")
+                    .unwrap_or_else(|_| "info,iroh=warn,iroh_blobs=warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()?;
