@@ -130,6 +130,15 @@ pub enum ManifestError {
     },
     #[error("manifest declares sizes that add up to more than 2^64 bytes")]
     SizesOverflow,
+    #[error(
+        "manifest declares the {encoding} variant of {path:?} as {size} bytes, larger than the file's {file_size}; a variant is only ever kept when smaller"
+    )]
+    VariantTooLarge {
+        path: String,
+        encoding: &'static str,
+        size: u64,
+        file_size: u64,
+    },
     #[error("manifest rule {index} is invalid: {message}")]
     BadRule { index: usize, message: String },
     #[error("_headers may not set or remove {name} (the server owns it)")]
@@ -219,6 +228,18 @@ impl Manifest {
             })?;
         }
         m.check_sizes()?;
+        // So the bytes of all blobs are at most three times the files' (what
+        // max_site_bytes limits): a fetch makes its pieces from them.
+        for (path, e) in &m.entries {
+            if let Some((encoding, v)) = e.encodings.iter().find(|(_, v)| v.size > e.size) {
+                return Err(ManifestError::VariantTooLarge {
+                    path: path.as_str().to_owned(),
+                    encoding: encoding.token(),
+                    size: v.size,
+                    file_size: e.size,
+                });
+            }
+        }
         // Every sum of declared sizes a reader may take must fit.
         m.entries
             .values()
@@ -305,7 +326,6 @@ impl Manifest {
         )))
     }
 
-    /// The sum of all entry sizes (without variants).
     /// The bytes of every distinct blob (files and variants).
     pub fn blobs_size(&self) -> u64 {
         self.blobs()
@@ -313,6 +333,7 @@ impl Manifest {
             .fold(0u64, |sum, b| sum.saturating_add(*b))
     }
 
+    /// The sum of all entry sizes (without variants).
     pub fn total_size(&self) -> u64 {
         // Cannot overflow for a decoded manifest; saturates for any other.
         self.entries
@@ -455,6 +476,25 @@ mod tests {
         m.entries
             .insert(SitePath::new("copy.html").expect("path"), e);
         assert!(Manifest::decode(&m.to_bytes()).is_ok());
+    }
+
+    /// A fetch cuts blobs into pieces by their declared sizes: a variant
+    /// declared at 2^60 bytes beside an 11-byte file would be 2^40 pieces.
+    #[test]
+    fn a_variant_larger_than_its_file_is_refused() {
+        let mut m = sample();
+        let e = m.entries.values_mut().next().expect("entry");
+        let file_size = e.size;
+        e.encodings.get_mut(&Encoding::Gzip).expect("gzip").size = 1 << 60;
+        assert_eq!(
+            Manifest::decode(&m.to_bytes()),
+            Err(ManifestError::VariantTooLarge {
+                path: "index.html".into(),
+                encoding: "gzip",
+                size: 1 << 60,
+                file_size,
+            })
+        );
     }
 
     #[test]

@@ -428,7 +428,9 @@ impl MeshNet {
         for i in 0..n {
             let dir = tmp.path().join(format!("n{i}"));
             let at = lab.hosts[i].ip;
-            let http = format!("{at}:80");
+            // Every address, the mesh's too: the benchmark compares a
+            // transfer over the overlay with one over the underlay.
+            let http = "[::]:80".to_string();
             let p2p = format!("{at}:51821");
             let mut args = vec!["--http", &http, "--p2p", &p2p, "--mesh", mode];
             let node = if i == 0 {
@@ -478,6 +480,19 @@ impl MeshNet {
         .await
         .with_context(|| format!("nodes:\n{}", self.admin.ok(&["nodes"]).unwrap_or_default()))?;
         Ok(())
+    }
+
+    /// Host `i`'s mesh address (on `maki0`).
+    pub fn mesh_addr(&self, i: usize) -> Result<std::net::Ipv6Addr> {
+        let out = self
+            .lab
+            .exec(i, "ip", &["-6", "-o", "addr", "show", "dev", "maki0"])?;
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .and_then(|a| a.parse().ok())
+            .with_context(|| format!("no mesh address in {out:?}"))
     }
 
     pub fn logs(&self) -> String {

@@ -375,6 +375,8 @@ pub struct Maki {
     pub cwd: PathBuf,
     /// What runs it (a lab host's `ip netns exec NS`); empty: directly.
     pub wrap: Vec<String>,
+    /// A command still running after this long is killed and reported.
+    pub timeout: Duration,
 }
 
 impl Maki {
@@ -384,6 +386,7 @@ impl Maki {
             node: node.map(str::to_owned),
             cwd: home.to_owned(),
             wrap: Vec::new(),
+            timeout: CLI_TIMEOUT,
         }
     }
 
@@ -408,8 +411,9 @@ impl Maki {
     }
 
     /// Runs and returns the output, whatever the exit status. A command
-    /// still running after [`CLI_TIMEOUT`] is killed and reported, so a
-    /// regression fails the test instead of hanging it.
+    /// still running after its timeout ([`CLI_TIMEOUT`] unless changed) is
+    /// killed and reported, so a regression fails the test instead of
+    /// hanging it.
     pub fn output(&self, args: &[&str]) -> Result<Output> {
         let mut child = self
             .command(args)?
@@ -427,7 +431,7 @@ impl Maki {
         };
         let stdout = read(child.stdout.take().map(|p| Box::new(p) as _));
         let stderr = read(child.stderr.take().map(|p| Box::new(p) as _));
-        let deadline = Instant::now() + CLI_TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         let status = loop {
             if let Some(status) = child.try_wait()? {
                 break status;
@@ -435,7 +439,10 @@ impl Maki {
             if Instant::now() > deadline {
                 child.kill().ok();
                 child.wait().ok();
-                bail!("maki {args:?} still ran after {CLI_TIMEOUT:?}; killed it");
+                bail!(
+                    "maki {args:?} still ran after {:?}; killed it",
+                    self.timeout
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         };

@@ -20,6 +20,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use defguard_boringtun::device::tun::TunSocket;
 
+/// How much early a packet may leave: a fraction of any delay asked for.
+const SLACK: Duration = Duration::from_micros(500);
+
 /// A packet waiting for its time; the heap's top is the earliest.
 struct Due {
     at: Instant,
@@ -81,16 +84,19 @@ fn main() -> Result<()> {
             let (heap, ready) = &*queue;
             let Ok(mut heap) = heap.lock() else { return };
             loop {
-                let now = Instant::now();
+                // Packets due within SLACK go out together: one wakeup for
+                // a burst, not one per packet (wakeups are what this
+                // process costs the machine).
+                let soon = Instant::now() + SLACK;
                 match heap.peek() {
-                    Some(due) if due.at <= now => {
+                    Some(due) if due.at <= soon => {
                         if let Some(due) = heap.pop() {
                             // A full device queue drops it, as a link would.
                             let _ = tun.write4(&due.packet);
                         }
                     }
                     Some(due) => {
-                        let wait = due.at - now;
+                        let wait = due.at.saturating_duration_since(Instant::now());
                         let Ok((h, _)) = ready.wait_timeout(heap, wait) else {
                             return;
                         };
@@ -117,15 +123,17 @@ fn main() -> Result<()> {
             .and_then(|ip| by_ip.get(&ip).copied())
             .unwrap_or(default);
         seq += 1;
+        let at = Instant::now() + delay;
         let (heap, ready) = &*queue;
-        heap.lock()
-            .map_err(|_| anyhow::anyhow!("writer died"))?
-            .push(Due {
-                at: Instant::now() + delay,
-                seq,
-                packet,
-            });
-        ready.notify_one();
+        let mut heap = heap.lock().map_err(|_| anyhow::anyhow!("writer died"))?;
+        // The writer sleeps until the earliest packet is due: it needs
+        // waking only when this one is due before that.
+        let sooner = heap.peek().is_none_or(|top| at < top.at);
+        heap.push(Due { at, seq, packet });
+        drop(heap);
+        if sooner {
+            ready.notify_one();
+        }
         if writer.is_finished() {
             bail!("writer died");
         }

@@ -7,7 +7,8 @@
 //! rsync pushing the same content from host 0 to each host in turn
 //! (Makiatto 0.6's way), at the N asked for. CPU use (of the whole
 //! machine) is printed next to each result: the cores must not be what
-//! limits it.
+//! limits it. Last, the throughput of one transfer over the overlay
+//! against the underlay, links unlimited, with the CPU each used.
 //!
 //! Every host delays what it sends by half the round trip asked for
 //! (`maki-lab-delay`), so any two hosts are that round trip apart.
@@ -92,7 +93,8 @@ fn measured<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64, f64)> {
 /// Publishes `dir` as `site` at host 0, from inside it, and returns when
 /// every node serves it: the slowest node's time after the publish.
 fn publish(net: &MeshNet, dir: &Path, site: &str) -> Result<f64> {
-    let admin = net.admin_in(0);
+    let mut admin = net.admin_in(0);
+    admin.timeout = std::time::Duration::from_secs(900);
     admin.ok(&["site", "add", site])?;
     let out = admin.ok(&[
         "publish",
@@ -135,6 +137,47 @@ fn single_transfer(net: &MeshNet, site: &str, path: &str) -> Result<f64> {
         ],
     )?;
     Ok(out.trim().parse()?)
+}
+
+/// Host 1 fetches `path` of `site` from host 0 over HTTP at `host`
+/// (an address of host 0): MB/s.
+fn transfer_rate(net: &MeshNet, site: &str, host: &str, path: &str, bytes: u64) -> Result<f64> {
+    let url = format!("http://{host}:80{path}");
+    let out = net.lab.exec(
+        1,
+        "curl",
+        &[
+            "-gsf",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{time_total}",
+            "-H",
+            &format!("Host: {site}"),
+            &url,
+        ],
+    )?;
+    let secs: f64 = out.trim().parse()?;
+    Ok(bytes as f64 / 1e6 / secs)
+}
+
+/// Throughput of one transfer over the overlay (WireGuard, userspace)
+/// and over the underlay, links unlimited, with the CPU each used.
+fn overlay_vs_underlay(big: &Path, big_mb: usize) -> Result<()> {
+    let net = MeshNet::build(2, 0, "userspace")?;
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(net.meshed())?;
+    publish(&net, big, "big.test")?;
+    let bytes = (big_mb as u64) << 20;
+    let under = net.lab.hosts[0].ip.to_string();
+    let over = format!("[{}]", net.mesh_addr(0)?);
+    for (what, host) in [("underlay", &under), ("overlay", &over)] {
+        let (rate, _, cpu) = measured(|| transfer_rate(&net, "big.test", host, "/big.bin", bytes))?;
+        println!("HTTP over the {what}, unlimited\t2\t{rate:.0} MB/s\t\t{cpu:.0}");
+    }
+    Ok(())
 }
 
 /// rsync pushing `dir` from host 0 to every other host in turn, each
@@ -244,5 +287,6 @@ fn main() -> Result<()> {
         }
         drop(net);
     }
+    overlay_vs_underlay(&big, a.big_mb)?;
     Ok(())
 }
