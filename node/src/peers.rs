@@ -64,9 +64,15 @@ pub struct Peer {
     pub mesh: Option<maki_protocol::MeshPeer>,
     /// Its public IPs, as its record announces them.
     pub ips: Vec<std::net::IpAddr>,
-    /// What it held of the version it was fetching, when it last said.
-    pub progress: Option<Arc<Progress>>,
+    /// What it held of the version it was fetching, when it last said,
+    /// and when that reached this node.
+    pub progress: Option<(Arc<Progress>, std::time::Instant)>,
 }
+
+/// A member's claim to be getting a piece lapses when nothing more was
+/// heard from it for this long (it crashed, or finished without a last
+/// word): a fetch in progress repeats itself every `PROGRESS_REPEAT`.
+pub const CLAIM_LAPSES: std::time::Duration = std::time::Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct Peers {
@@ -317,9 +323,11 @@ impl Peers {
     pub fn set_progress(&self, key: &PublicKey, progress: Progress) {
         if let Ok(mut inner) = self.inner.write()
             && let Some(p) = inner.get_mut(key)
-            && p.progress.as_ref().is_none_or(|old| progress.at > old.at)
+            && p.progress
+                .as_ref()
+                .is_none_or(|(old, _)| progress.at > old.at)
         {
-            p.progress = Some(Arc::new(progress));
+            p.progress = Some((Arc::new(progress), std::time::Instant::now()));
         }
     }
 
@@ -339,22 +347,29 @@ impl Peers {
                 let piece = p
                     .progress
                     .as_ref()
-                    .is_some_and(|g| g.manifest == *manifest && g.have.contains(index));
+                    .is_some_and(|(g, _)| g.manifest == *manifest && g.have.contains(index));
                 (whole || piece).then_some((*k, whole))
             })
             .collect()
     }
 
     /// Whether another member said it is fetching the piece at `index` of
-    /// `manifest`'s pieces (and does not hold it yet).
+    /// `manifest`'s pieces (and does not hold it yet). A claim of a member
+    /// that holds the version whole by now, or not heard from for
+    /// `CLAIM_LAPSES`, does not count: it would hold the piece back from
+    /// everyone else for good.
     pub fn claimed(&self, manifest: &Hash, index: usize) -> bool {
         let Ok(inner) = self.inner.read() else {
             return false;
         };
         inner.iter().any(|(k, p)| {
             *k != self.me
-                && p.progress.as_ref().is_some_and(|g| {
-                    g.manifest == *manifest && g.getting.contains(index) && !g.have.contains(index)
+                && !p.holds.iter().any(|h| h.manifest == *manifest)
+                && p.progress.as_ref().is_some_and(|(g, heard)| {
+                    heard.elapsed() < CLAIM_LAPSES
+                        && g.manifest == *manifest
+                        && g.getting.contains(index)
+                        && !g.have.contains(index)
                 })
         })
     }
@@ -434,6 +449,38 @@ mod tests {
         peers.refresh(&net.dir);
         assert!(!peers.is_member(&b.public()));
         assert_eq!(peers.others(), vec![a.public()]);
+    }
+
+    #[test]
+    fn a_claim_ends_when_its_member_holds_the_version_whole() {
+        let (net, [me, a, _b]) = three();
+        let peers = Peers::new(me.public(), Hash::of(b"net"), None, MemoryLookup::new());
+        peers.refresh(&net.dir);
+        let m = Hash::of(b"manifest");
+        let progress = |at, getting: &[usize], have: &[usize]| Progress {
+            format: RECORD_FORMAT,
+            node: a.public(),
+            manifest: m,
+            have: maki_protocol::BlobSet::of_indices(8, have.iter().copied()),
+            getting: maki_protocol::BlobSet::of_indices(8, getting.iter().copied()),
+            at,
+        };
+        peers.set_progress(&a.public(), progress(1, &[0, 1], &[2]));
+        assert!(peers.claimed(&m, 0) && peers.claimed(&m, 1));
+        assert!(!peers.claimed(&m, 2) && !peers.claimed(&m, 3));
+        assert_eq!(peers.holders(&m, 2), vec![(a.public(), false)]);
+        // An older message changes nothing; a newer one replaces it.
+        peers.set_progress(&a.public(), progress(0, &[3], &[]));
+        assert!(peers.claimed(&m, 0) && !peers.claimed(&m, 3));
+        // Done (whole), though its last progress never came: no claims.
+        let whole = vec![Holding {
+            site: maki_protocol::Domain::new("a.test").expect("domain"),
+            seq: 1,
+            manifest: m,
+        }];
+        assert!(peers.set_holds_at(&a.public(), whole, 5));
+        assert!(!peers.claimed(&m, 0));
+        assert_eq!(peers.holders(&m, 5), vec![(a.public(), true)]);
     }
 
     #[test]

@@ -73,7 +73,14 @@ struct Providers {
     busy: std::sync::Mutex<HashMap<PublicKey, usize>>,
     /// When each provider last sent anything, on any of its streams.
     heard: std::sync::Mutex<HashMap<PublicKey, std::time::Instant>>,
+    /// Pieces each provider said it held and could not send.
+    failures: std::sync::Mutex<HashMap<PublicKey, u32>>,
 }
+
+/// A provider that fails this many pieces it said it held is dropped for
+/// the fetch: a member announcing pieces it lacks would otherwise be the
+/// first tried for each.
+const FAILURES_TO_DROP: u32 = 3;
 
 impl Providers {
     fn new(endpoint: Endpoint, order: Vec<PublicKey>, peers: Arc<Peers>) -> Self {
@@ -86,6 +93,7 @@ impl Providers {
             manifest: Default::default(),
             busy: Default::default(),
             heard: Default::default(),
+            failures: Default::default(),
         }
     }
 
@@ -163,6 +171,28 @@ impl Providers {
             *b.entry(p).or_default() += 1;
         }
         Busy { of: self, p }
+    }
+
+    /// Whether `p` said it holds `unit` (it serves the version, or its
+    /// progress says so).
+    fn said_it_holds(&self, unit: &Unit, p: &PublicKey) -> bool {
+        match (self.manifest.get(), unit.index) {
+            (Some(manifest), Some(i)) => {
+                self.peers.holders(manifest, i).iter().any(|(k, _)| k == p)
+            }
+            _ => false,
+        }
+    }
+
+    /// Counts a piece `p` said it held and could not send; at
+    /// `FAILURES_TO_DROP`, marks it dead (true the first time).
+    fn failed(&self, p: PublicKey) -> bool {
+        let n = self.failures.lock().map_or(0, |mut f| {
+            let n = f.entry(p).or_insert(0);
+            *n += 1;
+            *n
+        });
+        n >= FAILURES_TO_DROP && self.mark_dead(p)
     }
 
     /// True the first time `p` is marked.
@@ -270,7 +300,16 @@ async fn fetch_unit(
 ) -> bool {
     let remote = store.remote();
     let request = unit.request();
-    for p in providers.order_for(&unit) {
+    let mut order = providers.order_for(&unit);
+    // The provider this unit was scheduled for goes first (its own
+    // reservation may have pushed it down the order).
+    if let Some(r) = &reserved
+        && let Some(pos) = order.iter().position(|p| *p == r.p)
+    {
+        let p = order.remove(pos);
+        order.insert(0, p);
+    }
+    for p in order {
         let Ok(local) = remote.local_for_request(request.clone()).await else {
             return false;
         };
@@ -283,8 +322,13 @@ async fn fetch_unit(
             }
             continue;
         };
-        let _busy = providers.busy_with(p);
-        drop(reserved.take());
+        let _busy = match reserved.take() {
+            Some(r) if r.p == p => r,
+            other => {
+                drop(other);
+                providers.busy_with(p)
+            }
+        };
         let mut progress = std::pin::pin!(remote.execute_get(conn, local.missing()).stream());
         // STALLs in a row this stream waited while its provider sent others.
         let mut waited = 0;
@@ -300,8 +344,12 @@ async fn fetch_unit(
                     break;
                 }
                 Ok(Some(GetProgressItem::Error(error))) => {
-                    // It may simply not hold this blob (yet): not dead.
-                    debug!(provider = %p.fmt_short(), %error, "provider could not send a blob");
+                    // It may simply not hold this piece (yet): not dead,
+                    // unless it keeps saying it has pieces it cannot send.
+                    debug!(provider = %p.fmt_short(), %error, "provider could not send a piece");
+                    if providers.said_it_holds(&unit, &p) && providers.failed(p) {
+                        info!(provider = %p.fmt_short(), "provider failed pieces it said it held; dropped for this fetch");
+                    }
                     break;
                 }
                 Ok(None) => break,
@@ -428,6 +476,10 @@ async fn fetch_counted(
 /// all of them stay a few hundred a second).
 const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
+/// A fetch repeats its progress this often even when it has not changed:
+/// its claims lapse after `peers::CLAIM_LAPSES` without word.
+const PROGRESS_REPEAT: Duration = Duration::from_secs(2);
+
 /// Drives `fetching` to its end, telling the members which of the
 /// version's `pieces` this node holds and is getting (`held`) whenever
 /// that changed, at most every `PROGRESS_EVERY` (or 10 ms per member):
@@ -447,27 +499,42 @@ async fn announce_progress<F: std::future::Future>(
     let mut fetching = std::pin::pin!(fetching);
     let mut every = tokio::time::interval(period);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut told: Option<(usize, HashSet<usize>)> = None;
+    let mut told: Option<((usize, HashSet<usize>), tokio::time::Instant)> = None;
     loop {
-        tokio::select! {
-            out = &mut fetching => return out,
-            _ = every.tick() => {
-                // One lock: what is held and got is read at one moment.
-                let Ok((now, have)) = held.lock().map(|h| {
-                    let now = (h.have.len(), h.getting.clone());
-                    if told.as_ref() == Some(&now) {
-                        return (now, None);
-                    }
-                    let have = BlobSet::of_indices(pieces, h.have.iter().copied());
-                    (now, Some(have))
-                }) else {
-                    continue;
-                };
-                let Some(have) = have else { continue };
-                let getting = BlobSet::of_indices(pieces, now.1.iter().copied());
-                shared.members.outbox.progress(manifest, have, getting);
-                told = Some(now);
+        let done = tokio::select! {
+            out = &mut fetching => Some(out),
+            _ = every.tick() => None,
+        };
+        // One lock: what is held and got is read at one moment.
+        let Ok((now, have)) = held.lock().map(|h| {
+            let now = (h.have.len(), h.getting.clone());
+            let fresh = told
+                .as_ref()
+                .is_some_and(|(t, at)| *t == now && at.elapsed() < PROGRESS_REPEAT);
+            if fresh && done.is_none() {
+                return (now, None);
             }
+            (
+                now,
+                Some(BlobSet::of_indices(pieces, h.have.iter().copied())),
+            )
+        }) else {
+            if let Some(out) = done {
+                return out;
+            }
+            continue;
+        };
+        if let Some(have) = have {
+            // The last word of a fetch gets nothing: its claims end.
+            let getting = match done {
+                Some(_) => BlobSet::of_indices(pieces, []),
+                None => BlobSet::of_indices(pieces, now.1.iter().copied()),
+            };
+            shared.members.outbox.progress(manifest, have, getting);
+            told = Some((now, tokio::time::Instant::now()));
+        }
+        if let Some(out) = done {
+            return out;
         }
     }
 }
