@@ -95,24 +95,44 @@ impl Content {
         }
     }
 
+    /// A blob's size as far as the store has proven it, and whether it is
+    /// complete: a partial blob's size is proven once its last chunk is
+    /// verified (the BLAKE3 tree's proof of the last chunk fixes it).
+    pub async fn proven_size(&self, hash: Hash) -> Result<(Option<u64>, bool), ContentError> {
+        use iroh_blobs::api::proto::BlobStatus;
+        match self
+            .store
+            .blobs()
+            .status(to_iroh(hash))
+            .await
+            .map_err(store_err)?
+        {
+            BlobStatus::Complete { size } => Ok((Some(size), true)),
+            BlobStatus::Partial { size } => Ok((size, false)),
+            BlobStatus::NotFound => Ok((None, false)),
+        }
+    }
+
     /// Checks every blob `manifest` names against the store: the ones
-    /// absent (or partial) are returned; one present with another size than
-    /// the manifest declares is a lie, refused by path. Signed is not
-    /// honest: this is what keeps a declared size from ever reaching the
-    /// edge unchecked.
+    /// absent (or partial) are returned; one whose proven size (whole, or
+    /// from its last chunk alone) differs from what the manifest declares
+    /// is a lie, refused by path. Signed is not honest: this is what keeps
+    /// a declared size from ever reaching the edge unchecked, and a fetch
+    /// asks for the last chunk with the rest, so a blob larger than
+    /// declared is found out without taking in more than was declared.
     pub async fn check_manifest(&self, manifest: &Manifest) -> Result<Vec<Hash>, ContentError> {
         let mut missing = Vec::new();
         let checks = n0_future::stream::iter(manifest.blobs())
             .map(|(hash, declared)| async move {
-                self.complete_size(hash).await.map(|s| (hash, declared, s))
+                self.proven_size(hash).await.map(|s| (hash, declared, s))
             })
             .buffered_ordered(32)
             .collect::<Vec<_>>()
             .await;
         for check in checks {
             match check? {
-                (_, declared, Some(stored)) if stored == declared => {}
-                (hash, declared, Some(stored)) => {
+                (_, declared, (Some(stored), true)) if stored == declared => {}
+                (hash, declared, (Some(stored), _)) if stored != declared => {
                     return Err(ContentError::SizeMismatch {
                         path: manifest
                             .path_of(&hash)
@@ -121,7 +141,7 @@ impl Content {
                         stored,
                     });
                 }
-                (hash, _, None) => missing.push(hash),
+                (hash, _, _) => missing.push(hash),
             }
         }
         Ok(missing)
@@ -287,4 +307,74 @@ pub fn version_tag(domain: &Domain, manifest: Hash) -> String {
 
 pub fn temp_tag(session: u64) -> String {
     format!("tmp/{session}")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use iroh_blobs::protocol::{ChunkRanges, ChunkRangesExt};
+    use maki_protocol::{Domain, Entry, MANIFEST_FORMAT, SitePath};
+
+    use super::*;
+
+    fn declaring(hash: Hash, size: u64) -> Manifest {
+        let entry = Entry {
+            hash,
+            size,
+            content_type: "application/octet-stream".into(),
+            encodings: BTreeMap::new(),
+        };
+        Manifest {
+            format: MANIFEST_FORMAT,
+            site: Domain::new("example.com").expect("domain"),
+            version: 1,
+            parent: None,
+            created: 1_700_000_000,
+            entries: BTreeMap::from([(SitePath::new("big.bin").expect("path"), entry)]),
+            headers: vec![],
+            redirects: vec![],
+        }
+    }
+
+    /// A colluding member serves a blob larger than the manifest declares:
+    /// a fetch takes in the declared bytes and the last chunk, whose proof
+    /// gives the real size, and the lie is refused by path.
+    #[tokio::test]
+    async fn a_blob_larger_than_declared_is_found_out_by_its_last_chunk() {
+        let dir = tempfile::tempdir().expect("dir");
+        let origin = Content::load(&dir.path().join("a"), None).await.expect("a");
+        let fetcher = Content::load(&dir.path().join("b"), None).await.expect("b");
+        let (hash, _tag) = origin
+            .add_bytes(vec![7u8; 200_000].into())
+            .await
+            .expect("add");
+        let mut ranges = ChunkRanges::bytes(0..65_536);
+        ranges |= ChunkRanges::last_chunk();
+        let bao = origin
+            .store()
+            .export_bao(to_iroh(hash), ranges.clone())
+            .bao_to_vec()
+            .await
+            .expect("export");
+        fetcher
+            .store()
+            .import_bao_bytes(to_iroh(hash), ranges, bao)
+            .await
+            .expect("import");
+        let lie = fetcher.check_manifest(&declaring(hash, 65_536)).await;
+        assert!(
+            matches!(
+                &lie,
+                Err(ContentError::SizeMismatch { path, declared: 65_536, stored: 200_000 })
+                    if path == "big.bin"
+            ),
+            "{lie:?}"
+        );
+        // Declared right, it is simply not all here yet.
+        let truth = fetcher.check_manifest(&declaring(hash, 200_000)).await;
+        assert_eq!(truth.expect("no lie"), vec![hash]);
+        origin.shutdown().await;
+        fetcher.shutdown().await;
+    }
 }

@@ -257,10 +257,13 @@ impl Drop for Busy<'_> {
 struct Unit {
     piece: Piece,
     index: Option<usize>,
+    /// The most its blob may hold: the declared size.
+    limit: u64,
 }
 
 impl Unit {
-    fn whole(hash: Hash) -> Self {
+    /// A whole blob of at most `limit` bytes.
+    fn whole(hash: Hash, limit: u64) -> Self {
         Self {
             piece: Piece {
                 hash,
@@ -268,16 +271,24 @@ impl Unit {
                 end: None,
             },
             index: None,
+            limit,
         }
     }
 
     /// The request for all of it: chunk ranges of its blob, verified
-    /// against the blob's BLAKE3 tree as they arrive.
+    /// against the blob's BLAKE3 tree as they arrive. The last piece asks
+    /// up to the declared size and for the blob's last chunk: that chunk's
+    /// proof fixes the real size, so a blob larger than declared is found
+    /// out (`Content::check_manifest`) with no more taken in than declared.
     fn request(&self) -> Arc<GetRequest> {
         let Piece { hash, start, end } = self.piece;
         let ranges = match end {
             Some(end) => ChunkRanges::bytes(start..end),
-            None => ChunkRanges::bytes(start..),
+            None => {
+                let mut r = ChunkRanges::bytes(start..self.limit.max(start));
+                r |= ChunkRanges::last_chunk();
+                r
+            }
         };
         Arc::new(GetRequest::blob_ranges(to_iroh(hash), ranges))
     }
@@ -706,9 +717,17 @@ async fn fetch_with(
     let temp = format!("tmp/fetch/{}", head.site);
     content.protect(&temp, head.manifest, []).await?;
     let fetched = async {
-        fetch_unit(store, providers, Unit::whole(head.manifest), None).await;
-        // Read whole below: bounded first, whatever a peer sent.
-        if let Ok(Some(size)) = content.complete_size(head.manifest).await
+        let manifest_limit = maki_protocol::MAX_MANIFEST_BYTES;
+        fetch_unit(
+            store,
+            providers,
+            Unit::whole(head.manifest, manifest_limit),
+            None,
+        )
+        .await;
+        // Read whole below: bounded first, whatever a peer sent (a larger
+        // one stops at the bound, its last chunk proving its size).
+        if let Ok((Some(size), _)) = content.proven_size(head.manifest).await
             && size > maki_protocol::MAX_MANIFEST_BYTES
         {
             return Err(FetchError::Manifest(
@@ -760,6 +779,7 @@ async fn fetch_with(
             .map(|(i, piece)| Unit {
                 piece: *piece,
                 index: Some(i),
+                limit: blobs.get(&piece.hash).copied().unwrap_or(0),
             })
             .partition(|u| lacking.contains(&u.piece.hash));
         // Each node takes the pieces in an order of its own, so the members
