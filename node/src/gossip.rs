@@ -168,7 +168,7 @@ fn receive(members: &Members, content: &[u8]) {
                 debug!("gossiped progress with a bad signature");
                 return;
             };
-            if signed.signer() == p.node {
+            if signed.signer() == p.node && p.format == maki_protocol::sync::PROGRESS_FORMAT {
                 let node = p.node;
                 members.peers.set_progress(&node, p);
             }

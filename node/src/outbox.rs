@@ -49,7 +49,7 @@ impl Outbox {
             return;
         }
         let body = Progress {
-            format: RECORD_FORMAT,
+            format: maki_protocol::sync::PROGRESS_FORMAT,
             node: self.id(),
             manifest,
             have,

@@ -458,7 +458,7 @@ mod tests {
         peers.refresh(&net.dir);
         let m = Hash::of(b"manifest");
         let progress = |at, getting: &[usize], have: &[usize]| Progress {
-            format: RECORD_FORMAT,
+            format: maki_protocol::sync::PROGRESS_FORMAT,
             node: a.public(),
             manifest: m,
             have: maki_protocol::BlobSet::of_indices(8, have.iter().copied()),

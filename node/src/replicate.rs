@@ -387,6 +387,10 @@ async fn fetch_unit(
 /// slots go to blobs the members fetching beside them have already.
 const PER_PROVIDER: usize = 4;
 
+/// How long a fetch with nothing to do waits for the members getting the
+/// pieces it lacks before it takes one of them itself.
+const IDLE_GRACE: Duration = Duration::from_millis(500);
+
 /// How many pending blobs each free slot looks through for one to take.
 const LOOK_AHEAD: usize = 512;
 
@@ -402,10 +406,10 @@ struct Held {
 /// slot takes, among the next `LOOK_AHEAD` pending pieces, the first whose
 /// best provider has room (`PER_PROVIDER`) and that no other member is
 /// fetching already; with none such, one another member is fetching too,
-/// but only when nothing else runs. Otherwise it waits for a fetch to end
-/// or for news of who holds what: a piece another member is getting is
-/// taken from that member once it has it. Returns whether every piece
-/// arrived.
+/// but only when nothing else has run for `IDLE_GRACE`. Otherwise it
+/// waits for a fetch to end or for news of who holds what: a piece another
+/// member is getting is taken from that member once it has it. Returns
+/// whether every piece arrived.
 async fn swarm(
     store: &Store,
     providers: &Providers,
@@ -417,6 +421,8 @@ async fn swarm(
     let mut every = tokio::time::interval(PROGRESS_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut all = true;
+    // Since when nothing ran and every piece left was another member's.
+    let mut idle: Option<tokio::time::Instant> = None;
     loop {
         while running.len() < PARALLEL {
             let room = |h: &Unit| {
@@ -431,15 +437,21 @@ async fn swarm(
                 .position(|h| room(h) && !providers.claimed(h));
             let free = match free {
                 Some(pos) => Some(pos),
-                // Nothing runs: take something, or wait forever.
-                None if running.is_empty() => {
-                    Some(pending.iter().take(LOOK_AHEAD).position(room).unwrap_or(0))
+                // Nothing runs, and every piece left is another member's:
+                // it will have them soon. Take one anyway after a grace,
+                // not at once: that copy would be a second one, from the
+                // origin's uplink, which the swarm is to spare.
+                None if running.is_empty() && !pending.is_empty() => {
+                    let since = *idle.get_or_insert_with(tokio::time::Instant::now);
+                    (since.elapsed() >= IDLE_GRACE)
+                        .then(|| pending.iter().take(LOOK_AHEAD).position(room).unwrap_or(0))
                 }
                 None => None,
             };
             let Some(unit) = free.and_then(|pos| pending.remove(pos)) else {
                 break;
             };
+            idle = None;
             // Counted against its provider now, not once its future first
             // runs: the slots filled in this loop would all pick the same
             // provider.
@@ -449,7 +461,7 @@ async fn swarm(
                 .map(|p| providers.busy_with(*p));
             running.push(fetch_counted(store, providers, held, unit, reserved));
         }
-        if running.is_empty() {
+        if running.is_empty() && pending.is_empty() {
             return all;
         }
         tokio::select! {

@@ -156,6 +156,12 @@ pub struct Progress {
     pub at: u64,
 }
 
+/// What [`Progress::format`] is: 2, its bits index pieces
+/// ([`crate::pieces`]); under 1 (never released) they indexed blobs. A
+/// node reads only its own format: progress is a hint, and a misread one
+/// would send fetches to the wrong members.
+pub const PROGRESS_FORMAT: u16 = 2;
+
 impl crate::Signable for Progress {
     const CONTEXT: &'static [u8] = b"makiatto/progress/v1";
 }
