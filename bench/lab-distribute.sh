@@ -11,7 +11,9 @@
 # transfer. Every two hosts are RTT ms apart (tc netem is missing from these
 # kernels: each host's traffic goes through maki-lab-delay, a TUN device).
 # Root only.
-#   usage: bench/lab-distribute.sh [RATE] [SITE_MB] [FILES] [BIG_MB] [NODES] [RSYNC_NODES] [RTT]
+# With REPEAT > 1 the site is published that many times per N (each a site
+# of its own bytes) and the median is printed: one run varies by ~10 %.
+#   usage: bench/lab-distribute.sh [RATE] [SITE_MB] [FILES] [BIG_MB] [NODES] [RSYNC_NODES] [RTT] [REPEAT]
 source "$(dirname "$0")/lib.sh"
 need rsync curl tc
 [ "$(id -u)" = 0 ] || { echo "the lab needs root" >&2; exit 1; }
@@ -22,6 +24,7 @@ BIG_MB=${4:-200}
 NODES=${5:-2,4,6,8}
 RSYNC=${6:-2,6}
 RTT=${7:-20}
+REPEAT=${8:-1}
 build_release
-"$BIN/maki-lab-distribute" --rate "$RATE" --rtt "$RTT" --site-mb "$SITE_MB" --files "$FILES" \
+"$BIN/maki-lab-distribute" --rate "$RATE" --rtt "$RTT" --repeat "$REPEAT" --site-mb "$SITE_MB" --files "$FILES" \
     --big-mb "$BIG_MB" --nodes "$NODES" --rsync "$RSYNC"
