@@ -382,9 +382,10 @@ async fn fetch_unit(
         .is_ok_and(|l| l.is_complete())
 }
 
-/// Blobs of one fetch taken from one provider at once: a member that holds
-/// a version whole serves each fetcher a share, and the fetchers' other
-/// slots go to blobs the members fetching beside them have already.
+/// Pieces of one fetch taken from one provider at once: a member that
+/// holds a version whole serves each fetcher a share, and the fetchers'
+/// other slots go to pieces the members fetching beside them have
+/// already. (8 made no difference in the lab: docs/benchmarks.md.)
 const PER_PROVIDER: usize = 4;
 
 /// How long a fetch with nothing to do waits for the members getting the
