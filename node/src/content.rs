@@ -82,17 +82,8 @@ impl Content {
 
     /// The size of a complete blob, or `None` when absent or partial.
     pub async fn complete_size(&self, hash: Hash) -> Result<Option<u64>, ContentError> {
-        use iroh_blobs::api::proto::BlobStatus;
-        match self
-            .store
-            .blobs()
-            .status(to_iroh(hash))
-            .await
-            .map_err(store_err)?
-        {
-            BlobStatus::Complete { size } => Ok(Some(size)),
-            _ => Ok(None),
-        }
+        let (size, complete) = self.proven_size(hash).await?;
+        Ok(size.filter(|_| complete))
     }
 
     /// A blob's size as far as the store has proven it, and whether it is

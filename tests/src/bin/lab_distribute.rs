@@ -129,27 +129,19 @@ fn publish(net: &MeshNet, dir: &Path, site: &str) -> Result<f64> {
 /// One host's transfer of `path` on `site` from host 0 over HTTP, at the
 /// limited rate: seconds.
 fn single_transfer(net: &MeshNet, site: &str, path: &str) -> Result<f64> {
-    let url = format!("http://{}:80{path}", net.lab.hosts[0].ip);
-    let out = net.lab.exec(
-        1,
-        "curl",
-        &[
-            "-sf",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{time_total}",
-            "-H",
-            &format!("Host: {site}"),
-            &url,
-        ],
-    )?;
-    Ok(out.trim().parse()?)
+    fetch_seconds(net, site, &net.lab.hosts[0].ip.to_string(), path)
 }
 
 /// Host 1 fetches `path` of `site` from host 0 over HTTP at `host`
 /// (an address of host 0): MB/s.
 fn transfer_rate(net: &MeshNet, site: &str, host: &str, path: &str, bytes: u64) -> Result<f64> {
+    let secs = fetch_seconds(net, site, host, path)?;
+    Ok(bytes as f64 / 1e6 / secs)
+}
+
+/// Seconds host 1 takes to fetch `path` of `site` over HTTP from `host`
+/// (an address of host 0; an IPv6 one in brackets).
+fn fetch_seconds(net: &MeshNet, site: &str, host: &str, path: &str) -> Result<f64> {
     let url = format!("http://{host}:80{path}");
     let out = net.lab.exec(
         1,
@@ -165,8 +157,7 @@ fn transfer_rate(net: &MeshNet, site: &str, host: &str, path: &str, bytes: u64) 
             &url,
         ],
     )?;
-    let secs: f64 = out.trim().parse()?;
-    Ok(bytes as f64 / 1e6 / secs)
+    Ok(out.trim().parse()?)
 }
 
 /// Throughput of one transfer over the overlay (WireGuard, userspace)
