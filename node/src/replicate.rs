@@ -106,10 +106,10 @@ impl Providers {
     /// one of the nearest few picked by the unit.
     fn order_for(&self, unit: &Unit) -> Vec<PublicKey> {
         let dead = self.dead.lock().map(|d| d.clone()).unwrap_or_default();
-        let mut holders: Vec<(PublicKey, bool)> = match (self.manifest.get(), unit.index) {
-            (Some(manifest), Some(i)) => self.peers.holders(manifest, i),
-            _ => Vec::new(),
-        };
+        let mut holders: Vec<(PublicKey, bool)> = self
+            .place(unit)
+            .map(|(manifest, i)| self.peers.holders(manifest, i))
+            .unwrap_or_default();
         holders.retain(|(p, _)| !dead.contains(p));
         let busy = self.busy.lock().map(|b| b.clone()).unwrap_or_default();
         let key = unit.key();
@@ -135,10 +135,14 @@ impl Providers {
     /// Whether another member fetching this version said it is getting
     /// `unit` now.
     fn claimed(&self, unit: &Unit) -> bool {
-        match (self.manifest.get(), unit.index) {
-            (Some(manifest), Some(i)) => self.peers.claimed(manifest, i),
-            _ => false,
-        }
+        self.place(unit)
+            .is_some_and(|(manifest, i)| self.peers.claimed(manifest, i))
+    }
+
+    /// Where progress names `unit`: the version's manifest and the piece's
+    /// index (none for the manifest itself, or before it is here).
+    fn place(&self, unit: &Unit) -> Option<(&Hash, usize)> {
+        Some((self.manifest.get()?, unit.index?))
     }
 
     /// `p` sent something just now.
@@ -176,12 +180,9 @@ impl Providers {
     /// Whether `p` said it holds `unit` (it serves the version, or its
     /// progress says so).
     fn said_it_holds(&self, unit: &Unit, p: &PublicKey) -> bool {
-        match (self.manifest.get(), unit.index) {
-            (Some(manifest), Some(i)) => {
-                self.peers.holders(manifest, i).iter().any(|(k, _)| k == p)
-            }
-            _ => false,
-        }
+        self.place(unit).is_some_and(|(manifest, i)| {
+            self.peers.holders(manifest, i).iter().any(|(k, _)| k == p)
+        })
     }
 
     /// Counts a piece `p` said it held and could not send; at
