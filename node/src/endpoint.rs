@@ -1,8 +1,10 @@
-//! The p2p endpoint: one iroh QUIC socket that carries every protocol a
-//! node speaks with members, admins and joiners (each by its ALPN).
+//! The p2p endpoints. The public one, an iroh QUIC socket, carries every
+//! protocol a node speaks with admins, joiners and members (each by its
+//! ALPN); with the mesh on, a second one bound to the node's mesh address
+//! carries the members-only protocols with the members reached over it.
 
 use std::{
-    net::{IpAddr, Ipv6Addr, SocketAddr},
+    net::{Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -10,18 +12,17 @@ use std::{
 use iroh::{
     Endpoint, RelayMode,
     address_lookup::MemoryLookup,
-    endpoint::{
-        BindOpts, IdleTimeout, PortmapperConfig, QuicTransportConfig, presets,
-        transports::{FourTuple, PathSelection, PathSelectionContext, PathSelector},
-    },
+    endpoint::{BindOpts, IdleTimeout, PortmapperConfig, QuicTransportConfig, presets},
 };
 use maki_protocol::{
-    SecretKey,
+    PublicKey, SecretKey,
     rpc::{ADMIN_ALPN, JOIN_ALPN},
     sync::{GOSSIP_ALPN, SYNC_ALPN},
 };
 
-use crate::peers::MembersOnly;
+use tracing::debug;
+
+use crate::peers::{MembersOnly, Peers};
 
 const KEEP_ALIVE: Duration = Duration::from_secs(2);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -41,29 +42,59 @@ pub async fn bind(
     addr: SocketAddr,
     lookup: MemoryLookup,
 ) -> Result<Endpoint, BindError> {
-    bind_with(key, addr, lookup, None).await
+    bind_with(key, Socket::Public(addr), lookup, None).await
 }
 
-/// A running node's endpoint: [`bind`], with gossip kept among `members`
-/// (the lookup is filled from the node records). With the mesh on, it also
-/// listens at the node's mesh address (`mesh`, on `addr`'s port), and
-/// prefers paths inside the mesh.
+/// A running node's public endpoint: [`bind`], with the members-only
+/// protocols guarded by `members` (the lookup is filled from the node
+/// records).
 pub async fn bind_node(
     key: &SecretKey,
     addr: SocketAddr,
-    mesh: Option<Ipv6Addr>,
     lookup: MemoryLookup,
     members: MembersOnly,
 ) -> Result<Endpoint, BindError> {
-    bind_with(key, addr, lookup, Some((members, mesh))).await
+    bind_with(key, Socket::Public(addr), lookup, Some(members)).await
+}
+
+/// A running node's mesh endpoint: bound to its mesh address alone, at
+/// `port` if that is free (else anywhere), it can send only inside the
+/// network's /48, so it learns no address outside the mesh and tells none.
+/// It speaks the members-only protocols, with the members this node
+/// reaches over the mesh, and admin, with the mesh's external peers.
+pub async fn bind_mesh(
+    key: &SecretKey,
+    mesh: Ipv6Addr,
+    port: u16,
+    lookup: MemoryLookup,
+    members: MembersOnly,
+) -> Result<Endpoint, BindError> {
+    let at = |port| Socket::Mesh(SocketAddr::new(mesh.into(), port));
+    match bind_with(key, at(port), lookup.clone(), Some(members.clone())).await {
+        Err(error) if port != 0 => {
+            debug!(%error, "the p2p port is taken at the mesh address; binding another");
+            bind_with(key, at(0), lookup, Some(members)).await
+        }
+        res => res,
+    }
+}
+
+/// Where an endpoint listens.
+#[derive(Debug, Clone, Copy)]
+enum Socket {
+    /// Anywhere: it sends wherever the host routes.
+    Public(SocketAddr),
+    /// At a mesh address: it sends inside the network's /48 only.
+    Mesh(SocketAddr),
 }
 
 async fn bind_with(
     key: &SecretKey,
-    addr: SocketAddr,
+    socket: Socket,
     lookup: MemoryLookup,
-    node: Option<(MembersOnly, Option<Ipv6Addr>)>,
+    members: Option<MembersOnly>,
 ) -> Result<Endpoint, BindError> {
+    let (Socket::Public(addr) | Socket::Mesh(addr)) = socket;
     let err = |message: String| BindError { addr, message };
     // No relays, no n0 discovery, no UPnP: peers come from our own records.
     // A peer that vanishes (a killed CLI mid-publish) is noticed within
@@ -72,110 +103,72 @@ async fn bind_with(
         .keep_alive_interval(KEEP_ALIVE)
         .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok())
         .build();
-    let builder = Endpoint::builder(presets::Minimal)
+    let mut alpns = vec![
+        ADMIN_ALPN.to_vec(),
+        SYNC_ALPN.to_vec(),
+        GOSSIP_ALPN.to_vec(),
+        iroh_blobs::ALPN.to_vec(),
+    ];
+    // Joiners are not in the mesh yet.
+    if let Socket::Public(_) = socket {
+        alpns.push(JOIN_ALPN.to_vec());
+    }
+    let mut builder = Endpoint::builder(presets::Minimal)
         .transport_config(transport)
         .secret_key(iroh::SecretKey::from_bytes(&key.to_bytes()))
         .relay_mode(RelayMode::Disabled)
         .portmapper_config(PortmapperConfig::Disabled)
-        .alpns(vec![
-            ADMIN_ALPN.to_vec(),
-            JOIN_ALPN.to_vec(),
-            SYNC_ALPN.to_vec(),
-            GOSSIP_ALPN.to_vec(),
-            iroh_blobs::ALPN.to_vec(),
-        ])
+        .alpns(alpns)
         .address_lookup(lookup)
         .clear_ip_transports();
-    let builder = match node {
-        Some((members, None)) => builder.hooks(members),
-        // The mesh socket before the public one: iroh refuses a second
-        // IPv6 socket after an unspecified one (`p2p = "[::]:…"`).
-        Some((members, Some(mesh))) => builder
-            .hooks(members)
-            .bind_addr_with_opts(
-                SocketAddr::new(mesh.into(), addr.port()),
-                BindOpts::default()
-                    .set_prefix_len(maki_protocol::mesh::NETWORK_PREFIX_LEN)
-                    .set_is_default_route(false),
-            )
-            .map_err(|e| err(e.to_string()))?
-            .path_selector(Arc::new(MeshFirst::new(mesh))),
-        None => builder,
+    if let Some(members) = members {
+        builder = builder.hooks(members);
+    }
+    let builder = match socket {
+        Socket::Public(addr) => builder.bind_addr(addr),
+        Socket::Mesh(addr) => builder.bind_addr_with_opts(
+            addr,
+            BindOpts::default()
+                .set_prefix_len(maki_protocol::mesh::NETWORK_PREFIX_LEN)
+                .set_is_default_route(false),
+        ),
     };
     builder
-        .bind_addr(addr)
         .map_err(|e| err(e.to_string()))?
         .bind()
         .await
         .map_err(|e| err(e.to_string()))
 }
 
-/// The mesh address the endpoint listens at, if any.
-pub fn mesh_port(endpoint: &Endpoint, mesh: Ipv6Addr) -> Option<u16> {
-    endpoint
-        .bound_sockets()
-        .into_iter()
-        .find(|a| a.ip() == IpAddr::V6(mesh))
-        .map(|a| a.port())
+/// Where a node meets its members: the public endpoint, and the mesh
+/// endpoint when it runs the mesh. A member is reached through one of
+/// them, never both.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub public: Endpoint,
+    pub mesh: Option<Endpoint>,
+    peers: Arc<Peers>,
 }
 
-/// Path choice with the mesh on: a path inside the mesh beats any other,
-/// whatever the round trips (iroh's own choice goes by round trip alone,
-/// so it would as soon carry member traffic over the public addresses it
-/// learns while punching holes). Among paths of one kind, the lowest round
-/// trip, kept until another is clearly lower, so the choice does not flap.
-#[derive(Debug)]
-struct MeshFirst {
-    /// The network's /48.
-    prefix: [u8; 6],
-}
-
-/// How much lower another path's round trip must be to switch to it.
-const SWITCH_AFTER: Duration = Duration::from_millis(5);
-
-impl MeshFirst {
-    fn new(mesh: Ipv6Addr) -> Self {
-        let mut prefix = [0; 6];
-        prefix.copy_from_slice(&mesh.octets()[..6]);
-        Self { prefix }
+impl Endpoints {
+    pub fn new(public: Endpoint, mesh: Option<Endpoint>, peers: Arc<Peers>) -> Self {
+        Self {
+            public,
+            mesh,
+            peers,
+        }
     }
 
-    /// 0: inside the mesh, 1: another IP path, 2: anything else.
-    fn tier(&self, path: &FourTuple) -> u8 {
-        match path {
-            FourTuple::Ip { remote, .. } => match remote.ip() {
-                IpAddr::V6(ip) if ip.octets()[..6] == self.prefix => 0,
-                _ => 1,
-            },
-            _ => 2,
+    /// The endpoint that talks with member `key`.
+    pub fn to(&self, key: &PublicKey) -> &Endpoint {
+        match &self.mesh {
+            Some(mesh) if self.peers.mesh_addr(key).is_some() => mesh,
+            _ => &self.public,
         }
     }
 }
 
-impl PathSelector for MeshFirst {
-    fn select(&self, ctx: &PathSelectionContext<'_>) -> PathSelection {
-        let current = ctx.current();
-        let mut best = None;
-        let mut current_key: Option<(u8, Duration)> = None;
-        for path in ctx.paths() {
-            let Some(stats) = path.stats() else {
-                continue;
-            };
-            let key = (self.tier(path.network_path()), stats.rtt);
-            if Some(path.network_path()) == current && current_key.is_none_or(|c| key < c) {
-                current_key = Some(key);
-            }
-            if best.as_ref().is_none_or(|(_, b)| key < *b) {
-                best = Some((path, key));
-            }
-        }
-        let mut selection = PathSelection::none();
-        if let Some((path, (tier, rtt))) = best {
-            let keep = current_key.is_some_and(|(t, r)| t == tier && r < rtt + SWITCH_AFTER);
-            if !keep {
-                selection.set(&path);
-            }
-        }
-        selection
-    }
+/// The port the mesh endpoint listens at.
+pub fn mesh_port(endpoint: &Endpoint) -> Option<u16> {
+    endpoint.bound_sockets().first().map(|a| a.port())
 }

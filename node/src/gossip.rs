@@ -65,31 +65,107 @@ fn iroh_ids(keys: impl IntoIterator<Item = PublicKey>) -> Vec<iroh::EndpointId> 
         .collect()
 }
 
+/// The gossip a node takes part in: over the public endpoint, with the
+/// members it does not reach over the mesh, and with the mesh on, over the
+/// mesh endpoint with the others. A node in both passes on what it hears
+/// in one to the other, so a network can run the mesh on some nodes only.
+#[derive(Debug, Clone)]
+pub struct Swarms {
+    pub public: Gossip,
+    pub mesh: Option<Gossip>,
+}
+
+/// One swarm's side of the loop.
+struct Swarm {
+    sender: GossipSender,
+    receiver: GossipReceiver,
+    /// The members it was told about.
+    known: HashSet<PublicKey>,
+}
+
+impl Swarm {
+    async fn join(gossip: &Gossip, topic: TopicId, known: HashSet<PublicKey>) -> Option<Self> {
+        match gossip
+            .subscribe(topic, iroh_ids(known.iter().copied()))
+            .await
+        {
+            Ok(sub) => {
+                let (sender, receiver) = sub.split();
+                Some(Self {
+                    sender,
+                    receiver,
+                    known,
+                })
+            }
+            Err(error) => {
+                warn!(%error, "cannot join the gossip topic; relying on sync alone");
+                None
+            }
+        }
+    }
+
+    /// New members: tell the swarm about them.
+    async fn meet(&mut self, now: HashSet<PublicKey>) {
+        let new: Vec<PublicKey> = now.difference(&self.known).copied().collect();
+        self.known = now;
+        if !new.is_empty()
+            && let Err(error) = self.sender.join_peers(iroh_ids(new)).await
+        {
+            debug!(%error, "could not add peers to gossip");
+        }
+    }
+
+    async fn broadcast(&self, body: Bytes) {
+        if let Err(error) = self.sender.broadcast(body).await {
+            debug!(%error, "gossip broadcast failed");
+        }
+    }
+}
+
+/// The other members, split by the endpoint that reaches them: (public,
+/// mesh).
+fn split(members: &Members, meshed: bool) -> (HashSet<PublicKey>, HashSet<PublicKey>) {
+    members
+        .peers
+        .others()
+        .into_iter()
+        .partition(|k| !meshed || members.peers.mesh_addr(k).is_none())
+}
+
+async fn next(swarm: &mut Option<Swarm>) -> Option<Result<Event, iroh_gossip::api::ApiError>> {
+    match swarm {
+        Some(s) => s.receiver.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// How many passed-on messages a bridge remembers, so it passes each on
+/// once (a message can come back through another bridge).
+const BRIDGED: usize = 1024;
+
 /// Runs until cancelled: joins the network's topic through the known
 /// members, broadcasts what `outbox` brings, applies what arrives.
 pub async fn run(
     members: Arc<Members>,
-    gossip: Gossip,
+    swarms: Swarms,
     mut outbox: mpsc::Receiver<GossipMsg>,
     mut records: watch::Receiver<Arc<crate::directory::Directory>>,
     cancel: CancellationToken,
 ) {
     let topic = TopicId::from_bytes(*members.network.as_bytes());
-    let mut known: HashSet<PublicKey> = members.peers.others().into_iter().collect();
-    let sub = match gossip
-        .subscribe(topic, iroh_ids(known.iter().copied()))
-        .await
-    {
-        Ok(s) => s,
-        Err(error) => {
-            warn!(%error, "cannot join the gossip topic; relying on sync alone");
-            return;
-        }
+    let (public_peers, mesh_peers) = split(&members, swarms.mesh.is_some());
+    let mut public = Swarm::join(&swarms.public, topic, public_peers).await;
+    let mut mesh = match &swarms.mesh {
+        Some(g) => Swarm::join(g, topic, mesh_peers).await,
+        None => None,
     };
-    let (sender, mut receiver): (GossipSender, GossipReceiver) = sub.split();
-    let limit = gossip.max_message_size();
+    if public.is_none() && mesh.is_none() {
+        return;
+    }
+    let limit = swarms.public.max_message_size();
+    let mut bridged: std::collections::VecDeque<maki_protocol::Hash> = Default::default();
     loop {
-        tokio::select! {
+        let (event, from_mesh) = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             msg = outbox.recv() => {
@@ -99,40 +175,57 @@ pub async fn run(
                     debug!(len = body.len(), "too big to gossip; sync will carry it");
                     continue;
                 }
-                if let Err(error) = sender.broadcast(body).await {
-                    debug!(%error, "gossip broadcast failed");
+                for s in [&public, &mesh].into_iter().flatten() {
+                    s.broadcast(body.clone()).await;
                 }
+                continue;
             }
-            event = receiver.next() => match event {
-                Some(Ok(Event::Received(m))) => {
-                    // A connection opened before its peer was revoked may
-                    // still deliver: only members' deliveries count.
-                    let from = PublicKey::from_bytes(*m.delivered_from.as_bytes());
-                    if let Ok(k) = from && members.peers.is_member(&k) {
-                        // A delivery is a sign of life, as a sync is.
-                        members.peers.seen(&k, None);
-                        receive(&members, &m.content);
-                    }
-                }
-                Some(Ok(Event::Lagged)) => {
-                    // We missed messages: a sync round fetches them.
-                    members.sync_soon.notify_one();
-                }
-                Some(Ok(Event::NeighborUp(id))) => debug!(peer = %id.fmt_short(), "gossip neighbour up"),
-                Some(Ok(Event::NeighborDown(id))) => debug!(peer = %id.fmt_short(), "gossip neighbour down"),
-                Some(Err(error)) => debug!(%error, "gossip receive error"),
-                None => break,
-            },
+            event = next(&mut public) => (event, false),
+            event = next(&mut mesh) => (event, true),
             res = records.changed() => {
                 if res.is_err() { break }
-                // New members: tell the swarm about them.
-                let now: HashSet<PublicKey> = members.peers.others().into_iter().collect();
-                let new: Vec<PublicKey> = now.difference(&known).copied().collect();
-                known = now;
-                if !new.is_empty() && let Err(error) = sender.join_peers(iroh_ids(new)).await {
-                    debug!(%error, "could not add peers to gossip");
+                let (public_peers, mesh_peers) = split(&members, swarms.mesh.is_some());
+                if let Some(s) = &mut public { s.meet(public_peers).await }
+                if let Some(s) = &mut mesh { s.meet(mesh_peers).await }
+                continue;
+            }
+        };
+        match event {
+            Some(Ok(Event::Received(m))) => {
+                // A connection opened before its peer was revoked may
+                // still deliver: only members' deliveries count.
+                let from = PublicKey::from_bytes(*m.delivered_from.as_bytes());
+                let Ok(k) = from else { continue };
+                if !members.peers.is_member(&k) {
+                    continue;
+                }
+                // A delivery is a sign of life, as a sync is.
+                members.peers.seen(&k, None);
+                receive(&members, &m.content);
+                let other = if from_mesh { &public } else { &mesh };
+                if let (Some(other), Some(_)) = (other, &swarms.mesh) {
+                    let id = maki_protocol::Hash::of(&m.content);
+                    if !bridged.contains(&id) {
+                        if bridged.len() == BRIDGED {
+                            bridged.pop_front();
+                        }
+                        bridged.push_back(id);
+                        other.broadcast(m.content).await;
+                    }
                 }
             }
+            Some(Ok(Event::Lagged)) => {
+                // We missed messages: a sync round fetches them.
+                members.sync_soon.notify_one();
+            }
+            Some(Ok(Event::NeighborUp(id))) => {
+                debug!(peer = %id.fmt_short(), mesh = from_mesh, "gossip neighbour up")
+            }
+            Some(Ok(Event::NeighborDown(id))) => {
+                debug!(peer = %id.fmt_short(), mesh = from_mesh, "gossip neighbour down")
+            }
+            Some(Err(error)) => debug!(%error, "gossip receive error"),
+            None => break,
         }
     }
 }

@@ -13,6 +13,7 @@ use iroh_blobs::{
     BlobsProtocol,
     provider::events::{ConnectMode, EventMask, EventSender, ObserveMode, RequestMode},
 };
+use iroh_gossip::net::Gossip;
 use maki_protocol::{
     Domain, Hash, Head, Manifest, NodeRecord, NodeTicket, PublicKey, ROLE_HTTP, Record, SecretKey,
     Signed,
@@ -34,13 +35,15 @@ use crate::{
     content::Content,
     directory::{Authority, Directory},
     edge,
+    endpoint::Endpoints,
     gate::PushGate,
+    gossip::Swarms,
     identity,
     live::{Live, LiveSite},
     members::Members,
     mesh::Mesh,
     outbox::Outbox,
-    peers::Peers,
+    peers::{Door, MembersOnly, Peers},
     records::Records,
     serving::Serving,
     state::State,
@@ -75,7 +78,10 @@ pub enum NodeError {
 #[derive(Debug)]
 pub struct Node {
     shared: Arc<Shared>,
+    /// The public endpoint's protocols.
     router: Router,
+    /// The mesh endpoint's, with the mesh on.
+    mesh_router: Option<Router>,
     http_addr: Option<SocketAddr>,
     edge: Option<edge::Edge>,
     /// Removed at shutdown, once nothing sends through it.
@@ -142,20 +148,34 @@ impl Node {
         )?
         .map(Arc::new);
         let lookup = MemoryLookup::new();
+        let mesh_lookup = MemoryLookup::new();
         let peers = Arc::new(Peers::new(
             key.public(),
             network.id,
             mesh.clone(),
             lookup.clone(),
+            mesh_lookup.clone(),
         ));
-        let endpoint = crate::endpoint::bind_node(
-            &key,
-            config.p2p,
-            mesh.as_ref().map(|m| m.addr()),
-            lookup,
-            crate::peers::MembersOnly(peers.clone()),
-        )
-        .await?;
+        let guard = |door| MembersOnly {
+            peers: peers.clone(),
+            door,
+        };
+        let endpoint =
+            crate::endpoint::bind_node(&key, config.p2p, lookup, guard(Door::Public)).await?;
+        let mesh_endpoint = match &mesh {
+            Some(m) => Some(
+                crate::endpoint::bind_mesh(
+                    &key,
+                    m.addr(),
+                    config.p2p.port(),
+                    mesh_lookup,
+                    guard(Door::Mesh),
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        let endpoints = Endpoints::new(endpoint.clone(), mesh_endpoint.clone(), peers.clone());
         let (served_elsewhere, served_elsewhere_rx) = watch::channel(0);
         let (gossip_out, gossip_rx) = mpsc::channel(crate::gossip::OUTBOX);
         let keep_versions = config.keep_versions;
@@ -199,27 +219,35 @@ impl Node {
         ));
         let record_sets = Arc::new(crate::sync::RecordSets::default());
         let blobs = BlobsProtocol::new(shared.content.store(), Some(events));
-        let gossip = iroh_gossip::net::Gossip::builder()
-            .alpn(GOSSIP_ALPN)
-            .spawn(endpoint.clone());
-        let router = Router::builder(endpoint.clone())
-            .accept(iroh_blobs::ALPN, blobs)
-            .accept(
-                SYNC_ALPN,
-                crate::sync::SyncProtocol::new(
-                    members.clone(),
-                    record_sets.clone(),
-                    shared.config.sync_timeout,
-                ),
-            )
-            .accept(
-                GOSSIP_ALPN,
-                crate::gossip::MemberGossip {
-                    gossip: gossip.clone(),
-                    members: members.clone(),
-                },
-            )
-            .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone(), gate))
+        let swarms = Swarms {
+            public: Gossip::builder().alpn(GOSSIP_ALPN).spawn(endpoint.clone()),
+            mesh: mesh_endpoint
+                .as_ref()
+                .map(|e| Gossip::builder().alpn(GOSSIP_ALPN).spawn(e.clone())),
+        };
+        // What both doors serve: the members-only protocols, and admin
+        // (from a laptop outside, or an external peer inside the mesh).
+        let members_router = |endpoint: &iroh::Endpoint, gossip: &Gossip| {
+            Router::builder(endpoint.clone())
+                .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone(), gate.clone()))
+                .accept(iroh_blobs::ALPN, blobs.clone())
+                .accept(
+                    SYNC_ALPN,
+                    crate::sync::SyncProtocol::new(
+                        members.clone(),
+                        record_sets.clone(),
+                        shared.config.sync_timeout,
+                    ),
+                )
+                .accept(
+                    GOSSIP_ALPN,
+                    crate::gossip::MemberGossip {
+                        gossip: gossip.clone(),
+                        members: members.clone(),
+                    },
+                )
+        };
+        let router = members_router(&endpoint, &swarms.public)
             .accept(
                 JOIN_ALPN,
                 crate::join::JoinProtocol::new(
@@ -231,6 +259,10 @@ impl Node {
                 ),
             )
             .spawn();
+        let mesh_router = match (&mesh_endpoint, &swarms.mesh) {
+            (Some(e), Some(g)) => Some(members_router(e, g).spawn()),
+            _ => None,
+        };
 
         // A node without the http role holds and forwards content only.
         let edge = if shared.config.roles.iter().any(|r| r == ROLE_HTTP) {
@@ -253,6 +285,7 @@ impl Node {
         let node = Self {
             shared,
             router,
+            mesh_router,
             http_addr,
             edge,
             mesh,
@@ -270,14 +303,14 @@ impl Node {
         }
         node.tasks.spawn(crate::replicate::run(
             node.shared.clone(),
-            endpoint.clone(),
+            endpoints.clone(),
             members.records.subscribe(),
             served_elsewhere_rx,
             node.cancel.clone(),
         ));
         node.tasks.spawn(crate::gossip::run(
             members.clone(),
-            gossip,
+            swarms,
             gossip_rx,
             members.records.subscribe(),
             node.cancel.clone(),
@@ -287,7 +320,7 @@ impl Node {
         node.tasks.spawn(crate::sync::run(
             members,
             record_sets,
-            endpoint,
+            endpoints,
             node.shared.config.sync_interval,
             node.shared.config.sync_timeout,
             node.cancel.clone(),
@@ -321,9 +354,8 @@ impl Node {
             ips = addrs.iter().map(|a| a.ip()).collect();
             ips.dedup();
         }
-        let endpoint = self.router.endpoint();
         let mesh = self.mesh.as_ref().and_then(|m| {
-            let port = crate::endpoint::mesh_port(endpoint, m.addr())?;
+            let port = crate::endpoint::mesh_port(self.mesh_router.as_ref()?.endpoint())?;
             Some(m.announce(port))
         });
         let record = NodeRecord {
@@ -363,7 +395,6 @@ impl Node {
     pub fn ticket(&self) -> NodeTicket {
         let ep = self.router.endpoint();
         let mut addrs = self.shared.config.public_addrs.clone();
-        let mesh = self.mesh.as_ref().map(|m| std::net::IpAddr::V6(m.addr()));
         if addrs.is_empty() {
             for a in ep.bound_sockets() {
                 if a.ip().is_unspecified() {
@@ -378,8 +409,6 @@ impl Node {
                 }
             }
         }
-        // Not the mesh address: tickets are for those outside it.
-        addrs.retain(|a| Some(a.ip()) != mesh);
         addrs.sort();
         addrs.dedup();
         NodeTicket {
@@ -400,6 +429,11 @@ impl Node {
         }
         if let Err(error) = self.router.shutdown().await {
             warn!(%error, "p2p router did not shut down cleanly");
+        }
+        if let Some(router) = self.mesh_router.take()
+            && let Err(error) = router.shutdown().await
+        {
+            warn!(%error, "mesh router did not shut down cleanly");
         }
         drop(self.mesh.take());
         while let Some(res) = self.tasks.join_next().await {

@@ -23,7 +23,10 @@ use std::{
 use iroh::{
     EndpointAddr,
     address_lookup::MemoryLookup,
-    endpoint::{AfterHandshakeOutcome, Connection, EndpointHooks, Side, WeakConnectionHandle},
+    endpoint::{
+        AfterHandshakeOutcome, BeforeConnectOutcome, Connection, EndpointHooks, Side,
+        WeakConnectionHandle,
+    },
 };
 use maki_protocol::{
     Hash, PublicKey, mesh,
@@ -81,7 +84,12 @@ pub struct Peers {
     /// This node's WireGuard mesh, when it runs one.
     mesh: Option<Arc<Mesh>>,
     inner: RwLock<BTreeMap<PublicKey, Peer>>,
+    /// Where the public endpoint dials members: their public addresses,
+    /// for those not reached over the mesh.
     lookup: MemoryLookup,
+    /// Where the mesh endpoint dials members: their mesh addresses, for
+    /// those reached over the mesh.
+    mesh_lookup: MemoryLookup,
     /// Open member-only connections, by peer: closed when it leaves.
     links: Mutex<HashMap<PublicKey, Vec<WeakConnectionHandle>>>,
 }
@@ -92,6 +100,7 @@ impl Peers {
         network: Hash,
         mesh: Option<Arc<Mesh>>,
         lookup: MemoryLookup,
+        mesh_lookup: MemoryLookup,
     ) -> Self {
         Self {
             me,
@@ -99,6 +108,7 @@ impl Peers {
             mesh,
             inner: RwLock::default(),
             lookup,
+            mesh_lookup,
             links: Mutex::default(),
         }
     }
@@ -169,26 +179,33 @@ impl Peers {
             if n.id != self.me
                 && let Ok(id) = iroh::PublicKey::from_bytes(n.id.as_bytes())
             {
-                let mut addr = EndpointAddr::new(id);
+                // Each member is known to one endpoint only: one that
+                // learned a meshed member's public address would carry
+                // member traffic outside the mesh.
                 match (mesh_addr, &n.mesh) {
-                    // Only there: a public address would let iroh carry
-                    // member traffic outside the mesh.
                     (Some(ip), Some(peer)) => {
-                        addr = addr.with_ip_addr(SocketAddr::new(ip.into(), peer.p2p_port));
+                        self.lookup.remove_endpoint_info(id);
+                        self.mesh_lookup.set_endpoint_info(
+                            EndpointAddr::new(id)
+                                .with_ip_addr(SocketAddr::new(ip.into(), peer.p2p_port)),
+                        );
                     }
                     _ => {
+                        self.mesh_lookup.remove_endpoint_info(id);
+                        let mut addr = EndpointAddr::new(id);
                         for a in &n.addrs {
                             addr = addr.with_ip_addr(*a);
                         }
+                        // Replaces what it was dialled at before.
+                        self.lookup.set_endpoint_info(addr);
                     }
                 }
-                // Replaces what it was dialled at before.
-                self.lookup.set_endpoint_info(addr);
             }
         }
         for gone in inner.keys().filter(|k| !next.contains_key(*k)) {
             if let Ok(id) = iroh::PublicKey::from_bytes(gone.as_bytes()) {
                 self.lookup.remove_endpoint_info(id);
+                self.mesh_lookup.remove_endpoint_info(id);
             }
         }
         // Under the write lock, so no link to a removed member is added
@@ -230,6 +247,11 @@ impl Peers {
 
     pub fn is_member(&self, key: &PublicKey) -> bool {
         self.inner.read().is_ok_and(|m| m.contains_key(key))
+    }
+
+    /// Its mesh address, if this node reaches it over the mesh.
+    pub fn mesh_addr(&self, key: &PublicKey) -> Option<std::net::Ipv6Addr> {
+        self.inner.read().ok()?.get(key)?.mesh_addr
     }
 
     pub fn get(&self, key: &PublicKey) -> Option<Peer> {
@@ -419,7 +441,13 @@ mod tests {
     #[test]
     fn members_follow_the_records_and_keep_their_measurements() {
         let (mut net, [me, a, b]) = three();
-        let peers = Peers::new(me.public(), Hash::of(b"net"), None, MemoryLookup::new());
+        let peers = Peers::new(
+            me.public(),
+            Hash::of(b"net"),
+            None,
+            MemoryLookup::new(),
+            MemoryLookup::new(),
+        );
         peers.refresh(&net.dir);
         assert!(peers.is_member(&a.public()) && peers.is_member(&b.public()));
         // Unmeasured ones sort after measured, nearest first.
@@ -454,7 +482,13 @@ mod tests {
     #[test]
     fn a_claim_ends_when_its_member_holds_the_version_whole() {
         let (net, [me, a, _b]) = three();
-        let peers = Peers::new(me.public(), Hash::of(b"net"), None, MemoryLookup::new());
+        let peers = Peers::new(
+            me.public(),
+            Hash::of(b"net"),
+            None,
+            MemoryLookup::new(),
+            MemoryLookup::new(),
+        );
         peers.refresh(&net.dir);
         let m = Hash::of(b"manifest");
         let progress = |at, getting: &[usize], have: &[usize]| Progress {
@@ -486,7 +520,13 @@ mod tests {
     #[test]
     fn holders_are_asked_first_and_older_announcements_lose() {
         let (net, [me, a, b]) = three();
-        let peers = Peers::new(me.public(), Hash::of(b"net"), None, MemoryLookup::new());
+        let peers = Peers::new(
+            me.public(),
+            Hash::of(b"net"),
+            None,
+            MemoryLookup::new(),
+            MemoryLookup::new(),
+        );
         peers.refresh(&net.dir);
         peers.seen(&a.public(), Some(Duration::from_millis(1)));
         peers.seen(&b.public(), Some(Duration::from_millis(9)));
@@ -515,38 +555,71 @@ mod tests {
 /// member).
 const REMOVED: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(403);
 
-/// The endpoint hook that keeps gossip among members (see the module
-/// docs).
+/// The close code for a member's connection that came through the wrong
+/// door (see [`MembersOnly`]).
+const WRONG_DOOR: iroh::endpoint::VarInt = iroh::endpoint::VarInt::from_u32(421);
+
+/// Which of a node's two endpoints a hook guards: the public one (joins,
+/// admin, and members this node does not reach over the mesh) or the one
+/// bound to its mesh address alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Door {
+    Public,
+    Mesh,
+}
+
+/// The endpoint hook that keeps the members-only protocols among members,
+/// each through its door (see the module docs and `docs/architecture.md`,
+/// "The mesh").
 #[derive(Debug, Clone)]
-pub struct MembersOnly(pub Arc<Peers>);
+pub struct MembersOnly {
+    pub peers: Arc<Peers>,
+    pub door: Door,
+}
 
 /// The protocols only members speak with each other.
 fn members_only(alpn: &[u8]) -> bool {
     alpn == GOSSIP_ALPN || alpn == SYNC_ALPN || alpn == iroh_blobs::ALPN
 }
 
-/// Whether every path `conn` has comes from `addr`.
-fn only_from(conn: &Connection, addr: std::net::Ipv6Addr) -> bool {
-    let paths = conn.paths();
-    !paths.is_empty()
-        && paths.iter().all(|p| match p.remote_addr() {
-            iroh::TransportAddr::Ip(a) => a.ip() == std::net::IpAddr::V6(addr),
-            _ => false,
-        })
+impl MembersOnly {
+    /// Whether member traffic with `key` belongs at this door: a member
+    /// this node reaches over the mesh talks to it over the mesh only.
+    fn right_door(&self, key: &PublicKey) -> bool {
+        (self.door == Door::Mesh) == self.peers.mesh_addr(key).is_some()
+    }
 }
 
 impl EndpointHooks for MembersOnly {
-    /// Gossip links this node dials; those dialled in are kept, or closed,
-    /// by the gossip handler (a refusal here would log a warning for every
-    /// joiner, which dials before its record has arrived).
+    /// Nothing members-only leaves through the wrong door, even when
+    /// gossip names a meshed member to the public swarm.
+    async fn before_connect<'a>(
+        &'a self,
+        remote: &'a iroh::EndpointAddr,
+        alpn: &'a [u8],
+    ) -> BeforeConnectOutcome {
+        if !members_only(alpn) {
+            return BeforeConnectOutcome::Accept;
+        }
+        match PublicKey::from_bytes(*remote.id.as_bytes()) {
+            Ok(key) if self.right_door(&key) || !self.peers.is_member(&key) => {
+                BeforeConnectOutcome::Accept
+            }
+            _ => BeforeConnectOutcome::Reject,
+        }
+    }
+
+    /// Gossip links this node dials are kept (to close if the member is
+    /// removed); those dialled in are kept, or closed, by the gossip
+    /// handler (a refusal here would log a warning for every joiner,
+    /// which dials before its record has arrived).
     ///
-    /// A member that runs the mesh, as this node does, is not refused when
-    /// it comes from outside the mesh: iroh dials every address it learned
-    /// of a peer (its own, and those the peer told it while punching
-    /// holes), so after a WireGuard outage, or while a node turns its mesh
-    /// on, refusing left members partitioned for good though the mesh
-    /// worked again. Its traffic moves to the mesh as soon as a path there
-    /// opens ([`crate::endpoint`]'s path choice).
+    /// A meshed member that calls the public door with a members-only
+    /// protocol is refused (421): both ends run the mesh, so its traffic
+    /// belongs there. This cannot partition members the way refusals did
+    /// when one endpoint held both sockets (iroh dialled the public
+    /// addresses it learned while punching holes): the mesh endpoint knows
+    /// no address outside the mesh and tells none.
     async fn after_handshake<'a>(&'a self, conn: &'a Connection) -> AfterHandshakeOutcome {
         let alpn = conn.alpn();
         if !members_only(alpn) {
@@ -559,14 +632,16 @@ impl EndpointHooks for MembersOnly {
             };
         };
         if conn.side() == Side::Server {
-            if let Some(addr) = self.0.get(&key).and_then(|p| p.mesh_addr)
-                && !only_from(conn, addr)
-            {
-                tracing::debug!(peer = %key.fmt_short(), "a member connected from outside the mesh (is its mesh down?)");
+            if self.door == Door::Public && self.peers.mesh_addr(&key).is_some() {
+                tracing::debug!(peer = %key.fmt_short(), "refused a meshed member at the public door");
+                return AfterHandshakeOutcome::Reject {
+                    error_code: WRONG_DOOR,
+                    reason: b"members talk over the mesh".to_vec(),
+                };
             }
             return AfterHandshakeOutcome::Accept;
         }
-        if alpn != GOSSIP_ALPN || self.0.hold_link(&key, conn) {
+        if alpn != GOSSIP_ALPN || self.peers.hold_link(&key, conn) {
             AfterHandshakeOutcome::Accept
         } else {
             AfterHandshakeOutcome::Reject {

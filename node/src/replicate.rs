@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use iroh::{Endpoint, endpoint::Connection};
+use iroh::endpoint::Connection;
 use iroh_blobs::{
     api::{Store, remote::GetProgressItem},
     protocol::{ChunkRanges, ChunkRangesExt, GetRequest},
@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::{
     content::{ContentError, to_iroh},
     directory::Directory,
+    endpoint::Endpoints,
     live::Live,
     peers::Peers,
     serving::Kind,
@@ -61,7 +62,7 @@ const STALL: Duration = Duration::from_secs(1);
 /// a provider that fails once is skipped for the rest of the fetch.
 #[derive(Debug)]
 struct Providers {
-    endpoint: Endpoint,
+    endpoints: Endpoints,
     order: Vec<PublicKey>,
     conns: std::sync::Mutex<HashMap<PublicKey, Arc<OnceCell<Option<Connection>>>>>,
     dead: std::sync::Mutex<HashSet<PublicKey>>,
@@ -83,9 +84,9 @@ struct Providers {
 const FAILURES_TO_DROP: u32 = 3;
 
 impl Providers {
-    fn new(endpoint: Endpoint, order: Vec<PublicKey>, peers: Arc<Peers>) -> Self {
+    fn new(endpoints: Endpoints, order: Vec<PublicKey>, peers: Arc<Peers>) -> Self {
         Self {
-            endpoint,
+            endpoints,
             order,
             conns: Default::default(),
             dead: Default::default(),
@@ -209,7 +210,7 @@ impl Providers {
             let conn = cell
                 .get_or_init(|| async {
                     let id = iroh::PublicKey::from_bytes(p.as_bytes()).ok()?;
-                    let dial = self.endpoint.connect(id, iroh_blobs::ALPN);
+                    let dial = self.endpoints.to(&p).connect(id, iroh_blobs::ALPN);
                     tokio::time::timeout(CONNECT, dial).await.ok()?.ok()
                 })
                 .await
@@ -581,7 +582,7 @@ enum FetchError {
 /// retried.
 pub async fn run(
     shared: Arc<Shared>,
-    endpoint: Endpoint,
+    endpoints: Endpoints,
     mut records: watch::Receiver<Arc<Directory>>,
     mut served_elsewhere: watch::Receiver<u64>,
     cancel: CancellationToken,
@@ -596,7 +597,7 @@ pub async fn run(
         let pending = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
-            pending = pass(&shared, &endpoint) => pending,
+            pending = pass(&shared, &endpoints) => pending,
         };
         debug!(
             elapsed_us = began.elapsed().as_micros() as u64,
@@ -671,7 +672,7 @@ fn plan(dir: &Directory, live: &Live, region: Option<&str>) -> Vec<Step> {
 }
 
 /// One pass over every site; true if something is still to be fetched.
-async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
+async fn pass(shared: &Arc<Shared>, endpoints: &Endpoints) -> bool {
     let dir = shared.members.directory();
     let steps = plan(&dir, &shared.members.live, shared.config.region.as_deref());
     let mut wanted = Vec::new();
@@ -688,7 +689,7 @@ async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
     // A few sites at once, so a large one does not hold up the rest.
     let failed = n0_future::stream::iter(wanted)
         .map(|(head, signed)| async move {
-            let res = fetch(shared, endpoint, &head, &signed).await;
+            let res = fetch(shared, endpoints, &head, &signed).await;
             if let Err(error) = &res {
                 warn!(site = %head.site, seq = head.seq, %error, "fetch failed; retrying");
             }
@@ -703,12 +704,12 @@ async fn pass(shared: &Arc<Shared>, endpoint: &Endpoint) -> bool {
 
 async fn fetch(
     shared: &Arc<Shared>,
-    endpoint: &Endpoint,
+    endpoints: &Endpoints,
     head: &Head,
     signed: &Signed<Head>,
 ) -> Result<(), FetchError> {
     let providers = Providers::new(
-        endpoint.clone(),
+        endpoints.clone(),
         shared.members.peers.providers(&head.manifest),
         shared.members.peers.clone(),
     );

@@ -14,7 +14,6 @@ use std::{
 };
 
 use iroh::{
-    Endpoint,
     endpoint::{Connection, RecvStream, SendStream},
     protocol::{AcceptError, ProtocolHandler},
 };
@@ -30,7 +29,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::{directory::Directory, frame, members::Members};
+use crate::{directory::Directory, endpoint::Endpoints, frame, members::Members};
 
 /// Peers picked at random on each periodic round.
 const FANOUT: usize = 3;
@@ -337,13 +336,13 @@ fn take_in_now(
 pub async fn sync_with(
     members: &Arc<Members>,
     sets: &Arc<RecordSets>,
-    endpoint: &Endpoint,
+    endpoints: &Endpoints,
     peer: PublicKey,
     timeout: Duration,
 ) -> Result<(usize, usize), SyncFailure> {
     let result = tokio::time::timeout(
         timeout.saturating_mul(LONGEST_SYNC),
-        initiate(members, sets, endpoint, peer, timeout),
+        initiate(members, sets, endpoints, peer, timeout),
     )
     .await;
     let result = result.unwrap_or(Err(SyncFailure::Timeout));
@@ -357,7 +356,7 @@ pub async fn sync_with(
 async fn initiate(
     members: &Arc<Members>,
     sets: &Arc<RecordSets>,
-    endpoint: &Endpoint,
+    endpoints: &Endpoints,
     peer: PublicKey,
     step: Duration,
 ) -> Result<(usize, usize), SyncFailure> {
@@ -367,7 +366,7 @@ async fn initiate(
     }
     let id = iroh::PublicKey::from_bytes(peer.as_bytes())
         .map_err(|e| SyncFailure::Connect(e.to_string()))?;
-    let conn = tokio::time::timeout(step, endpoint.connect(id, SYNC_ALPN))
+    let conn = tokio::time::timeout(step, endpoints.to(&peer).connect(id, SYNC_ALPN))
         .await
         .map_err(|_| SyncFailure::Stalled)?
         .map_err(|e| SyncFailure::Connect(e.to_string()))?;
@@ -660,7 +659,7 @@ impl ProtocolHandler for SyncProtocol {
 pub async fn run(
     members: Arc<Members>,
     sets: Arc<RecordSets>,
-    endpoint: Endpoint,
+    endpoints: Endpoints,
     interval: Duration,
     timeout: Duration,
     cancel: CancellationToken,
@@ -691,13 +690,13 @@ pub async fn run(
             }
             let members = members.clone();
             let sets = sets.clone();
-            let endpoint = endpoint.clone();
+            let endpoints = endpoints.clone();
             running.spawn(async move {
                 // A failed sync is tried twice more, soon: with a long
                 // sync_interval, a transient failure (a peer restarting, a
                 // busy machine) must not wait for the next round.
                 for retry in [Some(1), Some(3), None] {
-                    match sync_with(&members, &sets, &endpoint, peer, timeout).await {
+                    match sync_with(&members, &sets, &endpoints, peer, timeout).await {
                         Ok((taken, sent)) => {
                             if taken + sent > 0 {
                                 debug!(peer = %peer.fmt_short(), taken, sent, "synced");

@@ -14,7 +14,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, SocketAddr},
     process::{Child, Command, Stdio},
     sync::{
         Mutex,
@@ -262,6 +262,41 @@ impl Lab {
         Ok(())
     }
 
+    /// Starts counting the UDP packets of `port` (either end) that cross
+    /// host `i`'s `eth0`, both ways (nftables); [`Self::udp_bytes`] reads
+    /// the count.
+    pub fn count_udp(&self, i: usize, port: u16) -> Result<()> {
+        let nft = |args: &[&str]| self.exec(i, "nft", args).map(|_| ());
+        let table = format!("{PREFIX}_count");
+        let port = port.to_string();
+        nft(&["add", "table", "inet", &table])?;
+        for (chain, hook, dev) in [("in", "input", "iifname"), ("out", "output", "oifname")] {
+            let spec = format!("{{ type filter hook {hook} priority 0; }}");
+            nft(&["add", "chain", "inet", &table, chain, &spec])?;
+            nft(&["flush", "chain", "inet", &table, chain])?;
+            for end in ["sport", "dport"] {
+                nft(&[
+                    "add", "rule", "inet", &table, chain, dev, "eth0", "udp", end, &port,
+                    "counter",
+                ])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes counted since [`Self::count_udp`].
+    pub fn udp_bytes(&self, i: usize) -> Result<u64> {
+        let listing = self.exec(i, "nft", &["list", "table", "inet", &format!("{PREFIX}_count")])?;
+        let mut total = 0;
+        let mut words = listing.split_whitespace();
+        while let Some(w) = words.next() {
+            if w == "bytes" {
+                total += words.next().context("a byte count")?.parse::<u64>()?;
+            }
+        }
+        Ok(total)
+    }
+
     /// Drops every UDP packet host `i` sends from `port` (a WireGuard
     /// outage, say), until [`Self::undrop`].
     pub fn drop_udp_from(&self, i: usize, port: u16) -> Result<()> {
@@ -493,6 +528,39 @@ impl MeshNet {
             .and_then(|a| a.split('/').next())
             .and_then(|a| a.parse().ok())
             .with_context(|| format!("no mesh address in {out:?}"))
+    }
+
+    /// Node `to`'s p2p port, at its public address or, with `mesh`, at its
+    /// mesh address.
+    pub fn p2p_addr(&self, to: usize, mesh: bool) -> Result<SocketAddr> {
+        let ip: std::net::IpAddr = if mesh {
+            self.mesh_addr(to)?.into()
+        } else {
+            self.lab.hosts[to].ip.into()
+        };
+        Ok(SocketAddr::new(ip, 51821))
+    }
+
+    /// Dials `to` with `alpn` from host `from`, with node `from`'s key
+    /// (`maki-lab-dial`): `open`, `closed CODE REASON` or `failed ERROR`.
+    pub fn dial(&self, from: usize, to: SocketAddr, node: usize, alpn: &[u8]) -> Result<String> {
+        let bin = crate::bins()?.makiatto.with_file_name("maki-lab-dial");
+        let id = self.nodes[node]
+            .ticket
+            .parse::<maki_protocol::NodeTicket>()?
+            .id
+            .to_string();
+        let out = self.lab.exec(
+            from,
+            bin.to_str().context("path")?,
+            &[
+                self.nodes[from].dir.to_str().context("path")?,
+                &id,
+                &to.to_string(),
+                std::str::from_utf8(alpn)?,
+            ],
+        )?;
+        Ok(out.trim().to_owned())
     }
 
     pub fn logs(&self) -> String {
