@@ -29,7 +29,7 @@ async fn three_hosts_form_a_mesh_by_invite_publish_and_serve_over_it() -> Result
     // port is member traffic outside the mesh. Host 0's count (the admin's
     // publish) shows the counting works.
     for i in 0..3 {
-        net.lab.count_udp(i, 51821)?;
+        net.lab.count_udp(i, 51821, None)?;
     }
 
     net.admin.ok(&["site", "add", "lab.test"])?;
@@ -71,7 +71,10 @@ async fn three_hosts_form_a_mesh_by_invite_publish_and_serve_over_it() -> Result
         );
     }
     let admin = net.lab.udp_bytes(0)?;
-    ensure!(admin > BIG as u64, "only {admin} bytes of the publish counted");
+    ensure!(
+        admin > BIG as u64,
+        "only {admin} bytes of the publish counted"
+    );
     // None at all: the members' protocols ran on maki0 only.
     for i in 1..3 {
         let outside = net.lab.udp_bytes(i)?;
@@ -177,6 +180,42 @@ async fn a_partition_with_a_publish_on_each_side_heals_to_one_head() -> Result<(
         })
         .collect::<Result<_>>()?;
     ensure!(sites.iter().all(|s| s == &sites[0]), "{sites:#?}");
+    Ok(())
+}
+
+/// A network can turn the mesh on one node at a time: with it on at two
+/// nodes and off at the third, they talk over the mesh and the third over
+/// public addresses; a publish reaches all three, and the two meshed
+/// members' exchange never crosses eth0 at the p2p port.
+#[tokio::test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+async fn a_node_without_the_mesh_still_takes_part() -> Result<()> {
+    let net = MeshNet::with_modes(&["userspace", "userspace", "off"], 0)?;
+    wait_for(CONVERGE, "three nodes up, two on the mesh", || async {
+        let out = net.admin.ok(&["nodes"])?;
+        let meshed = out.lines().filter(|l| l.contains("(userspace)")).count();
+        let up = out.lines().filter(|l| l.contains("  up")).count();
+        Ok(meshed == 2 && up == 2)
+    })
+    .await
+    .with_context(|| net.logs())?;
+    let site = net.with_site().await?;
+    net.lab.count_udp(1, 51821, Some(net.lab.hosts[0].ip))?;
+    net.lab.count_udp(2, 51821, None)?;
+    net.publish(&net.admin, &site, "v2")?;
+    for i in 0..3 {
+        net.serves(i, "v2").await?;
+    }
+    let meshed = net.lab.udp_bytes(1)?;
+    ensure!(
+        meshed == 0,
+        "{meshed} bytes between hosts 0 and 1 outside the mesh"
+    );
+    let public = net.lab.udp_bytes(2)?;
+    ensure!(
+        public > 0,
+        "host 2 took the version in over no p2p traffic?"
+    );
     Ok(())
 }
 

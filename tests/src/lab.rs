@@ -263,22 +263,28 @@ impl Lab {
     }
 
     /// Starts counting the UDP packets of `port` (either end) that cross
-    /// host `i`'s `eth0`, both ways (nftables); [`Self::udp_bytes`] reads
-    /// the count.
-    pub fn count_udp(&self, i: usize, port: u16) -> Result<()> {
+    /// host `i`'s `eth0`, both ways, with `peer` only if given (nftables);
+    /// [`Self::udp_bytes`] reads the count.
+    pub fn count_udp(&self, i: usize, port: u16, peer: Option<Ipv4Addr>) -> Result<()> {
         let nft = |args: &[&str]| self.exec(i, "nft", args).map(|_| ());
         let table = format!("{PREFIX}_count");
         let port = port.to_string();
+        let peer = peer.map(|p| p.to_string());
         nft(&["add", "table", "inet", &table])?;
-        for (chain, hook, dev) in [("in", "input", "iifname"), ("out", "output", "oifname")] {
+        for (chain, hook, dev, end) in [
+            ("in", "input", "iifname", "saddr"),
+            ("out", "output", "oifname", "daddr"),
+        ] {
             let spec = format!("{{ type filter hook {hook} priority 0; }}");
             nft(&["add", "chain", "inet", &table, chain, &spec])?;
             nft(&["flush", "chain", "inet", &table, chain])?;
-            for end in ["sport", "dport"] {
-                nft(&[
-                    "add", "rule", "inet", &table, chain, dev, "eth0", "udp", end, &port,
-                    "counter",
-                ])?;
+            for port_end in ["sport", "dport"] {
+                let mut rule = vec!["add", "rule", "inet", &table, chain, dev, "eth0"];
+                if let Some(peer) = &peer {
+                    rule.extend(["ip", end, peer.as_str()]);
+                }
+                rule.extend(["udp", port_end, &port, "counter"]);
+                nft(&rule)?;
             }
         }
         Ok(())
@@ -286,7 +292,11 @@ impl Lab {
 
     /// The bytes counted since [`Self::count_udp`].
     pub fn udp_bytes(&self, i: usize) -> Result<u64> {
-        let listing = self.exec(i, "nft", &["list", "table", "inet", &format!("{PREFIX}_count")])?;
+        let listing = self.exec(
+            i,
+            "nft",
+            &["list", "table", "inet", &format!("{PREFIX}_count")],
+        )?;
         let mut total = 0;
         let mut words = listing.split_whitespace();
         while let Some(w) = words.next() {
@@ -453,6 +463,13 @@ impl MeshNet {
     /// `n` nodes with `mesh = MODE`, and `spare` more hosts after them
     /// that run no node.
     pub fn build(n: usize, spare: usize, mode: &str) -> Result<Self> {
+        Self::with_modes(&vec![mode; n], spare)
+    }
+
+    /// A node per entry of `modes`, with `mesh = MODE`, and `spare` more
+    /// hosts after them that run no node.
+    pub fn with_modes(modes: &[&str], spare: usize) -> Result<Self> {
+        let n = modes.len();
         let lab = Lab::new(n + spare)?;
         let tmp = tempfile::tempdir()?;
         let home = tmp.path().join("admin");
@@ -467,7 +484,7 @@ impl MeshNet {
             // transfer over the overlay with one over the underlay.
             let http = "[::]:80".to_string();
             let p2p = format!("{at}:51821");
-            let mut args = vec!["--http", &http, "--p2p", &p2p, "--mesh", mode];
+            let mut args = vec!["--http", &http, "--p2p", &p2p, "--mesh", modes[i]];
             let node = if i == 0 {
                 let mut init = vec!["init", "--admin", &key];
                 init.extend_from_slice(&args);
