@@ -477,14 +477,14 @@ impl MeshNet {
         let admin = Maki::new(&home, None);
         let key = admin.key()?;
         let mut nodes = Vec::new();
-        for i in 0..n {
+        for (i, mode) in modes.iter().enumerate() {
             let dir = tmp.path().join(format!("n{i}"));
             let at = lab.hosts[i].ip;
             // Every address, the mesh's too: the benchmark compares a
             // transfer over the overlay with one over the underlay.
             let http = "[::]:80".to_string();
             let p2p = format!("{at}:51821");
-            let mut args = vec!["--http", &http, "--p2p", &p2p, "--mesh", modes[i]];
+            let mut args = vec!["--http", &http, "--p2p", &p2p, "--mesh", mode];
             let node = if i == 0 {
                 let mut init = vec!["init", "--admin", &key];
                 init.extend_from_slice(&args);
