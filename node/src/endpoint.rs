@@ -20,7 +20,7 @@ use maki_protocol::{
     sync::{GOSSIP_ALPN, SYNC_ALPN},
 };
 
-use tracing::debug;
+use tracing::{debug, warn};
 
 use crate::peers::{MembersOnly, Peers};
 
@@ -57,11 +57,16 @@ pub async fn bind_node(
     bind_with(key, Socket::Public(addr), lookup, Some(members)).await
 }
 
-/// A running node's mesh endpoint: bound to its mesh address alone, at
-/// `port` if that is free (else anywhere), it can send only inside the
-/// network's /48, so it learns no address outside the mesh and tells none.
-/// It speaks the members-only protocols, with the members this node
-/// reaches over the mesh, and admin, with the mesh's external peers.
+/// A running node's mesh endpoint: bound to its mesh address alone, it
+/// can send only inside the network's /48, so it learns no address outside
+/// the mesh and tells none. It speaks the members-only protocols, with the
+/// members this node reaches over the mesh, and admin, with the mesh's
+/// external peers.
+///
+/// At `port` (the p2p port) if that is free there, else at `port + 1` (a
+/// public endpoint bound to `[::]` holds the p2p port at every address),
+/// else anywhere, with a warning. Members learn it from the node record;
+/// a person writing a ticket for the mesh address needs it predictable.
 pub async fn bind_mesh(
     key: &SecretKey,
     mesh: Ipv6Addr,
@@ -70,13 +75,34 @@ pub async fn bind_mesh(
     members: MembersOnly,
 ) -> Result<Endpoint, BindError> {
     let at = |port| Socket::Mesh(SocketAddr::new(mesh.into(), port));
-    match bind_with(key, at(port), lookup.clone(), Some(members.clone())).await {
-        Err(error) if port != 0 => {
-            debug!(%error, "the p2p port is taken at the mesh address; binding another");
-            bind_with(key, at(0), lookup, Some(members)).await
-        }
-        res => res,
+    let mut tries = vec![port];
+    if port != 0 {
+        tries.extend(port.checked_add(1));
+        tries.push(0);
     }
+    let mut last = None;
+    for p in tries {
+        match bind_with(key, at(p), lookup.clone(), Some(members.clone())).await {
+            Ok(endpoint) => {
+                if p == 0 && port != 0 {
+                    warn!(
+                        p2p = port,
+                        at = ?endpoint.bound_sockets(),
+                        "the p2p port and the one after it are taken at the mesh address; members find this one in the node record, a ticket for the mesh address must name it"
+                    );
+                }
+                return Ok(endpoint);
+            }
+            Err(error) => {
+                debug!(%error, "cannot bind the mesh endpoint there");
+                last = Some(error);
+            }
+        }
+    }
+    Err(last.unwrap_or(BindError {
+        addr: SocketAddr::new(mesh.into(), port),
+        message: "no port to try".into(),
+    }))
 }
 
 /// Where an endpoint listens.

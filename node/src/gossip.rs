@@ -67,8 +67,11 @@ fn iroh_ids(keys: impl IntoIterator<Item = PublicKey>) -> Vec<iroh::EndpointId> 
 
 /// The gossip a node takes part in: over the public endpoint, with the
 /// members it does not reach over the mesh, and with the mesh on, over the
-/// mesh endpoint with the others. A node in both passes on what it hears
-/// in one to the other, so a network can run the mesh on some nodes only.
+/// mesh endpoint with the others. A node broadcasts in both. Where some
+/// members run no mesh, every node is in the public swarm (the meshed ones
+/// through their links to those members), so it alone reaches everyone;
+/// the mesh swarm carries the same among the meshed members. No node
+/// passes messages on from one swarm to the other.
 #[derive(Debug, Clone)]
 pub struct Swarms {
     pub public: Gossip,
@@ -139,10 +142,6 @@ async fn next(swarm: &mut Option<Swarm>) -> Option<Result<Event, iroh_gossip::ap
     }
 }
 
-/// How many passed-on messages a bridge remembers, so it passes each on
-/// once (a message can come back through another bridge).
-const BRIDGED: usize = 1024;
-
 /// Runs until cancelled: joins the network's topic through the known
 /// members, broadcasts what `outbox` brings, applies what arrives.
 pub async fn run(
@@ -163,7 +162,6 @@ pub async fn run(
         return;
     }
     let limit = swarms.public.max_message_size();
-    let mut bridged: std::collections::VecDeque<maki_protocol::Hash> = Default::default();
     loop {
         let (event, from_mesh) = tokio::select! {
             biased;
@@ -202,17 +200,6 @@ pub async fn run(
                 // A delivery is a sign of life, as a sync is.
                 members.peers.seen(&k, None);
                 receive(&members, &m.content);
-                let other = if from_mesh { &public } else { &mesh };
-                if let (Some(other), Some(_)) = (other, &swarms.mesh) {
-                    let id = maki_protocol::Hash::of(&m.content);
-                    if !bridged.contains(&id) {
-                        if bridged.len() == BRIDGED {
-                            bridged.pop_front();
-                        }
-                        bridged.push_back(id);
-                        other.broadcast(m.content).await;
-                    }
-                }
             }
             Some(Ok(Event::Lagged)) => {
                 // We missed messages: a sync round fetches them.

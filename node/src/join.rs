@@ -292,10 +292,22 @@ pub async fn redeem(endpoint: &Endpoint, ticket: &InviteTicket) -> Result<Welcom
 /// How many members are introduced to at once.
 const INTRODUCE_AT_ONCE: usize = 8;
 
-/// Sends this node's own record to every other member that runs the mesh,
-/// at its public addresses, so each makes this node a mesh peer before
-/// anything is sent over the mesh. A member that cannot be reached now
-/// learns the record later, by sync through the others.
+/// How soon the same member is introduced to again.
+const INTRODUCE_AGAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many asks wait for a free slot; more are dropped (a member that
+/// still disagrees fails again, and asks again).
+const INTRODUCTIONS_WAITING: usize = 64;
+
+/// Sends this node's own record to members over the join protocol, at
+/// their public addresses: at start, to every member whose record has a
+/// mesh, so each makes this node a mesh peer (or stops taking it for one)
+/// before anything is sent over the mesh; later, to each member named in
+/// `asks`: one that refused this node at its public door, or with which a
+/// sync failed (`Peers::introduce_to`). Two members that disagree about
+/// which of them runs the mesh would otherwise call each other at doors
+/// the other keeps shut, and never sync again. A member that cannot be
+/// reached now learns the record later, by sync through the others.
 ///
 /// From an endpoint of its own, with a key of the moment: a member's
 /// endpoint remembers where a node id last called from and may dial it
@@ -303,12 +315,9 @@ const INTRODUCE_AT_ONCE: usize = 8;
 pub async fn introduce(
     bind: std::net::SocketAddr,
     members: Arc<Members>,
+    mut asks: tokio::sync::mpsc::Receiver<PublicKey>,
     cancel: CancellationToken,
 ) {
-    use n0_future::{BufferedStreamExt, StreamExt};
-    let Some((record, invite)) = members.introduction() else {
-        return;
-    };
     let any = std::net::SocketAddr::new(bind.ip(), 0);
     let key = match crate::identity::generate_key(Path::new("(introduction)")) {
         Ok(k) => k,
@@ -325,53 +334,81 @@ pub async fn introduce(
                 return;
             }
         };
-    let record = Record::Node(record);
-    let invite = invite.map(Record::Invite);
-    let dir = members.directory();
-    let targets: Vec<EndpointAddr> = dir
+    let mut waiting: std::collections::VecDeque<PublicKey> = members
+        .directory()
         .members()
         .filter(|(n, _)| n.id != members.id && n.mesh.is_some())
-        .filter_map(|(n, _)| {
-            let id = iroh::PublicKey::from_bytes(n.id.as_bytes()).ok()?;
-            Some(
-                n.addrs
-                    .iter()
-                    .fold(EndpointAddr::new(id), |a, s| a.with_ip_addr(*s)),
-            )
-        })
+        .map(|(n, _)| n.id)
         .collect();
-    let network = members.network;
-    let work = n0_future::stream::iter(targets)
-        .map(|addr| {
-            let req = JoinRequest::Introduce {
-                network,
-                record: record.clone(),
-                invite: invite.clone(),
+    let mut last: std::collections::HashMap<PublicKey, tokio::time::Instant> = Default::default();
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        while running.len() < INTRODUCE_AT_ONCE
+            && let Some(peer) = waiting.pop_front()
+        {
+            if last
+                .get(&peer)
+                .is_some_and(|t| t.elapsed() < INTRODUCE_AGAIN)
+            {
+                continue;
+            }
+            let Some(req) = introduction(&members) else {
+                continue;
             };
-            let endpoint = endpoint.clone();
-            async move {
-                let peer = addr.id.fmt_short().to_string();
-                match tokio::time::timeout(JOIN_TIMEOUT, ask(&endpoint, addr, &req)).await {
-                    Ok(Ok(JoinResponse::Introduced)) => {
-                        tracing::debug!(%peer, "introduced to a member");
-                    }
-                    Ok(Ok(other)) => {
-                        warn!(%peer, answer = ?other, "a member refused this node's introduction")
-                    }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%peer, %error, "could not introduce this node")
-                    }
-                    Err(_) => tracing::debug!(%peer, "no answer to an introduction"),
+            let Some(addr) = public_addr(&members, &peer) else {
+                continue;
+            };
+            last.insert(peer, tokio::time::Instant::now());
+            running.spawn(introduce_once(endpoint.clone(), addr, req));
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(peer) = asks.recv() => {
+                if waiting.len() < INTRODUCTIONS_WAITING && !waiting.contains(&peer) {
+                    waiting.push_back(peer);
                 }
             }
-        })
-        .buffered_unordered(INTRODUCE_AT_ONCE)
-        .for_each(|()| ());
-    tokio::select! {
-        _ = cancel.cancelled() => {}
-        _ = work => {}
+            Some(_) = running.join_next() => {}
+        }
     }
+    running.shutdown().await;
     endpoint.close().await;
+}
+
+/// This node's introduction, as it stands now.
+fn introduction(members: &Members) -> Option<JoinRequest> {
+    let (record, invite) = members.introduction()?;
+    Some(JoinRequest::Introduce {
+        network: members.network,
+        record: Record::Node(record),
+        invite: invite.map(Record::Invite),
+    })
+}
+
+/// Where member `peer` answers the join protocol: its public addresses.
+fn public_addr(members: &Members, peer: &PublicKey) -> Option<EndpointAddr> {
+    let dir = members.directory();
+    let (n, _) = dir.node(peer)?;
+    let id = iroh::PublicKey::from_bytes(peer.as_bytes()).ok()?;
+    Some(
+        n.addrs
+            .iter()
+            .fold(EndpointAddr::new(id), |a, s| a.with_ip_addr(*s)),
+    )
+}
+
+async fn introduce_once(endpoint: Endpoint, addr: EndpointAddr, req: JoinRequest) {
+    let peer = addr.id.fmt_short().to_string();
+    match tokio::time::timeout(JOIN_TIMEOUT, ask(&endpoint, addr, &req)).await {
+        Ok(Ok(JoinResponse::Introduced)) => {
+            tracing::debug!(%peer, "introduced to a member");
+        }
+        Ok(Ok(other)) => {
+            warn!(%peer, answer = ?other, "a member refused this node's introduction")
+        }
+        Ok(Err(error)) => tracing::debug!(%peer, %error, "could not introduce this node"),
+        Err(_) => tracing::debug!(%peer, "no answer to an introduction"),
+    }
 }
 
 /// One request and its answer over `maki/join/1`.

@@ -149,13 +149,17 @@ impl Node {
         .map(Arc::new);
         let lookup = MemoryLookup::new();
         let mesh_lookup = MemoryLookup::new();
-        let peers = Arc::new(Peers::new(
-            key.public(),
-            network.id,
-            mesh.clone(),
-            lookup.clone(),
-            mesh_lookup.clone(),
-        ));
+        let (introductions, introductions_rx) = mpsc::channel(16);
+        let peers = Arc::new(
+            Peers::new(
+                key.public(),
+                network.id,
+                mesh.clone(),
+                lookup.clone(),
+                mesh_lookup.clone(),
+            )
+            .with_introductions(introductions),
+        );
         let guard = |door| MembersOnly {
             peers: peers.clone(),
             door,
@@ -163,16 +167,23 @@ impl Node {
         let endpoint =
             crate::endpoint::bind_node(&key, config.p2p, lookup, guard(Door::Public)).await?;
         let mesh_endpoint = match &mesh {
-            Some(m) => Some(
-                crate::endpoint::bind_mesh(
+            Some(m) => {
+                let bound = crate::endpoint::bind_mesh(
                     &key,
                     m.addr(),
                     config.p2p.port(),
                     mesh_lookup,
                     guard(Door::Mesh),
                 )
-                .await?,
-            ),
+                .await;
+                match bound {
+                    Ok(e) => Some(e),
+                    Err(error) => {
+                        endpoint.close().await;
+                        return Err(error.into());
+                    }
+                }
+            }
             None => None,
         };
         let endpoints = Endpoints::new(endpoint.clone(), mesh_endpoint.clone(), peers.clone());
@@ -230,7 +241,7 @@ impl Node {
         let members_router = |endpoint: &iroh::Endpoint, gossip: &Gossip| {
             Router::builder(endpoint.clone())
                 .accept(ADMIN_ALPN, AdminProtocol::new(shared.clone(), gate.clone()))
-                .accept(iroh_blobs::ALPN, blobs.clone())
+                .accept(iroh_blobs::ALPN, SharedBlobs(blobs.clone()))
                 .accept(
                     SYNC_ALPN,
                     crate::sync::SyncProtocol::new(
@@ -263,6 +274,9 @@ impl Node {
             (Some(e), Some(g)) => Some(members_router(e, g).spawn()),
             _ => None,
         };
+        if let (Some(e), Some(m)) = (&mesh_endpoint, &mesh) {
+            info!(at = ?e.bound_sockets(), addr = %m.addr(), "members are met at the mesh address");
+        }
 
         // A node without the http role holds and forwards content only.
         let edge = if shared.config.roles.iter().any(|r| r == ROLE_HTTP) {
@@ -294,13 +308,14 @@ impl Node {
         };
         node.record_self(&key, membership);
         let mut node = node;
-        if node.mesh.is_some() {
-            node.tasks.spawn(crate::join::introduce(
-                node.shared.config.p2p,
-                members.clone(),
-                node.cancel.clone(),
-            ));
-        }
+        // Also without a mesh here: members may still take this node for
+        // meshed (it just turned the mesh off).
+        node.tasks.spawn(crate::join::introduce(
+            node.shared.config.p2p,
+            members.clone(),
+            introductions_rx,
+            node.cancel.clone(),
+        ));
         node.tasks.spawn(crate::replicate::run(
             node.shared.clone(),
             endpoints.clone(),
@@ -395,6 +410,7 @@ impl Node {
     pub fn ticket(&self) -> NodeTicket {
         let ep = self.router.endpoint();
         let mut addrs = self.shared.config.public_addrs.clone();
+        let mesh = self.mesh.as_ref().map(|m| std::net::IpAddr::V6(m.addr()));
         if addrs.is_empty() {
             for a in ep.bound_sockets() {
                 if a.ip().is_unspecified() {
@@ -409,6 +425,9 @@ impl Node {
                 }
             }
         }
+        // Not the mesh address (a public endpoint bound to every address
+        // listens there too): tickets are for those outside the mesh.
+        addrs.retain(|a| Some(a.ip()) != mesh);
         addrs.sort();
         addrs.dedup();
         NodeTicket {
@@ -427,13 +446,13 @@ impl Node {
         if let Some(edge) = self.edge.take() {
             edge.join().await;
         }
-        if let Err(error) = self.router.shutdown().await {
-            warn!(%error, "p2p router did not shut down cleanly");
-        }
         if let Some(router) = self.mesh_router.take()
             && let Err(error) = router.shutdown().await
         {
             warn!(%error, "mesh router did not shut down cleanly");
+        }
+        if let Err(error) = self.router.shutdown().await {
+            warn!(%error, "p2p router did not shut down cleanly");
         }
         drop(self.mesh.take());
         while let Some(res) = self.tasks.join_next().await {
@@ -575,5 +594,20 @@ async fn load_site(
             Ok(None)
         }
         Err(error) => Err(error.into()),
+    }
+}
+
+/// The blobs protocol, served at both doors from one store: the same
+/// handler, without the store's shutdown, which the node does once, last
+/// (`Content::shutdown`), after both routers stopped.
+#[derive(Debug, Clone)]
+struct SharedBlobs(BlobsProtocol);
+
+impl iroh::protocol::ProtocolHandler for SharedBlobs {
+    async fn accept(
+        &self,
+        conn: iroh::endpoint::Connection,
+    ) -> Result<(), iroh::protocol::AcceptError> {
+        self.0.accept(conn).await
     }
 }

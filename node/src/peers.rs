@@ -92,6 +92,8 @@ pub struct Peers {
     mesh_lookup: MemoryLookup,
     /// Open member-only connections, by peer: closed when it leaves.
     links: Mutex<HashMap<PublicKey, Vec<WeakConnectionHandle>>>,
+    /// Members this node should introduce itself to (`join::introduce`).
+    introductions: Option<tokio::sync::mpsc::Sender<PublicKey>>,
 }
 
 impl Peers {
@@ -110,6 +112,31 @@ impl Peers {
             lookup,
             mesh_lookup,
             links: Mutex::default(),
+            introductions: None,
+        }
+    }
+
+    /// Asks `join::introduce` to introduce this node to the members that
+    /// [`Self::introduce_to`] names.
+    pub fn with_introductions(mut self, to: tokio::sync::mpsc::Sender<PublicKey>) -> Self {
+        self.introductions = Some(to);
+        self
+    }
+
+    /// `key` refused or failed this node: if the two may disagree on
+    /// which door they talk at (either runs the mesh), this node's own
+    /// record is sent to it over the join protocol, which both doors
+    /// leave open. Its record is what tells `key` which door to use.
+    pub fn introduce_to(&self, key: &PublicKey) {
+        let may_disagree = self.mesh.is_some()
+            || self
+                .inner
+                .read()
+                .ok()
+                .is_some_and(|m| m.get(key).is_some_and(|p| p.mesh.is_some()));
+        if may_disagree && let Some(tx) = &self.introductions {
+            // Full: one is asked for at every failure, so a later one asks again.
+            let _ = tx.try_send(*key);
         }
     }
 
@@ -131,6 +158,10 @@ impl Peers {
             }
         }
         let own = self.mesh.as_ref().map(|m| m.public_key());
+        // Its own key taken too: to the others this node is not meshed, so
+        // it must not take them for meshed either (each would call the
+        // other at a door the other refuses).
+        let own_clash = own.is_some_and(|k| uses.get(&k).is_some_and(|n| *n > 1));
         let meshed = |n: &maki_protocol::NodeRecord| {
             n.mesh.as_ref().is_some_and(|m| {
                 uses.get(&m.key) == Some(&1) && (n.id == self.me || Some(m.key) != own)
@@ -152,10 +183,15 @@ impl Peers {
             mesh.set_peers(members.chain(external));
         }
         let mut next = BTreeMap::new();
+        // Members whose door changed (into the mesh, or out of it).
+        let mut moved = std::collections::HashSet::new();
         for (n, version) in dir.members() {
             let old = inner.get(&n.id);
-            let mesh_addr =
-                (self.mesh.is_some() && meshed(n)).then(|| mesh::member_addr(&self.network, &n.id));
+            let mesh_addr = (self.mesh.is_some() && !own_clash && meshed(n))
+                .then(|| mesh::member_addr(&self.network, &n.id));
+            if old.is_some_and(|p| p.mesh_addr.is_some() != mesh_addr.is_some()) {
+                moved.insert(n.id);
+            }
             next.insert(
                 n.id,
                 Peer {
@@ -212,15 +248,21 @@ impl Peers {
         // after this (`hold_link` checks membership under the read lock).
         if let Ok(mut links) = self.links.lock() {
             links.retain(|key, conns| {
-                if next.contains_key(key) {
+                let (code, reason): (_, &[u8]) = if !next.contains_key(key) {
+                    (REMOVED, b"no longer a member")
+                } else if moved.contains(key) {
+                    // Opened at the door it no longer uses: it reopens at
+                    // the other one.
+                    (WRONG_DOOR, b"members talk over the mesh")
+                } else {
                     return true;
-                }
+                };
                 let open: Vec<Connection> = conns.iter().filter_map(|c| c.upgrade()).collect();
                 if !open.is_empty() {
-                    info!(peer = %key.fmt_short(), conns = open.len(), "closing the links of a removed member");
+                    info!(peer = %key.fmt_short(), conns = open.len(), reason = %String::from_utf8_lossy(reason), "closing a member's links");
                 }
                 for conn in open {
-                    conn.close(REMOVED, b"no longer a member");
+                    conn.close(code, reason);
                 }
                 false
             });
@@ -634,6 +676,8 @@ impl EndpointHooks for MembersOnly {
         if conn.side() == Side::Server {
             if self.door == Door::Public && self.peers.mesh_addr(&key).is_some() {
                 tracing::debug!(peer = %key.fmt_short(), "refused a meshed member at the public door");
+                // It may not know this node is meshed (a record it lacks).
+                self.peers.introduce_to(&key);
                 return AfterHandshakeOutcome::Reject {
                     error_code: WRONG_DOOR,
                     reason: b"members talk over the mesh".to_vec(),

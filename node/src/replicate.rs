@@ -99,12 +99,16 @@ impl Providers {
     }
 
     /// The order in which to try providers for `unit`, live ones only:
-    /// first the members known to hold it, least busy with this fetch
-    /// first; among equals, those still fetching the version before those
-    /// that hold it whole (every fetcher has the origin as a holder of
-    /// everything, and its uplink is what the swarm is to spare), ties
-    /// split by the unit so the load spreads. Then the rest, starting at
-    /// one of the nearest few picked by the unit.
+    /// first the members known to hold it, those still fetching the
+    /// version before those that hold it whole, then the least busy with
+    /// this fetch, ties split by the unit so the load spreads. Then the
+    /// rest, starting at one of the nearest few picked by the unit.
+    ///
+    /// Partial holders first whatever their load: every fetcher has the
+    /// origin as a holder of everything, and the origin's uplink is what
+    /// the swarm is to spare. A piece another fetcher has already is not
+    /// taken from the origin while that fetcher is busy (the swarm waits
+    /// for room there); the origin sends the pieces only it has.
     fn order_for(&self, unit: &Unit) -> Vec<PublicKey> {
         let dead = self.dead.lock().map(|d| d.clone()).unwrap_or_default();
         let mut holders: Vec<(PublicKey, bool)> = self
@@ -116,7 +120,7 @@ impl Providers {
         let key = unit.key();
         holders.sort_by_cached_key(|(p, whole)| {
             let mix = Hash::of(&[key.as_bytes().as_slice(), p.as_bytes()].concat());
-            (busy.get(p).copied().unwrap_or(0), *whole, mix)
+            (*whole, busy.get(p).copied().unwrap_or(0), mix)
         });
         let mut holders: Vec<PublicKey> = holders.into_iter().map(|(p, _)| p).collect();
         let mut rest: Vec<PublicKey> = self

@@ -346,9 +346,11 @@ pub async fn sync_with(
     )
     .await;
     let result = result.unwrap_or(Err(SyncFailure::Timeout));
-    match &result {
-        Ok(_) => {}
-        Err(_) => members.peers.failed(&peer),
+    if result.is_err() {
+        members.peers.failed(&peer);
+        // It may have refused this node at a door it does not use for it,
+        // or not know this node's mesh key: its record may be what it lacks.
+        members.peers.introduce_to(&peer);
     }
     result
 }

@@ -219,6 +219,83 @@ async fn a_node_without_the_mesh_still_takes_part() -> Result<()> {
     Ok(())
 }
 
+/// A node that turns its mesh off is still a member: the others, who took
+/// it for meshed, hear of its new record (it introduces itself to them at
+/// start, and again whenever one refuses it at its public door), and a
+/// publish reaches it over public addresses.
+#[tokio::test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+async fn a_node_that_turns_its_mesh_off_stays_in_the_network() -> Result<()> {
+    let mut net = MeshNet::new(3)?;
+    net.meshed().await.with_context(|| net.logs())?;
+    let site = net.with_site().await?;
+
+    restart_with_mesh(&mut net, 2, "userspace", "off")?;
+
+    wait_for(
+        CONVERGE,
+        "node 0 to see node 2 without its mesh",
+        || async {
+            let out = net.admin.ok(&["nodes"])?;
+            let meshed = out.lines().filter(|l| l.contains("(userspace)")).count();
+            let up = out.lines().filter(|l| l.contains("  up")).count();
+            Ok(meshed == 2 && up == 2)
+        },
+    )
+    .await
+    .with_context(|| net.logs())?;
+    net.publish(&net.admin, &site, "v2")?;
+    for i in 0..3 {
+        net.serves(i, "v2").await.with_context(|| net.logs())?;
+    }
+    Ok(())
+}
+
+/// Every node turns the mesh on at once (no record says it yet, so none
+/// is introduced at start): the members sort out who is meshed from the
+/// records they sync and the introductions a refusal or a failed sync
+/// brings, and end up talking over the mesh.
+#[tokio::test]
+#[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
+async fn every_node_turning_the_mesh_on_at_once_ends_up_meshed() -> Result<()> {
+    let mut net = MeshNet::with_mode(3, "off")?;
+    wait_for(CONVERGE, "three nodes up", || async {
+        let out = net.admin.ok(&["nodes"])?;
+        Ok(out.lines().filter(|l| l.contains("  up")).count() == 2)
+    })
+    .await
+    .with_context(|| net.logs())?;
+    let site = net.with_site().await?;
+    for i in (0..3).rev() {
+        restart_with_mesh(&mut net, i, "off", "userspace")?;
+    }
+    // The admin's ticket names node 0, which is back at the same address.
+    net.meshed().await.with_context(|| net.logs())?;
+    net.publish(&net.admin, &site, "v2")?;
+    for i in 0..3 {
+        net.serves(i, "v2").await.with_context(|| net.logs())?;
+    }
+    Ok(())
+}
+
+/// Stops node `i`, sets `mesh = TO` (it was FROM) in its config, and
+/// starts it again.
+fn restart_with_mesh(net: &mut MeshNet, i: usize, from: &str, to: &str) -> Result<()> {
+    use maki_e2e::NodeProc;
+    let node = net.nodes.remove(i);
+    let dir = node.dir.clone();
+    node.stop()?;
+    let toml = dir.join("makiatto.toml");
+    let config = std::fs::read_to_string(&toml)?;
+    let (from, to) = (format!("mesh = \"{from}\""), format!("mesh = \"{to}\""));
+    ensure!(config.contains(&from), "{config}");
+    std::fs::write(&toml, config.replace(&from, &to))?;
+    let log = dir.join(format!("mesh-{to}.log"));
+    let node = NodeProc::spawn_in(&net.lab.wrap(i), &dir, &["run"], log)?;
+    net.nodes.insert(i, node);
+    Ok(())
+}
+
 /// A WireGuard outage (host 2 sends no WireGuard for 15 s: it is cut off
 /// from the members, which never fall back to public addresses) heals:
 /// after it, a publish reaches every member, over the mesh. (When one

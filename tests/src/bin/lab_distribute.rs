@@ -264,12 +264,16 @@ fn main() -> Result<()> {
         rt.block_on(net.meshed())?;
         let rx = |i| net.lab.counter(i, "eth0", "rx_bytes");
         let rx_before: Vec<u64> = (1..n).map(rx).collect::<Result<_>>()?;
+        let origin_tx = || net.lab.counter(0, "eth0", "tx_bytes");
+        let tx_before = origin_tx()?;
         let (t, wall, cpu_site) = measured(|| publish(&net, &site, "site0.test"))?;
         let rx_site: Vec<String> = (1..n)
             .map(|i| Ok(format!("{:.0}", (rx(i)? - rx_before[i - 1]) as f64 / 1e6)))
             .collect::<Result<_>>()?;
+        let sent = (origin_tx()? - tx_before) as f64 / 1e6;
         eprintln!(
-            "site at N={n}: publish + wait took {wall:.1} s; MB received on each host's underlay: {rx_site:?}"
+            "site at N={n}: publish + wait took {wall:.1} s; MB received on each host's underlay: {rx_site:?}; the origin sent {sent:.0} MB ({:.2} sites)",
+            sent / (a.site_mb as f64 * 1.048_576)
         );
         // More runs of the same, each a new site: the median of all.
         let mut times = vec![(t, cpu_site)];
