@@ -13,6 +13,8 @@
 # Root only.
 # With REPEAT > 1 the site is published that many times per N (each a site
 # of its own bytes) and the median is printed: one run varies by ~10 %.
+# MAKI_LAB_LOGS=DIR keeps each node's log after the site runs (set
+# MAKI_TEST_LOG=makiatto::replicate=debug for every piece fetched).
 #   usage: bench/lab-distribute.sh [RATE] [SITE_MB] [FILES] [BIG_MB] [NODES] [RSYNC_NODES] [RTT] [REPEAT]
 source "$(dirname "$0")/lib.sh"
 need rsync curl tc

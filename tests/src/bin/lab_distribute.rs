@@ -287,6 +287,15 @@ fn main() -> Result<()> {
             eprintln!("site at N={n}, {} runs: {all:?} s", times.len());
         }
         let (t, cpu_site) = times[times.len() / 2];
+        // For a look at how the fetches went (with MAKI_TEST_LOG set, say
+        // `makiatto::replicate=debug`): each node's log so far.
+        if let Some(dir) = std::env::var_os("MAKI_LAB_LOGS") {
+            let dir = Path::new(&dir).join(format!("n{n}"));
+            std::fs::create_dir_all(&dir)?;
+            for (i, node) in net.nodes.iter().enumerate() {
+                std::fs::write(dir.join(format!("node{i}.log")), node.log())?;
+            }
+        }
         let (tb, _, cpu_big) = measured(|| publish(&net, &big, "big.test"))?;
         if single_big == 0.0 {
             // The physical limit, measured once on this lab's links.
