@@ -34,7 +34,7 @@ use crate::config::MeshMode;
 pub const INTERFACE: &str = "maki0";
 
 /// WireGuard's usual MTU: 1500 less its overhead over IPv6.
-const MTU: u32 = 1420;
+pub const MTU: u32 = 1420;
 
 /// Keeps NAT mappings open between members behind NAT.
 const KEEPALIVE_SECS: u16 = 25;

@@ -306,15 +306,31 @@ impl Unit {
     }
 }
 
+/// How a unit's fetch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Got {
+    /// It is complete here.
+    Done,
+    /// No provider had it to give.
+    Failed,
+    /// The providers it was not tried at had no room: schedule it again.
+    Later,
+}
+
 /// Fetches one unit, trying providers until it is complete here. A piece
 /// comes from any member that holds it, even one still fetching the rest
 /// of its blob: iroh-blobs serves ranges of a partial blob.
+///
+/// The provider it was scheduled for goes first; after it, only those with
+/// room (`PER_PROVIDER`): a unit that fell through to the origin whatever
+/// its load piled every slot there, where round-robin sending finished
+/// none of them for seconds.
 async fn fetch_unit(
     store: &Store,
     providers: &Providers,
     unit: Unit,
     mut reserved: Option<Busy<'_>>,
-) -> bool {
+) -> Got {
     let remote = store.remote();
     let request = unit.request();
     let mut order = providers.order_for(&unit);
@@ -326,12 +342,18 @@ async fn fetch_unit(
         let p = order.remove(pos);
         order.insert(0, p);
     }
-    for p in order {
+    let mut skipped = false;
+    for (i, p) in order.into_iter().enumerate() {
         let Ok(local) = remote.local_for_request(request.clone()).await else {
-            return false;
+            return Got::Failed;
         };
         if local.is_complete() {
-            return true;
+            return Got::Done;
+        }
+        let scheduled = i == 0 && reserved.is_some();
+        if !scheduled && unit.index.is_some() && providers.busy(&p) >= PER_PROVIDER {
+            skipped = true;
+            continue;
         }
         let Some(conn) = providers.conn(p).await else {
             if providers.mark_dead(p) {
@@ -382,10 +404,11 @@ async fn fetch_unit(
             }
         }
     }
-    remote
-        .local_for_request(request)
-        .await
-        .is_ok_and(|l| l.is_complete())
+    match remote.local_for_request(request).await {
+        Ok(l) if l.is_complete() => Got::Done,
+        _ if skipped => Got::Later,
+        _ => Got::Failed,
+    }
 }
 
 /// Pieces of one fetch taken from one provider at once: a member that
@@ -472,7 +495,11 @@ async fn swarm(
             return all;
         }
         tokio::select! {
-            Some(ok) = running.next() => all &= ok,
+            Some((got, unit)) = running.next() => match got {
+                Got::Done => {}
+                Got::Failed => all = false,
+                Got::Later => pending.push_back(unit),
+            },
             // New holders may have spoken: look again.
             _ = every.tick() => {}
         }
@@ -487,18 +514,18 @@ async fn fetch_counted(
     held: &std::sync::Mutex<Held>,
     unit: Unit,
     reserved: Option<Busy<'_>>,
-) -> bool {
+) -> (Got, Unit) {
     if let (Ok(mut held), Some(i)) = (held.lock(), unit.index) {
         held.getting.insert(i);
     }
-    let ok = fetch_unit(store, providers, unit, reserved).await;
+    let got = fetch_unit(store, providers, unit, reserved).await;
     if let (Ok(mut held), Some(i)) = (held.lock(), unit.index) {
         held.getting.remove(&i);
-        if ok {
+        if got == Got::Done {
             held.have.insert(i);
         }
     }
-    ok
+    (got, unit)
 }
 
 /// How often a node fetching a version tells the members what it holds

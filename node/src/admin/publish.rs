@@ -410,7 +410,12 @@ impl AdminProtocol {
     }
 
     /// The head is live here: make it the network's (it replicates).
+    /// What this node holds goes out first: the members that fetch the
+    /// version start with this node as the one that holds it whole, not
+    /// a sync round later (until then they knew of no holder, and asked
+    /// every member in turn).
     fn announce_head(&self, signed: Signed<Head>) {
+        self.shared.members.outbox.holdings();
         if let Err(error) = self.shared.members.apply_local(Record::Head(signed)) {
             warn!(%error, "a committed head was not taken into the records");
         }
