@@ -129,7 +129,13 @@ impl Providers {
             .filter(|p| !dead.contains(p) && !holders.contains(p))
             .copied()
             .collect();
-        let spread = rest.len().min(SPREAD);
+        // The manifest (no index) is asked of the members that serve the
+        // version first, in their order: its holders are not in `place`.
+        let spread = if unit.index.is_some() {
+            rest.len().min(SPREAD)
+        } else {
+            0
+        };
         if spread > 1 {
             rest[..spread].rotate_left(usize::from(key.as_bytes()[0]) % spread);
         }
@@ -350,9 +356,10 @@ async fn fetch_unit(
         if local.is_complete() {
             return Got::Done;
         }
-        let scheduled = i == 0 && reserved.is_some();
+        let scheduled = i == 0 && reserved.as_ref().is_some_and(|r| r.p == p);
         if !scheduled && unit.index.is_some() && providers.busy(&p) >= PER_PROVIDER {
-            skipped = true;
+            // Worth waiting for only if it has the piece.
+            skipped |= providers.said_it_holds(&unit, &p);
             continue;
         }
         let Some(conn) = providers.conn(p).await else {
@@ -421,6 +428,12 @@ const PER_PROVIDER: usize = 4;
 /// pieces it lacks before it takes one of them itself.
 const IDLE_GRACE: Duration = Duration::from_millis(500);
 
+/// How many times a piece is put back for want of room at its holders
+/// before the fetch gives up on it for this pass (a holder that keeps its
+/// slots full, or holders that keep failing fast, must not keep a piece
+/// circling for ever).
+const LATER_AT_MOST: u32 = 64;
+
 /// How many pending blobs each free slot looks through for one to take.
 const LOOK_AHEAD: usize = 512;
 
@@ -453,6 +466,8 @@ async fn swarm(
     let mut all = true;
     // Since when nothing ran and every piece left was another member's.
     let mut idle: Option<tokio::time::Instant> = None;
+    // How often each piece was put back for want of room.
+    let mut later: HashMap<Option<usize>, u32> = HashMap::new();
     loop {
         while running.len() < PARALLEL {
             let room = |h: &Unit| {
@@ -498,7 +513,17 @@ async fn swarm(
             Some((got, unit)) = running.next() => match got {
                 Got::Done => {}
                 Got::Failed => all = false,
-                Got::Later => pending.push_back(unit),
+                Got::Later => {
+                    let n = later.entry(unit.index).or_insert(0);
+                    *n += 1;
+                    if *n <= LATER_AT_MOST {
+                        pending.push_back(unit);
+                    } else {
+                        // The fetch ends without it; the next pass tries
+                        // again with the members as they are then.
+                        all = false;
+                    }
+                }
             },
             // New holders may have spoken: look again.
             _ = every.tick() => {}

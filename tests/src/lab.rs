@@ -444,10 +444,12 @@ fn sweep() {
 /// bridge.
 #[derive(Debug)]
 pub struct MeshNet {
-    pub tmp: tempfile::TempDir,
-    pub lab: Lab,
+    // Dropped in this order: the nodes stop, the lab goes, then the
+    // directories they ran in.
     pub nodes: Vec<NodeProc>,
     pub admin: Maki,
+    pub lab: Lab,
+    pub tmp: tempfile::TempDir,
 }
 
 impl MeshNet {
