@@ -13,8 +13,7 @@ use iroh::{
     Endpoint, RelayMode,
     address_lookup::MemoryLookup,
     endpoint::{
-        AckFrequencyConfig, BindOpts, IdleTimeout, MtuDiscoveryConfig, PortmapperConfig,
-        QuicTransportConfig, VarInt, presets,
+        BindOpts, IdleTimeout, MtuDiscoveryConfig, PortmapperConfig, QuicTransportConfig, presets,
     },
 };
 use maki_protocol::{
@@ -112,22 +111,6 @@ pub async fn bind_mesh(
 /// and UDP headers.
 const MESH_UDP_PAYLOAD: u16 = crate::mesh::MTU as u16 - 40 - 8;
 
-/// Asks the receiving side of a connection to acknowledge once more than
-/// `ACK_AFTER` packets arrived (every 9th; RFC 9000's default is every
-/// second one), or within 10 ms. On every endpoint of a node; the CLI asks
-/// nothing, so what it uploads is acknowledged as usual. Over userspace WireGuard every packet costs a wakeup, a
-/// syscall and a seal on both ends, whatever its size: at the default, a
-/// third of a fetch's packets are acknowledgements.
-fn ack_frequency() -> AckFrequencyConfig {
-    let mut config = AckFrequencyConfig::default();
-    config
-        .ack_eliciting_threshold(VarInt::from_u32(ACK_AFTER))
-        .max_ack_delay(Some(Duration::from_millis(10)));
-    config
-}
-
-const ACK_AFTER: u32 = 8;
-
 /// Where an endpoint listens.
 #[derive(Debug, Clone, Copy)]
 enum Socket {
@@ -150,8 +133,11 @@ async fn bind_with(
     // the idle timeout, so its abandoned publish is cleaned up promptly.
     let mut transport = QuicTransportConfig::builder()
         .keep_alive_interval(KEEP_ALIVE)
-        .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok())
-        .ack_frequency_config(Some(ack_frequency()));
+        .max_idle_timeout(IdleTimeout::try_from(IDLE_TIMEOUT).ok());
+    // No QUIC ACK-frequency extension: with it, noq-proto 1.4.0 panicked
+    // encoding an ACK_FREQUENCY frame into a packet without room
+    // (`bytes` "advance out of bounds", in a_wireguard_outage_heals), and
+    // the node's connections with it.
     if let Socket::Mesh(_) = socket {
         // The path's MTU is maki0's: start there rather than at 1200 and
         // probe up (black-hole detection still backs off if it is wrong).
