@@ -208,6 +208,9 @@ pub struct Mesh {
     device: Mutex<Device>,
     /// The peers last handed to the device, by WireGuard key.
     peers: Mutex<HashMap<[u8; 32], MeshMember>>,
+    /// The last hand-over failed part way: what the device holds is
+    /// read from it next time (kernel), or replaced whole (userspace).
+    unsure: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -267,6 +270,7 @@ impl Mesh {
             addr,
             device: Mutex::new(device),
             peers: Mutex::default(),
+            unsure: std::sync::atomic::AtomicBool::new(false),
         };
         mesh.configure()?;
         mesh.usable()?;
@@ -388,7 +392,8 @@ impl Mesh {
         let Ok(mut current) = self.peers.lock() else {
             return;
         };
-        if *current == next {
+        let unsure = self.unsure.load(std::sync::atomic::Ordering::Relaxed);
+        if *current == next && !unsure {
             return;
         }
         let Ok(device) = self.device.lock() else {
@@ -408,12 +413,26 @@ impl Mesh {
             }
             Device::Kernel(api) => {
                 let mut result = Ok(());
-                for gone in current.keys().filter(|k| !next.contains_key(*k)) {
-                    if let Err(e) = api.remove_peer(&Key::new(*gone)) {
+                // After a failure, what the device holds comes from the
+                // device: a peer whose removal failed is removed now.
+                let held: Vec<[u8; 32]> = if unsure {
+                    match api.read_interface_data() {
+                        Ok(host) => host.peers.keys().map(|k| k.as_array()).collect(),
+                        Err(e) => {
+                            result = Err(e.to_string());
+                            current.keys().copied().collect()
+                        }
+                    }
+                } else {
+                    current.keys().copied().collect()
+                };
+                let (gone, changed) = kernel_changes(&held, &current, &next, unsure);
+                for key in gone {
+                    if let Err(e) = api.remove_peer(&Key::new(key)) {
                         result = Err(e.to_string());
                     }
                 }
-                for m in next.values().filter(|m| current.get(&m.key) != Some(*m)) {
+                for m in changed {
                     if let Err(e) = api.configure_peer(&m.peer()) {
                         result = Err(e.to_string());
                     }
@@ -425,14 +444,40 @@ impl Mesh {
             Ok(()) => {
                 debug!(peers = next.len(), "mesh peers set");
                 *current = next;
+                self.unsure
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
             }
             // The next change of members tries again with the whole list.
             Err(error) => {
                 warn!(%error, "could not set the mesh peers");
                 current.clear();
+                self.unsure
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }
+}
+
+/// What a kernel device is told to go from the peers it holds (`held`,
+/// by key; `current`, as last handed over) to `next`: the keys to remove,
+/// and the peers to configure (all of them when `unsure`: a configuration
+/// that failed may have left a peer half set).
+fn kernel_changes<'a>(
+    held: &[[u8; 32]],
+    current: &HashMap<[u8; 32], MeshMember>,
+    next: &'a HashMap<[u8; 32], MeshMember>,
+    unsure: bool,
+) -> (Vec<[u8; 32]>, Vec<&'a MeshMember>) {
+    let gone = held
+        .iter()
+        .filter(|k| !next.contains_key(*k))
+        .copied()
+        .collect();
+    let changed = next
+        .values()
+        .filter(|m| unsure || current.get(&m.key) != Some(*m))
+        .collect();
+    (gone, changed)
 }
 
 impl Drop for Mesh {
@@ -556,6 +601,36 @@ fn load_or_create_key(dir: &Path) -> Result<Key, MeshError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn peer(k: u8) -> MeshMember {
+        MeshMember {
+            name: format!("p{k}"),
+            key: [k; 32],
+            endpoint: None,
+            addr: Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, u16::from(k)),
+        }
+    }
+
+    fn set(peers: &[u8]) -> HashMap<[u8; 32], MeshMember> {
+        peers.iter().map(|k| ([*k; 32], peer(*k))).collect()
+    }
+
+    /// A peer whose removal failed is still on the device: once the device
+    /// is read again, it is removed, and every peer is configured again.
+    #[test]
+    fn a_kernel_removal_that_failed_is_tried_again() {
+        let next = set(&[1, 2]);
+        // As last handed over, without trouble: only what changed.
+        let (gone, changed) = kernel_changes(&[[1; 32], [3; 32]], &set(&[1, 3]), &next, false);
+        assert_eq!(gone, vec![[3; 32]]);
+        assert_eq!(changed, vec![&peer(2)]);
+        // The removal of 3 failed: `current` was cleared, the device
+        // (read back) still holds 1 and 3.
+        let (gone, mut changed) = kernel_changes(&[[1; 32], [3; 32]], &HashMap::new(), &next, true);
+        assert_eq!(gone, vec![[3; 32]]);
+        changed.sort_by_key(|m| m.key);
+        assert_eq!(changed, vec![&peer(1), &peer(2)]);
+    }
 
     #[test]
     fn the_key_is_made_once_and_kept() -> Result<(), Box<dyn std::error::Error>> {
