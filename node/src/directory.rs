@@ -819,6 +819,52 @@ mod tests {
         Ok(())
     }
 
+    /// Two heads of one seq (a publish on each side of a partition): each
+    /// order of arrival keeps the same one, the higher record hash.
+    #[test]
+    fn two_heads_of_one_seq_settle_on_the_higher_hash_in_any_order()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let publisher = SecretKey::from_bytes(&[4; 32]);
+        let domain = Domain::new("a.test")?;
+        let head = |side: &[u8]| {
+            Record::Head(Signed::sign(
+                &publisher,
+                &Head {
+                    site: domain.clone(),
+                    seq: 2,
+                    manifest: Hash::of(side),
+                },
+            ))
+        };
+        let (left, right) = (head(b"left"), head(b"right"));
+        let hash = |r: &Record| r.verify().map(|v| v.hash);
+        let winner = if hash(&left)? > hash(&right)? {
+            Hash::of(b"left")
+        } else {
+            Hash::of(b"right")
+        };
+        for order in [[&left, &right], [&right, &left]] {
+            let mut net = Net::new();
+            net.merge(Record::Site(Signed::sign(
+                &net.admin,
+                &SiteRecord {
+                    format: RECORD_FORMAT,
+                    domain: domain.clone(),
+                    aliases: vec![],
+                    publishers: vec![publisher.public()],
+                    version: 1,
+                    removed: false,
+                    heads_after: 0,
+                },
+            )))?;
+            for r in order {
+                net.merge(r.clone())?;
+            }
+            assert_eq!(net.dir.head(&domain).map(|(h, _)| h.manifest), Some(winner));
+        }
+        Ok(())
+    }
+
     /// A record of kind 9, which this build does not know.
     fn future(key: &SecretKey, n: usize, len: usize) -> Record {
         let mut body = vec![0u8; len];

@@ -156,7 +156,9 @@ async fn a_partition_with_a_publish_on_each_side_heals_to_one_head() -> Result<(
     net.serves(2, "right").await?;
 
     // Healed: both sides now hold two heads of the same sequence number;
-    // last-writer-wins keeps the same one everywhere.
+    // last-writer-wins keeps the same one everywhere (which one: the higher
+    // record hash, whatever the order of arrival, is
+    // `directory::two_heads_of_one_seq_settle_on_the_higher_hash_in_any_order`).
     net.lab.restore(2)?;
     wait_for(CONVERGE, "one head everywhere", || async {
         let seen: Vec<_> = (0..3).map(|i| net.served(i)).collect();
