@@ -395,6 +395,29 @@ async fn an_external_peer_joins_the_mesh_with_the_printed_wg_quick_file() -> Res
         listed.starts_with("laptop  ") && listed.contains(public.trim()),
         "{listed}"
     );
+    // A server peer: its endpoint is listed, and goes in every member's
+    // peer list (the wg-quick file is for the peer itself).
+    let server_key = net
+        .lab
+        .exec(outside, "sh", &["-c", "wg genkey | wg pubkey"])?;
+    let at = format!("{}:51820", net.lab.hosts[outside].ip);
+    net.admin.ok(&[
+        "peer",
+        "add",
+        "db",
+        "--key",
+        server_key.trim(),
+        "--endpoint",
+        &at,
+    ])?;
+    let listed = net.admin.ok(&["peer", "list"])?;
+    ensure!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("db  ") && l.contains(&at)),
+        "{listed}"
+    );
+    net.admin.ok(&["peer", "remove", "db"])?;
     // A typo is not a removal, and a member's key is not a peer's.
     let err = net.admin.fails(&["peer", "remove", "laptpo"])?;
     ensure!(err.contains("there is no peer"), "{err}");
