@@ -462,6 +462,19 @@ mod tests {
     use crate::directory::testing::Net;
 
     /// The founder and two invited members.
+    /// `me`'s member list of `net`, without a mesh.
+    fn without_mesh(me: &SecretKey, net: &Net) -> Peers {
+        let peers = Peers::new(
+            me.public(),
+            Hash::of(b"net"),
+            None,
+            MemoryLookup::new(),
+            MemoryLookup::new(),
+        );
+        peers.refresh(&net.dir);
+        peers
+    }
+
     fn three() -> (Net, [SecretKey; 3]) {
         let mut net = Net::new();
         let founder = net.founder.clone();
@@ -483,14 +496,7 @@ mod tests {
     #[test]
     fn members_follow_the_records_and_keep_their_measurements() {
         let (mut net, [me, a, b]) = three();
-        let peers = Peers::new(
-            me.public(),
-            Hash::of(b"net"),
-            None,
-            MemoryLookup::new(),
-            MemoryLookup::new(),
-        );
-        peers.refresh(&net.dir);
+        let peers = without_mesh(&me, &net);
         assert!(peers.is_member(&a.public()) && peers.is_member(&b.public()));
         // Unmeasured ones sort after measured, nearest first.
         peers.seen(&b.public(), Some(Duration::from_millis(5)));
@@ -524,14 +530,7 @@ mod tests {
     #[test]
     fn a_claim_ends_when_its_member_holds_the_version_whole() {
         let (net, [me, a, _b]) = three();
-        let peers = Peers::new(
-            me.public(),
-            Hash::of(b"net"),
-            None,
-            MemoryLookup::new(),
-            MemoryLookup::new(),
-        );
-        peers.refresh(&net.dir);
+        let peers = without_mesh(&me, &net);
         let m = Hash::of(b"manifest");
         let progress = |at, getting: &[usize], have: &[usize]| Progress {
             format: maki_protocol::sync::PROGRESS_FORMAT,
@@ -562,14 +561,7 @@ mod tests {
     #[test]
     fn holders_are_asked_first_and_older_announcements_lose() {
         let (net, [me, a, b]) = three();
-        let peers = Peers::new(
-            me.public(),
-            Hash::of(b"net"),
-            None,
-            MemoryLookup::new(),
-            MemoryLookup::new(),
-        );
-        peers.refresh(&net.dir);
+        let peers = without_mesh(&me, &net);
         peers.seen(&a.public(), Some(Duration::from_millis(1)));
         peers.seen(&b.public(), Some(Duration::from_millis(9)));
         let m = Hash::of(b"manifest");

@@ -193,14 +193,7 @@ async fn a_partition_with_a_publish_on_each_side_heals_to_one_head() -> Result<(
 #[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
 async fn a_node_without_the_mesh_still_takes_part() -> Result<()> {
     let net = MeshNet::with_modes(&["userspace", "userspace", "off"], 0)?;
-    wait_for(CONVERGE, "three nodes up, two on the mesh", || async {
-        let out = net.admin.ok(&["nodes"])?;
-        let meshed = out.lines().filter(|l| l.contains("(userspace)")).count();
-        let up = out.lines().filter(|l| l.contains("  up")).count();
-        Ok(meshed == 2 && up == 2)
-    })
-    .await
-    .with_context(|| net.logs())?;
+    net.settled(2).await.with_context(|| net.logs())?;
     let site = net.with_site().await?;
     net.lab.count_udp(1, 51821, Some(net.lab.hosts[0].ip))?;
     net.lab.count_udp(2, 51821, None)?;
@@ -234,18 +227,8 @@ async fn a_node_that_turns_its_mesh_off_stays_in_the_network() -> Result<()> {
 
     restart_with_mesh(&mut net, 2, "userspace", "off")?;
 
-    wait_for(
-        CONVERGE,
-        "node 0 to see node 2 without its mesh",
-        || async {
-            let out = net.admin.ok(&["nodes"])?;
-            let meshed = out.lines().filter(|l| l.contains("(userspace)")).count();
-            let up = out.lines().filter(|l| l.contains("  up")).count();
-            Ok(meshed == 2 && up == 2)
-        },
-    )
-    .await
-    .with_context(|| net.logs())?;
+    // Node 0 sees node 2 without its mesh.
+    net.settled(2).await.with_context(|| net.logs())?;
     net.publish(&net.admin, &site, "v2")?;
     for i in 0..3 {
         net.serves(i, "v2").await.with_context(|| net.logs())?;
@@ -261,12 +244,7 @@ async fn a_node_that_turns_its_mesh_off_stays_in_the_network() -> Result<()> {
 #[ignore = "needs root: network namespaces and /dev/net/tun (.ci/run runs it)"]
 async fn every_node_turning_the_mesh_on_at_once_ends_up_meshed() -> Result<()> {
     let mut net = MeshNet::with_mode(3, "off")?;
-    wait_for(CONVERGE, "three nodes up", || async {
-        let out = net.admin.ok(&["nodes"])?;
-        Ok(out.lines().filter(|l| l.contains("  up")).count() == 2)
-    })
-    .await
-    .with_context(|| net.logs())?;
+    net.settled(0).await.with_context(|| net.logs())?;
     let site = net.with_site().await?;
     for i in (0..3).rev() {
         restart_with_mesh(&mut net, i, "off", "userspace")?;

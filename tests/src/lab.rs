@@ -521,16 +521,26 @@ impl MeshNet {
 
     /// Waits until the first node sees every node up, each on the mesh.
     pub async fn meshed(&self) -> Result<()> {
+        self.settled(self.nodes.len()).await
+    }
+
+    /// Waits until the first node sees every other node up, and `meshed`
+    /// of them (itself included) on the mesh.
+    pub async fn settled(&self, meshed: usize) -> Result<()> {
         let n = self.nodes.len();
-        wait_for(CONVERGE, "every node up on the mesh", || async {
-            let out = self.admin.ok(&["nodes"])?;
-            let meshed = out
-                .lines()
-                .filter(|l| l.contains("(userspace)") || l.contains("(kernel)"))
-                .count();
-            let up = out.lines().filter(|l| l.contains("  up")).count();
-            Ok(meshed == n && up == n - 1)
-        })
+        wait_for(
+            CONVERGE,
+            &format!("{n} nodes up, {meshed} on the mesh"),
+            || async {
+                let out = self.admin.ok(&["nodes"])?;
+                let on_mesh = out
+                    .lines()
+                    .filter(|l| l.contains("(userspace)") || l.contains("(kernel)"))
+                    .count();
+                let up = out.lines().filter(|l| l.contains("  up")).count();
+                Ok(on_mesh == meshed && up == n - 1)
+            },
+        )
         .await
         .with_context(|| format!("nodes:\n{}", self.admin.ok(&["nodes"]).unwrap_or_default()))?;
         Ok(())
