@@ -26,11 +26,22 @@ pub struct Config {
     /// Where this node is, in degrees `[latitude, longitude]`, for GeoDNS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub location: Option<[f64; 2]>,
-    /// What this node offers the public: `["http"]` (the default) serves
-    /// sites; `[]` makes a node that only holds and forwards content.
+    /// What this node offers the public: `"http"` serves sites, `"dns"`
+    /// makes it a nameserver of every site. The default is `["http"]`;
+    /// `[]` makes a node that only holds and forwards content.
     pub roles: Vec<String>,
     /// Where the HTTP edge listens (TCP). Default `0.0.0.0:80`.
     pub http: SocketAddr,
+    /// Where the nameserver listens (UDP and TCP), with the `dns` role.
+    /// Default `0.0.0.0:53`.
+    pub dns: SocketAddr,
+    /// TTL of the geo answers (a site's A and AAAA records), in seconds:
+    /// how long a resolver keeps sending visitors to a node that died.
+    pub dns_ttl: u32,
+    /// How many nodes a geo answer names (the nearest ones).
+    pub dns_answers: usize,
+    /// DNS worker threads for UDP; 0 means one per core.
+    pub dns_threads: usize,
     /// Where the node's iroh endpoint listens (UDP, QUIC). Default `0.0.0.0:51821`.
     pub p2p: SocketAddr,
     /// Addresses put into this node's ticket, for nodes behind NAT or bound
@@ -117,7 +128,7 @@ impl std::str::FromStr for MeshMode {
 }
 
 /// The roles this version knows.
-const KNOWN_ROLES: &[&str] = &[maki_protocol::ROLE_HTTP];
+const KNOWN_ROLES: &[&str] = &[maki_protocol::ROLE_HTTP, crate::dns::ROLE_DNS];
 
 impl Default for Config {
     fn default() -> Self {
@@ -127,6 +138,10 @@ impl Default for Config {
             location: None,
             roles: vec![maki_protocol::ROLE_HTTP.to_owned()],
             http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            dns: SocketAddr::from(([0, 0, 0, 0], 53)),
+            dns_ttl: 60,
+            dns_answers: 2,
+            dns_threads: 0,
             p2p: SocketAddr::from(([0, 0, 0, 0], 51821)),
             public_addrs: Vec::new(),
             public_ips: Vec::new(),
@@ -238,6 +253,12 @@ impl Config {
                 "public_ips: {ip} is not an address members or visitors can reach"
             ));
         }
+        if self.dns_answers == 0 {
+            return Err("dns_answers must be at least 1".into());
+        }
+        if self.dns_ttl == 0 || self.dns_ttl > 86_400 {
+            return Err("dns_ttl must be from 1 to 86400 seconds".into());
+        }
         if self.max_upload_bytes == 0 {
             return Err("max_upload_bytes must be at least 1".into());
         }
@@ -286,9 +307,11 @@ mod tests {
     #[test]
     fn unknown_roles_refused() -> Result<(), Box<dyn std::error::Error>> {
         let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join(CONFIG_FILE), "roles = [\"smtp\"]\n")?;
+        let err = Config::load(dir.path()).expect_err("no smtp role");
+        assert!(err.to_string().contains("unknown role \"smtp\""), "{err}");
         std::fs::write(dir.path().join(CONFIG_FILE), "roles = [\"dns\"]\n")?;
-        let err = Config::load(dir.path()).expect_err("no dns role yet");
-        assert!(err.to_string().contains("unknown role \"dns\""), "{err}");
+        assert_eq!(Config::load(dir.path())?.roles, ["dns"]);
         std::fs::write(dir.path().join(CONFIG_FILE), "roles = []\n")?;
         assert!(Config::load(dir.path())?.roles.is_empty());
         Ok(())

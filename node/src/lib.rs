@@ -5,6 +5,7 @@ pub mod admin;
 pub mod config;
 pub mod content;
 pub mod directory;
+pub mod dns;
 pub mod edge;
 pub mod endpoint;
 pub mod frame;

@@ -39,6 +39,8 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:51821")]
         p2p: SocketAddr,
         #[command(flatten)]
+        dns: DnsArgs,
+        #[command(flatten)]
         mesh: MeshArgs,
     },
     /// Join a network with an invite ticket (from `maki invite`), write
@@ -63,6 +65,8 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:51821")]
         p2p: SocketAddr,
         #[command(flatten)]
+        dns: DnsArgs,
+        #[command(flatten)]
         mesh: MeshArgs,
     },
     /// Run the node in DATA_DIR until SIGINT or SIGTERM.
@@ -75,6 +79,24 @@ enum Command {
         #[arg(long, env = "MAKIATTO_DATA_DIR")]
         data_dir: PathBuf,
     },
+}
+
+/// Whether the node is a nameserver, and where.
+#[derive(Debug, clap::Args)]
+struct DnsArgs {
+    /// Answer DNS for the sites at ADDR (UDP and TCP): adds the `dns`
+    /// role. Nameservers listen at port 53 in production.
+    #[arg(long, value_name = "ADDR")]
+    dns: Option<SocketAddr>,
+}
+
+impl DnsArgs {
+    fn apply(&self, config: &mut Config) {
+        if let Some(addr) = self.dns {
+            config.dns = addr;
+            config.roles.push(makiatto::dns::ROLE_DNS.to_owned());
+        }
+    }
 }
 
 /// The WireGuard mesh settings `init` and `join` write.
@@ -157,9 +179,10 @@ async fn run(cli: Cli) -> Result<()> {
             admins,
             http,
             p2p,
+            dns,
             mesh,
         } => {
-            let config = Config {
+            let mut config = Config {
                 http,
                 p2p,
                 mesh: mesh.mesh,
@@ -167,6 +190,7 @@ async fn run(cli: Cli) -> Result<()> {
                 public_ips: mesh.public_ips,
                 ..Config::default()
             };
+            dns.apply(&mut config);
             config.validate().map_err(anyhow::Error::msg)?;
             let created = setup::init(&data_dir, admins, &config)?;
             println!("node {}", created.node);
@@ -191,9 +215,10 @@ async fn run(cli: Cli) -> Result<()> {
             lon,
             http,
             p2p,
+            dns,
             mesh,
         } => {
-            let config = Config {
+            let mut config = Config {
                 region,
                 location: lat.zip(lon).map(|(lat, lon)| [lat, lon]),
                 http,
@@ -203,6 +228,7 @@ async fn run(cli: Cli) -> Result<()> {
                 public_ips: mesh.public_ips,
                 ..Config::default()
             };
+            dns.apply(&mut config);
             let ticket: InviteTicket = ticket
                 .parse()
                 .map_err(|e| anyhow::anyhow!("the invite ticket is not valid: {e}"))?;
@@ -219,8 +245,10 @@ async fn run_node(data_dir: &std::path::Path) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "ready http={} ticket={}",
+        "ready http={} dns={} ticket={}",
         node.http_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        node.dns_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
         node.ticket()
     )?;

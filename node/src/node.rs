@@ -72,6 +72,8 @@ pub enum NodeError {
     Load(#[from] tokio::task::JoinError),
     #[error(transparent)]
     Mesh(#[from] crate::mesh::MeshError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
 }
 
 /// A running node.
@@ -84,6 +86,8 @@ pub struct Node {
     mesh_router: Option<Router>,
     http_addr: Option<SocketAddr>,
     edge: Option<edge::Edge>,
+    /// The nameserver, with the dns role.
+    dns: Option<crate::dns::Dns>,
     /// Removed at shutdown, once nothing sends through it.
     mesh: Option<Arc<Mesh>>,
     cancel: CancellationToken,
@@ -295,13 +299,47 @@ impl Node {
             None
         };
         let http_addr = edge.as_ref().map(|e| e.local_addr());
-        info!(node = %key.public().fmt_short(), http_addr = ?http_addr, "node started");
+        let dns = if shared
+            .config
+            .roles
+            .iter()
+            .any(|r| r == crate::dns::ROLE_DNS)
+        {
+            let config = &shared.config;
+            let settings = crate::dns::Settings {
+                ttl: config.dns_ttl,
+                answers: config.dns_answers,
+                region: config.region.clone(),
+                location: config.location.map(|[lat, lon]| (lat, lon)),
+            };
+            let zones = Arc::new(crate::dns::Zones::new(crate::dns::current(
+                &members,
+                settings.clone(),
+            )));
+            tasks.spawn(crate::dns::keep_current(
+                members.clone(),
+                zones.clone(),
+                settings,
+                cancel.clone(),
+            ));
+            Some(crate::dns::Dns::spawn(
+                config.dns,
+                config.dns_threads,
+                zones,
+                cancel.clone(),
+            )?)
+        } else {
+            None
+        };
+        let dns_addr = dns.as_ref().map(|d| d.local_addr());
+        info!(node = %key.public().fmt_short(), ?http_addr, ?dns_addr, "node started");
         let node = Self {
             shared,
             router,
             mesh_router,
             http_addr,
             edge,
+            dns,
             mesh,
             cancel,
             tasks,
@@ -406,6 +444,11 @@ impl Node {
         self.http_addr
     }
 
+    /// Where the nameserver listens; `None` without the dns role.
+    pub fn dns_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().map(|d| d.local_addr())
+    }
+
     /// How to reach this node: its id plus public or bound addresses.
     pub fn ticket(&self) -> NodeTicket {
         let ep = self.router.endpoint();
@@ -445,6 +488,9 @@ impl Node {
         self.cancel.cancel();
         if let Some(edge) = self.edge.take() {
             edge.join().await;
+        }
+        if let Some(dns) = self.dns.take() {
+            dns.join().await;
         }
         if let Some(router) = self.mesh_router.take()
             && let Err(error) = router.shutdown().await

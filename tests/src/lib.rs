@@ -16,6 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncReadExt;
 
+pub mod dns;
 pub mod lab;
 
 /// Paths of the built binaries.
@@ -130,6 +131,8 @@ pub struct NodeProc {
     pub dir: PathBuf,
     /// The HTTP edge (`0.0.0.0:0` for a node without the http role).
     pub http: SocketAddr,
+    /// The nameserver, with the dns role.
+    pub dns: Option<SocketAddr>,
     pub ticket: String,
     child: Child,
     stderr_log: PathBuf,
@@ -288,10 +291,15 @@ impl NodeProc {
             "off" => SocketAddr::from(([0, 0, 0, 0], 0)),
             addr => addr.parse()?,
         };
+        let dns = match field("dns").context("no dns= in ready line")?.as_str() {
+            "off" => None,
+            addr => Some(addr.parse()?),
+        };
         let ticket = field("ticket").context("no ticket= in ready line")?;
         Ok(Self {
             dir: dir.to_owned(),
             http,
+            dns,
             ticket,
             child,
             stderr_log,

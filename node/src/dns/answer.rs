@@ -1,0 +1,288 @@
+//! One query in, one reply out: no I/O, so the fuzzer and the tests call
+//! exactly what the sockets call.
+
+use std::{
+    net::IpAddr,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use hickory_proto::{
+    op::{Edns, Message, MessageType, OpCode, ResponseCode},
+    rr::{
+        DNSClass, Name, RData, Record, RecordType,
+        rdata::{
+            A, AAAA, NS, SOA,
+            opt::{ClientSubnet, EdnsCode, EdnsOption},
+        },
+    },
+};
+
+use super::{
+    geo::{self, Place},
+    zones::{Snapshot, Zone},
+};
+
+/// The largest UDP reply we send, whatever a client offers: the DNS
+/// flag day 2020 size, which no path fragments.
+pub const UDP_MAX: u16 = 1232;
+
+/// TTL of the SOA and NS records and of negative answers.
+const ZONE_TTL: u32 = 3600;
+/// How long resolvers keep a negative answer (the SOA minimum).
+const NEGATIVE_TTL: u32 = 60;
+
+/// Counters of what the server saw, for logs and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub queries: AtomicU64,
+    /// Not a query we could read: FORMERR when the header was readable.
+    pub malformed: AtomicU64,
+    /// Dropped without a reply (responses, runts).
+    pub dropped: AtomicU64,
+    /// Names outside every zone, classes other than IN.
+    pub refused: AtomicU64,
+    pub truncated: AtomicU64,
+}
+
+impl Stats {
+    fn count(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Where a query came from.
+#[derive(Debug, Clone, Copy)]
+pub struct From {
+    pub ip: IpAddr,
+    pub tcp: bool,
+}
+
+/// The reply to `query`, or `None` to drop it. `locate` is the geo
+/// database (`None`: there is none); `turn` varies per query so nodes
+/// that rank the same share the visitors.
+pub fn respond(
+    snap: &Snapshot,
+    locate: &dyn Fn(IpAddr) -> Option<Place>,
+    query: &[u8],
+    from: From,
+    turn: usize,
+    stats: &Stats,
+) -> Option<Vec<u8>> {
+    Stats::count(&stats.queries);
+    let request = match Message::from_vec(query) {
+        Ok(m) => m,
+        Err(_) => {
+            Stats::count(&stats.malformed);
+            return formerr(query);
+        }
+    };
+    if request.metadata.message_type != MessageType::Query {
+        // Never answer a response: that would make us a reflector.
+        Stats::count(&stats.dropped);
+        return None;
+    }
+    let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
+    reply.metadata.recursion_desired = request.metadata.recursion_desired;
+    reply.metadata.checking_disabled = request.metadata.checking_disabled;
+    reply.add_queries(request.queries.iter().cloned());
+    let client_edns = request.edns.as_ref();
+    if let Some(e) = client_edns {
+        let mut edns = Edns::new();
+        edns.set_max_payload(UDP_MAX);
+        reply.set_edns(edns);
+        if e.version() > 0 {
+            reply.metadata.response_code = ResponseCode::BADVERS;
+            return finish(reply, client_edns, from, stats);
+        }
+    }
+    if request.metadata.op_code != OpCode::Query {
+        reply.metadata.response_code = ResponseCode::NotImp;
+        return finish(reply, client_edns, from, stats);
+    }
+    let [query] = request.queries.as_slice() else {
+        Stats::count(&stats.malformed);
+        reply.metadata.response_code = ResponseCode::FormErr;
+        return finish(reply, client_edns, from, stats);
+    };
+    let zone = match snap.zone_of(query.name()) {
+        Some(z) if query.query_class() == DNSClass::IN => z,
+        _ => {
+            Stats::count(&stats.refused);
+            reply.metadata.response_code = ResponseCode::Refused;
+            return finish(reply, client_edns, from, stats);
+        }
+    };
+    reply.metadata.authoritative = true;
+    let subnet = client_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
+        Some(EdnsOption::Subnet(s)) => Some(*s),
+        _ => None,
+    });
+    // The visitor: the subnet a resolver passed on, else the resolver.
+    let visitor = match &subnet {
+        Some(s) if s.source_prefix() > 0 => s.addr(),
+        _ => from.ip,
+    };
+    let mut scope = 0;
+    let name = query.name();
+    let qtype = query.query_type();
+    if *name == zone.apex {
+        match qtype {
+            RecordType::SOA | RecordType::ANY => reply.add_answer(soa(zone)),
+            RecordType::NS => {
+                reply.add_answers(ns(zone));
+                reply.add_additionals(glue(zone));
+                &mut reply
+            }
+            RecordType::A | RecordType::AAAA => {
+                let place = locate(visitor);
+                scope = place.map_or(0, |p| p.prefix);
+                let from = place.and_then(|p| p.at);
+                reply.add_answers(geo_answer(snap, zone, name, qtype, from, turn));
+                &mut reply
+            }
+            _ => &mut reply,
+        };
+    } else if let Some(ips) = zone.nameserver(name) {
+        reply.add_answers(addresses(name, ips, qtype, ZONE_TTL));
+    } else {
+        reply.metadata.response_code = ResponseCode::NXDomain;
+    }
+    if reply.answers.is_empty() {
+        reply.add_authority(soa_negative(zone));
+    }
+    if let (Some(s), Some(edns)) = (subnet, reply.edns.as_mut()) {
+        // RFC 7871 §7.2.1: echo the family, source prefix and address,
+        // with the scope our answer depended on.
+        let mut echoed = ClientSubnet::new(s.addr(), s.source_prefix(), 0);
+        echoed.set_scope_prefix(scope.min(max_prefix(s.addr())));
+        edns.options_mut().insert(EdnsOption::Subnet(echoed));
+    }
+    finish(reply, client_edns, from, stats)
+}
+
+fn max_prefix(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() { 32 } else { 128 }
+}
+
+/// Encodes `reply`; over UDP, one too large for the client gets only
+/// the question with TC set, which sends the client to TCP.
+fn finish(reply: Message, client: Option<&Edns>, from: From, stats: &Stats) -> Option<Vec<u8>> {
+    let bytes = reply.to_vec().ok()?;
+    let limit = if from.tcp {
+        usize::from(u16::MAX)
+    } else {
+        usize::from(client.map_or(512, |e| e.max_payload().clamp(512, UDP_MAX)))
+    };
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    Stats::count(&stats.truncated);
+    let mut cut = reply.truncate();
+    cut.metadata.authoritative = reply.metadata.authoritative;
+    cut.to_vec().ok()
+}
+
+/// FORMERR for a message we could not read, when its header says it is
+/// a query: the id and opcode echoed, nothing else.
+fn formerr(query: &[u8]) -> Option<Vec<u8>> {
+    let header: &[u8; 12] = query.get(..12)?.try_into().ok()?;
+    if header[2] & 0x80 != 0 {
+        return None;
+    }
+    let mut out = vec![0; 12];
+    out[..2].copy_from_slice(&header[..2]);
+    // QR, the opcode, RD as asked; RCODE 1.
+    out[2] = 0x80 | (header[2] & 0x79);
+    out[3] = ResponseCode::FormErr.low();
+    Some(out)
+}
+
+fn soa_rdata(zone: &Zone) -> SOA {
+    let mname = zone
+        .nameservers
+        .first()
+        .map_or_else(|| zone.apex.clone(), |(n, _)| n.clone());
+    let rname = zone
+        .apex
+        .prepend_label("hostmaster")
+        .unwrap_or_else(|_| zone.apex.clone());
+    SOA::new(
+        mname,
+        rname,
+        zone.serial,
+        3600,
+        600,
+        1_209_600,
+        NEGATIVE_TTL,
+    )
+}
+
+fn soa(zone: &Zone) -> Record {
+    Record::from_rdata(zone.apex.clone(), ZONE_TTL, RData::SOA(soa_rdata(zone)))
+}
+
+/// The SOA in the authority section of a negative answer: its TTL is
+/// how long the "no" is cached (RFC 2308 §5).
+fn soa_negative(zone: &Zone) -> Record {
+    Record::from_rdata(zone.apex.clone(), NEGATIVE_TTL, RData::SOA(soa_rdata(zone)))
+}
+
+fn ns(zone: &Zone) -> impl Iterator<Item = Record> + '_ {
+    zone.nameservers
+        .iter()
+        .map(|(n, _)| Record::from_rdata(zone.apex.clone(), ZONE_TTL, RData::NS(NS(n.clone()))))
+}
+
+fn glue(zone: &Zone) -> impl Iterator<Item = Record> + '_ {
+    zone.nameservers.iter().flat_map(|(n, ips)| {
+        ips.iter()
+            .map(|ip| Record::from_rdata(n.clone(), ZONE_TTL, rdata(*ip)))
+    })
+}
+
+fn rdata(ip: IpAddr) -> RData {
+    match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    }
+}
+
+fn wanted(qtype: RecordType) -> impl Fn(&IpAddr) -> bool {
+    move |ip| match qtype {
+        RecordType::A => ip.is_ipv4(),
+        RecordType::AAAA => ip.is_ipv6(),
+        _ => false,
+    }
+}
+
+fn addresses(name: &Name, ips: &[IpAddr], qtype: RecordType, ttl: u32) -> Vec<Record> {
+    let keep = wanted(qtype);
+    ips.iter()
+        .filter(|ip| keep(ip))
+        .map(|ip| Record::from_rdata(name.clone(), ttl, rdata(*ip)))
+        .collect()
+}
+
+/// The k nearest nodes' addresses of the family asked for.
+fn geo_answer(
+    snap: &Snapshot,
+    zone: &Zone,
+    name: &Name,
+    qtype: RecordType,
+    from: Option<(f64, f64)>,
+    turn: usize,
+) -> Vec<Record> {
+    let keep = wanted(qtype);
+    let chosen = geo::nearest(
+        &zone.servers,
+        from,
+        &snap.settings,
+        &keep,
+        snap.settings.answers,
+        turn,
+    );
+    chosen
+        .into_iter()
+        .flat_map(|s| addresses(name, &s.ips, qtype, snap.settings.ttl))
+        .collect()
+}

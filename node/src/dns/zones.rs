@@ -1,0 +1,293 @@
+//! What the nameservers answer: one immutable snapshot of every zone,
+//! built from the replicated records and what each member holds, and
+//! swapped whole when either changes. The request path only reads it.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use hickory_proto::rr::Name;
+use maki_protocol::{Domain, PublicKey, ROLE_HTTP, sync::Holding};
+
+use crate::directory::Directory;
+
+/// The role of a node that answers DNS for the sites (a nameserver).
+pub const ROLE_DNS: &str = "dns";
+
+/// A node geo answers may send visitors to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub id: PublicKey,
+    pub ips: Vec<IpAddr>,
+    pub location: Option<(f64, f64)>,
+    pub region: Option<String>,
+}
+
+/// A nameserver of every zone: `ns-<id>.<zone>` and its addresses (the
+/// glue the registrar publishes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Nameserver {
+    /// The first characters of its node id: the label under each zone.
+    pub label: String,
+    pub ips: Vec<IpAddr>,
+}
+
+/// One zone: a site's domain or one of its aliases.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Zone {
+    pub apex: Name,
+    /// The site the zone answers for.
+    pub site: Domain,
+    /// Follows this node's view of the zone: see [`Zones::update`].
+    pub serial: u32,
+    /// The NS set, sorted by name, with their names under this zone.
+    pub nameservers: Vec<(Name, Vec<IpAddr>)>,
+    /// The nodes its geo names answer with: `http` nodes that hold the
+    /// site's current head and that its pin admits. While none does yet
+    /// (a publish in flight), those holding any version of it.
+    pub servers: Arc<[Server]>,
+}
+
+impl Zone {
+    /// Whether two versions of a zone answer the same (serial aside).
+    fn same_answers(&self, other: &Zone) -> bool {
+        self.apex == other.apex
+            && self.nameservers == other.nameservers
+            && self.servers == other.servers
+    }
+
+    /// The nameserver at `name`, if `name` is one.
+    pub fn nameserver(&self, name: &Name) -> Option<&[IpAddr]> {
+        self.nameservers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, ips)| ips.as_slice())
+    }
+}
+
+/// Answer settings from the node's config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// TTL of geo answers, in seconds.
+    pub ttl: u32,
+    /// How many nodes a geo answer names.
+    pub answers: usize,
+    /// This node's region and location: an address the geo database does
+    /// not place gets the nodes nearest to the node answering.
+    pub region: Option<String>,
+    pub location: Option<(f64, f64)>,
+}
+
+/// Every zone at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    zones: HashMap<Name, Arc<Zone>>,
+    /// The most labels any zone apex has: longer names are cut to it
+    /// before the walk towards the root.
+    most_labels: u8,
+    pub settings: Settings,
+}
+
+impl Snapshot {
+    pub fn empty(settings: Settings) -> Self {
+        Self {
+            zones: HashMap::new(),
+            most_labels: 0,
+            settings,
+        }
+    }
+
+    /// The zone `name` is in: the one with the longest apex it ends with.
+    pub fn zone_of(&self, name: &Name) -> Option<&Arc<Zone>> {
+        let labels = name.num_labels();
+        let mut n = labels.min(self.most_labels);
+        while n > 0 {
+            let suffix = if n == labels {
+                name.clone()
+            } else {
+                name.trim_to(n as usize)
+            };
+            if let Some(z) = self.zones.get(&suffix) {
+                return Some(z);
+            }
+            n -= 1;
+        }
+        None
+    }
+
+    pub fn zones(&self) -> impl Iterator<Item = &Arc<Zone>> {
+        self.zones.values()
+    }
+}
+
+/// What the snapshot is built from.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub dir: &'a Directory,
+    /// What each member (this node included) serves now.
+    pub holds: &'a HashMap<PublicKey, Vec<Holding>>,
+}
+
+/// Builds every zone from `inputs`; serials are left at 0 for
+/// [`Zones::update`] to set.
+pub fn build(inputs: &Inputs<'_>, settings: Settings) -> Snapshot {
+    let dir = inputs.dir;
+    let mut nameservers: Vec<Nameserver> = Vec::new();
+    // Per site: (servers holding its current head, servers holding any).
+    let mut http: Vec<(Server, &[Holding])> = Vec::new();
+    for (node, _) in dir.members() {
+        let roles = |r: &str| node.roles.iter().any(|x| x == r);
+        if roles(ROLE_DNS) && !node.ips.is_empty() {
+            nameservers.push(Nameserver {
+                label: format!("ns-{}", node.id.fmt_short()),
+                ips: node.ips.clone(),
+            });
+        }
+        if roles(ROLE_HTTP) && !node.ips.is_empty() {
+            let holds = inputs.holds.get(&node.id).map_or(&[][..], Vec::as_slice);
+            http.push((
+                Server {
+                    id: node.id,
+                    ips: node.ips.clone(),
+                    location: node.location,
+                    region: node.region.clone(),
+                },
+                holds,
+            ));
+        }
+    }
+    nameservers.sort_by(|a, b| a.label.cmp(&b.label));
+    let mut zones = HashMap::new();
+    let mut most_labels = 0;
+    for view in dir.per_site() {
+        if view.site.removed {
+            continue;
+        }
+        let domain = &view.site.domain;
+        let current = view.head.map(|(h, _)| h.seq);
+        let admitted = |s: &Server| view.pin.is_none_or(|p| p.admits(s.region.as_deref()));
+        let holding = |seq: Option<u64>| -> Vec<Server> {
+            http.iter()
+                .filter(|(s, holds)| {
+                    admitted(s)
+                        && holds
+                            .iter()
+                            .any(|h| &h.site == domain && seq.is_none_or(|q| h.seq == q))
+                })
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        let mut servers = current.map(|q| holding(Some(q))).unwrap_or_default();
+        if servers.is_empty() {
+            servers = holding(None);
+        }
+        let servers: Arc<[Server]> = servers.into();
+        for name in std::iter::once(domain).chain(&view.site.aliases) {
+            let Ok(apex) = Name::from_ascii(format!("{name}.")) else {
+                continue;
+            };
+            let ns = nameservers
+                .iter()
+                .filter_map(|n| Some((apex.prepend_label(n.label.as_str()).ok()?, n.ips.clone())))
+                .collect();
+            most_labels = most_labels.max(apex.num_labels());
+            // A domain that is both a site and another's alias answers
+            // as the site (the admin's explicit word for it).
+            let zone = Zone {
+                apex: apex.clone(),
+                site: domain.clone(),
+                serial: 0,
+                nameservers: ns,
+                servers: servers.clone(),
+            };
+            if name == domain || !zones.contains_key(&apex) {
+                zones.insert(apex, Arc::new(zone));
+            }
+        }
+    }
+    Snapshot {
+        zones,
+        most_labels,
+        settings,
+    }
+}
+
+/// The current snapshot, for every DNS worker.
+#[derive(Debug)]
+pub struct Zones {
+    now: RwLock<Arc<Snapshot>>,
+    generation: AtomicU64,
+}
+
+impl Zones {
+    pub fn new(first: Snapshot) -> Self {
+        Self {
+            now: RwLock::new(Arc::new(first)),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    pub fn get(&self) -> Arc<Snapshot> {
+        match self.now.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Bumped at every swap: a worker re-reads the snapshot only then.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Swaps in `next`, giving each zone its serial: the previous one when
+    /// it answers the same, else `now` (seconds since the epoch; one past
+    /// the previous serial if that is not later). Serial arithmetic (RFC
+    /// 1982) makes the wrap in 2106 harmless. Returns whether anything
+    /// changed.
+    pub fn update(&self, mut next: Snapshot, now: u64) -> bool {
+        let prev = self.get();
+        let mut changed = prev.zones.len() != next.zones.len() || prev.settings != next.settings;
+        for (apex, zone) in next.zones.iter_mut() {
+            let serial = match prev.zones.get(apex) {
+                Some(old) if old.same_answers(zone) => old.serial,
+                old => {
+                    changed = true;
+                    let now = now as u32;
+                    match old {
+                        Some(o) if now.wrapping_sub(o.serial) as i32 <= 0 => {
+                            o.serial.wrapping_add(1)
+                        }
+                        _ => now,
+                    }
+                }
+            };
+            if let Some(z) = Arc::get_mut(zone) {
+                z.serial = serial;
+            }
+        }
+        if changed {
+            match self.now.write() {
+                Ok(mut s) => *s = Arc::new(next),
+                Err(poisoned) => *poisoned.into_inner() = Arc::new(next),
+            }
+            self.generation.fetch_add(1, Ordering::Release);
+        }
+        changed
+    }
+}
+
+/// Holdings by member, this node's own included.
+pub fn holdings(
+    me: PublicKey,
+    own: Vec<Holding>,
+    peers: impl IntoIterator<Item = (PublicKey, Vec<Holding>)>,
+) -> HashMap<PublicKey, Vec<Holding>> {
+    let mut out: HashMap<_, _> = peers.into_iter().collect();
+    out.insert(me, own);
+    out
+}

@@ -1,0 +1,246 @@
+//! The nameservers, asked by a real DNS client over UDP and TCP (and by
+//! `dig`, in the tier `.ci/run` runs): zones for every site, answers with
+//! the nodes that hold the site, the negative answers and refusals.
+
+use std::{net::IpAddr, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use hickory_proto::{
+    op::ResponseCode,
+    rr::{RData, RecordType},
+};
+use maki_e2e::{
+    Maki, Network, NodeProc, copy_dir,
+    dns::{Ask, addresses, ask, dig, exchange_tcp, exchange_udp},
+    example_site, fresh_network, set_config, wait_for,
+};
+
+const SITE: &str = "geo.test";
+
+/// `n` nodes that serve HTTP and answer DNS; node `i` says its public IP
+/// is 192.0.2.(i+1).
+fn dns_network(n: usize, settings: &[(&str, &str)]) -> Result<Network> {
+    let fresh = fresh_network()?;
+    let configure = |dir: &std::path::Path, i: usize| -> Result<()> {
+        set_config(dir, "roles", r#"["http", "dns"]"#)?;
+        set_config(dir, "dns", r#""127.0.0.1:0""#)?;
+        set_config(dir, "public_ips", &format!(r#"["192.0.2.{}"]"#, i + 1))?;
+        for (k, v) in settings {
+            set_config(dir, k, v)?;
+        }
+        Ok(())
+    };
+    configure(&fresh.data, 0)?;
+    let first = NodeProc::start(&fresh.data)?;
+    let admin = Maki::new(&fresh.admin.home, Some(&first.ticket));
+    let mut net = Network {
+        tmp: fresh.tmp,
+        nodes: vec![first],
+        admin,
+    };
+    for i in 1..n {
+        let ticket = net.admin.ok(&["invite"])?.trim().to_owned();
+        let dir = net.tmp.path().join(format!("n{i}"));
+        NodeProc::join(&dir, &ticket)?.stop()?;
+        configure(&dir, i)?;
+        net.nodes.push(NodeProc::start(&dir)?);
+    }
+    Ok(net)
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("a test address")
+}
+
+#[tokio::test]
+async fn sites_are_zones_answered_with_the_nodes_that_hold_them() -> Result<()> {
+    let net = dns_network(3, &[("dns_answers", "3")])?;
+    let dns = net.nodes[0].dns.context("node 0 answers DNS")?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+
+    // Every node holds the head: the answer names all three.
+    let all = vec![ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3")];
+    wait_for(
+        Duration::from_secs(20),
+        "all three nodes in the answer",
+        || {
+            let got = ask(dns, SITE, RecordType::A, &Ask::default()).map(|m| addresses(&m));
+            let want = all.clone();
+            async move { Ok(got? == want) }
+        },
+    )
+    .await?;
+    let a = ask(dns, SITE, RecordType::A, &Ask::default())?;
+    ensure!(a.metadata.authoritative, "answers are authoritative");
+    ensure!(a.metadata.response_code == ResponseCode::NoError);
+    ensure!(a.answers.iter().all(|r| r.ttl == 60), "geo TTL 60: {a:?}");
+    // Any of the three nameservers says the same.
+    for n in &net.nodes[1..] {
+        let other = n.dns.context("every node answers DNS")?;
+        wait_for(Duration::from_secs(10), "the same answer elsewhere", || {
+            let got = ask(other, SITE, RecordType::A, &Ask::default()).map(|m| addresses(&m));
+            let want = all.clone();
+            async move { Ok(got? == want) }
+        })
+        .await?;
+    }
+    // Over TCP too, and for a client without EDNS.
+    let tcp = ask(
+        dns,
+        SITE,
+        RecordType::A,
+        &Ask {
+            tcp: true,
+            ..Ask::default()
+        },
+    )?;
+    ensure!(addresses(&tcp) == all, "TCP: {tcp:?}");
+    let plain = ask(
+        dns,
+        SITE,
+        RecordType::A,
+        &Ask {
+            no_edns: true,
+            ..Ask::default()
+        },
+    )?;
+    ensure!(
+        addresses(&plain) == all && plain.edns.is_none(),
+        "no EDNS: {plain:?}"
+    );
+
+    // SOA and NS, with glue for each nameserver.
+    let soa = ask(dns, SITE, RecordType::SOA, &Ask::default())?;
+    let serial = match soa.answers.first().map(|r| &r.data) {
+        Some(RData::SOA(s)) => s.serial,
+        other => anyhow::bail!("no SOA: {other:?}"),
+    };
+    ensure!(serial > 1_700_000_000, "the serial is a time: {serial}");
+    let ns = ask(dns, SITE, RecordType::NS, &Ask::default())?;
+    ensure!(ns.answers.len() == 3, "three nameservers: {ns:?}");
+    let mut glue: Vec<IpAddr> = ns
+        .additionals
+        .iter()
+        .filter_map(|r| r.data.ip_addr())
+        .collect();
+    glue.sort();
+    ensure!(glue == all, "glue: {ns:?}");
+    let ns_name = match &ns.answers[0].data {
+        RData::NS(n) => n.0.to_ascii(),
+        other => anyhow::bail!("not an NS record: {other:?}"),
+    };
+    ensure!(
+        ns_name.starts_with("ns-") && ns_name.ends_with(".geo.test."),
+        "{ns_name}"
+    );
+    let ns_a = ask(dns, &ns_name, RecordType::A, &Ask::default())?;
+    ensure!(
+        addresses(&ns_a).len() == 1,
+        "the nameserver's own A: {ns_a:?}"
+    );
+
+    // No AAAA: NODATA with the SOA.
+    let aaaa = ask(dns, SITE, RecordType::AAAA, &Ask::default())?;
+    ensure!(aaaa.metadata.response_code == ResponseCode::NoError && aaaa.answers.is_empty());
+    ensure!(
+        aaaa.authorities
+            .iter()
+            .any(|r| r.record_type() == RecordType::SOA)
+    );
+    // A name in the zone that does not exist: NXDOMAIN with the SOA,
+    // whose TTL is how long it is cached.
+    let nx = ask(dns, "nope.geo.test", RecordType::A, &Ask::default())?;
+    ensure!(
+        nx.metadata.response_code == ResponseCode::NXDomain,
+        "{nx:?}"
+    );
+    ensure!(nx.metadata.authoritative);
+    ensure!(
+        nx.authorities
+            .iter()
+            .any(|r| r.record_type() == RecordType::SOA && r.ttl == 60)
+    );
+    // A zone we do not serve: REFUSED, not authoritative.
+    let other = ask(dns, "example.org", RecordType::A, &Ask::default())?;
+    ensure!(
+        other.metadata.response_code == ResponseCode::Refused,
+        "{other:?}"
+    );
+    ensure!(!other.metadata.authoritative && other.answers.is_empty());
+    // Names are case-insensitive.
+    let upper = ask(dns, "GEO.Test", RecordType::A, &Ask::default())?;
+    ensure!(addresses(&upper) == all);
+    Ok(())
+}
+
+#[tokio::test]
+async fn garbage_gets_formerr_or_nothing_and_the_server_goes_on() -> Result<()> {
+    let net = dns_network(1, &[])?;
+    let dns = net.nodes[0].dns.context("dns")?;
+    net.admin.ok(&["site", "add", SITE])?;
+    // Shorter than a header: dropped.
+    ensure!(exchange_udp(dns, &[1, 2, 3])?.is_none());
+    // A header, then rubbish: FORMERR echoing the id.
+    let mut bad = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    bad.extend_from_slice(&[0xff; 40]);
+    let reply = exchange_udp(dns, &bad)?.context("a FORMERR")?;
+    ensure!(
+        reply[..2] == [0xab, 0xcd] && reply[3] & 0x0f == 1,
+        "{reply:?}"
+    );
+    // A compression pointer to itself in the question.
+    let mut looped = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    let reply = exchange_udp(dns, &looped)?.context("a FORMERR")?;
+    ensure!(reply[3] & 0x0f == 1, "{reply:?}");
+    // A response sent to us: never answered (no reflection).
+    let mut response = vec![0x55, 0x55, 0x81, 0x80, 0, 0, 0, 0, 0, 0, 0, 0];
+    response.extend_from_slice(&[0; 4]);
+    ensure!(exchange_udp(dns, &response)?.is_none());
+    // Over TCP, a garbage frame is answered and the server stays up.
+    let reply = exchange_tcp(dns, &bad)?;
+    ensure!(reply[3] & 0x0f == 1);
+    // Still answering.
+    let soa = ask(dns, SITE, RecordType::SOA, &Ask::default())?;
+    ensure!(soa.metadata.response_code == ResponseCode::NoError && !soa.answers.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs dig (Debian package dnsutils); .ci/run installs it"]
+async fn dig_reads_the_answers() -> Result<()> {
+    let net = dns_network(1, &[])?;
+    let dns = net.nodes[0].dns.context("dns")?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    wait_for(Duration::from_secs(10), "an A answer", || {
+        let out = dig(dns, &["+short", SITE, "A"]);
+        async move { Ok(out?.trim() == "192.0.2.1") }
+    })
+    .await?;
+    let out = dig(dns, &["+norec", SITE, "SOA"])?;
+    ensure!(
+        out.contains("flags: qr aa;") && out.contains("status: NOERROR"),
+        "{out}"
+    );
+    let out = dig(dns, &["+tcp", "+short", SITE, "A"])?;
+    ensure!(out.trim() == "192.0.2.1", "{out}");
+    let out = dig(dns, &["nope.geo.test", "A"])?;
+    ensure!(
+        out.contains("status: NXDOMAIN") && out.contains("SOA"),
+        "{out}"
+    );
+    let out = dig(dns, &["example.org", "A"])?;
+    ensure!(out.contains("status: REFUSED"), "{out}");
+    // An EDNS version we do not speak.
+    let out = dig(dns, &["+edns=1", "+noednsneg", SITE, "A"])?;
+    ensure!(out.contains("status: BADVERS"), "{out}");
+    Ok(())
+}
