@@ -79,6 +79,26 @@ enum Command {
         #[arg(long, env = "MAKIATTO_DATA_DIR")]
         data_dir: PathBuf,
     },
+    /// The geo database the nameserver places visitors with.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum GeoipCommand {
+    /// Check MaxMind-format city databases (the standard layout of DB-IP
+    /// City Lite or GeoLite2, or the flat one of ip-location-db, whose
+    /// IPv4 and IPv6 files are installed one after the other) and install
+    /// them into DATA_DIR/geoip/. A running node reads them within a
+    /// second. See docs/dns.md for free sources and their attribution.
+    Install {
+        #[arg(long, env = "MAKIATTO_DATA_DIR")]
+        data_dir: PathBuf,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
 }
 
 /// Whether the node is a nameserver, and where.
@@ -207,6 +227,21 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Run { data_dir } => run_node(&data_dir).await,
+        Command::Geoip {
+            command: GeoipCommand::Install { data_dir, files },
+        } => {
+            for file in files {
+                let got = makiatto::dns::geoip::install(&data_dir, &file)?;
+                println!(
+                    "installed {} ({}, {} layout) as {}",
+                    file.display(),
+                    got.kind,
+                    got.layout,
+                    got.path.display()
+                );
+            }
+            Ok(())
+        }
         Command::Join {
             ticket,
             data_dir,

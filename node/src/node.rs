@@ -312,14 +312,25 @@ impl Node {
                 region: config.region.clone(),
                 location: config.location.map(|[lat, lon]| (lat, lon)),
             };
+            // A database that cannot be read is logged, not fatal: the
+            // nameserver answers without geo until a good one is installed.
+            let geo = match crate::dns::GeoDb::load(data_dir) {
+                Ok(db) => db.map(Arc::new),
+                Err(error) => {
+                    warn!(%error, "answering without a geo database");
+                    None
+                }
+            };
             let zones = Arc::new(crate::dns::Zones::new(crate::dns::current(
                 &members,
                 settings.clone(),
+                geo,
             )));
             tasks.spawn(crate::dns::keep_current(
                 members.clone(),
                 zones.clone(),
                 settings,
+                data_dir.to_owned(),
                 cancel.clone(),
             ));
             Some(crate::dns::Dns::spawn(

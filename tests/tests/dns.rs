@@ -20,6 +20,15 @@ const SITE: &str = "geo.test";
 /// `n` nodes that serve HTTP and answer DNS; node `i` says its public IP
 /// is 192.0.2.(i+1).
 fn dns_network(n: usize, settings: &[(&str, &str)]) -> Result<Network> {
+    dns_network_with(n, settings, |_| Vec::new())
+}
+
+/// [`dns_network`] with settings of node `i` from `each(i)`.
+fn dns_network_with(
+    n: usize,
+    settings: &[(&str, &str)],
+    each: impl Fn(usize) -> Vec<(&'static str, String)>,
+) -> Result<Network> {
     let fresh = fresh_network()?;
     let configure = |dir: &std::path::Path, i: usize| -> Result<()> {
         set_config(dir, "roles", r#"["http", "dns"]"#)?;
@@ -27,6 +36,9 @@ fn dns_network(n: usize, settings: &[(&str, &str)]) -> Result<Network> {
         set_config(dir, "public_ips", &format!(r#"["192.0.2.{}"]"#, i + 1))?;
         for (k, v) in settings {
             set_config(dir, k, v)?;
+        }
+        for (k, v) in each(i) {
+            set_config(dir, k, &v)?;
         }
         Ok(())
     };
@@ -243,4 +255,118 @@ async fn dig_reads_the_answers() -> Result<()> {
     let out = dig(dns, &["+edns=1", "+noednsneg", SITE, "A"])?;
     ensure!(out.contains("status: BADVERS"), "{out}");
     Ok(())
+}
+
+/// A geo database placing 10.1.0.0/16 in Frankfurt, 10.2.0.0/16 in New
+/// York and 2001:db8:3::/48 in Sydney, in the flat layout (f32).
+fn geo_database(path: &std::path::Path) -> Result<()> {
+    use mmdb_writer::{Value, Writer};
+    let mut w = Writer::new("Test-City");
+    for (net, lat, lon) in [
+        ("10.1.0.0/16", 50.11, 8.68),
+        ("10.2.0.0/16", 40.71, -74.01),
+        ("2001:db8:3::/48", -33.87, 151.21),
+    ] {
+        w.insert_value(
+            net.parse::<ipnet::IpNet>()?,
+            Value::map([
+                ("latitude", Value::Float(lat as f32)),
+                ("longitude", Value::Float(lon as f32)),
+            ]),
+        )?;
+    }
+    std::fs::write(path, w.to_bytes()?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_answer_follows_the_visitors_subnet() -> Result<()> {
+    // Node 0 in Frankfurt, 1 in New York, 2 in Sydney; one node per answer.
+    let places = [
+        ("eu", 50.11, 8.68),
+        ("us", 40.71, -74.01),
+        ("ap", -33.87, 151.21),
+    ];
+    let Network { tmp, nodes, admin } = dns_network_with(3, &[("dns_answers", "1")], |i| {
+        let (region, lat, lon) = places[i];
+        vec![
+            ("region", format!("{region:?}")),
+            ("location", format!("[{lat}, {lon}]")),
+        ]
+    })?;
+    admin.ok(&["site", "add", SITE])?;
+    let site = tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let dns = nodes[0].dns.context("dns")?;
+    let with = |subnet: &str, prefix: u8| Ask {
+        subnet: Some((ip(subnet), prefix)),
+        ..Ask::default()
+    };
+    // No database yet: nothing is placed, the scope is 0, and the
+    // answering node's own region comes first.
+    wait_for(Duration::from_secs(20), "every node in the zone", || {
+        let got = ask(dns, SITE, RecordType::A, &Ask { ..Ask::default() })
+            .map(|m| addresses(&m) == [ip("192.0.2.1")]);
+        async move { got }
+    })
+    .await?;
+    let m = ask(dns, SITE, RecordType::A, &with("10.2.0.0", 24))?;
+    ensure!(addresses(&m) == [ip("192.0.2.1")], "{m:?}");
+    ensure!(subnet_scope(&m) == Some(0), "{m:?}");
+
+    // A database installed into the running node is read within seconds.
+    let db = tmp.path().join("city.mmdb");
+    geo_database(&db)?;
+    let out = std::process::Command::new(maki_e2e::bins()?.makiatto)
+        .args(["geoip", "install", "--data-dir"])
+        .arg(&nodes[0].dir)
+        .arg(&db)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(String::from_utf8_lossy(&out.stdout).contains("flat layout"));
+    wait_for(
+        Duration::from_secs(10),
+        "New York for a New York subnet",
+        || {
+            let got = ask(dns, SITE, RecordType::A, &with("10.2.0.0", 24));
+            async move { Ok(addresses(&got?) == [ip("192.0.2.2")]) }
+        },
+    )
+    .await?;
+    for (subnet, want) in [
+        ("10.1.7.0", "192.0.2.1"),
+        ("10.2.0.0", "192.0.2.2"),
+        ("2001:db8:3::", "192.0.2.3"),
+    ] {
+        let prefix = if subnet.contains(':') { 56 } else { 24 };
+        let m = ask(dns, SITE, RecordType::A, &with(subnet, prefix))?;
+        ensure!(addresses(&m) == [ip(want)], "{subnet}: {m:?}");
+        // The scope is the database's network: /16 for IPv4, /48 for IPv6.
+        let scope = if subnet.contains(':') { 48 } else { 16 };
+        ensure!(subnet_scope(&m) == Some(scope), "{subnet}: {m:?}");
+    }
+    // Without ECS, the resolver's own address decides (127.0.0.1 is not
+    // placed: the answering node's region).
+    let m = ask(dns, SITE, RecordType::A, &Ask::default())?;
+    ensure!(addresses(&m) == [ip("192.0.2.1")], "{m:?}");
+    // Another nameserver without a database answers alike for the
+    // unplaced; its own region first.
+    let other = nodes[1].dns.context("dns")?;
+    let m = ask(other, SITE, RecordType::A, &with("10.1.7.0", 24))?;
+    ensure!(addresses(&m) == [ip("192.0.2.2")], "{m:?}");
+    Ok(())
+}
+
+/// The scope prefix of the ECS option in a reply.
+fn subnet_scope(m: &hickory_proto::op::Message) -> Option<u8> {
+    use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
+    match m.edns.as_ref()?.option(EdnsCode::Subnet)? {
+        EdnsOption::Subnet(s) => Some(s.scope_prefix()),
+        _ => None,
+    }
 }

@@ -57,12 +57,10 @@ pub struct From {
     pub tcp: bool,
 }
 
-/// The reply to `query`, or `None` to drop it. `locate` is the geo
-/// database (`None`: there is none); `turn` varies per query so nodes
-/// that rank the same share the visitors.
+/// The reply to `query`, or `None` to drop it. `turn` varies per query
+/// so nodes that rank the same share the visitors.
 pub fn respond(
     snap: &Snapshot,
-    locate: &dyn Fn(IpAddr) -> Option<Place>,
     query: &[u8],
     from: From,
     turn: usize,
@@ -134,7 +132,7 @@ pub fn respond(
                 &mut reply
             }
             RecordType::A | RecordType::AAAA => {
-                let place = locate(visitor);
+                let place: Option<Place> = snap.geo.as_ref().and_then(|g| g.locate(visitor));
                 scope = place.map_or(0, |p| p.prefix);
                 let from = place.and_then(|p| p.at);
                 reply.add_answers(geo_answer(snap, zone, name, qtype, from, turn));

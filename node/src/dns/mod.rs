@@ -10,7 +10,8 @@
 
 use std::{
     io,
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{SocketAddr, UdpSocket},
+    path::PathBuf,
     sync::Arc,
     time::Duration,
 };
@@ -22,13 +23,15 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 pub mod answer;
 pub mod geo;
+pub mod geoip;
 pub mod zones;
 
 pub use answer::{From, Stats, respond};
+pub use geoip::GeoDb;
 pub use zones::{ROLE_DNS, Settings, Snapshot, Zones};
 
 use crate::members::Members;
@@ -135,11 +138,6 @@ fn bind_both(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     }
 }
 
-/// What the geo database says of an address; none yet.
-fn locate(_: IpAddr) -> Option<geo::Place> {
-    None
-}
-
 fn serve_udp(
     socket: UdpSocket,
     worker: usize,
@@ -186,7 +184,7 @@ fn serve_udp(
             ip: src.ip().to_canonical(),
             tcp: false,
         };
-        if let Some(reply) = respond(&snap, &locate, &buf[..n], from, turn, stats)
+        if let Some(reply) = respond(&snap, &buf[..n], from, turn, stats)
             && let Err(error) = socket.send_to(&reply, src)
         {
             debug!(%error, %src, "DNS reply not sent");
@@ -263,7 +261,7 @@ async fn serve_conn(
             ip: src.ip().to_canonical(),
             tcp: true,
         };
-        let Some(reply) = respond(&zones.get(), &locate, query, from, turn, stats) else {
+        let Some(reply) = respond(&zones.get(), query, from, turn, stats) else {
             return Ok(());
         };
         let mut out = Vec::with_capacity(reply.len() + 2);
@@ -274,21 +272,42 @@ async fn serve_conn(
 }
 
 /// Rebuilds the zones from the records and what every member holds,
-/// every [`REBUILD`], until `cancel`.
+/// every [`REBUILD`], until `cancel`; reads the geo database in
+/// `data_dir` again when its files change (`makiatto geoip install`).
 pub async fn keep_current(
     members: Arc<Members>,
     zones: Arc<Zones>,
     settings: Settings,
+    data_dir: PathBuf,
     cancel: CancellationToken,
 ) {
     let mut every = tokio::time::interval(REBUILD);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut geo = zones.get().geo.clone();
+    let mut stamp = geo
+        .as_ref()
+        .map_or_else(|| GeoDb::stamp(&data_dir), |g| g.stamp.clone());
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             _ = every.tick() => {}
         }
-        let snap = current(&members, settings.clone());
+        let now = GeoDb::stamp(&data_dir);
+        if now != stamp {
+            stamp = now;
+            let dir = data_dir.clone();
+            match tokio::task::spawn_blocking(move || GeoDb::load(&dir)).await {
+                Ok(Ok(db)) => {
+                    info!(installed = db.is_some(), "read the geo database again");
+                    geo = db.map(Arc::new);
+                }
+                Ok(Err(error)) => {
+                    warn!(%error, "the geo database changed and cannot be read; keeping the one in use")
+                }
+                Err(error) => warn!(%error, "reading the geo database failed"),
+            }
+        }
+        let snap = current(&members, settings.clone(), geo.clone());
         if zones.update(snap, crate::now()) {
             debug!(zones = zones.get().zones().count(), "DNS zones changed");
         }
@@ -296,7 +315,7 @@ pub async fn keep_current(
 }
 
 /// The zones as they are now.
-pub fn current(members: &Members, settings: Settings) -> Snapshot {
+pub fn current(members: &Members, settings: Settings, geo: Option<Arc<GeoDb>>) -> Snapshot {
     let dir = members.directory();
     let holds = zones::holdings(
         members.id,
@@ -314,5 +333,6 @@ pub fn current(members: &Members, settings: Settings) -> Snapshot {
             holds: &holds,
         },
         settings,
+        geo,
     )
 }

@@ -14,6 +14,7 @@ use std::{
 use hickory_proto::rr::Name;
 use maki_protocol::{Domain, PublicKey, ROLE_HTTP, sync::Holding};
 
+use super::geoip::GeoDb;
 use crate::directory::Directory;
 
 /// The role of a node that answers DNS for the sites (a nameserver).
@@ -87,6 +88,8 @@ pub struct Settings {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     zones: HashMap<Name, Arc<Zone>>,
+    /// The geo database, if one is installed.
+    pub geo: Option<Arc<GeoDb>>,
     /// The most labels any zone apex has: longer names are cut to it
     /// before the walk towards the root.
     most_labels: u8,
@@ -97,6 +100,7 @@ impl Snapshot {
     pub fn empty(settings: Settings) -> Self {
         Self {
             zones: HashMap::new(),
+            geo: None,
             most_labels: 0,
             settings,
         }
@@ -134,8 +138,9 @@ pub struct Inputs<'a> {
 }
 
 /// Builds every zone from `inputs`; serials are left at 0 for
-/// [`Zones::update`] to set.
-pub fn build(inputs: &Inputs<'_>, settings: Settings) -> Snapshot {
+/// [`Zones::update`] to set. A node whose record gives no location is
+/// placed by `geo`, at its first public IP the database places.
+pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -> Snapshot {
     let dir = inputs.dir;
     let mut nameservers: Vec<Nameserver> = Vec::new();
     // Per site: (servers holding its current head, servers holding any).
@@ -154,7 +159,10 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings) -> Snapshot {
                 Server {
                     id: node.id,
                     ips: node.ips.clone(),
-                    location: node.location,
+                    location: node.location.or_else(|| {
+                        let geo = geo.as_ref()?;
+                        node.ips.iter().find_map(|ip| geo.locate(*ip)?.at)
+                    }),
                     region: node.region.clone(),
                 },
                 holds,
@@ -212,6 +220,7 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings) -> Snapshot {
     }
     Snapshot {
         zones,
+        geo,
         most_labels,
         settings,
     }
@@ -251,7 +260,13 @@ impl Zones {
     /// changed.
     pub fn update(&self, mut next: Snapshot, now: u64) -> bool {
         let prev = self.get();
-        let mut changed = prev.zones.len() != next.zones.len() || prev.settings != next.settings;
+        let same_geo = match (&prev.geo, &next.geo) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            (None, None) => true,
+            _ => false,
+        };
+        let mut changed =
+            prev.zones.len() != next.zones.len() || prev.settings != next.settings || !same_geo;
         for (apex, zone) in next.zones.iter_mut() {
             let serial = match prev.zones.get(apex) {
                 Some(old) if old.same_answers(zone) => old.serial,
