@@ -143,9 +143,32 @@ enum SiteCommand {
         domain: String,
         #[arg(long = "publisher")]
         publishers: Vec<PublicKey>,
+        /// Another domain that serves the same site (and is a DNS zone
+        /// of its own). Repeat for more.
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
     },
     /// Remove a site; it stops being served.
     Remove { domain: String },
+    /// Change a site's aliases.
+    #[command(subcommand)]
+    Alias(AliasCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AliasCommand {
+    /// Make ALIAS… serve DOMAIN's site too.
+    Add {
+        domain: String,
+        #[arg(required = true)]
+        aliases: Vec<String>,
+    },
+    /// Stop ALIAS… serving DOMAIN's site.
+    Remove {
+        domain: String,
+        #[arg(required = true)]
+        aliases: Vec<String>,
+    },
 }
 
 fn main() {
@@ -241,13 +264,43 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Site(SiteCommand::Add {
             domain: d,
             publishers,
+            aliases,
         }) => {
             let d = domain(d)?;
+            let aliases = aliases
+                .iter()
+                .map(|a| domain(a))
+                .collect::<Result<Vec<_>>>()?;
             let (client, key) = connect(&cli, &project).await?;
-            let added = sites::add(&client, &key, &d, publishers.clone()).await;
+            let added = sites::add(&client, &key, &d, publishers.clone(), aliases).await;
             client.close().await;
             added?;
             println!("added {d}");
+        }
+        Command::Site(SiteCommand::Alias(change)) => {
+            let (d, add, remove) = match change {
+                AliasCommand::Add { domain, aliases } => (domain, aliases, &Vec::new()),
+                AliasCommand::Remove { domain, aliases } => (domain, &Vec::new(), aliases),
+            };
+            let d = domain(d)?;
+            let add = add.iter().map(|a| domain(a)).collect::<Result<Vec<_>>>()?;
+            let remove = remove
+                .iter()
+                .map(|a| domain(a))
+                .collect::<Result<Vec<_>>>()?;
+            let (client, key) = connect(&cli, &project).await?;
+            let set = sites::set_aliases(&client, &key, &d, &add, &remove).await;
+            client.close().await;
+            let set = set?;
+            let names: Vec<&str> = set.iter().map(|a| a.as_str()).collect();
+            println!(
+                "{d}: aliases {}",
+                if names.is_empty() {
+                    "none".to_owned()
+                } else {
+                    names.join(", ")
+                }
+            );
         }
         Command::Site(SiteCommand::Remove { domain: d }) => {
             let d = domain(d)?;

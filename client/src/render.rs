@@ -105,11 +105,15 @@ pub fn peer_line(p: &maki_protocol::rpc::PeerInfo) -> String {
 
 /// A line of `maki sites`.
 pub fn site_line(s: &SiteInfo) -> String {
-    let pinned = if s.regions.is_empty() {
+    let mut pinned = if s.regions.is_empty() {
         String::new()
     } else {
         format!("  pinned to {}", s.regions.join(","))
     };
+    if !s.aliases.is_empty() {
+        let names: Vec<&str> = s.aliases.iter().map(|a| a.as_str()).collect();
+        pinned.push_str(&format!("  aliases {}", names.join(",")));
+    }
     match &s.head {
         Some(h) => format!(
             "{}  version {}  {} files  {}  manifest {}{pinned}",

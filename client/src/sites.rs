@@ -8,12 +8,14 @@ use maki_protocol::{
 
 use crate::net::{Client, NetError, unexpected};
 
-/// Creates `domain` with `publishers` (default: the caller).
+/// Creates `domain` with `publishers` (default: the caller) and
+/// `aliases` (other domains that serve the same site).
 pub async fn add(
     client: &Client,
     key: &SecretKey,
     domain: &Domain,
     mut publishers: Vec<PublicKey>,
+    aliases: Vec<Domain>,
 ) -> Result<(), NetError> {
     if publishers.is_empty() {
         publishers.push(key.public());
@@ -34,7 +36,7 @@ pub async fn add(
     let record = SiteRecord {
         format: RECORD_FORMAT,
         domain: domain.clone(),
-        aliases: Vec::new(),
+        aliases,
         publishers,
         // Later changes of the site must carry a higher version; the clock
         // in milliseconds gives that without asking.
@@ -50,13 +52,54 @@ pub async fn add(
     Ok(())
 }
 
+/// Adds `add` to the aliases of `domain` and removes `remove`; returns
+/// the aliases as recorded.
+pub async fn set_aliases(
+    client: &Client,
+    key: &SecretKey,
+    domain: &Domain,
+    add: &[Domain],
+    remove: &[Domain],
+) -> Result<Vec<Domain>, NetError> {
+    let current = info(client, domain).await?;
+    let mut aliases = current.aliases;
+    for a in remove {
+        if !aliases.contains(a) {
+            return Err(NetError::Refused(RpcError::InvalidRecord(format!(
+                "{a} is not an alias of {domain}"
+            ))));
+        }
+    }
+    aliases.retain(|a| !remove.contains(a));
+    for a in add {
+        if !aliases.contains(a) {
+            aliases.push(a.clone());
+        }
+    }
+    let record = SiteRecord {
+        format: RECORD_FORMAT,
+        domain: domain.clone(),
+        aliases: aliases.clone(),
+        publishers: current.publishers,
+        version: crate::now_millis().max(current.record_version + 1),
+        removed: false,
+        heads_after: current.heads_after,
+    };
+    client
+        .call(&Request::SiteUpdate {
+            record: Signed::sign(key, &record),
+        })
+        .await?;
+    Ok(aliases)
+}
+
 /// Removes `domain`: every node stops serving it.
 pub async fn remove(client: &Client, key: &SecretKey, domain: &Domain) -> Result<(), NetError> {
     let current = info(client, domain).await?;
     let record = SiteRecord {
         format: RECORD_FORMAT,
         domain: domain.clone(),
-        aliases: Vec::new(),
+        aliases: current.aliases,
         publishers: current.publishers,
         version: crate::now_millis().max(current.record_version + 1),
         removed: true,

@@ -166,6 +166,8 @@ impl LiveSite {
 #[derive(Debug, Default)]
 pub struct Live {
     sites: RwLock<HashMap<Domain, Arc<LiveSite>>>,
+    /// Other names of sites: alias → the site's domain.
+    aliases: RwLock<HashMap<Domain, Domain>>,
     /// How many served versions reference each blob.
     referenced: RwLock<HashMap<Hash, u32>>,
     generation: AtomicU64,
@@ -174,13 +176,41 @@ pub struct Live {
 }
 
 impl Live {
+    /// The site served at `domain`, its own or one it is an alias of.
     pub fn get(&self, domain: &str) -> Option<Arc<LiveSite>> {
-        let sites = self.sites.read().ok()?;
         // Host headers are case-insensitive; our domains are lowercase.
-        if domain.bytes().any(|b| b.is_ascii_uppercase()) {
-            return sites.get(domain.to_ascii_lowercase().as_str()).cloned();
+        let lower;
+        let domain = if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = domain.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            domain
+        };
+        let sites = self.sites.read().ok()?;
+        if let Some(site) = sites.get(domain) {
+            return Some(site.clone());
         }
-        sites.get(domain).cloned()
+        let aliases = self.aliases.read().ok()?;
+        sites.get(aliases.get(domain)?).cloned()
+    }
+
+    /// Alias → site domain, as the records say now (see [`aliases_of`]).
+    pub fn aliases(&self) -> HashMap<Domain, Domain> {
+        self.aliases.read().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Takes the aliases the records give now; true if they changed.
+    pub fn set_aliases(&self, next: HashMap<Domain, Domain>) -> bool {
+        let Ok(mut aliases) = self.aliases.write() else {
+            return false;
+        };
+        if *aliases == next {
+            return false;
+        }
+        *aliases = next;
+        drop(aliases);
+        self.generation.fetch_add(1, Ordering::Release);
+        true
     }
 
     /// Bumped after every change; cheap to read from any thread.
@@ -356,4 +386,23 @@ mod tests {
         let h = Hash::of(b"x");
         assert_eq!(etag(&h).as_bytes(), format!("\"{h}\"").as_bytes());
     }
+}
+
+/// Alias → site domain for every site in `dir`. The admin RPC refuses a
+/// clash, but records from two admins racing can still claim one name
+/// twice: a site's own domain then wins over any alias, and among sites
+/// the one whose domain sorts first, so every node settles it alike.
+pub fn aliases_of(dir: &crate::directory::Directory) -> HashMap<Domain, Domain> {
+    let mut sites: Vec<_> = dir.sites().collect();
+    sites.sort_by(|a, b| a.domain.cmp(&b.domain));
+    let mut out = HashMap::new();
+    for site in &sites {
+        for alias in &site.aliases {
+            if dir.site(alias).is_none() {
+                out.entry(alias.clone())
+                    .or_insert_with(|| site.domain.clone());
+            }
+        }
+    }
+    out
 }

@@ -26,7 +26,7 @@ use tokio::{
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use crate::shared::Shared;
 use crate::{
@@ -381,6 +381,10 @@ impl Node {
         ));
         node.tasks
             .spawn(sweep_live(node.shared.clone(), node.cancel.clone()));
+        node.tasks.spawn(keep_aliases(
+            node.shared.members.clone(),
+            node.cancel.clone(),
+        ));
         node.tasks.spawn(crate::sync::run(
             members,
             record_sets,
@@ -535,6 +539,22 @@ pub fn blobs_dir(data_dir: &Path) -> PathBuf {
 
 /// Drops replaced site versions once no edge worker holds them, on a
 /// blocking thread: freeing a million files takes a while.
+/// Keeps the edge's aliases as the site records give them.
+async fn keep_aliases(members: Arc<crate::members::Members>, cancel: CancellationToken) {
+    let mut records = members.records.subscribe();
+    loop {
+        let aliases = crate::live::aliases_of(&records.borrow_and_update());
+        if members.live.set_aliases(aliases) {
+            debug!("site aliases changed");
+        }
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            changed = records.changed() => if changed.is_err() { break },
+        }
+    }
+}
+
 async fn sweep_live(shared: Arc<Shared>, cancel: CancellationToken) {
     let mut every = tokio::time::interval(Duration::from_secs(2));
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

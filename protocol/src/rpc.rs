@@ -67,6 +67,8 @@ pub enum Request {
     PeerSet { record: Signed<crate::PeerRecord> },
     /// Admin: the external WireGuard peers.
     Peers,
+    /// A newer record of an existing site: its aliases changed (admin).
+    SiteUpdate { record: Signed<SiteRecord> },
 }
 
 pub use crate::blobset::BlobSet;
@@ -142,6 +144,8 @@ impl std::fmt::Display for Health {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SiteInfo {
     pub domain: Domain,
+    /// Other domains that serve the same site.
+    pub aliases: Vec<Domain>,
     pub publishers: Vec<PublicKey>,
     pub head: Option<HeadInfo>,
     /// The newest version kept (0 before the first publish); a new publish

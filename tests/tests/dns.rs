@@ -370,3 +370,110 @@ fn subnet_scope(m: &hickory_proto::op::Message) -> Option<u8> {
         _ => None,
     }
 }
+
+#[tokio::test]
+async fn aliases_serve_the_site_over_http_and_dns() -> Result<()> {
+    let net = dns_network(1, &[])?;
+    let node = &net.nodes[0];
+    let dns = node.dns.context("dns")?;
+    net.admin.ok(&[
+        "site",
+        "add",
+        SITE,
+        "--alias",
+        "www.geo.test",
+        "--alias",
+        "geo.example",
+    ])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let index = std::fs::read(site.join("index.html"))?;
+    for host in [SITE, "www.geo.test", "GEO.example"] {
+        wait_for(Duration::from_secs(10), "the site at its alias", || {
+            let (addr, host) = (node.http, host.to_owned());
+            async move { Ok(maki_e2e::body_of(addr, &host, "/").await.is_some()) }
+        })
+        .await?;
+        let body = maki_e2e::body_of(node.http, host, "/")
+            .await
+            .context("served")?;
+        ensure!(body == index, "{host} serves the site");
+        // Each alias is a zone of its own, answered like the site.
+        wait_for(Duration::from_secs(10), "the alias's zone", || {
+            let got = ask(dns, host, RecordType::A, &Ask::default());
+            async move { Ok(addresses(&got?) == [ip("192.0.2.1")]) }
+        })
+        .await?;
+        let soa = ask(dns, host, RecordType::SOA, &Ask::default())?;
+        ensure!(
+            soa.metadata.authoritative && soa.answers.len() == 1,
+            "{host}: {soa:?}"
+        );
+    }
+    let listed = net.admin.ok(&["sites"])?;
+    ensure!(
+        listed.contains("aliases www.geo.test,geo.example"),
+        "{listed}"
+    );
+
+    // Ambiguous names are refused, with the reason.
+    let err = net
+        .admin
+        .fails(&["site", "add", "second.test", "--alias", "www.geo.test"])?;
+    ensure!(
+        err.contains("www.geo.test is already an alias of geo.test"),
+        "{err}"
+    );
+    let err = net.admin.fails(&["site", "add", "geo.example"])?;
+    ensure!(err.contains("geo.example is an alias of geo.test"), "{err}");
+    net.admin.ok(&["site", "add", "second.test"])?;
+    let err = net
+        .admin
+        .fails(&["site", "alias", "add", SITE, "second.test"])?;
+    ensure!(err.contains("second.test is a site of its own"), "{err}");
+    let err = net.admin.fails(&["site", "alias", "add", SITE, SITE])?;
+    ensure!(err.contains("the site's own domain"), "{err}");
+    let err = net
+        .admin
+        .fails(&["site", "alias", "remove", SITE, "nope.test"])?;
+    ensure!(
+        err.contains("nope.test is not an alias of geo.test"),
+        "{err}"
+    );
+
+    // Removing an alias: no longer served, no longer a zone.
+    let out = net
+        .admin
+        .ok(&["site", "alias", "remove", SITE, "geo.example"])?;
+    ensure!(out.contains("aliases www.geo.test"), "{out}");
+    wait_for(Duration::from_secs(10), "the alias gone from DNS", || {
+        let got = ask(dns, "geo.example", RecordType::A, &Ask::default());
+        async move { Ok(got?.metadata.response_code == ResponseCode::Refused) }
+    })
+    .await?;
+    ensure!(
+        maki_e2e::body_of(node.http, "geo.example", "/")
+            .await
+            .is_none()
+    );
+    ensure!(
+        maki_e2e::body_of(node.http, "www.geo.test", "/")
+            .await
+            .is_some()
+    );
+    // And one added later is served at once.
+    net.admin
+        .ok(&["site", "alias", "add", SITE, "later.example"])?;
+    wait_for(Duration::from_secs(10), "the new alias served", || {
+        let addr = node.http;
+        async move {
+            Ok(maki_e2e::body_of(addr, "later.example", "/")
+                .await
+                .is_some())
+        }
+    })
+    .await?;
+    Ok(())
+}

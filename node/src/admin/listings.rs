@@ -161,6 +161,7 @@ impl AdminProtocol {
                 (None, _) => None,
             };
             out.push(SiteInfo {
+                aliases: record.aliases,
                 domain,
                 heads_after: record.heads_after,
                 publishers: record.publishers,

@@ -147,6 +147,7 @@ impl AdminProtocol {
         match req {
             Request::SiteAdd { record } => self.site_add(caller, record).await,
             Request::SiteRemove { record } => self.site_remove(caller, record).await,
+            Request::SiteUpdate { record } => self.site_update(caller, record).await,
             Request::Sites => self.sites(caller).await,
             Request::Versions { domain } => self.versions(caller, domain).await,
             Request::PublishBegin {

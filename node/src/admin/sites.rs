@@ -145,17 +145,47 @@ impl AdminProtocol {
             ));
         }
         let _guard = self.shared.serving.lock().await;
-        if self
-            .shared
-            .members
-            .directory()
-            .site(&record.domain)
-            .is_some()
-        {
+        let dir = self.shared.members.directory();
+        if dir.site(&record.domain).is_some() {
             return Err(RpcError::SiteExists(record.domain));
         }
+        if let Some(other) = dir.sites().find(|s| s.aliases.contains(&record.domain)) {
+            return Err(RpcError::InvalidRecord(format!(
+                "{} is an alias of {}; remove the alias first",
+                record.domain, other.domain
+            )));
+        }
+        check_aliases(&dir, &record)?;
         self.apply_admin(Record::Site(signed), "record of the site")?;
-        info!(site = %record.domain, "site added");
+        info!(site = %record.domain, aliases = ?record.aliases, "site added");
+        Ok(Response::Done)
+    }
+
+    /// A site's record again, with other aliases; everything else stays.
+    pub(super) async fn site_update(
+        &self,
+        caller: PublicKey,
+        signed: Signed<SiteRecord>,
+    ) -> Result<Response, RpcError> {
+        let record = self.admin_signed(caller, &signed)?;
+        let _guard = self.shared.serving.lock().await;
+        let dir = self.shared.members.directory();
+        let Some(current) = dir.site(&record.domain) else {
+            return Err(RpcError::UnknownSite(record.domain));
+        };
+        // Only the aliases may change here: publishers and the head floor
+        // have their own rules, and removal its own request.
+        if record.removed
+            || record.publishers != current.publishers
+            || record.heads_after != current.heads_after
+        {
+            return Err(RpcError::InvalidRecord(
+                "an update may change the aliases only; list the site and try again".into(),
+            ));
+        }
+        check_aliases(&dir, &record)?;
+        self.apply_admin(Record::Site(signed), "record of the site")?;
+        info!(site = %record.domain, aliases = ?record.aliases, "site updated");
         Ok(Response::Done)
     }
 
@@ -195,4 +225,35 @@ impl AdminProtocol {
             seq: seen.max(current),
         })
     }
+}
+
+/// The most aliases one site may have.
+pub const MAX_ALIASES: usize = 64;
+
+/// Refuses aliases that would make a name ambiguous: the site's own
+/// domain, a name twice, or a name another site has as its domain or as
+/// an alias. (Records from two admins racing can still clash; every node
+/// then settles it alike, see `live::aliases_of`.)
+fn check_aliases(dir: &crate::directory::Directory, record: &SiteRecord) -> Result<(), RpcError> {
+    let bad = |m: String| Err(RpcError::InvalidRecord(m));
+    if record.aliases.len() > MAX_ALIASES {
+        return bad(format!("a site may have at most {MAX_ALIASES} aliases"));
+    }
+    for (i, alias) in record.aliases.iter().enumerate() {
+        if *alias == record.domain {
+            return bad(format!("{alias} is the site's own domain"));
+        }
+        if record.aliases[..i].contains(alias) {
+            return bad(format!("{alias} is named twice"));
+        }
+        for other in dir.sites().filter(|s| s.domain != record.domain) {
+            if other.domain == *alias {
+                return bad(format!("{alias} is a site of its own"));
+            }
+            if other.aliases.contains(alias) {
+                return bad(format!("{alias} is already an alias of {}", other.domain));
+            }
+        }
+    }
+    Ok(())
 }

@@ -170,6 +170,7 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
         }
     }
     nameservers.sort_by(|a, b| a.label.cmp(&b.label));
+    let aliases = crate::live::aliases_of(dir);
     let mut zones = HashMap::new();
     let mut most_labels = 0;
     for view in dir.per_site() {
@@ -203,9 +204,11 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
                 .iter()
                 .filter_map(|n| Some((apex.prepend_label(n.label.as_str()).ok()?, n.ips.clone())))
                 .collect();
+            // A name two sites claim is settled as the edge settles it.
+            if name != domain && aliases.get(name) != Some(domain) {
+                continue;
+            }
             most_labels = most_labels.max(apex.num_labels());
-            // A domain that is both a site and another's alias answers
-            // as the site (the admin's explicit word for it).
             let zone = Zone {
                 apex: apex.clone(),
                 site: domain.clone(),
@@ -213,9 +216,7 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
                 nameservers: ns,
                 servers: servers.clone(),
             };
-            if name == domain || !zones.contains_key(&apex) {
-                zones.insert(apex, Arc::new(zone));
-            }
+            zones.insert(apex, Arc::new(zone));
         }
     }
     Snapshot {

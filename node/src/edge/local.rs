@@ -113,6 +113,11 @@ impl Local {
             };
             next.insert(domain, mine);
         }
+        for (alias, domain) in live.aliases() {
+            if let Some(mine) = next.get(&domain).cloned() {
+                next.insert(alias, mine);
+            }
+        }
         // What this drops is at most an outer handle: the live view's
         // graveyard holds every replaced version until no worker does, so a
         // large version is never freed on a serving thread.
