@@ -325,6 +325,25 @@ impl Live {
     }
 }
 
+/// Alias → site domain for every site in `dir`. The admin RPC refuses a
+/// clash, but records from two admins racing can still claim one name
+/// twice: a site's own domain then wins over any alias, and among sites
+/// the one whose domain sorts first, so every node settles it alike.
+pub fn aliases_of(dir: &crate::directory::Directory) -> HashMap<Domain, Domain> {
+    let mut sites: Vec<_> = dir.sites().collect();
+    sites.sort_by(|a, b| a.domain.cmp(&b.domain));
+    let mut out = HashMap::new();
+    for site in &sites {
+        for alias in &site.aliases {
+            if dir.site(alias).is_none() {
+                out.entry(alias.clone())
+                    .or_insert_with(|| site.domain.clone());
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -386,23 +405,4 @@ mod tests {
         let h = Hash::of(b"x");
         assert_eq!(etag(&h).as_bytes(), format!("\"{h}\"").as_bytes());
     }
-}
-
-/// Alias → site domain for every site in `dir`. The admin RPC refuses a
-/// clash, but records from two admins racing can still claim one name
-/// twice: a site's own domain then wins over any alias, and among sites
-/// the one whose domain sorts first, so every node settles it alike.
-pub fn aliases_of(dir: &crate::directory::Directory) -> HashMap<Domain, Domain> {
-    let mut sites: Vec<_> = dir.sites().collect();
-    sites.sort_by(|a, b| a.domain.cmp(&b.domain));
-    let mut out = HashMap::new();
-    for site in &sites {
-        for alias in &site.aliases {
-            if dir.site(alias).is_none() {
-                out.entry(alias.clone())
-                    .or_insert_with(|| site.domain.clone());
-            }
-        }
-    }
-    out
 }
