@@ -78,10 +78,18 @@ pub fn node_line(n: &NodeInfo) -> String {
     } else {
         n.roles.join(",")
     };
-    let mesh = match &n.mesh {
+    let mut mesh = match &n.mesh {
         Some(m) => format!("  mesh {} ({})", m.addr, m.backend),
         None => String::new(),
     };
+    // What the members' probes find: "http down (2/3 see it down)".
+    for c in &n.checks {
+        let verdict = if c.down { "down" } else { "up" };
+        mesh.push_str(&format!(
+            "  {} {verdict} ({}/{} see it down)",
+            c.role, c.down_votes, c.voters
+        ));
+    }
     format!(
         "{}  {}{}  {}{mesh}  {}  {}{}  serves [{}]",
         n.id,

@@ -163,6 +163,7 @@ async fn main() -> Result<()> {
                     admission: Some(admission(&key, i)),
                     ips: vec![],
                     mesh: None,
+                    ports: vec![],
                     #[cfg(feature = "next-format")]
                     note: None,
                 },

@@ -617,6 +617,7 @@ pub(crate) mod testing {
                     admission,
                     ips: vec![],
                     mesh: None,
+                    ports: vec![],
                     #[cfg(feature = "next-format")]
                     note: None,
                 },
@@ -734,6 +735,7 @@ mod tests {
             admission: None,
             ips: vec![],
             mesh: None,
+            ports: vec![],
             #[cfg(feature = "next-format")]
             note: None,
         };

@@ -253,6 +253,15 @@ fn receive(members: &Members, content: &[u8]) {
                 members.peers.set_progress(&node, p);
             }
         }
+        GossipMsg::Health(signed) => {
+            let Ok(h) = signed.verify() else {
+                debug!("gossiped health with a bad signature");
+                return;
+            };
+            if signed.signer() == h.node && h.format == 1 && members.peers.is_member(&h.node) {
+                members.health.received(h);
+            }
+        }
         _ => {}
     }
 }

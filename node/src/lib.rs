@@ -11,6 +11,7 @@ pub mod endpoint;
 pub mod frame;
 pub mod gate;
 pub mod gossip;
+pub mod health;
 pub mod identity;
 pub mod join;
 pub mod live;

@@ -39,6 +39,8 @@ pub struct Members {
     /// What this node tells the network over gossip (it alone holds the
     /// node's key, and signs only holdings with it).
     pub outbox: Outbox,
+    /// What the members' probes find of each other's public services.
+    pub health: crate::health::Health,
 }
 
 impl Members {

@@ -203,6 +203,7 @@ impl Node {
             live: live.clone(),
             served_elsewhere,
             sync_soon: tokio::sync::Notify::new(),
+            health: crate::health::Health::new(key.public()),
         });
         members.refresh_peers();
         let shared = Arc::new(Shared {
@@ -381,6 +382,10 @@ impl Node {
         ));
         node.tasks
             .spawn(sweep_live(node.shared.clone(), node.cancel.clone()));
+        node.tasks.spawn(crate::health::run(
+            node.shared.members.clone(),
+            node.cancel.clone(),
+        ));
         node.tasks.spawn(keep_aliases(
             node.shared.members.clone(),
             node.cancel.clone(),
@@ -438,6 +443,13 @@ impl Node {
             admission,
             ips,
             mesh,
+            ports: [
+                (ROLE_HTTP, self.http_addr),
+                (crate::dns::ROLE_DNS, self.dns_addr()),
+            ]
+            .into_iter()
+            .filter_map(|(role, addr)| Some((role.to_owned(), addr?.port())))
+            .collect(),
             #[cfg(feature = "next-format")]
             note: Some(crate::next::NODE_NOTE.into()),
         };

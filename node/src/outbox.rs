@@ -1,5 +1,5 @@
 //! What this node tells the network over gossip: records made here, and
-//! its holdings and fetch progress, signed. The only holder of the node's
+//! its holdings, fetch progress and health reports, signed. The only holder of the node's
 //! key after start, and it signs nothing but those.
 
 use std::sync::Arc;
@@ -68,6 +68,18 @@ impl Outbox {
             at: crate::now_millis(),
         };
         GossipMsg::Holdings(Signed::sign(&self.key, &body))
+    }
+
+    /// Broadcasts what this node's probes find of the others.
+    pub fn health(&self, seen: &crate::health::Seen) {
+        let body = maki_protocol::sync::Health {
+            format: 1,
+            node: self.id(),
+            http_down: seen.http_down.clone(),
+            dns_down: seen.dns_down.clone(),
+            at: crate::now_millis(),
+        };
+        self.send(GossipMsg::Health(Signed::sign(&self.key, &body)));
     }
 
     /// When the queue is full the message is dropped: anti-entropy

@@ -189,7 +189,7 @@ impl SiteRecord {
 /// The [`NodeRecord`] format this build writes. Each format appends
 /// fields to the one before; the test-only `next-format` feature plays a
 /// newer release that appends [`NodeRecord::note`].
-pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 4 } else { 3 };
+pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 5 } else { 4 };
 
 /// A member node, signed by the node itself; valid only together with the
 /// admin-signed invite it redeemed (named by hash).
@@ -223,7 +223,10 @@ pub struct NodeRecord {
     /// Format 3: how members reach it inside the WireGuard mesh; `None`
     /// while its mesh is off.
     pub mesh: Option<MeshPeer>,
-    /// Format 4, test-only (feature `next-format`): a field today's
+    /// Format 4: the port each public role listens at (`http`, `dns`):
+    /// where members probe its health.
+    pub ports: Vec<(String, u16)>,
+    /// Format 5, test-only (feature `next-format`): a field today's
     /// release does not know.
     #[cfg(feature = "next-format")]
     pub note: Option<String>,
@@ -289,8 +292,9 @@ impl<'de> Deserialize<'de> for NodeRecord {
                     admission: appended!(format, 2),
                     ips: appended!(format, 3),
                     mesh: appended!(format, 3),
+                    ports: appended!(format, 4),
                     #[cfg(feature = "next-format")]
-                    note: appended!(format, 4),
+                    note: appended!(format, 5),
                 })
             }
         }
@@ -302,9 +306,9 @@ impl<'de> Deserialize<'de> for NodeRecord {
 
 /// The most fields a [`NodeRecord`] of this build's format has.
 const NODE_FIELDS: usize = if cfg!(feature = "next-format") {
-    12
+    13
 } else {
-    11
+    12
 };
 
 /// The role of a node that serves sites over HTTP.
@@ -958,6 +962,7 @@ mod tests {
             admission: None,
             ips: vec![],
             mesh: None,
+            ports: vec![],
             #[cfg(feature = "next-format")]
             note: None,
         }
@@ -1007,6 +1012,7 @@ mod tests {
                 p2p_port: 51821,
                 backend: "userspace".into(),
             }),
+            ports: vec![(ROLE_HTTP.into(), 80), ("dns".into(), 53)],
             ..v1
         };
         let record = Record::Node(Signed::sign(&key, &mine));
@@ -1276,6 +1282,7 @@ mod tests {
             admission: invite.map(|_| admission(&founder, id)),
             ips: vec![],
             mesh: None,
+            ports: vec![],
             #[cfg(feature = "next-format")]
             note: None,
         };

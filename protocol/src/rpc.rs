@@ -90,6 +90,23 @@ pub struct NodeInfo {
     pub roles: Vec<String>,
     /// Its place in the WireGuard mesh, if it runs one.
     pub mesh: Option<NodeMesh>,
+    /// What the members' probes find of each public service it runs.
+    pub checks: Vec<Check>,
+}
+
+/// The members' verdict on one service of a node (`maki nodes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Check {
+    /// The role: `http` or `dns`.
+    pub role: String,
+    /// Whether a majority of the other members see it down; a node
+    /// down for `http` leaves the DNS answers.
+    pub down: bool,
+    /// How many members see it down, of how many could vote.
+    pub down_votes: u32,
+    pub voters: u32,
+    /// What this node's own probes say: None before its first probes.
+    pub here: Option<bool>,
 }
 
 /// An external WireGuard peer, as `maki peer list` shows it.

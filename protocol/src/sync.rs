@@ -171,6 +171,30 @@ impl crate::Signable for Progress {
 /// without it, from the members that hold it whole.
 pub const MAX_PROGRESS_BYTES: usize = 3 << 9;
 
+/// What a node's probes find of the other members' public services,
+/// signed by it: spread over gossip, so each nameserver counts how many
+/// members see a node down before it leaves the answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    pub format: u16,
+    pub node: crate::PublicKey,
+    /// Members whose HTTP edge failed its last probes from this node.
+    pub http_down: Vec<crate::PublicKey>,
+    /// Members whose nameserver failed its last probes from this node.
+    pub dns_down: Vec<crate::PublicKey>,
+    /// The node's clock in milliseconds: a newer report replaces an older
+    /// one that arrives late.
+    pub at: u64,
+}
+
+impl crate::Signable for Health {
+    const CONTEXT: &'static [u8] = b"makiatto/health/v1";
+}
+
+/// The most members one [`Health`] report names per service: it must fit
+/// a gossip message (4 KiB).
+pub const MAX_HEALTH_DOWN: usize = 48;
+
 /// ALPN of the members' gossip (iroh-gossip on our own name, so only
 /// this protocol's handler, which checks membership, accepts it).
 pub const GOSSIP_ALPN: &[u8] = b"maki/gossip/1";
@@ -185,6 +209,7 @@ pub enum GossipMsg {
     /// Added after the first release: an older node cannot decode it, and
     /// drops it.
     Progress(Signed<Progress>),
+    Health(Signed<Health>),
 }
 
 /// Why a peer refused to sync.

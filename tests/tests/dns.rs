@@ -477,3 +477,63 @@ async fn aliases_serve_the_site_over_http_and_dns() -> Result<()> {
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_dead_node_leaves_the_answers_within_ten_seconds_and_comes_back() -> Result<()> {
+    let mut net = dns_network(3, &[("dns_answers", "3")])?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let dns = net.nodes[0].dns.context("dns")?;
+    let all = vec![ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3")];
+    wait_for(Duration::from_secs(20), "all three in the answer", || {
+        let got = ask(dns, SITE, RecordType::A, &Ask::default()).map(|m| addresses(&m));
+        let want = all.clone();
+        async move { Ok(got? == want) }
+    })
+    .await?;
+    // Every member probes the others: maki nodes shows it.
+    wait_for(Duration::from_secs(10), "probes in maki nodes", || {
+        let out = net.admin.ok(&["nodes"]);
+        async move { Ok(out?.matches("http up (0/2 see it down)").count() == 3) }
+    })
+    .await?;
+
+    let dir = net.nodes[2].dir.clone();
+    net.nodes.remove(2).crash()?;
+    let took = wait_for(
+        Duration::from_secs(10),
+        "the dead node out of the answers",
+        || {
+            let got = ask(dns, SITE, RecordType::A, &Ask::default()).map(|m| addresses(&m));
+            async move { Ok(got? == [ip("192.0.2.1"), ip("192.0.2.2")]) }
+        },
+    )
+    .await?;
+    eprintln!("the dead node left the answers after {took:?}");
+    // Node 1 answers without it too.
+    let other = net.nodes[1].dns.context("dns")?;
+    wait_for(Duration::from_secs(5), "out at node 1 as well", || {
+        let got = ask(other, SITE, RecordType::A, &Ask::default()).map(|m| addresses(&m));
+        async move { Ok(got? == [ip("192.0.2.1"), ip("192.0.2.2")]) }
+    })
+    .await?;
+    let listed = net.admin.ok(&["nodes"])?;
+    ensure!(listed.contains("http down (2/2 see it down)"), "{listed}");
+
+    // Back after good probes.
+    net.nodes.push(NodeProc::start(&dir)?);
+    wait_for(
+        Duration::from_secs(20),
+        "the node back in the answers",
+        || {
+            let got = ask(dns, SITE, RecordType::A, &Ask::default()).map(|m| addresses(&m));
+            let want = all.clone();
+            async move { Ok(got? == want) }
+        },
+    )
+    .await?;
+    Ok(())
+}

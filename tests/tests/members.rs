@@ -62,6 +62,7 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
                 admission: None,
                 ips: vec![],
                 mesh: None,
+                ports: vec![],
             },
         )
     };
@@ -316,6 +317,7 @@ async fn a_revoked_node_cannot_return_under_a_new_key() -> Result<()> {
                 admission,
                 ips: vec![],
                 mesh: None,
+                ports: vec![],
             },
         )
     };

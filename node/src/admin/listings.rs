@@ -59,6 +59,9 @@ impl AdminProtocol {
         };
         // A peer counts as up if we exchanged with it within a few rounds.
         let fresh = (self.shared.config.sync_interval * 3).max(Duration::from_secs(15));
+        let dir = self.shared.members.directory();
+        let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
+        let health_of = &self.shared.members.health;
         let nodes = self
             .shared
             .members
@@ -67,12 +70,22 @@ impl AdminProtocol {
             .into_iter()
             .map(|(id, p)| {
                 let me = id == self.shared.members.id;
+                // Every public service it runs, as the members' probes find it.
+                let checks: Vec<_> = crate::health::Service::ALL
+                    .into_iter()
+                    .filter(|s| p.roles.iter().any(|r| r == s.role()))
+                    .map(|s| health_of.verdict(&id, s, &ids))
+                    .collect();
                 let health = if me {
                     Health::Me
+                } else if checks.iter().any(|c| c.down) {
+                    Health::Down
+                } else if checks.iter().any(|c| c.here == Some(true))
+                    || p.seen.is_some_and(|t| t.elapsed() < fresh)
+                {
+                    Health::Up
                 } else if p.failing {
                     Health::Down
-                } else if p.seen.is_some_and(|t| t.elapsed() < fresh) {
-                    Health::Up
                 } else {
                     Health::Unknown
                 };
@@ -90,6 +103,7 @@ impl AdminProtocol {
                         p.holds
                     }),
                     roles: p.roles,
+                    checks,
                     mesh: p.mesh.map(|m| {
                         let network = &self.shared.members.network;
                         let endpoint =

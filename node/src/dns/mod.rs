@@ -327,10 +327,13 @@ pub fn current(members: &Members, settings: Settings, geo: Option<Arc<GeoDb>>) -
             .filter(|(_, p)| p.holds_known)
             .map(|(k, p)| (k, p.holds)),
     );
+    let ids: Vec<_> = dir.members().map(|(n, _)| n.id).collect();
+    let down = members.health.down(crate::health::Service::Http, &ids);
     zones::build(
         &zones::Inputs {
             dir: &dir,
             holds: &holds,
+            down: &down,
         },
         settings,
         geo,

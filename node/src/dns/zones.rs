@@ -3,7 +3,7 @@
 //! swapped whole when either changes. The request path only reads it.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::IpAddr,
     sync::{
         Arc, RwLock,
@@ -50,7 +50,8 @@ pub struct Zone {
     pub nameservers: Vec<(Name, Vec<IpAddr>)>,
     /// The nodes its geo names answer with: `http` nodes that hold the
     /// site's current head and that its pin admits. While none does yet
-    /// (a publish in flight), those holding any version of it.
+    /// (a publish in flight), those holding any version of it. Nodes
+    /// whose edge is down are left out, unless all are.
     pub servers: Arc<[Server]>,
 }
 
@@ -135,6 +136,8 @@ pub struct Inputs<'a> {
     pub dir: &'a Directory,
     /// What each member (this node included) serves now.
     pub holds: &'a HashMap<PublicKey, Vec<Holding>>,
+    /// Members whose HTTP edge a majority of the members see down.
+    pub down: &'a HashSet<PublicKey>,
 }
 
 /// Builds every zone from `inputs`; serials are left at 0 for
@@ -194,6 +197,12 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
         let mut servers = current.map(|q| holding(Some(q))).unwrap_or_default();
         if servers.is_empty() {
             servers = holding(None);
+        }
+        // Nodes seen down leave the answer; if every one is, the answer
+        // keeps them all (a visitor may still get through, and the
+        // verdict may be wrong).
+        if servers.iter().any(|s| !inputs.down.contains(&s.id)) {
+            servers.retain(|s| !inputs.down.contains(&s.id));
         }
         let servers: Arc<[Server]> = servers.into();
         for name in std::iter::once(domain).chain(&view.site.aliases) {

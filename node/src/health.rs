@@ -1,0 +1,475 @@
+//! Health: every node probes the other members' public services (the
+//! HTTP edge, the nameserver) once a second, at the addresses visitors
+//! use, and gossips what it finds. A node leaves the DNS answers when a
+//! majority of the other members see its edge down, so a node that is
+//! cut off itself (a partition, a broken uplink) never drops the others:
+//! it is one vote, whatever it sees.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use maki_protocol::{
+    PublicKey, ROLE_HTTP,
+    rpc::Check,
+    sync::{Health as HealthReport, MAX_HEALTH_DOWN},
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    task::JoinSet,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::{dns::ROLE_DNS, members::Members};
+
+/// How often each member is probed.
+pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long one probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(900);
+/// Failed probes in a row before a service counts as down here.
+pub const DOWN_AFTER: u32 = 3;
+/// Good probes in a row before it counts as up again.
+pub const UP_AFTER: u32 = 2;
+/// A report is sent at every change, and at least this often.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// A report older than this no longer votes (its sender may be dead).
+const REPORT_FRESH: Duration = Duration::from_secs(15);
+/// Probes in flight at once.
+const PROBES_AT_ONCE: usize = 64;
+
+/// A public service a node runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    Http,
+    Dns,
+}
+
+impl Service {
+    pub const ALL: [Service; 2] = [Service::Http, Service::Dns];
+
+    pub fn role(self) -> &'static str {
+        match self {
+            Service::Http => ROLE_HTTP,
+            Service::Dns => ROLE_DNS,
+        }
+    }
+}
+
+/// One service as this node's probes see it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Streak {
+    down: bool,
+    fails: u32,
+    oks: u32,
+    probed: bool,
+}
+
+impl Streak {
+    /// Takes one probe's result; true if the verdict changed.
+    fn take(&mut self, ok: bool) -> bool {
+        self.probed = true;
+        if ok {
+            self.fails = 0;
+            self.oks = self.oks.saturating_add(1);
+            if self.down && self.oks >= UP_AFTER {
+                self.down = false;
+                return true;
+            }
+        } else {
+            self.oks = 0;
+            self.fails = self.fails.saturating_add(1);
+            if !self.down && self.fails >= DOWN_AFTER {
+                self.down = true;
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// Another member's report, as received.
+#[derive(Debug)]
+struct Report {
+    http_down: HashSet<PublicKey>,
+    dns_down: HashSet<PublicKey>,
+    at: u64,
+    received: Instant,
+}
+
+/// What this node's probes and the others' reports say.
+#[derive(Debug)]
+pub struct Health {
+    me: PublicKey,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    probes: HashMap<(PublicKey, Service), Streak>,
+    reports: HashMap<PublicKey, Report>,
+}
+
+impl Health {
+    pub fn new(me: PublicKey) -> Self {
+        Self {
+            me,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes a probe's result; true if this node's verdict changed.
+    pub fn probed(&self, node: PublicKey, service: Service, ok: bool) -> bool {
+        self.inner()
+            .probes
+            .entry((node, service))
+            .or_default()
+            .take(ok)
+    }
+
+    /// This node's report: the members it sees down.
+    pub fn report(&self) -> Seen {
+        let inner = self.inner();
+        let down = |s: Service| -> Vec<PublicKey> {
+            let mut v: Vec<PublicKey> = inner
+                .probes
+                .iter()
+                .filter(|((_, svc), st)| *svc == s && st.down)
+                .map(|((k, _), _)| *k)
+                .collect();
+            v.sort();
+            v.truncate(MAX_HEALTH_DOWN);
+            v
+        };
+        Seen {
+            http_down: down(Service::Http),
+            dns_down: down(Service::Dns),
+        }
+    }
+
+    /// Takes another member's report (checked by the caller).
+    pub fn received(&self, h: HealthReport) {
+        if h.node == self.me {
+            return;
+        }
+        let mut inner = self.inner();
+        if inner.reports.get(&h.node).is_some_and(|r| r.at >= h.at) {
+            return;
+        }
+        inner.reports.insert(
+            h.node,
+            Report {
+                http_down: h.http_down.into_iter().collect(),
+                dns_down: h.dns_down.into_iter().collect(),
+                at: h.at,
+                received: Instant::now(),
+            },
+        );
+    }
+
+    /// Forgets what is about nodes no longer members.
+    pub fn retain(&self, members: &HashSet<PublicKey>) {
+        let mut inner = self.inner();
+        inner.probes.retain(|(k, _), _| members.contains(k));
+        inner.reports.retain(|k, _| members.contains(k));
+    }
+
+    /// The verdict on `node`'s `service` among `members` (this node
+    /// included): down when more than half of the members other than
+    /// `node` see it down. Each member votes by its fresh report (this
+    /// node by its own probes); a member without one votes "up".
+    pub fn verdict(&self, node: &PublicKey, service: Service, members: &[PublicKey]) -> Check {
+        let inner = self.inner();
+        let voters = members.iter().filter(|m| *m != node).count() as u32;
+        let mut down_votes = 0;
+        for m in members.iter().filter(|m| *m != node) {
+            let says_down = if *m == self.me {
+                inner.probes.get(&(*node, service)).is_some_and(|s| s.down)
+            } else {
+                inner.reports.get(m).is_some_and(|r| {
+                    r.received.elapsed() < REPORT_FRESH
+                        && match service {
+                            Service::Http => r.http_down.contains(node),
+                            Service::Dns => r.dns_down.contains(node),
+                        }
+                })
+            };
+            down_votes += u32::from(says_down);
+        }
+        Check {
+            role: service.role().to_owned(),
+            down: down_votes * 2 > voters,
+            down_votes,
+            voters,
+            here: inner
+                .probes
+                .get(&(*node, service))
+                .filter(|s| s.probed)
+                .map(|s| !s.down),
+        }
+    }
+
+    /// The members whose `service` is down by the members' majority.
+    pub fn down(&self, service: Service, members: &[PublicKey]) -> HashSet<PublicKey> {
+        members
+            .iter()
+            .filter(|n| self.verdict(n, service, members).down)
+            .copied()
+            .collect()
+    }
+}
+
+/// The body of this node's report, before it is signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    pub http_down: Vec<PublicKey>,
+    pub dns_down: Vec<PublicKey>,
+}
+
+/// Where to probe a member's service: its public addresses (those of its
+/// ticket: where it is reached from outside), at the service's port.
+fn targets(members: &Members) -> Vec<(PublicKey, Service, SocketAddr)> {
+    let dir = members.directory();
+    let mut out = Vec::new();
+    for (node, _) in dir.members() {
+        if node.id == members.id {
+            continue;
+        }
+        for service in Service::ALL {
+            if !node.roles.iter().any(|r| r == service.role()) {
+                continue;
+            }
+            let Some(port) = node
+                .ports
+                .iter()
+                .find(|(r, _)| r == service.role())
+                .map(|(_, p)| *p)
+            else {
+                continue;
+            };
+            let ip: Option<IpAddr> = node
+                .addrs
+                .iter()
+                .map(|a| a.ip())
+                .find(|ip| !ip.is_unspecified());
+            if let Some(ip) = ip {
+                out.push((node.id, service, SocketAddr::new(ip, port)));
+            }
+        }
+    }
+    out
+}
+
+/// One HTTP probe: a HEAD request on a new connection; any HTTP/1.1
+/// status line is a live edge.
+async fn probe_http(at: SocketAddr) -> bool {
+    let attempt = async {
+        let mut conn = tokio::net::TcpStream::connect(at).await.ok()?;
+        conn.write_all(
+            b"HEAD / HTTP/1.1\r\nHost: health.makiatto.invalid\r\nUser-Agent: makiatto-health\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .ok()?;
+        let mut head = [0u8; 9];
+        conn.read_exact(&mut head).await.ok()?;
+        Some(&head == b"HTTP/1.1 ")
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Some(true))
+    )
+}
+
+/// One DNS probe: a query for the root's SOA, which a nameserver of ours
+/// refuses at once; any reply with the query's id is a live nameserver.
+async fn probe_dns(at: SocketAddr) -> bool {
+    let attempt = async {
+        let bind: SocketAddr = if at.is_ipv4() {
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        } else {
+            SocketAddr::from(([0u16; 8], 0))
+        };
+        let sock = tokio::net::UdpSocket::bind(bind).await.ok()?;
+        let id: [u8; 2] = rand_id();
+        // Header (id, RD=0, one question), then `.` SOA IN.
+        let mut q = vec![id[0], id[1], 0, 0, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&[0, 0, 6, 0, 1]);
+        sock.send_to(&q, at).await.ok()?;
+        let mut buf = [0u8; 512];
+        loop {
+            let (n, from) = sock.recv_from(&mut buf).await.ok()?;
+            if from == at && n >= 12 && buf[..2] == id {
+                return Some(true);
+            }
+        }
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, attempt).await,
+        Ok(Some(true))
+    )
+}
+
+fn rand_id() -> [u8; 2] {
+    let mut id = [0u8; 2];
+    if getrandom::fill(&mut id).is_err() {
+        id = (crate::now_millis() as u16).to_be_bytes();
+    }
+    id
+}
+
+/// Probes every member's services each [`PROBE_EVERY`] and gossips this
+/// node's report at every change and every [`REPORT_EVERY`], until
+/// `cancel`.
+pub async fn run(members: Arc<Members>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(PROBE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_report = Instant::now();
+    let mut last_sent: Option<Seen> = None;
+    loop {
+        tokio::select! {
+            biased;
+            _ = cancel.cancelled() => break,
+            _ = every.tick() => {}
+        }
+        let targets = targets(&members);
+        let ids: HashSet<PublicKey> = members.directory().members().map(|(n, _)| n.id).collect();
+        members.health.retain(&ids);
+        let mut probes = JoinSet::new();
+        let mut changed = false;
+        for (node, service, at) in targets {
+            if probes.len() >= PROBES_AT_ONCE
+                && let Some(Ok((node, service, ok))) = probes.join_next().await
+            {
+                changed |= members.health.probed(node, service, ok);
+            }
+            probes.spawn(async move {
+                let ok = match service {
+                    Service::Http => probe_http(at).await,
+                    Service::Dns => probe_dns(at).await,
+                };
+                (node, service, ok)
+            });
+        }
+        let collect = async {
+            let mut changed = false;
+            while let Some(done) = probes.join_next().await {
+                if let Ok((node, service, ok)) = done
+                    && members.health.probed(node, service, ok)
+                {
+                    info!(node = %node.fmt_short(), ?service, up = ok, "a member's service changed");
+                    changed = true;
+                }
+            }
+            changed
+        };
+        changed |= tokio::select! {
+            _ = cancel.cancelled() => break,
+            c = collect => c,
+        };
+        let report = members.health.report();
+        if changed || last_report.elapsed() >= REPORT_EVERY || last_sent.as_ref() != Some(&report) {
+            last_report = Instant::now();
+            debug!(
+                http_down = report.http_down.len(),
+                dns_down = report.dns_down.len(),
+                "health report"
+            );
+            members.outbox.health(&report);
+            last_sent = Some(report);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use maki_protocol::SecretKey;
+
+    use super::*;
+
+    fn key(n: u8) -> PublicKey {
+        SecretKey::from_bytes(&[n; 32]).public()
+    }
+
+    fn report(from: u8, http_down: &[u8], at: u64) -> HealthReport {
+        HealthReport {
+            format: 1,
+            node: key(from),
+            http_down: http_down.iter().map(|n| key(*n)).collect(),
+            dns_down: vec![],
+            at,
+        }
+    }
+
+    #[test]
+    fn down_after_three_failures_up_after_two_successes() {
+        let h = Health::new(key(0));
+        let members = [key(0), key(1)];
+        assert!(!h.probed(key(1), Service::Http, false));
+        assert!(!h.probed(key(1), Service::Http, false));
+        assert!(!h.verdict(&key(1), Service::Http, &members).down);
+        assert!(h.probed(key(1), Service::Http, false));
+        // One other member: this node's vote decides.
+        assert!(h.verdict(&key(1), Service::Http, &members).down);
+        assert!(!h.probed(key(1), Service::Http, true));
+        assert!(h.probed(key(1), Service::Http, true));
+        assert!(!h.verdict(&key(1), Service::Http, &members).down);
+    }
+
+    #[test]
+    fn a_cut_off_observer_drops_nobody() {
+        // Node 0 is cut off: its probes fail everyone, and the others'
+        // reports (that all is well) reach it no longer.
+        let h = Health::new(key(0));
+        let members = [key(0), key(1), key(2)];
+        for n in [1, 2] {
+            for _ in 0..DOWN_AFTER {
+                h.probed(key(n), Service::Http, false);
+            }
+        }
+        for n in [1, 2] {
+            let v = h.verdict(&key(n), Service::Http, &members);
+            assert_eq!(
+                (v.down, v.down_votes, v.voters, v.here),
+                (false, 1, 2, Some(false))
+            );
+        }
+        // The others agree that node 0 is the one down.
+        let h1 = Health::new(key(1));
+        for _ in 0..DOWN_AFTER {
+            h1.probed(key(0), Service::Http, false);
+        }
+        h1.received(report(2, &[0], 10));
+        assert!(h1.verdict(&key(0), Service::Http, &members).down);
+        assert!(!h1.verdict(&key(2), Service::Http, &members).down);
+    }
+
+    #[test]
+    fn reports_vote_until_replaced_by_newer_ones() {
+        let h = Health::new(key(0));
+        let members = [key(0), key(1), key(2), key(3)];
+        h.received(report(1, &[3], 10));
+        h.received(report(2, &[3], 10));
+        // Two of the three others: a majority.
+        assert!(h.verdict(&key(3), Service::Http, &members).down);
+        // An older report arriving late changes nothing; a newer one does.
+        h.received(report(2, &[], 5));
+        assert!(h.verdict(&key(3), Service::Http, &members).down);
+        h.received(report(2, &[], 11));
+        let v = h.verdict(&key(3), Service::Http, &members);
+        assert_eq!((v.down, v.down_votes, v.voters), (false, 1, 3));
+        // A node's report about itself, or this node's own, never counts.
+        h.received(report(3, &[3], 12));
+        h.received(report(0, &[1], 12));
+        assert!(!h.verdict(&key(1), Service::Http, &members).down);
+        // A member that left takes its votes along.
+        h.retain(&[key(0), key(2), key(3)].into_iter().collect());
+        assert_eq!(h.verdict(&key(3), Service::Http, &members).down_votes, 0);
+    }
+}
