@@ -10,6 +10,7 @@ pub mod publish;
 pub mod render;
 pub mod scan;
 pub mod sites;
+pub mod zone;
 
 /// Milliseconds since the Unix epoch: the version of a record an admin
 /// signs, so a later change carries a higher one without asking.

@@ -257,6 +257,7 @@ async fn run(cli: Cli) -> Result<()> {
                     dir: dir.clone(),
                     node: cli.node.clone(),
                 },
+                dns: None,
             }
             .save(&cwd)?;
             println!("wrote {PROJECT_FILE}");
@@ -464,6 +465,28 @@ async fn publish_command(
             return Err(e.into());
         }
     };
+    // The records of maki.toml belong to its own site only.
+    let own_site = project
+        .site
+        .domain
+        .as_deref()
+        .and_then(|d| Domain::new(d).ok())
+        .is_some_and(|d| d == site);
+    if let (Some(entries), true) = (&project.dns, own_site) {
+        let sent = async {
+            let info = maki::sites::info(&client, &site).await?;
+            let record =
+                maki::zone::record(&key, &site, info.heads_after, entries, maki::now_millis())?;
+            maki::zone::set(&client, record).await?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = sent {
+            client.close().await;
+            return Err(e.context(format!("the [[dns]] records of {PROJECT_FILE}")));
+        }
+        println!("{site}: {} DNS records set", entries.len());
+    }
     let waiting = match (&outcome, args.wait) {
         (Outcome::Published { seq, .. }, true) => Some(*seq),
         _ => None,

@@ -11,6 +11,11 @@ pub const PROJECT_FILE: &str = "maki.toml";
 pub struct Project {
     #[serde(default)]
     pub site: SiteSection,
+    /// The site's own DNS records, sent with every publish and replacing
+    /// the ones it had. Absent: publish leaves the records alone; `dns =
+    /// []` removes them all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<Vec<crate::zone::Entry>>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -437,6 +437,21 @@ impl Directory {
         site.current(head.seq).then_some((head, signed))
     }
 
+    /// The DNS records of a site, if its publishers declared some and
+    /// they were made for the site as it is now.
+    pub fn zone(&self, domain: &Domain) -> Option<&maki_protocol::zone::ZoneRecord> {
+        let site = self.site(domain)?;
+        match &self
+            .held
+            .get(&RecordKey::Zone(domain.clone()))?
+            .verified
+            .body
+        {
+            Body::Zone(z) if z.incarnation == site.heads_after => Some(z),
+            _ => None,
+        }
+    }
+
     /// The pin of a site, if an admin set one.
     pub fn pin(&self, domain: &Domain) -> Option<&Pin> {
         match &self.by_domain.get(domain)?.pin.as_ref()?.verified.body {

@@ -20,6 +20,7 @@ pub mod rules;
 mod signed;
 pub mod sync;
 mod ticket;
+pub mod zone;
 
 pub use blobset::{BlobSet, PIECE_BYTES, Piece, pieces};
 pub use domain::{Domain, DomainError};

@@ -427,6 +427,7 @@ pub enum RecordKey {
     // Kinds added later go after `Unknown`: keys rest in the store by
     // their postcard bytes, which name the variant by its position.
     Peer(String),
+    Zone(Domain),
     #[cfg(feature = "next-format")]
     Note(PublicKey),
 }
@@ -451,6 +452,7 @@ pub enum Record {
         signed: Signed<Unread>,
     },
     Peer(Signed<PeerRecord>),
+    Zone(Signed<crate::zone::ZoneRecord>),
     #[cfg(feature = "next-format")]
     Note(Signed<Note>),
 }
@@ -473,6 +475,7 @@ impl Record {
             Record::Pin(_) => 5,
             Record::Unknown { kind, .. } => *kind,
             Record::Peer(_) => PEER_KIND,
+            Record::Zone(_) => crate::zone::ZONE_KIND,
             #[cfg(feature = "next-format")]
             Record::Note(_) => NOTE_KIND,
         }
@@ -492,6 +495,7 @@ impl Record {
             Record::Pin(s) => s.bytes().len(),
             Record::Unknown { signed, .. } => signed.bytes().len(),
             Record::Peer(s) => s.bytes().len(),
+            Record::Zone(s) => s.bytes().len(),
             #[cfg(feature = "next-format")]
             Record::Note(s) => s.bytes().len(),
         };
@@ -513,6 +517,7 @@ impl Serialize for Record {
             Record::Pin(r) => (kind, r).serialize(s),
             Record::Unknown { signed, .. } => (kind, signed).serialize(s),
             Record::Peer(r) => (kind, r).serialize(s),
+            Record::Zone(r) => (kind, r).serialize(s),
             #[cfg(feature = "next-format")]
             Record::Note(r) => (kind, r).serialize(s),
         }
@@ -530,6 +535,7 @@ impl<'de> Deserialize<'de> for Record {
             4 => Record::Revocation(signed.retag()),
             5 => Record::Pin(signed.retag()),
             PEER_KIND => Record::Peer(signed.retag()),
+            crate::zone::ZONE_KIND => Record::Zone(signed.retag()),
             #[cfg(feature = "next-format")]
             NOTE_KIND => Record::Note(signed.retag()),
             kind => Record::Unknown { kind, signed },
@@ -575,6 +581,7 @@ pub enum Body {
         len: usize,
     },
     Peer(PeerRecord),
+    Zone(crate::zone::ZoneRecord),
     #[cfg(feature = "next-format")]
     Note(Note),
 }
@@ -652,6 +659,15 @@ impl Record {
                     v.version,
                     s.signer(),
                     Body::Peer(v),
+                )
+            }
+            Record::Zone(s) => {
+                let v = content(s, verify)?;
+                (
+                    RecordKey::Zone(v.site.clone()),
+                    v.version,
+                    s.signer(),
+                    Body::Zone(v),
                 )
             }
             #[cfg(feature = "next-format")]
@@ -762,6 +778,11 @@ pub enum AuthError {
         "a record of unknown kind {kind} signed by {key}, who is no admin, member or publisher"
     )]
     UnknownSigner { kind: u32, key: PublicKey },
+    #[error("the DNS records of {site}: {error}")]
+    Zone {
+        site: Domain,
+        error: crate::zone::ZoneError,
+    },
 }
 
 /// Whether the signer of `v` had the right to make it, given `view`:
@@ -781,6 +802,30 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
         Body::Invite(_) | Body::Site(_) | Body::Revocation(_) | Body::Pin(_) => admin(v.signer),
         Body::Peer(p) if !valid_peer_name(&p.name) => Err(AuthError::BadPeerName(p.name.clone())),
         Body::Peer(_) => admin(v.signer),
+        // Whether a name belongs to another site is judged where the
+        // records are used (the longest zone wins), not here: every node
+        // must take the same records whatever sites it knows yet.
+        Body::Zone(z) => match view.site(&z.site) {
+            Some(site) if !site.removed => {
+                if !site.may_publish(&v.signer, view.admins()) {
+                    Err(AuthError::NotPublisher {
+                        site: z.site.clone(),
+                        key: v.signer,
+                    })
+                } else if z.incarnation != site.heads_after {
+                    Err(AuthError::Zone {
+                        site: z.site.clone(),
+                        error: crate::zone::ZoneError::OtherIncarnation,
+                    })
+                } else {
+                    z.check().map_err(|error| AuthError::Zone {
+                        site: z.site.clone(),
+                        error,
+                    })
+                }
+            }
+            _ => Err(AuthError::UnknownSite(z.site.clone())),
+        },
         Body::Head(h) => match view.site(&h.site) {
             Some(site) if !site.removed => {
                 if !site.current(h.seq) {
@@ -1198,6 +1243,45 @@ mod tests {
         let check = |r: Record, view: &TestView| authorize(&r.verify().expect("verify"), view);
 
         assert_eq!(check(Record::Site(Signed::sign(&admin, &s)), &view), Ok(()));
+        // A site's DNS records: its publishers and admins, for the site as
+        // it is now, and only records a tenant may set.
+        let zone = crate::zone::ZoneRecord {
+            format: 1,
+            site: s.domain.clone(),
+            incarnation: s.heads_after,
+            records: vec![crate::zone::UserRecord {
+                name: "www".into(),
+                ttl: 300,
+                data: crate::zone::Data::Cname("a.test.".into()),
+            }],
+            version: 1,
+        };
+        assert_eq!(check(Record::Zone(Signed::sign(&publisher, &zone)), &view), Ok(()));
+        assert_eq!(check(Record::Zone(Signed::sign(&admin, &zone)), &view), Ok(()));
+        assert!(matches!(
+            check(Record::Zone(Signed::sign(&stranger, &zone)), &view),
+            Err(AuthError::NotPublisher { .. })
+        ));
+        let older = crate::zone::ZoneRecord {
+            incarnation: s.heads_after + 1,
+            ..zone.clone()
+        };
+        assert!(matches!(
+            check(Record::Zone(Signed::sign(&publisher, &older)), &view),
+            Err(AuthError::Zone {
+                error: crate::zone::ZoneError::OtherIncarnation,
+                ..
+            })
+        ));
+        let mut acme = zone.clone();
+        acme.records[0].name = "_acme-challenge".into();
+        assert!(matches!(
+            check(Record::Zone(Signed::sign(&publisher, &acme)), &view),
+            Err(AuthError::Zone {
+                error: crate::zone::ZoneError::AcmeChallenge(_),
+                ..
+            })
+        ));
         // An invite of another network (an admin of both) is refused here.
         let elsewhere = Invite {
             network: Hash::of(b"elsewhere"),

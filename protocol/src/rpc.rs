@@ -69,6 +69,10 @@ pub enum Request {
     Peers,
     /// A newer record of an existing site: its aliases changed (admin).
     SiteUpdate { record: Signed<SiteRecord> },
+    /// A site's own DNS records (a publisher of it, or an admin).
+    ZoneSet {
+        record: Signed<crate::zone::ZoneRecord>,
+    },
 }
 
 pub use crate::blobset::BlobSet;

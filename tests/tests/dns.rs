@@ -537,3 +537,157 @@ async fn a_dead_node_leaves_the_answers_within_ten_seconds_and_comes_back() -> R
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn records_from_maki_toml_are_served_after_publish() -> Result<()> {
+    let net = dns_network(1, &[])?;
+    let dns = net.nodes[0].dns.context("dns")?;
+    net.admin.ok(&["site", "add", SITE])?;
+    net.admin.ok(&["site", "add", "blog.geo.test"])?;
+    let project = net.tmp.path().join("project");
+    copy_dir(&example_site(), &project.join("public"))?;
+    let mut maki = Maki::new(&net.admin.home, Some(&net.nodes[0].ticket));
+    maki.cwd = project.clone();
+    let records = r#"
+[[dns]]
+name = "www"
+type = "CNAME"
+value = "geo.test."
+
+[[dns]]
+name = "@"
+type = "MX"
+value = "10 mx.mail.example."
+
+[[dns]]
+name = "@"
+type = "TXT"
+value = "v=spf1 -all"
+ttl = 600
+
+[[dns]]
+name = "api"
+type = "A"
+value = "198.51.100.7"
+
+[[dns]]
+name = "*.api"
+type = "AAAA"
+value = "2001:db8::7"
+
+[[dns]]
+name = "deep.under.it"
+type = "TXT"
+value = ["one", "two"]
+
+[[dns]]
+name = "@"
+type = "CAA"
+value = '0 issue "letsencrypt.org"'
+"#;
+    let write = |extra: &str| {
+        std::fs::write(
+            project.join("maki.toml"),
+            format!("[site]\ndomain = \"{SITE}\"\ndir = \"public\"\n{extra}"),
+        )
+    };
+    write(records)?;
+    let out = maki.ok(&["publish"])?;
+    ensure!(out.contains("7 DNS records set"), "{out}");
+
+    let q = |name: &str, t: RecordType| ask(dns, name, t, &Ask::default());
+    wait_for(Duration::from_secs(10), "the records in the zone", || {
+        let got = q("geo.test", RecordType::MX);
+        async move { Ok(got?.answers.len() == 1) }
+    })
+    .await?;
+    // A CNAME answers for every type at its name.
+    let www = q("www.geo.test", RecordType::A)?;
+    ensure!(
+        matches!(&www.answers[..], [r] if matches!(&r.data, RData::CNAME(c) if c.0.to_ascii() == "geo.test.")),
+        "{www:?}"
+    );
+    let txt = q("geo.test", RecordType::TXT)?;
+    ensure!(
+        txt.answers.len() == 1 && txt.answers[0].ttl == 600,
+        "{txt:?}"
+    );
+    let caa = q("geo.test", RecordType::CAA)?;
+    ensure!(caa.answers.len() == 1, "{caa:?}");
+    ensure!(addresses(&q("api.geo.test", RecordType::A)?) == [ip("198.51.100.7")]);
+    // The wildcard answers below api, in the name asked for.
+    let wild = q("x.api.geo.test", RecordType::AAAA)?;
+    ensure!(addresses(&wild) == [ip("2001:db8::7")], "{wild:?}");
+    ensure!(
+        wild.answers[0].name.to_ascii() == "x.api.geo.test.",
+        "{wild:?}"
+    );
+    // api has no AAAA of its own: NODATA, not the wildcard.
+    let nodata = q("api.geo.test", RecordType::AAAA)?;
+    ensure!(nodata.metadata.response_code == ResponseCode::NoError && nodata.answers.is_empty());
+    // A name between the apex and a record exists (NODATA), one beside
+    // does not (NXDOMAIN).
+    let between = q("under.it.geo.test", RecordType::TXT)?;
+    ensure!(
+        between.metadata.response_code == ResponseCode::NoError,
+        "{between:?}"
+    );
+    let nx = q("nothing.it.geo.test", RecordType::TXT)?;
+    ensure!(
+        nx.metadata.response_code == ResponseCode::NXDomain,
+        "{nx:?}"
+    );
+    // The geo answer at the apex is untouched.
+    ensure!(addresses(&q(SITE, RecordType::A)?) == [ip("192.0.2.1")]);
+
+    // What could hurt another tenant, or the network, is refused with
+    // the reason, and the records in place stay.
+    for (entry, why) in [
+        (
+            "name = \"_acme-challenge\"\ntype = \"TXT\"\nvalue = \"x\"",
+            "_acme-challenge names are the network's",
+        ),
+        (
+            "name = \"sub\"\ntype = \"NS\"\nvalue = \"ns.evil.example.\"",
+            "not for tenants",
+        ),
+        (
+            "name = \"@\"\ntype = \"A\"\nvalue = \"203.0.113.9\"",
+            "the apex answers with the nodes",
+        ),
+        (
+            "name = \"blog\"\ntype = \"TXT\"\nvalue = \"x\"",
+            "blog.geo.test is at or below blog.geo.test, another site's name",
+        ),
+        (
+            "name = \"*.blog\"\ntype = \"TXT\"\nvalue = \"x\"",
+            "another site's name",
+        ),
+    ] {
+        write(&format!("[[dns]]\n{entry}\n"))?;
+        let err = maki.fails(&["publish"])?;
+        ensure!(err.contains(why), "{entry}: {err}");
+    }
+    ensure!(q("geo.test", RecordType::MX)?.answers.len() == 1);
+    // A publisher who is not one of this site's cannot set its records.
+    let stranger_home = net.tmp.path().join("stranger");
+    std::fs::create_dir_all(&stranger_home)?;
+    let mut stranger = Maki::new(&stranger_home, Some(&net.nodes[0].ticket));
+    stranger.cwd = project.clone();
+    write(records)?;
+    let err = stranger.fails(&["publish"])?;
+    ensure!(err.contains("not") && err.contains("publish"), "{err}");
+    // `dns = []` removes them all (a top-level key: before [site]).
+    std::fs::write(
+        project.join("maki.toml"),
+        format!("dns = []\n[site]\ndomain = \"{SITE}\"\ndir = \"public\"\n"),
+    )?;
+    maki.ok(&["publish"])?;
+    wait_for(Duration::from_secs(10), "the records gone", || {
+        let got = q("geo.test", RecordType::MX);
+        async move { Ok(got?.answers.is_empty()) }
+    })
+    .await?;
+    ensure!(q("www.geo.test", RecordType::A)?.metadata.response_code == ResponseCode::NXDomain);
+    Ok(())
+}

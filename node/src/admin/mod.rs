@@ -148,6 +148,7 @@ impl AdminProtocol {
             Request::SiteAdd { record } => self.site_add(caller, record).await,
             Request::SiteRemove { record } => self.site_remove(caller, record).await,
             Request::SiteUpdate { record } => self.site_update(caller, record).await,
+            Request::ZoneSet { record } => self.zone_set(caller, record),
             Request::Sites => self.sites(caller).await,
             Request::Versions { domain } => self.versions(caller, domain).await,
             Request::PublishBegin {

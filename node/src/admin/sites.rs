@@ -221,8 +221,16 @@ impl AdminProtocol {
         self.require_admin(caller)?;
         let seen = self.shared.state.head_floor(domain).map_err(internal)?;
         let current = self.shared.newest_head(domain).map_or(0, |(seq, _)| seq);
+        // Above a removed incarnation's floor too, so what was made for it
+        // (its DNS records) never matches the new one.
+        let before = self
+            .shared
+            .members
+            .directory()
+            .site_record(domain)
+            .map_or(0, |(s, _)| s.heads_after.saturating_add(1));
         Ok(Response::HeadFloor {
-            seq: seen.max(current),
+            seq: seen.max(current).max(before),
         })
     }
 }
@@ -256,4 +264,44 @@ fn check_aliases(dir: &crate::directory::Directory, record: &SiteRecord) -> Resu
         }
     }
     Ok(())
+}
+
+impl AdminProtocol {
+    /// A site's own DNS records, from a publisher of it (or an admin).
+    /// Besides what every node checks, names at or below another site's
+    /// domain or alias are refused here, where the publisher hears why
+    /// (everywhere else such a record is only shadowed by that site's zone).
+    pub(super) fn zone_set(
+        &self,
+        caller: PublicKey,
+        signed: Signed<maki_protocol::zone::ZoneRecord>,
+    ) -> Result<Response, RpcError> {
+        let zone = signed.verify().map_err(|_| RpcError::BadSignature)?;
+        if signed.signer() != caller {
+            return Err(RpcError::SignerMismatch);
+        }
+        let site = self.require_publisher(caller, &zone.site)?;
+        if zone.incarnation != site.heads_after {
+            return Err(RpcError::InvalidRecord(
+                "made for the site before it was removed and added again; list it and try again"
+                    .into(),
+            ));
+        }
+        zone.check()
+            .map_err(|e| RpcError::InvalidRecord(format!("DNS records: {e}")))?;
+        let dir = self.shared.members.directory();
+        for other in dir.sites().filter(|s| s.domain != zone.site) {
+            for name in std::iter::once(&other.domain).chain(&other.aliases) {
+                if let Some(taken) = zone.names_under(name).first() {
+                    return Err(RpcError::InvalidRecord(format!(
+                        "DNS records: {taken} is at or below {name}, another site's name"
+                    )));
+                }
+            }
+        }
+        let count = zone.records.len();
+        self.apply_admin(Record::Zone(signed), "set of DNS records")?;
+        info!(site = %zone.site, records = count, "DNS records set");
+        Ok(Response::Done)
+    }
 }

@@ -138,10 +138,21 @@ pub fn respond(
                 reply.add_answers(geo_answer(snap, zone, name, qtype, from, turn));
                 &mut reply
             }
-            _ => &mut reply,
+            _ => {
+                if let Some(own) = zone.records.get(name) {
+                    reply.add_answers(own_answer(own, name, qtype));
+                }
+                &mut reply
+            }
         };
     } else if let Some(ips) = zone.nameserver(name) {
         reply.add_answers(addresses(name, ips, qtype, ZONE_TTL));
+    } else if let Some(own) = zone.records.get(name) {
+        reply.add_answers(own_answer(own, name, qtype));
+    } else if zone.between.contains(name) {
+        // A name that exists for the names below it: NODATA.
+    } else if let Some(own) = wildcard(zone, name) {
+        reply.add_answers(own_answer(own, name, qtype));
     } else {
         reply.metadata.response_code = ResponseCode::NXDomain;
     }
@@ -259,6 +270,49 @@ fn addresses(name: &Name, ips: &[IpAddr], qtype: RecordType, ttl: u32) -> Vec<Re
         .filter(|ip| keep(ip))
         .map(|ip| Record::from_rdata(name.clone(), ttl, rdata(*ip)))
         .collect()
+}
+
+/// The records at a name that answer `qtype`, owned by `name` (which a
+/// wildcard's are not yet). A CNAME answers every type but its own
+/// target's: the resolver follows it. ANY gets one type (RFC 8482).
+fn own_answer(own: &[Record], name: &Name, qtype: RecordType) -> Vec<Record> {
+    let cname = own.iter().any(|r| r.record_type() == RecordType::CNAME);
+    let want = match qtype {
+        _ if cname => RecordType::CNAME,
+        RecordType::ANY => match own.first() {
+            Some(r) => r.record_type(),
+            None => return Vec::new(),
+        },
+        t => t,
+    };
+    own.iter()
+        .filter(|r| r.record_type() == want)
+        .map(|r| {
+            let mut r = r.clone();
+            r.name = name.clone();
+            r
+        })
+        .collect()
+}
+
+/// The wildcard that covers `name`, if any: `*.` its closest encloser,
+/// the nearest name above it that exists (RFC 4592).
+fn wildcard<'z>(zone: &'z Zone, name: &Name) -> Option<&'z [Record]> {
+    let mut up = name.base_name();
+    loop {
+        let exists = up == zone.apex
+            || zone.records.contains_key(&up)
+            || zone.between.contains(&up)
+            || zone.nameserver(&up).is_some();
+        if exists {
+            let star = up.prepend_label("*").ok()?;
+            return zone.records.get(&star).map(Vec::as_slice);
+        }
+        if up.num_labels() <= zone.apex.num_labels() {
+            return None;
+        }
+        up = up.base_name();
+    }
 }
 
 /// The k nearest nodes' addresses of the family asked for.

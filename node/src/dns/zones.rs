@@ -11,7 +11,11 @@ use std::{
     },
 };
 
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{
+    Name, RData, Record,
+    rdata::{A, AAAA, CAA, CNAME, MX, SRV, TXT},
+};
+use maki_protocol::zone::{Data, UserRecord};
 use maki_protocol::{Domain, PublicKey, ROLE_HTTP, sync::Holding};
 
 use super::geoip::GeoDb;
@@ -53,6 +57,12 @@ pub struct Zone {
     /// (a publish in flight), those holding any version of it. Nodes
     /// whose edge is down are left out, unless all are.
     pub servers: Arc<[Server]>,
+    /// The site's own records (`[[dns]]` in its `maki.toml`) by owner
+    /// name; a wildcard's owner is `*.<parent>`.
+    pub records: Arc<HashMap<Name, Vec<Record>>>,
+    /// Names that exist only because names below them do (empty
+    /// non-terminals): NODATA there, not NXDOMAIN (RFC 8020).
+    pub between: Arc<HashSet<Name>>,
 }
 
 impl Zone {
@@ -61,6 +71,7 @@ impl Zone {
         self.apex == other.apex
             && self.nameservers == other.nameservers
             && self.servers == other.servers
+            && self.records == other.records
     }
 
     /// The nameserver at `name`, if `name` is one.
@@ -205,6 +216,7 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
             servers.retain(|s| !inputs.down.contains(&s.id));
         }
         let servers: Arc<[Server]> = servers.into();
+        let own = dir.zone(domain).map(|z| z.normalised()).unwrap_or_default();
         for name in std::iter::once(domain).chain(&view.site.aliases) {
             let Ok(apex) = Name::from_ascii(format!("{name}.")) else {
                 continue;
@@ -218,12 +230,20 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
                 continue;
             }
             most_labels = most_labels.max(apex.num_labels());
+            // The records are the site's domain's; an alias zone has none.
+            let (records, between) = if name == domain {
+                user_records(&apex, &own)
+            } else {
+                Default::default()
+            };
             let zone = Zone {
                 apex: apex.clone(),
                 site: domain.clone(),
                 serial: 0,
                 nameservers: ns,
                 servers: servers.clone(),
+                records: Arc::new(records),
+                between: Arc::new(between),
             };
             zones.insert(apex, Arc::new(zone));
         }
@@ -234,6 +254,72 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
         most_labels,
         settings,
     }
+}
+
+/// The site's records as DNS records under `apex`, and the empty
+/// non-terminals they make. A record that does not convert (none does
+/// once checked) is left out.
+fn user_records(apex: &Name, own: &[UserRecord]) -> (HashMap<Name, Vec<Record>>, HashSet<Name>) {
+    let mut records: HashMap<Name, Vec<Record>> = HashMap::new();
+    let mut between = HashSet::new();
+    for r in own {
+        let owner = if r.name == "@" {
+            apex.clone()
+        } else {
+            match Name::from_ascii(&r.name).and_then(|n| n.append_domain(apex)) {
+                Ok(n) => n,
+                Err(_) => continue,
+            }
+        };
+        let host = |t: &str| Name::from_ascii(format!("{}.", t.trim_end_matches('.')));
+        let data = match &r.data {
+            Data::A(ip) => RData::A(A(*ip)),
+            Data::Aaaa(ip) => RData::AAAA(AAAA(*ip)),
+            Data::Cname(t) => match host(t) {
+                Ok(n) => RData::CNAME(CNAME(n)),
+                Err(_) => continue,
+            },
+            Data::Mx {
+                preference,
+                exchange,
+            } => match host(exchange) {
+                Ok(n) => RData::MX(MX::new(*preference, n)),
+                Err(_) => continue,
+            },
+            Data::Txt(parts) => RData::TXT(TXT::new(parts.clone())),
+            Data::Srv {
+                priority,
+                weight,
+                port,
+                target,
+            } => match host(target) {
+                Ok(n) => RData::SRV(SRV::new(*priority, *weight, *port, n)),
+                Err(_) => continue,
+            },
+            Data::Caa {
+                critical,
+                tag,
+                value,
+            } => {
+                let mut caa = CAA::new_issue(*critical, None, Vec::new());
+                caa.tag = tag.clone();
+                caa.value = value.clone().into_bytes();
+                RData::CAA(caa)
+            }
+        };
+        // Every name between the owner and the apex exists too.
+        let mut up = owner.base_name();
+        while up.num_labels() > apex.num_labels() {
+            between.insert(up.clone());
+            up = up.base_name();
+        }
+        records
+            .entry(owner.clone())
+            .or_default()
+            .push(Record::from_rdata(owner, r.ttl, data));
+    }
+    between.retain(|n| !records.contains_key(n));
+    (records, between)
 }
 
 /// The current snapshot, for every DNS worker.
