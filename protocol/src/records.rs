@@ -1256,8 +1256,14 @@ mod tests {
             }],
             version: 1,
         };
-        assert_eq!(check(Record::Zone(Signed::sign(&publisher, &zone)), &view), Ok(()));
-        assert_eq!(check(Record::Zone(Signed::sign(&admin, &zone)), &view), Ok(()));
+        assert_eq!(
+            check(Record::Zone(Signed::sign(&publisher, &zone)), &view),
+            Ok(())
+        );
+        assert_eq!(
+            check(Record::Zone(Signed::sign(&admin, &zone)), &view),
+            Ok(())
+        );
         assert!(matches!(
             check(Record::Zone(Signed::sign(&stranger, &zone)), &view),
             Err(AuthError::NotPublisher { .. })
