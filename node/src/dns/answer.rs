@@ -45,7 +45,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn count(c: &AtomicU64) {
+    pub fn count(c: &AtomicU64) {
         c.fetch_add(1, Ordering::Relaxed);
     }
 }

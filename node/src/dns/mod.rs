@@ -11,11 +11,12 @@
 //! See docs/dns.md.
 
 use std::{
+    collections::HashMap,
     io::{self, IoSliceMut},
     net::{SocketAddr, UdpSocket},
     path::PathBuf,
     sync::Arc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::{
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub mod answer;
+pub mod build;
 pub mod geo;
 pub mod geoip;
 pub mod zones;
@@ -167,6 +169,73 @@ fn bind_both(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
     }
 }
 
+/// A worker's recent replies by what was asked: the same query from the
+/// same address, while the zones stay the same, gets the same reply (its
+/// id aside), as a packet cache in PowerDNS or Knot gives it. Keys are
+/// the asker's address then the query after its id; entries live
+/// [`CACHE_FOR`], so geo answers still take turns among equal nodes.
+struct ReplyCache {
+    map: HashMap<Box<[u8]>, (Vec<u8>, Instant)>,
+    generation: u64,
+    key: Vec<u8>,
+}
+
+/// How long a cached reply is reused.
+const CACHE_FOR: Duration = Duration::from_secs(1);
+/// The most replies a worker keeps; past it the cache starts over.
+const CACHE_ENTRIES: usize = 8192;
+/// Queries longer than this are answered afresh.
+const CACHE_QUERY_MAX: usize = 512;
+
+impl ReplyCache {
+    fn new() -> Self {
+        Self {
+            map: HashMap::new(),
+            generation: u64::MAX,
+            key: Vec::with_capacity(16 + CACHE_QUERY_MAX),
+        }
+    }
+
+    /// Sets the key for `query` from `ip`; false if it is not cacheable.
+    fn keyed(&mut self, ip: std::net::IpAddr, query: &[u8]) -> bool {
+        if query.len() < 12 || query.len() > CACHE_QUERY_MAX {
+            return false;
+        }
+        self.key.clear();
+        match ip {
+            std::net::IpAddr::V4(v4) => self.key.extend_from_slice(&v4.octets()),
+            std::net::IpAddr::V6(v6) => self.key.extend_from_slice(&v6.octets()),
+        }
+        self.key.extend_from_slice(&query[2..]);
+        true
+    }
+
+    /// The cached reply for the keyed query, with `id` put in.
+    fn get(&mut self, generation: u64, id: [u8; 2], now: Instant) -> Option<&[u8]> {
+        if generation != self.generation {
+            self.map.clear();
+            self.generation = generation;
+            return None;
+        }
+        let (reply, until) = self.map.get_mut(self.key.as_slice())?;
+        if now >= *until {
+            return None;
+        }
+        reply[..2].copy_from_slice(&id);
+        Some(reply)
+    }
+
+    fn put(&mut self, reply: &[u8], now: Instant) {
+        if self.map.len() >= CACHE_ENTRIES {
+            self.map.clear();
+        }
+        self.map.insert(
+            self.key.as_slice().into(),
+            (reply.to_vec(), now + CACHE_FOR),
+        );
+    }
+}
+
 /// Datagrams taken per receive (one `recvmmsg`).
 const BATCH: usize = 32;
 /// Room per datagram; a GRO-coalesced run of queries from one client
@@ -189,12 +258,14 @@ async fn serve_udp(
     let mut generation = zones.generation();
     let mut snap = zones.get();
     let mut turn = worker;
+    let mut cache = ReplyCache::new();
     loop {
         tokio::select! {
             biased;
             _ = cancel.cancelled() => return Ok(()),
             ready = socket.readable() => ready?,
         }
+        let now = Instant::now();
         loop {
             let got = socket.try_io(tokio::io::Interest::READABLE, || {
                 let mut slices: Vec<IoSliceMut<'_>> =
@@ -209,9 +280,9 @@ async fn serve_udp(
                     break;
                 }
             };
-            let now = zones.generation();
-            if now != generation {
-                generation = now;
+            let current = zones.generation();
+            if current != generation {
+                generation = current;
                 snap = zones.get();
             }
             for (buf, meta) in bufs.iter().zip(&metas).take(n) {
@@ -226,13 +297,29 @@ async fn serve_udp(
                 let stride = meta.stride.max(1);
                 for query in buf[..meta.len.min(buf.len())].chunks(stride) {
                     turn = turn.wrapping_add(1);
-                    let Some(reply) = respond(&snap, query, from, turn, stats) else {
-                        continue;
+                    let fresh;
+                    let cacheable = cache.keyed(from.ip, query);
+                    let id = [query[0], query.get(1).copied().unwrap_or(0)];
+                    let reply = match cacheable.then(|| cache.get(generation, id, now)).flatten() {
+                        Some(hit) => {
+                            Stats::count(&stats.queries);
+                            hit
+                        }
+                        None => {
+                            let Some(reply) = respond(&snap, query, from, turn, stats) else {
+                                continue;
+                            };
+                            if cacheable {
+                                cache.put(&reply, now);
+                            }
+                            fresh = reply;
+                            &fresh
+                        }
                     };
                     let transmit = noq_udp::Transmit {
                         destination: meta.addr,
                         ecn: None,
-                        contents: &reply,
+                        contents: reply,
                         segment_size: None,
                         src_ip: meta.dst_ip,
                     };
@@ -372,7 +459,7 @@ pub async fn keep_current(
 /// The zones as they are now.
 pub fn current(members: &Members, settings: Settings, geo: Option<Arc<GeoDb>>) -> Snapshot {
     let dir = members.directory();
-    let holds = zones::holdings(
+    let holds = build::holdings(
         members.id,
         members.live.holdings(),
         members
@@ -384,8 +471,8 @@ pub fn current(members: &Members, settings: Settings, geo: Option<Arc<GeoDb>>) -
     );
     let ids: Vec<_> = dir.members().map(|(n, _)| n.id).collect();
     let down = members.health.down(crate::health::Service::Http, &ids);
-    zones::build(
-        &zones::Inputs {
+    build::build(
+        &build::Inputs {
             dir: &dir,
             holds: &holds,
             down: &down,
@@ -393,4 +480,34 @@ pub fn current(members: &Members, settings: Settings, geo: Option<Arc<GeoDb>>) -
         settings,
         geo,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_replies_take_the_new_id_and_go_with_the_zones_or_time() {
+        let mut c = ReplyCache::new();
+        let ip = std::net::IpAddr::from([10, 0, 0, 1]);
+        let query = [1, 2, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1];
+        let now = Instant::now();
+        assert!(c.keyed(ip, &query));
+        assert!(c.get(5, [1, 2], now).is_none());
+        c.put(&[1, 2, 0x84, 0, 9, 9, 9, 9, 9, 9, 9, 9], now);
+        assert_eq!(
+            c.get(5, [7, 7], now).map(|r| r[..3].to_vec()),
+            Some(vec![7, 7, 0x84])
+        );
+        // Another asker, or the same after the time, or new zones: afresh.
+        assert!(c.keyed(std::net::IpAddr::from([10, 0, 0, 2]), &query));
+        assert!(c.get(5, [7, 7], now).is_none());
+        assert!(c.keyed(ip, &query));
+        assert!(c.get(5, [7, 7], now + CACHE_FOR).is_none());
+        assert!(c.get(6, [7, 7], now).is_none());
+        assert!(c.get(6, [7, 7], now).is_none(), "cleared with the zones");
+        // Too short or too long to be a query worth keeping.
+        assert!(!c.keyed(ip, &query[..11]));
+        assert!(!c.keyed(ip, &[0; CACHE_QUERY_MAX + 1]));
+    }
 }

@@ -1,6 +1,7 @@
 //! What the nameservers answer: one immutable snapshot of every zone,
-//! built from the replicated records and what each member holds, and
-//! swapped whole when either changes. The request path only reads it.
+//! swapped whole when a zone changes (`build` makes it from the records).
+//! The request path only reads it. No I/O and nothing of the node here:
+//! the fuzz target compiles this module by path.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,10 +17,9 @@ use hickory_proto::rr::{
     rdata::{A, AAAA, CAA, CNAME, MX, SRV, TXT},
 };
 use maki_protocol::zone::{Data, UserRecord};
-use maki_protocol::{Domain, PublicKey, ROLE_HTTP, sync::Holding};
+use maki_protocol::{Domain, PublicKey};
 
 use super::geoip::GeoDb;
-use crate::directory::Directory;
 
 /// The role of a node that answers DNS for the sites (a nameserver).
 pub const ROLE_DNS: &str = "dns";
@@ -109,6 +109,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The snapshot of `zones` (serials as given).
+    pub fn new(zones: Vec<Zone>, geo: Option<Arc<GeoDb>>, settings: Settings) -> Self {
+        let most_labels = zones.iter().map(|z| z.apex.num_labels()).max().unwrap_or(0);
+        Self {
+            zones: zones
+                .into_iter()
+                .map(|z| (z.apex.clone(), Arc::new(z)))
+                .collect(),
+            geo,
+            most_labels,
+            settings,
+        }
+    }
+
     pub fn empty(settings: Settings) -> Self {
         Self {
             zones: HashMap::new(),
@@ -141,125 +155,13 @@ impl Snapshot {
     }
 }
 
-/// What the snapshot is built from.
-#[derive(Debug)]
-pub struct Inputs<'a> {
-    pub dir: &'a Directory,
-    /// What each member (this node included) serves now.
-    pub holds: &'a HashMap<PublicKey, Vec<Holding>>,
-    /// Members whose HTTP edge a majority of the members see down.
-    pub down: &'a HashSet<PublicKey>,
-}
-
-/// Builds every zone from `inputs`; serials are left at 0 for
-/// [`Zones::update`] to set. A node whose record gives no location is
-/// placed by `geo`, at its first public IP the database places.
-pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -> Snapshot {
-    let dir = inputs.dir;
-    let mut nameservers: Vec<Nameserver> = Vec::new();
-    // Per site: (servers holding its current head, servers holding any).
-    let mut http: Vec<(Server, &[Holding])> = Vec::new();
-    for (node, _) in dir.members() {
-        let roles = |r: &str| node.roles.iter().any(|x| x == r);
-        if roles(ROLE_DNS) && !node.ips.is_empty() {
-            nameservers.push(Nameserver {
-                label: format!("ns-{}", node.id.fmt_short()),
-                ips: node.ips.clone(),
-            });
-        }
-        if roles(ROLE_HTTP) && !node.ips.is_empty() {
-            let holds = inputs.holds.get(&node.id).map_or(&[][..], Vec::as_slice);
-            http.push((
-                Server {
-                    id: node.id,
-                    ips: node.ips.clone(),
-                    location: node.location.or_else(|| {
-                        let geo = geo.as_ref()?;
-                        node.ips.iter().find_map(|ip| geo.locate(*ip)?.at)
-                    }),
-                    region: node.region.clone(),
-                },
-                holds,
-            ));
-        }
-    }
-    nameservers.sort_by(|a, b| a.label.cmp(&b.label));
-    let aliases = crate::live::aliases_of(dir);
-    let mut zones = HashMap::new();
-    let mut most_labels = 0;
-    for view in dir.per_site() {
-        if view.site.removed {
-            continue;
-        }
-        let domain = &view.site.domain;
-        let current = view.head.map(|(h, _)| h.seq);
-        let admitted = |s: &Server| view.pin.is_none_or(|p| p.admits(s.region.as_deref()));
-        let holding = |seq: Option<u64>| -> Vec<Server> {
-            http.iter()
-                .filter(|(s, holds)| {
-                    admitted(s)
-                        && holds
-                            .iter()
-                            .any(|h| &h.site == domain && seq.is_none_or(|q| h.seq == q))
-                })
-                .map(|(s, _)| s.clone())
-                .collect()
-        };
-        let mut servers = current.map(|q| holding(Some(q))).unwrap_or_default();
-        if servers.is_empty() {
-            servers = holding(None);
-        }
-        // Nodes seen down leave the answer; if every one is, the answer
-        // keeps them all (a visitor may still get through, and the
-        // verdict may be wrong).
-        if servers.iter().any(|s| !inputs.down.contains(&s.id)) {
-            servers.retain(|s| !inputs.down.contains(&s.id));
-        }
-        let servers: Arc<[Server]> = servers.into();
-        let own = dir.zone(domain).map(|z| z.normalised()).unwrap_or_default();
-        for name in std::iter::once(domain).chain(&view.site.aliases) {
-            let Ok(apex) = Name::from_ascii(format!("{name}.")) else {
-                continue;
-            };
-            let ns = nameservers
-                .iter()
-                .filter_map(|n| Some((apex.prepend_label(n.label.as_str()).ok()?, n.ips.clone())))
-                .collect();
-            // A name two sites claim is settled as the edge settles it.
-            if name != domain && aliases.get(name) != Some(domain) {
-                continue;
-            }
-            most_labels = most_labels.max(apex.num_labels());
-            // The records are the site's domain's; an alias zone has none.
-            let (records, between) = if name == domain {
-                user_records(&apex, &own)
-            } else {
-                Default::default()
-            };
-            let zone = Zone {
-                apex: apex.clone(),
-                site: domain.clone(),
-                serial: 0,
-                nameservers: ns,
-                servers: servers.clone(),
-                records: Arc::new(records),
-                between: Arc::new(between),
-            };
-            zones.insert(apex, Arc::new(zone));
-        }
-    }
-    Snapshot {
-        zones,
-        geo,
-        most_labels,
-        settings,
-    }
-}
-
 /// The site's records as DNS records under `apex`, and the empty
 /// non-terminals they make. A record that does not convert (none does
 /// once checked) is left out.
-fn user_records(apex: &Name, own: &[UserRecord]) -> (HashMap<Name, Vec<Record>>, HashSet<Name>) {
+pub fn user_records(
+    apex: &Name,
+    own: &[UserRecord],
+) -> (HashMap<Name, Vec<Record>>, HashSet<Name>) {
     let mut records: HashMap<Name, Vec<Record>> = HashMap::new();
     let mut between = HashSet::new();
     for r in own {
@@ -390,15 +292,4 @@ impl Zones {
         }
         changed
     }
-}
-
-/// Holdings by member, this node's own included.
-pub fn holdings(
-    me: PublicKey,
-    own: Vec<Holding>,
-    peers: impl IntoIterator<Item = (PublicKey, Vec<Holding>)>,
-) -> HashMap<PublicKey, Vec<Holding>> {
-    let mut out: HashMap<_, _> = peers.into_iter().collect();
-    out.insert(me, own);
-    out
 }

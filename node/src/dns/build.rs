@@ -1,0 +1,136 @@
+//! The zones' snapshot from the replicated records and what each member
+//! holds (see `zones` for what it is).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use hickory_proto::rr::Name;
+use maki_protocol::{PublicKey, ROLE_HTTP, sync::Holding};
+
+use super::{
+    geoip::GeoDb,
+    zones::{Nameserver, ROLE_DNS, Server, Settings, Snapshot, Zone, user_records},
+};
+use crate::directory::Directory;
+
+/// What the snapshot is built from.
+#[derive(Debug)]
+pub struct Inputs<'a> {
+    pub dir: &'a Directory,
+    /// What each member (this node included) serves now.
+    pub holds: &'a HashMap<PublicKey, Vec<Holding>>,
+    /// Members whose HTTP edge a majority of the members see down.
+    pub down: &'a HashSet<PublicKey>,
+}
+
+/// Builds every zone from `inputs`; serials are left at 0 for
+/// [`Zones::update`] to set. A node whose record gives no location is
+/// placed by `geo`, at its first public IP the database places.
+pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -> Snapshot {
+    let dir = inputs.dir;
+    let mut nameservers: Vec<Nameserver> = Vec::new();
+    // Per site: (servers holding its current head, servers holding any).
+    let mut http: Vec<(Server, &[Holding])> = Vec::new();
+    for (node, _) in dir.members() {
+        let roles = |r: &str| node.roles.iter().any(|x| x == r);
+        if roles(ROLE_DNS) && !node.ips.is_empty() {
+            nameservers.push(Nameserver {
+                label: format!("ns-{}", node.id.fmt_short()),
+                ips: node.ips.clone(),
+            });
+        }
+        if roles(ROLE_HTTP) && !node.ips.is_empty() {
+            let holds = inputs.holds.get(&node.id).map_or(&[][..], Vec::as_slice);
+            http.push((
+                Server {
+                    id: node.id,
+                    ips: node.ips.clone(),
+                    location: node.location.or_else(|| {
+                        let geo = geo.as_ref()?;
+                        node.ips.iter().find_map(|ip| geo.locate(*ip)?.at)
+                    }),
+                    region: node.region.clone(),
+                },
+                holds,
+            ));
+        }
+    }
+    nameservers.sort_by(|a, b| a.label.cmp(&b.label));
+    let aliases = crate::live::aliases_of(dir);
+    // By apex: a name two sites claim is settled below, one zone each.
+    let mut zones: HashMap<Name, Zone> = HashMap::new();
+    for view in dir.per_site() {
+        if view.site.removed {
+            continue;
+        }
+        let domain = &view.site.domain;
+        let current = view.head.map(|(h, _)| h.seq);
+        let admitted = |s: &Server| view.pin.is_none_or(|p| p.admits(s.region.as_deref()));
+        let holding = |seq: Option<u64>| -> Vec<Server> {
+            http.iter()
+                .filter(|(s, holds)| {
+                    admitted(s)
+                        && holds
+                            .iter()
+                            .any(|h| &h.site == domain && seq.is_none_or(|q| h.seq == q))
+                })
+                .map(|(s, _)| s.clone())
+                .collect()
+        };
+        let mut servers = current.map(|q| holding(Some(q))).unwrap_or_default();
+        if servers.is_empty() {
+            servers = holding(None);
+        }
+        // Nodes seen down leave the answer; if every one is, the answer
+        // keeps them all (a visitor may still get through, and the
+        // verdict may be wrong).
+        if servers.iter().any(|s| !inputs.down.contains(&s.id)) {
+            servers.retain(|s| !inputs.down.contains(&s.id));
+        }
+        let servers: Arc<[Server]> = servers.into();
+        let own = dir.zone(domain).map(|z| z.normalised()).unwrap_or_default();
+        for name in std::iter::once(domain).chain(&view.site.aliases) {
+            let Ok(apex) = Name::from_ascii(format!("{name}.")) else {
+                continue;
+            };
+            let ns = nameservers
+                .iter()
+                .filter_map(|n| Some((apex.prepend_label(n.label.as_str()).ok()?, n.ips.clone())))
+                .collect();
+            // A name two sites claim is settled as the edge settles it.
+            if name != domain && aliases.get(name) != Some(domain) {
+                continue;
+            }
+            // The records are the site's domain's; an alias zone has none.
+            let (records, between) = if name == domain {
+                user_records(&apex, &own)
+            } else {
+                Default::default()
+            };
+            let zone = Zone {
+                apex: apex.clone(),
+                site: domain.clone(),
+                serial: 0,
+                nameservers: ns,
+                servers: servers.clone(),
+                records: Arc::new(records),
+                between: Arc::new(between),
+            };
+            zones.insert(apex, zone);
+        }
+    }
+    Snapshot::new(zones.into_values().collect(), geo, settings)
+}
+
+/// Holdings by member, this node's own included.
+pub fn holdings(
+    me: PublicKey,
+    own: Vec<Holding>,
+    peers: impl IntoIterator<Item = (PublicKey, Vec<Holding>)>,
+) -> HashMap<PublicKey, Vec<Holding>> {
+    let mut out: HashMap<_, _> = peers.into_iter().collect();
+    out.insert(me, own);
+    out
+}
