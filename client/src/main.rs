@@ -80,6 +80,9 @@ enum Command {
     },
     /// List sites and what they serve.
     Sites,
+    /// The network's nameservers for your domains.
+    #[command(subcommand)]
+    Dns(DnsCommand),
     /// List a site's kept versions.
     Versions { domain: String },
     /// Serve an older version again.
@@ -153,6 +156,14 @@ enum SiteCommand {
     /// Change a site's aliases.
     #[command(subcommand)]
     Alias(AliasCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum DnsCommand {
+    /// Print the NS and glue records to set at DOMAIN's registrar, then
+    /// check whether the nameservers answer for it and the world already
+    /// sees the delegation.
+    Setup { domain: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -384,6 +395,52 @@ async fn run(cli: Cli) -> Result<()> {
             let listed = nodes::list(&client).await;
             client.close().await;
             list(cli.json, &listed?, render::node_line)?;
+        }
+        Command::Dns(DnsCommand::Setup { domain: d }) => {
+            let d = domain(d)?;
+            let (client, _) = connect(&cli, &project).await?;
+            let listed = nodes::list(&client).await;
+            client.close().await;
+            let ns = maki::delegation::nameservers(&d, &listed?);
+            if ns.is_empty() {
+                bail!(
+                    "no node has the dns role and a public IP: start nodes with `makiatto join … --dns 0.0.0.0:53 --public-ip IP`"
+                );
+            }
+            println!("At the registrar of {d}, set these nameservers and their glue:\n");
+            for line in maki::delegation::registrar_lines(&d, &ns) {
+                println!("  {line}");
+            }
+            if ns.len() < maki::delegation::AT_LEAST {
+                println!(
+                    "\nwarning: only {} nameserver(s); registrars and resolvers expect at least {} (one per provider is best)",
+                    ns.len(),
+                    maki::delegation::AT_LEAST
+                );
+            }
+            println!("\nChecking:");
+            let findings = tokio::task::spawn_blocking({
+                let (d, ns) = (d.clone(), ns.clone());
+                move || maki::delegation::check(&d, &ns)
+            })
+            .await?;
+            for f in findings {
+                use maki::delegation::Finding;
+                match f {
+                    Finding::Answers { name, ip } => {
+                        println!("  ok    {name} ({ip}) answers for {d}")
+                    }
+                    Finding::Silent { name, ip, why } => println!("  FAIL  {name} ({ip}): {why}"),
+                    Finding::Delegated => println!("  ok    {d} is delegated to these nameservers"),
+                    Finding::DelegatedElsewhere(seen) => println!(
+                        "  FAIL  {d} is delegated to {} instead; change it at the registrar",
+                        seen.join(", ")
+                    ),
+                    Finding::NotDelegated(why) => println!(
+                        "  wait  not delegated yet ({why}); run this again once the registrar has it"
+                    ),
+                }
+            }
         }
         Command::Sites => {
             let (client, _) = connect(&cli, &project).await?;

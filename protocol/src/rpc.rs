@@ -96,6 +96,8 @@ pub struct NodeInfo {
     pub mesh: Option<NodeMesh>,
     /// What the members' probes find of each public service it runs.
     pub checks: Vec<Check>,
+    /// Its public IPs: what DNS answers with, and its nameserver's glue.
+    pub ips: Vec<std::net::IpAddr>,
 }
 
 /// The members' verdict on one service of a node (`maki nodes`).

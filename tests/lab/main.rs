@@ -591,3 +591,115 @@ fn the_lab_delays_and_drops_what_it_was_asked_to() -> Result<()> {
     ensure!(round_trip(&lab, 0, 1)?.is_some(), "host 1 stays lost");
     Ok(())
 }
+
+/// Three hosts that answer DNS at port 53 of their address, every node
+/// in each geo answer, with `lab.test` published.
+async fn dns_hosts() -> Result<(MeshNet, std::path::PathBuf)> {
+    use maki_e2e::{NodeProc, set_config};
+    let mut net = MeshNet::with_mode(3, "userspace")?;
+    for i in 0..3 {
+        let node = net.nodes.remove(i);
+        let dir = node.dir.clone();
+        node.stop()?;
+        set_config(&dir, "roles", r#"["http", "dns"]"#)?;
+        set_config(&dir, "dns", &format!("\"{}:53\"", net.lab.hosts[i].ip))?;
+        set_config(&dir, "dns_answers", "3")?;
+        let node = NodeProc::spawn_in(&net.lab.wrap(i), &dir, &["run"], dir.join("dns.log"))?;
+        net.nodes.insert(i, node);
+    }
+    net.meshed().await.with_context(|| net.logs())?;
+    let site = net.with_site().await?;
+    Ok((net, site))
+}
+
+/// What host `from`'s resolver stub hears from host `to`'s nameserver
+/// for lab.test A: the addresses, sorted (asked from inside host `from`,
+/// so a host cut off still asks itself).
+fn answer(net: &MeshNet, from: usize, to: usize) -> Vec<String> {
+    let at = format!("@{}", net.lab.hosts[to].ip);
+    let out = net
+        .lab
+        .exec(
+            from,
+            "dig",
+            &[&at, "+short", "+time=1", "+tries=1", "lab.test", "A"],
+        )
+        .unwrap_or_default();
+    let mut ips: Vec<String> = out
+        .lines()
+        .filter(|l| l.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_owned)
+        .collect();
+    ips.sort();
+    ips
+}
+
+fn host_ips(net: &MeshNet, hosts: &[usize]) -> Vec<String> {
+    let mut ips: Vec<String> = hosts
+        .iter()
+        .map(|i| net.lab.hosts[*i].ip.to_string())
+        .collect();
+    ips.sort();
+    ips
+}
+
+#[tokio::test]
+#[ignore = "needs root and dig: network namespaces, /dev/net/tun (.ci/run runs it)"]
+async fn a_killed_node_leaves_every_nameservers_answers_within_ten_seconds() -> Result<()> {
+    let (mut net, _site) = dns_hosts().await?;
+    let all = host_ips(&net, &[0, 1, 2]);
+    wait_for(CONVERGE, "every node in the answers", || async {
+        Ok((0..3).all(|i| answer(&net, i, i) == all))
+    })
+    .await
+    .with_context(|| net.logs())?;
+    net.nodes.remove(2).crash()?;
+    let left = host_ips(&net, &[0, 1]);
+    let took = wait_for(
+        Duration::from_secs(10),
+        "host 2 out of the answers",
+        || async { Ok(answer(&net, 0, 0) == left && answer(&net, 1, 1) == left) },
+    )
+    .await
+    .with_context(|| net.logs())?;
+    eprintln!("host 2 left both nameservers' answers after {took:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs root and dig: network namespaces, /dev/net/tun (.ci/run runs it)"]
+async fn a_cut_off_observer_keeps_the_others_in_its_answers() -> Result<()> {
+    let (net, _site) = dns_hosts().await?;
+    let all = host_ips(&net, &[0, 1, 2]);
+    wait_for(CONVERGE, "every node in the answers", || async {
+        Ok((0..3).all(|i| answer(&net, i, i) == all))
+    })
+    .await
+    .with_context(|| net.logs())?;
+    net.lab.cut(0)?;
+    // The others agree host 0 is gone...
+    let others = host_ips(&net, &[1, 2]);
+    wait_for(
+        Duration::from_secs(10),
+        "host 0 out of 1's and 2's answers",
+        || async { Ok(answer(&net, 1, 1) == others && answer(&net, 2, 2) == others) },
+    )
+    .await
+    .with_context(|| net.logs())?;
+    // ...while host 0, which alone cannot reach the others, drops nobody:
+    // its probes fail for well past the 3 it takes to see them down.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let own = answer(&net, 0, 0);
+    ensure!(
+        own == all,
+        "the cut-off host answers {own:?}; {}",
+        net.logs()
+    );
+    net.lab.restore(0)?;
+    wait_for(CONVERGE, "host 0 back in the answers", || async {
+        Ok(answer(&net, 1, 1) == all)
+    })
+    .await
+    .with_context(|| net.logs())?;
+    Ok(())
+}

@@ -104,6 +104,7 @@ impl AdminProtocol {
                     }),
                     roles: p.roles,
                     checks,
+                    ips: p.ips.clone(),
                     mesh: p.mesh.map(|m| {
                         let network = &self.shared.members.network;
                         let endpoint =

@@ -259,6 +259,13 @@ async fn serve_udp(
     let mut snap = zones.get();
     let mut turn = worker;
     let mut cache = ReplyCache::new();
+    // Bound to one address, replies leave from it whatever the route:
+    // they go out in batches (`sendmmsg`). Bound to every address, each
+    // reply names the address its query came to (IP_PKTINFO), one
+    // `sendmsg` each, so a host with several addresses answers from the
+    // one asked.
+    let batched = !socket.local_addr()?.ip().is_unspecified();
+    let mut out: Vec<(Vec<u8>, SocketAddr)> = Vec::with_capacity(BATCH);
     loop {
         tokio::select! {
             biased;
@@ -316,6 +323,10 @@ async fn serve_udp(
                             &fresh
                         }
                     };
+                    if batched {
+                        out.push((reply.to_vec(), meta.addr));
+                        continue;
+                    }
                     let transmit = noq_udp::Transmit {
                         destination: meta.addr,
                         ecn: None,
@@ -329,6 +340,47 @@ async fn serve_udp(
                         debug!(%error, to = %meta.addr, "DNS reply not sent");
                     }
                 }
+            }
+            if !out.is_empty() {
+                send_batch(&socket, &out);
+                out.clear();
+            }
+        }
+    }
+}
+
+/// Sends `replies` with as few `sendmmsg` calls as the kernel takes them
+/// in; what a full send buffer refuses is dropped, as a lost datagram.
+fn send_batch(socket: &tokio::net::UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) {
+    use rustix::net::{MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny, sendmmsg};
+    let addrs: Vec<SocketAddrAny> = replies
+        .iter()
+        .map(|(_, a)| SocketAddrAny::from(*a))
+        .collect();
+    let iovs: Vec<[std::io::IoSlice<'_>; 1]> = replies
+        .iter()
+        .map(|(r, _)| [std::io::IoSlice::new(r)])
+        .collect();
+    let mut controls: Vec<SendAncillaryBuffer<'_, '_, '_>> = replies
+        .iter()
+        .map(|_| SendAncillaryBuffer::default())
+        .collect();
+    let mut msgs: Vec<MMsgHdr<'_>> = addrs
+        .iter()
+        .zip(&iovs)
+        .zip(controls.iter_mut())
+        .map(|((a, iov), c)| MMsgHdr::new_with_addr(a, iov, c))
+        .collect();
+    let mut sent = 0;
+    while sent < msgs.len() {
+        match sendmmsg(socket, &mut msgs[sent..], SendFlags::DONTWAIT) {
+            Ok(0) => break,
+            Ok(n) => sent += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => {
+                debug!(%error, dropped = msgs.len() - sent, "DNS replies not sent");
+                // Skip the one that failed (a bad address) and go on.
+                sent += 1;
             }
         }
     }
