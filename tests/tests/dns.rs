@@ -691,3 +691,174 @@ value = '0 issue "letsencrypt.org"'
     ensure!(q("www.geo.test", RecordType::A)?.metadata.response_code == ResponseCode::NXDomain);
     Ok(())
 }
+
+#[tokio::test]
+async fn dns_setup_prints_the_registrar_records_and_checks_them() -> Result<()> {
+    let net = dns_network(2, &[])?;
+    let out = net.admin.ok(&["dns", "setup", "shop.example"])?;
+    // Two nameservers, each with its glue, named under the domain.
+    ensure!(out.matches("shop.example.  NS  ns-").count() == 2, "{out}");
+    for ip in ["192.0.2.1", "192.0.2.2"] {
+        ensure!(
+            out.contains(&format!(".shop.example.  A  {ip}   (glue)")),
+            "{out}"
+        );
+    }
+    ensure!(out.contains("only 2 nameserver(s)"), "{out}");
+    // These addresses are documentation ones: nothing answers there.
+    ensure!(out.contains("FAIL  ns-"), "{out}");
+    // The names agree with what the nameservers themselves say.
+    let dns = net.nodes[0].dns.context("dns")?;
+    net.admin.ok(&["site", "add", "shop.example"])?;
+    wait_for(Duration::from_secs(10), "the zone", || {
+        let got = ask(dns, "shop.example", RecordType::NS, &Ask::default());
+        async move { Ok(got?.answers.len() == 2) }
+    })
+    .await?;
+    let ns = ask(dns, "shop.example", RecordType::NS, &Ask::default())?;
+    for r in &ns.answers {
+        let RData::NS(n) = &r.data else {
+            anyhow::bail!("not NS: {r:?}")
+        };
+        let name = n.0.to_ascii();
+        ensure!(out.contains(&format!("NS  {name}")), "{name} not in {out}");
+    }
+    // A node without the dns role is no nameserver.
+    let err = maki_e2e::one_node()?
+        .admin
+        .fails(&["dns", "setup", "shop.example"])?;
+    ensure!(err.contains("no node has the dns role"), "{err}");
+    Ok(())
+}
+
+/// Runs `unbound` (Debian's) on loopback as a recursive resolver with a
+/// stub zone for `zone` at `ns`, ECS on; returns the process and its port.
+fn unbound(
+    dir: &std::path::Path,
+    zone: &str,
+    ns: std::net::SocketAddr,
+) -> Result<(std::process::Child, u16)> {
+    let port = {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        s.local_addr()?.port()
+    };
+    let conf = dir.join("unbound.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            r#"server:
+  interface: 127.0.0.1
+  port: {port}
+  do-daemonize: no
+  username: ""
+  chroot: ""
+  directory: "{dir}"
+  pidfile: ""
+  use-syslog: no
+  logfile: ""
+  verbosity: 1
+  do-not-query-localhost: no
+  access-control: 127.0.0.0/8 allow
+  module-config: "subnetcache iterator"
+  send-client-subnet: 127.0.0.1
+  client-subnet-always-forward: yes
+  max-client-subnet-ipv4: 24
+  qname-minimisation: no
+  # RFC 6761's test. is a static empty zone in unbound by default.
+  local-zone: "test." nodefault
+stub-zone:
+  name: "{zone}"
+  stub-addr: {ip}@{nsport}
+"#,
+            dir = dir.display(),
+            ip = ns.ip(),
+            nsport = ns.port(),
+        ),
+    )?;
+    let child = std::process::Command::new("unbound")
+        .arg("-d")
+        .arg("-c")
+        .arg(&conf)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("unbound.log"))?)
+        .spawn()
+        .context("running unbound (Debian package unbound)")?;
+    Ok((child, port))
+}
+
+#[tokio::test]
+#[ignore = "needs unbound and dig (Debian packages unbound, dnsutils); .ci/run installs them"]
+async fn a_real_resolver_passes_the_visitors_subnet_and_gets_the_near_node() -> Result<()> {
+    let places = [
+        ("eu", 50.11, 8.68),
+        ("us", 40.71, -74.01),
+        ("ap", -33.87, 151.21),
+    ];
+    let Network { tmp, nodes, admin } = dns_network_with(3, &[("dns_answers", "1")], |i| {
+        let (region, lat, lon) = places[i];
+        vec![
+            ("region", format!("{region:?}")),
+            ("location", format!("[{lat}, {lon}]")),
+        ]
+    })?;
+    admin.ok(&["site", "add", SITE])?;
+    let site = tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let db = tmp.path().join("city.mmdb");
+    geo_database(&db)?;
+    let out = std::process::Command::new(maki_e2e::bins()?.makiatto)
+        .args(["geoip", "install", "--data-dir"])
+        .arg(&nodes[0].dir)
+        .arg(&db)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dns = nodes[0].dns.context("dns")?;
+    // Our own server places the subnet before the resolver is asked.
+    wait_for(Duration::from_secs(10), "the database read", || {
+        let got = ask(
+            dns,
+            SITE,
+            RecordType::A,
+            &Ask {
+                subnet: Some((ip("10.2.0.0"), 24)),
+                ..Ask::default()
+            },
+        );
+        async move { Ok(addresses(&got?) == [ip("192.0.2.2")]) }
+    })
+    .await?;
+
+    let (mut resolver, port) = unbound(tmp.path(), SITE, dns)?;
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let result = async {
+        // The resolver passes each client's subnet on, and caches each
+        // answer for the scope we gave (the /16), not for everyone.
+        for (subnet, want) in [
+            ("10.1.4.0/24", "192.0.2.1"),
+            ("10.2.9.0/24", "192.0.2.2"),
+            ("10.1.200.0/24", "192.0.2.1"),
+        ] {
+            let sub = format!("+subnet={subnet}");
+            wait_for(Duration::from_secs(10), "the resolver's answer", || {
+                let got = dig(at, &["+short", "+rec", &sub, SITE, "A"]);
+                async move { Ok(got?.trim() == want) }
+            })
+            .await
+            .with_context(|| {
+                std::fs::read_to_string(tmp.path().join("unbound.log")).unwrap_or_default()
+            })?;
+        }
+        let full = dig(at, &["+rec", "+subnet=10.2.9.0/24", SITE, "A"])?;
+        ensure!(full.contains("CLIENT-SUBNET: 10.2.9.0/24/16"), "{full}");
+        anyhow::Ok(())
+    }
+    .await;
+    resolver.kill().ok();
+    resolver.wait().ok();
+    result
+}

@@ -338,3 +338,120 @@ fn geo_answer(
         .flat_map(|s| addresses(name, &s.ips, qtype, snap.settings.ttl))
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use hickory_proto::op::Query;
+    use maki_protocol::{Domain, SecretKey};
+
+    use super::*;
+    use crate::dns::zones::{Server, Settings};
+
+    fn snapshot(servers: usize, answers: usize) -> Snapshot {
+        let servers: Vec<Server> = (0..servers)
+            .map(|i| Server {
+                id: SecretKey::from_bytes(&[i as u8 + 1; 32]).public(),
+                ips: vec![IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, i as u16])],
+                location: None,
+                region: None,
+            })
+            .collect();
+        let zone = Zone {
+            apex: Name::from_ascii("big.test.").expect("name"),
+            site: Domain::new("big.test").expect("domain"),
+            serial: 1,
+            nameservers: vec![],
+            servers: servers.into(),
+            records: Arc::default(),
+            between: Arc::default(),
+        };
+        Snapshot::new(
+            vec![zone],
+            None,
+            Settings {
+                ttl: 60,
+                answers,
+                region: None,
+                location: None,
+            },
+        )
+    }
+
+    fn query(edns: Option<u16>) -> Vec<u8> {
+        let mut q = Message::query();
+        q.add_query(Query::query(
+            Name::from_ascii("big.test.").expect("name"),
+            RecordType::AAAA,
+        ));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            q.set_edns(e);
+        }
+        q.to_vec().expect("query")
+    }
+
+    fn ask(snap: &Snapshot, q: &[u8], tcp: bool) -> Message {
+        let from = From {
+            ip: IpAddr::from([192, 0, 2, 1]),
+            tcp,
+        };
+        let reply = respond(snap, q, from, 0, &Stats::default()).expect("a reply");
+        Message::from_vec(&reply).expect("readable")
+    }
+
+    #[test]
+    fn too_large_for_udp_sends_the_client_to_tcp() {
+        // 60 AAAA records: about 1.7 KB.
+        let snap = snapshot(60, 60);
+        for (edns, udp_limit) in [(None, 512), (Some(4096), usize::from(UDP_MAX))] {
+            let q = query(edns);
+            let from = From {
+                ip: IpAddr::from([192, 0, 2, 1]),
+                tcp: false,
+            };
+            let stats = Stats::default();
+            let raw = respond(&snap, &q, from, 0, &stats).expect("a reply");
+            assert!(raw.len() <= udp_limit, "{} bytes", raw.len());
+            let m = Message::from_vec(&raw).expect("readable");
+            assert!(m.metadata.truncation && m.answers.is_empty(), "{m:?}");
+            assert_eq!(m.queries.len(), 1);
+            assert_eq!(stats.truncated.load(Ordering::Relaxed), 1);
+            // The same over TCP comes whole.
+            let whole = ask(&snap, &q, true);
+            assert!(!whole.metadata.truncation && whole.answers.len() == 60);
+        }
+        // What fits is sent whole over UDP.
+        let small = snapshot(60, 2);
+        let m = ask(&small, &query(None), false);
+        assert!(!m.metadata.truncation && m.answers.len() == 2);
+    }
+
+    #[test]
+    fn opcodes_classes_and_edns_versions_we_do_not_serve() {
+        let snap = snapshot(2, 2);
+        let mut q = Message::from_vec(&query(Some(1232))).expect("q");
+        q.metadata.op_code = OpCode::Update;
+        let m = ask(&snap, &q.to_vec().expect("q"), false);
+        assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+        let mut q = Message::from_vec(&query(Some(1232))).expect("q");
+        q.queries[0].set_query_class(DNSClass::CH);
+        let m = ask(&snap, &q.to_vec().expect("q"), false);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+        let mut q = Message::from_vec(&query(Some(1232))).expect("q");
+        if let Some(e) = q.edns.as_mut() {
+            e.set_version(1);
+        }
+        let m = ask(&snap, &q.to_vec().expect("q"), false);
+        // 16: BADVERS (hickory reads 16 back as BADSIG, which shares it).
+        assert_eq!(u16::from(m.metadata.response_code), 16);
+        // Two questions: FORMERR.
+        let mut q = Message::from_vec(&query(None)).expect("q");
+        let again = q.queries[0].clone();
+        q.add_query(again);
+        let m = ask(&snap, &q.to_vec().expect("q"), false);
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    }
+}
