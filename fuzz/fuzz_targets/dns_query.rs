@@ -19,19 +19,21 @@ use maki_protocol::{
     zone::{Data, UserRecord},
 };
 
+// At the crate root, as siblings: the modules name each other `super::`.
 #[allow(dead_code)]
-mod dns {
-    #[path = "../../../node/src/dns/answer.rs"]
-    pub mod answer;
-    #[path = "../../../node/src/dns/geo.rs"]
-    pub mod geo;
-    #[path = "../../../node/src/dns/geoip.rs"]
-    pub mod geoip;
-    #[path = "../../../node/src/dns/zones.rs"]
-    pub mod zones;
-}
+#[path = "../../node/src/dns/answer.rs"]
+mod answer;
+#[allow(dead_code)]
+#[path = "../../node/src/dns/geo.rs"]
+mod geo;
+#[allow(dead_code)]
+#[path = "../../node/src/dns/geoip.rs"]
+mod geoip;
+#[allow(dead_code)]
+#[path = "../../node/src/dns/zones.rs"]
+mod zones;
 
-use dns::{
+use crate::{
     answer::{From, Stats, UDP_MAX, respond},
     zones::{Server, Settings, Snapshot, Zone, user_records},
 };

@@ -82,7 +82,9 @@ pub fn respond(
     let mut reply = Message::response(request.metadata.id, request.metadata.op_code);
     reply.metadata.recursion_desired = request.metadata.recursion_desired;
     reply.metadata.checking_disabled = request.metadata.checking_disabled;
-    reply.add_queries(request.queries.iter().cloned());
+    // At most the one question we answer: a query with many (FORMERR) must
+    // not get them all echoed, which could be larger than it was.
+    reply.add_queries(request.queries.iter().take(1).cloned());
     let client_edns = request.edns.as_ref();
     if let Some(e) = client_edns {
         let mut edns = Edns::new();
@@ -188,6 +190,13 @@ fn finish(reply: Message, client: Option<&Edns>, from: From, stats: &Stats) -> O
     Stats::count(&stats.truncated);
     let mut cut = reply.truncate();
     cut.metadata.authoritative = reply.metadata.authoritative;
+    let bytes = cut.to_vec().ok()?;
+    if bytes.len() <= limit {
+        return Some(bytes);
+    }
+    // The question alone does not fit (a huge EDNS echo): the header.
+    cut.queries.clear();
+    cut.edns = None;
     cut.to_vec().ok()
 }
 
@@ -447,6 +456,26 @@ mod tests {
         let m = ask(&snap, &q.to_vec().expect("q"), false);
         // 16: BADVERS (hickory reads 16 back as BADSIG, which shares it).
         assert_eq!(u16::from(m.metadata.response_code), 16);
+        // Many long questions (found by the fuzzer): FORMERR, and a reply
+        // no larger than a UDP client takes.
+        let mut q = Message::from_vec(&query(None)).expect("q");
+        let long = Name::from_ascii(format!("{}.big.test.", vec!["a".repeat(60); 3].join(".")))
+            .expect("name");
+        for _ in 0..40 {
+            q.add_query(Query::query(long.clone(), RecordType::A));
+        }
+        let raw = respond(
+            &snap,
+            &q.to_vec().expect("q"),
+            From {
+                ip: IpAddr::from([192, 0, 2, 1]),
+                tcp: false,
+            },
+            0,
+            &Stats::default(),
+        )
+        .expect("a reply");
+        assert!(raw.len() <= 512, "{} bytes", raw.len());
         // Two questions: FORMERR.
         let mut q = Message::from_vec(&query(None)).expect("q");
         let again = q.queries[0].clone();
