@@ -20,6 +20,9 @@ fn main() -> Result<()> {
     let admin = maki.key()?;
     let data = work.path().join("node1");
     NodeProc::init(&data, std::slice::from_ref(&admin))?;
+    // The first node is a nameserver too (the dns role, at a free port).
+    maki_e2e::set_config(&data, "roles", r#"["http", "dns"]"#)?;
+    maki_e2e::set_config(&data, "dns", r#""127.0.0.1:0""#)?;
     let mut nodes = vec![NodeProc::start(&data)?];
     let maki = Maki::new(&home, Some(&nodes[0].ticket));
     for i in 2..=3 {
@@ -40,6 +43,13 @@ fn main() -> Result<()> {
     }
     println!("(*.localhost resolves to this machine; any node serves the site)");
     println!("or    curl -H 'Host: {SITE}' http://{}/", nodes[0].http);
+    if let Some(dns) = nodes[0].dns {
+        println!(
+            "Ask its nameserver which nodes serve it:  dig @{} -p {} {SITE} A",
+            dns.ip(),
+            dns.port()
+        );
+    }
     println!();
     println!("Publish again after editing the site (a copy, say), at any node:");
     println!(
