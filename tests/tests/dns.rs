@@ -695,6 +695,19 @@ value = '0 issue "letsencrypt.org"'
 #[tokio::test]
 async fn dns_setup_prints_the_registrar_records_and_checks_them() -> Result<()> {
     let net = dns_network(2, &[])?;
+    // Once node 0 knows both nameservers (the second restarted with the
+    // dns role), its zone names both.
+    let dns = net.nodes[0].dns.context("dns")?;
+    net.admin.ok(&["site", "add", "shop.example"])?;
+    wait_for(
+        Duration::from_secs(20),
+        "both nameservers in the zone",
+        || {
+            let got = ask(dns, "shop.example", RecordType::NS, &Ask::default());
+            async move { Ok(got?.answers.len() == 2) }
+        },
+    )
+    .await?;
     let out = net.admin.ok(&["dns", "setup", "shop.example"])?;
     // Two nameservers, each with its glue, named under the domain.
     ensure!(out.matches("shop.example.  NS  ns-").count() == 2, "{out}");
@@ -708,13 +721,6 @@ async fn dns_setup_prints_the_registrar_records_and_checks_them() -> Result<()> 
     // These addresses are documentation ones: nothing answers there.
     ensure!(out.contains("FAIL  ns-"), "{out}");
     // The names agree with what the nameservers themselves say.
-    let dns = net.nodes[0].dns.context("dns")?;
-    net.admin.ok(&["site", "add", "shop.example"])?;
-    wait_for(Duration::from_secs(10), "the zone", || {
-        let got = ask(dns, "shop.example", RecordType::NS, &Ask::default());
-        async move { Ok(got?.answers.len() == 2) }
-    })
-    .await?;
     let ns = ask(dns, "shop.example", RecordType::NS, &Ask::default())?;
     for r in &ns.answers {
         let RData::NS(n) = &r.data else {
