@@ -13,8 +13,7 @@ use hickory_proto::{
 };
 use maki_protocol::{Domain, rpc::NodeInfo};
 
-/// The role of the nameservers (as the node names it).
-pub const ROLE_DNS: &str = "dns";
+pub use maki_protocol::ROLE_DNS;
 /// How many nameservers the FAQ promises a network runs.
 pub const AT_LEAST: usize = 3;
 

@@ -128,7 +128,7 @@ impl std::str::FromStr for MeshMode {
 }
 
 /// The roles this version knows.
-const KNOWN_ROLES: &[&str] = &[maki_protocol::ROLE_HTTP, crate::dns::ROLE_DNS];
+const KNOWN_ROLES: &[&str] = &[maki_protocol::ROLE_HTTP, maki_protocol::ROLE_DNS];
 
 impl Default for Config {
     fn default() -> Self {

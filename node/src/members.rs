@@ -40,7 +40,7 @@ pub struct Members {
     /// node's key, and signs only holdings with it).
     pub outbox: Outbox,
     /// What the members' probes find of each other's public services.
-    pub health: crate::health::Health,
+    pub health: crate::health::verdict::Health,
 }
 
 impl Members {

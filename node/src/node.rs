@@ -203,7 +203,7 @@ impl Node {
             live: live.clone(),
             served_elsewhere,
             sync_soon: tokio::sync::Notify::new(),
-            health: crate::health::Health::new(key.public()),
+            health: crate::health::verdict::Health::new(key.public()),
         });
         members.refresh_peers();
         let shared = Arc::new(Shared {

@@ -71,7 +71,7 @@ impl Outbox {
     }
 
     /// Broadcasts what this node's probes find of the others.
-    pub fn health(&self, seen: &crate::health::Seen) {
+    pub fn health(&self, seen: &crate::health::verdict::Seen) {
         let body = maki_protocol::sync::Health {
             format: 1,
             node: self.id(),

@@ -32,9 +32,9 @@ pub use manifest::{
 pub use path::{SitePath, SitePathError};
 pub use records::{
     Admission, AuthError, Body, Claim, GENESIS_FORMAT, Genesis, Invite, InviteTicket, MeshPeer,
-    NODE_FORMAT, NodeRecord, PEER_KIND, PeerRecord, Pin, RECORD_FORMAT, ROLE_HTTP, Record,
-    RecordError, RecordKey, Revocation, SiteRecord, Unread, Verified, View, authorize, invite_key,
-    kind_context, valid_peer_name,
+    NODE_FORMAT, NodeRecord, PEER_KIND, PeerRecord, Pin, RECORD_FORMAT, ROLE_DNS, ROLE_HTTP,
+    Record, RecordError, RecordKey, Revocation, SiteRecord, Unread, Verified, View, authorize,
+    invite_key, kind_context, valid_peer_name,
 };
 #[cfg(feature = "next-format")]
 pub use records::{NOTE_KIND, Note};

@@ -314,6 +314,9 @@ const NODE_FIELDS: usize = if cfg!(feature = "next-format") {
 /// The role of a node that serves sites over HTTP.
 pub const ROLE_HTTP: &str = "http";
 
+/// The role of a node that answers DNS for the sites (a nameserver).
+pub const ROLE_DNS: &str = "dns";
+
 impl Signable for NodeRecord {
     const CONTEXT: &'static [u8] = b"makiatto/node/v1";
 }

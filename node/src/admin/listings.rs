@@ -71,7 +71,7 @@ impl AdminProtocol {
             .map(|(id, p)| {
                 let me = id == self.shared.members.id;
                 // Every public service it runs, as the members' probes find it.
-                let checks: Vec<_> = crate::health::Service::ALL
+                let checks: Vec<_> = crate::health::verdict::Service::ALL
                     .into_iter()
                     .filter(|s| p.roles.iter().any(|r| r == s.role()))
                     .map(|s| health_of.verdict(&id, s, &ids))

@@ -18,7 +18,8 @@ use hickory_proto::{
 };
 
 use super::{
-    geo::{self, Place},
+    geo,
+    geoip::Place,
     zones::{Snapshot, Zone},
 };
 

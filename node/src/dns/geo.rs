@@ -5,15 +5,6 @@ use std::net::IpAddr;
 
 use super::zones::{Server, Settings};
 
-/// Where the geo database puts an address (`None`: nowhere), and how many
-/// leading bits of the address decided that: the prefix length of the
-/// database's network holding it, which a reply gives as its ECS scope.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Place {
-    pub at: Option<(f64, f64)>,
-    pub prefix: u8,
-}
-
 /// Great-circle distance in kilometres between two points given in
 /// degrees (haversine, mean Earth radius).
 pub fn distance_km(a: (f64, f64), b: (f64, f64)) -> f64 {

@@ -19,7 +19,14 @@ use std::{
 use maxminddb::{MaxMindDbError, PathElement, Reader};
 use serde::Deserialize;
 
-use super::geo::Place;
+/// Where the geo database puts an address (`None`: nowhere), and how many
+/// leading bits of the address decided that: the prefix length of the
+/// database's network holding it, which a reply gives as its ECS scope.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Place {
+    pub at: Option<(f64, f64)>,
+    pub prefix: u8,
+}
 
 /// The folder under the data directory.
 pub const GEOIP_DIR: &str = "geoip";

@@ -522,7 +522,9 @@ pub fn current(members: &Members, settings: Settings, geo: Option<Arc<GeoDb>>) -
             .map(|(k, p)| (k, p.holds)),
     );
     let ids: Vec<_> = dir.members().map(|(n, _)| n.id).collect();
-    let down = members.health.down(crate::health::Service::Http, &ids);
+    let down = members
+        .health
+        .down(crate::health::verdict::Service::Http, &ids);
     build::build(
         &build::Inputs {
             dir: &dir,

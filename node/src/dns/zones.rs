@@ -21,8 +21,7 @@ use maki_protocol::{Domain, PublicKey};
 
 use super::geoip::GeoDb;
 
-/// The role of a node that answers DNS for the sites (a nameserver).
-pub const ROLE_DNS: &str = "dns";
+pub use maki_protocol::ROLE_DNS;
 
 /// A node geo answers may send visitors to.
 #[derive(Debug, Clone, PartialEq)]
