@@ -400,11 +400,22 @@ async fn run(cli: Cli) -> Result<()> {
             let d = domain(d)?;
             let (client, _) = connect(&cli, &project).await?;
             let listed = nodes::list(&client).await;
+            let known = sites::list(&client).await;
             client.close().await;
             let ns = maki::delegation::nameservers(&d, &listed?);
             if ns.is_empty() {
                 bail!(
                     "no node has the dns role and a public IP: start nodes with `makiatto join … --dns 0.0.0.0:53 --public-ip IP`"
+                );
+            }
+            // Delegating a name no zone serves would be a lame delegation.
+            if let Ok(known) = known
+                && !known
+                    .iter()
+                    .any(|s| s.domain == d || s.aliases.contains(&d))
+            {
+                println!(
+                    "note: {d} is not among the sites and aliases you can see here; the nameservers answer only for those (`maki site add {d}`)\n"
                 );
             }
             println!("At the registrar of {d}, set these nameservers and their glue:\n");

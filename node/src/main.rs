@@ -171,9 +171,11 @@ pub(crate) fn main() {
         .with_env_filter(
             // The userspace WireGuard warns, unattributed, at every failed
             // handshake with a peer that is offline: a line a second per
-            // such peer. Its errors stay.
-            EnvFilter::try_from_env("MAKIATTO_LOG")
-                .unwrap_or_else(|_| EnvFilter::new("info,defguard_boringtun=error")),
+            // such peer. hickory-proto warns at odd EDNS options in a query:
+            // a line per forged packet. Their errors stay.
+            EnvFilter::try_from_env("MAKIATTO_LOG").unwrap_or_else(|_| {
+                EnvFilter::new("info,defguard_boringtun=error,hickory_proto=error")
+            }),
         )
         .with_writer(std::io::stderr)
         // Colour codes only for a person at a terminal, not in a log file.

@@ -729,6 +729,12 @@ async fn dns_setup_prints_the_registrar_records_and_checks_them() -> Result<()> 
         let name = n.0.to_ascii();
         ensure!(out.contains(&format!("NS  {name}")), "{name} not in {out}");
     }
+    // A name no zone serves would be a lame delegation: said so.
+    let out = net.admin.ok(&["dns", "setup", "nosite.example"])?;
+    ensure!(
+        out.contains("note: nosite.example is not among the sites"),
+        "{out}"
+    );
     // A node without the dns role is no nameserver.
     let err = maki_e2e::one_node()?
         .admin

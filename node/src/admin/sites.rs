@@ -235,6 +235,9 @@ impl AdminProtocol {
     }
 }
 
+/// How far ahead of this node's clock a record's version may be.
+const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+
 /// The most aliases one site may have.
 pub const MAX_ALIASES: usize = 64;
 
@@ -289,6 +292,14 @@ impl AdminProtocol {
         }
         zone.check()
             .map_err(|e| RpcError::InvalidRecord(format!("DNS records: {e}")))?;
+        // The newest version wins everywhere, for good: one from a clock far
+        // ahead would outlive every later change (and a removal and
+        // re-adding of the site). Minutes of skew are allowed.
+        if zone.version > crate::now_millis().saturating_add(CLOCK_SKEW_MS) {
+            return Err(RpcError::InvalidRecord(
+                "DNS records dated in the future: check this machine's clock".into(),
+            ));
+        }
         let dir = self.shared.members.directory();
         for other in dir.sites().filter(|s| s.domain != zone.site) {
             for name in std::iter::once(&other.domain).chain(&other.aliases) {

@@ -113,16 +113,26 @@ pub fn respond(
             return finish(reply, client_edns, from, stats);
         }
     };
+    if matches!(query.query_type(), RecordType::AXFR | RecordType::IXFR) {
+        // Every nameserver builds every zone itself: there is nothing to
+        // transfer.
+        Stats::count(&stats.refused);
+        reply.metadata.response_code = ResponseCode::Refused;
+        return finish(reply, client_edns, from, stats);
+    }
     reply.metadata.authoritative = true;
     let subnet = client_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
         Some(EdnsOption::Subnet(s)) => Some(*s),
         _ => None,
     });
-    // The visitor: the subnet a resolver passed on, else the resolver.
+    // The visitor: the subnet a resolver passed on (only the bits it
+    // gave), else the resolver. A source prefix of 0 means "do not tailor
+    // the answer to me": the resolver's own address then, and scope 0.
     let visitor = match &subnet {
-        Some(s) if s.source_prefix() > 0 => s.addr(),
+        Some(s) if s.source_prefix() > 0 => masked(s.addr(), s.source_prefix()),
         _ => from.ip,
     };
+    let tailored = subnet.as_ref().is_none_or(|s| s.source_prefix() > 0);
     let mut scope = 0;
     let name = query.name();
     let qtype = query.query_type();
@@ -136,7 +146,11 @@ pub fn respond(
             }
             RecordType::A | RecordType::AAAA => {
                 let place: Option<Place> = snap.geo.as_ref().and_then(|g| g.locate(visitor));
-                scope = place.map_or(0, |p| p.prefix);
+                scope = if tailored {
+                    place.map_or(0, |p| p.prefix)
+                } else {
+                    0
+                };
                 let from = place.and_then(|p| p.at);
                 reply.add_answers(geo_answer(snap, zone, name, qtype, from, turn));
                 &mut reply
@@ -154,7 +168,7 @@ pub fn respond(
         reply.add_answers(own_answer(own, name, qtype));
     } else if zone.between.contains(name) {
         // A name that exists for the names below it: NODATA.
-    } else if let Some(own) = wildcard(zone, name) {
+    } else if let Some(own) = wildcard(zone, name).filter(|_| !acme_challenge(zone, name)) {
         reply.add_answers(own_answer(own, name, qtype));
     } else {
         reply.metadata.response_code = ResponseCode::NXDomain;
@@ -305,6 +319,36 @@ fn own_answer(own: &[Record], name: &Name, qtype: RecordType) -> Vec<Record> {
         .collect()
 }
 
+/// Whether `name` has an `_acme-challenge` label below the apex: the
+/// network proves domains for certificates there (DNS-01), so no
+/// tenant's wildcard answers for it.
+fn acme_challenge(zone: &Zone, name: &Name) -> bool {
+    let below = name.iter().count().saturating_sub(zone.apex.iter().count());
+    name.iter()
+        .take(below)
+        .any(|l| l.eq_ignore_ascii_case(b"_acme-challenge"))
+}
+
+/// `ip` with only its first `prefix` bits.
+fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(prefix.min(32)))
+                .unwrap_or(0);
+            IpAddr::from((bits & mask).to_be_bytes())
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::from((bits & mask).to_be_bytes())
+        }
+    }
+}
+
 /// The wildcard that covers `name`, if any: `*.` its closest encloser,
 /// the nearest name above it that exists (RFC 4592).
 fn wildcard<'z>(zone: &'z Zone, name: &Name) -> Option<&'z [Record]> {
@@ -437,6 +481,77 @@ mod tests {
         let small = snapshot(60, 2);
         let m = ask(&small, &query(None), false);
         assert!(!m.metadata.truncation && m.answers.len() == 2);
+    }
+
+    #[test]
+    fn a_tenants_wildcard_never_answers_for_acme_challenge_names() {
+        use maki_protocol::zone::{Data, UserRecord};
+        let mut snap = snapshot(1, 1);
+        let apex = Name::from_ascii("big.test.").expect("name");
+        let rec = |name: &str, data: Data| UserRecord {
+            name: name.into(),
+            ttl: 300,
+            data,
+        };
+        let (records, between) = crate::dns::zones::user_records(
+            &apex,
+            &[
+                rec("*", Data::Txt(vec!["wild".into()])),
+                rec("*.acme", Data::Cname("attacker.example.".into())),
+            ],
+        );
+        let zone = Zone {
+            records: Arc::new(records),
+            between: Arc::new(between),
+            ..(**snap.zone_of(&apex).expect("zone")).clone()
+        };
+        snap = Snapshot::new(vec![zone], None, snap.settings.clone());
+        let ask_name = |name: &str, t: RecordType| {
+            let mut q = Message::query();
+            q.add_query(Query::query(Name::from_ascii(name).expect("name"), t));
+            ask(&snap, &q.to_vec().expect("q"), false)
+        };
+        assert_eq!(ask_name("x.big.test.", RecordType::TXT).answers.len(), 1);
+        for name in [
+            "_acme-challenge.big.test.",
+            "_acme-challenge.acme.big.test.",
+        ] {
+            let m = ask_name(name, RecordType::TXT);
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NXDomain,
+                "{name}: {m:?}"
+            );
+        }
+        // A literal `*` name is in its own zone, not refused.
+        let m = ask_name("*.big.test.", RecordType::TXT);
+        assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
+        assert!(m.metadata.authoritative);
+        // Nothing to transfer.
+        let m = ask_name("big.test.", RecordType::AXFR);
+        assert_eq!(m.metadata.response_code, ResponseCode::Refused);
+    }
+
+    #[test]
+    fn subnets_are_cut_to_their_prefix() {
+        assert_eq!(
+            masked(IpAddr::from([10, 255, 7, 9]), 4),
+            IpAddr::from([0, 0, 0, 0])
+        );
+        assert_eq!(
+            masked(IpAddr::from([10, 255, 7, 9]), 16),
+            IpAddr::from([10, 255, 0, 0])
+        );
+        assert_eq!(
+            masked(IpAddr::from([10, 255, 7, 9]), 32),
+            IpAddr::from([10, 255, 7, 9])
+        );
+        assert_eq!(
+            masked(IpAddr::from([10, 255, 7, 9]), 0),
+            IpAddr::from([0, 0, 0, 0])
+        );
+        let v6: IpAddr = "2001:db8:ffff::1".parse().expect("ip");
+        assert_eq!(masked(v6, 32), "2001:db8::".parse::<IpAddr>().expect("ip"));
     }
 
     #[test]

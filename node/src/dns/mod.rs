@@ -45,6 +45,8 @@ use crate::members::Members;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP connections served at once; more wait in the backlog.
 const TCP_CONNS: usize = 256;
+/// TCP connections one address may hold: one client cannot take them all.
+const TCP_CONNS_PER_IP: usize = 16;
 /// How often the zones are rebuilt from the records and holdings.
 const REBUILD: Duration = Duration::from_secs(1);
 
@@ -393,6 +395,7 @@ async fn serve_tcp(
     cancel: CancellationToken,
 ) {
     let room = Arc::new(Semaphore::new(TCP_CONNS));
+    let per_ip: Arc<std::sync::Mutex<HashMap<std::net::IpAddr, usize>>> = Arc::default();
     let mut conns = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -414,7 +417,18 @@ async fn serve_tcp(
                 }
             },
         };
-        let (zones, stats, cancel) = (zones.clone(), stats.clone(), cancel.clone());
+        let ip = src.ip().to_canonical();
+        {
+            let mut held = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            let n = held.entry(ip).or_default();
+            if *n >= TCP_CONNS_PER_IP {
+                debug!(%src, "too many DNS TCP connections from one address");
+                continue;
+            }
+            *n += 1;
+        }
+        let (zones, stats, cancel, per_ip) =
+            (zones.clone(), stats.clone(), cancel.clone(), per_ip.clone());
         conns.spawn(async move {
             let _permit = permit;
             tokio::select! {
@@ -422,6 +436,13 @@ async fn serve_tcp(
                 r = serve_conn(stream, src, &zones, &stats) => if let Err(error) = r {
                     debug!(%error, %src, "DNS TCP connection ended");
                 },
+            }
+            let mut held = per_ip.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = held.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&ip);
+                }
             }
         });
     }
@@ -461,7 +482,11 @@ async fn serve_conn(
         let mut out = Vec::with_capacity(reply.len() + 2);
         out.extend_from_slice(&(reply.len() as u16).to_be_bytes());
         out.extend_from_slice(&reply);
-        stream.write_all(&out).await?;
+        // A client that does not read its replies is let go, as an idle one.
+        match tokio::time::timeout(TCP_IDLE, stream.write_all(&out)).await {
+            Ok(r) => r?,
+            Err(_) => return Ok(()),
+        }
     }
 }
 

@@ -133,7 +133,9 @@ impl Snapshot {
 
     /// The zone `name` is in: the one with the longest apex it ends with.
     pub fn zone_of(&self, name: &Name) -> Option<&Arc<Zone>> {
-        let labels = name.num_labels();
+        // Every label, a leading `*` too (`num_labels` leaves it out, and
+        // `trim_to` counts it): `*.blog.x` must find the zone `blog.x`.
+        let labels = u8::try_from(name.iter().count()).unwrap_or(u8::MAX);
         let mut n = labels.min(self.most_labels);
         while n > 0 {
             let suffix = if n == labels {
