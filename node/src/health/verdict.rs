@@ -198,12 +198,33 @@ impl Health {
     }
 
     /// The members whose `service` is down by the members' majority.
+    ///
+    /// A node whose own probes find more than half of the others down is
+    /// most likely the one cut off: it drops nobody, whatever reports it
+    /// still holds from before (they may be up to [`REPORT_FRESH`] old).
     pub fn down(&self, service: Service, members: &[PublicKey]) -> HashSet<PublicKey> {
+        if self.cut_off(service, members) {
+            return HashSet::new();
+        }
         members
             .iter()
             .filter(|n| self.verdict(n, service, members).down)
             .copied()
             .collect()
+    }
+
+    /// Whether this node's own probes see more than half of the other
+    /// members' `service` down.
+    fn cut_off(&self, service: Service, members: &[PublicKey]) -> bool {
+        let inner = self.inner();
+        let probed: Vec<&Streak> = members
+            .iter()
+            .filter(|m| **m != self.me)
+            .filter_map(|m| inner.probes.get(&(*m, service)))
+            .filter(|s| s.probed)
+            .collect();
+        let down = probed.iter().filter(|s| s.down).count();
+        probed.len() >= 2 && down * 2 > probed.len()
     }
 }
 
@@ -267,6 +288,10 @@ mod tests {
                 (false, 1, 2, Some(false))
             );
         }
+        // Even with a report from before the cut that says node 2 is down,
+        // node 0 drops nobody: it sees most of the others down itself.
+        h.received(report(2, &[1], 10));
+        assert!(h.down(Service::Http, &members).is_empty());
         // The others agree that node 0 is the one down.
         let h1 = Health::new(key(1));
         for _ in 0..DOWN_AFTER {
