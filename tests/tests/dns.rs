@@ -282,22 +282,7 @@ fn geo_database(path: &std::path::Path) -> Result<()> {
 #[tokio::test]
 async fn the_answer_follows_the_visitors_subnet() -> Result<()> {
     // Node 0 in Frankfurt, 1 in New York, 2 in Sydney; one node per answer.
-    let places = [
-        ("eu", 50.11, 8.68),
-        ("us", 40.71, -74.01),
-        ("ap", -33.87, 151.21),
-    ];
-    let Network { tmp, nodes, admin } = dns_network_with(3, &[("dns_answers", "1")], |i| {
-        let (region, lat, lon) = places[i];
-        vec![
-            ("region", format!("{region:?}")),
-            ("location", format!("[{lat}, {lon}]")),
-        ]
-    })?;
-    admin.ok(&["site", "add", SITE])?;
-    let site = tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let Network { tmp, nodes, .. } = three_places()?;
     let dns = nodes[0].dns.context("dns")?;
     let with = |subnet: &str, prefix: u8| Ask {
         subnet: Some((ip(subnet), prefix)),
@@ -318,17 +303,8 @@ async fn the_answer_follows_the_visitors_subnet() -> Result<()> {
     // A database installed into the running node is read within seconds.
     let db = tmp.path().join("city.mmdb");
     geo_database(&db)?;
-    let out = std::process::Command::new(maki_e2e::bins()?.makiatto)
-        .args(["geoip", "install", "--data-dir"])
-        .arg(&nodes[0].dir)
-        .arg(&db)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    ensure!(String::from_utf8_lossy(&out.stdout).contains("flat layout"));
+    let out = geoip_install(&nodes[0].dir, &db)?;
+    ensure!(out.contains("flat layout"), "{out}");
     wait_for(
         Duration::from_secs(10),
         "New York for a New York subnet",
@@ -360,6 +336,44 @@ async fn the_answer_follows_the_visitors_subnet() -> Result<()> {
     let m = ask(other, SITE, RecordType::A, &with("10.1.7.0", 24))?;
     ensure!(addresses(&m) == [ip("192.0.2.2")], "{m:?}");
     Ok(())
+}
+
+/// Node 0 in Frankfurt, 1 in New York, 2 in Sydney, one node per answer,
+/// with the site published to all three.
+fn three_places() -> Result<Network> {
+    let places = [
+        ("eu", 50.11, 8.68),
+        ("us", 40.71, -74.01),
+        ("ap", -33.87, 151.21),
+    ];
+    let net = dns_network_with(3, &[("dns_answers", "1")], |i| {
+        let (region, lat, lon) = places[i];
+        vec![
+            ("region", format!("{region:?}")),
+            ("location", format!("[{lat}, {lon}]")),
+        ]
+    })?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    Ok(net)
+}
+
+/// `makiatto geoip install` into a node's data directory; its output.
+fn geoip_install(data: &std::path::Path, db: &std::path::Path) -> Result<String> {
+    let out = std::process::Command::new(maki_e2e::bins()?.makiatto)
+        .args(["geoip", "install", "--data-dir"])
+        .arg(data)
+        .arg(db)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8(out.stdout)?)
 }
 
 /// The scope prefix of the ECS option in a reply.
@@ -801,34 +815,10 @@ stub-zone:
 #[tokio::test]
 #[ignore = "needs unbound and dig (Debian packages unbound, dnsutils); .ci/run installs them"]
 async fn a_real_resolver_passes_the_visitors_subnet_and_gets_the_near_node() -> Result<()> {
-    let places = [
-        ("eu", 50.11, 8.68),
-        ("us", 40.71, -74.01),
-        ("ap", -33.87, 151.21),
-    ];
-    let Network { tmp, nodes, admin } = dns_network_with(3, &[("dns_answers", "1")], |i| {
-        let (region, lat, lon) = places[i];
-        vec![
-            ("region", format!("{region:?}")),
-            ("location", format!("[{lat}, {lon}]")),
-        ]
-    })?;
-    admin.ok(&["site", "add", SITE])?;
-    let site = tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let Network { tmp, nodes, .. } = three_places()?;
     let db = tmp.path().join("city.mmdb");
     geo_database(&db)?;
-    let out = std::process::Command::new(maki_e2e::bins()?.makiatto)
-        .args(["geoip", "install", "--data-dir"])
-        .arg(&nodes[0].dir)
-        .arg(&db)
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    geoip_install(&nodes[0].dir, &db)?;
     let dns = nodes[0].dns.context("dns")?;
     // Our own server places the subnet before the resolver is asked.
     wait_for(Duration::from_secs(10), "the database read", || {
