@@ -2,6 +2,7 @@
 //! never on the node — so it stays small and builds on macOS.
 
 pub mod delegation;
+pub mod dnssec;
 pub mod keys;
 pub mod net;
 pub mod nodes;

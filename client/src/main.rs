@@ -164,6 +164,19 @@ enum DnsCommand {
     /// check whether the nameservers answer for it and the world already
     /// sees the delegation.
     Setup { domain: String },
+    /// Sign DOMAIN's zones with DNSSEC, or hand its keys to nameservers
+    /// added since; prints the DS records for the registrar.
+    Sign { domain: String },
+    /// Print the DS records of DOMAIN (and its aliases) for the registrar.
+    Ds { domain: String },
+    /// A new signing key (after a nameserver was removed, or on a
+    /// schedule); the old one stays until `maki dns retire`.
+    Roll { domain: String },
+    /// Drop the keys a roll left, once the registrar has the new DS.
+    Retire { domain: String },
+    /// Stop signing DOMAIN (remove its DS at the registrar first, and
+    /// wait a day for the world to forget it).
+    Unsign { domain: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +238,25 @@ async fn connect(cli: &Cli, project: &Project) -> Result<(Client, SecretKey)> {
     let key = key()?;
     let client = Client::connect(&key, &ticket(&cli.node, project)?).await?;
     Ok((client, key))
+}
+
+/// A site's zones: its domain and its aliases.
+fn zones_of(site: &Domain, known: &[maki_protocol::rpc::SiteInfo]) -> Vec<Domain> {
+    let mut zones = vec![site.clone()];
+    if let Some(s) = known.iter().find(|s| &s.domain == site) {
+        zones.extend(s.aliases.iter().cloned());
+    }
+    zones
+}
+
+fn print_ds(json: bool, ds: &[maki::dnssec::Ds]) -> Result<()> {
+    list(json, ds, |d| {
+        if d.signing {
+            d.to_string()
+        } else {
+            format!("{d}    ; retiring")
+        }
+    })
 }
 
 /// Prints `items` as JSON with `--json`, else one `line` each.
@@ -395,6 +427,67 @@ async fn run(cli: Cli) -> Result<()> {
             let listed = nodes::list(&client).await;
             client.close().await;
             list(cli.json, &listed?, render::node_line)?;
+        }
+        Command::Dns(DnsCommand::Ds { domain: d }) => {
+            let d = domain(d)?;
+            let (client, _) = connect(&cli, &project).await?;
+            let info = maki::dnssec::info(&client, &d).await;
+            let known = sites::list(&client).await;
+            client.close().await;
+            let keys = info?
+                .keys
+                .filter(|k| !k.keys.is_empty())
+                .with_context(|| format!("{d} is not signed: `maki dns sign {d}` first"))?;
+            let zones = zones_of(&d, &known?);
+            print_ds(cli.json, &maki::dnssec::ds(&zones, &keys))?;
+        }
+        Command::Dns(
+            DnsCommand::Sign { domain: d }
+            | DnsCommand::Roll { domain: d }
+            | DnsCommand::Retire { domain: d }
+            | DnsCommand::Unsign { domain: d },
+        ) => {
+            use maki::dnssec::Change;
+            let change = match &cli.command {
+                Command::Dns(DnsCommand::Roll { .. }) => Change::Roll,
+                Command::Dns(DnsCommand::Retire { .. }) => Change::Retire,
+                Command::Dns(DnsCommand::Unsign { .. }) => Change::Unsign,
+                _ => Change::Sign,
+            };
+            let d = domain(d)?;
+            let (client, key) = connect(&cli, &project).await?;
+            let done = async {
+                let info = maki::dnssec::info(&client, &d).await?;
+                let outcome = maki::dnssec::change(&key, &d, &info, change, maki::now_millis())?;
+                maki::dnssec::set(&client, outcome.record.clone()).await?;
+                let known = sites::list(&client).await?;
+                anyhow::Ok((outcome, known))
+            }
+            .await;
+            client.close().await;
+            let (outcome, known) = done?;
+            for node in &outcome.skipped {
+                eprintln!(
+                    "warning: nameserver {} announces no sealing key (an older makiatto): it gets no copy and answers SERVFAIL to validating resolvers until it is upgraded and `maki dns sign {d}` runs again",
+                    node.fmt_short()
+                );
+            }
+            let keys = outcome.record.verify()?;
+            if keys.keys.is_empty() {
+                println!("{d} is no longer signed.");
+            } else {
+                let zones = zones_of(&d, &known);
+                println!(
+                    "{d} is signed; its keys are sealed to {} nameserver(s). Set these DS records at the registrar of each zone:",
+                    outcome.sealed_to
+                );
+                print_ds(cli.json, &maki::dnssec::ds(&zones, &keys))?;
+                if keys.keys.len() > 1 {
+                    println!(
+                        "Keep the old DS (marked retiring) until the new one is published and a day has passed, then run `maki dns retire {d}`."
+                    );
+                }
+            }
         }
         Command::Dns(DnsCommand::Setup { domain: d }) => {
             let d = domain(d)?;

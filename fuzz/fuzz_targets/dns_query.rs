@@ -30,6 +30,9 @@ mod geo;
 #[path = "../../node/src/dns/geoip.rs"]
 mod geoip;
 #[allow(dead_code)]
+#[path = "../../node/src/dns/sign.rs"]
+mod sign;
+#[allow(dead_code)]
 #[path = "../../node/src/dns/zones.rs"]
 mod zones;
 
@@ -64,6 +67,13 @@ fn snapshot() -> &'static Snapshot {
             })
             .collect();
         let ns = Name::from_ascii("ns-0123456789.shop.test.").expect("name");
+        // Signed, so the fuzzer walks the DNSSEC paths too (DO set).
+        let rng = ring::rand::SystemRandom::new();
+        let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+        let doc = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).expect("key");
+        let pair = ring::signature::EcdsaKeyPair::from_pkcs8(alg, doc.as_ref(), &rng).expect("pair");
+        let public = ring::signature::KeyPair::public_key(&pair).as_ref()[1..].to_vec();
+        let signer = sign::Signer::new(&[public], &[doc.as_ref().to_vec()]).expect("signer");
         let zone = Zone {
             apex,
             site: site.clone(),
@@ -72,11 +82,13 @@ fn snapshot() -> &'static Snapshot {
             servers: servers.into(),
             records: Arc::new(records),
             between: Arc::new(between),
+            dnssec: sign::Dnssec::On(Arc::new(signer)),
         };
         let alias = Zone {
             apex: Name::from_ascii("shop.example.").expect("name"),
             records: Arc::default(),
             between: Arc::default(),
+            dnssec: sign::Dnssec::NoKey,
             ..zone.clone()
         };
         Snapshot::new(
@@ -91,7 +103,7 @@ fuzz_target!(|data: &[u8]| {
     let Some((&first, query)) = data.split_first() else {
         return;
     };
-    let from = From { ip: IpAddr::from([10, 0, 0, first]), tcp: first & 1 == 1 };
+    let from = From { ip: IpAddr::from([10, 0, 0, first]), tcp: first & 1 == 1, now: 1_800_000_000 };
     let stats = Stats::default();
     let Some(reply) = respond(snapshot(), query, from, usize::from(first), &stats) else {
         return;

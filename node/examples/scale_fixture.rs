@@ -164,6 +164,7 @@ async fn main() -> Result<()> {
                     ips: vec![],
                     mesh: None,
                     ports: vec![],
+                    seal: None,
                     #[cfg(feature = "next-format")]
                     note: None,
                 },

@@ -452,6 +452,21 @@ impl Directory {
         }
     }
 
+    /// The DNSSEC keys of a live site, if an admin made any for this
+    /// incarnation of it.
+    pub fn zone_keys(&self, domain: &Domain) -> Option<&maki_protocol::dnssec::ZoneKeys> {
+        let site = self.site(domain)?;
+        match &self
+            .held
+            .get(&RecordKey::Keys(domain.clone()))?
+            .verified
+            .body
+        {
+            Body::Keys(k) if k.incarnation == site.heads_after => Some(k),
+            _ => None,
+        }
+    }
+
     /// The pin of a site, if an admin set one.
     pub fn pin(&self, domain: &Domain) -> Option<&Pin> {
         match &self.by_domain.get(domain)?.pin.as_ref()?.verified.body {
@@ -633,6 +648,7 @@ pub(crate) mod testing {
                     ips: vec![],
                     mesh: None,
                     ports: vec![],
+                    seal: None,
                     #[cfg(feature = "next-format")]
                     note: None,
                 },
@@ -751,6 +767,7 @@ mod tests {
             ips: vec![],
             mesh: None,
             ports: vec![],
+            seal: None,
             #[cfg(feature = "next-format")]
             note: None,
         };

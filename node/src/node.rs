@@ -214,6 +214,9 @@ impl Node {
             state,
             content,
             members: members.clone(),
+            keyring: Arc::new(crate::dns::sign::Keyring::new(
+                maki_protocol::seal::node_secret(&key),
+            )),
         });
 
         let mask = EventMask {
@@ -322,15 +325,18 @@ impl Node {
                     None
                 }
             };
+            let keyring = shared.keyring.clone();
             let zones = Arc::new(crate::dns::Zones::new(crate::dns::current(
                 &members,
                 settings.clone(),
                 geo,
+                &keyring,
             )));
             tasks.spawn(crate::dns::keep_current(
                 members.clone(),
                 zones.clone(),
                 settings,
+                keyring,
                 data_dir.to_owned(),
                 cancel.clone(),
             ));
@@ -450,6 +456,9 @@ impl Node {
             .into_iter()
             .filter_map(|(role, addr)| Some((role.to_owned(), addr?.port())))
             .collect(),
+            seal: Some(maki_protocol::seal::public_key(
+                &maki_protocol::seal::node_secret(key),
+            )),
             #[cfg(feature = "next-format")]
             note: Some(crate::next::NODE_NOTE.into()),
         };

@@ -21,6 +21,8 @@ pub struct Shared {
     /// The one way the served head of a site changes (holds the head lock).
     pub serving: Serving,
     pub members: Arc<Members>,
+    /// The zone signers of this node, and its sealing secret with them.
+    pub keyring: Arc<crate::dns::sign::Keyring>,
 }
 
 impl Shared {

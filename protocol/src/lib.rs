@@ -8,6 +8,7 @@
 
 mod blobset;
 mod codec;
+pub mod dnssec;
 mod domain;
 mod hash;
 mod keys;
@@ -17,6 +18,7 @@ mod path;
 mod records;
 pub mod rpc;
 pub mod rules;
+pub mod seal;
 mod signed;
 pub mod sync;
 mod ticket;

@@ -189,7 +189,7 @@ impl SiteRecord {
 /// The [`NodeRecord`] format this build writes. Each format appends
 /// fields to the one before; the test-only `next-format` feature plays a
 /// newer release that appends [`NodeRecord::note`].
-pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 5 } else { 4 };
+pub const NODE_FORMAT: u16 = if cfg!(feature = "next-format") { 6 } else { 5 };
 
 /// A member node, signed by the node itself; valid only together with the
 /// admin-signed invite it redeemed (named by hash).
@@ -226,7 +226,11 @@ pub struct NodeRecord {
     /// Format 4: the port each public role listens at (`http`, `dns`):
     /// where members probe its health.
     pub ports: Vec<(String, u16)>,
-    /// Format 5, test-only (feature `next-format`): a field today's
+    /// Format 5: its X25519 public key, to which admins seal the secrets
+    /// it needs (zone-signing keys: [`crate::seal`]); `None` from a node
+    /// too old to have one.
+    pub seal: Option<[u8; 32]>,
+    /// Format 6, test-only (feature `next-format`): a field today's
     /// release does not know.
     #[cfg(feature = "next-format")]
     pub note: Option<String>,
@@ -293,8 +297,9 @@ impl<'de> Deserialize<'de> for NodeRecord {
                     ips: appended!(format, 3),
                     mesh: appended!(format, 3),
                     ports: appended!(format, 4),
+                    seal: appended!(format, 5),
                     #[cfg(feature = "next-format")]
-                    note: appended!(format, 5),
+                    note: appended!(format, 6),
                 })
             }
         }
@@ -306,9 +311,9 @@ impl<'de> Deserialize<'de> for NodeRecord {
 
 /// The most fields a [`NodeRecord`] of this build's format has.
 const NODE_FIELDS: usize = if cfg!(feature = "next-format") {
-    13
+    14
 } else {
-    12
+    13
 };
 
 /// The role of a node that serves sites over HTTP.
@@ -431,6 +436,7 @@ pub enum RecordKey {
     // their postcard bytes, which name the variant by its position.
     Peer(String),
     Zone(Domain),
+    Keys(Domain),
     #[cfg(feature = "next-format")]
     Note(PublicKey),
 }
@@ -456,6 +462,7 @@ pub enum Record {
     },
     Peer(Signed<PeerRecord>),
     Zone(Signed<crate::zone::ZoneRecord>),
+    Keys(Signed<crate::dnssec::ZoneKeys>),
     #[cfg(feature = "next-format")]
     Note(Signed<Note>),
 }
@@ -479,6 +486,7 @@ impl Record {
             Record::Unknown { kind, .. } => *kind,
             Record::Peer(_) => PEER_KIND,
             Record::Zone(_) => crate::zone::ZONE_KIND,
+            Record::Keys(_) => crate::dnssec::KEYS_KIND,
             #[cfg(feature = "next-format")]
             Record::Note(_) => NOTE_KIND,
         }
@@ -499,6 +507,7 @@ impl Record {
             Record::Unknown { signed, .. } => signed.bytes().len(),
             Record::Peer(s) => s.bytes().len(),
             Record::Zone(s) => s.bytes().len(),
+            Record::Keys(s) => s.bytes().len(),
             #[cfg(feature = "next-format")]
             Record::Note(s) => s.bytes().len(),
         };
@@ -521,6 +530,7 @@ impl Serialize for Record {
             Record::Unknown { signed, .. } => (kind, signed).serialize(s),
             Record::Peer(r) => (kind, r).serialize(s),
             Record::Zone(r) => (kind, r).serialize(s),
+            Record::Keys(r) => (kind, r).serialize(s),
             #[cfg(feature = "next-format")]
             Record::Note(r) => (kind, r).serialize(s),
         }
@@ -539,6 +549,7 @@ impl<'de> Deserialize<'de> for Record {
             5 => Record::Pin(signed.retag()),
             PEER_KIND => Record::Peer(signed.retag()),
             crate::zone::ZONE_KIND => Record::Zone(signed.retag()),
+            crate::dnssec::KEYS_KIND => Record::Keys(signed.retag()),
             #[cfg(feature = "next-format")]
             NOTE_KIND => Record::Note(signed.retag()),
             kind => Record::Unknown { kind, signed },
@@ -585,6 +596,7 @@ pub enum Body {
     },
     Peer(PeerRecord),
     Zone(crate::zone::ZoneRecord),
+    Keys(crate::dnssec::ZoneKeys),
     #[cfg(feature = "next-format")]
     Note(Note),
 }
@@ -671,6 +683,15 @@ impl Record {
                     v.version,
                     s.signer(),
                     Body::Zone(v),
+                )
+            }
+            Record::Keys(s) => {
+                let v = content(s, verify)?;
+                (
+                    RecordKey::Keys(v.site.clone()),
+                    v.version,
+                    s.signer(),
+                    Body::Keys(v),
                 )
             }
             #[cfg(feature = "next-format")]
@@ -786,6 +807,11 @@ pub enum AuthError {
         site: Domain,
         error: crate::zone::ZoneError,
     },
+    #[error("the DNSSEC keys of {site}: {error}")]
+    Keys {
+        site: Domain,
+        error: crate::dnssec::KeysError,
+    },
 }
 
 /// Whether the signer of `v` had the right to make it, given `view`:
@@ -829,6 +855,22 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
             }
             _ => Err(AuthError::UnknownSite(z.site.clone())),
         },
+        Body::Keys(k) => {
+            admin(v.signer)?;
+            match view.site(&k.site) {
+                Some(site) if !site.removed => {
+                    let error = |error| AuthError::Keys {
+                        site: k.site.clone(),
+                        error,
+                    };
+                    if k.incarnation != site.heads_after {
+                        return Err(error(crate::dnssec::KeysError::OtherIncarnation));
+                    }
+                    k.check().map_err(error)
+                }
+                _ => Err(AuthError::UnknownSite(k.site.clone())),
+            }
+        }
         Body::Head(h) => match view.site(&h.site) {
             Some(site) if !site.removed => {
                 if !site.current(h.seq) {
@@ -1011,6 +1053,7 @@ mod tests {
             ips: vec![],
             mesh: None,
             ports: vec![],
+            seal: None,
             #[cfg(feature = "next-format")]
             note: None,
         }
@@ -1061,6 +1104,7 @@ mod tests {
                 backend: "userspace".into(),
             }),
             ports: vec![(ROLE_HTTP.into(), 80), ("dns".into(), 53)],
+            seal: Some([4; 32]),
             ..v1
         };
         let record = Record::Node(Signed::sign(&key, &mine));
@@ -1376,6 +1420,7 @@ mod tests {
             ips: vec![],
             mesh: None,
             ports: vec![],
+            seal: None,
             #[cfg(feature = "next-format")]
             note: None,
         };

@@ -73,6 +73,26 @@ pub enum Request {
     ZoneSet {
         record: Signed<crate::zone::ZoneRecord>,
     },
+    /// Admin: a site's DNSSEC keys and who they are sealed for.
+    Keys { domain: Domain },
+    /// Admin: new DNSSEC keys for a site (made, resealed or rolled).
+    KeysSet {
+        record: Signed<crate::dnssec::ZoneKeys>,
+    },
+}
+
+/// What an admin needs to make, reseal or roll a site's DNSSEC keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeysInfo {
+    /// The site's keys as held now, if any.
+    pub keys: Option<crate::dnssec::ZoneKeys>,
+    /// The site's `heads_after` (what a new record's `incarnation` is).
+    pub incarnation: u64,
+    /// The admins: each gets a copy, to reseal and roll with later.
+    pub admins: Vec<PublicKey>,
+    /// The nameservers (role `dns`) and their sealing keys; `None` from a
+    /// node too old to announce one.
+    pub nameservers: Vec<(PublicKey, Option<[u8; 32]>)>,
 }
 
 pub use crate::blobset::BlobSet;
@@ -245,6 +265,7 @@ pub enum Response {
     HeadFloor {
         seq: u64,
     },
+    Keys(KeysInfo),
 }
 
 /// Why a node refused a request. Each message names the problem and the fix.

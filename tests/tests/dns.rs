@@ -864,3 +864,117 @@ async fn a_real_resolver_passes_the_visitors_subnet_and_gets_the_near_node() -> 
     resolver.wait().ok();
     result
 }
+
+/// The trust anchor a registrar's DS makes, as delv reads it.
+fn anchor_file(dir: &std::path::Path, ds: &str) -> Result<std::path::PathBuf> {
+    // "geo.test. 3600 IN DS 12345 13 2 ABCD…"
+    let f: Vec<&str> = ds.split_whitespace().collect();
+    let [zone, _, _, _, tag, alg, digest_type, digest, ..] = f.as_slice() else {
+        anyhow::bail!("not a DS line: {ds}");
+    };
+    let path = dir.join("anchors.conf");
+    std::fs::write(
+        &path,
+        format!("trust-anchors {{ {zone} static-ds {tag} {alg} {digest_type} \"{digest}\"; }};\n"),
+    )?;
+    Ok(path)
+}
+
+fn delv(server: std::net::SocketAddr, anchors: &std::path::Path, args: &[&str]) -> Result<String> {
+    let out = std::process::Command::new("delv")
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string()])
+        .arg("-a")
+        .arg(anchors)
+        .arg(format!("+root={SITE}"))
+        .args(["+tcp"])
+        .args(args)
+        .output()
+        .context("run delv (Debian package bind9-dnsutils)")?;
+    Ok(format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    ))
+}
+
+#[tokio::test]
+#[ignore = "needs delv (Debian package bind9-dnsutils); .ci/run installs it"]
+async fn delv_validates_signed_positive_negative_and_geo_answers() -> Result<()> {
+    let net = dns_network(2, &[])?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let project = net.tmp.path().join("project");
+    copy_dir(&example_site(), &project.join("public"))?;
+    std::fs::write(
+        project.join("maki.toml"),
+        format!(
+            "[site]\ndomain = \"{SITE}\"\ndir = \"public\"\n[[dns]]\nname = \"*.apps\"\ntype = \"TXT\"\nvalue = \"wild\"\n[[dns]]\nname = \"mail\"\ntype = \"A\"\nvalue = \"192.0.2.50\"\n"
+        ),
+    )?;
+    let mut maki = Maki::new(&net.admin.home, Some(&net.nodes[0].ticket));
+    maki.cwd = project.clone();
+    maki.ok(&["publish", "--wait"])?;
+    let out = net.admin.ok(&["dns", "sign", SITE])?;
+    let ds = out
+        .lines()
+        .find(|l| l.starts_with(&format!("{SITE}. ")) && l.contains(" IN DS "))
+        .with_context(|| format!("no DS printed:\n{out}"))?;
+    let anchors = anchor_file(net.tmp.path(), ds)?;
+    ensure!(
+        net.admin.ok(&["dns", "ds", SITE])?.contains(ds),
+        "maki dns ds prints the same DS"
+    );
+    for node in &net.nodes {
+        let dns = node.dns.context("dns")?;
+        wait_for(Duration::from_secs(10), "a DNSKEY answer", || {
+            let m = ask(
+                dns,
+                &format!("{SITE}."),
+                RecordType::DNSKEY,
+                &Ask::default(),
+            );
+            async move { Ok(!m?.answers.is_empty()) }
+        })
+        .await?;
+        for (name, qtype, want) in [
+            (SITE.to_owned(), "A", "; fully validated"),
+            (SITE.to_owned(), "SOA", "; fully validated"),
+            (SITE.to_owned(), "NS", "; fully validated"),
+            (format!("mail.{SITE}"), "A", "; fully validated"),
+            (format!("x.apps.{SITE}"), "TXT", "; fully validated"),
+            (
+                format!("nope.{SITE}"),
+                "A",
+                "; negative response, fully validated",
+            ),
+            (
+                SITE.to_owned(),
+                "MX",
+                "; negative response, fully validated",
+            ),
+            (
+                format!("apps.{SITE}"),
+                "A",
+                "; negative response, fully validated",
+            ),
+            (
+                format!("x.apps.{SITE}"),
+                "A",
+                "; negative response, fully validated",
+            ),
+        ] {
+            let out = delv(dns, &anchors, &[&name, qtype])?;
+            ensure!(out.contains(want), "{name} {qtype} at {dns}:\n{out}");
+        }
+    }
+    // A DS that names another key: nothing validates.
+    let forged = ds
+        .replace(" 13 2 ", " 13 2 00")
+        .chars()
+        .take(ds.len())
+        .collect::<String>();
+    let wrong = anchor_file(&net.tmp.path().join("n1"), &forged)?;
+    let out = delv(net.nodes[0].dns.context("dns")?, &wrong, &[SITE, "A"])?;
+    ensure!(!out.contains("fully validated"), "{out}");
+    Ok(())
+}

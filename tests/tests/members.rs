@@ -63,6 +63,7 @@ async fn strangers_cannot_sync_gossip_or_read_blobs() -> Result<()> {
                 ips: vec![],
                 mesh: None,
                 ports: vec![],
+                seal: None,
             },
         )
     };
@@ -318,6 +319,7 @@ async fn a_revoked_node_cannot_return_under_a_new_key() -> Result<()> {
                 ips: vec![],
                 mesh: None,
                 ports: vec![],
+                seal: None,
             },
         )
     };

@@ -8,6 +8,7 @@
 //! the head. `sites` changes records; `listings` answers questions.
 
 mod auth;
+mod dnssec;
 mod listings;
 mod publish;
 mod sites;
@@ -149,6 +150,8 @@ impl AdminProtocol {
             Request::SiteRemove { record } => self.site_remove(caller, record).await,
             Request::SiteUpdate { record } => self.site_update(caller, record).await,
             Request::ZoneSet { record } => self.zone_set(caller, record),
+            Request::Keys { domain } => self.keys(caller, domain),
+            Request::KeysSet { record } => self.keys_set(caller, record),
             Request::Sites => self.sites(caller).await,
             Request::Versions { domain } => self.versions(caller, domain).await,
             Request::PublishBegin {

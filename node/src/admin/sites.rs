@@ -236,7 +236,7 @@ impl AdminProtocol {
 }
 
 /// How far ahead of this node's clock a record's version may be.
-const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
+pub(super) const CLOCK_SKEW_MS: u64 = 5 * 60 * 1000;
 
 /// The most aliases one site may have.
 pub const MAX_ALIASES: usize = 64;

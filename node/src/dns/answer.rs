@@ -20,6 +20,7 @@ use hickory_proto::{
 use super::{
     geo,
     geoip::Place,
+    sign::{self, Dnssec, Signer},
     zones::{Snapshot, Zone},
 };
 
@@ -56,6 +57,28 @@ impl Stats {
 pub struct From {
     pub ip: IpAddr,
     pub tcp: bool,
+    /// When, in seconds since the Unix epoch: what signatures are dated.
+    pub now: u64,
+}
+
+/// What a signed negative answer (or one from a wildcard) must prove,
+/// besides the records it has (RFC 5155 §7.2).
+enum Denial {
+    None,
+    /// The name exists without the type asked.
+    NoData,
+    /// The name does not exist: its closest encloser does.
+    NxDomain {
+        encloser: Name,
+    },
+    /// Answered from `*.encloser`.
+    Wildcard {
+        encloser: Name,
+    },
+    /// `*.encloser` exists without the type asked.
+    WildcardNoData {
+        encloser: Name,
+    },
 }
 
 /// The reply to `query`, or `None` to drop it. `turn` varies per query
@@ -121,6 +144,21 @@ pub fn respond(
         return finish(reply, client_edns, from, stats);
     }
     reply.metadata.authoritative = true;
+    let dnssec_ok = client_edns.is_some_and(|e| e.flags().dnssec_ok);
+    let signer: Option<&Signer> = match (&zone.dnssec, dnssec_ok) {
+        (Dnssec::On(s), true) => Some(s),
+        (Dnssec::NoKey, true) => {
+            // Unsigned answers would be bogus to this resolver: send it
+            // to a nameserver that holds the keys.
+            reply.metadata.response_code = ResponseCode::ServFail;
+            return finish(reply, client_edns, from, stats);
+        }
+        _ => None,
+    };
+    if let (Some(_), Some(edns)) = (signer, reply.edns.as_mut()) {
+        edns.set_dnssec_ok(true);
+    }
+    let mut denial = Denial::None;
     let subnet = client_edns.and_then(|e| match e.option(EdnsCode::Subnet) {
         Some(EdnsOption::Subnet(s)) => Some(*s),
         _ => None,
@@ -143,6 +181,15 @@ pub fn respond(
                 reply.add_answers(ns(zone));
                 reply.add_additionals(glue(zone));
                 &mut reply
+            }
+            RecordType::DNSKEY if matches!(zone.dnssec, Dnssec::On(_)) => {
+                if let Dnssec::On(s) = &zone.dnssec {
+                    reply.add_answers(s.dnskeys(&zone.apex));
+                }
+                &mut reply
+            }
+            RecordType::NSEC3PARAM if matches!(zone.dnssec, Dnssec::On(_)) => {
+                reply.add_answer(sign::nsec3param(&zone.apex, ZONE_TTL))
             }
             RecordType::A | RecordType::AAAA => {
                 let place: Option<Place> = snap.geo.as_ref().and_then(|g| g.locate(visitor));
@@ -168,13 +215,31 @@ pub fn respond(
         reply.add_answers(own_answer(own, name, qtype));
     } else if zone.between.contains(name) {
         // A name that exists for the names below it: NODATA.
-    } else if let Some(own) = wildcard(zone, name).filter(|_| !acme_challenge(zone, name)) {
-        reply.add_answers(own_answer(own, name, qtype));
     } else {
-        reply.metadata.response_code = ResponseCode::NXDomain;
+        let (encloser, star) = wildcard(zone, name);
+        match star.filter(|_| !acme_challenge(zone, name)) {
+            Some(own) => {
+                reply.add_answers(own_answer(own, name, qtype));
+                denial = if reply.answers.is_empty() {
+                    Denial::WildcardNoData { encloser }
+                } else {
+                    Denial::Wildcard { encloser }
+                };
+            }
+            None => {
+                reply.metadata.response_code = ResponseCode::NXDomain;
+                denial = Denial::NxDomain { encloser };
+            }
+        }
     }
     if reply.answers.is_empty() {
         reply.add_authority(soa_negative(zone));
+        if matches!(denial, Denial::None) {
+            denial = Denial::NoData;
+        }
+    }
+    if let Some(signer) = signer {
+        secure(&mut reply, signer, zone, name, denial, from.now);
     }
     if let (Some(s), Some(edns)) = (subnet, reply.edns.as_mut()) {
         // RFC 7871 §7.2.1: echo the family, source prefix and address,
@@ -349,24 +414,70 @@ fn masked(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
-/// The wildcard that covers `name`, if any: `*.` its closest encloser,
-/// the nearest name above it that exists (RFC 4592).
-fn wildcard<'z>(zone: &'z Zone, name: &Name) -> Option<&'z [Record]> {
+/// The closest encloser of `name` (the nearest name above it that
+/// exists) and the wildcard there that covers `name`, if any (RFC 4592).
+fn wildcard<'z>(zone: &'z Zone, name: &Name) -> (Name, Option<&'z [Record]>) {
     let mut up = name.base_name();
     loop {
         let exists = up == zone.apex
             || zone.records.contains_key(&up)
             || zone.between.contains(&up)
             || zone.nameserver(&up).is_some();
-        if exists {
-            let star = up.prepend_label("*").ok()?;
-            return zone.records.get(&star).map(Vec::as_slice);
-        }
-        if up.num_labels() <= zone.apex.num_labels() {
-            return None;
+        if exists || up.num_labels() <= zone.apex.num_labels() {
+            let star = up
+                .prepend_label("*")
+                .ok()
+                .and_then(|star| zone.records.get(&star))
+                .map(Vec::as_slice);
+            return (up, star);
         }
         up = up.base_name();
     }
+}
+
+/// Adds what a validating resolver needs to `reply`: the NSEC3 records
+/// its denial calls for, then a signature over every record set.
+fn secure(
+    reply: &mut Message,
+    signer: &Signer,
+    zone: &Zone,
+    name: &Name,
+    denial: Denial,
+    now: u64,
+) {
+    let apex = &zone.apex;
+    let ttl = NEGATIVE_TTL;
+    let matching = |n: &Name| sign::matching(apex, n, &zone.types_at(n), ttl);
+    // The name one label below the encloser on the way to `name`.
+    let next_closer = |encloser: &Name| name.trim_to(usize::from(encloser.num_labels()) + 1);
+    let star = |encloser: &Name| encloser.prepend_label("*").ok();
+    let proofs: Vec<Option<Record>> = match &denial {
+        Denial::None => Vec::new(),
+        Denial::NoData => vec![matching(name)],
+        Denial::NxDomain { encloser } => vec![
+            matching(encloser),
+            sign::covering(apex, &next_closer(encloser), ttl),
+            star(encloser).and_then(|s| sign::covering(apex, &s, ttl)),
+        ],
+        Denial::Wildcard { encloser } => vec![sign::covering(apex, &next_closer(encloser), ttl)],
+        Denial::WildcardNoData { encloser } => vec![
+            matching(encloser),
+            sign::covering(apex, &next_closer(encloser), ttl),
+            star(encloser).and_then(|s| matching(&s)),
+        ],
+    };
+    for p in proofs.into_iter().flatten() {
+        if !reply.authorities.contains(&p) {
+            reply.authorities.push(p);
+        }
+    }
+    let expanded = match &denial {
+        Denial::Wildcard { encloser } => Some((name, encloser.num_labels())),
+        _ => None,
+    };
+    signer.sign_section(apex, &mut reply.answers, expanded, now);
+    signer.sign_section(apex, &mut reply.authorities, None, now);
+    signer.sign_section(apex, &mut reply.additionals, None, now);
 }
 
 /// The k nearest nodes' addresses of the family asked for.
@@ -403,6 +514,9 @@ mod tests {
     use super::*;
     use crate::dns::zones::{Server, Settings};
 
+    /// What the tests date their signatures.
+    const NOW: u64 = 1_800_000_000;
+
     fn snapshot(servers: usize, answers: usize) -> Snapshot {
         let servers: Vec<Server> = (0..servers)
             .map(|i| Server {
@@ -420,6 +534,7 @@ mod tests {
             servers: servers.into(),
             records: Arc::default(),
             between: Arc::default(),
+            dnssec: Default::default(),
         };
         Snapshot::new(
             vec![zone],
@@ -451,6 +566,7 @@ mod tests {
         let from = From {
             ip: IpAddr::from([192, 0, 2, 1]),
             tcp,
+            now: NOW,
         };
         let reply = respond(snap, q, from, 0, &Stats::default()).expect("a reply");
         Message::from_vec(&reply).expect("readable")
@@ -465,6 +581,7 @@ mod tests {
             let from = From {
                 ip: IpAddr::from([192, 0, 2, 1]),
                 tcp: false,
+                now: NOW,
             };
             let stats = Stats::default();
             let raw = respond(&snap, &q, from, 0, &stats).expect("a reply");
@@ -503,6 +620,7 @@ mod tests {
         let zone = Zone {
             records: Arc::new(records),
             between: Arc::new(between),
+            dnssec: Default::default(),
             ..(**snap.zone_of(&apex).expect("zone")).clone()
         };
         snap = Snapshot::new(vec![zone], None, snap.settings.clone());
@@ -586,6 +704,7 @@ mod tests {
             From {
                 ip: IpAddr::from([192, 0, 2, 1]),
                 tcp: false,
+                now: NOW,
             },
             0,
             &Stats::default(),

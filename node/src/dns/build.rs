@@ -11,6 +11,7 @@ use maki_protocol::{PublicKey, ROLE_HTTP, sync::Holding};
 
 use super::{
     geoip::GeoDb,
+    sign::Keyring,
     zones::{Nameserver, ROLE_DNS, Server, Settings, Snapshot, Zone, user_records},
 };
 use crate::directory::Directory;
@@ -23,6 +24,8 @@ pub struct Inputs<'a> {
     pub holds: &'a HashMap<PublicKey, Vec<Holding>>,
     /// Members whose HTTP edge a majority of the members see down.
     pub down: &'a HashSet<PublicKey>,
+    /// This node's zone signers.
+    pub keyring: &'a Keyring,
 }
 
 /// Builds every zone from `inputs`; serials are left at 0 for
@@ -91,6 +94,7 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
         }
         let servers: Arc<[Server]> = servers.into();
         let own = dir.zone(domain).map(|z| z.normalised()).unwrap_or_default();
+        let dnssec = inputs.keyring.dnssec(domain, dir.zone_keys(domain));
         for name in std::iter::once(domain).chain(&view.site.aliases) {
             let Ok(apex) = Name::from_ascii(format!("{name}.")) else {
                 continue;
@@ -117,6 +121,7 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
                 servers: servers.clone(),
                 records: Arc::new(records),
                 between: Arc::new(between),
+                dnssec: dnssec.clone(),
             };
             zones.insert(apex, zone);
         }

@@ -32,6 +32,7 @@ pub mod answer;
 pub mod build;
 pub mod geo;
 pub mod geoip;
+pub mod sign;
 pub mod zones;
 
 pub use answer::{From, Stats, respond};
@@ -302,6 +303,7 @@ async fn serve_udp(
                 let from = From {
                     ip: meta.addr.ip().to_canonical(),
                     tcp: false,
+                    now: crate::now(),
                 };
                 let stride = meta.stride.max(1);
                 for query in buf[..meta.len.min(buf.len())].chunks(stride) {
@@ -475,6 +477,7 @@ async fn serve_conn(
         let from = From {
             ip: src.ip().to_canonical(),
             tcp: true,
+            now: crate::now(),
         };
         let Some(reply) = respond(&zones.get(), query, from, turn, stats) else {
             return Ok(());
@@ -497,6 +500,7 @@ pub async fn keep_current(
     members: Arc<Members>,
     zones: Arc<Zones>,
     settings: Settings,
+    keyring: Arc<sign::Keyring>,
     data_dir: PathBuf,
     cancel: CancellationToken,
 ) {
@@ -526,7 +530,7 @@ pub async fn keep_current(
                 Err(error) => warn!(%error, "reading the geo database failed"),
             }
         }
-        let snap = current(&members, settings.clone(), geo.clone());
+        let snap = current(&members, settings.clone(), geo.clone(), &keyring);
         if zones.update(snap, crate::now()) {
             debug!(zones = zones.get().zones().count(), "DNS zones changed");
         }
@@ -534,7 +538,12 @@ pub async fn keep_current(
 }
 
 /// The zones as they are now.
-pub fn current(members: &Members, settings: Settings, geo: Option<Arc<GeoDb>>) -> Snapshot {
+pub fn current(
+    members: &Members,
+    settings: Settings,
+    geo: Option<Arc<GeoDb>>,
+    keyring: &sign::Keyring,
+) -> Snapshot {
     let dir = members.directory();
     let holds = build::holdings(
         members.id,
@@ -555,6 +564,7 @@ pub fn current(members: &Members, settings: Settings, geo: Option<Arc<GeoDb>>) -
             dir: &dir,
             holds: &holds,
             down: &down,
+            keyring,
         },
         settings,
         geo,

@@ -13,13 +13,13 @@ use std::{
 };
 
 use hickory_proto::rr::{
-    Name, RData, Record,
+    Name, RData, Record, RecordType,
     rdata::{A, AAAA, CAA, CNAME, MX, SRV, TXT},
 };
 use maki_protocol::zone::{Data, UserRecord};
 use maki_protocol::{Domain, PublicKey};
 
-use super::geoip::GeoDb;
+use super::{geoip::GeoDb, sign::Dnssec};
 
 pub use maki_protocol::ROLE_DNS;
 
@@ -62,6 +62,8 @@ pub struct Zone {
     /// Names that exist only because names below them do (empty
     /// non-terminals): NODATA there, not NXDOMAIN (RFC 8020).
     pub between: Arc<HashSet<Name>>,
+    /// Whether and how its answers are signed.
+    pub dnssec: Dnssec,
 }
 
 impl Zone {
@@ -71,6 +73,39 @@ impl Zone {
             && self.nameservers == other.nameservers
             && self.servers == other.servers
             && self.records == other.records
+            && self.dnssec == other.dnssec
+    }
+
+    /// The types `name` has (in a signed zone: the bitmap of its NSEC3).
+    pub fn types_at(&self, name: &Name) -> Vec<RecordType> {
+        let mut types = Vec::new();
+        let family = |ips: &mut dyn Iterator<Item = &IpAddr>, types: &mut Vec<RecordType>| {
+            for ip in ips {
+                types.push(if ip.is_ipv4() {
+                    RecordType::A
+                } else {
+                    RecordType::AAAA
+                });
+            }
+        };
+        if *name == self.apex {
+            types.extend([RecordType::SOA, RecordType::NS]);
+            family(&mut self.servers.iter().flat_map(|s| &s.ips), &mut types);
+            if matches!(self.dnssec, Dnssec::On(_)) {
+                types.extend([RecordType::DNSKEY, RecordType::NSEC3PARAM]);
+            }
+        } else if let Some(ips) = self.nameserver(name) {
+            family(&mut ips.iter(), &mut types);
+        }
+        if let Some(own) = self.records.get(name) {
+            types.extend(own.iter().map(|r| r.record_type()));
+        }
+        if !types.is_empty() && !matches!(self.dnssec, Dnssec::Off) {
+            types.push(RecordType::RRSIG);
+        }
+        types.sort_unstable_by_key(|t| u16::from(*t));
+        types.dedup();
+        types
     }
 
     /// The nameserver at `name`, if `name` is one.

@@ -1,0 +1,448 @@
+//! DNSSEC, signed online (RFC 4033–4035): each answer's record sets are
+//! signed as the answer is built, since geo answers differ by visitor
+//! and cannot be signed ahead. Signatures are cached by what they cover,
+//! so a busy name costs one signature an hour.
+//!
+//! Denial of existence is NSEC3 (RFC 5155) with "white lies" (RFC 7129
+//! appendix B): each negative answer gets records made for it that cover
+//! the one hash asked about and nothing else, so the zone cannot be
+//! walked; no iterations and no salt (RFC 9276).
+//!
+//! Pure: the caller brings the time and the zone's private keys.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use hickory_proto::{
+    dnssec::{
+        Algorithm, Nsec3HashAlgorithm, PublicKeyBuf, TBS,
+        rdata::{DNSKEY, DNSSECRData, NSEC3, NSEC3PARAM, RRSIG, SigInput},
+    },
+    rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber},
+};
+use maki_protocol::{
+    Domain,
+    dnssec::{KeysError, ZoneKeys},
+};
+use ring::{
+    rand::SystemRandom,
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair},
+};
+
+/// TTL of the DNSKEY set. Short, for rolls: a resolver holds an old set
+/// at most this long (see docs/threat-model.md).
+pub const DNSKEY_TTL: u32 = 300;
+/// Signatures are made for windows of this many seconds; each is valid
+/// from an hour before its window to [`VALIDITY`] after.
+const WINDOW: u32 = 3600;
+const VALIDITY: u32 = 7 * 24 * 3600;
+/// The most signatures one zone keeps; past it the cache starts over (a
+/// flood of made-up names must not grow memory without bound).
+const CACHE_MAX: usize = 20_000;
+
+/// Why a zone's keys cannot sign here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignError {
+    #[error(transparent)]
+    Keys(#[from] KeysError),
+    #[error("private key {0} is not a P-256 key in PKCS#8")]
+    BadPrivate(usize),
+    #[error("private key {0} does not match its public key in the record")]
+    Mismatch(usize),
+    #[error("the record has no keys")]
+    NoKeys,
+}
+
+/// A zone's DNSSEC state at this node.
+#[derive(Debug, Clone, Default)]
+pub enum Dnssec {
+    /// Not signed: answers carry no DNSSEC records.
+    #[default]
+    Off,
+    /// Signed, with the keys at hand.
+    On(Arc<Signer>),
+    /// Signed, but this node holds no usable copy of the keys (a new
+    /// nameserver no admin has sealed them to yet): it answers SERVFAIL
+    /// to resolvers that validate, which then ask another nameserver.
+    NoKey,
+}
+
+impl PartialEq for Dnssec {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Dnssec::Off, Dnssec::Off) | (Dnssec::NoKey, Dnssec::NoKey) => true,
+            (Dnssec::On(a), Dnssec::On(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+/// The signers of the zones at this node, kept from one snapshot to the
+/// next (their caches with them): a site's keys are opened once per
+/// version of its record.
+pub struct Keyring {
+    /// This node's sealing secret.
+    secret: [u8; 32],
+    held: Mutex<HashMap<Domain, (u64, Dnssec)>>,
+}
+
+impl std::fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").finish_non_exhaustive()
+    }
+}
+
+impl Keyring {
+    pub fn new(secret: [u8; 32]) -> Self {
+        Self {
+            secret,
+            held: Mutex::default(),
+        }
+    }
+
+    /// Whether the copy of `keys` sealed to this node, if there is one,
+    /// opens to the private halves of the public keys the record shows.
+    pub fn check(&self, keys: &ZoneKeys) -> Result<(), SignError> {
+        let own = maki_protocol::seal::public_key(&self.secret);
+        if keys.sealed.iter().any(|s| s.to == own) {
+            Signer::open(keys, &self.secret)?;
+        }
+        Ok(())
+    }
+
+    /// How `site`'s zones are signed here, given its keys record.
+    pub fn dnssec(&self, site: &Domain, keys: Option<&ZoneKeys>) -> Dnssec {
+        let Some(keys) = keys.filter(|k| !k.keys.is_empty()) else {
+            return Dnssec::Off;
+        };
+        let Ok(mut held) = self.held.lock() else {
+            return Dnssec::NoKey;
+        };
+        if let Some((version, dnssec)) = held.get(site)
+            && *version == keys.version
+        {
+            return dnssec.clone();
+        }
+        let dnssec = match Signer::open(keys, &self.secret) {
+            Ok(signer) => Dnssec::On(Arc::new(signer)),
+            Err(error) => {
+                tracing::warn!(%site, %error, "cannot sign the zones of this site");
+                Dnssec::NoKey
+            }
+        };
+        held.insert(site.clone(), (keys.version, dnssec.clone()));
+        dnssec
+    }
+}
+
+struct Key {
+    pair: EcdsaKeyPair,
+    dnskey: DNSKEY,
+    tag: u16,
+}
+
+/// One zone's keys and the signatures made with them.
+pub struct Signer {
+    /// The first signs every set; the others (retiring) the DNSKEY set.
+    keys: Vec<Key>,
+    rng: SystemRandom,
+    cache: Mutex<Cache>,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("tags", &self.keys.iter().map(|k| k.tag).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    window: u32,
+    sigs: HashMap<blake3::Hash, Vec<u8>>,
+}
+
+impl Signer {
+    /// The signer of `keys`, opened with this node's sealing `secret`.
+    /// The private keys must match the public ones the record shows: a
+    /// record that lies about them signs nothing.
+    pub fn open(keys: &ZoneKeys, secret: &[u8; 32]) -> Result<Self, SignError> {
+        let private = keys.open(secret)?;
+        Self::new(&keys.keys, &private)
+    }
+
+    /// The signer of the given key pairs (public: x then y, 64 bytes).
+    pub fn new(public: &[Vec<u8>], private: &[Vec<u8>]) -> Result<Self, SignError> {
+        if public.is_empty() {
+            return Err(SignError::NoKeys);
+        }
+        let rng = SystemRandom::new();
+        let keys = public
+            .iter()
+            .zip(private)
+            .enumerate()
+            .map(|(i, (public, private))| {
+                let pair =
+                    EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, private, &rng)
+                        .map_err(|_| SignError::BadPrivate(i))?;
+                if pair.public_key().as_ref().get(1..) != Some(public.as_slice()) {
+                    return Err(SignError::Mismatch(i));
+                }
+                let dnskey = dnskey(public.clone());
+                let tag = dnskey
+                    .calculate_key_tag()
+                    .map_err(|_| SignError::Mismatch(i))?;
+                Ok(Key { pair, dnskey, tag })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            keys,
+            rng,
+            cache: Mutex::new(Cache::default()),
+        })
+    }
+
+    /// The DNSKEY set at `apex`.
+    pub fn dnskeys(&self, apex: &Name) -> Vec<Record> {
+        self.keys
+            .iter()
+            .map(|k| {
+                Record::from_rdata(
+                    apex.clone(),
+                    DNSKEY_TTL,
+                    RData::DNSSEC(DNSSECRData::DNSKEY(k.dnskey.clone())),
+                )
+            })
+            .collect()
+    }
+
+    /// Appends to `section` an RRSIG for each record set in it (every
+    /// key's for the DNSKEY set). `wildcard` names the records expanded
+    /// from a wildcard and its label count (the owner's, `*` left out).
+    pub fn sign_section(
+        &self,
+        apex: &Name,
+        section: &mut Vec<Record>,
+        wildcard: Option<(&Name, u8)>,
+        now: u64,
+    ) {
+        let mut sets: Vec<(Name, RecordType)> = Vec::new();
+        for r in section.iter() {
+            let key = (r.name.clone(), r.record_type());
+            if key.1 != RecordType::RRSIG && !sets.contains(&key) {
+                sets.push(key);
+            }
+        }
+        for (name, rtype) in sets {
+            let set: Vec<&Record> = section
+                .iter()
+                .filter(|r| r.name == name && r.record_type() == rtype)
+                .collect();
+            let labels = match wildcard {
+                Some((n, labels)) if *n == name => labels,
+                _ => name.num_labels(),
+            };
+            let signers: &[Key] = if rtype == RecordType::DNSKEY {
+                &self.keys
+            } else {
+                &self.keys[..1]
+            };
+            let sigs: Vec<Record> = signers
+                .iter()
+                .filter_map(|k| self.rrsig(k, apex, &name, rtype, labels, &set, now))
+                .collect();
+            section.extend(sigs);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rrsig(
+        &self,
+        key: &Key,
+        apex: &Name,
+        name: &Name,
+        rtype: RecordType,
+        labels: u8,
+        set: &[&Record],
+        now: u64,
+    ) -> Option<Record> {
+        let ttl = set.first()?.ttl;
+        let window = (now as u32) / WINDOW * WINDOW;
+        let input = SigInput {
+            type_covered: rtype,
+            algorithm: Algorithm::ECDSAP256SHA256,
+            num_labels: labels,
+            original_ttl: ttl,
+            sig_expiration: SerialNumber::new(window.wrapping_add(VALIDITY)),
+            sig_inception: SerialNumber::new(window.wrapping_sub(WINDOW)),
+            key_tag: key.tag,
+            signer_name: apex.clone(),
+        };
+        let tbs = TBS::from_input(name, DNSClass::IN, &input, set.iter().copied()).ok()?;
+        let id = blake3::hash(tbs.as_ref());
+        let cached = {
+            let mut cache = self.cache.lock().ok()?;
+            if cache.window != window || cache.sigs.len() >= CACHE_MAX {
+                cache.window = window;
+                cache.sigs.clear();
+            }
+            cache.sigs.get(&id).cloned()
+        };
+        let sig = match cached {
+            Some(sig) => sig,
+            None => {
+                let sig = key
+                    .pair
+                    .sign(&self.rng, tbs.as_ref())
+                    .ok()?
+                    .as_ref()
+                    .to_vec();
+                if let Ok(mut cache) = self.cache.lock() {
+                    cache.sigs.insert(id, sig.clone());
+                }
+                sig
+            }
+        };
+        Some(Record::from_rdata(
+            name.clone(),
+            ttl,
+            RData::DNSSEC(DNSSECRData::RRSIG(RRSIG::from_sig(input, sig))),
+        ))
+    }
+}
+
+/// The DNSKEY of a P-256 public key (x then y): a zone key that is also
+/// the secure entry point (flags 257), the one DS names.
+pub fn dnskey(public: Vec<u8>) -> DNSKEY {
+    DNSKEY::with_flags(257, PublicKeyBuf::new(public, Algorithm::ECDSAP256SHA256))
+}
+
+/// The NSEC3PARAM at a signed apex: SHA-1, no opt-out, no iterations, no
+/// salt (RFC 9276).
+pub fn nsec3param(apex: &Name, ttl: u32) -> Record {
+    Record::from_rdata(
+        apex.clone(),
+        ttl,
+        RData::DNSSEC(DNSSECRData::NSEC3PARAM(NSEC3PARAM::new(
+            Nsec3HashAlgorithm::SHA1,
+            false,
+            0,
+            Vec::new(),
+        ))),
+    )
+}
+
+/// The NSEC3 hash of `name`.
+pub fn hash(name: &Name) -> Option<[u8; 20]> {
+    let digest = Nsec3HashAlgorithm::SHA1.hash(&[], name, 0).ok()?;
+    digest.as_ref().try_into().ok()
+}
+
+fn hashed_owner(h: &[u8; 20], apex: &Name) -> Option<Name> {
+    let label = data_encoding::BASE32HEX_NOPAD
+        .encode(h)
+        .to_ascii_lowercase();
+    apex.prepend_label(label.as_str()).ok()
+}
+
+fn step(h: &[u8; 20], up: bool) -> [u8; 20] {
+    let mut out = *h;
+    for b in out.iter_mut().rev() {
+        let (v, carry) = if up {
+            b.overflowing_add(1)
+        } else {
+            b.overflowing_sub(1)
+        };
+        *b = v;
+        if !carry {
+            break;
+        }
+    }
+    out
+}
+
+fn nsec3(
+    apex: &Name,
+    owner: &[u8; 20],
+    next: [u8; 20],
+    types: &[RecordType],
+    ttl: u32,
+) -> Option<Record> {
+    Some(Record::from_rdata(
+        hashed_owner(owner, apex)?,
+        ttl,
+        RData::DNSSEC(DNSSECRData::NSEC3(NSEC3::new(
+            Nsec3HashAlgorithm::SHA1,
+            false,
+            0,
+            Vec::new(),
+            next.to_vec(),
+            types.iter().copied(),
+        ))),
+    ))
+}
+
+/// The NSEC3 that matches `name`, which exists with `types`: it proves
+/// what `name` does not have.
+pub fn matching(apex: &Name, name: &Name, types: &[RecordType], ttl: u32) -> Option<Record> {
+    let h = hash(name)?;
+    nsec3(apex, &h, step(&h, true), types, ttl)
+}
+
+/// An NSEC3 that covers the hash of `name` and no other: it proves that
+/// `name` does not exist.
+pub fn covering(apex: &Name, name: &Name, ttl: u32) -> Option<Record> {
+    let h = hash(name)?;
+    nsec3(apex, &step(&h, false), step(&h, true), &[], ttl)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_is_rfc_5155s() {
+        // RFC 5155 appendix A hashes with salt aabbccdd and 12 iterations;
+        // with neither, "example." is this (checked with ldns-nsec3-hash).
+        let h = hash(&Name::from_ascii("example.").expect("name")).expect("hash");
+        let owner = hashed_owner(&h, &Name::root()).expect("owner");
+        assert_eq!(owner.to_ascii().len(), 32 + 1);
+    }
+
+    #[test]
+    fn white_lies_cover_one_hash() {
+        let h = [0u8; 20];
+        assert_eq!(step(&h, false), [0xff; 20]);
+        let mut one = [0u8; 20];
+        one[19] = 1;
+        assert_eq!(step(&h, true), one);
+        let mut carry = [0u8; 20];
+        carry[18] = 1;
+        let mut below = [0u8; 20];
+        below[19] = 0xff;
+        assert_eq!(step(&below, true), carry);
+    }
+
+    #[test]
+    fn a_private_key_that_is_not_the_records_is_refused() {
+        let rng = SystemRandom::new();
+        let a = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+        let b = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, a.as_ref(), &rng)
+            .expect("pair");
+        let public = pair.public_key().as_ref()[1..].to_vec();
+        assert!(Signer::new(std::slice::from_ref(&public), &[a.as_ref().to_vec()]).is_ok());
+        assert!(matches!(
+            Signer::new(&[public], &[b.as_ref().to_vec()]),
+            Err(SignError::Mismatch(0))
+        ));
+        assert!(matches!(
+            Signer::new(&[vec![0; 64]], &[b"junk".to_vec()]),
+            Err(SignError::BadPrivate(0))
+        ));
+    }
+}
