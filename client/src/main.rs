@@ -383,10 +383,52 @@ async fn run(cli: Cli) -> Result<()> {
             action: Some(NodesCommand::Remove { id }),
         } => {
             let (client, key) = connect(&cli, &project).await?;
-            let removed = nodes::remove(&client, &key, *id).await;
+            let done = async {
+                // A nameserver held the zones' keys: each signed site gets
+                // a new one, which it never sees.
+                let nameserver = nodes::list(&client)
+                    .await?
+                    .iter()
+                    .any(|n| n.id == *id && n.roles.iter().any(|r| r == maki_protocol::ROLE_DNS));
+                nodes::remove(&client, &key, *id).await?;
+                let mut rolled = Vec::new();
+                if nameserver {
+                    for site in sites::list(&client).await? {
+                        let info = maki::dnssec::info(&client, &site.domain).await?;
+                        if info.keys.as_ref().is_none_or(|k| k.keys.is_empty()) {
+                            continue;
+                        }
+                        let outcome = maki::dnssec::change(
+                            &key,
+                            &site.domain,
+                            &info,
+                            maki::dnssec::Change::Roll,
+                            maki::now_millis(),
+                        )?;
+                        maki::dnssec::set(&client, outcome.record.clone()).await?;
+                        rolled.push((site, outcome.record.verify()?));
+                    }
+                }
+                anyhow::Ok(rolled)
+            }
+            .await;
             client.close().await;
-            removed?;
+            let rolled = done?;
             println!("removed node {id}; every member refuses it from now on");
+            for (site, keys) in rolled {
+                let zones = zones_of(&site.domain, std::slice::from_ref(&site));
+                println!(
+                    "\n{}: the removed nameserver held its DNSSEC key, so it has a new one. Replace the DS at the registrar with:",
+                    site.domain
+                );
+                for ds in maki::dnssec::ds(&zones, &keys).iter().filter(|d| d.signing) {
+                    println!("{ds}");
+                }
+                println!(
+                    "then, a day later, `maki dns retire {}`: until then the old key still signs the DNSKEY set.",
+                    site.domain
+                );
+            }
         }
         Command::Peer {
             action:

@@ -1315,6 +1315,46 @@ mod tests {
             check(Record::Zone(Signed::sign(&stranger, &zone)), &view),
             Err(AuthError::NotPublisher { .. })
         ));
+        // DNSSEC keys are secrets: only admins make them, a site's
+        // publisher no more than a stranger.
+        let keys = crate::dnssec::ZoneKeys {
+            format: 1,
+            site: s.domain.clone(),
+            incarnation: s.heads_after,
+            keys: vec![vec![1; 64]],
+            sealed: vec![crate::seal::Sealed {
+                to: [2; 32],
+                enc: [3; 32],
+                ct: vec![0; 80],
+            }],
+            version: 1,
+        };
+        assert_eq!(
+            check(Record::Keys(Signed::sign(&admin, &keys)), &view),
+            Ok(())
+        );
+        for who in [&publisher, &stranger] {
+            assert!(matches!(
+                check(Record::Keys(Signed::sign(who, &keys)), &view),
+                Err(AuthError::NotAdmin(_))
+            ));
+        }
+        let unsealed = crate::dnssec::ZoneKeys {
+            sealed: vec![],
+            ..keys.clone()
+        };
+        assert!(matches!(
+            check(Record::Keys(Signed::sign(&admin, &unsealed)), &view),
+            Err(AuthError::Keys { .. })
+        ));
+        let stale = crate::dnssec::ZoneKeys {
+            incarnation: s.heads_after + 1,
+            ..keys
+        };
+        assert!(matches!(
+            check(Record::Keys(Signed::sign(&admin, &stale)), &view),
+            Err(AuthError::Keys { .. })
+        ));
         let older = crate::zone::ZoneRecord {
             incarnation: s.heads_after + 1,
             ..zone.clone()

@@ -978,3 +978,79 @@ async fn delv_validates_signed_positive_negative_and_geo_answers() -> Result<()>
     ensure!(!out.contains("fully validated"), "{out}");
     Ok(())
 }
+
+/// The DS line of `zone` in `out` for the key that signs now.
+fn ds_line(out: &str) -> Result<String> {
+    out.lines()
+        .find(|l| {
+            l.starts_with(&format!("{SITE}. ")) && l.contains(" IN DS ") && !l.contains("retiring")
+        })
+        .map(str::to_owned)
+        .with_context(|| format!("no DS printed:\n{out}"))
+}
+
+/// Removing a nameserver rolls the key it held: the new key signs at
+/// once, the old one keeps signing the DNSKEY set (so resolvers that hold
+/// the old DS still validate) until `maki dns retire`, after which only
+/// the new DS validates. The removed node gets no copy of the new key.
+#[tokio::test]
+#[ignore = "needs delv (Debian package bind9-dnsutils); .ci/run installs it"]
+async fn removing_a_nameserver_rolls_the_key_it_held() -> Result<()> {
+    let mut net = dns_network(2, &[])?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let old_ds = ds_line(&net.admin.ok(&["dns", "sign", SITE])?)?;
+    let old_anchor = anchor_file(net.tmp.path(), &old_ds)?;
+    let dns = net.nodes[0].dns.context("dns")?;
+    wait_for(Duration::from_secs(10), "the zone signed", || {
+        let out = delv(dns, &old_anchor, &[SITE, "A"]);
+        async move { Ok(out?.contains("; fully validated")) }
+    })
+    .await?;
+
+    let gone = net.nodes.pop().context("node 1")?;
+    let gone_id = gone.id()?;
+    gone.stop()?;
+    let out = net.admin.ok(&["nodes", "remove", &gone_id])?;
+    let new_ds = ds_line(&out)?;
+    ensure!(new_ds != old_ds && out.contains("maki dns retire"), "{out}");
+    let new_dir = net.tmp.path().join("new");
+    std::fs::create_dir_all(&new_dir)?;
+    let new_anchor = anchor_file(&new_dir, &new_ds)?;
+    wait_for(Duration::from_secs(10), "the new key signing", || {
+        let out = delv(dns, &new_anchor, &[SITE, "A"]);
+        async move { Ok(out?.contains("; fully validated")) }
+    })
+    .await?;
+    // The old DS still leads to the new key, through the DNSKEY set.
+    let out = delv(dns, &old_anchor, &[SITE, "A"])?;
+    ensure!(out.contains("; fully validated"), "{out}");
+    let listed = net.admin.ok(&["dns", "ds", SITE])?;
+    ensure!(
+        listed.contains(&new_ds) && listed.contains("retiring"),
+        "{listed}"
+    );
+
+    net.admin.ok(&["dns", "retire", SITE])?;
+    wait_for(Duration::from_secs(10), "the old key gone", || {
+        let m = ask(
+            dns,
+            &format!("{SITE}."),
+            RecordType::DNSKEY,
+            &Ask::default(),
+        );
+        async move { Ok(m?.answers.len() == 1) }
+    })
+    .await?;
+    let out = delv(dns, &new_anchor, &[SITE, "A"])?;
+    ensure!(out.contains("; fully validated"), "{out}");
+    let out = delv(dns, &old_anchor, &[SITE, "A"])?;
+    ensure!(
+        !out.contains("fully validated"),
+        "the old DS still validates:\n{out}"
+    );
+    Ok(())
+}

@@ -718,4 +718,154 @@ mod tests {
         let m = ask(&snap, &q.to_vec().expect("q"), false);
         assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
     }
+
+    fn signed(dnssec: Dnssec) -> Snapshot {
+        let mut snap = snapshot(2, 2);
+        let zone = snap.zones().next().expect("a zone").as_ref().clone();
+        snap = Snapshot::new(vec![Zone { dnssec, ..zone }], None, snap.settings.clone());
+        snap
+    }
+
+    fn dnssec_query(name: &str, qtype: RecordType, dnssec_ok: bool) -> Vec<u8> {
+        let mut q = Message::query();
+        q.add_query(Query::query(Name::from_ascii(name).expect("name"), qtype));
+        let mut e = Edns::new();
+        e.set_max_payload(1232);
+        e.set_dnssec_ok(dnssec_ok);
+        q.set_edns(e);
+        q.to_vec().expect("query")
+    }
+
+    fn key_pair() -> (Vec<u8>, Vec<u8>) {
+        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
+        let rng = ring::rand::SystemRandom::new();
+        let doc =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
+            .expect("pair");
+        (
+            pair.public_key().as_ref()[1..].to_vec(),
+            doc.as_ref().to_vec(),
+        )
+    }
+
+    /// Whether every RRSIG in `records` holds over its set, under `public`.
+    fn signatures_hold(records: &[Record], public: &[u8]) -> usize {
+        use hickory_proto::dnssec::{TBS, rdata::DNSSECRData};
+        let mut key = vec![4];
+        key.extend_from_slice(public);
+        let key =
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, key);
+        let mut checked = 0;
+        for r in records {
+            let RData::DNSSEC(DNSSECRData::RRSIG(sig)) = &r.data else {
+                continue;
+            };
+            let set: Vec<&Record> = records
+                .iter()
+                .filter(|x| x.name == r.name && x.record_type() == sig.input().type_covered)
+                .collect();
+            let tbs =
+                TBS::from_input(&r.name, DNSClass::IN, sig.input(), set.into_iter()).expect("tbs");
+            key.verify(tbs.as_ref(), sig.sig())
+                .expect("the signature holds");
+            checked += 1;
+        }
+        checked
+    }
+
+    #[test]
+    fn signed_answers_go_to_resolvers_that_ask_for_them() {
+        let (public, private) = key_pair();
+        let signer =
+            Arc::new(sign::Signer::new(std::slice::from_ref(&public), &[private]).expect("signer"));
+        let snap = signed(Dnssec::On(signer));
+        // Without DO: the same answer as unsigned.
+        let plain = ask(
+            &snap,
+            &dnssec_query("big.test.", RecordType::AAAA, false),
+            false,
+        );
+        assert_eq!(plain.answers.len(), 2);
+        assert!(
+            plain
+                .answers
+                .iter()
+                .all(|r| r.record_type() == RecordType::AAAA)
+        );
+        // With DO: the set and its signature, which holds.
+        let secure = ask(
+            &snap,
+            &dnssec_query("big.test.", RecordType::AAAA, true),
+            false,
+        );
+        assert!(secure.edns.as_ref().is_some_and(|e| e.flags().dnssec_ok));
+        assert_eq!(secure.answers.len(), 3);
+        assert_eq!(signatures_hold(&secure.answers, &public), 1);
+        // The DNSKEY set, signed by itself.
+        let keys = ask(
+            &snap,
+            &dnssec_query("big.test.", RecordType::DNSKEY, true),
+            false,
+        );
+        assert_eq!(signatures_hold(&keys.answers, &public), 1);
+        // NXDOMAIN: the SOA and three NSEC3, each signed.
+        let nx = ask(
+            &snap,
+            &dnssec_query("a.b.big.test.", RecordType::A, true),
+            false,
+        );
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        let nsec3 = nx
+            .authorities
+            .iter()
+            .filter(|r| r.record_type() == RecordType::NSEC3)
+            .count();
+        assert_eq!(nsec3, 3);
+        assert_eq!(signatures_hold(&nx.authorities, &public), 4);
+    }
+
+    #[test]
+    fn a_signed_zone_without_its_keys_here_sends_validators_elsewhere() {
+        let snap = signed(Dnssec::NoKey);
+        let validating = ask(
+            &snap,
+            &dnssec_query("big.test.", RecordType::AAAA, true),
+            false,
+        );
+        assert_eq!(validating.metadata.response_code, ResponseCode::ServFail);
+        let plain = ask(
+            &snap,
+            &dnssec_query("big.test.", RecordType::AAAA, false),
+            false,
+        );
+        assert_eq!(plain.answers.len(), 2);
+    }
+
+    #[test]
+    fn a_keys_record_that_lies_signs_nothing() {
+        use maki_protocol::dnssec::ZoneKeys;
+        let node = [7u8; 32];
+        let site = Domain::new("big.test").expect("domain");
+        let (public, _) = key_pair();
+        let (_, other_private) = key_pair();
+        let mut keys = ZoneKeys {
+            format: 1,
+            site: site.clone(),
+            incarnation: 0,
+            keys: vec![public],
+            sealed: vec![],
+            version: 1,
+        };
+        keys.seal_to(
+            &[other_private],
+            &[maki_protocol::seal::public_key(&node)],
+            || [9; 32],
+        )
+        .expect("seal");
+        let ring = sign::Keyring::new(node);
+        assert!(ring.check(&keys).is_err());
+        assert_eq!(ring.dnssec(&site, Some(&keys)), Dnssec::NoKey);
+        assert_eq!(ring.dnssec(&site, None), Dnssec::Off);
+    }
 }
