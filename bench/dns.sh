@@ -6,6 +6,10 @@
 # Prints, per round: queries/s at saturation with and without ECS, and p99
 # latency at a fixed rate both reach (dnsperf -Q), then the medians and the
 # ratios. Goals (issue 11): >= 1.0x gdnsd's queries/s; p99 no worse.
+# Then DNSSEC: the site signed, makiatto's queries/s with the DO bit set
+# against the same queries without it, for the geo name (signatures
+# cached) and for 100,000 made-up names (NXDOMAIN: each needs NSEC3 white
+# lies signed afresh, the worst case). Goal: signed >= 0.7x unsigned.
 # dnsperf takes one of the two cores: compare the ratios, not the numbers.
 source "$(dirname "$0")/lib.sh"
 command -v gdnsd >/dev/null && command -v dnsperf >/dev/null || {
@@ -126,13 +130,22 @@ done
 echo "both answer $a for 10.7.0.0/24"
 
 printf 'geo.test A\n' >"$WORK/q.txt"
+python3 -c "
+import random
+r = random.Random(7)
+for _ in range(100000):
+    print(''.join(r.choice('abcdefghijklmnopqrstuvwxyz0123456789') for _ in range(12)) + '.geo.test A')
+" >"$WORK/nx.txt"
 # ECS: family 1 (IPv4), source /24, scope 0, address 10.7.0.
 ECS=(-E 8:000118000a0700)
 
 qps() { # PORT [dnsperf args…]
-    local port=$1
-    shift
-    dnsperf -s 127.0.0.1 -p "$port" -d "$WORK/q.txt" -l "$DUR" -c 8 -q 500 "$@" 2>/dev/null |
+    qps_of "$WORK/q.txt" "$@"
+}
+qps_of() { # QUERY-FILE PORT [dnsperf args…]
+    local file=$1 port=$2
+    shift 2
+    dnsperf -s 127.0.0.1 -p "$port" -d "$file" -l "$DUR" -c 8 -q 500 "$@" 2>/dev/null |
         awk '/Queries per second/ {print int($4)}'
 }
 p99() { # PORT: the 99th percentile latency at RATE, in microseconds
@@ -160,3 +173,22 @@ m9=$(median "${M_P99[@]}") g9=$(median "${G_P99[@]}")
 echo "median queries/s without ECS: makiatto $mp, gdnsd $gp: $(ratio "$mp" "$gp")x"
 echo "median queries/s with ECS:    makiatto $me, gdnsd $ge: $(ratio "$me" "$ge")x"
 echo "median p99 at $RATE/s with ECS: makiatto $m9 us, gdnsd $g9 us: $(ratio "$m9" "$g9")x of gdnsd's"
+
+# DNSSEC: sign the site; answers without DO stay as they were.
+"$BIN/maki" dns sign geo.test >/dev/null
+for _ in $(seq 100); do
+    dig @127.0.0.1 -p "$DNS_PORT" +dnssec geo.test DNSKEY 2>/dev/null | grep -q RRSIG && break
+    sleep 0.2
+done
+declare -a S_GEO U_GEO S_NX U_NX
+for r in $(seq "$ROUNDS"); do
+    U_GEO+=("$(qps "$DNS_PORT" "${ECS[@]}")")
+    S_GEO+=("$(qps "$DNS_PORT" "${ECS[@]}" -D)")
+    U_NX+=("$(qps_of "$WORK/nx.txt" "$DNS_PORT")")
+    S_NX+=("$(qps_of "$WORK/nx.txt" "$DNS_PORT" -D)")
+    echo "round $r: qps signed vs unsigned: geo ${S_GEO[-1]} vs ${U_GEO[-1]}, made-up names ${S_NX[-1]} vs ${U_NX[-1]}"
+done
+sg=$(median "${S_GEO[@]}") ug=$(median "${U_GEO[@]}")
+sn=$(median "${S_NX[@]}") un=$(median "${U_NX[@]}")
+echo "median queries/s signed/unsigned, geo name with ECS: $sg / $ug: $(ratio "$sg" "$ug")x"
+echo "median queries/s signed/unsigned, made-up names:    $sn / $un: $(ratio "$sn" "$un")x"

@@ -6,6 +6,7 @@ pub mod config;
 pub mod content;
 pub mod directory;
 pub mod dns;
+pub mod download;
 pub mod edge;
 pub mod endpoint;
 pub mod frame;

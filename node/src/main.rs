@@ -1,6 +1,10 @@
 //! `makiatto`: the node daemon. Exit codes: 0 clean stop, 1 error, 2 usage.
 
-use std::{io::Write, net::SocketAddr, path::PathBuf};
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -93,11 +97,13 @@ enum GeoipCommand {
     /// IPv4 and IPv6 files are installed one after the other) and install
     /// them into DATA_DIR/geoip/. A running node reads them within a
     /// second. See docs/dns.md for free sources and their attribution.
+    ///
+    /// Each FILE may be an https:// URL (a `.gz` is unpacked).
     Install {
         #[arg(long, env = "MAKIATTO_DATA_DIR")]
         data_dir: PathBuf,
         #[arg(required = true)]
-        files: Vec<PathBuf>,
+        files: Vec<String>,
     },
 }
 
@@ -233,10 +239,15 @@ async fn run(cli: Cli) -> Result<()> {
             command: GeoipCommand::Install { data_dir, files },
         } => {
             for file in files {
-                let got = makiatto::dns::geoip::install(&data_dir, &file)?;
+                let got = if file.contains("://") {
+                    let bytes = makiatto::download::fetch(&file).await?;
+                    makiatto::dns::geoip::install_bytes(&data_dir, Path::new(&file), bytes)?
+                } else {
+                    makiatto::dns::geoip::install(&data_dir, Path::new(&file))?
+                };
                 println!(
                     "installed {} ({}, {} layout) as {}",
-                    file.display(),
+                    file,
                     got.kind,
                     got.layout,
                     got.path.display()

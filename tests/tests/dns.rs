@@ -1054,3 +1054,161 @@ async fn removing_a_nameserver_rolls_the_key_it_held() -> Result<()> {
     );
     Ok(())
 }
+
+/// `makiatto geoip install` of `url`, with `env`: whether it worked, and
+/// what it printed.
+fn geoip_install_url(
+    data: &std::path::Path,
+    url: &str,
+    env: &[(&str, &std::path::Path)],
+) -> Result<(bool, String)> {
+    let mut cmd = std::process::Command::new(maki_e2e::bins()?.makiatto);
+    cmd.args(["geoip", "install", "--data-dir"])
+        .arg(data)
+        .arg(url);
+    cmd.env_remove("SSL_CERT_FILE").env_remove("SSL_CERT_DIR");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output()?;
+    Ok((
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    ))
+}
+
+/// A database downloads over HTTPS (gzipped, as DB-IP serves it), from a
+/// real TLS server (`openssl s_server`) whose certificate the system
+/// trusts (here: through SSL_CERT_FILE); an untrusted certificate and
+/// plain http are refused, and nothing is installed by them.
+#[tokio::test]
+#[ignore = "needs openssl (Debian package openssl) to serve HTTPS; .ci/run installs it"]
+async fn geoip_install_downloads_over_https() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let www = tmp.path().join("www");
+    std::fs::create_dir_all(&www)?;
+    geo_database(&www.join("city.mmdb"))?;
+    let gz = std::process::Command::new("gzip")
+        .arg("-k")
+        .arg(www.join("city.mmdb"))
+        .status()?;
+    ensure!(gz.success(), "gzip");
+    // A CA the test trusts, and the server's certificate from it.
+    let p = |name: &str| tmp.path().join(name);
+    let (ca, ca_key, cert, key) = (p("ca.pem"), p("ca.key"), p("cert.pem"), p("key.pem"));
+    std::fs::write(
+        p("leaf.ext"),
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )?;
+    let openssl = |args: &[&std::ffi::OsStr]| -> Result<()> {
+        let out = std::process::Command::new("openssl").args(args).output()?;
+        ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    let os = |s: &'static str| std::ffi::OsStr::new(s);
+    let ec = [
+        os("-newkey"),
+        os("ec"),
+        os("-pkeyopt"),
+        os("ec_paramgen_curve:P-256"),
+        os("-nodes"),
+    ];
+    openssl(
+        &[
+            &[os("req"), os("-x509")],
+            &ec[..],
+            &[os("-days"), os("1"), os("-subj"), os("/CN=test CA")],
+            &[
+                os("-keyout"),
+                ca_key.as_os_str(),
+                os("-out"),
+                ca.as_os_str(),
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(
+        &[
+            &[os("req")],
+            &ec[..],
+            &[os("-subj"), os("/CN=localhost")],
+            &[
+                os("-keyout"),
+                key.as_os_str(),
+                os("-out"),
+                p("leaf.csr").as_os_str(),
+            ],
+        ]
+        .concat(),
+    )?;
+    openssl(&[
+        os("x509"),
+        os("-req"),
+        os("-days"),
+        os("1"),
+        os("-in"),
+        p("leaf.csr").as_os_str(),
+        os("-CA"),
+        ca.as_os_str(),
+        os("-CAkey"),
+        ca_key.as_os_str(),
+        os("-CAcreateserial"),
+        os("-extfile"),
+        p("leaf.ext").as_os_str(),
+        os("-out"),
+        cert.as_os_str(),
+    ])?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut server = std::process::Command::new("openssl")
+        .args(["s_server", "-quiet", "-WWW", "-accept"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .current_dir(&www)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let result = async {
+        wait_for(Duration::from_secs(10), "the TLS server", || async {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        })
+        .await?;
+        let data = tmp.path().join("data");
+        let url = format!("https://localhost:{port}/city.mmdb.gz");
+        let (ok, out) = geoip_install_url(&data, &url, &[])?;
+        ensure!(
+            !ok && out.contains("certificate"),
+            "an untrusted server: {out}"
+        );
+        let (ok, out) = geoip_install_url(&data, &url.replace("https", "http"), &[])?;
+        ensure!(!ok && out.contains("only https://"), "{out}");
+        ensure!(
+            !data.join("geoip").join("v6.mmdb").exists(),
+            "installed by a refusal"
+        );
+        let (ok, out) = geoip_install_url(&data, &url, &[("SSL_CERT_FILE", &ca)])?;
+        ensure!(ok && out.contains("installed"), "{out}");
+        ensure!(
+            std::fs::read(data.join("geoip").join("v6.mmdb"))?
+                == std::fs::read(www.join("city.mmdb"))?,
+            "the unpacked database is the served one"
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    let _ = server.kill();
+    let _ = server.wait();
+    result
+}

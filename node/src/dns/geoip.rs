@@ -252,6 +252,12 @@ pub fn install(data_dir: &Path, from: &Path) -> Result<Installed, GeoError> {
         path: from.to_owned(),
         source,
     })?;
+    install_bytes(data_dir, from, bytes)
+}
+
+/// [`install`] of a database already read (downloaded); `from` names it
+/// in errors.
+pub fn install_bytes(data_dir: &Path, from: &Path, bytes: Vec<u8>) -> Result<Installed, GeoError> {
     let db = Db::check(from, bytes.clone())?;
     // Every branch of the tree once, so a corrupt file fails here rather
     // than at lookups.
