@@ -32,9 +32,13 @@ pub enum DnssecError {
     #[error("{0} is not signed: `maki dns sign {0}` first")]
     NotSigned(Domain),
     #[error(
-        "no nameserver can sign: no node with the dns role announces a sealing key (upgrade them)"
+        "no nameserver can sign: no node has the dns role (`makiatto join … --dns ADDR`), or those that do are too old to announce a sealing key"
     )]
     NoNameserver,
+    #[error(
+        "{0} already has {MAX_KEYS} keys from earlier rolls: once the registrar has the newest DS, `maki dns retire {0}`, then roll"
+    )]
+    TooManyRolls(Domain),
     #[error("cannot make a key: {0}")]
     Random(String),
 }
@@ -48,6 +52,10 @@ pub enum Change {
     /// A new signing key; the old one stays (retiring) for the DNSKEY set
     /// until the registrar has the new DS.
     Roll,
+    /// [`Change::Roll`] that cannot wait (a nameserver that held the key
+    /// was removed): at the limit of keys, the ones between the newest
+    /// and the oldest go (the oldest may be what the registrar names).
+    ForcedRoll,
     /// Drop the retiring keys: the registrar names only the new DS now.
     Retire,
     /// Stop signing (remove the DS at the registrar first).
@@ -116,19 +124,27 @@ pub fn change(
             private.push(s);
         }
         Change::Sign => {}
-        Change::Roll if public.is_empty() => return Err(DnssecError::NotSigned(site.clone())),
-        Change::Roll => {
+        Change::Roll | Change::ForcedRoll if public.is_empty() => {
+            return Err(DnssecError::NotSigned(site.clone()));
+        }
+        Change::Roll if public.len() >= MAX_KEYS => {
+            return Err(DnssecError::TooManyRolls(site.clone()));
+        }
+        Change::Roll | Change::ForcedRoll => {
+            while public.len() >= MAX_KEYS {
+                public.remove(1);
+                private.remove(1);
+            }
             let (p, s) = new_key(&rng)?;
             public.insert(0, p);
             private.insert(0, s);
-            public.truncate(MAX_KEYS);
-            private.truncate(MAX_KEYS);
         }
         Change::Retire if public.is_empty() => return Err(DnssecError::NotSigned(site.clone())),
         Change::Retire => {
             public.truncate(1);
             private.truncate(1);
         }
+        Change::Unsign if public.is_empty() => return Err(DnssecError::NotSigned(site.clone())),
         Change::Unsign => {
             public.clear();
             private.clear();
@@ -303,6 +319,30 @@ mod tests {
         assert_eq!(ds.len(), 4);
         assert!(ds[0].signing && !ds[1].signing);
         assert_eq!(ds[0].digest.len(), 64);
+
+        // Rolls pile up to the limit; a forced one keeps the oldest key
+        // (what the registrar may still name) and the newest.
+        let mut piled = rolled.clone();
+        for n in 0..3 {
+            i.keys = Some(piled.clone());
+            match change(&admin, &site, &i, Change::Roll, 50 + n) {
+                Ok(o) => piled = o.record.verify().expect("signed"),
+                Err(e) => {
+                    assert!(matches!(e, DnssecError::TooManyRolls(_)), "{e}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(piled.keys.len(), MAX_KEYS);
+        i.keys = Some(piled.clone());
+        let forced = change(&admin, &site, &i, Change::ForcedRoll, 60)
+            .expect("forced")
+            .record
+            .verify()
+            .expect("signed");
+        assert_eq!(forced.keys.len(), MAX_KEYS);
+        assert_eq!(forced.keys.last(), piled.keys.last(), "the oldest stays");
+        assert_eq!(forced.keys[1], piled.keys[0], "the newest before stays");
 
         i.keys = Some(retired);
         let off = change(&admin, &site, &i, Change::Unsign, 30)

@@ -240,6 +240,17 @@ async fn connect(cli: &Cli, project: &Project) -> Result<(Client, SecretKey)> {
     Ok((client, key))
 }
 
+/// The site domain or alias of the network that `zone` is inside, if
+/// any: its DS is served there, not set at a registrar.
+fn served_above(zone: &Domain, known: &[maki_protocol::rpc::SiteInfo]) -> Option<Domain> {
+    known
+        .iter()
+        .flat_map(|s| std::iter::once(&s.domain).chain(&s.aliases))
+        .filter(|above| zone.as_str().ends_with(&format!(".{}", above.as_str())))
+        .max_by_key(|above| above.as_str().len())
+        .cloned()
+}
+
 /// A site's zones: its domain and its aliases.
 fn zones_of(site: &Domain, known: &[maki_protocol::rpc::SiteInfo]) -> Vec<Domain> {
     let mut zones = vec![site.clone()];
@@ -402,7 +413,7 @@ async fn run(cli: Cli) -> Result<()> {
                             &key,
                             &site.domain,
                             &info,
-                            maki::dnssec::Change::Roll,
+                            maki::dnssec::Change::ForcedRoll,
                             maki::now_millis(),
                         )?;
                         maki::dnssec::set(&client, outcome.record.clone()).await?;
@@ -415,6 +426,11 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             let rolled = done?;
             println!("removed node {id}; every member refuses it from now on");
+            if !rolled.is_empty() {
+                println!(
+                    "It was a nameserver: remove its NS and glue records at each registrar too (`maki dns setup DOMAIN` prints the set of today)."
+                );
+            }
             for (site, keys) in rolled {
                 let zones = zones_of(&site.domain, std::slice::from_ref(&site));
                 println!(
@@ -499,6 +515,14 @@ async fn run(cli: Cli) -> Result<()> {
             let d = domain(d)?;
             let (client, key) = connect(&cli, &project).await?;
             let done = async {
+                let known = sites::list(&client).await?;
+                if let Some(site) = known.iter().find(|s| s.aliases.contains(&d)) {
+                    anyhow::bail!(
+                        "{d} is an alias of {}: sign {} (its aliases are signed with it)",
+                        site.domain,
+                        site.domain
+                    );
+                }
                 let info = maki::dnssec::info(&client, &d).await?;
                 let outcome = maki::dnssec::change(&key, &d, &info, change, maki::now_millis())?;
                 maki::dnssec::set(&client, outcome.record.clone()).await?;
@@ -516,14 +540,30 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let keys = outcome.record.verify()?;
             if keys.keys.is_empty() {
-                println!("{d} is no longer signed.");
+                println!(
+                    "{d} is no longer signed. If its DS is still at the registrar, validating resolvers fail on it (SERVFAIL) until the DS is removed and its TTL has passed: remove the DS first, or `maki dns sign {d}` again."
+                );
             } else {
                 let zones = zones_of(&d, &known);
+                let (inside, own): (Vec<_>, Vec<_>) = zones
+                    .iter()
+                    .cloned()
+                    .partition(|z| served_above(z, &known).is_some());
                 println!(
-                    "{d} is signed; its keys are sealed to {} nameserver(s). Set these DS records at the registrar of each zone:",
+                    "{d} is signed; its keys are sealed to {} nameserver(s).",
                     outcome.sealed_to
                 );
-                print_ds(cli.json, &maki::dnssec::ds(&zones, &keys))?;
+                for z in &inside {
+                    if let Some(above) = served_above(z, &known) {
+                        println!(
+                            "{z} is inside {above}, which these nameservers serve: its DS is published there, nothing to set at a registrar."
+                        );
+                    }
+                }
+                if !own.is_empty() {
+                    println!("Set these DS records at the registrar of each zone:");
+                    print_ds(cli.json, &maki::dnssec::ds(&own, &keys))?;
+                }
                 if keys.keys.len() > 1 {
                     println!(
                         "Keep the old DS (marked retiring) until the new one is published and a day has passed, then run `maki dns retire {d}`."

@@ -72,6 +72,11 @@ impl Entry {
                 },
             );
         }
+        if maki_protocol::zone::nameserver_name(&self.name) {
+            return Err(bad(
+                "a nameserver's name (ns- and 10 hex digits): the network answers there".into(),
+            ));
+        }
         let one = || match &self.value {
             Value::One(v) => Ok(v.trim().to_owned()),
             Value::Many(_) => Err(bad("takes one value, not a list".into())),

@@ -83,6 +83,7 @@ fn snapshot() -> &'static Snapshot {
             records: Arc::new(records),
             between: Arc::new(between),
             dnssec: sign::Dnssec::On(Arc::new(signer)),
+            ds: Arc::default(),
         };
         let alias = Zone {
             apex: Name::from_ascii("shop.example.").expect("name"),

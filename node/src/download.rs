@@ -2,7 +2,7 @@
 //! certificates checked against the system's roots, the size capped, a
 //! gzip file unpacked (DB-IP's downloads are `.mmdb.gz`).
 
-use std::io::Read;
+use std::{io::Read, time::Duration};
 
 use n0_future::StreamExt;
 
@@ -14,7 +14,7 @@ pub const MAX_BYTES: u64 = 1 << 30;
 pub enum DownloadError {
     #[error("{0}: only https:// downloads are taken (the file is checked, but not its origin)")]
     NotHttps(String),
-    #[error("{url}: {source}")]
+    #[error("{url}: {}", chain(source))]
     Http {
         url: String,
         #[source]
@@ -34,7 +34,8 @@ pub enum DownloadError {
 
 /// The body at `url`, gunzipped when it starts as gzip does.
 pub async fn fetch(url: &str) -> Result<Vec<u8>, DownloadError> {
-    if !url.starts_with("https://") {
+    let https = |u: &reqwest::Url| u.scheme() == "https";
+    if !reqwest::Url::parse(url).is_ok_and(|u| https(&u)) {
         return Err(DownloadError::NotHttps(url.to_owned()));
     }
     // reqwest is built without a crypto provider of its own (as iroh
@@ -45,8 +46,22 @@ pub async fn fetch(url: &str) -> Result<Vec<u8>, DownloadError> {
         url: url.to_owned(),
         source,
     };
+    // A redirect may not leave https (the commonest downgrade), nor
+    // bounce forever; a server that stalls is given up on.
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        if !https(attempt.url()) {
+            attempt.error("a redirect away from https")
+        } else if attempt.previous().len() >= 5 {
+            attempt.error("more than 5 redirects")
+        } else {
+            attempt.follow()
+        }
+    });
     let client = reqwest::Client::builder()
-        .connect_timeout(std::time::Duration::from_secs(30))
+        .redirect(redirects)
+        .connect_timeout(Duration::from_secs(30))
+        .read_timeout(Duration::from_secs(60))
+        .timeout(Duration::from_secs(3600))
         .build()
         .map_err(http)?;
     let response = client.get(url).send().await.map_err(http)?;
@@ -85,4 +100,19 @@ pub async fn fetch(url: &str) -> Result<Vec<u8>, DownloadError> {
         return Err(too_large());
     }
     Ok(out)
+}
+
+/// An error and its causes, each said once (reqwest repeats itself).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = e.source();
+    }
+    out
 }

@@ -125,6 +125,18 @@ pub enum ZoneError {
 /// others with [`ZoneError::RefusedType`].
 pub const ALLOWED_TYPES: &[&str] = &["A", "AAAA", "CNAME", "MX", "TXT", "SRV", "CAA"];
 
+/// Whether the relative `name` is, or is under, a nameserver's name
+/// (`ns-` and 10 hex digits, right under the apex): the network answers
+/// there, so a tenant's record would never be served. Refused where
+/// records are taken from a tenant (the CLI, the node taking a publish),
+/// not in [`ZoneRecord::check`]: records already replicated stay valid.
+pub fn nameserver_name(name: &str) -> bool {
+    let top = name.trim_end_matches('.').rsplit('.').next().unwrap_or("");
+    top.len() == 13
+        && top[..3].eq_ignore_ascii_case("ns-")
+        && top[3..].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// Whether `rtype` (upper case) is one a tenant may never set.
 pub fn refused_type(rtype: &str) -> bool {
     !ALLOWED_TYPES.contains(&rtype)

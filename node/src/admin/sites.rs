@@ -292,6 +292,16 @@ impl AdminProtocol {
         }
         zone.check()
             .map_err(|e| RpcError::InvalidRecord(format!("DNS records: {e}")))?;
+        if let Some(r) = zone
+            .records
+            .iter()
+            .find(|r| maki_protocol::zone::nameserver_name(&r.name))
+        {
+            return Err(RpcError::InvalidRecord(format!(
+                "DNS records: {} is a nameserver's name (ns- and 10 hex digits): the network answers there",
+                r.name
+            )));
+        }
         // The newest version wins everywhere, for good: one from a clock far
         // ahead would outlive every later change (and a removal and
         // re-adding of the site). Minutes of skew are allowed.

@@ -79,6 +79,8 @@ enum Denial {
     WildcardNoData {
         encloser: Name,
     },
+    /// A zone below, without a DS: an insecure delegation.
+    Cut,
 }
 
 /// The reply to `query`, or `None` to drop it. `turn` varies per query
@@ -143,6 +145,19 @@ pub fn respond(
         reply.metadata.response_code = ResponseCode::Refused;
         return finish(reply, client_edns, from, stats);
     }
+    // A DS at the apex of a zone inside another of ours is the zone
+    // above's to answer (and sign).
+    let delegation = match query.query_type() {
+        RecordType::DS => snap.delegation(query.name()),
+        _ => None,
+    };
+    let zone = delegation.map_or(zone, |(parent, _)| parent);
+    if query.query_type() == RecordType::RRSIG && !matches!(zone.dnssec, Dnssec::Off) {
+        // Signatures come with the sets they sign; a query for them alone
+        // would need a NODATA that contradicts its own proof.
+        reply.metadata.response_code = ResponseCode::NotImp;
+        return finish(reply, client_edns, from, stats);
+    }
     reply.metadata.authoritative = true;
     let dnssec_ok = client_edns.is_some_and(|e| e.flags().dnssec_ok);
     let signer: Option<&Signer> = match (&zone.dnssec, dnssec_ok) {
@@ -174,7 +189,12 @@ pub fn respond(
     let mut scope = 0;
     let name = query.name();
     let qtype = query.query_type();
-    if *name == zone.apex {
+    if let Some((_, child)) = delegation {
+        reply.add_answers(child.ds.iter().cloned());
+        if child.ds.is_empty() {
+            denial = Denial::Cut;
+        }
+    } else if *name == zone.apex {
         match qtype {
             RecordType::SOA | RecordType::ANY => reply.add_answer(soa(zone)),
             RecordType::NS => {
@@ -454,6 +474,7 @@ fn secure(
     let proofs: Vec<Option<Record>> = match &denial {
         Denial::None => Vec::new(),
         Denial::NoData => vec![matching(name)],
+        Denial::Cut => vec![sign::matching(apex, name, &[RecordType::NS], ttl)],
         Denial::NxDomain { encloser } => vec![
             matching(encloser),
             sign::covering(apex, &next_closer(encloser), ttl),
@@ -535,6 +556,7 @@ mod tests {
             records: Arc::default(),
             between: Arc::default(),
             dnssec: Default::default(),
+            ds: Arc::default(),
         };
         Snapshot::new(
             vec![zone],
@@ -621,6 +643,7 @@ mod tests {
             records: Arc::new(records),
             between: Arc::new(between),
             dnssec: Default::default(),
+            ds: Arc::default(),
             ..(**snap.zone_of(&apex).expect("zone")).clone()
         };
         snap = Snapshot::new(vec![zone], None, snap.settings.clone());

@@ -94,7 +94,9 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
         }
         let servers: Arc<[Server]> = servers.into();
         let own = dir.zone(domain).map(|z| z.normalised()).unwrap_or_default();
-        let dnssec = inputs.keyring.dnssec(domain, dir.zone_keys(domain));
+        let keys = dir.zone_keys(domain);
+        let dnssec = inputs.keyring.dnssec(domain, keys);
+        let public = keys.map_or(&[][..], |k| k.keys.as_slice());
         for name in std::iter::once(domain).chain(&view.site.aliases) {
             let Ok(apex) = Name::from_ascii(format!("{name}.")) else {
                 continue;
@@ -122,11 +124,33 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
                 records: Arc::new(records),
                 between: Arc::new(between),
                 dnssec: dnssec.clone(),
+                ds: super::sign::ds_records(&apex, public, super::sign::DNSKEY_TTL).into(),
             };
             zones.insert(apex, zone);
         }
     }
+    link_nested(&mut zones);
     Snapshot::new(zones.into_values().collect(), geo, settings)
+}
+
+/// A zone inside another (`blog.shop.example` and `shop.example`, two
+/// sites): the names from the outer apex down to the inner one exist in
+/// the outer zone, which must not deny them (NXDOMAIN there would deny
+/// the inner zone to resolvers that trust it: RFC 8020).
+fn link_nested(zones: &mut HashMap<Name, Zone>) {
+    let apexes: Vec<Name> = zones.keys().cloned().collect();
+    for inner in &apexes {
+        let mut up = inner.clone();
+        let mut path = Vec::new();
+        while up.num_labels() > 1 {
+            path.push(up.clone());
+            up = up.base_name();
+            if let Some(outer) = zones.get_mut(&up) {
+                Arc::make_mut(&mut outer.between).extend(path.iter().cloned());
+                break;
+            }
+        }
+    }
 }
 
 /// Holdings by member, this node's own included.

@@ -17,8 +17,8 @@ use std::{
 
 use hickory_proto::{
     dnssec::{
-        Algorithm, Nsec3HashAlgorithm, PublicKeyBuf, TBS,
-        rdata::{DNSKEY, DNSSECRData, NSEC3, NSEC3PARAM, RRSIG, SigInput},
+        Algorithm, DigestType, Nsec3HashAlgorithm, PublicKeyBuf, TBS,
+        rdata::{DNSKEY, DNSSECRData, DS, NSEC3, NSEC3PARAM, RRSIG, SigInput},
     },
     rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber},
 };
@@ -319,6 +319,29 @@ impl Signer {
 /// the secure entry point (flags 257), the one DS names.
 pub fn dnskey(public: Vec<u8>) -> DNSKEY {
     DNSKEY::with_flags(257, PublicKeyBuf::new(public, Algorithm::ECDSAP256SHA256))
+}
+
+/// The DS records of a zone whose keys are `public`, as the zone above it
+/// serves them when both are the network's (a site inside another site).
+pub fn ds_records(apex: &Name, public: &[Vec<u8>], ttl: u32) -> Vec<Record> {
+    public
+        .iter()
+        .filter_map(|p| {
+            let key = dnskey(p.clone());
+            let tag = key.calculate_key_tag().ok()?;
+            let digest = key.to_digest(apex, DigestType::SHA256).ok()?;
+            Some(Record::from_rdata(
+                apex.clone(),
+                ttl,
+                RData::DNSSEC(DNSSECRData::DS(DS::new(
+                    tag,
+                    Algorithm::ECDSAP256SHA256,
+                    DigestType::SHA256,
+                    digest.as_ref().to_vec(),
+                ))),
+            ))
+        })
+        .collect()
 }
 
 /// The NSEC3PARAM at a signed apex: SHA-1, no opt-out, no iterations, no

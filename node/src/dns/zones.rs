@@ -64,6 +64,9 @@ pub struct Zone {
     pub between: Arc<HashSet<Name>>,
     /// Whether and how its answers are signed.
     pub dnssec: Dnssec,
+    /// Its DS records (empty unless signed): what a zone of the network
+    /// above it answers for it (a site inside another site).
+    pub ds: Arc<[Record]>,
 }
 
 impl Zone {
@@ -74,6 +77,7 @@ impl Zone {
             && self.servers == other.servers
             && self.records == other.records
             && self.dnssec == other.dnssec
+            && self.ds == other.ds
     }
 
     /// The types `name` has (in a signed zone: the bitmap of its NSEC3).
@@ -95,9 +99,14 @@ impl Zone {
                 types.extend([RecordType::DNSKEY, RecordType::NSEC3PARAM]);
             }
         } else if let Some(ips) = self.nameserver(name) {
+            // A tenant's records there are never served: not in the set.
             family(&mut ips.iter(), &mut types);
         }
-        if let Some(own) = self.records.get(name) {
+        if let Some(own) = self
+            .records
+            .get(name)
+            .filter(|_| self.nameserver(name).is_none())
+        {
             types.extend(own.iter().map(|r| r.record_type()));
         }
         if !types.is_empty() && !matches!(self.dnssec, Dnssec::Off) {
@@ -164,6 +173,19 @@ impl Snapshot {
             most_labels: 0,
             settings,
         }
+    }
+
+    /// The zone a DS query for `name` is answered from: the one above
+    /// `name`, with `name`'s own zone, when `name` is the apex of a zone
+    /// inside another of the network's (RFC 4035 §3.1.4.1: the DS is
+    /// the parent's).
+    pub fn delegation(&self, name: &Name) -> Option<(&Arc<Zone>, &Arc<Zone>)> {
+        let child = self.zones.get(name)?;
+        if name.num_labels() == 0 {
+            return None;
+        }
+        let parent = self.zone_of(&name.base_name())?;
+        Some((parent, child))
     }
 
     /// The zone `name` is in: the one with the longest apex it ends with.
@@ -257,6 +279,17 @@ pub fn user_records(
             .push(Record::from_rdata(owner, r.ttl, data));
     }
     between.retain(|n| !records.contains_key(n));
+    // One TTL per set (RFC 2181 §5.2; a signature covers one): the lowest.
+    for set in records.values_mut() {
+        let mut lowest: HashMap<RecordType, u32> = HashMap::new();
+        for r in set.iter() {
+            let t = lowest.entry(r.record_type()).or_insert(r.ttl);
+            *t = (*t).min(r.ttl);
+        }
+        for r in set.iter_mut() {
+            r.ttl = lowest[&r.record_type()];
+        }
+    }
     (records, between)
 }
 
