@@ -196,6 +196,20 @@ pub fn change(
     })
 }
 
+/// The nameservers that hold no copy of a signed site's keys (joined
+/// since it was signed, or too old to announce a sealing key): they
+/// answer SERVFAIL to validating resolvers until `maki dns sign` again.
+pub fn without_keys(info: &KeysInfo) -> Vec<maki_protocol::PublicKey> {
+    let Some(keys) = info.keys.as_ref().filter(|k| !k.keys.is_empty()) else {
+        return Vec::new();
+    };
+    info.nameservers
+        .iter()
+        .filter(|(_, sealing)| sealing.is_none_or(|s| !keys.sealed.iter().any(|c| c.to == s)))
+        .map(|(node, _)| *node)
+        .collect()
+}
+
 fn new_key(rng: &SystemRandom) -> Result<(Vec<u8>, Vec<u8>), DnssecError> {
     let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, rng)
         .map_err(|e| DnssecError::Random(e.to_string()))?;

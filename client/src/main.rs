@@ -492,12 +492,20 @@ async fn run(cli: Cli) -> Result<()> {
             let info = maki::dnssec::info(&client, &d).await;
             let known = sites::list(&client).await;
             client.close().await;
-            let keys = info?
+            let info = info?;
+            let lacking = maki::dnssec::without_keys(&info);
+            let keys = info
                 .keys
                 .filter(|k| !k.keys.is_empty())
                 .with_context(|| format!("{d} is not signed: `maki dns sign {d}` first"))?;
             let zones = zones_of(&d, &known?);
             print_ds(cli.json, &maki::dnssec::ds(&zones, &keys))?;
+            for node in lacking {
+                eprintln!(
+                    "warning: nameserver {} holds no copy of the keys of {d} (it joined since they were made): it answers SERVFAIL to validating resolvers until `maki dns sign {d}` runs again",
+                    node.fmt_short()
+                );
+            }
         }
         Command::Dns(
             DnsCommand::Sign { domain: d }
@@ -576,7 +584,27 @@ async fn run(cli: Cli) -> Result<()> {
             let (client, _) = connect(&cli, &project).await?;
             let listed = nodes::list(&client).await;
             let known = sites::list(&client).await;
+            // Nameservers added since the site was signed lack its keys.
+            let lacking = match known.as_ref().ok().and_then(|k| {
+                k.iter()
+                    .find(|s| s.domain == d || s.aliases.contains(&d))
+                    .map(|s| s.domain.clone())
+            }) {
+                Some(site) => maki::dnssec::info(&client, &site)
+                    .await
+                    .map(|i| (site, maki::dnssec::without_keys(&i)))
+                    .ok(),
+                None => None,
+            };
             client.close().await;
+            if let Some((site, lacking)) = &lacking
+                && !lacking.is_empty()
+            {
+                println!(
+                    "note: {} nameserver(s) hold no copy of {site}'s DNSSEC keys; run `maki dns sign {site}` before delegating to them\n",
+                    lacking.len()
+                );
+            }
             let ns = maki::delegation::nameservers(&d, &listed?);
             if ns.is_empty() {
                 bail!(

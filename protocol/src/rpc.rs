@@ -73,7 +73,8 @@ pub enum Request {
     ZoneSet {
         record: Signed<crate::zone::ZoneRecord>,
     },
-    /// Admin: a site's DNSSEC keys and who they are sealed for.
+    /// A site's DNSSEC keys: the public ones for its publishers (its
+    /// DS), and who they are sealed to for admins.
     Keys { domain: Domain },
     /// Admin: new DNSSEC keys for a site (made, resealed or rolled).
     KeysSet {

@@ -25,6 +25,8 @@ pub struct Ask {
     pub tcp: bool,
     /// Without EDNS (a plain 512-byte client).
     pub no_edns: bool,
+    /// With the DO bit: DNSSEC records wanted.
+    pub dnssec: bool,
 }
 
 /// One query for `name` `qtype` at `server`; UDP is retried twice.
@@ -35,6 +37,7 @@ pub fn ask(server: SocketAddr, name: &str, qtype: RecordType, how: &Ask) -> Resu
     if !how.no_edns {
         let mut edns = Edns::new();
         edns.set_max_payload(1232);
+        edns.set_dnssec_ok(how.dnssec);
         if let Some((ip, prefix)) = how.subnet {
             edns.options_mut()
                 .insert(EdnsOption::Subnet(ClientSubnet::new(ip, prefix, 0)));

@@ -1252,3 +1252,62 @@ async fn geoip_install_downloads_over_https() -> Result<()> {
     let _ = server.wait();
     result
 }
+
+/// A nameserver that joins after a site was signed holds no copy of its
+/// keys: it answers validating resolvers SERVFAIL (they ask another) and
+/// the others as before, `maki dns ds` says which one lacks them, and
+/// `maki dns sign` again hands it a copy.
+#[tokio::test]
+#[ignore = "needs delv (Debian package bind9-dnsutils); .ci/run installs it"]
+async fn a_nameserver_that_joins_after_signing_gets_the_keys_on_the_next_sign() -> Result<()> {
+    let mut net = dns_network(1, &[])?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let anchors = anchor_file(
+        net.tmp.path(),
+        &ds_line(&net.admin.ok(&["dns", "sign", SITE])?)?,
+    )?;
+
+    let ticket = net.admin.ok(&["invite"])?.trim().to_owned();
+    let dir = net.tmp.path().join("late");
+    NodeProc::join(&dir, &ticket)?.stop()?;
+    set_config(&dir, "roles", r#"["http", "dns"]"#)?;
+    set_config(&dir, "dns", r#""127.0.0.1:0""#)?;
+    set_config(&dir, "public_ips", r#"["192.0.2.9"]"#)?;
+    net.nodes.push(NodeProc::start(&dir)?);
+    let late = net.nodes[1].dns.context("dns")?;
+    wait_for(
+        Duration::from_secs(20),
+        "the late nameserver's zone",
+        || {
+            let m = ask(late, SITE, RecordType::SOA, &Ask::default());
+            async move { Ok(m.is_ok_and(|m| !m.answers.is_empty())) }
+        },
+    )
+    .await?;
+    let validating = Ask {
+        dnssec: true,
+        ..Ask::default()
+    };
+    let m = ask(late, SITE, RecordType::SOA, &validating)?;
+    ensure!(m.metadata.response_code == ResponseCode::ServFail, "{m:?}");
+    let err = String::from_utf8(net.admin.output(&["dns", "ds", SITE])?.stderr)?;
+    ensure!(err.contains("holds no copy"), "{err}");
+
+    net.admin.ok(&["dns", "sign", SITE])?;
+    wait_for(
+        Duration::from_secs(10),
+        "the late nameserver signing",
+        || {
+            let out = delv(late, &anchors, &[SITE, "SOA"]);
+            async move { Ok(out?.contains("; fully validated")) }
+        },
+    )
+    .await?;
+    let err = String::from_utf8(net.admin.output(&["dns", "ds", SITE])?.stderr)?;
+    ensure!(!err.contains("holds no copy"), "{err}");
+    Ok(())
+}

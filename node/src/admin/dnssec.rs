@@ -13,8 +13,11 @@ use super::{AdminProtocol, sites::CLOCK_SKEW_MS};
 use crate::dns::ROLE_DNS;
 
 impl AdminProtocol {
+    /// A site's publishers may read its public keys (for its DS); who
+    /// the keys are sealed to is for admins.
     pub(super) fn keys(&self, caller: PublicKey, domain: Domain) -> Result<Response, RpcError> {
-        self.require_admin(caller)?;
+        self.require_publisher(caller, &domain)?;
+        let admin = self.require_admin(caller).is_ok();
         let dir = self.shared.members.directory();
         let site = dir
             .site(&domain)
@@ -25,11 +28,19 @@ impl AdminProtocol {
             .filter(|(n, _)| n.roles.iter().any(|r| r == ROLE_DNS))
             .map(|(n, _)| (n.id, n.seal))
             .collect();
+        let mut keys = dir.zone_keys(&domain).cloned();
+        if !admin {
+            keys.iter_mut().for_each(|k| k.sealed.clear());
+        }
         Ok(Response::Keys(KeysInfo {
-            keys: dir.zone_keys(&domain).cloned(),
+            keys,
             incarnation: site.heads_after,
-            admins: dir.admins().to_vec(),
-            nameservers,
+            admins: if admin {
+                dir.admins().to_vec()
+            } else {
+                Vec::new()
+            },
+            nameservers: if admin { nameservers } else { Vec::new() },
         }))
     }
 
