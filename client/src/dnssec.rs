@@ -29,6 +29,10 @@ pub enum DnssecError {
     NotSealedToYou(Domain),
     #[error("the keys of {site} do not open: {error}")]
     Keys { site: Domain, error: KeysError },
+    #[error(
+        "only an admin makes, rolls or removes the DNSSEC keys of {0}; a publisher can read them (`maki dns ds {0}`)"
+    )]
+    NotAdmin(Domain),
     #[error("{0} is not signed: `maki dns sign {0}` first")]
     NotSigned(Domain),
     #[error(
@@ -100,6 +104,10 @@ pub fn change(
     change: Change,
     version: u64,
 ) -> Result<Outcome, DnssecError> {
+    // Only an admin is told who the keys are sealed to.
+    if info.admins.is_empty() {
+        return Err(DnssecError::NotAdmin(site.clone()));
+    }
     let rng = SystemRandom::new();
     let held = info.keys.as_ref().filter(|k| !k.keys.is_empty());
     let (mut public, mut private) = match held {
@@ -194,6 +202,18 @@ pub fn change(
         skipped,
         sealed_to,
     })
+}
+
+/// Whether `node` holds a copy of a signed site's keys.
+pub fn holds_keys(info: &KeysInfo, node: &maki_protocol::PublicKey) -> bool {
+    let Some(keys) = info.keys.as_ref().filter(|k| !k.keys.is_empty()) else {
+        return false;
+    };
+    info.nameservers
+        .iter()
+        .find(|(n, _)| n == node)
+        .and_then(|(_, sealing)| *sealing)
+        .is_some_and(|s| keys.sealed.iter().any(|c| c.to == s))
 }
 
 /// The nameservers that hold no copy of a signed site's keys (joined

@@ -251,6 +251,40 @@ fn served_above(zone: &Domain, known: &[maki_protocol::rpc::SiteInfo]) -> Option
         .cloned()
 }
 
+/// The DS records of a site's zones: those inside another zone of the
+/// network are published there; the others are for the registrar.
+fn ds_report(
+    json: bool,
+    site: &Domain,
+    keys: &maki_protocol::dnssec::ZoneKeys,
+    known: &[maki_protocol::rpc::SiteInfo],
+) -> Result<()> {
+    let zones = zones_of(site, known);
+    let (inside, own): (Vec<_>, Vec<_>) = zones
+        .into_iter()
+        .partition(|z| served_above(z, known).is_some());
+    if json {
+        return print_ds(json, &maki::dnssec::ds(&own, keys));
+    }
+    for z in &inside {
+        if let Some(above) = served_above(z, known) {
+            println!(
+                "{z} is inside {above}, which these nameservers serve: its DS is published there, nothing to set at a registrar (it validates once {above} is signed too)."
+            );
+        }
+    }
+    if !own.is_empty() {
+        println!("Set these DS records at the registrar of each zone:");
+        print_ds(json, &maki::dnssec::ds(&own, keys))?;
+        if keys.keys.len() > 1 {
+            println!(
+                "Keep the retiring DS until the new one is published and its TTL (often a day) has passed, then `maki dns retire {site}`."
+            );
+        }
+    }
+    Ok(())
+}
+
 /// A site's zones: its domain and its aliases.
 fn zones_of(site: &Domain, known: &[maki_protocol::rpc::SiteInfo]) -> Vec<Domain> {
     let mut zones = vec![site.clone()];
@@ -395,55 +429,53 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let (client, key) = connect(&cli, &project).await?;
             let done = async {
-                // A nameserver held the zones' keys: each signed site gets
-                // a new one, which it never sees.
+                let known = sites::list(&client).await?;
                 let nameserver = nodes::list(&client)
                     .await?
                     .iter()
                     .any(|n| n.id == *id && n.roles.iter().any(|r| r == maki_protocol::ROLE_DNS));
-                nodes::remove(&client, &key, *id).await?;
-                let mut rolled = Vec::new();
+                // The signed sites whose keys it holds a copy of: each gets
+                // a new key, which it never sees.
+                let mut held = Vec::new();
                 if nameserver {
-                    for site in sites::list(&client).await? {
+                    for site in &known {
                         let info = maki::dnssec::info(&client, &site.domain).await?;
-                        if info.keys.as_ref().is_none_or(|k| k.keys.is_empty()) {
-                            continue;
+                        if maki::dnssec::holds_keys(&info, id) {
+                            held.push(site.clone());
                         }
-                        let outcome = maki::dnssec::change(
-                            &key,
-                            &site.domain,
-                            &info,
-                            maki::dnssec::Change::ForcedRoll,
-                            maki::now_millis(),
-                        )?;
-                        maki::dnssec::set(&client, outcome.record.clone()).await?;
-                        rolled.push((site, outcome.record.verify()?));
                     }
                 }
-                anyhow::Ok(rolled)
+                nodes::remove(&client, &key, *id).await?;
+                let mut rolled = Vec::new();
+                for site in held {
+                    let info = maki::dnssec::info(&client, &site.domain).await?;
+                    let outcome = maki::dnssec::change(
+                        &key,
+                        &site.domain,
+                        &info,
+                        maki::dnssec::Change::ForcedRoll,
+                        maki::now_millis(),
+                    )?;
+                    maki::dnssec::set(&client, outcome.record.clone()).await?;
+                    rolled.push((site, outcome.record.verify()?));
+                }
+                anyhow::Ok((nameserver, rolled, known))
             }
             .await;
             client.close().await;
-            let rolled = done?;
+            let (nameserver, rolled, known) = done?;
             println!("removed node {id}; every member refuses it from now on");
-            if !rolled.is_empty() {
+            if nameserver {
                 println!(
                     "It was a nameserver: remove its NS and glue records at each registrar too (`maki dns setup DOMAIN` prints the set of today)."
                 );
             }
             for (site, keys) in rolled {
-                let zones = zones_of(&site.domain, std::slice::from_ref(&site));
                 println!(
-                    "\n{}: the removed nameserver held its DNSSEC key, so it has a new one. Replace the DS at the registrar with:",
+                    "\n{}: the removed nameserver held its DNSSEC key, so it has a new one, which signs now.",
                     site.domain
                 );
-                for ds in maki::dnssec::ds(&zones, &keys).iter().filter(|d| d.signing) {
-                    println!("{ds}");
-                }
-                println!(
-                    "then, a day later, `maki dns retire {}`: until then the old key still signs the DNSKEY set.",
-                    site.domain
-                );
+                ds_report(cli.json, &site.domain, &keys, &known)?;
             }
         }
         Command::Peer {
@@ -498,8 +530,7 @@ async fn run(cli: Cli) -> Result<()> {
                 .keys
                 .filter(|k| !k.keys.is_empty())
                 .with_context(|| format!("{d} is not signed: `maki dns sign {d}` first"))?;
-            let zones = zones_of(&d, &known?);
-            print_ds(cli.json, &maki::dnssec::ds(&zones, &keys))?;
+            ds_report(cli.json, &d, &keys, &known?)?;
             for node in lacking {
                 eprintln!(
                     "warning: nameserver {} holds no copy of the keys of {d} (it joined since they were made): it answers SERVFAIL to validating resolvers until `maki dns sign {d}` runs again",
@@ -548,35 +579,20 @@ async fn run(cli: Cli) -> Result<()> {
             }
             let keys = outcome.record.verify()?;
             if keys.keys.is_empty() {
-                println!(
-                    "{d} is no longer signed. If its DS is still at the registrar, validating resolvers fail on it (SERVFAIL) until the DS is removed and its TTL has passed: remove the DS first, or `maki dns sign {d}` again."
-                );
+                match served_above(&d, &known) {
+                    Some(above) => println!(
+                        "{d} is no longer signed. {above} stops publishing its DS now; resolvers that hold it (5 minutes at most) fail on {d} until they forget it."
+                    ),
+                    None => println!(
+                        "{d} is no longer signed. If its DS is still at the registrar, validating resolvers fail on it (SERVFAIL) until the DS is removed and its TTL has passed: remove the DS first, or `maki dns sign {d}` again."
+                    ),
+                }
             } else {
-                let zones = zones_of(&d, &known);
-                let (inside, own): (Vec<_>, Vec<_>) = zones
-                    .iter()
-                    .cloned()
-                    .partition(|z| served_above(z, &known).is_some());
                 println!(
                     "{d} is signed; its keys are sealed to {} nameserver(s).",
                     outcome.sealed_to
                 );
-                for z in &inside {
-                    if let Some(above) = served_above(z, &known) {
-                        println!(
-                            "{z} is inside {above}, which these nameservers serve: its DS is published there, nothing to set at a registrar."
-                        );
-                    }
-                }
-                if !own.is_empty() {
-                    println!("Set these DS records at the registrar of each zone:");
-                    print_ds(cli.json, &maki::dnssec::ds(&own, &keys))?;
-                }
-                if keys.keys.len() > 1 {
-                    println!(
-                        "Keep the old DS (marked retiring) until the new one is published and a day has passed, then run `maki dns retire {d}`."
-                    );
-                }
+                ds_report(cli.json, &d, &keys, &known)?;
             }
         }
         Command::Dns(DnsCommand::Setup { domain: d }) => {

@@ -764,6 +764,30 @@ fn unbound(
     zone: &str,
     ns: std::net::SocketAddr,
 ) -> Result<(std::process::Child, u16)> {
+    unbound_with(dir, zone, ns, "subnetcache iterator", "")
+}
+
+/// unbound as a validating resolver, trusting `ds` (a DS line).
+fn validating_unbound(
+    dir: &std::path::Path,
+    zone: &str,
+    ns: std::net::SocketAddr,
+    ds: &str,
+) -> Result<(std::process::Child, u16)> {
+    let anchor = format!(
+        "  trust-anchor: \"{}\"\n  aggressive-nsec: yes\n",
+        ds.replace(" 3600 IN ", " IN ")
+    );
+    unbound_with(dir, zone, ns, "validator iterator", &anchor)
+}
+
+fn unbound_with(
+    dir: &std::path::Path,
+    zone: &str,
+    ns: std::net::SocketAddr,
+    modules: &str,
+    extra: &str,
+) -> Result<(std::process::Child, u16)> {
     let port = {
         let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
         s.local_addr()?.port()
@@ -785,8 +809,8 @@ fn unbound(
   verbosity: 1
   do-not-query-localhost: no
   access-control: 127.0.0.0/8 allow
-  module-config: "subnetcache iterator"
-  send-client-subnet: 127.0.0.1
+  module-config: "{modules}"
+{extra}  send-client-subnet: 127.0.0.1
   client-subnet-always-forward: yes
   max-client-subnet-ipv4: 24
   qname-minimisation: no
@@ -797,6 +821,8 @@ stub-zone:
   stub-addr: {ip}@{nsport}
 "#,
             dir = dir.display(),
+            modules = modules,
+            extra = extra,
             ip = ns.ip(),
             nsport = ns.port(),
         ),
@@ -963,6 +989,12 @@ async fn delv_validates_signed_positive_negative_and_geo_answers() -> Result<()>
                 "A",
                 "; negative response, fully validated",
             ),
+            // Below a wildcard's owner: `*.apps` is the closest encloser.
+            (
+                format!("a.*.apps.{SITE}"),
+                "TXT",
+                "; negative response, fully validated",
+            ),
         ] {
             let out = delv(dns, &anchors, &[&name, qtype])?;
             ensure!(out.contains(want), "{name} {qtype} at {dns}:\n{out}");
@@ -1002,6 +1034,15 @@ async fn delv_validates_signed_positive_negative_and_geo_answers() -> Result<()>
     ensure!(
         out.contains("; negative response, fully validated"),
         "{out}"
+    );
+    // A nameserver's name cannot become a site (it would take the name
+    // from under the nameservers).
+    let out = net
+        .admin
+        .output(&["site", "add", &format!("ns-0123456789.{SITE}")])?;
+    ensure!(
+        !out.status.success() && String::from_utf8_lossy(&out.stderr).contains("nameserver's name"),
+        "{out:?}"
     );
     // Signatures are served with the sets they sign, not on their own.
     let m = ask(dns, &format!("{SITE}."), RecordType::RRSIG, &Ask::default())?;
@@ -1309,5 +1350,97 @@ async fn a_nameserver_that_joins_after_signing_gets_the_keys_on_the_next_sign() 
     .await?;
     let err = String::from_utf8(net.admin.output(&["dns", "ds", SITE])?.stderr)?;
     ensure!(!err.contains("holds no copy"), "{err}");
+
+    // Removing a nameserver that holds no copy leaves the keys alone.
+    let ds = net.admin.ok(&["dns", "ds", SITE])?;
+    let ticket = net.admin.ok(&["invite"])?.trim().to_owned();
+    let dir = net.tmp.path().join("later");
+    NodeProc::join(&dir, &ticket)?.stop()?;
+    set_config(&dir, "roles", r#"["http", "dns"]"#)?;
+    set_config(&dir, "dns", r#""127.0.0.1:0""#)?;
+    set_config(&dir, "public_ips", r#"["192.0.2.10"]"#)?;
+    let later = NodeProc::start(&dir)?;
+    let later_id = later.id()?;
+    wait_for(Duration::from_secs(20), "the later node listed", || {
+        let out = net.admin.ok(&["nodes"]);
+        let id = later_id.clone();
+        async move { Ok(out?.contains(&id[..10])) }
+    })
+    .await?;
+    let out = net.admin.ok(&["nodes", "remove", &later_id])?;
+    later.stop()?;
+    ensure!(
+        out.contains("It was a nameserver") && !out.contains("has a new one"),
+        "{out}"
+    );
+    ensure!(
+        net.admin.ok(&["dns", "ds", SITE])? == ds,
+        "the keys changed"
+    );
     Ok(())
+}
+
+/// A resolver that holds the DNSKEY set from before a roll keeps
+/// validating through it: the old key signs beside the new one until the
+/// set's TTL has passed twice.
+#[tokio::test]
+#[ignore = "needs unbound and dig (Debian packages unbound, dnsutils); .ci/run installs them"]
+async fn a_resolver_holding_the_old_keys_keeps_validating_across_a_roll() -> Result<()> {
+    let net = dns_network(1, &[])?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let ds = ds_line(&net.admin.ok(&["dns", "sign", SITE])?)?;
+    let dns = net.nodes[0].dns.context("dns")?;
+    wait_for(Duration::from_secs(10), "the zone signed", || {
+        let m = ask(
+            dns,
+            &format!("{SITE}."),
+            RecordType::DNSKEY,
+            &Ask::default(),
+        );
+        async move { Ok(m.is_ok_and(|m| !m.answers.is_empty())) }
+    })
+    .await?;
+    let (mut resolver, port) = validating_unbound(net.tmp.path(), SITE, dns, &ds)?;
+    let at = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let result = async {
+        // The AD flag: the resolver validated what it passes on.
+        let authenticated = |out: &str| {
+            out.lines()
+                .find(|l| l.contains(";; flags:"))
+                .is_some_and(|l| {
+                    l.split(';')
+                        .nth(2)
+                        .is_some_and(|f| f.split_whitespace().any(|x| x == "ad"))
+                })
+        };
+        wait_for(Duration::from_secs(10), "a validated answer", || {
+            let out = dig(at, &["+rec", "+dnssec", &format!("nope.{SITE}"), "TXT"]);
+            async move { Ok(out.is_ok_and(|o| authenticated(&o))) }
+        })
+        .await
+        .with_context(|| {
+            std::fs::read_to_string(net.tmp.path().join("unbound.log")).unwrap_or_default()
+        })?;
+        net.admin.ok(&["dns", "roll", SITE])?;
+        // Until the new record reaches the nameserver, then after: every
+        // answer the resolver gets validates with the set it holds.
+        for i in 0..20 {
+            let name = format!("after-roll-{i}.{SITE}");
+            let out = dig(at, &["+rec", "+dnssec", &name, "TXT"])?;
+            ensure!(
+                out.contains("status: NXDOMAIN") && out.contains(" ad"),
+                "{name}:\n{out}"
+            );
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    resolver.kill().ok();
+    resolver.wait().ok();
+    result
 }

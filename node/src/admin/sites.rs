@@ -250,6 +250,20 @@ fn check_aliases(dir: &crate::directory::Directory, record: &SiteRecord) -> Resu
     if record.aliases.len() > MAX_ALIASES {
         return bad(format!("a site may have at most {MAX_ALIASES} aliases"));
     }
+    // `ns-<id>.<zone>` is a nameserver's own name in every zone: a site
+    // or alias there would take it from under the nameservers.
+    for name in std::iter::once(&record.domain).chain(&record.aliases) {
+        if let Some((first, rest)) = name.as_str().split_once('.')
+            && maki_protocol::zone::nameserver_name(first)
+            && dir
+                .sites()
+                .any(|s| s.domain.as_str() == rest || s.aliases.iter().any(|a| a.as_str() == rest))
+        {
+            return bad(format!(
+                "{name} is a nameserver's name in {rest} (ns- and 10 hex digits)"
+            ));
+        }
+    }
     for (i, alias) in record.aliases.iter().enumerate() {
         if *alias == record.domain {
             return bad(format!("{alias} is the site's own domain"));

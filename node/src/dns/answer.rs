@@ -469,7 +469,10 @@ fn secure(
     let ttl = NEGATIVE_TTL;
     let matching = |n: &Name| sign::matching(apex, n, &zone.types_at(n), ttl);
     // The name one label below the encloser on the way to `name`.
-    let next_closer = |encloser: &Name| name.trim_to(usize::from(encloser.num_labels()) + 1);
+    // Labels counted raw: an encloser may be a wildcard's owner (`a.*.x`
+    // is below `*.x`), and `num_labels` leaves a leading `*` out.
+    let labels = |n: &Name| n.iter().count();
+    let next_closer = |encloser: &Name| name.trim_to(labels(encloser) + 1);
     let star = |encloser: &Name| encloser.prepend_label("*").ok();
     let proofs: Vec<Option<Record>> = match &denial {
         Denial::None => Vec::new(),
@@ -493,7 +496,9 @@ fn secure(
         }
     }
     let expanded = match &denial {
-        Denial::Wildcard { encloser } => Some((name, encloser.num_labels())),
+        Denial::Wildcard { encloser } => {
+            Some((name, u8::try_from(labels(encloser)).unwrap_or(u8::MAX)))
+        }
         _ => None,
     };
     signer.sign_section(apex, &mut reply.answers, expanded, now);

@@ -144,10 +144,18 @@ struct Key {
     tag: u16,
 }
 
+/// After a roll, the old key keeps signing every set beside the new one
+/// this long: resolvers may hold the DNSKEY set from before the roll (its
+/// TTL, twice over), and validate with the old key meanwhile.
+const ROLL_OVERLAP: u64 = 2 * DNSKEY_TTL as u64;
+
 /// One zone's keys and the signatures made with them.
 pub struct Signer {
-    /// The first signs every set; the others (retiring) the DNSKEY set.
+    /// The first signs every set; the others (retiring) the DNSKEY set,
+    /// and the second every set too for [`ROLL_OVERLAP`] after the roll.
     keys: Vec<Key>,
+    /// When the keys last changed (seconds since the epoch).
+    changed: u64,
     rng: SystemRandom,
     cache: Mutex<Cache>,
 }
@@ -172,7 +180,10 @@ impl Signer {
     /// record that lies about them signs nothing.
     pub fn open(keys: &ZoneKeys, secret: &[u8; 32]) -> Result<Self, SignError> {
         let private = keys.open(secret)?;
-        Self::new(&keys.keys, &private)
+        let mut signer = Self::new(&keys.keys, &private)?;
+        // The record's version is the admin's clock at the change.
+        signer.changed = keys.version / 1000;
+        Ok(signer)
     }
 
     /// The signer of the given key pairs (public: x then y, 64 bytes).
@@ -201,6 +212,7 @@ impl Signer {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Self {
             keys,
+            changed: 0,
             rng,
             cache: Mutex::new(Cache::default()),
         })
@@ -248,6 +260,8 @@ impl Signer {
             };
             let signers: &[Key] = if rtype == RecordType::DNSKEY {
                 &self.keys
+            } else if now < self.changed.saturating_add(ROLL_OVERLAP) {
+                &self.keys[..self.keys.len().min(2)]
             } else {
                 &self.keys[..1]
             };
@@ -448,6 +462,46 @@ mod tests {
         let mut below = [0u8; 20];
         below[19] = 0xff;
         assert_eq!(step(&below, true), carry);
+    }
+
+    #[test]
+    fn after_a_roll_both_keys_sign_until_resolvers_hold_the_new_set() {
+        let rng = SystemRandom::new();
+        let key = || {
+            let doc =
+                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
+                    .expect("pair");
+            (
+                pair.public_key().as_ref()[1..].to_vec(),
+                doc.as_ref().to_vec(),
+            )
+        };
+        let (new, old) = (key(), key());
+        let mut signer = Signer::new(&[new.0, old.0], &[new.1, old.1]).expect("signer");
+        let now = 1_800_000_000;
+        signer.changed = now;
+        let apex = Name::from_ascii("a.test.").expect("name");
+        let a = Record::from_rdata(
+            apex.clone(),
+            60,
+            RData::A(hickory_proto::rr::rdata::A::new(192, 0, 2, 1)),
+        );
+        let sigs = |at: u64| {
+            let mut section = vec![a.clone()];
+            signer.sign_section(&apex, &mut section, None, at);
+            section.len() - 1
+        };
+        assert_eq!(
+            sigs(now),
+            2,
+            "both keys, while resolvers may hold the old set"
+        );
+        assert_eq!(sigs(now + ROLL_OVERLAP), 1, "the new key alone after");
+        let mut keys = signer.dnskeys(&apex);
+        signer.sign_section(&apex, &mut keys, None, now + ROLL_OVERLAP);
+        assert_eq!(keys.len(), 4, "the DNSKEY set: two keys, signed by both");
     }
 
     #[test]
