@@ -60,6 +60,16 @@ fn dns_network_with(
     Ok(net)
 }
 
+/// Publishes the example site as SITE (added already) and waits until
+/// every node serves it; its directory.
+fn publish_example(net: &Network) -> Result<std::path::PathBuf> {
+    let site = net.tmp.path().join("site");
+    copy_dir(&example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    Ok(site)
+}
+
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("a test address")
 }
@@ -69,10 +79,7 @@ async fn sites_are_zones_answered_with_the_nodes_that_hold_them() -> Result<()> 
     let net = dns_network(3, &[("dns_answers", "3")])?;
     let dns = net.nodes[0].dns.context("node 0 answers DNS")?;
     net.admin.ok(&["site", "add", SITE])?;
-    let site = net.tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    net.admin
-        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    publish_example(&net)?;
 
     // Every node holds the head: the answer names all three.
     let all = vec![ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3")];
@@ -228,10 +235,7 @@ async fn dig_reads_the_answers() -> Result<()> {
     let net = dns_network(1, &[])?;
     let dns = net.nodes[0].dns.context("dns")?;
     net.admin.ok(&["site", "add", SITE])?;
-    let site = net.tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    net.admin
-        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    publish_example(&net)?;
     wait_for(Duration::from_secs(10), "an A answer", || {
         let out = dig(dns, &["+short", SITE, "A"]);
         async move { Ok(out?.trim() == "192.0.2.1") }
@@ -354,10 +358,7 @@ fn three_places() -> Result<Network> {
         ]
     })?;
     net.admin.ok(&["site", "add", SITE])?;
-    let site = net.tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    net.admin
-        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    publish_example(&net)?;
     Ok(net)
 }
 
@@ -399,10 +400,7 @@ async fn aliases_serve_the_site_over_http_and_dns() -> Result<()> {
         "--alias",
         "geo.example",
     ])?;
-    let site = net.tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    net.admin
-        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let site = publish_example(&net)?;
     let index = std::fs::read(site.join("index.html"))?;
     for host in [SITE, "www.geo.test", "GEO.example"] {
         wait_for(Duration::from_secs(10), "the site at its alias", || {
@@ -496,10 +494,7 @@ async fn aliases_serve_the_site_over_http_and_dns() -> Result<()> {
 async fn a_dead_node_leaves_the_answers_within_ten_seconds_and_comes_back() -> Result<()> {
     let mut net = dns_network(3, &[("dns_answers", "3")])?;
     net.admin.ok(&["site", "add", SITE])?;
-    let site = net.tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    net.admin
-        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    publish_example(&net)?;
     let dns = net.nodes[0].dns.context("dns")?;
     let all = vec![ip("192.0.2.1"), ip("192.0.2.2"), ip("192.0.2.3")];
     wait_for(Duration::from_secs(20), "all three in the answer", || {
@@ -1079,10 +1074,7 @@ fn ds_line(out: &str) -> Result<String> {
 async fn removing_a_nameserver_rolls_the_key_it_held() -> Result<()> {
     let mut net = dns_network(2, &[])?;
     net.admin.ok(&["site", "add", SITE])?;
-    let site = net.tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    net.admin
-        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    publish_example(&net)?;
     let old_ds = ds_line(&net.admin.ok(&["dns", "sign", SITE])?)?;
     let old_anchor = anchor_file(net.tmp.path(), &old_ds)?;
     let dns = net.nodes[0].dns.context("dns")?;
@@ -1303,10 +1295,7 @@ async fn geoip_install_downloads_over_https() -> Result<()> {
 async fn a_nameserver_that_joins_after_signing_gets_the_keys_on_the_next_sign() -> Result<()> {
     let mut net = dns_network(1, &[])?;
     net.admin.ok(&["site", "add", SITE])?;
-    let site = net.tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    net.admin
-        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    publish_example(&net)?;
     let anchors = anchor_file(
         net.tmp.path(),
         &ds_line(&net.admin.ok(&["dns", "sign", SITE])?)?,
@@ -1388,10 +1377,7 @@ async fn a_nameserver_that_joins_after_signing_gets_the_keys_on_the_next_sign() 
 async fn a_resolver_holding_the_old_keys_keeps_validating_across_a_roll() -> Result<()> {
     let net = dns_network(1, &[])?;
     net.admin.ok(&["site", "add", SITE])?;
-    let site = net.tmp.path().join("site");
-    copy_dir(&example_site(), &site)?;
-    net.admin
-        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    publish_example(&net)?;
     let ds = ds_line(&net.admin.ok(&["dns", "sign", SITE])?)?;
     let dns = net.nodes[0].dns.context("dns")?;
     wait_for(Duration::from_secs(10), "the zone signed", || {
