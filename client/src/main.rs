@@ -195,6 +195,15 @@ enum AliasCommand {
     },
 }
 
+/// `println!` that hands the write error back instead of panicking: a
+/// reader that goes away (`maki … | head`) ends the command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 fn main() {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -208,6 +217,12 @@ fn main() {
         }
     };
     if let Err(e) = rt.block_on(run(cli)) {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+        {
+            // As a process killed by SIGPIPE ends: without a word.
+            std::process::exit(141);
+        }
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
@@ -268,16 +283,16 @@ fn ds_report(
     }
     for z in &inside {
         if let Some(above) = served_above(z, known) {
-            println!(
+            out!(
                 "{z} is inside {above}, which these nameservers serve: its DS is published there, nothing to set at a registrar (it validates once {above} is signed too)."
             );
         }
     }
     if !own.is_empty() {
-        println!("Set these DS records at the registrar of each zone:");
+        out!("Set these DS records at the registrar of each zone:");
         print_ds(json, &maki::dnssec::ds(&own, keys))?;
         if keys.keys.len() > 1 {
-            println!(
+            out!(
                 "Keep the retiring DS until the new one is published and its TTL (often a day) has passed, then `maki dns retire {site}`."
             );
         }
@@ -307,10 +322,10 @@ fn print_ds(json: bool, ds: &[maki::dnssec::Ds]) -> Result<()> {
 /// Prints `items` as JSON with `--json`, else one `line` each.
 fn list<T: serde::Serialize>(json: bool, items: &[T], line: fn(&T) -> String) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(items)?);
+        out!("{}", serde_json::to_string_pretty(items)?);
     } else {
         for i in items {
-            println!("{}", line(i));
+            out!("{}", line(i));
         }
     }
     Ok(())
@@ -326,7 +341,7 @@ async fn run(cli: Cli) -> Result<()> {
             if new {
                 eprintln!("created a new key in {}", home.display());
             }
-            println!("{}", k.public());
+            out!("{}", k.public());
         }
         Command::Init { site, dir } => {
             if cwd.join(PROJECT_FILE).exists() {
@@ -348,7 +363,7 @@ async fn run(cli: Cli) -> Result<()> {
                 dns: None,
             }
             .save(&cwd)?;
-            println!("wrote {PROJECT_FILE}");
+            out!("wrote {PROJECT_FILE}");
         }
         Command::Site(SiteCommand::Add {
             domain: d,
@@ -364,7 +379,7 @@ async fn run(cli: Cli) -> Result<()> {
             let added = sites::add(&client, &key, &d, publishers.clone(), aliases).await;
             client.close().await;
             added?;
-            println!("added {d}");
+            out!("added {d}");
         }
         Command::Site(SiteCommand::Alias(change)) => {
             let (d, add, remove) = match change {
@@ -382,7 +397,7 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             let set = set?;
             let names: Vec<&str> = set.iter().map(|a| a.as_str()).collect();
-            println!(
+            out!(
                 "{d}: aliases {}",
                 if names.is_empty() {
                     "none".to_owned()
@@ -397,7 +412,7 @@ async fn run(cli: Cli) -> Result<()> {
             let removed = sites::remove(&client, &key, &d).await;
             client.close().await;
             removed?;
-            println!("removed {d}");
+            out!("removed {d}");
         }
         Command::Publish(args) => publish_command(&cli, &project, &cwd, args).await?,
         Command::Invite { expires } => {
@@ -410,7 +425,7 @@ async fn run(cli: Cli) -> Result<()> {
                 "one-time invite, valid for {}; on the new machine run:\n  makiatto join <ticket> --data-dir /var/lib/makiatto",
                 render::human_secs(*expires)
             );
-            println!("{invite}");
+            out!("{invite}");
         }
         Command::Pin { domain: d, regions } => {
             let d = domain(d)?;
@@ -419,9 +434,9 @@ async fn run(cli: Cli) -> Result<()> {
             client.close().await;
             let regions = pinned?;
             if regions.is_empty() {
-                println!("{d}: held by every node");
+                out!("{d}: held by every node");
             } else {
-                println!("{d}: held by nodes in {}", regions.join(", "));
+                out!("{d}: held by nodes in {}", regions.join(", "));
             }
         }
         Command::Nodes {
@@ -464,14 +479,14 @@ async fn run(cli: Cli) -> Result<()> {
             .await;
             client.close().await;
             let (nameserver, rolled, known) = done?;
-            println!("removed node {id}; every member refuses it from now on");
+            out!("removed node {id}; every member refuses it from now on");
             if nameserver {
-                println!(
+                out!(
                     "It was a nameserver: remove its NS and glue records at each registrar too (`maki dns setup DOMAIN` prints the set of today)."
                 );
             }
             for (site, keys) in rolled {
-                println!(
+                out!(
                     "\n{}: the removed nameserver held its DNSSEC key, so it has a new one, which signs now.",
                     site.domain
                 );
@@ -502,7 +517,7 @@ async fn run(cli: Cli) -> Result<()> {
             let removed = peers::remove(&client, &key, name).await;
             client.close().await;
             removed?;
-            println!("removed peer {name} from the mesh");
+            out!("removed peer {name} from the mesh");
         }
         Command::Peer {
             action: PeerCommand::List,
@@ -580,15 +595,15 @@ async fn run(cli: Cli) -> Result<()> {
             let keys = outcome.record.verify()?;
             if keys.keys.is_empty() {
                 match served_above(&d, &known) {
-                    Some(above) => println!(
+                    Some(above) => out!(
                         "{d} is no longer signed. {above} stops publishing its DS now; resolvers that hold it (5 minutes at most) fail on {d} until they forget it."
                     ),
-                    None => println!(
+                    None => out!(
                         "{d} is no longer signed. If its DS is still at the registrar, validating resolvers fail on it (SERVFAIL) until the DS is removed and its TTL has passed: remove the DS first, or `maki dns sign {d}` again."
                     ),
                 }
             } else {
-                println!(
+                out!(
                     "{d} is signed; its keys are sealed to {} nameserver(s).",
                     outcome.sealed_to
                 );
@@ -616,7 +631,7 @@ async fn run(cli: Cli) -> Result<()> {
             if let Some((site, lacking)) = &lacking
                 && !lacking.is_empty()
             {
-                println!(
+                out!(
                     "note: {} nameserver(s) hold no copy of {site}'s DNSSEC keys; run `maki dns sign {site}` before delegating to them\n",
                     lacking.len()
                 );
@@ -633,22 +648,22 @@ async fn run(cli: Cli) -> Result<()> {
                     .iter()
                     .any(|s| s.domain == d || s.aliases.contains(&d))
             {
-                println!(
+                out!(
                     "note: {d} is not among the sites and aliases you can see here; the nameservers answer only for those (`maki site add {d}`)\n"
                 );
             }
-            println!("At the registrar of {d}, set these nameservers and their glue:\n");
+            out!("At the registrar of {d}, set these nameservers and their glue:\n");
             for line in maki::delegation::registrar_lines(&d, &ns) {
-                println!("  {line}");
+                out!("  {line}");
             }
             if ns.len() < maki::delegation::AT_LEAST {
-                println!(
+                out!(
                     "\nwarning: only {} nameserver(s); registrars and resolvers expect at least {} (one per provider is best)",
                     ns.len(),
                     maki::delegation::AT_LEAST
                 );
             }
-            println!("\nChecking:");
+            out!("\nChecking:");
             let findings = tokio::task::spawn_blocking({
                 let (d, ns) = (d.clone(), ns.clone());
                 move || maki::delegation::check(&d, &ns)
@@ -658,15 +673,15 @@ async fn run(cli: Cli) -> Result<()> {
                 use maki::delegation::Finding;
                 match f {
                     Finding::Answers { name, ip } => {
-                        println!("  ok    {name} ({ip}) answers for {d}")
+                        out!("  ok    {name} ({ip}) answers for {d}")
                     }
-                    Finding::Silent { name, ip, why } => println!("  FAIL  {name} ({ip}): {why}"),
-                    Finding::Delegated => println!("  ok    {d} is delegated to these nameservers"),
-                    Finding::DelegatedElsewhere(seen) => println!(
+                    Finding::Silent { name, ip, why } => out!("  FAIL  {name} ({ip}): {why}"),
+                    Finding::Delegated => out!("  ok    {d} is delegated to these nameservers"),
+                    Finding::DelegatedElsewhere(seen) => out!(
                         "  FAIL  {d} is delegated to {} instead; change it at the registrar",
                         seen.join(", ")
                     ),
-                    Finding::NotDelegated(why) => println!(
+                    Finding::NotDelegated(why) => out!(
                         "  wait  not delegated yet ({why}); run this again once the registrar has it"
                     ),
                 }
@@ -691,7 +706,7 @@ async fn run(cli: Cli) -> Result<()> {
             let rolled = publish::rollback(&client, &key, &d, *to).await;
             client.close().await;
             let (version, seq) = rolled?;
-            println!("{d}: now serving version {version} (head {seq})");
+            out!("{d}: now serving version {version} (head {seq})");
         }
     }
     Ok(())
@@ -728,7 +743,7 @@ async fn publish_command(
         cache.save(&cache_path);
         warn_links(&scanned.skipped_links);
         if cli.json {
-            println!("{}", render::manifest_json(&manifest)?);
+            out!("{}", render::manifest_json(&manifest)?);
         } else {
             print!("{}", render::manifest_text(&manifest));
         }
@@ -772,7 +787,7 @@ async fn publish_command(
             client.close().await;
             return Err(e.context(format!("the [[dns]] records of {PROJECT_FILE}")));
         }
-        println!("{site}: {} DNS records set", entries.len());
+        out!("{site}: {} DNS records set", entries.len());
     }
     let waiting = match (&outcome, args.wait) {
         (Outcome::Published { seq, .. }, true) => Some(*seq),
@@ -780,7 +795,7 @@ async fn publish_command(
     };
     match outcome {
         Outcome::Unchanged { version } => {
-            println!("{site}: unchanged since version {version}; nothing published");
+            out!("{site}: unchanged since version {version}; nothing published");
         }
         Outcome::Published {
             version,
@@ -792,9 +807,9 @@ async fn publish_command(
             skipped_blobs,
             skipped_bytes,
         } => {
-            println!("{site}: published version {version} (head {seq})");
-            println!("manifest {manifest}");
-            println!(
+            out!("{site}: published version {version} (head {seq})");
+            out!("manifest {manifest}");
+            out!(
                 "{files} files; uploaded {uploaded_blobs} blobs ({}), skipped {skipped_blobs} blobs ({}) already on the node",
                 human(uploaded_bytes),
                 human(skipped_bytes)
@@ -808,7 +823,10 @@ async fn publish_command(
             seq,
             Duration::from_secs(args.timeout),
             |n, after| {
-                println!(
+                // Progress: a reader gone by now is told at the end.
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stdout(),
                     "  {} ({}) serves it after {:.1}s",
                     n.id.fmt_short(),
                     n.region.as_deref().unwrap_or("-"),
@@ -817,11 +835,14 @@ async fn publish_command(
             },
         )
         .await
-        .map(|count| println!("all {count} nodes serve {site} head {seq}")),
-        None => Ok(()),
+        .map(|count| Some((count, seq))),
+        None => Ok(None),
     };
     client.close().await;
-    Ok(waited?)
+    if let Some((count, seq)) = waited? {
+        out!("all {count} nodes serve {site} head {seq}");
+    }
+    Ok(())
 }
 
 /// Where the stat → hash cache of a folder lives: outside the folder.

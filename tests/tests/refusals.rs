@@ -464,3 +464,24 @@ async fn an_oversized_request_gets_a_refusal_not_a_dropped_connection() -> Resul
     ep.close().await;
     Ok(())
 }
+
+/// `maki … | head`: when the reader goes away, maki ends as a process
+/// killed by SIGPIPE would (exit 141), without a panic or a word.
+#[test]
+fn a_reader_that_goes_away_ends_maki_quietly() -> Result<()> {
+    let home = tempfile::tempdir()?;
+    let maki = Maki::new(home.path(), None);
+    maki.ok(&["keys"])?;
+    let mut child = maki
+        .command(&["keys"])?
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    drop(child.stdout.take());
+    let out = child.wait_with_output()?;
+    ensure!(
+        out.status.code() == Some(141) && out.stderr.is_empty(),
+        "{out:?}"
+    );
+    Ok(())
+}
