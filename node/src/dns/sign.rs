@@ -86,7 +86,10 @@ impl PartialEq for Dnssec {
 pub struct Keyring {
     /// This node's sealing secret.
     secret: [u8; 32],
-    held: Mutex<HashMap<Domain, (u64, Dnssec)>>,
+    /// By site: what its signer was opened from (the record's version
+    /// and public keys: two admins' records of one millisecond differ in
+    /// their keys) and the signer.
+    held: Mutex<HashMap<Domain, ((u64, Vec<Vec<u8>>), Dnssec)>>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -121,8 +124,9 @@ impl Keyring {
         let Ok(mut held) = self.held.lock() else {
             return Dnssec::NoKey;
         };
-        if let Some((version, dnssec)) = held.get(site)
-            && *version == keys.version
+        let from = (keys.version, keys.keys.clone());
+        if let Some((opened, dnssec)) = held.get(site)
+            && *opened == from
         {
             return dnssec.clone();
         }
@@ -133,7 +137,7 @@ impl Keyring {
                 Dnssec::NoKey
             }
         };
-        held.insert(site.clone(), (keys.version, dnssec.clone()));
+        held.insert(site.clone(), (from, dnssec.clone()));
         dnssec
     }
 }
