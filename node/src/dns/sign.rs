@@ -89,8 +89,11 @@ pub struct Keyring {
     /// By site: what its signer was opened from (the record's version
     /// and public keys: two admins' records of one millisecond differ in
     /// their keys) and the signer.
-    held: Mutex<HashMap<Domain, ((u64, Vec<Vec<u8>>), Dnssec)>>,
+    held: Mutex<HashMap<Domain, (Opened, Dnssec)>>,
 }
+
+/// A keys record's version and public keys.
+type Opened = (u64, Vec<Vec<u8>>);
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
