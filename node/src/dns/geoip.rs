@@ -258,9 +258,37 @@ pub fn install(data_dir: &Path, from: &Path) -> Result<Installed, GeoError> {
 /// [`install`] of a database already read (downloaded); `from` names it
 /// in errors.
 pub fn install_bytes(data_dir: &Path, from: &Path, bytes: Vec<u8>) -> Result<Installed, GeoError> {
-    let db = Db::check(from, bytes.clone())?;
-    // Every branch of the tree once, so a corrupt file fails here rather
-    // than at lookups.
+    let dir = data_dir.join(GEOIP_DIR);
+    let write = |path: &Path, source| GeoError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| write(&dir, e))?;
+    // Written aside first, so the checked copy is the only one in memory
+    // (a database is up to 1 GiB); a file that fails the check is removed.
+    let tmp = dir.join("incoming.mmdb.new");
+    std::fs::write(&tmp, &bytes).map_err(|e| write(&tmp, e))?;
+    let checked = check_whole(from, bytes);
+    let db = match checked {
+        Ok(db) => db,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let path = dir.join(if db.has_v6() { "v6.mmdb" } else { "v4.mmdb" });
+    std::fs::rename(&tmp, &path).map_err(|e| write(&path, e))?;
+    Ok(Installed {
+        path,
+        layout: db.layout(),
+        kind: db.kind().to_owned(),
+    })
+}
+
+/// The database in `bytes`, every branch of its tree read once, so a
+/// corrupt file fails here rather than at lookups.
+fn check_whole(from: &Path, bytes: Vec<u8>) -> Result<Db, GeoError> {
+    let db = Db::check(from, bytes)?;
     let format = |source| GeoError::Format {
         path: from.to_owned(),
         source,
@@ -268,21 +296,7 @@ pub fn install_bytes(data_dir: &Path, from: &Path, bytes: Vec<u8>) -> Result<Ins
     for network in db.reader.networks(Default::default()).map_err(format)? {
         network.map_err(format)?;
     }
-    let dir = data_dir.join(GEOIP_DIR);
-    let write = |path: &Path, source| GeoError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    std::fs::create_dir_all(&dir).map_err(|e| write(&dir, e))?;
-    let path = dir.join(if db.has_v6() { "v6.mmdb" } else { "v4.mmdb" });
-    let tmp = path.with_extension("mmdb.new");
-    std::fs::write(&tmp, &bytes).map_err(|e| write(&tmp, e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| write(&path, e))?;
-    Ok(Installed {
-        path,
-        layout: db.layout(),
-        kind: db.kind().to_owned(),
-    })
+    Ok(db)
 }
 
 #[cfg(test)]
@@ -392,6 +406,9 @@ pub(crate) mod tests {
         let cut_file = dir.path().join("cut.mmdb");
         std::fs::write(&cut_file, cut)?;
         assert!(install(dir.path(), &cut_file).is_err());
+        // Nothing left behind by the refusals, not even the copy aside.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join(GEOIP_DIR))?.collect();
+        assert!(left.is_empty(), "{left:?}");
         Ok(())
     }
 }
