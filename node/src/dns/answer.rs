@@ -764,19 +764,6 @@ mod tests {
         q.to_vec().expect("query")
     }
 
-    fn key_pair() -> (Vec<u8>, Vec<u8>) {
-        use ring::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair};
-        let rng = ring::rand::SystemRandom::new();
-        let doc =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
-            .expect("pair");
-        (
-            pair.public_key().as_ref()[1..].to_vec(),
-            doc.as_ref().to_vec(),
-        )
-    }
-
     /// Whether every RRSIG in `records` holds over its set, under `public`.
     fn signatures_hold(records: &[Record], public: &[u8]) -> usize {
         use hickory_proto::dnssec::{TBS, rdata::DNSSECRData};
@@ -804,7 +791,7 @@ mod tests {
 
     #[test]
     fn signed_answers_go_to_resolvers_that_ask_for_them() {
-        let (public, private) = key_pair();
+        let (public, private) = sign::key_pair();
         let signer =
             Arc::new(sign::Signer::new(std::slice::from_ref(&public), &[private]).expect("signer"));
         let snap = signed(Dnssec::On(signer));
@@ -875,8 +862,8 @@ mod tests {
         use maki_protocol::dnssec::ZoneKeys;
         let node = [7u8; 32];
         let site = Domain::new("big.test").expect("domain");
-        let (public, _) = key_pair();
-        let (_, other_private) = key_pair();
+        let (public, _) = sign::key_pair();
+        let (_, other_private) = sign::key_pair();
         let mut keys = ZoneKeys {
             format: 1,
             site: site.clone(),

@@ -127,9 +127,11 @@ impl Keyring {
         let Ok(mut held) = self.held.lock() else {
             return Dnssec::NoKey;
         };
-        let from = (keys.version, keys.keys.clone());
-        if let Some((opened, dnssec)) = held.get(site)
-            && *opened == from
+        // Every second, for every site: compared in place, copied only
+        // when the keys changed.
+        if let Some(((version, public), dnssec)) = held.get(site)
+            && *version == keys.version
+            && *public == keys.keys
         {
             return dnssec.clone();
         }
@@ -140,7 +142,10 @@ impl Keyring {
                 Dnssec::NoKey
             }
         };
-        held.insert(site.clone(), (from, dnssec.clone()));
+        held.insert(
+            site.clone(),
+            ((keys.version, keys.keys.clone()), dnssec.clone()),
+        );
         dnssec
     }
 }
@@ -444,6 +449,20 @@ pub fn covering(apex: &Name, name: &Name, ttl: u32) -> Option<Record> {
     nsec3(apex, &step(&h, false), step(&h, true), &[], ttl)
 }
 
+/// A fresh P-256 key pair: the public key as a record holds it (x then
+/// y) and the private one as PKCS#8.
+#[cfg(test)]
+pub(crate) fn key_pair() -> (Vec<u8>, Vec<u8>) {
+    let rng = SystemRandom::new();
+    let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
+        .expect("pair");
+    (
+        pair.public_key().as_ref()[1..].to_vec(),
+        doc.as_ref().to_vec(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -473,19 +492,7 @@ mod tests {
 
     #[test]
     fn after_a_roll_both_keys_sign_until_resolvers_hold_the_new_set() {
-        let rng = SystemRandom::new();
-        let key = || {
-            let doc =
-                EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-            let pair =
-                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, doc.as_ref(), &rng)
-                    .expect("pair");
-            (
-                pair.public_key().as_ref()[1..].to_vec(),
-                doc.as_ref().to_vec(),
-            )
-        };
-        let (new, old) = (key(), key());
+        let (new, old) = (key_pair(), key_pair());
         let mut signer = Signer::new(&[new.0, old.0], &[new.1, old.1]).expect("signer");
         let now = 1_800_000_000;
         signer.changed = now;
@@ -513,15 +520,11 @@ mod tests {
 
     #[test]
     fn a_private_key_that_is_not_the_records_is_refused() {
-        let rng = SystemRandom::new();
-        let a = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-        let b = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, a.as_ref(), &rng)
-            .expect("pair");
-        let public = pair.public_key().as_ref()[1..].to_vec();
-        assert!(Signer::new(std::slice::from_ref(&public), &[a.as_ref().to_vec()]).is_ok());
+        let (public, a) = key_pair();
+        let (_, b) = key_pair();
+        assert!(Signer::new(std::slice::from_ref(&public), &[a]).is_ok());
         assert!(matches!(
-            Signer::new(&[public], &[b.as_ref().to_vec()]),
+            Signer::new(&[public], &[b]),
             Err(SignError::Mismatch(0))
         ));
         assert!(matches!(
