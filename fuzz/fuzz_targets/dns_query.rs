@@ -84,6 +84,7 @@ fn snapshot() -> &'static Snapshot {
             between: Arc::new(between),
             dnssec: sign::Dnssec::On(Arc::new(signer)),
             ds: Arc::default(),
+            chain: Arc::default(),
         };
         let alias = Zone {
             apex: Name::from_ascii("shop.example.").expect("name"),

@@ -21,17 +21,15 @@ use super::{
     geo,
     geoip::Place,
     sign::{self, Dnssec, Signer},
-    zones::{Snapshot, Zone},
+    zones::{NEGATIVE_TTL, Snapshot, Zone},
 };
 
 /// The largest UDP reply we send, whatever a client offers: the DNS
 /// flag day 2020 size, which no path fragments.
 pub const UDP_MAX: u16 = 1232;
 
-/// TTL of the SOA and NS records and of negative answers.
+/// TTL of the SOA and NS records.
 const ZONE_TTL: u32 = 3600;
-/// How long resolvers keep a negative answer (the SOA minimum).
-const NEGATIVE_TTL: u32 = 60;
 
 /// Counters of what the server saw, for logs and tests.
 #[derive(Debug, Default)]
@@ -466,35 +464,30 @@ fn secure(
     now: u64,
 ) {
     let apex = &zone.apex;
-    let ttl = NEGATIVE_TTL;
-    let matching = |n: &Name| sign::matching(apex, n, &zone.types_at(n), ttl);
+    let chain = &zone.chain;
+    let matching = |n: &Name| chain.matching(n);
+    let covering = |n: &Name| chain.covering(n);
     // The name one label below the encloser on the way to `name`.
     // Labels counted raw: an encloser may be a wildcard's owner (`a.*.x`
     // is below `*.x`), and `num_labels` leaves a leading `*` out.
     let labels = |n: &Name| n.iter().count();
     let next_closer = |encloser: &Name| name.trim_to(labels(encloser) + 1);
     let star = |encloser: &Name| encloser.prepend_label("*").ok();
-    let proofs: Vec<Option<Record>> = match &denial {
-        Denial::None => Vec::new(),
-        Denial::NoData => vec![matching(name)],
-        Denial::Cut => vec![sign::matching(apex, name, &[RecordType::NS], ttl)],
-        Denial::NxDomain { encloser } => vec![
+    let proofs: [Option<usize>; 3] = match &denial {
+        Denial::None => [None; 3],
+        Denial::NoData | Denial::Cut => [matching(name), None, None],
+        Denial::NxDomain { encloser } => [
             matching(encloser),
-            sign::covering(apex, &next_closer(encloser), ttl),
-            star(encloser).and_then(|s| sign::covering(apex, &s, ttl)),
+            covering(&next_closer(encloser)),
+            star(encloser).and_then(|s| covering(&s)),
         ],
-        Denial::Wildcard { encloser } => vec![sign::covering(apex, &next_closer(encloser), ttl)],
-        Denial::WildcardNoData { encloser } => vec![
+        Denial::Wildcard { encloser } => [covering(&next_closer(encloser)), None, None],
+        Denial::WildcardNoData { encloser } => [
             matching(encloser),
-            sign::covering(apex, &next_closer(encloser), ttl),
+            covering(&next_closer(encloser)),
             star(encloser).and_then(|s| matching(&s)),
         ],
     };
-    for p in proofs.into_iter().flatten() {
-        if !reply.authorities.contains(&p) {
-            reply.authorities.push(p);
-        }
-    }
     let expanded = match &denial {
         Denial::Wildcard { encloser } => {
             Some((name, u8::try_from(labels(encloser)).unwrap_or(u8::MAX)))
@@ -504,6 +497,16 @@ fn secure(
     signer.sign_section(apex, &mut reply.answers, expanded, now);
     signer.sign_section(apex, &mut reply.authorities, None, now);
     signer.sign_section(apex, &mut reply.additionals, None, now);
+    // The chain's records come signed (the same few serve every denial).
+    for (i, link) in proofs.iter().enumerate() {
+        if let Some(link) = *link
+            && !proofs[..i].contains(&Some(link))
+        {
+            reply
+                .authorities
+                .extend(chain.signed(link, signer, apex, now).iter().cloned());
+        }
+    }
 }
 
 /// The k nearest nodes' addresses of the family asked for.
@@ -562,6 +565,7 @@ mod tests {
             between: Arc::default(),
             dnssec: Default::default(),
             ds: Arc::default(),
+            chain: Arc::default(),
         };
         Snapshot::new(
             vec![zone],
@@ -649,6 +653,7 @@ mod tests {
             between: Arc::new(between),
             dnssec: Default::default(),
             ds: Arc::default(),
+            chain: Arc::default(),
             ..(**snap.zone_of(&apex).expect("zone")).clone()
         };
         snap = Snapshot::new(vec![zone], None, snap.settings.clone());
@@ -824,7 +829,9 @@ mod tests {
             false,
         );
         assert_eq!(signatures_hold(&keys.answers, &public), 1);
-        // NXDOMAIN: the SOA and three NSEC3, each signed.
+        // NXDOMAIN: the SOA and the NSEC3 of the chain that prove it
+        // (the apex's alone here: its range is the whole ring), each
+        // signed.
         let nx = ask(
             &snap,
             &dnssec_query("a.b.big.test.", RecordType::A, true),
@@ -836,8 +843,22 @@ mod tests {
             .iter()
             .filter(|r| r.record_type() == RecordType::NSEC3)
             .count();
-        assert_eq!(nsec3, 3);
-        assert_eq!(signatures_hold(&nx.authorities, &public), 4);
+        assert_eq!(nsec3, 1);
+        assert_eq!(signatures_hold(&nx.authorities, &public), 2);
+        // A flood of made-up names reuses the chain's signatures.
+        let Dnssec::On(signer) = &snap.zones().next().expect("zone").dnssec else {
+            panic!("signed")
+        };
+        let before = signer.cached();
+        for i in 0..200 {
+            let nx = ask(
+                &snap,
+                &dnssec_query(&format!("made-up-{i}.big.test."), RecordType::A, true),
+                false,
+            );
+            assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        }
+        assert_eq!(signer.cached(), before, "no new signature per name");
     }
 
     #[test]

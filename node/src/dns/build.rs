@@ -125,6 +125,7 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
                 between: Arc::new(between),
                 dnssec: dnssec.clone(),
                 ds: super::sign::ds_records(&apex, public, super::sign::DNSKEY_TTL).into(),
+                chain: Arc::default(),
             };
             zones.insert(apex, zone);
         }

@@ -3,10 +3,13 @@
 //! and cannot be signed ahead. Signatures are cached by what they cover,
 //! so a busy name costs one signature an hour.
 //!
-//! Denial of existence is NSEC3 (RFC 5155) with "white lies" (RFC 7129
-//! appendix B): each negative answer gets records made for it that cover
-//! the one hash asked about and nothing else, so the zone cannot be
-//! walked; no iterations and no salt (RFC 9276).
+//! Denial of existence is NSEC3 (RFC 5155) over the zone's real chain of
+//! names, built with each snapshot, so its signatures are cached like any
+//! other set's: a flood of made-up names costs hashes, not signatures.
+//! "White lies" (RFC 7129 appendix B), a record made per query that
+//! covers one hash, would hide the chain, but every name of a site with
+//! a certificate is already public in the CT logs, and each lie costs a
+//! fresh signature (see docs/dns.md). No iterations and no salt (RFC 9276).
 //!
 //! Pure: the caller brings the time and the zone's private keys.
 
@@ -180,6 +183,13 @@ impl std::fmt::Debug for Signer {
     }
 }
 
+/// See [`Signer::epoch`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Epoch {
+    window: u32,
+    signers: usize,
+}
+
 #[derive(Default)]
 struct Cache {
     window: u32,
@@ -230,6 +240,31 @@ impl Signer {
         })
     }
 
+    /// What the signatures made at `now` depend on besides what they
+    /// sign: the hour's window and how many keys sign.
+    pub fn epoch(&self, now: u64) -> Epoch {
+        Epoch {
+            window: (now as u32) / WINDOW,
+            signers: self.signers(RecordType::A, now).len(),
+        }
+    }
+
+    /// The keys that sign a set of `rtype` at `now`.
+    fn signers(&self, rtype: RecordType, now: u64) -> &[Key] {
+        if rtype == RecordType::DNSKEY {
+            &self.keys
+        } else if now < self.changed.saturating_add(ROLL_OVERLAP) {
+            &self.keys[..self.keys.len().min(2)]
+        } else {
+            &self.keys[..1]
+        }
+    }
+
+    /// How many signatures are cached.
+    pub fn cached(&self) -> usize {
+        self.cache.lock().map_or(0, |c| c.sigs.len())
+    }
+
     /// The DNSKEY set at `apex`.
     pub fn dnskeys(&self, apex: &Name) -> Vec<Record> {
         self.keys
@@ -270,14 +305,8 @@ impl Signer {
                 Some((n, labels)) if *n == name => labels,
                 _ => name.num_labels(),
             };
-            let signers: &[Key] = if rtype == RecordType::DNSKEY {
-                &self.keys
-            } else if now < self.changed.saturating_add(ROLL_OVERLAP) {
-                &self.keys[..self.keys.len().min(2)]
-            } else {
-                &self.keys[..1]
-            };
-            let sigs: Vec<Record> = signers
+            let sigs: Vec<Record> = self
+                .signers(rtype, now)
                 .iter()
                 .filter_map(|k| self.rrsig(k, apex, &name, rtype, labels, &set, now))
                 .collect();
@@ -398,22 +427,6 @@ fn hashed_owner(h: &[u8; 20], apex: &Name) -> Option<Name> {
     apex.prepend_label(label.as_str()).ok()
 }
 
-fn step(h: &[u8; 20], up: bool) -> [u8; 20] {
-    let mut out = *h;
-    for b in out.iter_mut().rev() {
-        let (v, carry) = if up {
-            b.overflowing_add(1)
-        } else {
-            b.overflowing_sub(1)
-        };
-        *b = v;
-        if !carry {
-            break;
-        }
-    }
-    out
-}
-
 fn nsec3(
     apex: &Name,
     owner: &[u8; 20],
@@ -435,18 +448,116 @@ fn nsec3(
     ))
 }
 
-/// The NSEC3 that matches `name`, which exists with `types`: it proves
-/// what `name` does not have.
-pub fn matching(apex: &Name, name: &Name, types: &[RecordType], ttl: u32) -> Option<Record> {
-    let h = hash(name)?;
-    nsec3(apex, &h, step(&h, true), types, ttl)
+/// A zone's NSEC3 chain: one record per name that exists (empty
+/// non-terminals too), each pointing at the next hash, the last at the
+/// first.
+#[derive(Debug, Default)]
+pub struct Chain {
+    /// By hash.
+    links: Vec<Link>,
 }
 
-/// An NSEC3 that covers the hash of `name` and no other: it proves that
-/// `name` does not exist.
-pub fn covering(apex: &Name, name: &Name, ttl: u32) -> Option<Record> {
-    let h = hash(name)?;
-    nsec3(apex, &step(&h, false), step(&h, true), &[], ttl)
+#[derive(Debug)]
+struct Link {
+    hash: [u8; 20],
+    record: Record,
+    /// The record and its signatures, for the signing epoch they were
+    /// made in: most negative answers are made of a few links, so they
+    /// are signed (and their signing input built) once per epoch.
+    signed: Mutex<Option<(Epoch, Arc<[Record]>)>>,
+}
+
+impl PartialEq for Chain {
+    fn eq(&self, other: &Self) -> bool {
+        self.links.len() == other.links.len()
+            && self
+                .links
+                .iter()
+                .zip(&other.links)
+                .all(|(a, b)| a.hash == b.hash && a.record == b.record)
+    }
+}
+
+impl Chain {
+    /// The chain of `names` (each with the types it has) under `apex`.
+    pub fn new(
+        apex: &Name,
+        names: impl IntoIterator<Item = (Name, Vec<RecordType>)>,
+        ttl: u32,
+    ) -> Self {
+        let mut hashed: Vec<([u8; 20], Vec<RecordType>)> = names
+            .into_iter()
+            .filter_map(|(n, types)| Some((hash(&n)?, types)))
+            .collect();
+        hashed.sort_by(|a, b| a.0.cmp(&b.0));
+        hashed.dedup_by(|a, b| a.0 == b.0);
+        let links = hashed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (h, types))| {
+                let next = hashed[(i + 1) % hashed.len()].0;
+                Some(Link {
+                    hash: *h,
+                    record: nsec3(apex, h, next, types, ttl)?,
+                    signed: Mutex::new(None),
+                })
+            })
+            .collect();
+        Self { links }
+    }
+
+    pub fn len(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// The link of `name`, which exists: its NSEC3 proves what `name`
+    /// does not have.
+    pub fn matching(&self, name: &Name) -> Option<usize> {
+        let h = hash(name)?;
+        self.links.binary_search_by(|l| l.hash.cmp(&h)).ok()
+    }
+
+    /// The link whose range holds the hash of `name`: its NSEC3 proves
+    /// that `name` does not exist. None if it does.
+    pub fn covering(&self, name: &Name) -> Option<usize> {
+        let h = hash(name)?;
+        match self.links.binary_search_by(|l| l.hash.cmp(&h)) {
+            Ok(_) => None,
+            // Below the first hash: the last link's range wraps round.
+            Err(0) => self.links.len().checked_sub(1),
+            Err(i) => Some(i - 1),
+        }
+    }
+
+    /// The NSEC3 of link `i`.
+    pub fn record(&self, i: usize) -> Option<&Record> {
+        self.links.get(i).map(|l| &l.record)
+    }
+
+    /// The NSEC3 of link `i` and its signatures by `signer` at `now`.
+    pub fn signed(&self, i: usize, signer: &Signer, apex: &Name, now: u64) -> Arc<[Record]> {
+        let Some(link) = self.links.get(i) else {
+            return Arc::new([]);
+        };
+        let epoch = signer.epoch(now);
+        if let Ok(cached) = link.signed.lock()
+            && let Some((at, records)) = cached.as_ref()
+            && *at == epoch
+        {
+            return records.clone();
+        }
+        let mut records = vec![link.record.clone()];
+        signer.sign_section(apex, &mut records, None, now);
+        let records: Arc<[Record]> = records.into();
+        if let Ok(mut cached) = link.signed.lock() {
+            *cached = Some((epoch, records.clone()));
+        }
+        records
+    }
 }
 
 /// A fresh P-256 key pair: the public key as a record holds it (x then
@@ -477,17 +588,54 @@ mod tests {
     }
 
     #[test]
-    fn white_lies_cover_one_hash() {
-        let h = [0u8; 20];
-        assert_eq!(step(&h, false), [0xff; 20]);
-        let mut one = [0u8; 20];
-        one[19] = 1;
-        assert_eq!(step(&h, true), one);
-        let mut carry = [0u8; 20];
-        carry[18] = 1;
-        let mut below = [0u8; 20];
-        below[19] = 0xff;
-        assert_eq!(step(&below, true), carry);
+    fn the_chain_matches_names_that_exist_and_covers_the_rest() {
+        let apex = Name::from_ascii("a.test.").expect("name");
+        let name = |s: &str| Name::from_ascii(s).expect("name");
+        let names = ["a.test.", "www.a.test.", "x.y.a.test.", "y.a.test."];
+        let chain = Chain::new(
+            &apex,
+            names.iter().map(|n| (name(n), vec![RecordType::A])),
+            60,
+        );
+        assert_eq!(chain.len(), 4);
+        let mut owners = Vec::new();
+        for n in names {
+            let m = chain.matching(&name(n)).expect("matches");
+            assert!(chain.covering(&name(n)).is_none(), "{n} exists");
+            owners.push(chain.record(m).expect("link").name.clone());
+        }
+        owners.sort();
+        owners.dedup();
+        assert_eq!(owners.len(), 4);
+        // Every made-up name is covered by a link whose range holds it.
+        for n in ["nope.a.test.", "zzz.a.test.", "0.a.test.", "*.a.test."] {
+            let h = hash(&name(n)).expect("hash");
+            let cover = chain
+                .record(chain.covering(&name(n)).expect("covered"))
+                .expect("link");
+            let RData::DNSSEC(DNSSECRData::NSEC3(rd)) = &cover.data else {
+                panic!("not an NSEC3")
+            };
+            let owner = data_encoding::BASE32HEX_NOPAD
+                .decode(
+                    cover
+                        .name
+                        .iter()
+                        .next()
+                        .expect("label")
+                        .to_ascii_uppercase()
+                        .as_slice(),
+                )
+                .expect("base32");
+            let next = rd.next_hashed_owner_name();
+            let inside = if owner.as_slice() < next {
+                owner.as_slice() < &h[..] && &h[..] < next
+            } else {
+                owner.as_slice() < &h[..] || &h[..] < next
+            };
+            assert!(inside, "{n} inside its cover");
+            assert!(chain.matching(&name(n)).is_none());
+        }
     }
 
     #[test]

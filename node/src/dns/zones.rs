@@ -19,9 +19,16 @@ use hickory_proto::rr::{
 use maki_protocol::zone::{Data, UserRecord};
 use maki_protocol::{Domain, PublicKey};
 
-use super::{geoip::GeoDb, sign::Dnssec};
+use super::{
+    geoip::GeoDb,
+    sign::{Chain, Dnssec},
+};
 
 pub use maki_protocol::ROLE_DNS;
+
+/// TTL of negative answers: the SOA's minimum, its own TTL there, and the
+/// NSEC3 records' (RFC 9077).
+pub const NEGATIVE_TTL: u32 = 60;
 
 /// A node geo answers may send visitors to.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +74,9 @@ pub struct Zone {
     /// Its DS records (empty unless signed): what a zone of the network
     /// above it answers for it (a site inside another site).
     pub ds: Arc<[Record]>,
+    /// Its NSEC3 chain when signed: [`Snapshot::new`] builds it, since a
+    /// zone inside this one is a delegation in it.
+    pub chain: Arc<Chain>,
 }
 
 impl Zone {
@@ -117,6 +127,34 @@ impl Zone {
         types
     }
 
+    /// Every name that exists in this zone, the names down to a zone
+    /// inside it included.
+    fn names(&self) -> impl Iterator<Item = &Name> {
+        std::iter::once(&self.apex)
+            .chain(self.nameservers.iter().map(|(n, _)| n))
+            .chain(self.records.keys())
+            .chain(self.between.iter())
+    }
+
+    /// The chain over [`Zone::names`]. A name that is the apex of another
+    /// of `apexes` is a delegation here: NS, and DS when that zone has one.
+    fn chain(&self, apexes: &HashMap<Name, bool>) -> Chain {
+        let names = self.names().map(|n| {
+            let types = match apexes.get(n) {
+                Some(&signed) if *n != self.apex => {
+                    if signed {
+                        vec![RecordType::NS, RecordType::DS, RecordType::RRSIG]
+                    } else {
+                        vec![RecordType::NS]
+                    }
+                }
+                _ => self.types_at(n),
+            };
+            (n.clone(), types)
+        });
+        Chain::new(&self.apex, names, NEGATIVE_TTL)
+    }
+
     /// The nameserver at `name`, if `name` is one.
     pub fn nameserver(&self, name: &Name) -> Option<&[IpAddr]> {
         self.nameservers
@@ -152,9 +190,19 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The snapshot of `zones` (serials as given).
-    pub fn new(zones: Vec<Zone>, geo: Option<Arc<GeoDb>>, settings: Settings) -> Self {
+    /// The snapshot of `zones` (serials as given), with the NSEC3 chain
+    /// of each signed one.
+    pub fn new(mut zones: Vec<Zone>, geo: Option<Arc<GeoDb>>, settings: Settings) -> Self {
         let most_labels = zones.iter().map(|z| z.apex.num_labels()).max().unwrap_or(0);
+        let apexes: HashMap<Name, bool> = zones
+            .iter()
+            .map(|z| (z.apex.clone(), !z.ds.is_empty()))
+            .collect();
+        for z in zones.iter_mut() {
+            if matches!(z.dnssec, Dnssec::On(_)) {
+                z.chain = Arc::new(z.chain(&apexes));
+            }
+        }
         Self {
             zones: zones
                 .into_iter()
