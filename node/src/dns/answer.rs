@@ -251,9 +251,12 @@ pub fn respond(
         }
     }
     if reply.answers.is_empty() {
-        reply.add_authority(soa_negative(zone));
         if matches!(denial, Denial::None) {
             denial = Denial::NoData;
+        }
+        // Signed, it comes with the proofs (see `secure`).
+        if signer.is_none() {
+            reply.add_authority(soa_negative(zone));
         }
     }
     if let Some(signer) = signer {
@@ -497,7 +500,13 @@ fn secure(
     signer.sign_section(apex, &mut reply.answers, expanded, now);
     signer.sign_section(apex, &mut reply.authorities, None, now);
     signer.sign_section(apex, &mut reply.additionals, None, now);
-    // The chain's records come signed (the same few serve every denial).
+    // The SOA of a denial and the chain's records come signed: the same
+    // few serve every denial.
+    if reply.answers.is_empty() {
+        reply
+            .authorities
+            .extend(chain.signed_soa(soa_negative(zone), signer, apex, now).iter().cloned());
+    }
     for (i, link) in proofs.iter().enumerate() {
         if let Some(link) = *link
             && !proofs[..i].contains(&Some(link))

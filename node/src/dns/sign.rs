@@ -455,6 +455,9 @@ fn nsec3(
 pub struct Chain {
     /// By hash.
     links: Vec<Link>,
+    /// The SOA of negative answers and its signatures: it comes with
+    /// every denial.
+    soa: Mutex<Option<(Epoch, Record, Arc<[Record]>)>>,
 }
 
 #[derive(Debug)]
@@ -503,7 +506,30 @@ impl Chain {
                 })
             })
             .collect();
-        Self { links }
+        Self {
+            links,
+            soa: Mutex::new(None),
+        }
+    }
+
+    /// `soa` (the zone's, for negative answers) and its signatures by
+    /// `signer` at `now`.
+    pub fn signed_soa(&self, soa: Record, signer: &Signer, apex: &Name, now: u64) -> Arc<[Record]> {
+        let epoch = signer.epoch(now);
+        if let Ok(cached) = self.soa.lock()
+            && let Some((at, record, signed)) = cached.as_ref()
+            && *at == epoch
+            && *record == soa
+        {
+            return signed.clone();
+        }
+        let mut records = vec![soa.clone()];
+        signer.sign_section(apex, &mut records, None, now);
+        let signed: Arc<[Record]> = records.into();
+        if let Ok(mut cached) = self.soa.lock() {
+            *cached = Some((epoch, soa, signed.clone()));
+        }
+        signed
     }
 
     pub fn len(&self) -> usize {
