@@ -47,7 +47,7 @@ network() {
     for i in $(seq 2 "$n"); do
         local t
         t=$("$BIN/maki" invite 2>/dev/null)
-        MAKIATTO_LOG=warn "$BIN/makiatto" join "$t" --data-dir "$dir/n$i" --http 127.0.0.1:0 --p2p 127.0.0.1:0 \
+        MAKIATTO_LOG=warn "$BIN/makiatto" join "$t" --data-dir "$dir/n$i" --http 127.0.0.1:0 --https 127.0.0.1:0 --p2p 127.0.0.1:0 \
             >"$dir/n$i.ready" 2>"$dir/n$i.log" &
         pids+=($!)
         wait_ready "$dir/n$i.ready"

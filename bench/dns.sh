@@ -58,7 +58,7 @@ export MAKI_HOME=$WORK/home
 mkdir -p "$MAKI_HOME" "$WORK/site"
 echo '<h1>dns bench</h1>' >"$WORK/site/index.html"
 KEY=$("$BIN/maki" keys 2>/dev/null)
-"$BIN/makiatto" init --data-dir "$WORK/n1" --admin "$KEY" --http 127.0.0.1:0 --p2p 127.0.0.1:0 \
+"$BIN/makiatto" init --data-dir "$WORK/n1" --admin "$KEY" --http 127.0.0.1:0 --https 127.0.0.1:0 --p2p 127.0.0.1:0 \
     --dns "127.0.0.1:$DNS_PORT" --public-ip 192.0.2.1 >/dev/null
 set_key "$WORK/n1/makiatto.toml" location "[50.11, 8.68]"
 set_key "$WORK/n1/makiatto.toml" dns_answers 1
@@ -74,7 +74,7 @@ i=2
 for place in "40.71 -74.01" "-33.87 151.21"; do
     read -r lat lon <<<"$place"
     t=$("$BIN/maki" invite 2>/dev/null)
-    MAKIATTO_LOG=warn "$BIN/makiatto" join "$t" --data-dir "$WORK/n$i" --http 127.0.0.1:0 \
+    MAKIATTO_LOG=warn "$BIN/makiatto" join "$t" --data-dir "$WORK/n$i" --http 127.0.0.1:0 --https 127.0.0.1:0 \
         --p2p 127.0.0.1:0 --lat "$lat" --lon "$lon" --public-ip "192.0.2.$i" \
         >"$WORK/n$i.ready" 2>"$WORK/n$i.log" &
     pids+=($!)

@@ -39,7 +39,7 @@ first_node() {
     mkdir -p "$MAKI_HOME"
     local key
     key=$("$BIN/maki" keys 2>/dev/null)
-    "$BIN/makiatto" init --data-dir "$dir/$name" --admin "$key" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
+    "$BIN/makiatto" init --data-dir "$dir/$name" --admin "$key" --http 127.0.0.1:0 --https 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
     MAKIATTO_LOG=warn "$BIN/makiatto" run --data-dir "$dir/$name" >"$dir/$name.ready" 2>"$dir/$name.log" &
     NODE_PID=$!
     wait_ready "$dir/$name.ready"

@@ -25,7 +25,7 @@ trap cleanup EXIT
 export MAKI_HOME=$W/home
 mkdir -p "$MAKI_HOME"
 ADMIN=$("$BIN/maki" keys 2>/dev/null)
-"$BIN/makiatto" init --data-dir "$W/a" --admin "$ADMIN" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
+"$BIN/makiatto" init --data-dir "$W/a" --admin "$ADMIN" --http 127.0.0.1:0 --https 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
 t0=$(date +%s.%N)
 "$FIXTURE" "$W/a" "$MAKI_HOME/key" "$SITES" "$NODES" >"$W/fixture.txt"
 t1=$(date +%s.%N)
@@ -139,7 +139,7 @@ report "sync, 1,000 records apart" "$(moved "$na" "$nb" "(taken|sent)=[0-9]{3,}"
 # at most 4 MiB (a single frame would pass 16 MiB at 100,000 sites).
 TICKET=$("$BIN/maki" invite 2>/dev/null)
 s=$(date +%s.%N)
-MAKIATTO_LOG=$LOG "$BIN/makiatto" join "$TICKET" --data-dir "$W/c" --http 127.0.0.1:0 --p2p 127.0.0.1:0 >"$W/c.ready" 2>"$W/c.log" &
+MAKIATTO_LOG=$LOG "$BIN/makiatto" join "$TICKET" --data-dir "$W/c" --http 127.0.0.1:0 --https 127.0.0.1:0 --p2p 127.0.0.1:0 >"$W/c.ready" 2>"$W/c.log" &
 PIDS+=("$!")
 wait_ready "$W/c.ready"
 first=""

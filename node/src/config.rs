@@ -32,6 +32,8 @@ pub struct Config {
     pub roles: Vec<String>,
     /// Where the HTTP edge listens (TCP). Default `0.0.0.0:80`.
     pub http: SocketAddr,
+    /// Where the edge listens for HTTPS (TCP). Default `0.0.0.0:443`.
+    pub https: SocketAddr,
     /// Where the nameserver listens (UDP and TCP), with the `dns` role.
     /// Default `0.0.0.0:53`.
     pub dns: SocketAddr,
@@ -138,6 +140,7 @@ impl Default for Config {
             location: None,
             roles: vec![maki_protocol::ROLE_HTTP.to_owned()],
             http: SocketAddr::from(([0, 0, 0, 0], 80)),
+            https: SocketAddr::from(([0, 0, 0, 0], 443)),
             dns: SocketAddr::from(([0, 0, 0, 0], 53)),
             dns_ttl: 60,
             dns_answers: 2,

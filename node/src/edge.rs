@@ -1,6 +1,7 @@
 //! The HTTP edge: Host → the site's live manifest → rules → a blob.
 //!
-//! Serves HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one listener. Responses are built
+//! Serves HTTP/1.1 and HTTP/2 (h2c, prior knowledge) on one listener, and
+//! both over TLS on another (`tls`: ALPN picks the protocol). Responses are built
 //! from immutable blobs, so the strong ETag is the BLAKE3 hash of the bytes
 //! sent and hot blobs are served from memory. This module reads the live
 //! view and the blob store; it never changes either.
@@ -36,12 +37,15 @@ pub mod head;
 mod local;
 mod site;
 mod timer;
+pub mod tls;
 
 use conns::Activity;
+use h1::Stream;
 pub use head::Req;
 use head::View;
 pub use site::handle;
 use site::plain;
+use tokio_rustls::TlsAcceptor;
 
 use crate::{config::Config, content::Content, live::Live};
 
@@ -108,7 +112,15 @@ const DRAIN: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct Edge {
     addr: SocketAddr,
+    https_addr: Option<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Where HTTPS listens, and with what.
+#[derive(Debug)]
+pub struct Https {
+    pub addr: SocketAddr,
+    pub config: Arc<rustls::ServerConfig>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,10 +131,12 @@ pub struct EdgeError {
 }
 
 impl Edge {
-    /// Binds `addr` (port 0 picks one port shared by all threads) and starts
-    /// `threads` workers (0: one per core) that serve until `cancel`.
+    /// Binds `addr` (port 0 picks one port shared by all threads), and
+    /// `https` if given, and starts `threads` workers (0: one per core)
+    /// that serve until `cancel`.
     pub fn spawn(
         addr: SocketAddr,
+        https: Option<Https>,
         threads: usize,
         sites: Arc<Sites>,
         cancel: CancellationToken,
@@ -139,6 +153,26 @@ impl Edge {
         for _ in 1..threads {
             listeners.push(reuseport_listener(bound).map_err(err)?);
         }
+        let mut tls_listeners: Vec<Option<(std::net::TcpListener, TlsAcceptor)>> = Vec::new();
+        let mut https_addr = None;
+        if let Some(https) = https {
+            let err = |source| EdgeError {
+                addr: https.addr,
+                source,
+            };
+            let first = reuseport_listener(https.addr).map_err(err)?;
+            let bound = first.local_addr().map_err(err)?;
+            https_addr = Some(bound);
+            let acceptor = TlsAcceptor::from(https.config);
+            tls_listeners.push(Some((first, acceptor.clone())));
+            for _ in 1..threads {
+                tls_listeners.push(Some((
+                    reuseport_listener(bound).map_err(err)?,
+                    acceptor.clone(),
+                )));
+            }
+        }
+        tls_listeners.resize_with(threads, || None);
         // Past its share of the descriptors a worker sheds connections.
         let fd_limit = conns::raise_fd_limit();
         let max_conns = conns::bound(fd_limit, threads);
@@ -147,7 +181,7 @@ impl Edge {
         let budget = sites.config.memory_cache_bytes / threads as u64;
         let max_blob = sites.config.memory_cache_max_blob;
         let mut handles = Vec::with_capacity(threads);
-        for (i, std_listener) in listeners.into_iter().enumerate() {
+        for (i, (std_listener, tls)) in listeners.into_iter().zip(tls_listeners).enumerate() {
             let sites = sites.clone();
             let cancel = cancel.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -159,8 +193,16 @@ impl Edge {
                 .spawn(move || {
                     local::init(budget, max_blob);
                     rt.block_on(async move {
+                        let tls = match tls.map(|(l, a)| TcpListener::from_std(l).map(|l| (l, a))) {
+                            Some(Err(error)) => {
+                                warn!(%error, "edge worker could not start");
+                                return;
+                            }
+                            Some(Ok(tls)) => Some(tls),
+                            None => None,
+                        };
                         match TcpListener::from_std(std_listener) {
-                            Ok(listener) => serve(listener, max_conns, sites, cancel).await,
+                            Ok(listener) => serve(listener, tls, max_conns, sites, cancel).await,
                             Err(error) => warn!(%error, "edge worker could not start"),
                         }
                     });
@@ -170,12 +212,18 @@ impl Edge {
         }
         Ok(Self {
             addr: bound,
+            https_addr,
             threads: handles,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where HTTPS listens, if it does.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https_addr
     }
 
     /// Waits for every worker to drain (after the token was cancelled).
@@ -218,6 +266,7 @@ fn reuseport_listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
 /// way, and never runs out of descriptors.
 async fn serve(
     listener: TcpListener,
+    tls: Option<(TcpListener, TlsAcceptor)>,
     max_conns: usize,
     sites: Arc<Sites>,
     cancel: CancellationToken,
@@ -239,20 +288,26 @@ async fn serve(
             }
         }
     });
+    let accept_tls = async || match &tls {
+        Some((l, _)) => l.accept().await,
+        None => std::future::pending().await,
+    };
     loop {
-        let (stream, peer) = tokio::select! {
+        let (accepted, secure) = tokio::select! {
             biased;
             _ = cancel.cancelled() => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.accept() => (accepted, false),
+            accepted = accept_tls() => (accepted, true),
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // EMFILE and friends: back off instead of spinning.
+                warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         if conns::count() >= max_conns {
             if !conns::shed_one() {
@@ -268,8 +323,25 @@ async fn serve(
         let registration = conns::open();
         let sites = sites.clone();
         let cancel = cancel.clone();
+        let acceptor = tls.as_ref().filter(|_| secure).map(|(_, a)| a.clone());
         conns.spawn(async move {
-            serve_conn(stream, peer, registration, sites, cancel).await;
+            match acceptor {
+                None => serve_conn(stream, peer, registration, sites, cancel).await,
+                Some(acceptor) => {
+                    // The handshake gets the time a request head does.
+                    let timeout = sites.config.http_header_timeout;
+                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
+                    {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(error)) => {
+                            debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    };
+                    serve_conn(stream, peer, registration, sites, cancel).await
+                }
+            }
         });
     }
     // Idle connections close at once; one still sending a response gets
@@ -288,8 +360,25 @@ async fn serve(
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-async fn serve_conn(
-    stream: tokio::net::TcpStream,
+/// Whether a connection agreed on HTTP/2 before its first byte (ALPN).
+trait Negotiated {
+    fn h2(&self) -> bool;
+}
+
+impl Negotiated for tokio::net::TcpStream {
+    fn h2(&self) -> bool {
+        false
+    }
+}
+
+impl Negotiated for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn h2(&self) -> bool {
+        self.get_ref().1.alpn_protocol() == Some(b"h2")
+    }
+}
+
+async fn serve_conn<S: Stream + Negotiated>(
+    stream: S,
     peer: SocketAddr,
     registration: conns::Registration,
     sites: Arc<Sites>,
@@ -298,19 +387,26 @@ async fn serve_conn(
     let id = registration.id();
     let header_timeout = sites.config.http_header_timeout;
     let send_timeout = sites.config.http_send_timeout;
+    let alpn_h2 = stream.h2();
     let mut conn = h1::Conn::new(stream, send_timeout, id);
-    let read = match h1::serve(&mut conn, &sites, header_timeout, id).await {
-        Ok(h1::Ended::Closed) => return,
-        Ok(h1::Ended::HandOff(read)) => read,
-        Err(error) => {
-            debug!(%peer, %error, "http connection ended with an error");
-            return;
-        }
+    let h2 = if alpn_h2 {
+        conn.rewind(Bytes::new());
+        true
+    } else {
+        let read = match h1::serve(&mut conn, &sites, header_timeout, id).await {
+            Ok(h1::Ended::Closed) => return,
+            Ok(h1::Ended::HandOff(read)) => read,
+            Err(error) => {
+                debug!(%peer, %error, "http connection ended with an error");
+                return;
+            }
+        };
+        // The lean path stops at HTTP/2's preface (its version is not
+        // 1.x), so what it read is the preface or a part of it.
+        let h2 = read.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&read);
+        conn.rewind(read);
+        h2
     };
-    // The lean path stops at HTTP/2's preface (its version is not 1.x), so
-    // what it read is the preface or a part of it.
-    let h2 = read.starts_with(H2_PREFACE) || H2_PREFACE.starts_with(&read);
-    conn.rewind(read);
     id.rest();
     let io = TokioIo::new(conn);
     let svc = hyper::service::service_fn(move |req| {

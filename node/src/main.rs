@@ -39,6 +39,9 @@ enum Command {
         /// HTTP listen address.
         #[arg(long, default_value = "0.0.0.0:80")]
         http: SocketAddr,
+        /// HTTPS listen address.
+        #[arg(long, default_value = "0.0.0.0:443")]
+        https: SocketAddr,
         /// p2p (iroh QUIC, UDP) listen address.
         #[arg(long, default_value = "0.0.0.0:51821")]
         p2p: SocketAddr,
@@ -66,6 +69,8 @@ enum Command {
         lon: Option<f64>,
         #[arg(long, default_value = "0.0.0.0:80")]
         http: SocketAddr,
+        #[arg(long, default_value = "0.0.0.0:443")]
+        https: SocketAddr,
         #[arg(long, default_value = "0.0.0.0:51821")]
         p2p: SocketAddr,
         #[command(flatten)]
@@ -206,12 +211,14 @@ async fn run(cli: Cli) -> Result<()> {
             data_dir,
             admins,
             http,
+            https,
             p2p,
             dns,
             mesh,
         } => {
             let mut config = Config {
                 http,
+                https,
                 p2p,
                 mesh: mesh.mesh,
                 wireguard_port: mesh.wireguard_port,
@@ -262,6 +269,7 @@ async fn run(cli: Cli) -> Result<()> {
             lat,
             lon,
             http,
+            https,
             p2p,
             dns,
             mesh,
@@ -270,6 +278,7 @@ async fn run(cli: Cli) -> Result<()> {
                 region,
                 location: lat.zip(lon).map(|(lat, lon)| [lat, lon]),
                 http,
+                https,
                 p2p,
                 mesh: mesh.mesh,
                 wireguard_port: mesh.wireguard_port,
@@ -293,8 +302,10 @@ async fn run_node(data_dir: &std::path::Path) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "ready http={} dns={} ticket={}",
+        "ready http={} https={} dns={} ticket={}",
         node.http_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        node.https_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
         node.dns_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),

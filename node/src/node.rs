@@ -68,6 +68,8 @@ pub enum NodeError {
     NoMembership(PathBuf),
     #[error(transparent)]
     Edge(#[from] edge::EdgeError),
+    #[error(transparent)]
+    Tls(#[from] edge::tls::TlsError),
     #[error("a task loading the stored sites failed: {0}")]
     Load(#[from] tokio::task::JoinError),
     #[error(transparent)]
@@ -293,8 +295,14 @@ impl Node {
                 content: shared.content.clone(),
                 config: shared.config.clone(),
             });
+            let certs = Arc::new(edge::tls::Certs::new(members.live.clone()));
+            let https = edge::Https {
+                addr: shared.config.https,
+                config: edge::tls::server_config(certs)?,
+            };
             Some(edge::Edge::spawn(
                 shared.config.http,
+                Some(https),
                 shared.config.http_threads,
                 sites,
                 cancel.clone(),
@@ -478,6 +486,11 @@ impl Node {
     /// Where the HTTP edge listens; `None` without the http role.
     pub fn http_addr(&self) -> Option<SocketAddr> {
         self.http_addr
+    }
+
+    /// Where HTTPS listens; `None` without the http role.
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.edge.as_ref().and_then(|e| e.https_addr())
     }
 
     /// Where the nameserver listens; `None` without the dns role.

@@ -114,11 +114,13 @@ fn newest_mtime(dir: &Path) -> Result<std::time::SystemTime> {
 }
 
 /// `makiatto join TICKET` on loopback with OS-chosen ports.
-fn join_args(ticket: &str) -> [&str; 6] {
+fn join_args(ticket: &str) -> [&str; 8] {
     [
         "join",
         ticket,
         "--http",
+        "127.0.0.1:0",
+        "--https",
         "127.0.0.1:0",
         "--p2p",
         "127.0.0.1:0",
@@ -131,6 +133,8 @@ pub struct NodeProc {
     pub dir: PathBuf,
     /// The HTTP edge (`0.0.0.0:0` for a node without the http role).
     pub http: SocketAddr,
+    /// HTTPS (`0.0.0.0:0` for a node without the http role).
+    pub https: SocketAddr,
     /// The nameserver, with the dns role.
     pub dns: Option<SocketAddr>,
     pub ticket: String,
@@ -145,6 +149,8 @@ impl NodeProc {
         let mut cmd = Command::new(&bins.makiatto);
         cmd.arg("init").arg("--data-dir").arg(dir).args([
             "--http",
+            "127.0.0.1:0",
+            "--https",
             "127.0.0.1:0",
             "--p2p",
             "127.0.0.1:0",
@@ -291,6 +297,10 @@ impl NodeProc {
             "off" => SocketAddr::from(([0, 0, 0, 0], 0)),
             addr => addr.parse()?,
         };
+        let https = match field("https").context("no https= in ready line")?.as_str() {
+            "off" => SocketAddr::from(([0, 0, 0, 0], 0)),
+            addr => addr.parse()?,
+        };
         let dns = match field("dns").context("no dns= in ready line")?.as_str() {
             "off" => None,
             addr => Some(addr.parse()?),
@@ -299,6 +309,7 @@ impl NodeProc {
         Ok(Self {
             dir: dir.to_owned(),
             http,
+            https,
             dns,
             ticket,
             child,
@@ -707,6 +718,21 @@ async fn request_inner(
     h2: bool,
 ) -> Result<Reply> {
     let stream = tokio::net::TcpStream::connect(addr).await?;
+    request_over(stream, method, host, path, headers, h2).await
+}
+
+/// One request over `stream`, which is connected.
+async fn request_over<S>(
+    stream: S,
+    method: &str,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    h2: bool,
+) -> Result<Reply>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let io = TokioIo::new(stream);
     let mut req = http::Request::builder().method(method);
     req = if h2 {
@@ -741,6 +767,150 @@ async fn request_inner(
         headers: resp.0.headers,
         body: resp.1,
     })
+}
+
+/// Which certificates an HTTPS client accepts.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Any (the chain is recorded, for the test to look at).
+    Any,
+    /// Those that chain to one of these roots and name the host.
+    Roots(Vec<rustls::pki_types::CertificateDer<'static>>),
+}
+
+/// What an HTTPS request got, besides the reply.
+#[derive(Debug)]
+pub struct TlsReply {
+    pub reply: Reply,
+    /// The protocol ALPN chose (`h2`, `http/1.1`).
+    pub alpn: Option<String>,
+    pub version: Option<rustls::ProtocolVersion>,
+    /// The certificates the server sent, its own first.
+    pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+}
+
+/// GET `path` from `addr` over TLS with SNI `host`, offering the `alpn`
+/// protocols (HTTP/2 when the server picks `h2`).
+pub async fn https_get(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    alpn: &[&str],
+    trust: &Trust,
+) -> Result<TlsReply> {
+    https_get_with(addr, host, path, alpn, trust, rustls::DEFAULT_VERSIONS).await
+}
+
+/// [`https_get`] offering only the TLS `versions` given.
+pub async fn https_get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    alpn: &[&str],
+    trust: &Trust,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<TlsReply> {
+    let inner = https_inner(addr, host, path, alpn, trust, versions);
+    tokio::time::timeout(HTTP_TIMEOUT, inner)
+        .await
+        .map_err(|_| anyhow::anyhow!("GET https://{host}{path} took more than {HTTP_TIMEOUT:?}"))?
+}
+
+async fn https_inner(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    alpn: &[&str],
+    trust: &Trust,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<TlsReply> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)?;
+    let mut config = match trust {
+        Trust::Any => builder
+            .dangerous()
+            .with_custom_certificate_verifier(std::sync::Arc::new(AnyCert(provider)))
+            .with_no_client_auth(),
+        Trust::Roots(roots) => {
+            let mut store = rustls::RootCertStore::empty();
+            for r in roots {
+                store.add(r.clone())?;
+            }
+            builder.with_root_certificates(store).with_no_client_auth()
+        }
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
+    let tls = connector.connect(name, tcp).await?;
+    let (_, conn) = tls.get_ref();
+    let negotiated = conn
+        .alpn_protocol()
+        .map(|p| String::from_utf8_lossy(p).into_owned());
+    let version = conn.protocol_version();
+    let chain = conn
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let h2 = negotiated.as_deref() == Some("h2");
+    let reply = request_over(tls, "GET", host, path, &[], h2).await?;
+    Ok(TlsReply {
+        reply,
+        alpn: negotiated,
+        version,
+        chain,
+    })
+}
+
+/// Accepts any certificate whose signatures hold.
+#[derive(Debug)]
+struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// Copies a folder tree (files and folders only).

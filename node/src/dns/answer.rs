@@ -503,9 +503,12 @@ fn secure(
     // The SOA of a denial and the chain's records come signed: the same
     // few serve every denial.
     if reply.answers.is_empty() {
-        reply
-            .authorities
-            .extend(chain.signed_soa(soa_negative(zone), signer, apex, now).iter().cloned());
+        reply.authorities.extend(
+            chain
+                .signed_soa(soa_negative(zone), signer, apex, now)
+                .iter()
+                .cloned(),
+        );
     }
     for (i, link) in proofs.iter().enumerate() {
         if let Some(link) = *link

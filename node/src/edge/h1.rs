@@ -27,10 +27,7 @@ use bytes::{Buf, Bytes};
 use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
-    net::TcpStream,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::Sites;
 use super::{
@@ -61,8 +58,8 @@ pub enum Ended {
 }
 
 /// Serves requests on `conn` until it ends or needs hyper.
-pub async fn serve(
-    conn: &mut Conn,
+pub async fn serve<S: Stream>(
+    conn: &mut Conn<S>,
     sites: &Sites,
     header_timeout: Duration,
     id: ConnId,
@@ -133,14 +130,18 @@ pub async fn serve(
     }
 }
 
-async fn hand_off(conn: &mut Conn, out: &mut Vec<u8>, unread: &[u8]) -> io::Result<Ended> {
+async fn hand_off<S: Stream>(
+    conn: &mut Conn<S>,
+    out: &mut Vec<u8>,
+    unread: &[u8],
+) -> io::Result<Ended> {
     // Answers to the requests before this one go first.
     flush(conn, out).await?;
     Ok(Ended::HandOff(Bytes::copy_from_slice(unread)))
 }
 
 /// Writes out the queued responses.
-async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
+async fn flush<S: Stream>(conn: &mut Conn<S>, out: &mut Vec<u8>) -> io::Result<()> {
     if !out.is_empty() {
         conn.write_all(out).await?;
         out.clear();
@@ -150,8 +151,8 @@ async fn flush(conn: &mut Conn, out: &mut Vec<u8>) -> io::Result<()> {
 
 /// Queues (or writes) one response; true when the connection must close
 /// after it (a body of unknown length ends with the connection).
-async fn write_response(
-    conn: &mut Conn,
+async fn write_response<S: Stream>(
+    conn: &mut Conn<S>,
     out: &mut Vec<u8>,
     response: Response<Body>,
     head: bool,
@@ -218,7 +219,7 @@ async fn write_response(
 }
 
 /// Writes `a` then `b` with as few `writev` calls as the socket allows.
-async fn write_both(conn: &mut Conn, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
+async fn write_both<S: Stream>(conn: &mut Conn<S>, mut a: &[u8], mut b: &[u8]) -> io::Result<()> {
     while !a.is_empty() {
         let n = conn
             .write_vectored(&[IoSlice::new(a), IoSlice::new(b)])
@@ -242,9 +243,9 @@ async fn write_both(conn: &mut Conn, mut a: &[u8], mut b: &[u8]) -> io::Result<(
 /// fails, so a client that stops reading cannot hold a connection, and the
 /// response queued for it, forever.
 #[derive(Debug)]
-pub struct Conn {
+pub struct Conn<S> {
     read: Bytes,
-    inner: TcpStream,
+    inner: S,
     send_timeout: Duration,
     stalled: Option<CoarseSleep>,
     id: ConnId,
@@ -253,8 +254,13 @@ pub struct Conn {
     lean: bool,
 }
 
-impl Conn {
-    pub fn new(inner: TcpStream, send_timeout: Duration, id: ConnId) -> Self {
+/// What a connection runs over: TCP, or TLS over TCP.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for S {}
+
+impl<S: Stream> Conn<S> {
+    pub fn new(inner: S, send_timeout: Duration, id: ConnId) -> Self {
         Self {
             read: Bytes::new(),
             inner,
@@ -311,7 +317,7 @@ impl Conn {
     }
 }
 
-impl AsyncRead for Conn {
+impl<S: Stream> AsyncRead for Conn<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -327,7 +333,7 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
+impl<S: Stream> AsyncWrite for Conn<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

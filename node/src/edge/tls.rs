@@ -1,0 +1,145 @@
+//! HTTPS: rustls (ring, TLS 1.2 and 1.3, ALPN `h2` and `http/1.1`) in
+//! front of the same request handler as plain HTTP.
+//!
+//! The certificate of each handshake is chosen by its SNI: the one the
+//! network holds for the name (or for `*.` its parent), else, for a name
+//! the node serves, a self-signed one made here and kept, so a site is
+//! reachable over HTTPS (with a warning) before its certificate exists. A
+//! name no site has gets no certificate: the handshake fails, and the
+//! node says nothing about which sites it serves.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use rustls::{
+    ServerConfig,
+    crypto::ring as provider,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+
+use crate::live::Live;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    #[error("cannot make a self-signed certificate: {0}")]
+    SelfSigned(#[from] rcgen::Error),
+    #[error("TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// The most self-signed certificates kept: one per name served, made on
+/// the first handshake that asks for it.
+const SELF_SIGNED_MAX: usize = 4096;
+
+/// What a handshake may be given.
+pub struct Certs {
+    live: Arc<Live>,
+    /// Certificates of the network's sites, by name (`*.parent` for a
+    /// wildcard): replaced whole when one changes.
+    issued: RwLock<Arc<HashMap<String, Arc<CertifiedKey>>>>,
+    /// Made here for names served without one of those.
+    self_signed: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certs").finish_non_exhaustive()
+    }
+}
+
+impl Certs {
+    pub fn new(live: Arc<Live>) -> Self {
+        Self {
+            live,
+            issued: RwLock::new(Arc::default()),
+            self_signed: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the certificates of the network's sites.
+    pub fn set_issued(&self, issued: HashMap<String, Arc<CertifiedKey>>) {
+        let issued = Arc::new(issued);
+        match self.issued.write() {
+            Ok(mut now) => *now = issued,
+            Err(poisoned) => *poisoned.into_inner() = issued,
+        }
+    }
+
+    /// The certificate for `name`, if the node serves it.
+    pub fn for_name(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        let issued = self.issued.read().ok().map(|i| i.clone())?;
+        if let Some(cert) = issued.get(&name) {
+            return Some(cert.clone());
+        }
+        if let Some((_, parent)) = name.split_once('.')
+            && let Some(cert) = issued.get(&format!("*.{parent}"))
+        {
+            return Some(cert.clone());
+        }
+        self.live.get(&name)?;
+        let mut made = self.self_signed.lock().ok()?;
+        if let Some(cert) = made.get(&name) {
+            return Some(cert.clone());
+        }
+        let cert = match self_signed(&name) {
+            Ok(c) => Arc::new(c),
+            Err(error) => {
+                tracing::warn!(%name, %error, "no certificate to offer");
+                return None;
+            }
+        };
+        if made.len() >= SELF_SIGNED_MAX {
+            made.clear();
+        }
+        made.insert(name, cert.clone());
+        Some(cert)
+    }
+}
+
+impl ResolvesServerCert for Certs {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.for_name(hello.server_name()?)
+    }
+}
+
+/// A self-signed ECDSA P-256 certificate for `name`.
+pub fn self_signed(name: &str) -> Result<CertifiedKey, TlsError> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let cert = params.self_signed(&key)?;
+    certified(
+        vec![cert.der().clone()],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+}
+
+/// A chain and its key, ready to sign handshakes.
+pub fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey, TlsError> {
+    let signing = provider::sign::any_supported_type(&key)?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+/// The server side of every HTTPS connection of this node.
+pub fn server_config(certs: Arc<Certs>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Resumption by ticket: the state travels with the client, so the
+    // node keeps nothing per visitor.
+    config.ticketer = provider::Ticketer::new()?;
+    Ok(Arc::new(config))
+}
