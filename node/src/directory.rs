@@ -564,7 +564,11 @@ impl View for Directory {
     fn known_signer(&self, key: &PublicKey) -> bool {
         // A member by its own record (one lookup), before the walk over
         // every site's publishers.
-        (self.node(key).is_some() && !self.is_revoked(key)) || self.is_known(key)
+        self.member(key) || self.is_known(key)
+    }
+
+    fn member(&self, key: &PublicKey) -> bool {
+        self.node(key).is_some() && !self.is_revoked(key)
     }
 }
 
@@ -899,16 +903,16 @@ mod tests {
         Ok(())
     }
 
-    /// A record of kind 9, which this build does not know.
+    /// A record of kind 99, which this build does not know.
     fn future(key: &SecretKey, n: usize, len: usize) -> Record {
         let mut body = vec![0u8; len];
         body[..8].copy_from_slice(&(n as u64).to_le_bytes());
         let signed = Signed::<maki_protocol::Unread>::sign_bytes_under(
             key,
-            &maki_protocol::kind_context(9),
+            &maki_protocol::kind_context(99),
             body,
         );
-        Record::Unknown { kind: 9, signed }
+        Record::Unknown { kind: 99, signed }
     }
 
     #[test]
@@ -927,13 +931,13 @@ mod tests {
         );
         assert!(matches!(
             changes.as_slice(),
-            [Change::Put(RecordKey::Unknown { kind: 9, .. }, _)]
+            [Change::Put(RecordKey::Unknown { kind: 99, .. }, _)]
         ));
         let admin = net.admin.clone();
         net.merge(future(&admin, 0, 100))?;
         assert!(matches!(
             net.merge(future(&stranger, 0, 100)),
-            Err(Refused::Auth(AuthError::UnknownSigner { kind: 9, .. }))
+            Err(Refused::Auth(AuthError::UnknownSigner { kind: 99, .. }))
         ));
         // The same record again changes nothing.
         assert_eq!(net.merge(future(&founder, 0, 100))?, Applied::Stale);

@@ -95,9 +95,7 @@ impl ZoneKeys {
         if let Some(s) = self.sealed.iter().find(|s| s.ct.len() > MAX_SEALED) {
             return Err(KeysError::TooLarge(s.ct.len()));
         }
-        let mut to: Vec<_> = self.sealed.iter().map(|s| s.to).collect();
-        to.sort_unstable();
-        if to.windows(2).any(|w| w[0] == w[1]) {
+        if seal::repeats(&self.sealed) {
             return Err(KeysError::TwoCopies);
         }
         Ok(())
@@ -120,13 +118,8 @@ impl ZoneKeys {
     /// The private keys (PKCS#8 documents, in the order of `keys`) from
     /// the copy sealed to `secret`'s public key.
     pub fn open(&self, secret: &[u8; 32]) -> Result<Vec<Vec<u8>>, KeysError> {
-        let own = seal::public_key(secret);
-        let copy = self
-            .sealed
-            .iter()
-            .find(|s| s.to == own)
-            .ok_or(KeysError::NoCopy)?;
-        let plain = seal::open(secret, copy, SEAL_INFO, &self.aad())?;
+        let plain = seal::open_own(secret, &self.sealed, SEAL_INFO, &self.aad())
+            .ok_or(KeysError::NoCopy)??;
         let private: Vec<Vec<u8>> =
             postcard::from_bytes(&plain).map_err(|_| KeysError::Unreadable)?;
         if private.len() != self.keys.len() {
@@ -144,14 +137,7 @@ impl ZoneKeys {
         mut fresh: impl FnMut() -> [u8; 32],
     ) -> Result<(), KeysError> {
         let plain = postcard::to_allocvec(private).map_err(|_| KeysError::Unreadable)?;
-        let aad = self.aad();
-        let mut to = recipients.to_vec();
-        to.sort_unstable();
-        to.dedup();
-        self.sealed = to
-            .iter()
-            .map(|r| seal::seal(r, fresh(), SEAL_INFO, &aad, &plain))
-            .collect::<Result<_, _>>()?;
+        self.sealed = seal::seal_each(recipients, &mut fresh, SEAL_INFO, &self.aad(), &plain)?;
         Ok(())
     }
 }

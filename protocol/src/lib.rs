@@ -7,6 +7,7 @@
 //! never a panic.
 
 mod blobset;
+pub mod cert;
 mod codec;
 pub mod dnssec;
 mod domain;

@@ -437,6 +437,7 @@ pub enum RecordKey {
     Peer(String),
     Zone(Domain),
     Keys(Domain),
+    Cert(Domain),
     #[cfg(feature = "next-format")]
     Note(PublicKey),
 }
@@ -463,6 +464,7 @@ pub enum Record {
     Peer(Signed<PeerRecord>),
     Zone(Signed<crate::zone::ZoneRecord>),
     Keys(Signed<crate::dnssec::ZoneKeys>),
+    Cert(Signed<crate::cert::CertRecord>),
     #[cfg(feature = "next-format")]
     Note(Signed<Note>),
 }
@@ -487,6 +489,7 @@ impl Record {
             Record::Peer(_) => PEER_KIND,
             Record::Zone(_) => crate::zone::ZONE_KIND,
             Record::Keys(_) => crate::dnssec::KEYS_KIND,
+            Record::Cert(_) => crate::cert::CERT_KIND,
             #[cfg(feature = "next-format")]
             Record::Note(_) => NOTE_KIND,
         }
@@ -508,6 +511,7 @@ impl Record {
             Record::Peer(s) => s.bytes().len(),
             Record::Zone(s) => s.bytes().len(),
             Record::Keys(s) => s.bytes().len(),
+            Record::Cert(s) => s.bytes().len(),
             #[cfg(feature = "next-format")]
             Record::Note(s) => s.bytes().len(),
         };
@@ -531,6 +535,7 @@ impl Serialize for Record {
             Record::Peer(r) => (kind, r).serialize(s),
             Record::Zone(r) => (kind, r).serialize(s),
             Record::Keys(r) => (kind, r).serialize(s),
+            Record::Cert(r) => (kind, r).serialize(s),
             #[cfg(feature = "next-format")]
             Record::Note(r) => (kind, r).serialize(s),
         }
@@ -550,6 +555,7 @@ impl<'de> Deserialize<'de> for Record {
             PEER_KIND => Record::Peer(signed.retag()),
             crate::zone::ZONE_KIND => Record::Zone(signed.retag()),
             crate::dnssec::KEYS_KIND => Record::Keys(signed.retag()),
+            crate::cert::CERT_KIND => Record::Cert(signed.retag()),
             #[cfg(feature = "next-format")]
             NOTE_KIND => Record::Note(signed.retag()),
             kind => Record::Unknown { kind, signed },
@@ -597,6 +603,7 @@ pub enum Body {
     Peer(PeerRecord),
     Zone(crate::zone::ZoneRecord),
     Keys(crate::dnssec::ZoneKeys),
+    Cert(crate::cert::CertRecord),
     #[cfg(feature = "next-format")]
     Note(Note),
 }
@@ -694,6 +701,15 @@ impl Record {
                     Body::Keys(v),
                 )
             }
+            Record::Cert(s) => {
+                let v = content(s, verify)?;
+                (
+                    RecordKey::Cert(v.site.clone()),
+                    v.version,
+                    s.signer(),
+                    Body::Cert(v),
+                )
+            }
             #[cfg(feature = "next-format")]
             Record::Note(s) => {
                 let v = content(s, verify)?;
@@ -766,6 +782,8 @@ pub trait View {
     /// An admin, a member node or a publisher of a site: the keys whose
     /// records of unknown kinds a node agrees to carry.
     fn known_signer(&self, key: &PublicKey) -> bool;
+    /// A member node: its record is in, and it is not revoked.
+    fn member(&self, key: &PublicKey) -> bool;
 }
 
 /// A record signed by someone without the right to make it.
@@ -811,6 +829,11 @@ pub enum AuthError {
     Keys {
         site: Domain,
         error: crate::dnssec::KeysError,
+    },
+    #[error("the certificate of {site}: {error}")]
+    Cert {
+        site: Domain,
+        error: crate::cert::CertError,
     },
 }
 
@@ -871,6 +894,28 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
                 _ => Err(AuthError::UnknownSite(k.site.clone())),
             }
         }
+        Body::Cert(c) => match view.site(&c.site) {
+            Some(site) if !site.removed => {
+                if !(site.may_publish(&v.signer, view.admins()) || view.member(&v.signer)) {
+                    return Err(AuthError::NotPublisher {
+                        site: c.site.clone(),
+                        key: v.signer,
+                    });
+                }
+                let error = |error| AuthError::Cert {
+                    site: c.site.clone(),
+                    error,
+                };
+                if c.incarnation != site.heads_after {
+                    return Err(error(crate::cert::CertError::OtherIncarnation));
+                }
+                let names: Vec<&str> = std::iter::once(site.domain.as_str())
+                    .chain(site.aliases.iter().map(|a| a.as_str()))
+                    .collect();
+                c.check(&names).map_err(error)
+            }
+            _ => Err(AuthError::UnknownSite(c.site.clone())),
+        },
         Body::Head(h) => match view.site(&h.site) {
             Some(site) if !site.removed => {
                 if !site.current(h.seq) {
@@ -1162,16 +1207,16 @@ mod tests {
     fn unknown_kinds_are_carried_with_their_signature_checked() {
         let signer = SecretKey::from_bytes(&[5; 32]);
         let body = b"a record of a kind from the future".to_vec();
-        let signed = Signed::<Unread>::sign_bytes_under(&signer, &kind_context(9), body.clone());
-        let wire = postcard::to_stdvec(&(9u32, &signed)).expect("encode");
+        let signed = Signed::<Unread>::sign_bytes_under(&signer, &kind_context(99), body.clone());
+        let wire = postcard::to_stdvec(&(99u32, &signed)).expect("encode");
         let record: Record = postcard::from_bytes(&wire).expect("a whole batch still decodes");
-        assert!(matches!(record, Record::Unknown { kind: 9, .. }));
+        assert!(matches!(record, Record::Unknown { kind: 99, .. }));
         assert_eq!(crate::codec::encode(&record), wire, "relayed byte for byte");
         let v = record.verify().expect("signature holds");
         assert_eq!(
             v.key,
             RecordKey::Unknown {
-                kind: 9,
+                kind: 99,
                 id: Hash::of(&wire)
             }
         );
@@ -1258,6 +1303,9 @@ mod tests {
         }
         fn known_signer(&self, key: &PublicKey) -> bool {
             self.admins.contains(key)
+        }
+        fn member(&self, key: &PublicKey) -> bool {
+            *key == self.founder
         }
     }
 
@@ -1346,6 +1394,35 @@ mod tests {
         assert!(matches!(
             check(Record::Keys(Signed::sign(&admin, &unsealed)), &view),
             Err(AuthError::Keys { .. })
+        ));
+        // A certificate: its site's publishers (an upload), admins and
+        // member nodes (an ACME order), for the site's own names only.
+        let cert = crate::cert::CertRecord {
+            format: 1,
+            site: s.domain.clone(),
+            incarnation: s.heads_after,
+            origin: crate::cert::Origin::Upload,
+            names: vec![s.domain.as_str().to_owned()],
+            chain: vec![b"leaf".to_vec()],
+            not_after: 0,
+            sealed: keys.sealed.clone(),
+            version: 1,
+        };
+        for who in [&publisher, &admin, &founder] {
+            assert_eq!(check(Record::Cert(Signed::sign(who, &cert)), &view), Ok(()));
+        }
+        assert!(matches!(
+            check(Record::Cert(Signed::sign(&stranger, &cert)), &view),
+            Err(AuthError::NotPublisher { .. })
+        ));
+        let mut foreign = cert.clone();
+        foreign.names.push("other.test".into());
+        assert!(matches!(
+            check(Record::Cert(Signed::sign(&publisher, &foreign)), &view),
+            Err(AuthError::Cert {
+                error: crate::cert::CertError::NotTheSites { .. },
+                ..
+            })
         ));
         let stale = crate::dnssec::ZoneKeys {
             incarnation: s.heads_after + 1,

@@ -118,6 +118,41 @@ pub fn open(
     Ok(pt.to_vec())
 }
 
+/// Seals `pt` to each of `recipients` (once each, in key order); `fresh`
+/// gives new random bytes for each copy.
+pub fn seal_each(
+    recipients: &[[u8; 32]],
+    mut fresh: impl FnMut() -> [u8; 32],
+    info: &[u8],
+    aad: &[u8],
+    pt: &[u8],
+) -> Result<Vec<Sealed>, SealError> {
+    let mut to = recipients.to_vec();
+    to.sort_unstable();
+    to.dedup();
+    to.iter().map(|r| seal(r, fresh(), info, aad, pt)).collect()
+}
+
+/// Opens the copy among `copies` sealed to `secret`'s public key; None
+/// when there is none.
+pub fn open_own(
+    secret: &[u8; 32],
+    copies: &[Sealed],
+    info: &[u8],
+    aad: &[u8],
+) -> Option<Result<Vec<u8>, SealError>> {
+    let own = public_key(secret);
+    let copy = copies.iter().find(|s| s.to == own)?;
+    Some(open(secret, copy, info, aad))
+}
+
+/// Whether any recipient has two copies among `copies`.
+pub fn repeats(copies: &[Sealed]) -> bool {
+    let mut to: Vec<_> = copies.iter().map(|s| s.to).collect();
+    to.sort_unstable();
+    to.windows(2).any(|w| w[0] == w[1])
+}
+
 fn agree(secret: [u8; 32], public: [u8; 32]) -> Result<[u8; 32], SealError> {
     let dh = x25519_dalek::x25519(secret, public);
     // RFC 9180 §7.1.4: an all-zero result means a low-order point.
