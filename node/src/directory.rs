@@ -467,6 +467,21 @@ impl Directory {
         }
     }
 
+    /// The certificate of a live site, if one was made for this
+    /// incarnation of it.
+    pub fn cert(&self, domain: &Domain) -> Option<&maki_protocol::cert::CertRecord> {
+        let site = self.site(domain)?;
+        match &self
+            .held
+            .get(&RecordKey::Cert(domain.clone()))?
+            .verified
+            .body
+        {
+            Body::Cert(c) if c.incarnation == site.heads_after => Some(c),
+            _ => None,
+        }
+    }
+
     /// The pin of a site, if an admin set one.
     pub fn pin(&self, domain: &Domain) -> Option<&Pin> {
         match &self.by_domain.get(domain)?.pin.as_ref()?.verified.body {

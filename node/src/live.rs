@@ -194,6 +194,17 @@ impl Live {
         sites.get(aliases.get(domain)?).cloned()
     }
 
+    /// The domain of the site served at `name` (its own or one it is an
+    /// alias of).
+    pub fn site_of(&self, name: &str) -> Option<Domain> {
+        let name = name.to_ascii_lowercase();
+        if self.sites.read().ok()?.contains_key(name.as_str()) {
+            return Domain::new(&name).ok();
+        }
+        let aliases = self.aliases.read().ok()?;
+        aliases.get(name.as_str()).cloned()
+    }
+
     /// Alias → site domain, as the records say now (see [`aliases_of`]).
     pub fn aliases(&self) -> HashMap<Domain, Domain> {
         self.aliases.read().map(|a| a.clone()).unwrap_or_default()

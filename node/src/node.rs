@@ -296,6 +296,12 @@ impl Node {
                 config: shared.config.clone(),
             });
             let certs = Arc::new(edge::tls::Certs::new(members.live.clone()));
+            tasks.spawn(edge::tls::keep_issued(
+                members.clone(),
+                certs.clone(),
+                maki_protocol::seal::node_secret(&key),
+                cancel.clone(),
+            ));
             let https = edge::Https {
                 addr: shared.config.https,
                 config: edge::tls::server_config(certs)?,

@@ -94,6 +94,8 @@ pub enum CertError {
     TwoCopies,
     #[error("made for the site before it was removed and added again")]
     OtherIncarnation,
+    #[error("the expiry shown is not the certificate's (or it cannot be read)")]
+    Expiry,
     #[error("no copy of the key is sealed to this key")]
     NoCopy,
     #[error("the key does not open: {0}")]
@@ -133,6 +135,11 @@ impl CertRecord {
         if seal::repeats(&self.sealed) {
             return Err(CertError::TwoCopies);
         }
+        if let Some(leaf) = self.chain.first()
+            && not_after(leaf) != Some(self.not_after)
+        {
+            return Err(CertError::Expiry);
+        }
         Ok(())
     }
 
@@ -168,6 +175,93 @@ impl CertRecord {
     }
 }
 
+/// When the X.509 certificate `der` expires (its `notAfter`, seconds since
+/// the epoch); None if it cannot be read that far.
+pub fn not_after(der: &[u8]) -> Option<u64> {
+    let (cert, _) = der_item(der, 0x30)?;
+    let (mut tbs, _) = der_item(cert, 0x30)?;
+    // [0] EXPLICIT version, when present.
+    if tbs.first() == Some(&0xa0) {
+        tbs = der_item(tbs, 0xa0)?.1;
+    }
+    // serialNumber, signature, issuer: skipped.
+    let mut rest = der_item(tbs, 0x02)?.1;
+    rest = der_item(rest, 0x30)?.1;
+    rest = der_item(rest, 0x30)?.1;
+    let (validity, _) = der_item(rest, 0x30)?;
+    let tag_of = |b: &[u8]| b.first().copied();
+    let not_before_tag = tag_of(validity)?;
+    let after = der_item(validity, not_before_tag)?.1;
+    let tag = tag_of(after)?;
+    let (time, _) = der_item(after, tag)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let (year, rest) = match tag {
+        // UTCTime: YYMMDDHHMMSSZ, years 1950 to 2049 (RFC 5280 §4.1.2.5.1).
+        0x17 => {
+            let yy: u64 = text.get(..2)?.parse().ok()?;
+            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, text.get(2..)?)
+        }
+        // GeneralizedTime: YYYYMMDDHHMMSSZ.
+        0x18 => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    if rest.len() != 11 || !rest.ends_with('Z') {
+        return None;
+    }
+    let field = |i: usize| -> Option<u64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day)?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// The DER item with `tag` at the start of `b`: its contents and what
+/// follows it.
+fn der_item(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+    if *b.first()? != tag {
+        return None;
+    }
+    let first = *b.get(1)?;
+    let (len, start) = if first < 0x80 {
+        (usize::from(first), 2)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 {
+            return None;
+        }
+        let mut len = 0usize;
+        for &byte in b.get(2..2 + n)? {
+            len = (len << 8) | usize::from(byte);
+        }
+        (len, 2 + n)
+    };
+    let end = start.checked_add(len)?;
+    Some((b.get(start..end)?, b.get(end..)?))
+}
+
+/// Days from 1970-01-01 to the given date (Howard Hinnant's algorithm).
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    let y = if month <= 2 {
+        year.checked_sub(1)?
+    } else {
+        year
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    (era * 146_097 + doe).checked_sub(719_468)
+}
+
 /// Whether `name` (maybe `*.parent`) is one of `own` or a wildcard
 /// directly under one. A wildcard under a site's domain covers names no
 /// other tenant can hold as their own site there only if the edge serves
@@ -179,22 +273,72 @@ fn covers_own(name: &str, own: &[&str]) -> bool {
     own.iter().any(|o| o.eq_ignore_ascii_case(bare))
 }
 
+/// Self-signed certificates for `a.test` (openssl, P-256): one that
+/// expires in 1, dated in UTCTime, and one in 2054, in GeneralizedTime.
+#[cfg(test)]
+pub(crate) const TEST_LEAVES: [(&str, u64); 2] = [
+    (
+        "MIIBijCCATCgAwIBAgIUC0urE+Hd+KTME+wK58lnpZhmuQcwCgYIKoZIzj0EAwIwETEPMA0GA1UEAwwGYS50ZXN0MB4XDTI2MTIwNzEzMDA0N1oXDTI3MTIwNzEzMDA0N1owETEPMA0GA1UEAwwGYS50ZXN0MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9fDPJX+fPR6FpJYk/ldPDRsRVq/ZDlXfQiJ5v6gG0wVxsh7CGmxaE5V29jmyfaqeYG0E96A/BxbrfcF4PIoL6aNmMGQwHQYDVR0OBBYEFOthdAOfWxMJmI5dTzIRKuF0LOadMB8GA1UdIwQYMBaAFOthdAOfWxMJmI5dTzIRKuF0LOadMA8GA1UdEwEB/wQFMAMBAf8wEQYDVR0RBAowCIIGYS50ZXN0MAoGCCqGSM49BAMCA0gAMEUCICN1h51P4XiuBNLBNZuiHVkFvGfAe7YU5OLCktm+0X5TAiEAwXz+K3bgfC7kgg2EKbkGvmNgx8O+rZZq6oWICXVAyEU=",
+        1828184447,
+    ),
+    (
+        "MIIBjDCCATKgAwIBAgIUca+cNh2v2DeOQOQIpKG4rYy6zp0wCgYIKoZIzj0EAwIwETEPMA0GA1UEAwwGYS50ZXN0MCAXDTI2MTIwNzEzMDA0N1oYDzIwNTQwNDI0MTMwMDQ3WjARMQ8wDQYDVQQDDAZhLnRlc3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNCAATMq36G+7RQOxMM1Hxkng2Td+EFF/DdxkaYJiVjyhheBGbVXNTHRdDA3eqosjprjD7m1L+tOO+S48jj93UQa8pSo2YwZDAdBgNVHQ4EFgQUl8Hxoloa6WtcO0vRZADIASFxJjwwHwYDVR0jBBgwFoAUl8Hxoloa6WtcO0vRZADIASFxJjwwDwYDVR0TAQH/BAUwAwEB/zARBgNVHREECjAIggZhLnRlc3QwCgYIKoZIzj0EAwIDSAAwRQIhAP1en6Cshle6lxNpqca1+AtpACkAbcxD0zVXzRvPZxQcAiAUC6ANizOmF9C3d5IfLAND+1MF52R2KzQcmoYvAEIIfw==",
+        2660648447,
+    ),
+];
+
+#[cfg(test)]
+pub(crate) fn test_leaf() -> (Vec<u8>, u64) {
+    let (b64, at) = TEST_LEAVES[0];
+    (
+        data_encoding::BASE64
+            .decode(b64.as_bytes())
+            .expect("base64"),
+        at,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn cert() -> CertRecord {
+        let (leaf, not_after) = test_leaf();
         CertRecord {
             format: 1,
             site: Domain::new("a.test").expect("domain"),
             incarnation: 0,
             origin: Origin::Upload,
             names: vec!["a.test".into(), "*.a.test".into()],
-            chain: vec![b"leaf".to_vec()],
-            not_after: 0,
+            chain: vec![leaf],
+            not_after,
             sealed: vec![],
             version: 1,
         }
+    }
+
+    #[test]
+    fn the_expiry_is_read_from_the_certificate() {
+        for (b64, at) in TEST_LEAVES {
+            let der = data_encoding::BASE64
+                .decode(b64.as_bytes())
+                .expect("base64");
+            assert_eq!(not_after(&der), Some(at));
+            // Cut anywhere, it reads as nothing rather than as a wrong time.
+            for cut in 0..der.len() {
+                let got = not_after(&der[..cut]);
+                assert!(got.is_none() || got == Some(at), "cut at {cut}: {got:?}");
+            }
+        }
+        let mut c = cert();
+        c.sealed = vec![Sealed {
+            to: [1; 32],
+            enc: [2; 32],
+            ct: vec![0; 32],
+        }];
+        assert_eq!(c.check(&["a.test"]), Ok(()));
+        c.not_after += 1;
+        assert_eq!(c.check(&["a.test"]), Err(CertError::Expiry));
     }
 
     #[test]
@@ -212,6 +356,7 @@ mod tests {
         assert_eq!(c.open(&b), Err(CertError::NoCopy));
         let mut other_leaf = c.clone();
         other_leaf.chain = vec![b"another leaf".to_vec()];
+        other_leaf.not_after = 0;
         assert!(matches!(other_leaf.open(&a), Err(CertError::Open(_))));
         let mut moved = c.clone();
         moved.site = Domain::new("b.test").expect("domain");

@@ -1403,8 +1403,8 @@ mod tests {
             incarnation: s.heads_after,
             origin: crate::cert::Origin::Upload,
             names: vec![s.domain.as_str().to_owned()],
-            chain: vec![b"leaf".to_vec()],
-            not_after: 0,
+            chain: vec![crate::cert::test_leaf().0],
+            not_after: crate::cert::test_leaf().1,
             sealed: keys.sealed.clone(),
             version: 1,
         };

@@ -80,6 +80,27 @@ pub enum Request {
     KeysSet {
         record: Signed<crate::dnssec::ZoneKeys>,
     },
+    /// What a publisher of a site needs to upload its certificate: who
+    /// its key is sealed to.
+    CertInfo { domain: Domain },
+    /// A site's certificate, uploaded (a publisher of it, or an admin).
+    CertSet {
+        record: Signed<crate::cert::CertRecord>,
+    },
+}
+
+/// What uploading a site's certificate needs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CertInfo {
+    /// The site's `heads_after` (what a new record's `incarnation` is).
+    pub incarnation: u64,
+    /// The site's names (its domain, then its aliases).
+    pub names: Vec<Domain>,
+    /// Who gets a copy of the key: the nodes that serve HTTPS (role
+    /// `http`) and the admins, by their sealing keys. A node too old to
+    /// announce one is left out, and listed in `unsealable`.
+    pub recipients: Vec<[u8; 32]>,
+    pub unsealable: Vec<PublicKey>,
 }
 
 /// What an admin needs to make, reseal or roll a site's DNSSEC keys.
@@ -267,6 +288,7 @@ pub enum Response {
         seq: u64,
     },
     Keys(KeysInfo),
+    CertInfo(CertInfo),
 }
 
 /// Why a node refused a request. Each message names the problem and the fix.

@@ -8,6 +8,7 @@
 //! the head. `sites` changes records; `listings` answers questions.
 
 mod auth;
+mod cert;
 mod dnssec;
 mod listings;
 mod publish;
@@ -152,6 +153,8 @@ impl AdminProtocol {
             Request::ZoneSet { record } => self.zone_set(caller, record),
             Request::Keys { domain } => self.keys(caller, domain),
             Request::KeysSet { record } => self.keys_set(caller, record),
+            Request::CertInfo { domain } => self.cert_info(caller, domain),
+            Request::CertSet { record } => self.cert_set(caller, record),
             Request::Sites => self.sites(caller).await,
             Request::Versions { domain } => self.versions(caller, domain).await,
             Request::PublishBegin {

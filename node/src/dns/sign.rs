@@ -112,6 +112,12 @@ impl Keyring {
         }
     }
 
+    /// This node's sealing secret (what every secret sealed to it opens
+    /// with: TLS keys too).
+    pub fn secret(&self) -> &[u8; 32] {
+        &self.secret
+    }
+
     /// Whether the copy of `keys` sealed to this node, if there is one,
     /// opens to the private halves of the public keys the record shows.
     pub fn check(&self, keys: &ZoneKeys) -> Result<(), SignError> {
