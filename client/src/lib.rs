@@ -1,6 +1,7 @@
 //! The Makiatto CLI as a library. Depends on `maki-protocol` and iroh only —
 //! never on the node — so it stays small and builds on macOS.
 
+pub mod cert;
 pub mod delegation;
 pub mod dnssec;
 pub mod keys;

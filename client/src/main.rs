@@ -83,6 +83,9 @@ enum Command {
     /// The network's nameservers for your domains.
     #[command(subcommand)]
     Dns(DnsCommand),
+    /// A site's TLS certificate.
+    #[command(subcommand)]
+    Cert(CertCommand),
     /// List a site's kept versions.
     Versions { domain: String },
     /// Serve an older version again.
@@ -177,6 +180,24 @@ enum DnsCommand {
     /// Stop signing DOMAIN (remove its DS at the registrar first, and
     /// wait a day for the world to forget it).
     Unsign { domain: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Serve DOMAIN (and those of its aliases the certificate names) with
+    /// your own certificate. Its key is sealed to the nodes that serve
+    /// HTTPS and never travels in the clear. A site's publishers and
+    /// admins may do this.
+    Set {
+        domain: String,
+        /// The certificate chain, PEM: the site's certificate first, then
+        /// its intermediates.
+        #[arg(long)]
+        cert: String,
+        /// Its private key, PEM, PKCS#8 (`PRIVATE KEY`).
+        #[arg(long)]
+        key: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -609,6 +630,37 @@ async fn run(cli: Cli) -> Result<()> {
                 );
                 ds_report(cli.json, &d, &keys, &known)?;
             }
+        }
+        Command::Cert(CertCommand::Set {
+            domain: d,
+            cert,
+            key: key_file,
+        }) => {
+            let d = domain(d)?;
+            let upload = maki::cert::Upload::read(cert, key_file)?;
+            let (client, key) = connect(&cli, &project).await?;
+            let done = async {
+                let info = maki::cert::info(&client, &d).await?;
+                let record = maki::cert::record(&key, &d, &info, &upload, maki::now_millis())?;
+                maki::cert::set(&client, record.clone()).await?;
+                anyhow::Ok((info, record.verify()?))
+            }
+            .await;
+            client.close().await;
+            let (info, record) = done?;
+            for node in &info.unsealable {
+                eprintln!(
+                    "warning: node {} announces no sealing key (an older makiatto): it gets no copy of the key and serves a self-signed certificate until it is upgraded and `maki cert set` runs again",
+                    node.fmt_short()
+                );
+            }
+            out!(
+                "certificate set for {}; it expires {}",
+                record.names.join(", "),
+                httpdate::fmt_http_date(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.not_after)
+                )
+            );
         }
         Command::Dns(DnsCommand::Setup { domain: d }) => {
             let d = domain(d)?;

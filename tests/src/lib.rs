@@ -251,6 +251,23 @@ impl NodeProc {
         args: &[&str],
         stderr_log: PathBuf,
     ) -> Result<Self> {
+        Self::spawn_env(program, dir, args, stderr_log, &[])
+    }
+
+    /// [`Self::start`] with these variables in the node's environment
+    /// (`SSL_CERT_FILE`: the roots it trusts).
+    pub fn start_with_env(dir: &Path, env: &[(&str, &Path)]) -> Result<Self> {
+        let bins = bins()?;
+        Self::spawn_env(&bins.makiatto, dir, &["run"], dir.join("node.log"), env)
+    }
+
+    fn spawn_env(
+        program: impl AsRef<std::ffi::OsStr>,
+        dir: &Path,
+        args: &[&str],
+        stderr_log: PathBuf,
+        env: &[(&str, &Path)],
+    ) -> Result<Self> {
         if let Some(parent) = stderr_log.parent() {
             std::fs::create_dir_all(parent)?;
         }
@@ -259,6 +276,7 @@ impl NodeProc {
             .append(true)
             .open(&stderr_log)?;
         let mut child = Command::new(program)
+            .envs(env.iter().copied())
             .args(args)
             .arg("--data-dir")
             .arg(dir)

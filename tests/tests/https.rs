@@ -2,8 +2,13 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+
 use anyhow::{Context, Result, ensure};
-use maki_e2e::{Trust, https_get, https_get_with, one_site, wait_for};
+use maki_e2e::{
+    Maki, NodeProc, Trust, fresh_network, https_get, https_get_with, one_site, wait_for,
+};
+use rustls::pki_types::CertificateDer;
 
 const SITE: &str = "tls.test";
 
@@ -65,5 +70,140 @@ async fn a_site_without_a_certificate_is_served_over_https_with_a_self_signed_on
         .await
         .context("plain HTTP")?;
     ensure!(plain == index);
+    Ok(())
+}
+
+/// A test CA and what it signs.
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Result<Self> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "makiatto test CA");
+        let der = params.self_signed(&key)?.der().clone();
+        Ok(Self {
+            issuer: rcgen::Issuer::new(params, key),
+            der,
+        })
+    }
+
+    /// A leaf for `names` and its key (PKCS#8 DER).
+    fn leaf(&self, names: &[&str]) -> Result<(CertificateDer<'static>, Vec<u8>)> {
+        let key = rcgen::KeyPair::generate()?;
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &self.issuer)?;
+        Ok((cert.der().clone(), key.serialize_der()))
+    }
+}
+
+fn pem(label: &str, der: &[u8]) -> String {
+    let b64 = data_encoding::BASE64.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+#[tokio::test]
+async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_ca() -> Result<()> {
+    let ca = Ca::new()?;
+    let fresh = fresh_network()?;
+    let ca_file = fresh.tmp.path().join("ca.pem");
+    std::fs::write(&ca_file, pem("CERTIFICATE", &ca.der))?;
+    // The nodes trust the test CA as the system's roots.
+    let env: &[(&str, &Path)] = &[("SSL_CERT_FILE", &ca_file)];
+    let mut nodes = vec![NodeProc::start_with_env(&fresh.data, env)?];
+    let admin = Maki::new(&fresh.admin.home, Some(&nodes[0].ticket));
+    let ticket = admin.ok(&["invite"])?.trim().to_owned();
+    let dir = fresh.tmp.path().join("n1");
+    NodeProc::join(&dir, &ticket)?.stop()?;
+    nodes.push(NodeProc::start_with_env(&dir, env)?);
+
+    admin.ok(&["site", "add", SITE, "--alias", "www.tls.test"])?;
+    let site = fresh.tmp.path().join("site");
+    maki_e2e::copy_dir(&maki_e2e::example_site(), &site)?;
+    admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let index = std::fs::read(site.join("index.html"))?;
+
+    let (leaf, key) = ca.leaf(&[SITE, "www.tls.test"])?;
+    let files = |name: &str| fresh.tmp.path().join(name);
+    std::fs::write(files("chain.pem"), pem("CERTIFICATE", &leaf))?;
+    std::fs::write(files("key.pem"), pem("PRIVATE KEY", &key))?;
+    let chain = files("chain.pem").to_string_lossy().into_owned();
+    let key_file = files("key.pem").to_string_lossy().into_owned();
+    let out = admin.ok(&["cert", "set", SITE, "--cert", &chain, "--key", &key_file])?;
+    ensure!(out.contains("tls.test, www.tls.test"), "{out}");
+
+    // Every node serves it, and a client that trusts only the CA accepts it.
+    let trust = Trust::Roots(vec![ca.der.clone()]);
+    for node in &nodes {
+        for host in [SITE, "www.tls.test"] {
+            let https = node.https;
+            let trust = trust.clone();
+            wait_for(
+                Duration::from_secs(10),
+                "the CA's certificate served",
+                || {
+                    let trust = trust.clone();
+                    async move {
+                        Ok(https_get(https, host, "/", &["h2"], &trust)
+                            .await
+                            .is_ok_and(|r| r.reply.status == 200))
+                    }
+                },
+            )
+            .await?;
+            let got = https_get(https, host, "/", &["h2", "http/1.1"], &trust).await?;
+            ensure!(got.reply.body == index && got.alpn.as_deref() == Some("h2"));
+            ensure!(
+                got.chain.first() == Some(&leaf),
+                "{host}: the uploaded leaf"
+            );
+        }
+    }
+
+    // Signed is not honest: what the record claims is checked, and a
+    // refused upload changes nothing.
+    let set = |cert: &[u8], key: &[u8]| -> Result<String> {
+        std::fs::write(files("bad.pem"), pem("CERTIFICATE", cert))?;
+        std::fs::write(files("bad.key"), pem("PRIVATE KEY", key))?;
+        admin.fails(&[
+            "cert",
+            "set",
+            SITE,
+            "--cert",
+            &files("bad.pem").to_string_lossy(),
+            "--key",
+            &files("bad.key").to_string_lossy(),
+        ])
+    };
+    // Not from a root the nodes trust.
+    let other = Ca::new()?;
+    let (stranger, stranger_key) = other.leaf(&[SITE])?;
+    let err = set(&stranger, &stranger_key)?;
+    ensure!(err.contains("not valid for tls.test"), "{err}");
+    // Another certificate's key.
+    let (_, wrong_key) = ca.leaf(&[SITE])?;
+    let err = set(&leaf, &wrong_key)?;
+    ensure!(err.contains("the key is not the certificate's"), "{err}");
+    // For another tenant's name only.
+    let (foreign, foreign_key) = ca.leaf(&["other.test"])?;
+    let err = set(&foreign, &foreign_key)?;
+    ensure!(err.contains("none of tls.test's names"), "{err}");
+    let got = https_get(nodes[1].https, SITE, "/", &["h2"], &trust).await?;
+    ensure!(
+        got.chain.first() == Some(&leaf),
+        "the good certificate stays"
+    );
     Ok(())
 }

@@ -463,8 +463,12 @@ pub struct Chain {
     links: Vec<Link>,
     /// The SOA of negative answers and its signatures: it comes with
     /// every denial.
-    soa: Mutex<Option<(Epoch, Record, Arc<[Record]>)>>,
+    soa: Mutex<Option<SignedSoa>>,
 }
+
+/// A denial's SOA, signed in an epoch: the epoch, the record, and it with
+/// its signatures.
+type SignedSoa = (Epoch, Record, Arc<[Record]>);
 
 #[derive(Debug)]
 struct Link {
@@ -498,7 +502,7 @@ impl Chain {
             .into_iter()
             .filter_map(|(n, types)| Some((hash(&n)?, types)))
             .collect();
-        hashed.sort_by(|a, b| a.0.cmp(&b.0));
+        hashed.sort_by_key(|a| a.0);
         hashed.dedup_by(|a, b| a.0 == b.0);
         let links = hashed
             .iter()

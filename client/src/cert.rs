@@ -1,0 +1,166 @@
+//! `maki cert set`: a site's own certificate, uploaded. The key is sealed
+//! here to each node that serves HTTPS (and to the admins) and never
+//! leaves this machine in the clear.
+
+use maki_protocol::{
+    Domain, SecretKey, Signed,
+    cert::{CertError, CertRecord, Origin},
+    rpc::{CertInfo, Request, Response},
+};
+use ring::rand::SecureRandom;
+use rustls_pki_types::{
+    CertificateDer, PrivateKeyDer, ServerName, UnixTime,
+    pem::{self, PemObject},
+};
+
+use crate::net::{Client, NetError, unexpected};
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CertSetError {
+    #[error("{path}: {error}")]
+    Pem { path: String, error: pem::Error },
+    #[error("{0} holds no certificate (a PEM `CERTIFICATE` block)")]
+    NoCertificate(String),
+    #[error(
+        "{0} is not a PKCS#8 key (`PRIVATE KEY`); convert it with `openssl pkcs8 -topk8 -nocrypt -in KEY -out KEY.pk8`"
+    )]
+    NotPkcs8(String),
+    #[error("the certificate cannot be read: {0}")]
+    Unreadable(String),
+    #[error("the certificate is for none of {site}'s names ({names})")]
+    NoNames { site: Domain, names: String },
+    #[error("the certificate expired")]
+    Expired,
+    #[error("the system's random source failed")]
+    NoRandomness,
+    #[error("{0}")]
+    Record(#[from] CertError),
+}
+
+/// A certificate chain and its key, read from PEM files.
+#[derive(Debug)]
+pub struct Upload {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: Vec<u8>,
+}
+
+impl Upload {
+    pub fn read(cert: &str, key: &str) -> Result<Self, CertSetError> {
+        let pem_error = |path: &str| {
+            let path = path.to_owned();
+            move |error| CertSetError::Pem { path, error }
+        };
+        let chain = CertificateDer::pem_file_iter(cert)
+            .map_err(pem_error(cert))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem_error(cert))?;
+        if chain.is_empty() {
+            return Err(CertSetError::NoCertificate(cert.to_owned()));
+        }
+        let key = match PrivateKeyDer::from_pem_file(key).map_err(pem_error(key))? {
+            PrivateKeyDer::Pkcs8(k) => k.secret_pkcs8_der().to_vec(),
+            _ => return Err(CertSetError::NotPkcs8(key.to_owned())),
+        };
+        Ok(Self { chain, key })
+    }
+
+    /// Which of `names` (a site's) the leaf is valid for, each as itself
+    /// or as a wildcard under it.
+    pub fn names(&self, names: &[Domain]) -> Result<Vec<String>, CertSetError> {
+        let leaf = self
+            .chain
+            .first()
+            .ok_or(CertSetError::Unreadable("empty".into()))?;
+        let leaf = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| CertSetError::Unreadable(e.to_string()))?;
+        let valid = |name: &str| {
+            ServerName::try_from(name)
+                .is_ok_and(|n| leaf.verify_is_valid_for_subject_name(&n).is_ok())
+        };
+        let mut out = Vec::new();
+        for n in names {
+            if valid(n.as_str()) {
+                out.push(n.as_str().to_owned());
+            }
+            // A label no one would name a host: only a wildcard covers it.
+            if valid(&format!("maki-wildcard-probe.{n}")) {
+                out.push(format!("*.{n}"));
+            }
+        }
+        Ok(out)
+    }
+}
+
+pub async fn info(client: &Client, domain: &Domain) -> Result<CertInfo, NetError> {
+    match client
+        .call(&Request::CertInfo {
+            domain: domain.clone(),
+        })
+        .await?
+    {
+        Response::CertInfo(info) => Ok(info),
+        other => Err(unexpected(other)),
+    }
+}
+
+pub async fn set(client: &Client, record: Signed<CertRecord>) -> Result<(), NetError> {
+    match client.call(&Request::CertSet { record }).await? {
+        Response::Done => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// The record of `upload` for `site`, sealed to `info`'s recipients and
+/// signed by `key` at `version`.
+pub fn record(
+    key: &SecretKey,
+    site: &Domain,
+    info: &CertInfo,
+    upload: &Upload,
+    version: u64,
+) -> Result<Signed<CertRecord>, CertSetError> {
+    let names = upload.names(&info.names)?;
+    if names.is_empty() {
+        return Err(CertSetError::NoNames {
+            site: site.clone(),
+            names: info
+                .names
+                .iter()
+                .map(Domain::as_str)
+                .collect::<Vec<_>>()
+                .join(", "),
+        });
+    }
+    let leaf = upload
+        .chain
+        .first()
+        .ok_or(CertSetError::Unreadable("empty".into()))?;
+    let not_after = maki_protocol::cert::not_after(leaf)
+        .ok_or_else(|| CertSetError::Unreadable("its expiry".into()))?;
+    if not_after <= UnixTime::now().as_secs() {
+        return Err(CertSetError::Expired);
+    }
+    let mut record = CertRecord {
+        format: 1,
+        site: site.clone(),
+        incarnation: info.incarnation,
+        origin: Origin::Upload,
+        names,
+        chain: upload.chain.iter().map(|c| c.to_vec()).collect(),
+        not_after,
+        sealed: Vec::new(),
+        version,
+    };
+    let rng = ring::rand::SystemRandom::new();
+    let mut failed = false;
+    record.seal_to(&upload.key, &info.recipients, || {
+        let mut b = [0u8; 32];
+        failed |= rng.fill(&mut b).is_err();
+        b
+    })?;
+    if failed {
+        return Err(CertSetError::NoRandomness);
+    }
+    Ok(Signed::sign(key, &record))
+}
