@@ -56,6 +56,10 @@ pub struct Sites {
     pub live: Arc<Live>,
     pub content: Arc<Content>,
     pub config: Config,
+    /// The certificates HTTPS offers; `None` without HTTPS.
+    pub certs: Option<Arc<tls::Certs>>,
+    /// Where HTTPS listens, once bound: what plain HTTP redirects to.
+    pub https_port: std::sync::OnceLock<u16>,
 }
 
 /// A response body: bytes in memory, or a blob streamed from the store.
@@ -163,6 +167,7 @@ impl Edge {
             let first = reuseport_listener(https.addr).map_err(err)?;
             let bound = first.local_addr().map_err(err)?;
             https_addr = Some(bound);
+            sites.https_port.set(bound.port()).ok();
             let acceptor = TlsAcceptor::from(https.config);
             tls_listeners.push(Some((first, acceptor.clone())));
             for _ in 1..threads {
@@ -360,18 +365,26 @@ async fn serve(
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-/// Whether a connection agreed on HTTP/2 before its first byte (ALPN).
+/// What a connection's transport settled: whether it is TLS, and
+/// whether it agreed on HTTP/2 before its first byte (ALPN).
 trait Negotiated {
+    fn secure(&self) -> bool;
     fn h2(&self) -> bool;
 }
 
 impl Negotiated for tokio::net::TcpStream {
+    fn secure(&self) -> bool {
+        false
+    }
     fn h2(&self) -> bool {
         false
     }
 }
 
 impl Negotiated for tokio_rustls::server::TlsStream<tokio::net::TcpStream> {
+    fn secure(&self) -> bool {
+        true
+    }
     fn h2(&self) -> bool {
         self.get_ref().1.alpn_protocol() == Some(b"h2")
     }
@@ -388,12 +401,13 @@ async fn serve_conn<S: Stream + Negotiated>(
     let header_timeout = sites.config.http_header_timeout;
     let send_timeout = sites.config.http_send_timeout;
     let alpn_h2 = stream.h2();
+    let secure = stream.secure();
     let mut conn = h1::Conn::new(stream, send_timeout, id);
     let h2 = if alpn_h2 {
         conn.rewind(Bytes::new());
         true
     } else {
-        let read = match h1::serve(&mut conn, &sites, header_timeout, id).await {
+        let read = match h1::serve(&mut conn, &sites, header_timeout, id, secure).await {
             Ok(h1::Ended::Closed) => return,
             Ok(h1::Ended::HandOff(read)) => read,
             Err(error) => {
@@ -414,7 +428,7 @@ async fn serve_conn<S: Stream + Negotiated>(
         // Counts the request until its response body is sent or dropped.
         let active = conns::Active::new(id);
         async move {
-            let response = handle_hyper(&sites, req).await;
+            let response = handle_hyper(&sites, req, secure).await;
             Ok::<_, Infallible>(response.map(|body| Counted { body, active }))
         }
     });
@@ -518,10 +532,13 @@ impl hyper::body::Body for Counted {
 }
 
 /// hyper's side of [`handle`]: other methods get 405, HEAD an empty body.
-async fn handle_hyper<B>(sites: &Sites, req: Request<B>) -> Response<Body> {
+async fn handle_hyper<B>(sites: &Sites, req: Request<B>, secure: bool) -> Response<Body> {
     let head = req.method() == Method::HEAD;
     match head::from_hyper(req.method(), req.uri(), req.version(), req.headers()) {
-        View::Req(view) => head_like(handle(sites, &view).await, head),
+        View::Req(mut view) => {
+            view.secure = secure;
+            head_like(handle(sites, &view).await, head)
+        }
         View::MethodNotAllowed => {
             let mut r = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
             r.headers_mut()

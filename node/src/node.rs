@@ -290,12 +290,14 @@ impl Node {
 
         // A node without the http role holds and forwards content only.
         let edge = if shared.config.roles.iter().any(|r| r == ROLE_HTTP) {
+            let certs = Arc::new(edge::tls::Certs::new(members.live.clone()));
             let sites = Arc::new(edge::Sites {
                 live: members.live.clone(),
                 content: shared.content.clone(),
                 config: shared.config.clone(),
+                certs: Some(certs.clone()),
+                https_port: std::sync::OnceLock::new(),
             });
-            let certs = Arc::new(edge::tls::Certs::new(members.live.clone()));
             tasks.spawn(edge::tls::keep_issued(
                 members.clone(),
                 certs.clone(),

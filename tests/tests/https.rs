@@ -12,11 +12,15 @@ use rustls::pki_types::CertificateDer;
 
 const SITE: &str = "tls.test";
 
+/// A site that asks for HSTS (`_headers`).
+const HSTS_RULE: &str = "/*\n  Strict-Transport-Security: max-age=300\n";
+
 #[tokio::test]
 async fn a_site_without_a_certificate_is_served_over_https_with_a_self_signed_one() -> Result<()> {
     let (net, site) = one_site(SITE)?;
     net.admin
         .ok(&["site", "alias", "add", SITE, "www.tls.test"])?;
+    std::fs::write(site.join("_headers"), HSTS_RULE)?;
     net.admin
         .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
     let index = std::fs::read(site.join("index.html"))?;
@@ -62,6 +66,12 @@ async fn a_site_without_a_certificate_is_served_over_https_with_a_self_signed_on
         ensure!(got.version == Some(rustls::ProtocolVersion::TLSv1_2));
         ensure!(got.reply.body == index, "over TLS 1.2, {alpn:?}");
     }
+    // No HSTS after a self-signed certificate (a browser could never
+    // come back), and no redirect from plain HTTP.
+    ensure!(got.reply.header("strict-transport-security").is_none());
+    let plain = maki_e2e::http_get(net.node.http, SITE, "/", &[]).await?;
+    ensure!(plain.status == 200, "{}", plain.status);
+    ensure!(plain.header("strict-transport-security").is_none());
     // A name no site has gets no certificate: the handshake fails.
     let unknown = https_get(https, "other.test", "/", &["http/1.1"], &Trust::Any).await;
     ensure!(unknown.is_err(), "a name no site has: {unknown:?}");
@@ -132,6 +142,7 @@ async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_c
     admin.ok(&["site", "add", SITE, "--alias", "www.tls.test"])?;
     let site = fresh.tmp.path().join("site");
     maki_e2e::copy_dir(&maki_e2e::example_site(), &site)?;
+    std::fs::write(site.join("_headers"), HSTS_RULE)?;
     admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
     let index = std::fs::read(site.join("index.html"))?;
 
@@ -169,6 +180,24 @@ async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_c
                 got.chain.first() == Some(&leaf),
                 "{host}: the uploaded leaf"
             );
+            // HSTS, as the site asks, now that it holds.
+            ensure!(
+                got.reply.header("strict-transport-security") == Some("max-age=300"),
+                "{:?}",
+                got.reply.headers
+            );
+            // Plain HTTP moves to HTTPS, except ACME's HTTP-01 path.
+            let moved = maki_e2e::http_get(node.http, host, "/a/b?x=1", &[]).await?;
+            let want = format!("https://{host}:{}/a/b?x=1", https.port());
+            ensure!(moved.status == 301, "{}", moved.status);
+            ensure!(
+                moved.header("location") == Some(want.as_str()),
+                "{:?}",
+                moved.headers
+            );
+            let acme =
+                maki_e2e::http_get(node.http, host, "/.well-known/acme-challenge/t", &[]).await?;
+            ensure!(acme.status != 301, "HTTP-01 stays on port 80");
         }
     }
 

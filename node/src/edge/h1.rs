@@ -63,6 +63,7 @@ pub async fn serve<S: Stream>(
     sites: &Sites,
     header_timeout: Duration,
     id: ConnId,
+    secure: bool,
 ) -> io::Result<Ended> {
     let mut buf = vec![0u8; FIRST_BUF];
     // buf[start..end] is read and not yet answered.
@@ -80,9 +81,10 @@ pub async fn serve<S: Stream>(
                 Ok(httparse::Status::Partial) => break,
                 Err(_) => return hand_off(conn, &mut out, &buf[start..end]).await,
             };
-            let Some((req, wants_close)) = from_httparse(&parser) else {
+            let Some((mut req, wants_close)) = from_httparse(&parser) else {
                 return hand_off(conn, &mut out, &buf[start..end]).await;
             };
+            req.secure = secure;
             let response = handle(sites, &req).await;
             let wants_close = wants_close || timer::draining();
             close = write_response(conn, &mut out, response, req.head, wants_close).await?;

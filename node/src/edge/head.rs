@@ -29,6 +29,8 @@ pub struct Req<'a> {
     pub if_range: Option<&'a str>,
     pub if_none_match: Option<&'a str>,
     pub accept_encoding: Option<&'a str>,
+    /// Over TLS.
+    pub secure: bool,
 }
 
 /// The request, if this path serves it, and whether the client asked to close.
@@ -188,6 +190,7 @@ pub fn from_hyper<'a>(
         if_range: text(header::IF_RANGE),
         if_none_match: text(header::IF_NONE_MATCH),
         accept_encoding: text(header::ACCEPT_ENCODING),
+        secure: false,
     })
 }
 

@@ -36,17 +36,50 @@ pub async fn handle(sites: &Sites, req: &Req<'_>) -> Response<Body> {
     if let Some(hash) = path.strip_prefix(BLOB_PREFIX) {
         return serve_blob(sites, hash, req).await;
     }
-    match req
-        .host
-        .map(bare_host)
-        .and_then(|h| local::site(&sites.live, h))
-    {
-        Some(site) => serve_site(sites, &site, &path, req).await,
+    let host = req.host.map(bare_host);
+    match host.and_then(|h| local::site(&sites.live, h)) {
+        Some(site) => {
+            // Plain HTTP goes to HTTPS once the site has a certificate,
+            // except what an ACME CA asks for on port 80 (HTTP-01).
+            let certified = host.is_some_and(|h| certified(sites, h));
+            if !req.secure && certified && !path.starts_with(ACME_CHALLENGE) {
+                return to_https(sites, host.unwrap_or_default(), req);
+            }
+            serve_site(sites, &site, &path, req, certified).await
+        }
         None => plain(
             StatusCode::NOT_FOUND,
             "no site is published at this address\n",
         ),
     }
+}
+
+/// Where ACME HTTP-01 challenges are asked for.
+const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
+
+/// Whether `host` is served with a certificate of the network's.
+fn certified(sites: &Sites, host: &str) -> bool {
+    sites.certs.as_ref().is_some_and(|c| c.issued_for(host))
+}
+
+/// A permanent redirect to the same target over HTTPS.
+fn to_https(sites: &Sites, host: &str, req: &Req<'_>) -> Response<Body> {
+    let port = match sites.https_port.get() {
+        Some(443) | None => String::new(),
+        Some(p) => format!(":{p}"),
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    let query = req.query.map(|q| format!("?{q}")).unwrap_or_default();
+    let location = format!("https://{host}{port}{}{query}", req.path);
+    let mut r = plain(StatusCode::MOVED_PERMANENTLY, "");
+    if let Ok(v) = HeaderValue::try_from(location) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
 }
 
 /// A Host value without its port and trailing dot; IPv6 literals intact.
@@ -191,7 +224,13 @@ fn resolve<'a>(site: &'a LiveSite, path: &str, query: Option<&str>) -> Resolved<
         .map_or(Resolved::NotFound, Resolved::File)
 }
 
-async fn serve_site(sites: &Sites, site: &LiveSite, path: &str, req: &Req<'_>) -> Response<Body> {
+async fn serve_site(
+    sites: &Sites,
+    site: &LiveSite,
+    path: &str,
+    req: &Req<'_>,
+    certified: bool,
+) -> Response<Body> {
     let (file, status) = match resolve(site, path, req.query) {
         Resolved::File(f) => (f, StatusCode::OK),
         Resolved::Redirect(status, location) => {
@@ -218,6 +257,12 @@ async fn serve_site(sites: &Sites, site: &LiveSite, path: &str, req: &Req<'_>) -
     );
     if !site.headers.is_empty() {
         apply_rules(&site.headers, path, &mut extra);
+        // HSTS only where it holds: over HTTPS with a certificate of the
+        // network's. After a self-signed one, a browser could never reach
+        // the site again until it expired.
+        if !(req.secure && certified) {
+            extra.remove(header::STRICT_TRANSPORT_SECURITY);
+        }
     }
 
     // Ranges address the identity representation; compression is for whole bodies.

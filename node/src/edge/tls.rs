@@ -79,6 +79,27 @@ impl Certs {
         }
     }
 
+    /// Whether a certificate of the network's is served for `name` (a
+    /// site's domain or alias, lowercase): HTTP then redirects there.
+    pub fn issued_for(&self, name: &str) -> bool {
+        let Ok(issued) = self.issued.read() else {
+            return false;
+        };
+        if issued.is_empty() {
+            return false;
+        }
+        let name = name.to_ascii_lowercase();
+        if issued.contains_key(&name) {
+            return true;
+        }
+        let Some((_, parent)) = name.split_once('.') else {
+            return false;
+        };
+        issued
+            .get(&format!("*.{parent}"))
+            .is_some_and(|(site, _)| self.live.site_of(&name).as_ref() == Some(site))
+    }
+
     /// The certificate for `name`, if the node serves it.
     pub fn for_name(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
