@@ -2,6 +2,7 @@
 //! calls into here, and tests drive the same code.
 
 pub mod admin;
+pub mod certs;
 pub mod config;
 pub mod content;
 pub mod directory;

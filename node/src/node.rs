@@ -298,7 +298,7 @@ impl Node {
                 certs: Some(certs.clone()),
                 https_port: std::sync::OnceLock::new(),
             });
-            tasks.spawn(edge::tls::keep_issued(
+            tasks.spawn(crate::certs::keep_issued(
                 members.clone(),
                 certs.clone(),
                 maki_protocol::seal::node_secret(&key),

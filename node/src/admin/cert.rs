@@ -13,7 +13,7 @@ use maki_protocol::{
 use tracing::info;
 
 use super::{AdminProtocol, sites::CLOCK_SKEW_MS};
-use crate::edge::tls;
+use crate::certs as tls;
 
 impl AdminProtocol {
     pub(super) fn cert_info(
