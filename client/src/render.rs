@@ -122,16 +122,36 @@ pub fn site_line(s: &SiteInfo) -> String {
         let names: Vec<&str> = s.aliases.iter().map(|a| a.as_str()).collect();
         pinned.push_str(&format!("  aliases {}", names.join(",")));
     }
+    let cert = match &s.cert {
+        None => "  certificate self-signed (none from a CA yet)".to_owned(),
+        Some(c) => {
+            let origin = match c.origin {
+                maki_protocol::cert::Origin::Acme => "ACME",
+                maki_protocol::cert::Origin::Upload => "uploaded",
+            };
+            let expires = httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.not_after),
+            );
+            let mut line = format!(
+                "  certificate {origin} for {} until {expires}",
+                c.names.join(",")
+            );
+            if let Some(problem) = &c.problem {
+                line.push_str(&format!(" NOT SERVED: {problem}"));
+            }
+            line
+        }
+    };
     match &s.head {
         Some(h) => format!(
-            "{}  version {}  {} files  {}  manifest {}{pinned}",
+            "{}  version {}  {} files  {}  manifest {}{pinned}{cert}",
             s.domain,
             h.version,
             h.files,
             human(h.bytes),
             h.manifest.fmt_short()
         ),
-        None => format!("{}  (never published){pinned}", s.domain),
+        None => format!("{}  (never published){pinned}{cert}", s.domain),
     }
 }
 

@@ -107,6 +107,31 @@ fn der_chain(record: &CertRecord) -> Vec<CertificateDer<'static>> {
         .collect()
 }
 
+/// What `maki sites` shows of `record`: what the record says, and why
+/// this node does not serve it, if it does not.
+pub fn summary(
+    record: &CertRecord,
+    roots: &Arc<RootCertStore>,
+    secret: &[u8; 32],
+) -> maki_protocol::rpc::CertSummary {
+    let checked = verify_chain(record, roots.clone(), UnixTime::now()).and_then(|()| {
+        // A node without a copy (no `http` role, or joined since) can
+        // still vouch for the chain.
+        let own = maki_protocol::seal::public_key(secret);
+        if record.sealed.iter().any(|s| s.to == own) {
+            open(record, secret).map(|_| ())
+        } else {
+            Ok(())
+        }
+    });
+    maki_protocol::rpc::CertSummary {
+        origin: record.origin,
+        names: record.names.clone(),
+        not_after: record.not_after,
+        problem: checked.err().map(|e| e.to_string()),
+    }
+}
+
 /// How often every certificate in use is checked again (expiry).
 const RECHECK: Duration = Duration::from_secs(600);
 

@@ -223,6 +223,21 @@ pub struct SiteInfo {
     /// A new head's sequence number must be above this as well as above the
     /// current head's (see `SiteRecord::heads_after`).
     pub heads_after: u64,
+    /// Its certificate from the network, if it has one; without, the
+    /// nodes serve a self-signed one.
+    pub cert: Option<CertSummary>,
+}
+
+/// A site's certificate as `maki sites` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertSummary {
+    pub origin: crate::cert::Origin,
+    pub names: Vec<String>,
+    /// When it expires (seconds since the epoch).
+    pub not_after: u64,
+    /// Why the node asked does not serve it (untrusted root, expired, a
+    /// key that is not the leaf's); none when it does.
+    pub problem: Option<String>,
 }
 
 /// The version a site serves now.

@@ -146,6 +146,8 @@ async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_c
     admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
     let index = std::fs::read(site.join("index.html"))?;
 
+    let listed = admin.ok(&["sites"])?;
+    ensure!(listed.contains("certificate self-signed"), "{listed}");
     let (leaf, key) = ca.leaf(&[SITE, "www.tls.test"])?;
     let files = |name: &str| fresh.tmp.path().join(name);
     std::fs::write(files("chain.pem"), pem("CERTIFICATE", &leaf))?;
@@ -154,6 +156,12 @@ async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_c
     let key_file = files("key.pem").to_string_lossy().into_owned();
     let out = admin.ok(&["cert", "set", SITE, "--cert", &chain, "--key", &key_file])?;
     ensure!(out.contains("tls.test, www.tls.test"), "{out}");
+    let listed = admin.ok(&["sites"])?;
+    ensure!(
+        listed.contains("certificate uploaded for tls.test,www.tls.test until")
+            && !listed.contains("NOT SERVED"),
+        "{listed}"
+    );
 
     // Every node serves it, and a client that trusts only the CA accepts it.
     let trust = Trust::Roots(vec![ca.der.clone()]);

@@ -126,6 +126,9 @@ impl AdminProtocol {
         let admin = self.shared.is_admin(&caller);
         let mut out = Vec::new();
         let dir = self.shared.members.directory();
+        // Each certificate is checked as the edge checks it, so the
+        // listing says why one is not served.
+        let roots = std::sync::Arc::new(crate::certs::system_roots());
         for (record, record_version) in dir.site_records() {
             let record = record.clone();
             if record.removed || (!admin && !record.publishers.contains(&caller)) {
@@ -187,6 +190,9 @@ impl AdminProtocol {
                     .pin(&domain_for_pin)
                     .map(|p| p.regions.clone())
                     .unwrap_or_default(),
+                cert: dir
+                    .cert(&domain_for_pin)
+                    .map(|c| crate::certs::summary(c, &roots, self.shared.keyring.secret())),
             });
         }
         Ok(Response::Sites(out))
