@@ -4,6 +4,7 @@
 
 use maki_protocol::{
     Domain, SecretKey, Signed,
+    acme::{AcmeConfig, AcmeError},
     cert::{CertError, CertRecord, Origin},
     rpc::{CertInfo, Request, Response},
 };
@@ -36,6 +37,8 @@ pub enum CertSetError {
     NoRandomness,
     #[error("{0}")]
     Record(#[from] CertError),
+    #[error("{0}")]
+    Acme(#[from] AcmeError),
 }
 
 /// A certificate chain and its key, read from PEM files.
@@ -163,4 +166,54 @@ pub fn record(
         return Err(CertSetError::NoRandomness);
     }
     Ok(Signed::sign(key, &record))
+}
+
+/// The network's ACME settings, signed by `key` (an admin) at `version`.
+/// `root` is a PEM file of one extra root certificate.
+pub fn acme(
+    key: &SecretKey,
+    directory: &str,
+    contact: &[String],
+    root: Option<&str>,
+    caa: &[Domain],
+    version: u64,
+) -> Result<Signed<AcmeConfig>, CertSetError> {
+    let extra_root = match root {
+        Some(path) => Some(
+            CertificateDer::from_pem_file(path)
+                .map_err(|error| CertSetError::Pem {
+                    path: path.to_owned(),
+                    error,
+                })?
+                .to_vec(),
+        ),
+        None => None,
+    };
+    let contact = contact
+        .iter()
+        .map(|c| {
+            if c.starts_with("mailto:") {
+                c.clone()
+            } else {
+                format!("mailto:{c}")
+            }
+        })
+        .collect();
+    let record = AcmeConfig {
+        format: 1,
+        directory: directory.to_owned(),
+        contact,
+        extra_root,
+        caa: caa.to_vec(),
+        version,
+    };
+    record.check()?;
+    Ok(Signed::sign(key, &record))
+}
+
+pub async fn acme_set(client: &Client, record: Signed<AcmeConfig>) -> Result<(), NetError> {
+    match client.call(&Request::AcmeSet { record }).await? {
+        Response::Done => Ok(()),
+        other => Err(unexpected(other)),
+    }
 }

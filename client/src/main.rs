@@ -86,6 +86,9 @@ enum Command {
     /// A site's TLS certificate.
     #[command(subcommand)]
     Cert(CertCommand),
+    /// The network's ACME CA (admins).
+    #[command(subcommand)]
+    Acme(AcmeCommand),
     /// List a site's kept versions.
     Versions { domain: String },
     /// Serve an older version again.
@@ -197,6 +200,27 @@ enum CertCommand {
         /// Its private key, PEM, PKCS#8 (`PRIVATE KEY`).
         #[arg(long)]
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AcmeCommand {
+    /// Which CA the nodes order certificates from, and the CAA records
+    /// every zone gets (those without CAA records of their own).
+    Set {
+        /// The CA's ACME directory URL (https://).
+        #[arg(long)]
+        directory: String,
+        /// Who the CA writes to (an email address). Repeat for more.
+        #[arg(long)]
+        contact: Vec<String>,
+        /// A PEM file with one more root certificate the nodes trust (a
+        /// private CA).
+        #[arg(long)]
+        root: Option<String>,
+        /// The CA's CAA identifier (e.g. letsencrypt.org). Repeat for more.
+        #[arg(long)]
+        caa: Vec<String>,
     },
 }
 
@@ -661,6 +685,31 @@ async fn run(cli: Cli) -> Result<()> {
                     std::time::UNIX_EPOCH + std::time::Duration::from_secs(record.not_after)
                 )
             );
+        }
+        Command::Acme(AcmeCommand::Set {
+            directory,
+            contact,
+            root,
+            caa,
+        }) => {
+            let caa = caa.iter().map(|c| domain(c)).collect::<Result<Vec<_>>>()?;
+            let (client, key) = connect(&cli, &project).await?;
+            let done = async {
+                let record = maki::cert::acme(
+                    &key,
+                    directory,
+                    contact,
+                    root.as_deref(),
+                    &caa,
+                    maki::now_millis(),
+                )?;
+                maki::cert::acme_set(&client, record).await?;
+                anyhow::Ok(())
+            }
+            .await;
+            client.close().await;
+            done?;
+            out!("ACME settings set: {directory}");
         }
         Command::Dns(DnsCommand::Setup { domain: d }) => {
             let d = domain(d)?;

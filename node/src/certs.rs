@@ -9,6 +9,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use maki_protocol::{
     Domain,
+    acme::AcmeConfig,
     cert::{CertError, CertRecord},
 };
 use rustls::{
@@ -44,8 +45,19 @@ pub enum CertCheckError {
 }
 
 /// The roots a certificate of the network must chain to: the system's
-/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` honoured).
-pub fn system_roots() -> RootCertStore {
+/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` honoured), and the extra root of
+/// the network's ACME settings.
+pub fn roots(acme: Option<&AcmeConfig>) -> RootCertStore {
+    let mut roots = system_roots();
+    if let Some(root) = acme.and_then(|a| a.extra_root.as_ref())
+        && let Err(error) = roots.add(CertificateDer::from(root.clone()))
+    {
+        warn!(%error, "the ACME settings' extra root cannot be used");
+    }
+    roots
+}
+
+fn system_roots() -> RootCertStore {
     let found = rustls_native_certs::load_native_certs();
     for error in &found.errors {
         warn!(%error, "reading the system's root certificates");
@@ -143,7 +155,8 @@ pub async fn keep_issued(
     secret: [u8; 32],
     cancel: CancellationToken,
 ) {
-    let roots = Arc::new(system_roots());
+    let mut acme_version = None;
+    let mut roots = Arc::new(roots(None));
     // By site: the record's version and what came of it.
     let mut checked: HashMap<Domain, (u64, Option<Arc<CertifiedKey>>)> = HashMap::new();
     let mut every = tokio::time::interval(Duration::from_secs(1));
@@ -159,6 +172,13 @@ pub async fn keep_issued(
             last_full = tokio::time::Instant::now();
         }
         let dir = members.directory();
+        // New ACME settings may bring another root: check everything again.
+        let acme = dir.acme();
+        if acme.map(|a| a.version) != acme_version {
+            acme_version = acme.map(|a| a.version);
+            roots = Arc::new(self::roots(acme));
+            checked.clear();
+        }
         let issued = issued(&dir, &mut checked, &roots, &secret, UnixTime::now());
         certs.set_issued(issued);
     }

@@ -482,6 +482,14 @@ impl Directory {
         }
     }
 
+    /// The network's ACME settings, if an admin set them.
+    pub fn acme(&self) -> Option<&maki_protocol::acme::AcmeConfig> {
+        match &self.held.get(&RecordKey::Acme)?.verified.body {
+            Body::Acme(a) => Some(a),
+            _ => None,
+        }
+    }
+
     /// The pin of a site, if an admin set one.
     pub fn pin(&self, domain: &Domain) -> Option<&Pin> {
         match &self.by_domain.get(domain)?.pin.as_ref()?.verified.body {

@@ -6,6 +6,7 @@
 //! argument. Every decoder is total — any bytes give `Ok` or a typed error,
 //! never a panic.
 
+pub mod acme;
 mod blobset;
 pub mod cert;
 mod codec;

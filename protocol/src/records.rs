@@ -438,6 +438,8 @@ pub enum RecordKey {
     Zone(Domain),
     Keys(Domain),
     Cert(Domain),
+    /// The network's ACME settings: one per network.
+    Acme,
     #[cfg(feature = "next-format")]
     Note(PublicKey),
 }
@@ -465,6 +467,7 @@ pub enum Record {
     Zone(Signed<crate::zone::ZoneRecord>),
     Keys(Signed<crate::dnssec::ZoneKeys>),
     Cert(Signed<crate::cert::CertRecord>),
+    Acme(Signed<crate::acme::AcmeConfig>),
     #[cfg(feature = "next-format")]
     Note(Signed<Note>),
 }
@@ -490,6 +493,7 @@ impl Record {
             Record::Zone(_) => crate::zone::ZONE_KIND,
             Record::Keys(_) => crate::dnssec::KEYS_KIND,
             Record::Cert(_) => crate::cert::CERT_KIND,
+            Record::Acme(_) => crate::acme::ACME_KIND,
             #[cfg(feature = "next-format")]
             Record::Note(_) => NOTE_KIND,
         }
@@ -512,6 +516,7 @@ impl Record {
             Record::Zone(s) => s.bytes().len(),
             Record::Keys(s) => s.bytes().len(),
             Record::Cert(s) => s.bytes().len(),
+            Record::Acme(s) => s.bytes().len(),
             #[cfg(feature = "next-format")]
             Record::Note(s) => s.bytes().len(),
         };
@@ -536,6 +541,7 @@ impl Serialize for Record {
             Record::Zone(r) => (kind, r).serialize(s),
             Record::Keys(r) => (kind, r).serialize(s),
             Record::Cert(r) => (kind, r).serialize(s),
+            Record::Acme(r) => (kind, r).serialize(s),
             #[cfg(feature = "next-format")]
             Record::Note(r) => (kind, r).serialize(s),
         }
@@ -556,6 +562,7 @@ impl<'de> Deserialize<'de> for Record {
             crate::zone::ZONE_KIND => Record::Zone(signed.retag()),
             crate::dnssec::KEYS_KIND => Record::Keys(signed.retag()),
             crate::cert::CERT_KIND => Record::Cert(signed.retag()),
+            crate::acme::ACME_KIND => Record::Acme(signed.retag()),
             #[cfg(feature = "next-format")]
             NOTE_KIND => Record::Note(signed.retag()),
             kind => Record::Unknown { kind, signed },
@@ -604,6 +611,7 @@ pub enum Body {
     Zone(crate::zone::ZoneRecord),
     Keys(crate::dnssec::ZoneKeys),
     Cert(crate::cert::CertRecord),
+    Acme(crate::acme::AcmeConfig),
     #[cfg(feature = "next-format")]
     Note(Note),
 }
@@ -709,6 +717,10 @@ impl Record {
                     s.signer(),
                     Body::Cert(v),
                 )
+            }
+            Record::Acme(s) => {
+                let v = content(s, verify)?;
+                (RecordKey::Acme, v.version, s.signer(), Body::Acme(v))
             }
             #[cfg(feature = "next-format")]
             Record::Note(s) => {
@@ -835,6 +847,8 @@ pub enum AuthError {
         site: Domain,
         error: crate::cert::CertError,
     },
+    #[error("the ACME settings: {0}")]
+    Acme(crate::acme::AcmeError),
 }
 
 /// Whether the signer of `v` had the right to make it, given `view`:
@@ -893,6 +907,10 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
                 }
                 _ => Err(AuthError::UnknownSite(k.site.clone())),
             }
+        }
+        Body::Acme(a) => {
+            admin(v.signer)?;
+            a.check().map_err(AuthError::Acme)
         }
         Body::Cert(c) => match view.site(&c.site) {
             Some(site) if !site.removed => {

@@ -87,6 +87,10 @@ pub enum Request {
     CertSet {
         record: Signed<crate::cert::CertRecord>,
     },
+    /// Admin: the network's ACME settings.
+    AcmeSet {
+        record: Signed<crate::acme::AcmeConfig>,
+    },
 }
 
 /// What uploading a site's certificate needs.

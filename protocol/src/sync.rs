@@ -232,7 +232,7 @@ pub fn apply_rank(record: &Record) -> u8 {
     match record {
         Record::Invite(_) => 0,
         Record::Site(_) => 1,
-        Record::Pin(_) | Record::Peer(_) | Record::Zone(_) | Record::Keys(_) => 2,
+        Record::Pin(_) | Record::Peer(_) | Record::Zone(_) | Record::Keys(_) | Record::Acme(_) => 2,
         Record::Revocation(_) => 3,
         Record::Node(_) => 4,
         Record::Head(_) | Record::Cert(_) => 5,

@@ -709,6 +709,48 @@ value = '0 issue "letsencrypt.org"'
     })
     .await?;
     ensure!(q("www.geo.test", RecordType::A)?.metadata.response_code == ResponseCode::NXDomain);
+
+    // The network's CAA: every zone without CAA records of its own lets
+    // only the network's CA issue, for names and wildcards.
+    net.admin.ok(&[
+        "acme",
+        "set",
+        "--directory",
+        "https://acme.test/directory",
+        "--contact",
+        "ops@example.com",
+        "--caa",
+        "letsencrypt.org",
+    ])?;
+    wait_for(Duration::from_secs(10), "the network's CAA", || {
+        let got = q("blog.geo.test", RecordType::CAA);
+        async move { Ok(got?.answers.len() == 2) }
+    })
+    .await?;
+    let caa = q("geo.test", RecordType::CAA)?;
+    let tags: Vec<String> = caa
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::CAA(c) => Some(format!("{} {}", c.tag, String::from_utf8_lossy(&c.value))),
+            _ => None,
+        })
+        .collect();
+    ensure!(
+        tags.len() == 2
+            && tags.iter().any(|t| t.starts_with("issue letsencrypt.org"))
+            && tags
+                .iter()
+                .any(|t| t.starts_with("issuewild letsencrypt.org")),
+        "{tags:?}"
+    );
+    // Only an admin sets them, and only to an https:// directory.
+    let err = net
+        .admin
+        .fails(&["acme", "set", "--directory", "http://acme.test/dir"])?;
+    ensure!(err.contains("https://"), "{err}");
+    let err = stranger.fails(&["acme", "set", "--directory", "https://evil.test/dir"])?;
+    ensure!(err.contains("admin"), "{err}");
     Ok(())
 }
 

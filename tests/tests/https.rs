@@ -244,3 +244,52 @@ async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_c
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_acme_settings_extra_root_is_trusted_for_uploads() -> Result<()> {
+    let ca = Ca::new()?;
+    let (net, site) = one_site(SITE)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let files = |name: &str| net.tmp.path().join(name);
+    std::fs::write(files("ca.pem"), pem("CERTIFICATE", &ca.der))?;
+    let (leaf, key) = ca.leaf(&[SITE])?;
+    std::fs::write(files("chain.pem"), pem("CERTIFICATE", &leaf))?;
+    std::fs::write(files("key.pem"), pem("PRIVATE KEY", &key))?;
+    let path = |name: &str| files(name).to_string_lossy().into_owned();
+    let upload = [
+        "cert",
+        "set",
+        SITE,
+        "--cert",
+        &path("chain.pem"),
+        "--key",
+        &path("key.pem"),
+    ];
+    // The node does not know the CA yet.
+    let err = net.admin.fails(&upload)?;
+    ensure!(err.contains("not valid for tls.test"), "{err}");
+    // An admin names it the network's extra root.
+    let acme = [
+        "acme",
+        "set",
+        "--directory",
+        "https://ca.test/dir",
+        "--root",
+        &path("ca.pem"),
+    ];
+    net.admin.ok(&acme)?;
+    net.admin.ok(&upload)?;
+    let trust = Trust::Roots(vec![ca.der.clone()]);
+    let https = net.node.https;
+    wait_for(Duration::from_secs(10), "the certificate served", || {
+        let (trust, leaf) = (trust.clone(), leaf.clone());
+        async move {
+            Ok(https_get(https, SITE, "/", &["h2"], &trust)
+                .await
+                .is_ok_and(|r| r.chain.first() == Some(&leaf)))
+        }
+    })
+    .await?;
+    Ok(())
+}

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use maki_protocol::{
     Domain, PublicKey, ROLE_HTTP, Record, Signed, View,
+    acme::AcmeConfig,
     cert::CertRecord,
     rpc::{CertInfo, Response, RpcError},
     seal,
@@ -74,7 +75,7 @@ impl AdminProtocol {
         // Signed is not honest: the chain must lead to a root the nodes
         // trust and be valid for every name it claims, and, where this
         // node holds a copy of the key, be that key's.
-        let roots = Arc::new(tls::system_roots());
+        let roots = Arc::new(tls::roots(self.shared.members.directory().acme()));
         tls::verify_chain(&cert, roots, rustls::pki_types::UnixTime::now())
             .map_err(|e| invalid(&e))?;
         let secret = self.shared.keyring.secret();
@@ -85,6 +86,34 @@ impl AdminProtocol {
         let count = cert.names.len();
         self.apply_admin(Record::Cert(signed), "certificate")?;
         info!(site = %site_name, names = count, "certificate set");
+        Ok(Response::Done)
+    }
+
+    /// The network's ACME settings (an admin).
+    pub(super) fn acme_set(
+        &self,
+        caller: PublicKey,
+        signed: Signed<AcmeConfig>,
+    ) -> Result<Response, RpcError> {
+        let acme = self.admin_signed(caller, &signed)?;
+        acme.check()
+            .map_err(|e| RpcError::InvalidRecord(format!("ACME settings: {e}")))?;
+        if let Some(root) = &acme.extra_root {
+            let mut store = rustls::RootCertStore::empty();
+            store
+                .add(rustls::pki_types::CertificateDer::from(root.as_slice()))
+                .map_err(|e| {
+                    RpcError::InvalidRecord(format!("ACME settings: the extra root: {e}"))
+                })?;
+        }
+        if acme.version > crate::now_millis().saturating_add(CLOCK_SKEW_MS) {
+            return Err(RpcError::InvalidRecord(
+                "ACME settings dated in the future: check this machine's clock".into(),
+            ));
+        }
+        let directory = acme.directory.clone();
+        self.apply_admin(Record::Acme(signed), "set of ACME settings")?;
+        info!(%directory, "ACME settings set");
         Ok(Response::Done)
     }
 }

@@ -128,7 +128,7 @@ impl AdminProtocol {
         let dir = self.shared.members.directory();
         // Each certificate is checked as the edge checks it, so the
         // listing says why one is not served.
-        let roots = std::sync::Arc::new(crate::certs::system_roots());
+        let roots = std::sync::Arc::new(crate::certs::roots(dir.acme()));
         for (record, record_version) in dir.site_records() {
             let record = record.clone();
             if record.removed || (!admin && !record.publishers.contains(&caller)) {

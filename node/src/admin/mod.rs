@@ -155,6 +155,7 @@ impl AdminProtocol {
             Request::KeysSet { record } => self.keys_set(caller, record),
             Request::CertInfo { domain } => self.cert_info(caller, domain),
             Request::CertSet { record } => self.cert_set(caller, record),
+            Request::AcmeSet { record } => self.acme_set(caller, record),
             Request::Sites => self.sites(caller).await,
             Request::Versions { domain } => self.versions(caller, domain).await,
             Request::PublishBegin {

@@ -6,7 +6,7 @@ use std::{
     sync::Arc,
 };
 
-use hickory_proto::rr::Name;
+use hickory_proto::rr::{Name, RData, Record, RecordType, rdata::CAA};
 use maki_protocol::{PublicKey, ROLE_HTTP, sync::Holding};
 
 use super::{
@@ -62,6 +62,15 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
     }
     nameservers.sort_by(|a, b| a.label.cmp(&b.label));
     let aliases = crate::live::aliases_of(dir);
+    let caa: Vec<Name> = dir
+        .acme()
+        .map(|a| {
+            a.caa
+                .iter()
+                .filter_map(|d| Name::from_ascii(d.as_str()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
     // By apex: a name two sites claim is settled below, one zone each.
     let mut zones: HashMap<Name, Zone> = HashMap::new();
     for view in dir.per_site() {
@@ -110,11 +119,12 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
                 continue;
             }
             // The records are the site's domain's; an alias zone has none.
-            let (records, between) = if name == domain {
+            let (mut records, between) = if name == domain {
                 user_records(&apex, &own)
             } else {
                 Default::default()
             };
+            network_caa(&apex, &mut records, &caa);
             let zone = Zone {
                 apex: apex.clone(),
                 site: domain.clone(),
@@ -133,6 +143,31 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
     link_nested(&mut zones);
     Snapshot::new(zones.into_values().collect(), geo, settings)
 }
+
+/// The network's CAA records at `apex` (RFC 8659: only the network's CA
+/// may issue there, for names and wildcards), unless the site declared
+/// CAA records of its own there: a site that brings its own certificate
+/// may name its own CA.
+fn network_caa(apex: &Name, records: &mut HashMap<Name, Vec<Record>>, caa: &[Name]) {
+    if caa.is_empty() {
+        return;
+    }
+    let at_apex = records.entry(apex.clone()).or_default();
+    if at_apex.iter().any(|r| r.record_type() == RecordType::CAA) {
+        return;
+    }
+    for issuer in caa {
+        for rdata in [
+            CAA::new_issue(false, Some(issuer.clone()), Vec::new()),
+            CAA::new_issuewild(false, Some(issuer.clone()), Vec::new()),
+        ] {
+            at_apex.push(Record::from_rdata(apex.clone(), CAA_TTL, RData::CAA(rdata)));
+        }
+    }
+}
+
+/// TTL of the network's CAA records.
+const CAA_TTL: u32 = 3600;
 
 /// A zone inside another (`blog.shop.example` and `shop.example`, two
 /// sites): the names from the outer apex down to the inner one exist in
