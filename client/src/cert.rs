@@ -42,10 +42,18 @@ pub enum CertSetError {
 }
 
 /// A certificate chain and its key, read from PEM files.
-#[derive(Debug)]
 pub struct Upload {
     pub chain: Vec<CertificateDer<'static>>,
     pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key.
+        f.debug_struct("Upload")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upload {

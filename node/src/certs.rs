@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::{
     directory::Directory,
-    edge::tls::{Certs, Issued},
+    edge::tls::{Certs, Issued, IssuedCert},
     members::Members,
 };
 
@@ -220,6 +220,11 @@ fn issued(
             }
         };
         let Some(cert) = usable else { continue };
+        let everywhere = dir.members().all(|(n, _)| {
+            !n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP)
+                || n.seal
+                    .is_some_and(|k| record.sealed.iter().any(|s| s.to == k))
+        });
         // Only the names that are the site's now (its aliases may have
         // changed since), and wildcards under them.
         let own: Vec<&str> = std::iter::once(site.domain.as_str())
@@ -230,7 +235,11 @@ fn issued(
             if own.iter().any(|o| o.eq_ignore_ascii_case(bare)) {
                 out.insert(
                     name.to_ascii_lowercase(),
-                    (site.domain.clone(), cert.clone()),
+                    IssuedCert {
+                        site: site.domain.clone(),
+                        cert: cert.clone(),
+                        everywhere,
+                    },
                 );
             }
         }

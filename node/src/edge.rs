@@ -333,10 +333,18 @@ async fn serve(
             match acceptor {
                 None => serve_conn(stream, peer, registration, sites, cancel).await,
                 Some(acceptor) => {
-                    // The handshake gets the time a request head does.
+                    // The handshake gets the time a request head does, and
+                    // a connection still shaking hands is idle: the first
+                    // to go when the worker needs room (a flood of
+                    // handshakes never finished must not use up the
+                    // descriptors).
                     let timeout = sites.config.http_header_timeout;
-                    let stream = match tokio::time::timeout(timeout, acceptor.accept(stream)).await
-                    {
+                    let id = registration.id();
+                    let shaken = tokio::select! {
+                        r = tokio::time::timeout(timeout, acceptor.accept(stream)) => r,
+                        () = id.shed() => return,
+                    };
+                    let stream = match shaken {
                         Ok(Ok(s)) => s,
                         Ok(Err(error)) => {
                             debug!(%peer, %error, "TLS handshake failed");

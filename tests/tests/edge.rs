@@ -303,13 +303,14 @@ async fn a_connection_flood_never_locks_out_new_clients() -> Result<()> {
     let node = NodeProc::start_with_fd_limit(&data, 256)?;
     let mut held = Vec::new();
     for i in 0..600 {
-        let mut conn = tokio::net::TcpStream::connect(node.http).await?;
-        // Half slowloris heads, half hanging h2c prefaces.
-        let opening: &[u8] = if i % 2 == 0 {
-            b"GET / HTTP/1.1\r\nHost: a.test\r\n"
-        } else {
-            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+        // A third slowloris heads, a third hanging h2c prefaces, a third
+        // TLS handshakes begun and never finished (half a ClientHello).
+        let (at, opening): (_, &[u8]) = match i % 3 {
+            0 => (node.http, b"GET / HTTP/1.1\r\nHost: a.test\r\n"),
+            1 => (node.http, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            _ => (node.https, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"),
         };
+        let mut conn = tokio::net::TcpStream::connect(at).await?;
         conn.write_all(opening).await?;
         held.push(conn);
     }

@@ -39,8 +39,9 @@ pub async fn handle(sites: &Sites, req: &Req<'_>) -> Response<Body> {
     let host = req.host.map(bare_host);
     match host.and_then(|h| local::site(&sites.live, h)) {
         Some(site) => {
-            // Plain HTTP goes to HTTPS once the site has a certificate,
-            // except what an ACME CA asks for on port 80 (HTTP-01).
+            // Plain HTTP goes to HTTPS once every HTTPS node serves the
+            // site's certificate, except what an ACME CA asks for on port
+            // 80 (HTTP-01).
             let certified = host.is_some_and(|h| certified(sites, h));
             if !req.secure && certified && !path.starts_with(ACME_CHALLENGE) {
                 return to_https(sites, host.unwrap_or_default(), req);
@@ -57,9 +58,10 @@ pub async fn handle(sites: &Sites, req: &Req<'_>) -> Response<Body> {
 /// Where ACME HTTP-01 challenges are asked for.
 const ACME_CHALLENGE: &str = "/.well-known/acme-challenge/";
 
-/// Whether `host` is served with a certificate of the network's.
+/// Whether every HTTPS node serves `host` with a certificate of the
+/// network's.
 fn certified(sites: &Sites, host: &str) -> bool {
-    sites.certs.as_ref().is_some_and(|c| c.issued_for(host))
+    sites.certs.as_ref().is_some_and(|c| c.everywhere(host))
 }
 
 /// A permanent redirect to the same target over HTTPS.
@@ -257,9 +259,9 @@ async fn serve_site(
     );
     if !site.headers.is_empty() {
         apply_rules(&site.headers, path, &mut extra);
-        // HSTS only where it holds: over HTTPS with a certificate of the
-        // network's. After a self-signed one, a browser could never reach
-        // the site again until it expired.
+        // HSTS only where it holds: over HTTPS, with a certificate of the
+        // network's on every HTTPS node. After a self-signed one a browser
+        // could never reach the site again until it expired.
         if !(req.secure && certified) {
             extra.remove(header::STRICT_TRANSPORT_SECURITY);
         }

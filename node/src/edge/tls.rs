@@ -72,42 +72,39 @@ impl Certs {
         }
     }
 
-    /// Whether a certificate of the network's is served for `name` (a
-    /// site's domain or alias, lowercase): HTTP then redirects there.
-    pub fn issued_for(&self, name: &str) -> bool {
-        let Ok(issued) = self.issued.read() else {
-            return false;
-        };
+    /// Whether every HTTPS node serves `name` (a site's domain or alias)
+    /// with a certificate of the network's: only then does plain HTTP
+    /// redirect there, and HSTS go out. A visitor sent to a node that
+    /// offers the self-signed one would otherwise be stuck.
+    pub fn everywhere(&self, name: &str) -> bool {
+        self.issued(name).is_some_and(|i| i.everywhere)
+    }
+
+    /// The network's certificate this node serves for `name`. A wildcard
+    /// only for a name its own site serves: never for another tenant's
+    /// site below it.
+    fn issued(&self, name: &str) -> Option<IssuedCert> {
+        let issued = self.issued.read().ok()?;
         if issued.is_empty() {
-            return false;
+            return None;
         }
-        let name = name.to_ascii_lowercase();
-        if issued.contains_key(&name) {
-            return true;
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(i) = issued.get(&name) {
+            return Some(i.clone());
         }
-        let Some((_, parent)) = name.split_once('.') else {
-            return false;
-        };
+        let (_, parent) = name.split_once('.')?;
         issued
             .get(&format!("*.{parent}"))
-            .is_some_and(|(site, _)| self.live.site_of(&name).as_ref() == Some(site))
+            .filter(|i| self.live.site_of(&name).as_ref() == Some(&i.site))
+            .cloned()
     }
 
     /// The certificate for `name`, if the node serves it.
     pub fn for_name(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        if let Some(i) = self.issued(name) {
+            return Some(i.cert);
+        }
         let name = name.trim_end_matches('.').to_ascii_lowercase();
-        let issued = self.issued.read().ok().map(|i| i.clone())?;
-        if let Some((_, cert)) = issued.get(&name) {
-            return Some(cert.clone());
-        }
-        // A wildcard only for a name its own site serves: never for
-        // another tenant's site below it.
-        if let Some((_, parent)) = name.split_once('.')
-            && let Some((site, cert)) = issued.get(&format!("*.{parent}"))
-            && self.live.site_of(&name).as_ref() == Some(site)
-        {
-            return Some(cert.clone());
-        }
         self.live.get(&name)?;
         let mut made = self.self_signed.lock().ok()?;
         if let Some(cert) = made.get(&name) {
@@ -134,8 +131,18 @@ impl ResolvesServerCert for Certs {
     }
 }
 
-/// Certificates by name, with the site each is for.
-pub type Issued = HashMap<String, (Domain, Arc<CertifiedKey>)>;
+/// Certificates by name (`*.parent` for a wildcard).
+pub type Issued = HashMap<String, IssuedCert>;
+
+/// A site's certificate from the network, as this node serves it.
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// The site it is for.
+    pub site: Domain,
+    pub cert: Arc<CertifiedKey>,
+    /// Every node with the `http` role holds a copy of its key.
+    pub everywhere: bool,
+}
 
 /// A self-signed ECDSA P-256 certificate for `name`.
 pub fn self_signed(name: &str) -> Result<CertifiedKey, TlsError> {
