@@ -404,6 +404,7 @@ async fn run(cli: Cli) -> Result<()> {
                     domain: site.clone(),
                     dir: dir.clone(),
                     node: cli.node.clone(),
+                    hsts: false,
                 },
                 dns: None,
             }
@@ -839,8 +840,18 @@ async fn publish_command(
     };
     let cache_path = cache_path(&dir)?;
     let mut cache = HashCache::load(&cache_path);
+    // maki.toml's settings are its own site's only.
+    let own_site = project
+        .site
+        .domain
+        .as_deref()
+        .and_then(|d| Domain::new(d).ok())
+        .is_some_and(|d| d == site);
+    let extras = publish::Extras {
+        hsts: own_site && project.site.hsts,
+    };
     if args.dry_run {
-        let (manifest, scanned) = publish::build(&dir, &site, &mut cache, None, 0)?;
+        let (manifest, scanned) = publish::build(&dir, &site, &mut cache, None, 0, &extras)?;
         cache.save(&cache_path);
         warn_links(&scanned.skipped_links);
         if cli.json {
@@ -851,8 +862,16 @@ async fn publish_command(
         return Ok(());
     }
     let (client, key) = connect(cli, project).await?;
-    let outcome =
-        publish::publish(&client, &key, &dir, &site, &mut cache, &mut Bar::default()).await;
+    let outcome = publish::publish(
+        &client,
+        &key,
+        &dir,
+        &site,
+        &mut cache,
+        &extras,
+        &mut Bar::default(),
+    )
+    .await;
     if let Err(publish::PublishError::Net(NetError::Refused(RpcError::SizeMismatch { .. }))) =
         &outcome
     {
@@ -869,12 +888,6 @@ async fn publish_command(
         }
     };
     // The records of maki.toml belong to its own site only.
-    let own_site = project
-        .site
-        .domain
-        .as_deref()
-        .and_then(|d| Domain::new(d).ok())
-        .is_some_and(|d| d == site);
     if let (Some(entries), true) = (&project.dns, own_site) {
         let sent = async {
             let info = maki::sites::info(&client, &site).await?;

@@ -27,6 +27,10 @@ pub struct SiteSection {
     pub dir: Option<PathBuf>,
     /// A node ticket (`makinode1…`).
     pub node: Option<String>,
+    /// Ask browsers to use HTTPS only (HSTS, one year), sent once every
+    /// node serves the site's certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hsts: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

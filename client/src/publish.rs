@@ -50,6 +50,19 @@ pub enum PublishError {
     NotKept { what: String, site: Domain },
 }
 
+/// What `maki.toml` adds to the manifest besides the folder.
+#[derive(Debug, Clone, Default)]
+pub struct Extras {
+    /// `hsts = true`: every path gets `Strict-Transport-Security:
+    /// max-age=31536000` (one year). The site's `_headers` may still set
+    /// its own value. The nodes send it only over HTTPS with a
+    /// certificate of the network's (docs/https.md).
+    pub hsts: bool,
+}
+
+/// The HSTS value `hsts = true` asks for.
+pub const HSTS: &str = "max-age=31536000";
+
 /// Scans `dir` and builds the manifest that would be published, checked
 /// as every node will check it.
 pub fn build(
@@ -58,14 +71,15 @@ pub fn build(
     cache: &mut HashCache,
     parent: Option<Hash>,
     version: u64,
+    extras: &Extras,
 ) -> Result<(Manifest, Scanned), ScanError> {
-    let mut built = assemble(dir, site, cache, parent, version)?;
+    let mut built = assemble(dir, site, cache, parent, version, extras)?;
     // Entries that contradict each other (one hash, two sizes) can only
     // come from a stale or corrupted hash cache, or a file changing
     // mid-scan: hash everything again, once.
     if let Err(ManifestError::SizeConflict { .. }) = Manifest::decode(&built.0.to_bytes()) {
         cache.clear();
-        built = assemble(dir, site, cache, parent, version)?;
+        built = assemble(dir, site, cache, parent, version, extras)?;
     }
     check(&built.0)?;
     Ok(built)
@@ -77,8 +91,21 @@ fn assemble(
     cache: &mut HashCache,
     parent: Option<Hash>,
     version: u64,
+    extras: &Extras,
 ) -> Result<(Manifest, Scanned), ScanError> {
     let mut scanned = scan::scan(dir, cache)?;
+    // First, so a rule of `_headers` may override it. ("/*" is a valid
+    // pattern: `new` cannot refuse it.)
+    if extras.hsts
+        && let Ok(pattern) = maki_protocol::rules::Pattern::new("/*")
+    {
+        let rule = maki_protocol::rules::HeaderRule {
+            pattern,
+            set: vec![("strict-transport-security".into(), HSTS.into())],
+            unset: Vec::new(),
+        };
+        scanned.headers.insert(0, rule);
+    }
     let manifest = Manifest {
         format: MANIFEST_FORMAT,
         site: site.clone(),
@@ -152,6 +179,7 @@ pub async fn publish(
     dir: &Path,
     site: &Domain,
     cache: &mut HashCache,
+    extras: &Extras,
     progress: &mut dyn Progress,
 ) -> Result<Outcome, PublishError> {
     let info = crate::sites::info(client, site).await?;
@@ -164,7 +192,7 @@ pub async fn publish(
         .map_or(0, |h| h.seq)
         .max(info.heads_after)
         + 1;
-    let (manifest, scanned) = build(dir, site, cache, parent, info.latest_version + 1)?;
+    let (manifest, scanned) = build(dir, site, cache, parent, info.latest_version + 1, extras)?;
     let bytes = manifest.to_bytes();
     let hash = Hash::of(&bytes);
     let head = Head {

@@ -507,6 +507,41 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn hsts_in_maki_toml_is_a_header_rule_the_sites_own_may_override()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let root = dir.path();
+        std::fs::write(root.join("index.html"), b"hi")?;
+        std::fs::write(
+            root.join("_headers"),
+            "/*\n  Strict-Transport-Security: max-age=60\n",
+        )?;
+        let site = maki_protocol::Domain::new("a.test")?;
+        let extras = crate::publish::Extras { hsts: true };
+        let (m, _) =
+            crate::publish::build(root, &site, &mut HashCache::default(), None, 1, &extras)?;
+        let sts = |r: &rules::HeaderRule| {
+            r.set
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("strict-transport-security"))
+                .map(|(_, v)| v.clone())
+        };
+        let values: Vec<_> = m.headers.iter().filter_map(sts).collect();
+        // maki.toml's first, the site's own after it (the later wins).
+        assert_eq!(values, [crate::publish::HSTS, "max-age=60"]);
+        let (m, _) = crate::publish::build(
+            root,
+            &site,
+            &mut HashCache::default(),
+            None,
+            1,
+            &Default::default(),
+        )?;
+        assert_eq!(m.headers.iter().filter_map(sts).count(), 1);
+        Ok(())
+    }
+
     /// The red team planted a lie through this cache: a.html's entry named
     /// z.html's hash. The manifest must come out honest anyway.
     #[test]
@@ -518,7 +553,8 @@ mod tests {
         std::fs::write(root.join("z.html"), b"0123456789")?;
         let site = maki_protocol::Domain::new("a.test")?;
         let mut cache = HashCache::default();
-        let (honest, _) = crate::publish::build(root, &site, &mut cache, None, 1)?;
+        let (honest, _) =
+            crate::publish::build(root, &site, &mut cache, None, 1, &Default::default())?;
         // Make every entry old enough to be trusted, then plant the lie.
         for c in cache.files.values_mut() {
             c.hashed_ns += 10 * RACY_NS;
@@ -531,7 +567,8 @@ mod tests {
         cache.save(&file);
         let mut cache = HashCache::load(&file);
         assert_eq!(cache.files["a.html"].hash, z);
-        let (built, _) = crate::publish::build(root, &site, &mut cache, None, 1)?;
+        let (built, _) =
+            crate::publish::build(root, &site, &mut cache, None, 1, &Default::default())?;
         assert_eq!(built.entries, honest.entries);
 
         // A corrupted file (one flipped byte) is ignored whole.

@@ -1,5 +1,7 @@
 //! Everything a peer or a CLI can send decodes to a value or an error:
-//! admin frames, sync and gossip messages, replicated records, tickets.
+//! admin frames, sync and gossip messages, replicated records, tickets;
+//! and what every node checks in a record's content whoever signed it
+//! (a certificate's DER, ACME settings) finishes with a verdict.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -20,6 +22,14 @@ fuzz_target!(|data: &[u8]| {
     }
     if let Ok(r) = postcard::from_bytes::<Record>(data) {
         let _ = r.verify();
+    }
+    let _ = maki_protocol::cert::not_after(data);
+    if let Ok(c) = postcard::from_bytes::<maki_protocol::cert::CertRecord>(data) {
+        let _ = c.check(&["a.test", "www.a.test"]);
+        let _ = c.open(&[7; 32]);
+    }
+    if let Ok(a) = postcard::from_bytes::<maki_protocol::acme::AcmeConfig>(data) {
+        let _ = a.check();
     }
     if let Ok(s) = std::str::from_utf8(data) {
         let _ = s.parse::<NodeTicket>();

@@ -49,6 +49,7 @@ async fn attack() -> Result<Attack> {
         &mut maki::scan::HashCache::default(),
         None,
         1,
+        &Default::default(),
     )?;
     Ok(Attack {
         net,
