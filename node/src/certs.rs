@@ -8,7 +8,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use maki_protocol::{
-    Domain,
+    Domain, SecretKey, View,
     acme::AcmeConfig,
     cert::{CertError, CertRecord},
 };
@@ -152,9 +152,12 @@ const RECHECK: Duration = Duration::from_secs(600);
 pub async fn keep_issued(
     members: Arc<Members>,
     certs: Arc<Certs>,
-    secret: [u8; 32],
+    key: SecretKey,
     cancel: CancellationToken,
 ) {
+    let secret = maki_protocol::seal::node_secret(&key);
+    // What this node resealed, by site and the version it resealed.
+    let mut resealed: HashMap<Domain, u64> = HashMap::new();
     let mut acme_version = None;
     let mut roots = Arc::new(roots(None));
     // By site: the record's version and what came of it.
@@ -181,7 +184,85 @@ pub async fn keep_issued(
         }
         let issued = issued(&dir, &mut checked, &roots, &secret, UnixTime::now());
         certs.set_issued(issued);
+        for record in reseal(&dir, &key, &secret, &checked, &mut resealed) {
+            if let Err(error) = members.apply_local(record) {
+                warn!(%error, "could not reseal a certificate's key");
+            }
+        }
     }
+}
+
+/// Records that seal a site's certificate key to the `http` nodes that
+/// joined since it was made: made by one holder of a copy (the lowest
+/// node id among the `http` nodes that hold one, so they do not all do
+/// it), signed as a member node. Until then the newcomers serve the
+/// self-signed certificate and no node redirects to HTTPS.
+fn reseal(
+    dir: &Directory,
+    key: &SecretKey,
+    secret: &[u8; 32],
+    checked: &HashMap<Domain, (u64, Option<Arc<CertifiedKey>>)>,
+    resealed: &mut HashMap<Domain, u64>,
+) -> Vec<maki_protocol::Record> {
+    let me = key.public();
+    let http: Vec<_> = dir
+        .members()
+        .filter(|(n, _)| n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP))
+        .map(|(n, _)| (n.id, n.seal))
+        .collect();
+    let mut out = Vec::new();
+    for site in dir.sites() {
+        let Some(record) = dir.cert(&site.domain) else {
+            continue;
+        };
+        // Only a certificate this node serves, checked, once per version.
+        if !matches!(checked.get(&site.domain), Some((v, Some(_))) if *v == record.version)
+            || resealed.get(&site.domain) == Some(&record.version)
+        {
+            continue;
+        }
+        let holds =
+            |seal: &Option<[u8; 32]>| seal.is_some_and(|k| record.sealed.iter().any(|s| s.to == k));
+        let lacking = http.iter().any(|(_, seal)| seal.is_some() && !holds(seal));
+        let first_holder = http
+            .iter()
+            .filter(|(_, seal)| holds(seal))
+            .map(|(id, _)| *id)
+            .min();
+        if !lacking || first_holder != Some(me) {
+            continue;
+        }
+        resealed.insert(site.domain.clone(), record.version);
+        let Ok(private) = record.open(secret) else {
+            continue;
+        };
+        let mut recipients: Vec<[u8; 32]> = http.iter().filter_map(|(_, seal)| *seal).collect();
+        recipients.extend(
+            dir.admins()
+                .iter()
+                .filter_map(maki_protocol::seal::admin_public),
+        );
+        let mut next = CertRecord {
+            version: crate::now_millis().max(record.version + 1),
+            ..record.clone()
+        };
+        let rng = ring::rand::SystemRandom::new();
+        let mut failed = false;
+        let sealed = next.seal_to(&private, &recipients, || {
+            let mut b = [0u8; 32];
+            failed |= ring::rand::SecureRandom::fill(&rng, &mut b).is_err();
+            b
+        });
+        if sealed.is_err() || failed {
+            warn!(site = %site.domain, "could not reseal the certificate's key");
+            continue;
+        }
+        info!(site = %site.domain, recipients = recipients.len(), "resealing the certificate's key to the nodes that joined");
+        out.push(maki_protocol::Record::Cert(maki_protocol::Signed::sign(
+            key, &next,
+        )));
+    }
+    out
 }
 
 /// The certificates of `dir`'s sites, reusing what `checked` holds for

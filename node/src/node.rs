@@ -301,7 +301,7 @@ impl Node {
             tasks.spawn(crate::certs::keep_issued(
                 members.clone(),
                 certs.clone(),
-                maki_protocol::seal::node_secret(&key),
+                key.clone(),
                 cancel.clone(),
             ));
             let https = edge::Https {
