@@ -308,12 +308,9 @@ fn issued(
         });
         // Only the names that are the site's now (its aliases may have
         // changed since), and wildcards under them.
-        let own: Vec<&str> = std::iter::once(site.domain.as_str())
-            .chain(site.aliases.iter().map(|a| a.as_str()))
-            .collect();
+        let own: Vec<&str> = site.names().map(Domain::as_str).collect();
         for name in &record.names {
-            let bare = name.strip_prefix("*.").unwrap_or(name);
-            if own.iter().any(|o| o.eq_ignore_ascii_case(bare)) {
+            if maki_protocol::cert::covers_own(name, &own) {
                 out.insert(
                     name.to_ascii_lowercase(),
                     IssuedCert {

@@ -267,7 +267,7 @@ fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
 /// other tenant can hold as their own site there only if the edge serves
 /// them for this site: the node checks, per name served, that the site
 /// serving it is the certificate's.
-fn covers_own(name: &str, own: &[&str]) -> bool {
+pub fn covers_own(name: &str, own: &[&str]) -> bool {
     let name = name.to_ascii_lowercase();
     let bare = name.strip_prefix("*.").unwrap_or(&name);
     own.iter().any(|o| o.eq_ignore_ascii_case(bare))

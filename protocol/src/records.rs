@@ -171,6 +171,11 @@ impl Signable for SiteRecord {
 }
 
 impl SiteRecord {
+    /// The names the site is served at: its domain, then its aliases.
+    pub fn names(&self) -> impl Iterator<Item = &Domain> {
+        std::iter::once(&self.domain).chain(&self.aliases)
+    }
+
     /// Who may sign this site's heads (publish and roll back): its
     /// publishers and the network's admins. The one rule for both the admin
     /// RPC and the records every node checks, so a head one node takes is a
@@ -927,9 +932,7 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
                 if c.incarnation != site.heads_after {
                     return Err(error(crate::cert::CertError::OtherIncarnation));
                 }
-                let names: Vec<&str> = std::iter::once(site.domain.as_str())
-                    .chain(site.aliases.iter().map(|a| a.as_str()))
-                    .collect();
+                let names: Vec<&str> = site.names().map(Domain::as_str).collect();
                 c.check(&names).map_err(error)
             }
             _ => Err(AuthError::UnknownSite(c.site.clone())),

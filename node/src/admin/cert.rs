@@ -38,9 +38,7 @@ impl AdminProtocol {
         recipients.extend(dir.admins().iter().filter_map(seal::admin_public));
         Ok(Response::CertInfo(CertInfo {
             incarnation: site.heads_after,
-            names: std::iter::once(site.domain.clone())
-                .chain(site.aliases.iter().cloned())
-                .collect(),
+            names: site.names().cloned().collect(),
             recipients,
             unsealable,
         }))
@@ -61,9 +59,7 @@ impl AdminProtocol {
                 "made for the site before it was removed and added again; try again".into(),
             ));
         }
-        let names: Vec<&str> = std::iter::once(site.domain.as_str())
-            .chain(site.aliases.iter().map(|a| a.as_str()))
-            .collect();
+        let names: Vec<&str> = site.names().map(Domain::as_str).collect();
         let invalid =
             |e: &dyn std::fmt::Display| RpcError::InvalidRecord(format!("certificate: {e}"));
         cert.check(&names).map_err(|e| invalid(&e))?;

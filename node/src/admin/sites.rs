@@ -326,7 +326,7 @@ impl AdminProtocol {
         }
         let dir = self.shared.members.directory();
         for other in dir.sites().filter(|s| s.domain != zone.site) {
-            for name in std::iter::once(&other.domain).chain(&other.aliases) {
+            for name in other.names() {
                 if let Some(taken) = zone.names_under(name).first() {
                     return Err(RpcError::InvalidRecord(format!(
                         "DNS records: {taken} is at or below {name}, another site's name"
