@@ -177,26 +177,30 @@ pub fn record(
 }
 
 /// The network's ACME settings, signed by `key` (an admin) at `version`.
-/// `root` is a PEM file of one extra root certificate.
+/// `roots` are PEM files of extra root certificates.
 pub fn acme(
     key: &SecretKey,
     directory: &str,
     contact: &[String],
-    root: Option<&str>,
+    roots: &[String],
     caa: &[Domain],
+    challenge: maki_protocol::acme::ChallengeKind,
     version: u64,
 ) -> Result<Signed<AcmeConfig>, CertSetError> {
-    let extra_root = match root {
-        Some(path) => Some(
-            CertificateDer::from_pem_file(path)
-                .map_err(|error| CertSetError::Pem {
-                    path: path.to_owned(),
-                    error,
-                })?
-                .to_vec(),
-        ),
-        None => None,
-    };
+    let mut extra = Vec::new();
+    for path in roots {
+        let pem = |error| CertSetError::Pem {
+            path: path.to_owned(),
+            error,
+        };
+        let before = extra.len();
+        for cert in CertificateDer::pem_file_iter(path).map_err(pem)? {
+            extra.push(cert.map_err(pem)?.to_vec());
+        }
+        if extra.len() == before {
+            return Err(CertSetError::NoCertificate(path.to_owned()));
+        }
+    }
     let contact = contact
         .iter()
         .map(|c| {
@@ -211,8 +215,9 @@ pub fn acme(
         format: 1,
         directory: directory.to_owned(),
         contact,
-        extra_root,
+        roots: extra,
         caa: caa.to_vec(),
+        challenge,
         version,
     };
     record.check()?;

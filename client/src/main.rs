@@ -214,13 +214,18 @@ enum AcmeCommand {
         /// Who the CA writes to (an email address). Repeat for more.
         #[arg(long)]
         contact: Vec<String>,
-        /// A PEM file with one more root certificate the nodes trust (a
-        /// private CA).
+        /// A PEM file of root certificates the nodes trust besides the
+        /// system's (a private CA). Repeat for more.
         #[arg(long)]
-        root: Option<String>,
+        root: Vec<String>,
         /// The CA's CAA identifier (e.g. letsencrypt.org). Repeat for more.
         #[arg(long)]
         caa: Vec<String>,
+        /// How the nodes prove a name to the CA: http-01 (the name points
+        /// at the network) or dns-01 (its zone is delegated to the
+        /// network's nameservers). Wildcards always use dns-01.
+        #[arg(long, default_value = "http-01", value_parser = ["http-01", "dns-01"])]
+        challenge: String,
     },
 }
 
@@ -692,7 +697,12 @@ async fn run(cli: Cli) -> Result<()> {
             contact,
             root,
             caa,
+            challenge,
         }) => {
+            let challenge = match challenge.as_str() {
+                "dns-01" => maki_protocol::acme::ChallengeKind::Dns01,
+                _ => maki_protocol::acme::ChallengeKind::Http01,
+            };
             let caa = caa.iter().map(|c| domain(c)).collect::<Result<Vec<_>>>()?;
             let (client, key) = connect(&cli, &project).await?;
             let done = async {
@@ -700,8 +710,9 @@ async fn run(cli: Cli) -> Result<()> {
                     &key,
                     directory,
                     contact,
-                    root.as_deref(),
+                    root,
                     &caa,
+                    challenge,
                     maki::now_millis(),
                 )?;
                 maki::cert::acme_set(&client, record).await?;

@@ -132,8 +132,12 @@ pub fn site_line(s: &SiteInfo) -> String {
             let expires = httpdate::fmt_http_date(
                 std::time::UNIX_EPOCH + std::time::Duration::from_secs(c.not_after),
             );
+            let issuer = c
+                .issuer
+                .as_deref()
+                .map_or_else(String::new, |i| format!(" from {i}"));
             let mut line = format!(
-                "  certificate {origin} for {} until {expires}",
+                "  certificate {origin}{issuer} for {} until {expires}",
                 c.names.join(",")
             );
             if let Some(problem) = &c.problem {
@@ -142,6 +146,21 @@ pub fn site_line(s: &SiteInfo) -> String {
             line
         }
     };
+    let mut cert = cert;
+    if let Some(o) = &s.order {
+        if o.ordering {
+            cert.push_str(&format!("  ordering (node {})", o.holder.fmt_short()));
+        }
+        if let Some(error) = o.error.as_deref().filter(|_| o.failures > 0) {
+            let next = httpdate::fmt_http_date(
+                std::time::UNIX_EPOCH + std::time::Duration::from_secs(o.retry_at),
+            );
+            cert.push_str(&format!(
+                "  ORDER FAILED ({} in a row, next try after {next}): {error}",
+                o.failures
+            ));
+        }
+    }
     match &s.head {
         Some(h) => format!(
             "{}  version {}  {} files  {}  manifest {}{pinned}{cert}",

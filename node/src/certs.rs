@@ -9,7 +9,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use maki_protocol::{
     Domain, SecretKey, View,
-    acme::AcmeConfig,
+    acme::{AcmeConfig, ChallengeKind},
     cert::{CertError, CertRecord},
 };
 use rustls::{
@@ -24,7 +24,7 @@ use tracing::{info, warn};
 
 use crate::{
     directory::Directory,
-    edge::tls::{Certs, Issued, IssuedCert},
+    edge::tls::{Certs, Challenges, Issued, IssuedCert},
     members::Members,
 };
 
@@ -45,14 +45,14 @@ pub enum CertCheckError {
 }
 
 /// The roots a certificate of the network must chain to: the system's
-/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` honoured), and the extra root of
+/// (`SSL_CERT_FILE` and `SSL_CERT_DIR` honoured), and the extra roots of
 /// the network's ACME settings.
 pub fn roots(acme: Option<&AcmeConfig>) -> RootCertStore {
     let mut roots = system_roots();
-    if let Some(root) = acme.and_then(|a| a.extra_root.as_ref())
-        && let Err(error) = roots.add(CertificateDer::from(root.clone()))
-    {
-        warn!(%error, "the ACME settings' extra root cannot be used");
+    for root in acme.iter().flat_map(|a| &a.roots) {
+        if let Err(error) = roots.add(CertificateDer::from(root.clone())) {
+            warn!(%error, "an extra root of the ACME settings cannot be used");
+        }
     }
     roots
 }
@@ -138,6 +138,10 @@ pub fn summary(
     });
     maki_protocol::rpc::CertSummary {
         origin: record.origin,
+        issuer: record
+            .chain
+            .first()
+            .and_then(|leaf| maki_protocol::cert::issuer_name(leaf)),
         names: record.names.clone(),
         not_after: record.not_after,
         problem: checked.err().map(|e| e.to_string()),
@@ -184,6 +188,7 @@ pub async fn keep_issued(
         }
         let issued = issued(&dir, &mut checked, &roots, &secret, UnixTime::now());
         certs.set_issued(issued);
+        certs.set_challenges(challenges(&dir, crate::now_millis() / 1000));
         for record in reseal(&dir, &key, &secret, &checked, &mut resealed) {
             if let Err(error) = members.apply_local(record) {
                 warn!(%error, "could not reseal a certificate's key");
@@ -261,6 +266,24 @@ fn reseal(
         out.push(maki_protocol::Record::Cert(maki_protocol::Signed::sign(
             key, &next,
         )));
+    }
+    out
+}
+
+/// The HTTP-01 challenges of the orders in flight at `now` (seconds), for
+/// names that are still their site's.
+fn challenges(dir: &Directory, now: u64) -> Challenges {
+    let mut out = Challenges::new();
+    for site in dir.sites() {
+        let Some(order) = dir.acme_order(&site.domain).filter(|o| o.until > now) else {
+            continue;
+        };
+        let own: Vec<&str> = site.names().map(Domain::as_str).collect();
+        for c in &order.challenges {
+            if c.kind == ChallengeKind::Http01 && own.iter().any(|o| o.eq_ignore_ascii_case(&c.name)) {
+                out.insert(c.token.clone(), (c.name.to_ascii_lowercase(), c.proof.clone()));
+            }
+        }
     }
     out
 }

@@ -490,6 +490,29 @@ impl Directory {
         }
     }
 
+    /// The network's ACME account, if a node made one.
+    pub fn acme_account(&self) -> Option<&maki_protocol::acme::AcmeAccount> {
+        match &self.held.get(&RecordKey::Account)?.verified.body {
+            Body::Account(a) => Some(a),
+            _ => None,
+        }
+    }
+
+    /// Who orders the certificate of a live site (this incarnation of it),
+    /// and how its last attempt went.
+    pub fn acme_order(&self, domain: &Domain) -> Option<&maki_protocol::acme::AcmeOrder> {
+        let site = self.site(domain)?;
+        match &self
+            .held
+            .get(&RecordKey::Order(domain.clone()))?
+            .verified
+            .body
+        {
+            Body::Order(o) if o.incarnation == site.heads_after => Some(o),
+            _ => None,
+        }
+    }
+
     /// The pin of a site, if an admin set one.
     pub fn pin(&self, domain: &Domain) -> Option<&Pin> {
         match &self.by_domain.get(domain)?.pin.as_ref()?.verified.body {

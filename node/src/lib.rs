@@ -1,6 +1,7 @@
 //! The Makiatto node daemon as a library: `main.rs` parses arguments and
 //! calls into here, and tests drive the same code.
 
+pub mod acme;
 pub mod admin;
 pub mod certs;
 pub mod config;

@@ -304,6 +304,11 @@ impl Node {
                 key.clone(),
                 cancel.clone(),
             ));
+            tasks.spawn(crate::acme::run(
+                members.clone(),
+                key.clone(),
+                cancel.clone(),
+            ));
             let https = edge::Https {
                 addr: shared.config.https,
                 config: edge::tls::server_config(certs)?,

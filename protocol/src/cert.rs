@@ -178,6 +178,50 @@ impl CertRecord {
 /// When the X.509 certificate `der` expires (its `notAfter`, seconds since
 /// the epoch); None if it cannot be read that far.
 pub fn not_after(der: &[u8]) -> Option<u64> {
+    validity(der).map(|(_, after)| after)
+}
+
+/// Who issued the X.509 certificate `der`: the issuer's common name, or
+/// else its organisation; printable ASCII only.
+pub fn issuer_name(der: &[u8]) -> Option<String> {
+    let (cert, _) = der_item(der, 0x30)?;
+    let (mut tbs, _) = der_item(cert, 0x30)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = der_item(tbs, 0xa0)?.1;
+    }
+    let mut rest = der_item(tbs, 0x02)?.1;
+    rest = der_item(rest, 0x30)?.1;
+    let (mut rdns, _) = der_item(rest, 0x30)?;
+    // id-at-commonName and id-at-organizationName.
+    const CN: &[u8] = &[0x55, 0x04, 0x03];
+    const O: &[u8] = &[0x55, 0x04, 0x0a];
+    let (mut cn, mut o) = (None, None);
+    while !rdns.is_empty() {
+        let (mut set, next) = der_item(rdns, 0x31)?;
+        rdns = next;
+        while !set.is_empty() {
+            let (atv, next) = der_item(set, 0x30)?;
+            set = next;
+            let (oid, value) = der_item(atv, 0x06)?;
+            let tag = *value.first()?;
+            let (text, _) = der_item(value, tag)?;
+            let text: String = String::from_utf8_lossy(text)
+                .chars()
+                .filter(|c| c.is_ascii_graphic() || *c == ' ')
+                .collect();
+            if oid == CN {
+                cn = Some(text);
+            } else if oid == O {
+                o = Some(text);
+            }
+        }
+    }
+    cn.or(o).filter(|t| !t.is_empty())
+}
+
+/// The X.509 certificate `der`'s `notBefore` and `notAfter` (seconds
+/// since the epoch); None if it cannot be read that far.
+pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
     let (cert, _) = der_item(der, 0x30)?;
     let (mut tbs, _) = der_item(cert, 0x30)?;
     // [0] EXPLICIT version, when present.
@@ -189,11 +233,16 @@ pub fn not_after(der: &[u8]) -> Option<u64> {
     rest = der_item(rest, 0x30)?.1;
     rest = der_item(rest, 0x30)?.1;
     let (validity, _) = der_item(rest, 0x30)?;
-    let tag_of = |b: &[u8]| b.first().copied();
-    let not_before_tag = tag_of(validity)?;
-    let after = der_item(validity, not_before_tag)?.1;
-    let tag = tag_of(after)?;
-    let (time, _) = der_item(after, tag)?;
+    let (before, after) = der_time(validity)?;
+    let (after, _) = der_time(after)?;
+    Some((before, after))
+}
+
+/// The UTCTime or GeneralizedTime at the start of `b` (seconds since the
+/// epoch), and what follows it.
+fn der_time(b: &[u8]) -> Option<(u64, &[u8])> {
+    let tag = *b.first()?;
+    let (time, next) = der_item(b, tag)?;
     let text = std::str::from_utf8(time).ok()?;
     let (year, rest) = match tag {
         // UTCTime: YYMMDDHHMMSSZ, years 1950 to 2049 (RFC 5280 §4.1.2.5.1).
@@ -220,7 +269,7 @@ pub fn not_after(der: &[u8]) -> Option<u64> {
         return None;
     }
     let days = days_from_civil(year, month, day)?;
-    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+    Some((days * 86_400 + hour * 3600 + minute * 60 + second, next))
 }
 
 /// The DER item with `tag` at the start of `b`: its contents and what
@@ -324,6 +373,9 @@ mod tests {
                 .decode(b64.as_bytes())
                 .expect("base64");
             assert_eq!(not_after(&der), Some(at));
+            // Both were made at 2026-12-07 13:00:47 UTC, by "a.test".
+            assert_eq!(validity(&der), Some((1_796_648_447, at)));
+            assert_eq!(issuer_name(&der).as_deref(), Some("a.test"));
             // Cut anywhere, it reads as nothing rather than as a wrong time.
             for cut in 0..der.len() {
                 let got = not_after(&der[..cut]);

@@ -445,6 +445,10 @@ pub enum RecordKey {
     Cert(Domain),
     /// The network's ACME settings: one per network.
     Acme,
+    /// The network's ACME account: one per network.
+    Account,
+    /// Who orders a site's certificate.
+    Order(Domain),
     #[cfg(feature = "next-format")]
     Note(PublicKey),
 }
@@ -473,6 +477,8 @@ pub enum Record {
     Keys(Signed<crate::dnssec::ZoneKeys>),
     Cert(Signed<crate::cert::CertRecord>),
     Acme(Signed<crate::acme::AcmeConfig>),
+    Account(Signed<crate::acme::AcmeAccount>),
+    Order(Signed<crate::acme::AcmeOrder>),
     #[cfg(feature = "next-format")]
     Note(Signed<Note>),
 }
@@ -499,6 +505,8 @@ impl Record {
             Record::Keys(_) => crate::dnssec::KEYS_KIND,
             Record::Cert(_) => crate::cert::CERT_KIND,
             Record::Acme(_) => crate::acme::ACME_KIND,
+            Record::Account(_) => crate::acme::ACCOUNT_KIND,
+            Record::Order(_) => crate::acme::ORDER_KIND,
             #[cfg(feature = "next-format")]
             Record::Note(_) => NOTE_KIND,
         }
@@ -522,6 +530,8 @@ impl Record {
             Record::Keys(s) => s.bytes().len(),
             Record::Cert(s) => s.bytes().len(),
             Record::Acme(s) => s.bytes().len(),
+            Record::Account(s) => s.bytes().len(),
+            Record::Order(s) => s.bytes().len(),
             #[cfg(feature = "next-format")]
             Record::Note(s) => s.bytes().len(),
         };
@@ -547,6 +557,8 @@ impl Serialize for Record {
             Record::Keys(r) => (kind, r).serialize(s),
             Record::Cert(r) => (kind, r).serialize(s),
             Record::Acme(r) => (kind, r).serialize(s),
+            Record::Account(r) => (kind, r).serialize(s),
+            Record::Order(r) => (kind, r).serialize(s),
             #[cfg(feature = "next-format")]
             Record::Note(r) => (kind, r).serialize(s),
         }
@@ -568,6 +580,8 @@ impl<'de> Deserialize<'de> for Record {
             crate::dnssec::KEYS_KIND => Record::Keys(signed.retag()),
             crate::cert::CERT_KIND => Record::Cert(signed.retag()),
             crate::acme::ACME_KIND => Record::Acme(signed.retag()),
+            crate::acme::ACCOUNT_KIND => Record::Account(signed.retag()),
+            crate::acme::ORDER_KIND => Record::Order(signed.retag()),
             #[cfg(feature = "next-format")]
             NOTE_KIND => Record::Note(signed.retag()),
             kind => Record::Unknown { kind, signed },
@@ -617,6 +631,8 @@ pub enum Body {
     Keys(crate::dnssec::ZoneKeys),
     Cert(crate::cert::CertRecord),
     Acme(crate::acme::AcmeConfig),
+    Account(crate::acme::AcmeAccount),
+    Order(crate::acme::AcmeOrder),
     #[cfg(feature = "next-format")]
     Note(Note),
 }
@@ -726,6 +742,19 @@ impl Record {
             Record::Acme(s) => {
                 let v = content(s, verify)?;
                 (RecordKey::Acme, v.version, s.signer(), Body::Acme(v))
+            }
+            Record::Account(s) => {
+                let v = content(s, verify)?;
+                (RecordKey::Account, v.version, s.signer(), Body::Account(v))
+            }
+            Record::Order(s) => {
+                let v = content(s, verify)?;
+                (
+                    RecordKey::Order(v.site.clone()),
+                    v.version,
+                    s.signer(),
+                    Body::Order(v),
+                )
             }
             #[cfg(feature = "next-format")]
             Record::Note(s) => {
@@ -854,6 +883,26 @@ pub enum AuthError {
     },
     #[error("the ACME settings: {0}")]
     Acme(crate::acme::AcmeError),
+    #[error("the ACME account, signed by {key}: {error}")]
+    Account {
+        key: PublicKey,
+        error: AccountRefusal,
+    },
+    #[error("the certificate order of {site}: {error}")]
+    Order {
+        site: Domain,
+        error: crate::acme::OrderError,
+    },
+}
+
+/// Why an account record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountRefusal {
+    #[error("neither an admin nor a member node")]
+    Signer,
+    #[error(transparent)]
+    Record(#[from] crate::acme::AccountError),
 }
 
 /// Whether the signer of `v` had the right to make it, given `view`:
@@ -917,6 +966,33 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
             admin(v.signer)?;
             a.check().map_err(AuthError::Acme)
         }
+        Body::Account(a) => {
+            let error = |error| AuthError::Account {
+                key: v.signer,
+                error,
+            };
+            if !(view.admins().contains(&v.signer) || view.member(&v.signer)) {
+                return Err(error(AccountRefusal::Signer));
+            }
+            a.check().map_err(|e| error(e.into()))
+        }
+        Body::Order(o) => match view.site(&o.site) {
+            Some(site) if !site.removed => {
+                let error = |error| AuthError::Order {
+                    site: o.site.clone(),
+                    error,
+                };
+                if v.signer != o.holder || !view.member(&v.signer) {
+                    return Err(error(crate::acme::OrderError::NotHolder));
+                }
+                if o.incarnation != site.heads_after {
+                    return Err(error(crate::acme::OrderError::OtherIncarnation));
+                }
+                let names: Vec<&str> = site.names().map(Domain::as_str).collect();
+                o.check(&names).map_err(error)
+            }
+            _ => Err(AuthError::UnknownSite(o.site.clone())),
+        },
         Body::Cert(c) => match view.site(&c.site) {
             Some(site) if !site.removed => {
                 if !(site.may_publish(&v.signer, view.admins()) || view.member(&v.signer)) {
@@ -1435,6 +1511,57 @@ mod tests {
         assert!(matches!(
             check(Record::Cert(Signed::sign(&stranger, &cert)), &view),
             Err(AuthError::NotPublisher { .. })
+        ));
+        // Orders: only a member node, as itself; an account: a member
+        // node or an admin, never a site's publisher.
+        let order = crate::acme::AcmeOrder {
+            format: 1,
+            site: s.domain.clone(),
+            incarnation: s.heads_after,
+            holder: founder.public(),
+            until: 1,
+            challenges: vec![],
+            failures: 0,
+            error: None,
+            retry_at: 0,
+            version: 1,
+        };
+        assert_eq!(check(Record::Order(Signed::sign(&founder, &order)), &view), Ok(()));
+        for who in [&publisher, &admin] {
+            let theirs = crate::acme::AcmeOrder {
+                holder: who.public(),
+                ..order.clone()
+            };
+            assert!(matches!(
+                check(Record::Order(Signed::sign(who, &theirs)), &view),
+                Err(AuthError::Order {
+                    error: crate::acme::OrderError::NotHolder,
+                    ..
+                })
+            ));
+        }
+        assert!(matches!(
+            check(Record::Order(Signed::sign(&admin, &order)), &view),
+            Err(AuthError::Order { .. })
+        ));
+        let account = crate::acme::AcmeAccount {
+            format: 1,
+            directory: "https://acme.test/dir".into(),
+            sealed: keys.sealed.clone(),
+            version: 1,
+        };
+        for who in [&founder, &admin] {
+            assert_eq!(
+                check(Record::Account(Signed::sign(who, &account)), &view),
+                Ok(())
+            );
+        }
+        assert!(matches!(
+            check(Record::Account(Signed::sign(&publisher, &account)), &view),
+            Err(AuthError::Account {
+                error: AccountRefusal::Signer,
+                ..
+            })
         ));
         let mut foreign = cert.clone();
         foreign.names.push("other.test".into());

@@ -230,12 +230,31 @@ pub struct SiteInfo {
     /// Its certificate from the network, if it has one; without, the
     /// nodes serve a self-signed one.
     pub cert: Option<CertSummary>,
+    /// Its certificate order at the network's ACME CA, if one was made.
+    pub order: Option<OrderSummary>,
+}
+
+/// A site's certificate order as `maki sites` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderSummary {
+    /// The node that orders (or ordered last).
+    pub holder: PublicKey,
+    /// Whether it is ordering now.
+    pub ordering: bool,
+    /// Attempts that failed in a row.
+    pub failures: u32,
+    /// Why the last one failed.
+    pub error: Option<String>,
+    /// No node tries again before this (seconds since the epoch).
+    pub retry_at: u64,
 }
 
 /// A site's certificate as `maki sites` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertSummary {
     pub origin: crate::cert::Origin,
+    /// Who issued it (the issuer's common name or organisation).
+    pub issuer: Option<String>,
     pub names: Vec<String>,
     /// When it expires (seconds since the epoch).
     pub not_after: u64,

@@ -235,7 +235,8 @@ pub fn apply_rank(record: &Record) -> u8 {
         Record::Pin(_) | Record::Peer(_) | Record::Zone(_) | Record::Keys(_) | Record::Acme(_) => 2,
         Record::Revocation(_) => 3,
         Record::Node(_) => 4,
-        Record::Head(_) | Record::Cert(_) => 5,
+        // Signed by member nodes: after the node records that admit them.
+        Record::Head(_) | Record::Cert(_) | Record::Account(_) | Record::Order(_) => 5,
         #[cfg(feature = "next-format")]
         Record::Note(_) => 5,
         // Judged against nothing this node can read: after all the rest.

@@ -18,6 +18,7 @@ use tokio::io::AsyncReadExt;
 
 pub mod dns;
 pub mod lab;
+pub mod pebble;
 
 /// Paths of the built binaries.
 #[derive(Debug, Clone)]

@@ -94,12 +94,12 @@ impl AdminProtocol {
         let acme = self.admin_signed(caller, &signed)?;
         acme.check()
             .map_err(|e| RpcError::InvalidRecord(format!("ACME settings: {e}")))?;
-        if let Some(root) = &acme.extra_root {
+        for root in &acme.roots {
             let mut store = rustls::RootCertStore::empty();
             store
                 .add(rustls::pki_types::CertificateDer::from(root.as_slice()))
                 .map_err(|e| {
-                    RpcError::InvalidRecord(format!("ACME settings: the extra root: {e}"))
+                    RpcError::InvalidRecord(format!("ACME settings: an extra root: {e}"))
                 })?;
         }
         if acme.version > crate::now_millis().saturating_add(CLOCK_SKEW_MS) {

@@ -6,7 +6,10 @@ use std::{
     sync::Arc,
 };
 
-use hickory_proto::rr::{Name, RData, Record, RecordType, rdata::CAA};
+use hickory_proto::rr::{
+    Name, RData, Record, RecordType,
+    rdata::{CAA, TXT},
+};
 use maki_protocol::{PublicKey, ROLE_HTTP, sync::Holding};
 
 use super::{
@@ -125,6 +128,9 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
                 Default::default()
             };
             network_caa(&apex, &mut records, &caa);
+            if let Some(order) = dir.acme_order(domain) {
+                acme_txt(&apex, name, &mut records, order);
+            }
             let zone = Zone {
                 apex: apex.clone(),
                 site: domain.clone(),
@@ -165,6 +171,37 @@ fn network_caa(apex: &Name, records: &mut HashMap<Name, Vec<Record>>, caa: &[Nam
         }
     }
 }
+
+/// The DNS-01 proofs of `order` for names of the zone `name` (at
+/// `apex`): the name itself and the wildcard under it share
+/// `_acme-challenge.NAME`. Tenants cannot set `_acme-challenge` names, so
+/// these are the only records there.
+fn acme_txt(
+    apex: &Name,
+    name: &maki_protocol::Domain,
+    records: &mut HashMap<Name, Vec<Record>>,
+    order: &maki_protocol::acme::AcmeOrder,
+) {
+    for c in &order.challenges {
+        let bare = c.name.strip_prefix("*.").unwrap_or(&c.name);
+        if c.kind != maki_protocol::acme::ChallengeKind::Dns01
+            || !bare.eq_ignore_ascii_case(name.as_str())
+        {
+            continue;
+        }
+        let Ok(owner) = apex.prepend_label("_acme-challenge") else {
+            continue;
+        };
+        let txt = RData::TXT(TXT::new(vec![c.proof.clone()]));
+        records
+            .entry(owner.clone())
+            .or_default()
+            .push(Record::from_rdata(owner, ACME_TXT_TTL, txt));
+    }
+}
+
+/// TTL of DNS-01 proofs: short, as a retried order brings new ones.
+const ACME_TXT_TTL: u32 = 10;
 
 /// TTL of the network's CAA records.
 const CAA_TTL: u32 = 3600;

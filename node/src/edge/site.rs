@@ -37,6 +37,15 @@ pub async fn handle(sites: &Sites, req: &Req<'_>) -> Response<Body> {
         return serve_blob(sites, hash, req).await;
     }
     let host = req.host.map(bare_host);
+    // Answered whether or not this node holds the site (it may not be
+    // published yet, or be pinned elsewhere): the CA asks whichever node
+    // the name leads to.
+    if let (Some(token), Some(host), Some(certs)) =
+        (path.strip_prefix(ACME_CHALLENGE), host, &sites.certs)
+        && let Some(proof) = certs.challenge(host, token)
+    {
+        return plain(StatusCode::OK, proof);
+    }
     match host.and_then(|h| local::site(&sites.live, h)) {
         Some(site) => {
             // Plain HTTP goes to HTTPS once every HTTPS node serves the
@@ -539,7 +548,7 @@ fn build(status: StatusCode, headers: HeaderMap, body: Body) -> Response<Body> {
     r
 }
 
-pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+pub(super) fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -549,7 +558,7 @@ pub(super) fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
     build(
         status,
         headers,
-        Body::Bytes(Bytes::from_static(text.as_bytes())),
+        Body::Bytes(text.into()),
     )
 }
 

@@ -46,7 +46,13 @@ pub struct Certs {
     issued: RwLock<Arc<Issued>>,
     /// Made here for names served without one of those.
     self_signed: Mutex<HashMap<String, Arc<CertifiedKey>>>,
+    /// The ACME HTTP-01 challenges the network is answering now.
+    challenges: RwLock<Arc<Challenges>>,
 }
+
+/// HTTP-01 challenges by token: the name asked about (lowercase) and the
+/// proof to answer.
+pub type Challenges = HashMap<String, (String, String)>;
 
 impl std::fmt::Debug for Certs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -60,7 +66,25 @@ impl Certs {
             live,
             issued: RwLock::new(Arc::default()),
             self_signed: Mutex::new(HashMap::new()),
+            challenges: RwLock::new(Arc::default()),
         }
+    }
+
+    /// Replaces the HTTP-01 challenges answered.
+    pub fn set_challenges(&self, challenges: Challenges) {
+        let challenges = Arc::new(challenges);
+        match self.challenges.write() {
+            Ok(mut now) => *now = challenges,
+            Err(poisoned) => *poisoned.into_inner() = challenges,
+        }
+    }
+
+    /// The proof for the HTTP-01 challenge `token` about `host`.
+    pub fn challenge(&self, host: &str, token: &str) -> Option<String> {
+        let challenges = self.challenges.read().ok()?;
+        let (name, proof) = challenges.get(token)?;
+        name.eq_ignore_ascii_case(host.trim_end_matches('.'))
+            .then(|| proof.clone())
     }
 
     /// Replaces the certificates of the network's sites.

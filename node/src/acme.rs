@@ -1,0 +1,896 @@
+//! Certificates from the network's ACME CA, ordered by the nodes
+//! themselves (docs/https.md).
+//!
+//! Every `http` node runs [`run`]. Each round it finds the sites whose
+//! certificate is missing, due for renewal, short of a name, sealed to a
+//! node that left, or no longer trusted; for each, a rendezvous hash of
+//! the site over the live `http` nodes names the one that orders it. That
+//! node writes an [`AcmeOrder`] lease, then the challenges into the same
+//! record, so every node answers them (HTTP-01 on the edge, DNS-01 from
+//! the nameservers); it finishes the order, seals the new key to the
+//! `http` nodes and admins and writes the [`CertRecord`]. A failure is
+//! written too, with when to try again, for `maki sites` and for the node
+//! that tries next. The state has no consensus: during a partition both
+//! sides may order, which is harmless (both certificates are valid, and
+//! last-writer-wins keeps one).
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use instant_acme::{
+    Account, AuthorizationStatus, BodyWrapper, BytesResponse, ChallengeType, HttpClient,
+    Identifier, Key, NewOrder, OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
+};
+use maki_protocol::{
+    Domain, PublicKey, Record, SecretKey, SiteRecord, Signed, View,
+    acme::{AcmeAccount, AcmeConfig, AcmeOrder, Challenge, ChallengeKind},
+    cert::{CertRecord, Origin},
+};
+use rustls::{
+    RootCertStore,
+    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, UnixTime, pem::PemObject},
+};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{directory::Directory, members::Members};
+
+/// How often the sites are looked over.
+const ROUND: Duration = Duration::from_secs(2);
+/// How long a lease keeps the other nodes off a site (seconds); an order
+/// that takes longer is given up.
+const LEASE_SECS: u64 = 300;
+/// How long the challenges are given to reach every node before the CA is
+/// told to look.
+const SETTLE: Duration = Duration::from_secs(2);
+/// Orders one node runs at once.
+const MAX_ORDERS: usize = 4;
+/// The first wait after a failure (seconds); it doubles with each one
+/// after, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: u64 = 60;
+const MAX_BACKOFF: u64 = 86_400;
+/// The largest response read from the CA.
+const MAX_RESPONSE: usize = 1 << 20;
+
+/// Why an order did not bring a certificate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OrderError {
+    #[error("the CA: {0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("the CA offers no {kind} challenge for {name}")]
+    NoChallenge { name: String, kind: &'static str },
+    #[error("the CA refused {0}")]
+    Invalid(String),
+    #[error("the authorization of {name} is {status:?}")]
+    Authorization {
+        name: String,
+        status: AuthorizationStatus,
+    },
+    #[error("the certificate: {0}")]
+    Certificate(String),
+    #[error("the issued certificate is not usable: {0}")]
+    Unusable(#[from] crate::certs::CertCheckError),
+    #[error("the order took longer than its lease")]
+    Timeout,
+    #[error("not written: {0}")]
+    Apply(#[from] crate::records::ApplyError),
+    #[error("no randomness for sealing")]
+    NoRandomness,
+}
+
+/// Orders the certificates this node is picked for, until `cancel`.
+pub async fn run(members: Arc<Members>, key: SecretKey, cancel: CancellationToken) {
+    let mut orderer = Orderer {
+        members,
+        secret: maki_protocol::seal::node_secret(&key),
+        key,
+        account: None,
+        account_failures: 0,
+        account_retry: 0,
+        trusted: HashMap::new(),
+    };
+    let mut running: JoinSet<Domain> = JoinSet::new();
+    let mut busy: HashSet<Domain> = HashSet::new();
+    let mut every = tokio::time::interval(ROUND);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            Some(done) = running.join_next() => {
+                if let Ok(site) = done {
+                    busy.remove(&site);
+                }
+                continue;
+            }
+            _ = every.tick() => {}
+        }
+        orderer.round(&mut running, &mut busy, &cancel).await;
+    }
+    running.shutdown().await;
+}
+
+struct Orderer {
+    members: Arc<Members>,
+    key: SecretKey,
+    secret: [u8; 32],
+    /// The account in use: for which settings and account record versions.
+    account: Option<(u64, u64, Account)>,
+    account_failures: u32,
+    account_retry: u64,
+    /// Whether a site's certificate chains to the roots, by site, for the
+    /// record and settings versions checked.
+    trusted: HashMap<Domain, (u64, u64, bool)>,
+}
+
+/// A site whose certificate this node orders now.
+struct Job {
+    site: SiteRecord,
+    names: Vec<String>,
+    previous: Option<CertRecord>,
+    failures: u32,
+    /// The previous certificate's key was readable by a node that left:
+    /// revoke it once the new one is in.
+    revoke: bool,
+}
+
+impl Orderer {
+    async fn round(
+        &mut self,
+        running: &mut JoinSet<Domain>,
+        busy: &mut HashSet<Domain>,
+        cancel: &CancellationToken,
+    ) {
+        let dir = self.members.directory();
+        let Some(config) = dir.acme().cloned() else {
+            return;
+        };
+        let now = now_secs();
+        self.reseal_account(&dir);
+        let jobs = self.due(&dir, &config, now, busy);
+        if jobs.is_empty() || busy.len() >= MAX_ORDERS {
+            return;
+        }
+        let account = match self.account(&dir, &config, now).await {
+            Ok(a) => a,
+            Err(error) => {
+                warn!(%error, directory = %config.directory, "no ACME account");
+                self.account_failures += 1;
+                self.account_retry = now + backoff(self.account_failures);
+                for job in &jobs {
+                    self.fail(&dir, job, &format!("no account at the CA: {error}"), now);
+                }
+                return;
+            }
+        };
+        let roots = Arc::new(crate::certs::roots(Some(&config)));
+        for job in jobs.into_iter().take(MAX_ORDERS - busy.len()) {
+            let lease = self.lease(&dir, &job, now + LEASE_SECS, Vec::new());
+            if let Err(error) = self.members.apply_local(lease) {
+                warn!(site = %job.site.domain, %error, "could not take the order's lease");
+                continue;
+            }
+            info!(site = %job.site.domain, names = ?job.names, "ordering a certificate");
+            busy.insert(job.site.domain.clone());
+            let ctx = Ctx {
+                members: self.members.clone(),
+                key: self.key.clone(),
+                secret: self.secret,
+                roots: roots.clone(),
+                challenge: config.challenge,
+            };
+            let cancel = cancel.clone();
+            let account = account.clone();
+            running.spawn(async move {
+                let domain = job.site.domain.clone();
+                let timeout = Duration::from_secs(LEASE_SECS - 30);
+                let outcome = tokio::select! {
+                    _ = cancel.cancelled() => return domain,
+                    o = tokio::time::timeout(timeout, ctx.order(&account, &job)) => o,
+                };
+                let outcome = outcome.unwrap_or(Err(OrderError::Timeout));
+                ctx.finish(&account, &job, outcome).await;
+                domain
+            });
+        }
+    }
+
+    /// The sites this node should order for now.
+    fn due(
+        &mut self,
+        dir: &Directory,
+        config: &AcmeConfig,
+        now: u64,
+        busy: &HashSet<Domain>,
+    ) -> Vec<Job> {
+        let me = self.key.public();
+        let candidates = self.candidates(dir, config);
+        if !candidates.contains(&me) {
+            return Vec::new();
+        }
+        let recipients: HashSet<[u8; 32]> = recipients(dir).into_iter().collect();
+        let acme_version = config.version;
+        let mut roots = None;
+        let mut jobs = Vec::new();
+        for site in dir.sites() {
+            if busy.contains(&site.domain) {
+                continue;
+            }
+            let order = dir.acme_order(&site.domain);
+            if order.is_some_and(|o| o.retry_at > now) {
+                continue;
+            }
+            // A lease of a node still up is left to it; one of this node
+            // (a restart mid-order) or of a node that is down is not.
+            if let Some(o) = order
+                && o.leased_to_other(&me, now)
+                && candidates.contains(&o.holder)
+            {
+                continue;
+            }
+            if pick(&site.domain, &candidates) != Some(me) {
+                continue;
+            }
+            let names: Vec<String> = site.names().map(|d| d.as_str().to_owned()).collect();
+            let previous = dir.cert(&site.domain);
+            let trusted = previous.is_some_and(|c| {
+                let entry = self.trusted.get(&site.domain);
+                match entry {
+                    Some((v, a, ok)) if *v == c.version && *a == acme_version => *ok,
+                    _ => {
+                        let roots = roots
+                            .get_or_insert_with(|| Arc::new(crate::certs::roots(Some(config))));
+                        let ok =
+                            crate::certs::verify_chain(c, roots.clone(), UnixTime::now()).is_ok();
+                        self.trusted
+                            .insert(site.domain.clone(), (c.version, acme_version, ok));
+                        ok
+                    }
+                }
+            });
+            let Some(why) = needs(previous, &names, trusted, &recipients, now) else {
+                continue;
+            };
+            info!(site = %site.domain, why, "the site needs a certificate");
+            jobs.push(Job {
+                site: site.clone(),
+                names,
+                previous: previous.cloned(),
+                failures: order.map_or(0, |o| o.failures),
+                revoke: why == NEEDS_REKEY,
+            });
+        }
+        self.trusted
+            .retain(|d, _| dir.sites().any(|s| &s.domain == d));
+        jobs
+    }
+
+    /// The nodes that may order: the live `http` nodes that can be sealed
+    /// to, and of those, the ones holding the account key when any does.
+    fn candidates(&self, dir: &Directory, config: &AcmeConfig) -> Vec<PublicKey> {
+        let ids: Vec<_> = dir.members().map(|(n, _)| n.id).collect();
+        let down = self
+            .members
+            .health
+            .down(crate::health::verdict::Service::Http, &ids);
+        let live: Vec<(PublicKey, [u8; 32])> = dir
+            .members()
+            .filter(|(n, _)| n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP))
+            .filter(|(n, _)| !down.contains(&n.id))
+            .filter_map(|(n, _)| Some((n.id, n.seal?)))
+            .collect();
+        let account = dir
+            .acme_account()
+            .filter(|a| a.directory == config.directory);
+        let holds = |seal: &[u8; 32]| account.is_some_and(|a| a.sealed.iter().any(|s| s.to == *seal));
+        let holders: Vec<PublicKey> = live
+            .iter()
+            .filter(|(_, seal)| holds(seal))
+            .map(|(id, _)| *id)
+            .collect();
+        if holders.is_empty() {
+            live.into_iter().map(|(id, _)| id).collect()
+        } else {
+            holders
+        }
+    }
+
+    /// The network's account: the one in the records if this node can
+    /// open it, or a new one (written to the records) when there is none
+    /// for the settings' directory.
+    async fn account(
+        &mut self,
+        dir: &Directory,
+        config: &AcmeConfig,
+        now: u64,
+    ) -> Result<Account, AccountError> {
+        let record = dir
+            .acme_account()
+            .filter(|a| a.directory == config.directory);
+        let record_version = record.map_or(0, |r| r.version);
+        if let Some((c, r, account)) = &self.account
+            && *c == config.version
+            && *r == record_version
+        {
+            return Ok(account.clone());
+        }
+        if self.account_retry > now {
+            return Err(AccountError::BackingOff);
+        }
+        let http = Box::new(AcmeHttp::new(config)?);
+        let (key, fresh) = match record {
+            Some(r) => (r.open(&self.secret)?, false),
+            None => {
+                let (_, pkcs8) = Key::generate_pkcs8()?;
+                (pkcs8.secret_pkcs8_der().to_vec(), true)
+            }
+        };
+        let pkcs8 = PrivatePkcs8KeyDer::from(key.clone());
+        let signing = Key::from_pkcs8_der(pkcs8.clone_key())?;
+        // Makes the account, or finds the one this key already has.
+        let (account, _) = Account::builder_with_http(http)
+            .create_from_key(
+                (signing, PrivateKeyDer::Pkcs8(pkcs8)),
+                config.directory.clone(),
+            )
+            .await?;
+        if !config.contact.is_empty() {
+            let contact: Vec<&str> = config.contact.iter().map(String::as_str).collect();
+            if let Err(error) = account.update_contacts(&contact).await {
+                warn!(%error, "the CA did not take the account's contacts");
+            }
+        }
+        let mut version = record_version;
+        if fresh {
+            let mut next = AcmeAccount {
+                format: 1,
+                directory: config.directory.clone(),
+                sealed: Vec::new(),
+                version: crate::now_millis(),
+            };
+            let (sealed, failed) = with_randomness(|fresh| {
+                next.seal_to(&key, &recipients(dir), fresh).is_ok()
+            });
+            if !sealed || failed {
+                return Err(AccountError::NoRandomness);
+            }
+            version = next.version;
+            info!(directory = %config.directory, id = account.id(), "made the network's ACME account");
+            self.members
+                .apply_local(Record::Account(Signed::sign(&self.key, &next)))
+                .map_err(|e| AccountError::Apply(e.to_string()))?;
+        }
+        self.account_failures = 0;
+        self.account = Some((config.version, version, account.clone()));
+        Ok(account)
+    }
+
+    /// Seals the account key again for `http` nodes that joined since it
+    /// was made (the lowest-id holder does it).
+    fn reseal_account(&self, dir: &Directory) {
+        let Some(account) = dir.acme_account() else {
+            return;
+        };
+        let http = http_seals(dir);
+        let holds = |seal: &[u8; 32]| account.sealed.iter().any(|s| s.to == *seal);
+        let first = http
+            .iter()
+            .filter(|(_, seal)| holds(seal))
+            .map(|(id, _)| *id)
+            .min();
+        if first != Some(self.key.public()) || http.iter().all(|(_, seal)| holds(seal)) {
+            return;
+        }
+        let Ok(key) = account.open(&self.secret) else {
+            return;
+        };
+        let mut next = AcmeAccount {
+            version: crate::now_millis().max(account.version + 1),
+            ..account.clone()
+        };
+        let (sealed, failed) =
+            with_randomness(|fresh| next.seal_to(&key, &recipients(dir), fresh).is_ok());
+        if !sealed || failed {
+            warn!("could not reseal the ACME account key");
+            return;
+        }
+        info!("resealing the ACME account key to the nodes that joined");
+        if let Err(error) = self
+            .members
+            .apply_local(Record::Account(Signed::sign(&self.key, &next)))
+        {
+            warn!(%error, "could not reseal the ACME account key");
+        }
+    }
+
+    fn lease(&self, dir: &Directory, job: &Job, until: u64, challenges: Vec<Challenge>) -> Record {
+        let order = AcmeOrder {
+            until,
+            challenges,
+            ..next_order(&self.key, dir, job)
+        };
+        Record::Order(Signed::sign(&self.key, &order))
+    }
+
+    /// Writes a failed attempt for `job` without having started it.
+    fn fail(&self, dir: &Directory, job: &Job, error: &str, now: u64) {
+        let record = failure_record(&self.key, dir, job, error, now);
+        if let Err(e) = self.members.apply_local(record) {
+            warn!(site = %job.site.domain, error = %e, "could not write the failed order");
+        }
+    }
+}
+
+/// Why an account could not be had.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccountError {
+    #[error("{0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("the network's account key: {0}")]
+    Key(#[from] maki_protocol::acme::AccountError),
+    #[error("the HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("waiting after the last failure")]
+    BackingOff,
+    #[error("no randomness for sealing")]
+    NoRandomness,
+    #[error("not written: {0}")]
+    Apply(String),
+}
+
+/// What one order needs, apart from the orderer's bookkeeping.
+struct Ctx {
+    members: Arc<Members>,
+    key: SecretKey,
+    secret: [u8; 32],
+    roots: Arc<RootCertStore>,
+    challenge: ChallengeKind,
+}
+
+impl Ctx {
+    async fn order(&self, account: &Account, job: &Job) -> Result<CertRecord, OrderError> {
+        let identifiers: Vec<Identifier> = job
+            .names
+            .iter()
+            .map(|n| Identifier::Dns(n.clone()))
+            .collect();
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        // First what every node must answer, then the CA is told to look.
+        let mut challenges = Vec::new();
+        let mut auths = order.authorizations();
+        while let Some(auth) = auths.next().await {
+            let mut auth = auth?;
+            match auth.status {
+                AuthorizationStatus::Valid => continue,
+                AuthorizationStatus::Pending => {}
+                status => {
+                    return Err(OrderError::Authorization {
+                        name: auth.identifier().to_string(),
+                        status,
+                    });
+                }
+            }
+            let name = auth.identifier().to_string();
+            let kind = if auth.identifier().wildcard {
+                ChallengeKind::Dns01
+            } else {
+                self.challenge
+            };
+            let handle = auth
+                .challenge(challenge_type(kind))
+                .ok_or(OrderError::NoChallenge {
+                    name: name.clone(),
+                    kind: kind_name(kind),
+                })?;
+            let proof = handle.key_authorization();
+            challenges.push(Challenge {
+                kind,
+                name,
+                token: handle.token.clone(),
+                proof: match kind {
+                    ChallengeKind::Http01 => proof.as_str().to_owned(),
+                    ChallengeKind::Dns01 => proof.dns_value(),
+                },
+            });
+        }
+        if !challenges.is_empty() {
+            let dir = self.members.directory();
+            let lease = AcmeOrder {
+                until: now_secs() + LEASE_SECS,
+                challenges: challenges.clone(),
+                ..next_order(&self.key, &dir, job)
+            };
+            self.members
+                .apply_local(Record::Order(Signed::sign(&self.key, &lease)))?;
+            tokio::time::sleep(SETTLE).await;
+            let mut auths = order.authorizations();
+            while let Some(auth) = auths.next().await {
+                let mut auth = auth?;
+                if auth.status != AuthorizationStatus::Pending {
+                    continue;
+                }
+                let kind = if auth.identifier().wildcard {
+                    ChallengeKind::Dns01
+                } else {
+                    self.challenge
+                };
+                if let Some(mut handle) = auth.challenge(challenge_type(kind)) {
+                    handle.set_ready().await?;
+                }
+            }
+        }
+        let polling = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(500))
+            .timeout(Duration::from_secs(120));
+        if order.poll_ready(&polling).await? != OrderStatus::Ready {
+            return Err(OrderError::Invalid(why_invalid(&mut order).await));
+        }
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| OrderError::Certificate(e.to_string()))?;
+        let mut params = rcgen::CertificateParams::new(job.names.clone())
+            .map_err(|e| OrderError::Certificate(e.to_string()))?;
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key)
+            .map_err(|e| OrderError::Certificate(e.to_string()))?;
+        order.finalize_csr(csr.der()).await?;
+        let pem = order.poll_certificate(&polling).await?;
+        let chain: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| OrderError::Certificate(e.to_string()))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| OrderError::Certificate("an empty chain".into()))?;
+        let not_after = maki_protocol::cert::not_after(leaf)
+            .ok_or_else(|| OrderError::Certificate("its expiry cannot be read".into()))?;
+        let dir = self.members.directory();
+        let mut record = CertRecord {
+            format: 1,
+            site: job.site.domain.clone(),
+            incarnation: job.site.heads_after,
+            origin: Origin::Acme,
+            names: job.names.clone(),
+            chain,
+            not_after,
+            sealed: Vec::new(),
+            version: crate::now_millis(),
+        };
+        let private = key.serialize_der();
+        let (sealed, failed) =
+            with_randomness(|fresh| record.seal_to(&private, &recipients(&dir), fresh).is_ok());
+        if !sealed || failed {
+            return Err(OrderError::NoRandomness);
+        }
+        // What every node will check before serving it, checked first here.
+        crate::certs::verify_chain(&record, self.roots.clone(), UnixTime::now())?;
+        crate::certs::open(&record, &self.secret)?;
+        Ok(record)
+    }
+
+    /// Writes what came of an order: the certificate and a released
+    /// lease, or the failure and when to try again.
+    async fn finish(&self, account: &Account, job: &Job, outcome: Result<CertRecord, OrderError>) {
+        let dir = self.members.directory();
+        let site = &job.site.domain;
+        let now = now_secs();
+        let record = match outcome {
+            Ok(cert) => {
+                let not_after = cert.not_after;
+                if let Err(error) = self
+                    .members
+                    .apply_local(Record::Cert(Signed::sign(&self.key, &cert)))
+                {
+                    warn!(%site, %error, "could not write the new certificate");
+                    failure_record(&self.key, &dir, job, &error.to_string(), now)
+                } else {
+                    info!(%site, names = ?job.names, not_after, "certificate issued");
+                    if job.revoke
+                        && let Some(old) = &job.previous
+                        && old.origin == Origin::Acme
+                    {
+                        revoke(account, old).await;
+                    }
+                    let released = AcmeOrder {
+                        failures: 0,
+                        error: None,
+                        ..next_order(&self.key, &dir, job)
+                    };
+                    Record::Order(Signed::sign(&self.key, &released))
+                }
+            }
+            Err(error) => {
+                warn!(%site, %error, failures = job.failures + 1, "certificate order failed");
+                failure_record(&self.key, &dir, job, &error.to_string(), now)
+            }
+        };
+        if let Err(error) = self.members.apply_local(record) {
+            warn!(%site, %error, "could not write the order's outcome");
+        }
+    }
+}
+
+async fn revoke(account: &Account, old: &CertRecord) {
+    let Some(leaf) = old.chain.first() else {
+        return;
+    };
+    let der = CertificateDer::from(leaf.as_slice());
+    let request = RevocationRequest {
+        certificate: &der,
+        reason: Some(RevocationReason::KeyCompromise),
+    };
+    match account.revoke(&request).await {
+        Ok(()) => info!(site = %old.site, "revoked the certificate whose key a removed node could read"),
+        Err(error) => warn!(site = %old.site, %error, "could not revoke the old certificate"),
+    }
+}
+
+/// Why the CA found the order invalid, from its authorizations.
+async fn why_invalid(order: &mut instant_acme::Order) -> String {
+    let mut why = Vec::new();
+    let mut auths = order.authorizations();
+    while let Some(Ok(mut auth)) = auths.next().await {
+        let name = auth.identifier().to_string();
+        if auth.refresh().await.is_err() {
+            continue;
+        }
+        for c in &auth.challenges {
+            if let Some(e) = &c.error {
+                why.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    if why.is_empty() {
+        "the order (no reason given)".into()
+    } else {
+        why.join("; ")
+    }
+}
+
+/// Why a site needs a new certificate; None if it does not.
+const NEEDS_REKEY: &str = "its key was readable by a node that left";
+
+fn needs(
+    cert: Option<&CertRecord>,
+    names: &[String],
+    trusted: bool,
+    recipients: &HashSet<[u8; 32]>,
+    now: u64,
+) -> Option<&'static str> {
+    let Some(cert) = cert.filter(|c| !c.chain.is_empty()) else {
+        return Some("it has none");
+    };
+    if cert.not_after <= now {
+        return Some("it expired");
+    }
+    // An uploaded certificate is the publisher's to renew.
+    if cert.origin == Origin::Upload {
+        return None;
+    }
+    if !trusted {
+        return Some("it does not chain to a trusted root");
+    }
+    if names.iter().any(|n| !cert.names.contains(n)) {
+        return Some("it lacks a name of the site");
+    }
+    if cert.sealed.iter().any(|s| !recipients.contains(&s.to)) {
+        return Some(NEEDS_REKEY);
+    }
+    let not_before = cert
+        .chain
+        .first()
+        .and_then(|l| maki_protocol::cert::validity(l))
+        .map_or(now, |(b, _)| b);
+    let life = cert.not_after.saturating_sub(not_before);
+    (cert.not_after.saturating_sub(now) <= life / 3).then_some("a third of its life is left")
+}
+
+/// The node a rendezvous hash of `site` picks among `candidates`: each
+/// site has one, and a node leaving moves only its own sites.
+fn pick(site: &Domain, candidates: &[PublicKey]) -> Option<PublicKey> {
+    candidates.iter().copied().max_by_key(|id| {
+        let mut h = blake3::Hasher::new_derive_key("makiatto 2026 acme orderer v1");
+        h.update(site.as_str().as_bytes());
+        h.update(&[0]);
+        h.update(id.as_bytes());
+        *h.finalize().as_bytes()
+    })
+}
+
+/// The `http` members' ids and sealing keys.
+fn http_seals(dir: &Directory) -> Vec<(PublicKey, [u8; 32])> {
+    dir.members()
+        .filter(|(n, _)| n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP))
+        .filter_map(|(n, _)| Some((n.id, n.seal?)))
+        .collect()
+}
+
+/// Who a TLS or account key is sealed to: the `http` nodes and admins.
+fn recipients(dir: &Directory) -> Vec<[u8; 32]> {
+    let mut out: Vec<[u8; 32]> = http_seals(dir).into_iter().map(|(_, s)| s).collect();
+    out.extend(
+        dir.admins()
+            .iter()
+            .filter_map(maki_protocol::seal::admin_public),
+    );
+    out
+}
+
+/// The next version of `job`'s order record, held by `key`'s node: no
+/// lease, no challenges, the failures and last error as they stand.
+fn next_order(key: &SecretKey, dir: &Directory, job: &Job) -> AcmeOrder {
+    let previous = dir.acme_order(&job.site.domain);
+    AcmeOrder {
+        format: 1,
+        site: job.site.domain.clone(),
+        incarnation: job.site.heads_after,
+        holder: key.public(),
+        until: 0,
+        challenges: Vec::new(),
+        failures: job.failures,
+        error: previous.and_then(|o| o.error.clone()),
+        retry_at: 0,
+        version: crate::now_millis().max(previous.map_or(0, |o| o.version + 1)),
+    }
+}
+
+fn failure_record(key: &SecretKey, dir: &Directory, job: &Job, error: &str, now: u64) -> Record {
+    let failures = job.failures.saturating_add(1);
+    let mut text: String = error
+        .chars()
+        .map(|c| if c.is_ascii_graphic() { c } else { ' ' })
+        .collect();
+    text.truncate(maki_protocol::acme::MAX_ERROR);
+    let order = AcmeOrder {
+        failures,
+        error: Some(text),
+        retry_at: now + backoff(failures),
+        ..next_order(key, dir, job)
+    };
+    Record::Order(Signed::sign(key, &order))
+}
+
+/// How long to wait after `failures` failures in a row (seconds).
+fn backoff(failures: u32) -> u64 {
+    let doublings = failures.saturating_sub(1).min(20);
+    (FIRST_BACKOFF << doublings).min(MAX_BACKOFF)
+}
+
+fn challenge_type(kind: ChallengeKind) -> ChallengeType {
+    match kind {
+        ChallengeKind::Http01 => ChallengeType::Http01,
+        ChallengeKind::Dns01 => ChallengeType::Dns01,
+    }
+}
+
+fn kind_name(kind: ChallengeKind) -> &'static str {
+    match kind {
+        ChallengeKind::Http01 => "http-01",
+        ChallengeKind::Dns01 => "dns-01",
+    }
+}
+
+/// Runs `f` with a source of fresh random bytes; also says whether the
+/// source ever failed (the bytes are then not to be used).
+fn with_randomness<R>(f: impl FnOnce(&mut dyn FnMut() -> [u8; 32]) -> R) -> (R, bool) {
+    let rng = ring::rand::SystemRandom::new();
+    let mut failed = false;
+    let mut fresh = || {
+        let mut b = [0u8; 32];
+        failed |= ring::rand::SecureRandom::fill(&rng, &mut b).is_err();
+        b
+    };
+    let out = f(&mut fresh);
+    (out, failed)
+}
+
+fn now_secs() -> u64 {
+    crate::now_millis() / 1000
+}
+
+/// The CA's HTTP client: reqwest (what iroh builds already) over rustls
+/// with ring, trusting the system's roots and the settings' extra ones.
+struct AcmeHttp(reqwest::Client);
+
+impl AcmeHttp {
+    fn new(config: &AcmeConfig) -> Result<Self, reqwest::Error> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(crate::certs::roots(Some(config)))
+            .with_no_client_auth();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .https_only(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(15))
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        Ok(Self(client))
+    }
+}
+
+impl HttpClient for AcmeHttp {
+    fn request(
+        &self,
+        req: http::Request<BodyWrapper<Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Result<BytesResponse, instant_acme::Error>> + Send>> {
+        let client = self.0.clone();
+        Box::pin(async move {
+            let other = |e: reqwest::Error| instant_acme::Error::Other(Box::new(e));
+            let (parts, body) = req.into_parts();
+            let body = match body.collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(never) => match never {},
+            };
+            let mut response = client
+                .request(parts.method, parts.uri.to_string())
+                .headers(parts.headers)
+                .body(body)
+                .send()
+                .await
+                .map_err(other)?;
+            let mut out = http::Response::builder().status(response.status());
+            if let Some(headers) = out.headers_mut() {
+                *headers = std::mem::take(response.headers_mut());
+            }
+            let mut bytes = Vec::new();
+            while let Some(chunk) = response.chunk().await.map_err(other)? {
+                bytes.extend_from_slice(&chunk);
+                if bytes.len() > MAX_RESPONSE {
+                    return Err(instant_acme::Error::Str("a response larger than 1 MiB"));
+                }
+            }
+            let out = out
+                .body(http_body_util::Full::new(Bytes::from(bytes)))
+                .map_err(instant_acme::Error::Http)?;
+            Ok(BytesResponse::from(out))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_leaving_node_moves_only_its_own_sites() {
+        let nodes: Vec<PublicKey> = (1..=5u8)
+            .map(|i| SecretKey::from_bytes(&[i; 32]).public())
+            .collect();
+        let sites: Vec<Domain> = (0..200)
+            .map(|i| Domain::new(&format!("s{i}.test")).expect("domain"))
+            .collect();
+        let before: Vec<_> = sites.iter().map(|s| pick(s, &nodes)).collect();
+        let mut counts = HashMap::new();
+        for p in before.iter().flatten() {
+            *counts.entry(*p).or_insert(0) += 1;
+        }
+        assert!(counts.values().all(|&c| c > 20), "{counts:?}");
+        let gone = nodes[2];
+        let rest: Vec<_> = nodes.iter().copied().filter(|n| *n != gone).collect();
+        for (site, was) in sites.iter().zip(&before) {
+            let now = pick(site, &rest);
+            if *was != Some(gone) {
+                assert_eq!(now, *was);
+            }
+        }
+        assert_eq!(pick(&sites[0], &[]), None);
+    }
+
+    #[test]
+    fn failures_back_off_to_a_day() {
+        assert_eq!(backoff(1), 60);
+        assert_eq!(backoff(2), 120);
+        assert_eq!(backoff(5), 960);
+        assert_eq!(backoff(40), MAX_BACKOFF);
+    }
+}
