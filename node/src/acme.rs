@@ -29,7 +29,7 @@ use instant_acme::{
     Identifier, Key, NewOrder, OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
 };
 use maki_protocol::{
-    Domain, PublicKey, Record, SecretKey, SiteRecord, Signed, View,
+    Domain, PublicKey, Record, SecretKey, Signed, SiteRecord, View,
     acme::{AcmeAccount, AcmeConfig, AcmeOrder, Challenge, ChallengeKind},
     cert::{CertRecord, Origin},
 };
@@ -290,7 +290,8 @@ impl Orderer {
         let account = dir
             .acme_account()
             .filter(|a| a.directory == config.directory);
-        let holds = |seal: &[u8; 32]| account.is_some_and(|a| a.sealed.iter().any(|s| s.to == *seal));
+        let holds =
+            |seal: &[u8; 32]| account.is_some_and(|a| a.sealed.iter().any(|s| s.to == *seal));
         let holders: Vec<PublicKey> = live
             .iter()
             .filter(|(_, seal)| holds(seal))
@@ -356,9 +357,8 @@ impl Orderer {
                 sealed: Vec::new(),
                 version: crate::now_millis(),
             };
-            let (sealed, failed) = with_randomness(|fresh| {
-                next.seal_to(&key, &recipients(dir), fresh).is_ok()
-            });
+            let (sealed, failed) =
+                with_randomness(|fresh| next.seal_to(&key, &recipients(dir), fresh).is_ok());
             if !sealed || failed {
                 return Err(AccountError::NoRandomness);
             }
@@ -629,7 +629,9 @@ async fn revoke(account: &Account, old: &CertRecord) {
         reason: Some(RevocationReason::KeyCompromise),
     };
     match account.revoke(&request).await {
-        Ok(()) => info!(site = %old.site, "revoked the certificate whose key a removed node could read"),
+        Ok(()) => {
+            info!(site = %old.site, "revoked the certificate whose key a removed node could read")
+        }
         Err(error) => warn!(site = %old.site, %error, "could not revoke the old certificate"),
     }
 }

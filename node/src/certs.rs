@@ -280,8 +280,13 @@ fn challenges(dir: &Directory, now: u64) -> Challenges {
         };
         let own: Vec<&str> = site.names().map(Domain::as_str).collect();
         for c in &order.challenges {
-            if c.kind == ChallengeKind::Http01 && own.iter().any(|o| o.eq_ignore_ascii_case(&c.name)) {
-                out.insert(c.token.clone(), (c.name.to_ascii_lowercase(), c.proof.clone()));
+            if c.kind == ChallengeKind::Http01
+                && own.iter().any(|o| o.eq_ignore_ascii_case(&c.name))
+            {
+                out.insert(
+                    c.token.clone(),
+                    (c.name.to_ascii_lowercase(), c.proof.clone()),
+                );
             }
         }
     }

@@ -79,7 +79,9 @@ pub enum AcmeError {
     Contact,
     #[error("at most {MAX_LIST} CAA issuer names")]
     Caa,
-    #[error("an extra root is empty or larger than {MAX_ROOT} bytes, or more than {MAX_LIST} of them")]
+    #[error(
+        "an extra root is empty or larger than {MAX_ROOT} bytes, or more than {MAX_LIST} of them"
+    )]
     Root,
 }
 
@@ -141,7 +143,11 @@ impl Signable for AcmeAccount {
 pub enum AccountError {
     #[error("the directory must be an https:// URL of at most {MAX_URL} bytes")]
     Directory,
-    #[error("no copy of the key, more than {} copies, or a copy larger than {} bytes", crate::cert::MAX_RECIPIENTS, crate::cert::MAX_SEALED)]
+    #[error(
+        "no copy of the key, more than {} copies, or a copy larger than {} bytes",
+        crate::cert::MAX_RECIPIENTS,
+        crate::cert::MAX_SEALED
+    )]
     Copies,
     #[error("two copies for one recipient")]
     TwoCopies,
@@ -293,8 +299,9 @@ impl AcmeOrder {
         let b64url = |s: &str, dot: bool| {
             !s.is_empty()
                 && s.len() <= MAX_TOKEN
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (dot && b == b'.'))
+                && s.bytes().all(|b| {
+                    b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || (dot && b == b'.')
+                })
         };
         for c in &self.challenges {
             if !crate::cert::covers_own(&c.name, site_names) {
@@ -393,7 +400,11 @@ mod tests {
             let mut o = order();
             o.challenges[0].token = token.into();
             o.challenges[0].proof = proof.into();
-            assert_eq!(o.check(&["a.test"]), Err(OrderError::Token), "{token} {proof}");
+            assert_eq!(
+                o.check(&["a.test"]),
+                Err(OrderError::Token),
+                "{token} {proof}"
+            );
         }
         let mut o = order();
         o.error = Some("bad\ntext".into());

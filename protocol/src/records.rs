@@ -1526,7 +1526,10 @@ mod tests {
             retry_at: 0,
             version: 1,
         };
-        assert_eq!(check(Record::Order(Signed::sign(&founder, &order)), &view), Ok(()));
+        assert_eq!(
+            check(Record::Order(Signed::sign(&founder, &order)), &view),
+            Ok(())
+        );
         for who in [&publisher, &admin] {
             let theirs = crate::acme::AcmeOrder {
                 holder: who.public(),

@@ -64,9 +64,7 @@ impl Pebble {
         let key_file = dir.join("pebble-key.pem");
         std::fs::write(&cert_file, leaf.pem())?;
         std::fs::write(&key_file, leaf_key.serialize_pem())?;
-        let listen = free_port()?;
-        let management = free_port()?;
-        let tls_port = free_port()?;
+        let [listen, management, tls_port] = free_ports()?;
         let mut config = serde_json::json!({
             "pebble": {
                 "listenAddress": listen.to_string(),
@@ -113,9 +111,11 @@ impl Pebble {
         let waited = wait_for(Duration::from_secs(20), "pebble's directory", || {
             let trust = trust.clone();
             async move {
-                Ok(https_get(dir_addr, "localhost", "/dir", &["http/1.1"], &trust)
-                    .await
-                    .is_ok_and(|r| r.reply.status == 200))
+                Ok(
+                    https_get(dir_addr, "localhost", "/dir", &["http/1.1"], &trust)
+                        .await
+                        .is_ok_and(|r| r.reply.status == 200),
+                )
             }
         })
         .await;
@@ -149,8 +149,8 @@ impl Pebble {
         let trust = Trust::Roots(vec![self.tls_root.clone()]);
         let path = format!("/cert-status-by-serial/{serial_hex}");
         let got = https_get(self.management, "localhost", &path, &["http/1.1"], &trust).await?;
-        let v: serde_json::Value = serde_json::from_slice(&got.reply.body)
-            .with_context(|| format!("pebble's {path}"))?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&got.reply.body).with_context(|| format!("pebble's {path}"))?;
         Ok(v["Status"].as_str().unwrap_or_default().to_owned())
     }
 
@@ -166,9 +166,17 @@ impl Drop for Pebble {
     }
 }
 
-/// A loopback port nothing listens on now.
-pub fn free_port() -> Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+/// `N` distinct loopback ports nothing listens on now (each held open
+/// until all are found, so none is handed out twice).
+pub fn free_ports<const N: usize>() -> Result<[SocketAddr; N]> {
+    let held: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let addrs: Vec<SocketAddr> = held
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<_>>()?;
+    addrs.try_into().map_err(|_| anyhow::anyhow!("{N} ports"))
 }
 
 /// `der` as a PEM block.

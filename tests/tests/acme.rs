@@ -18,6 +18,11 @@ const ALIAS: &str = "www.shop.test";
 /// HTTP port for all (the port Pebble checks HTTP-01 on, at whichever
 /// address the name resolves to).
 fn acme_network(n: usize) -> Result<(Network, u16)> {
+    acme_network_from(n, 0)
+}
+
+/// [`acme_network`] where the nodes before `http_from` answer DNS only.
+fn acme_network_from(n: usize, http_from: usize) -> Result<(Network, u16)> {
     let port = {
         // The port must be free on every one of the addresses.
         let mut tries = 0;
@@ -25,7 +30,10 @@ fn acme_network(n: usize) -> Result<(Network, u16)> {
             let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
             let p = probe.local_addr()?.port();
             drop(probe);
-            let free = (1..=n).all(|i| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok() && std::net::TcpListener::bind((format!("127.0.0.{i}").as_str(), p)).is_ok());
+            let free = (1..=n).all(|i| {
+                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                    && std::net::TcpListener::bind((format!("127.0.0.{i}").as_str(), p)).is_ok()
+            });
             tries += 1;
             if free || tries > 20 {
                 break p;
@@ -35,9 +43,16 @@ fn acme_network(n: usize) -> Result<(Network, u16)> {
     let fresh = fresh_network()?;
     let configure = |dir: &std::path::Path, i: usize| -> Result<()> {
         let ip = format!("127.0.0.{}", i + 1);
-        set_config(dir, "roles", r#"["http", "dns"]"#)?;
+        let roles = if i < http_from {
+            r#"["dns"]"#
+        } else {
+            r#"["http", "dns"]"#
+        };
+        set_config(dir, "roles", roles)?;
         set_config(dir, "http", &format!(r#""{ip}:{port}""#))?;
         set_config(dir, "dns", &format!(r#""{ip}:0""#))?;
+        // Members probe each other's edge at their p2p address.
+        set_config(dir, "p2p", &format!(r#""{ip}:0""#))?;
         set_config(dir, "public_ips", &format!(r#"["{ip}"]"#))?;
         Ok(())
     };
@@ -94,7 +109,7 @@ async fn served_everywhere(
 ) -> Result<Vec<u8>> {
     let trust = Trust::Roots(vec![root.clone()]);
     let mut leaf = Vec::new();
-    for node in &net.nodes {
+    for node in net.nodes.iter().filter(|n| n.https.port() != 0) {
         let https = node.https;
         let host = host.to_owned();
         wait_for(timeout, &format!("{host} from the CA on {https}"), || {
@@ -134,15 +149,22 @@ async fn a_certificate_one_node_orders_is_served_by_all_three() -> Result<()> {
         .await
         .with_context(|| format!("pebble's log:\n{}", pebble.log()))?;
     let alias_leaf = served_everywhere(&net, ALIAS, &pebble.issuing_root, timeout).await?;
-    ensure!(leaf == alias_leaf, "one certificate for the site and its alias");
+    ensure!(
+        leaf == alias_leaf,
+        "one certificate for the site and its alias"
+    );
     // Now plain HTTP sends visitors to HTTPS, on every node.
     for node in &net.nodes {
         let http = node.http;
-        wait_for(Duration::from_secs(10), "the redirect to https", || async move {
-            Ok(maki_e2e::http_get(http, SITE, "/", &[])
-                .await
-                .is_ok_and(|r| r.status == 301))
-        })
+        wait_for(
+            Duration::from_secs(10),
+            "the redirect to https",
+            || async move {
+                Ok(maki_e2e::http_get(http, SITE, "/", &[])
+                    .await
+                    .is_ok_and(|r| r.status == 301))
+            },
+        )
         .await?;
     }
     let sites = net.admin.ok(&["sites"])?;
@@ -151,5 +173,189 @@ async fn a_certificate_one_node_orders_is_served_by_all_three() -> Result<()> {
         "{sites}"
     );
     ensure!(!sites.contains("ORDER FAILED"), "{sites}");
+    // One node ordered, once: the others left the site to it.
+    let log = pebble.log();
+    ensure!(log.matches("Added order").count() == 1, "{log}");
     Ok(())
+}
+
+async fn acme_set(net: &Network, pebble: &Pebble, extra: &[&str]) -> Result<()> {
+    let roots = pebble.roots.to_string_lossy().into_owned();
+    let mut args = vec![
+        "acme",
+        "set",
+        "--directory",
+        &pebble.directory,
+        "--root",
+        &roots,
+    ];
+    args.extend_from_slice(extra);
+    net.admin.ok(&args)?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs pebble (Debian package pebble); .ci/run installs it"]
+async fn dns01_proves_the_names_through_the_networks_own_nameservers() -> Result<()> {
+    let (net, _) = acme_network(2)?;
+    publish(&net)?;
+    // Pebble's HTTP-01 checks go to a port nothing listens on: only
+    // DNS-01 can succeed.
+    let [nowhere] = maki_e2e::pebble::free_ports()?;
+    let pebble = pebble(&net, nowhere.port(), None).await?;
+    acme_set(&net, &pebble, &["--challenge", "dns-01"]).await?;
+    let timeout = Duration::from_secs(60);
+    served_everywhere(&net, SITE, &pebble.issuing_root, timeout)
+        .await
+        .with_context(|| format!("pebble's log:\n{}", pebble.log()))?;
+    served_everywhere(&net, ALIAS, &pebble.issuing_root, timeout).await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs pebble (Debian package pebble); .ci/run installs it"]
+async fn a_certificate_is_renewed_when_a_third_of_its_life_is_left() -> Result<()> {
+    let (net, port) = acme_network(2)?;
+    publish(&net)?;
+    // Certificates of 30 s: renewed from 20 s on.
+    let pebble = pebble(&net, port, Some(30)).await?;
+    acme_set(&net, &pebble, &[]).await?;
+    let first = served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("pebble's log:\n{}", pebble.log()))?;
+    let trust = Trust::Roots(vec![pebble.issuing_root.clone()]);
+    for node in &net.nodes {
+        let https = node.https;
+        let (trust, first) = (trust.clone(), first.clone());
+        wait_for(Duration::from_secs(45), "a renewed certificate", || {
+            let (trust, first) = (trust.clone(), first.clone());
+            async move {
+                Ok(https_get(https, SITE, "/", &["h2"], &trust)
+                    .await
+                    .is_ok_and(|r| r.chain.first().is_some_and(|l| l.as_ref() != first)))
+            }
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs pebble (Debian package pebble); .ci/run installs it"]
+async fn another_node_takes_over_when_the_ordering_node_dies_mid_order() -> Result<()> {
+    // Node 0 only answers DNS (Pebble asks it), so the one killed is
+    // never the nameserver.
+    let (mut net, port) = acme_network_from(4, 1)?;
+    publish(&net)?;
+    let pebble = pebble(&net, port, None).await?;
+    // Each order waits a moment after writing its challenges: the node
+    // is killed then, before the CA was told to look.
+    acme_set(&net, &pebble, &[]).await?;
+    let mut holder = None;
+    wait_for(Duration::from_secs(30), "an order in flight", || {
+        let sites = net.admin.ok(&["sites"]);
+        let found = sites.ok().and_then(|s| {
+            let (_, after) = s.split_once("ordering (node ")?;
+            Some(after.split(')').next()?.to_owned())
+        });
+        holder = found.clone();
+        async move { Ok(found.is_some()) }
+    })
+    .await?;
+    let short = holder.context("the ordering node")?;
+    let i = (0..net.nodes.len())
+        .find(|&i| net.nodes[i].id().is_ok_and(|id| id.starts_with(&short)))
+        .context("the ordering node among ours")?;
+    ensure!(i != 0, "node 0 has no http role");
+    let dead = net.nodes.remove(i);
+    dead.crash()?;
+    let served = served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(90)).await;
+    served.with_context(|| {
+        format!(
+            "pebble's log:\n{}\nnode logs:\n{}",
+            pebble.log(),
+            net.nodes
+                .iter()
+                .map(|n| n.log())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        )
+    })?;
+    // The dead node's order, then the one that took over.
+    let log = pebble.log();
+    ensure!(log.matches("Added order").count() == 2, "{log}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs pebble (Debian package pebble); .ci/run installs it"]
+async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_them() -> Result<()> {
+    let (mut net, port) = acme_network(3)?;
+    publish(&net)?;
+    let pebble = pebble(&net, port, None).await?;
+    acme_set(&net, &pebble, &[]).await?;
+    let old = served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(60))
+        .await
+        .with_context(|| format!("pebble's log:\n{}", pebble.log()))?;
+    let serial = serial_hex(&old).context("the old leaf's serial")?;
+    ensure!(pebble.status(&serial).await? == "Valid");
+    let gone = net.nodes.pop().context("a node")?;
+    let id = gone.id()?;
+    gone.stop()?;
+    net.admin.ok(&["nodes", "remove", &id])?;
+    // A new key, which the removed node never saw, on the nodes left.
+    let trust = Trust::Roots(vec![pebble.issuing_root.clone()]);
+    for node in &net.nodes {
+        let https = node.https;
+        let (trust, old) = (trust.clone(), old.clone());
+        wait_for(Duration::from_secs(60), "a new certificate", || {
+            let (trust, old) = (trust.clone(), old.clone());
+            async move {
+                Ok(https_get(https, SITE, "/", &["h2"], &trust)
+                    .await
+                    .is_ok_and(|r| r.chain.first().is_some_and(|l| l.as_ref() != old)))
+            }
+        })
+        .await?;
+    }
+    wait_for(
+        Duration::from_secs(20),
+        "the old certificate revoked",
+        || {
+            let status = pebble.status(&serial);
+            async move { Ok(status.await? == "Revoked") }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The serial number of the certificate `der`, in lowercase hex without
+/// leading zeros (as Pebble names it).
+fn serial_hex(der: &[u8]) -> Option<String> {
+    fn item(b: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
+        if *b.first()? != tag {
+            return None;
+        }
+        let first = *b.get(1)?;
+        let (len, start) = if first < 0x80 {
+            (usize::from(first), 2)
+        } else {
+            let n = usize::from(first & 0x7f);
+            let mut len = 0usize;
+            for &byte in b.get(2..2 + n)? {
+                len = (len << 8) | usize::from(byte);
+            }
+            (len, 2 + n)
+        };
+        Some((b.get(start..start + len)?, b.get(start + len..)?))
+    }
+    let (cert, _) = item(der, 0x30)?;
+    let (mut tbs, _) = item(cert, 0x30)?;
+    if tbs.first() == Some(&0xa0) {
+        tbs = item(tbs, 0xa0)?.1;
+    }
+    let (serial, _) = item(tbs, 0x02)?;
+    let hex = data_encoding::HEXLOWER.encode(serial);
+    Some(hex.trim_start_matches('0').to_owned())
 }

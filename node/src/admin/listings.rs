@@ -193,15 +193,15 @@ impl AdminProtocol {
                 cert: dir
                     .cert(&domain_for_pin)
                     .map(|c| crate::certs::summary(c, &roots, self.shared.keyring.secret())),
-                order: dir.acme_order(&domain_for_pin).map(|o| {
-                    maki_protocol::rpc::OrderSummary {
+                order: dir
+                    .acme_order(&domain_for_pin)
+                    .map(|o| maki_protocol::rpc::OrderSummary {
                         holder: o.holder,
                         ordering: o.until > crate::now_millis() / 1000,
                         failures: o.failures,
                         error: o.error.clone(),
                         retry_at: o.retry_at,
-                    }
-                }),
+                    }),
             });
         }
         Ok(Response::Sites(out))

@@ -555,11 +555,7 @@ pub(super) fn plain(status: StatusCode, text: impl Into<Bytes>) -> Response<Body
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    build(
-        status,
-        headers,
-        Body::Bytes(text.into()),
-    )
+    build(status, headers, Body::Bytes(text.into()))
 }
 
 #[cfg(test)]
