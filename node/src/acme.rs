@@ -225,7 +225,9 @@ impl Orderer {
                 continue;
             }
             let order = dir.acme_order(&site.domain);
-            if order.is_some_and(|o| o.retry_at > now) {
+            // Backing off after a failure, unless an admin changed the
+            // settings since (which may be the fix).
+            if order.is_some_and(|o| o.retry_at > now && o.version > config.version) {
                 continue;
             }
             // A lease of a node still up is left to it; one of this node

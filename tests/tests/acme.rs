@@ -359,3 +359,35 @@ fn serial_hex(der: &[u8]) -> Option<String> {
     let hex = data_encoding::HEXLOWER.encode(serial);
     Some(hex.trim_start_matches('0').to_owned())
 }
+
+#[tokio::test]
+#[ignore = "needs pebble (Debian package pebble); .ci/run installs it"]
+async fn a_failed_order_is_shown_backs_off_and_is_tried_again_after_new_settings() -> Result<()> {
+    let (net, _) = acme_network(2)?;
+    publish(&net)?;
+    // HTTP-01 checks go nowhere: the order fails.
+    let [nowhere] = maki_e2e::pebble::free_ports()?;
+    let pebble = pebble(&net, nowhere.port(), None).await?;
+    acme_set(&net, &pebble, &[]).await?;
+    let mut shown = String::new();
+    wait_for(Duration::from_secs(60), "the failure in maki sites", || {
+        shown = net.admin.ok(&["sites"]).unwrap_or_default();
+        let failed = shown.contains("ORDER FAILED (1 in a row");
+        async move { Ok(failed) }
+    })
+    .await?;
+    ensure!(
+        shown.contains("connection refused") || shown.contains("Connection refused"),
+        "{shown}"
+    );
+    // Backing off: no second order while the settings stay.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let log = pebble.log();
+    ensure!(log.matches("Added order").count() == 1, "{log}");
+    // An admin switches to DNS-01: tried again at once, and it works.
+    acme_set(&net, &pebble, &["--challenge", "dns-01"]).await?;
+    served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(60)).await?;
+    let sites = net.admin.ok(&["sites"])?;
+    ensure!(!sites.contains("ORDER FAILED"), "{sites}");
+    Ok(())
+}
