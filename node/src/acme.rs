@@ -238,10 +238,15 @@ impl Orderer {
             {
                 continue;
             }
-            if pick(&site.domain, &candidates) != Some(me) {
+            // Each failed attempt, and each lease that ran out unanswered,
+            // moves the order to the next node: one that cannot reach the
+            // CA does not hold the site back.
+            let lapsed = order.is_some_and(|o| o.until != 0 && o.until <= now);
+            let attempt = order.map_or(0, |o| o.failures) + u32::from(lapsed);
+            if pick(&site.domain, attempt, &candidates) != Some(me) {
                 continue;
             }
-            let names: Vec<String> = site.names().map(|d| d.as_str().to_owned()).collect();
+            let names = order_names(site, config.challenge);
             let previous = dir.cert(&site.domain);
             let trusted = previous.is_some_and(|c| {
                 let entry = self.trusted.get(&site.domain);
@@ -266,7 +271,8 @@ impl Orderer {
                 site: site.clone(),
                 names,
                 previous: previous.cloned(),
-                failures: order.map_or(0, |o| o.failures),
+                // A lease that ran out counts as a failed attempt.
+                failures: attempt,
                 revoke: why == NEEDS_REKEY,
             });
         }
@@ -683,7 +689,7 @@ fn needs(
     if !trusted {
         return Some("it does not chain to a trusted root");
     }
-    if names.iter().any(|n| !cert.names.contains(n)) {
+    if names.iter().any(|n| !covered(n, &cert.names)) {
         return Some("it lacks a name of the site");
     }
     if cert.sealed.iter().any(|s| !recipients.contains(&s.to)) {
@@ -698,13 +704,47 @@ fn needs(
     (cert.not_after.saturating_sub(now) <= life / 3).then_some("a third of its life is left")
 }
 
-/// The node a rendezvous hash of `site` picks among `candidates`: each
-/// site has one, and a node leaving moves only its own sites.
-fn pick(site: &Domain, candidates: &[PublicKey]) -> Option<PublicKey> {
+/// The names to order for `site`. With DNS-01 (the network's nameservers
+/// answer for its zones), its domain and the wildcard under it, as a CDN
+/// does: an alias added under the domain later needs no new order; then
+/// the aliases elsewhere. With HTTP-01, each name (a wildcard cannot be
+/// proven over HTTP).
+fn order_names(site: &SiteRecord, challenge: ChallengeKind) -> Vec<String> {
+    let domain = site.domain.as_str();
+    match challenge {
+        ChallengeKind::Http01 => site.names().map(|d| d.as_str().to_owned()).collect(),
+        ChallengeKind::Dns01 => {
+            let mut names = vec![domain.to_owned(), format!("*.{domain}")];
+            names.extend(
+                site.aliases
+                    .iter()
+                    .filter(|a| a.as_str().split_once('.').map(|(_, p)| p) != Some(domain))
+                    .map(|a| a.as_str().to_owned()),
+            );
+            names
+        }
+    }
+}
+
+/// Whether `name` is among `names`, itself or (a name that is no
+/// wildcard) by the wildcard directly above it.
+fn covered(name: &str, names: &[String]) -> bool {
+    names.iter().any(|n| n == name)
+        || (!name.starts_with("*.")
+            && name.split_once('.').is_some_and(|(_, parent)| {
+                names.iter().any(|n| n.strip_prefix("*.") == Some(parent))
+            }))
+}
+
+/// The node a rendezvous hash of `site` and `attempt` picks among
+/// `candidates`: each site has one per attempt, and a node leaving moves
+/// only its own sites.
+fn pick(site: &Domain, attempt: u32, candidates: &[PublicKey]) -> Option<PublicKey> {
     candidates.iter().copied().max_by_key(|id| {
         let mut h = blake3::Hasher::new_derive_key("makiatto 2026 acme orderer v1");
         h.update(site.as_str().as_bytes());
         h.update(&[0]);
+        h.update(&attempt.to_le_bytes());
         h.update(id.as_bytes());
         *h.finalize().as_bytes()
     })
@@ -873,7 +913,7 @@ mod tests {
         let sites: Vec<Domain> = (0..200)
             .map(|i| Domain::new(&format!("s{i}.test")).expect("domain"))
             .collect();
-        let before: Vec<_> = sites.iter().map(|s| pick(s, &nodes)).collect();
+        let before: Vec<_> = sites.iter().map(|s| pick(s, 0, &nodes)).collect();
         let mut counts = HashMap::new();
         for p in before.iter().flatten() {
             *counts.entry(*p).or_insert(0) += 1;
@@ -882,12 +922,41 @@ mod tests {
         let gone = nodes[2];
         let rest: Vec<_> = nodes.iter().copied().filter(|n| *n != gone).collect();
         for (site, was) in sites.iter().zip(&before) {
-            let now = pick(site, &rest);
+            let now = pick(site, 0, &rest);
             if *was != Some(gone) {
                 assert_eq!(now, *was);
             }
         }
-        assert_eq!(pick(&sites[0], &[]), None);
+        assert_eq!(pick(&sites[0], 0, &[]), None);
+        // Attempts after a failure go round the nodes.
+        let tried: HashSet<_> = (0..20).filter_map(|a| pick(&sites[0], a, &nodes)).collect();
+        assert!(tried.len() >= 3, "{tried:?}");
+    }
+
+    #[test]
+    fn dns01_orders_the_domain_and_its_wildcard_and_the_aliases_elsewhere() {
+        let site = SiteRecord {
+            format: 1,
+            domain: Domain::new("shop.test").expect("domain"),
+            aliases: ["www.shop.test", "shop.example", "a.b.shop.test"]
+                .iter()
+                .map(|a| Domain::new(a).expect("domain"))
+                .collect(),
+            publishers: vec![],
+            version: 1,
+            removed: false,
+            heads_after: 0,
+        };
+        let names = order_names(&site, ChallengeKind::Dns01);
+        assert_eq!(
+            names,
+            ["shop.test", "*.shop.test", "shop.example", "a.b.shop.test"]
+        );
+        assert_eq!(order_names(&site, ChallengeKind::Http01).len(), 4);
+        assert!(covered("www.shop.test", &names));
+        assert!(covered("new.shop.test", &names));
+        assert!(!covered("a.c.shop.test", &names));
+        assert!(!covered("*.shop.example", &names));
     }
 
     #[test]

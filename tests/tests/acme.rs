@@ -196,7 +196,8 @@ async fn acme_set(net: &Network, pebble: &Pebble, extra: &[&str]) -> Result<()> 
 
 #[tokio::test]
 #[ignore = "needs pebble (Debian package pebble); .ci/run installs it"]
-async fn dns01_proves_the_names_through_the_networks_own_nameservers() -> Result<()> {
+async fn dns01_proves_the_names_and_a_wildcard_through_the_networks_own_nameservers() -> Result<()>
+{
     let (net, _) = acme_network(2)?;
     publish(&net)?;
     // Pebble's HTTP-01 checks go to a port nothing listens on: only
@@ -205,10 +206,19 @@ async fn dns01_proves_the_names_through_the_networks_own_nameservers() -> Result
     let pebble = pebble(&net, nowhere.port(), None).await?;
     acme_set(&net, &pebble, &["--challenge", "dns-01"]).await?;
     let timeout = Duration::from_secs(60);
-    served_everywhere(&net, SITE, &pebble.issuing_root, timeout)
+    let leaf = served_everywhere(&net, SITE, &pebble.issuing_root, timeout)
         .await
         .with_context(|| format!("pebble's log:\n{}", pebble.log()))?;
-    served_everywhere(&net, ALIAS, &pebble.issuing_root, timeout).await?;
+    // One certificate for the domain and the wildcard under it (as a CDN
+    // orders with DNS-01): an alias added under the domain later is
+    // served with it at once, without a new order.
+    ensure!(served_everywhere(&net, ALIAS, &pebble.issuing_root, timeout).await? == leaf);
+    net.admin
+        .ok(&["site", "alias", "add", SITE, "new.shop.test"])?;
+    let later = served_everywhere(&net, "new.shop.test", &pebble.issuing_root, timeout).await?;
+    ensure!(later == leaf, "the wildcard covers the new alias");
+    let log = pebble.log();
+    ensure!(log.matches("Added order").count() == 1, "{log}");
     Ok(())
 }
 
