@@ -29,7 +29,7 @@ use instant_acme::{
     Identifier, Key, NewOrder, OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
 };
 use maki_protocol::{
-    Domain, PublicKey, Record, SecretKey, Signed, SiteRecord, View,
+    Domain, PublicKey, Record, SecretKey, Signed, SiteRecord,
     acme::{AcmeAccount, AcmeConfig, AcmeOrder, Challenge, ChallengeKind},
     cert::{CertRecord, Origin},
 };
@@ -41,7 +41,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::{directory::Directory, members::Members};
+use crate::{
+    certs::{http_seals, recipients, with_randomness},
+    directory::Directory,
+    members::Members,
+};
 
 /// How often the sites are looked over.
 const ROUND: Duration = Duration::from_secs(2);
@@ -750,25 +754,6 @@ fn pick(site: &Domain, attempt: u32, candidates: &[PublicKey]) -> Option<PublicK
     })
 }
 
-/// The `http` members' ids and sealing keys.
-fn http_seals(dir: &Directory) -> Vec<(PublicKey, [u8; 32])> {
-    dir.members()
-        .filter(|(n, _)| n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP))
-        .filter_map(|(n, _)| Some((n.id, n.seal?)))
-        .collect()
-}
-
-/// Who a TLS or account key is sealed to: the `http` nodes and admins.
-fn recipients(dir: &Directory) -> Vec<[u8; 32]> {
-    let mut out: Vec<[u8; 32]> = http_seals(dir).into_iter().map(|(_, s)| s).collect();
-    out.extend(
-        dir.admins()
-            .iter()
-            .filter_map(maki_protocol::seal::admin_public),
-    );
-    out
-}
-
 /// The next version of `job`'s order record, held by `key`'s node: no
 /// lease, no challenges, the failures and last error as they stand.
 fn next_order(key: &SecretKey, dir: &Directory, job: &Job) -> AcmeOrder {
@@ -821,20 +806,6 @@ fn kind_name(kind: ChallengeKind) -> &'static str {
         ChallengeKind::Http01 => "http-01",
         ChallengeKind::Dns01 => "dns-01",
     }
-}
-
-/// Runs `f` with a source of fresh random bytes; also says whether the
-/// source ever failed (the bytes are then not to be used).
-fn with_randomness<R>(f: impl FnOnce(&mut dyn FnMut() -> [u8; 32]) -> R) -> (R, bool) {
-    let rng = ring::rand::SystemRandom::new();
-    let mut failed = false;
-    let mut fresh = || {
-        let mut b = [0u8; 32];
-        failed |= ring::rand::SecureRandom::fill(&rng, &mut b).is_err();
-        b
-    };
-    let out = f(&mut fresh);
-    (out, failed)
 }
 
 fn now_secs() -> u64 {

@@ -8,7 +8,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use maki_protocol::{
-    Domain, SecretKey, View,
+    Domain, PublicKey, SecretKey, View,
     acme::{AcmeConfig, ChallengeKind},
     cert::{CertError, CertRecord},
 };
@@ -24,7 +24,10 @@ use tracing::{info, warn};
 
 use crate::{
     directory::Directory,
-    edge::tls::{Certs, Challenges, Issued, IssuedCert},
+    edge::{
+        tickets::SharedTicketer,
+        tls::{Certs, Challenges, Issued, IssuedCert},
+    },
     members::Members,
 };
 
@@ -156,9 +159,11 @@ const RECHECK: Duration = Duration::from_secs(600);
 pub async fn keep_issued(
     members: Arc<Members>,
     certs: Arc<Certs>,
+    tickets: Arc<SharedTicketer>,
     key: SecretKey,
     cancel: CancellationToken,
 ) {
+    let mut kept_tickets = crate::tickets::Kept::default();
     let secret = maki_protocol::seal::node_secret(&key);
     // What this node resealed, by site and the version it resealed.
     let mut resealed: HashMap<Domain, u64> = HashMap::new();
@@ -189,6 +194,7 @@ pub async fn keep_issued(
         let issued = issued(&dir, &mut checked, &roots, &secret, UnixTime::now());
         certs.set_issued(issued);
         certs.set_challenges(challenges(&dir, crate::now_millis() / 1000));
+        crate::tickets::keep(&members, &key, &secret, &tickets, &mut kept_tickets);
         for record in reseal(&dir, &key, &secret, &checked, &mut resealed) {
             if let Err(error) = members.apply_local(record) {
                 warn!(%error, "could not reseal a certificate's key");
@@ -210,11 +216,7 @@ fn reseal(
     resealed: &mut HashMap<Domain, u64>,
 ) -> Vec<maki_protocol::Record> {
     let me = key.public();
-    let http: Vec<_> = dir
-        .members()
-        .filter(|(n, _)| n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP))
-        .map(|(n, _)| (n.id, n.seal))
-        .collect();
+    let http = http_seals(dir);
     let mut out = Vec::new();
     for site in dir.sites() {
         let Some(record) = dir.cert(&site.domain) else {
@@ -226,9 +228,8 @@ fn reseal(
         {
             continue;
         }
-        let holds =
-            |seal: &Option<[u8; 32]>| seal.is_some_and(|k| record.sealed.iter().any(|s| s.to == k));
-        let lacking = http.iter().any(|(_, seal)| seal.is_some() && !holds(seal));
+        let holds = |seal: &[u8; 32]| record.sealed.iter().any(|s| s.to == *seal);
+        let lacking = http.iter().any(|(_, seal)| !holds(seal));
         let first_holder = http
             .iter()
             .filter(|(_, seal)| holds(seal))
@@ -241,24 +242,14 @@ fn reseal(
         let Ok(private) = record.open(secret) else {
             continue;
         };
-        let mut recipients: Vec<[u8; 32]> = http.iter().filter_map(|(_, seal)| *seal).collect();
-        recipients.extend(
-            dir.admins()
-                .iter()
-                .filter_map(maki_protocol::seal::admin_public),
-        );
+        let recipients = recipients(dir);
         let mut next = CertRecord {
             version: crate::now_millis().max(record.version + 1),
             ..record.clone()
         };
-        let rng = ring::rand::SystemRandom::new();
-        let mut failed = false;
-        let sealed = next.seal_to(&private, &recipients, || {
-            let mut b = [0u8; 32];
-            failed |= ring::rand::SecureRandom::fill(&rng, &mut b).is_err();
-            b
-        });
-        if sealed.is_err() || failed {
+        let (sealed, failed) =
+            with_randomness(|fresh| next.seal_to(&private, &recipients, fresh).is_ok());
+        if !sealed || failed {
             warn!(site = %site.domain, "could not reseal the certificate's key");
             continue;
         }
@@ -352,4 +343,37 @@ fn issued(
     }
     checked.retain(|d, _| seen.contains(d));
     out
+}
+
+/// The `http` members' ids and sealing keys.
+pub fn http_seals(dir: &Directory) -> Vec<(PublicKey, [u8; 32])> {
+    dir.members()
+        .filter(|(n, _)| n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP))
+        .filter_map(|(n, _)| Some((n.id, n.seal?)))
+        .collect()
+}
+
+/// Who a TLS or account key is sealed to: the `http` nodes and admins.
+pub fn recipients(dir: &Directory) -> Vec<[u8; 32]> {
+    let mut out: Vec<[u8; 32]> = http_seals(dir).into_iter().map(|(_, s)| s).collect();
+    out.extend(
+        dir.admins()
+            .iter()
+            .filter_map(maki_protocol::seal::admin_public),
+    );
+    out
+}
+
+/// Runs `f` with a source of fresh random bytes; also says whether the
+/// source ever failed (the bytes are then not to be used).
+pub fn with_randomness<R>(f: impl FnOnce(&mut dyn FnMut() -> [u8; 32]) -> R) -> (R, bool) {
+    let rng = ring::rand::SystemRandom::new();
+    let mut failed = false;
+    let mut fresh = || {
+        let mut b = [0u8; 32];
+        failed |= ring::rand::SecureRandom::fill(&rng, &mut b).is_err();
+        b
+    };
+    let out = f(&mut fresh);
+    (out, failed)
 }

@@ -498,6 +498,14 @@ impl Directory {
         }
     }
 
+    /// The session-ticket secret the `http` nodes share, if made.
+    pub fn ticket_keys(&self) -> Option<&maki_protocol::tickets::TicketKeys> {
+        match &self.held.get(&RecordKey::Tickets)?.verified.body {
+            Body::Tickets(t) => Some(t),
+            _ => None,
+        }
+    }
+
     /// Who orders the certificate of a live site (this incarnation of it),
     /// and how its last attempt went.
     pub fn acme_order(&self, domain: &Domain) -> Option<&maki_protocol::acme::AcmeOrder> {

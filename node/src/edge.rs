@@ -36,6 +36,7 @@ mod h1;
 pub mod head;
 mod local;
 mod site;
+pub mod tickets;
 mod timer;
 pub mod tls;
 

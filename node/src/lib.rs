@@ -32,6 +32,7 @@ pub mod setup;
 pub mod shared;
 pub mod state;
 pub mod sync;
+pub mod tickets;
 
 pub use config::Config;
 pub use node::{Node, NodeError};

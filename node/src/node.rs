@@ -298,9 +298,13 @@ impl Node {
                 certs: Some(certs.clone()),
                 https_port: std::sync::OnceLock::new(),
             });
+            let tickets = Arc::new(edge::tickets::SharedTicketer::new(
+                rustls::crypto::ring::Ticketer::new().map_err(edge::tls::TlsError::from)?,
+            ));
             tasks.spawn(crate::certs::keep_issued(
                 members.clone(),
                 certs.clone(),
+                tickets.clone(),
                 key.clone(),
                 cancel.clone(),
             ));
@@ -311,7 +315,7 @@ impl Node {
             ));
             let https = edge::Https {
                 addr: shared.config.https,
-                config: edge::tls::server_config(certs)?,
+                config: edge::tls::server_config(certs, tickets)?,
             };
             Some(edge::Edge::spawn(
                 shared.config.http,

@@ -24,6 +24,7 @@ pub mod seal;
 mod signed;
 pub mod sync;
 mod ticket;
+pub mod tickets;
 pub mod zone;
 
 pub use blobset::{BlobSet, PIECE_BYTES, Piece, pieces};

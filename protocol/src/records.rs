@@ -449,6 +449,8 @@ pub enum RecordKey {
     Account,
     /// Who orders a site's certificate.
     Order(Domain),
+    /// The session-ticket secret the `http` nodes share: one per network.
+    Tickets,
     #[cfg(feature = "next-format")]
     Note(PublicKey),
 }
@@ -479,6 +481,7 @@ pub enum Record {
     Acme(Signed<crate::acme::AcmeConfig>),
     Account(Signed<crate::acme::AcmeAccount>),
     Order(Signed<crate::acme::AcmeOrder>),
+    Tickets(Signed<crate::tickets::TicketKeys>),
     #[cfg(feature = "next-format")]
     Note(Signed<Note>),
 }
@@ -507,6 +510,7 @@ impl Record {
             Record::Acme(_) => crate::acme::ACME_KIND,
             Record::Account(_) => crate::acme::ACCOUNT_KIND,
             Record::Order(_) => crate::acme::ORDER_KIND,
+            Record::Tickets(_) => crate::tickets::TICKETS_KIND,
             #[cfg(feature = "next-format")]
             Record::Note(_) => NOTE_KIND,
         }
@@ -532,6 +536,7 @@ impl Record {
             Record::Acme(s) => s.bytes().len(),
             Record::Account(s) => s.bytes().len(),
             Record::Order(s) => s.bytes().len(),
+            Record::Tickets(s) => s.bytes().len(),
             #[cfg(feature = "next-format")]
             Record::Note(s) => s.bytes().len(),
         };
@@ -559,6 +564,7 @@ impl Serialize for Record {
             Record::Acme(r) => (kind, r).serialize(s),
             Record::Account(r) => (kind, r).serialize(s),
             Record::Order(r) => (kind, r).serialize(s),
+            Record::Tickets(r) => (kind, r).serialize(s),
             #[cfg(feature = "next-format")]
             Record::Note(r) => (kind, r).serialize(s),
         }
@@ -582,6 +588,7 @@ impl<'de> Deserialize<'de> for Record {
             crate::acme::ACME_KIND => Record::Acme(signed.retag()),
             crate::acme::ACCOUNT_KIND => Record::Account(signed.retag()),
             crate::acme::ORDER_KIND => Record::Order(signed.retag()),
+            crate::tickets::TICKETS_KIND => Record::Tickets(signed.retag()),
             #[cfg(feature = "next-format")]
             NOTE_KIND => Record::Note(signed.retag()),
             kind => Record::Unknown { kind, signed },
@@ -633,6 +640,7 @@ pub enum Body {
     Acme(crate::acme::AcmeConfig),
     Account(crate::acme::AcmeAccount),
     Order(crate::acme::AcmeOrder),
+    Tickets(crate::tickets::TicketKeys),
     #[cfg(feature = "next-format")]
     Note(Note),
 }
@@ -755,6 +763,10 @@ impl Record {
                     s.signer(),
                     Body::Order(v),
                 )
+            }
+            Record::Tickets(s) => {
+                let v = content(s, verify)?;
+                (RecordKey::Tickets, v.version, s.signer(), Body::Tickets(v))
             }
             #[cfg(feature = "next-format")]
             Record::Note(s) => {
@@ -893,6 +905,21 @@ pub enum AuthError {
         site: Domain,
         error: crate::acme::OrderError,
     },
+    #[error("the session-ticket keys, signed by {key}: {error}")]
+    Tickets {
+        key: PublicKey,
+        error: TicketsRefusal,
+    },
+}
+
+/// Why a ticket-key record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TicketsRefusal {
+    #[error("not a member node")]
+    Signer,
+    #[error(transparent)]
+    Record(#[from] crate::tickets::TicketKeysError),
 }
 
 /// Why an account record was refused.
@@ -975,6 +1002,16 @@ pub fn authorize(v: &Verified, view: &impl View) -> Result<(), AuthError> {
                 return Err(error(AccountRefusal::Signer));
             }
             a.check().map_err(|e| error(e.into()))
+        }
+        Body::Tickets(t) => {
+            let error = |error| AuthError::Tickets {
+                key: v.signer,
+                error,
+            };
+            if !view.member(&v.signer) {
+                return Err(error(TicketsRefusal::Signer));
+            }
+            t.check().map_err(|e| error(e.into()))
         }
         Body::Order(o) => match view.site(&o.site) {
             Some(site) if !site.removed => {
@@ -1563,6 +1600,28 @@ mod tests {
             check(Record::Account(Signed::sign(&publisher, &account)), &view),
             Err(AuthError::Account {
                 error: AccountRefusal::Signer,
+                ..
+            })
+        ));
+        // The ticket secret: member nodes only (admins serve no TLS).
+        let tickets = crate::tickets::TicketKeys {
+            format: 1,
+            made: 1,
+            sealed: vec![crate::seal::Sealed {
+                to: [1; 32],
+                enc: [2; 32],
+                ct: vec![0; crate::tickets::SECRET_LEN + 16],
+            }],
+            version: 1,
+        };
+        assert_eq!(
+            check(Record::Tickets(Signed::sign(&founder, &tickets)), &view),
+            Ok(())
+        );
+        assert!(matches!(
+            check(Record::Tickets(Signed::sign(&admin, &tickets)), &view),
+            Err(AuthError::Tickets {
+                error: TicketsRefusal::Signer,
                 ..
             })
         ));

@@ -236,7 +236,11 @@ pub fn apply_rank(record: &Record) -> u8 {
         Record::Revocation(_) => 3,
         Record::Node(_) => 4,
         // Signed by member nodes: after the node records that admit them.
-        Record::Head(_) | Record::Cert(_) | Record::Account(_) | Record::Order(_) => 5,
+        Record::Head(_)
+        | Record::Cert(_)
+        | Record::Account(_)
+        | Record::Order(_)
+        | Record::Tickets(_) => 5,
         #[cfg(feature = "next-format")]
         Record::Note(_) => 5,
         // Judged against nothing this node can read: after all the rest.

@@ -806,6 +806,8 @@ pub struct TlsReply {
     pub version: Option<rustls::ProtocolVersion>,
     /// The certificates the server sent, its own first.
     pub chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    /// Whether the handshake resumed an earlier session.
+    pub resumed: bool,
 }
 
 /// GET `path` from `addr` over TLS with SNI `host`, offering the `alpn`
@@ -843,6 +845,17 @@ async fn https_inner(
     trust: &Trust,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Result<TlsReply> {
+    let config = client_config(alpn, trust, versions)?;
+    https_get_on(&config, addr, host, path).await
+}
+
+/// A TLS client offering `alpn`, trusting per `trust`, speaking
+/// `versions`; its sessions are kept for resumption by whoever shares it.
+pub fn client_config(
+    alpn: &[&str],
+    trust: &Trust,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<std::sync::Arc<rustls::ClientConfig>> {
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)?;
@@ -860,7 +873,18 @@ async fn https_inner(
         }
     };
     config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    Ok(std::sync::Arc::new(config))
+}
+
+/// GET `path` from `addr` over TLS with SNI `host`, with `config` (HTTP/2
+/// when the server picks `h2`).
+pub async fn https_get_on(
+    config: &std::sync::Arc<rustls::ClientConfig>,
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+) -> Result<TlsReply> {
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())?;
     let tls = connector.connect(name, tcp).await?;
@@ -869,6 +893,7 @@ async fn https_inner(
         .alpn_protocol()
         .map(|p| String::from_utf8_lossy(p).into_owned());
     let version = conn.protocol_version();
+    let resumed = conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
     let chain = conn
         .peer_certificates()
         .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
@@ -880,6 +905,7 @@ async fn https_inner(
         alpn: negotiated,
         version,
         chain,
+        resumed,
     })
 }
 

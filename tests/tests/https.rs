@@ -158,7 +158,8 @@ async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_c
     ensure!(out.contains("tls.test, www.tls.test"), "{out}");
     let listed = admin.ok(&["sites"])?;
     ensure!(
-        listed.contains("certificate uploaded for tls.test,www.tls.test until")
+        listed
+            .contains("certificate uploaded from makiatto test CA for tls.test,www.tls.test until")
             && !listed.contains("NOT SERVED"),
         "{listed}"
     );
@@ -312,6 +313,69 @@ async fn the_acme_settings_extra_root_is_trusted_for_uploads() -> Result<()> {
             Ok(https_get(https, SITE, "/", &["h2"], &trust)
                 .await
                 .is_ok_and(|r| r.chain.first() == Some(&leaf)))
+        }
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_visitor_resumes_at_another_node_with_the_ticket_one_gave() -> Result<()> {
+    let net = maki_e2e::network(2)?;
+    net.admin.ok(&["site", "add", SITE])?;
+    let site = net.tmp.path().join("site");
+    maki_e2e::copy_dir(&maki_e2e::example_site(), &site)?;
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let (a, b) = (net.nodes[0].https, net.nodes[1].https);
+    for (versions, name) in [
+        (&[&rustls::version::TLS13][..], "TLS 1.3"),
+        (&[&rustls::version::TLS12][..], "TLS 1.2"),
+    ] {
+        // Both nodes get the network's ticket secret shortly after the
+        // second joins; until then each seals tickets with its own keys.
+        wait_for(
+            Duration::from_secs(20),
+            &format!("{name}: a ticket from one node resumed at the other"),
+            || async move {
+                // Node b may not serve the site yet: its handshake fails.
+                let config = maki_e2e::client_config(&["h2"], &Trust::Any, versions)?;
+                let first = maki_e2e::https_get_on(&config, a, SITE, "/").await?;
+                ensure!(first.reply.status == 200 && !first.resumed);
+                let second = maki_e2e::https_get_on(&config, b, SITE, "/").await;
+                Ok(second.is_ok_and(|r| r.reply.status == 200 && r.resumed))
+            },
+        )
+        .await?;
+    }
+    // A node removed: the secret it held is replaced, and a ticket sealed
+    // with the old one no longer resumes.
+    let config = maki_e2e::client_config(&["h2"], &Trust::Any, &[&rustls::version::TLS13])?;
+    maki_e2e::https_get_on(&config, a, SITE, "/").await?;
+    let mut net = net;
+    net.add_node()?;
+    let node = net.nodes.pop().context("the third node")?;
+    // It holds the secret once a ticket of node 0 resumes there.
+    let c = node.https;
+    wait_for(
+        Duration::from_secs(20),
+        "the third node resumes",
+        || async move {
+            let config = maki_e2e::client_config(&["h2"], &Trust::Any, &[&rustls::version::TLS13])?;
+            maki_e2e::https_get_on(&config, a, SITE, "/").await?;
+            let third = maki_e2e::https_get_on(&config, c, SITE, "/").await;
+            Ok(third.is_ok_and(|r| r.resumed))
+        },
+    )
+    .await?;
+    let id = node.id()?;
+    node.stop()?;
+    net.admin.ok(&["nodes", "remove", &id])?;
+    wait_for(Duration::from_secs(20), "the old ticket refused", || {
+        let config = config.clone();
+        async move {
+            let again = maki_e2e::https_get_on(&config, b, SITE, "/").await?;
+            Ok(!again.resumed)
         }
     })
     .await?;

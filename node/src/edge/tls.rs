@@ -192,14 +192,17 @@ pub fn certified(
 }
 
 /// The server side of every HTTPS connection of this node.
-pub fn server_config(certs: Arc<Certs>) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    certs: Arc<Certs>,
+    tickets: Arc<super::tickets::SharedTicketer>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumption by ticket: the state travels with the client, so the
-    // node keeps nothing per visitor.
-    config.ticketer = provider::Ticketer::new()?;
+    // node keeps nothing per visitor, and any node can open it.
+    config.ticketer = tickets;
     Ok(Arc::new(config))
 }
