@@ -40,6 +40,14 @@ first_node() {
     local key
     key=$("$BIN/maki" keys 2>/dev/null)
     "$BIN/makiatto" init --data-dir "$dir/$name" --admin "$key" --http 127.0.0.1:0 --https 127.0.0.1:0 --p2p 127.0.0.1:0 >/dev/null
+    # NODE_TOML: settings for makiatto.toml, one `key = value` per line
+    # (init wrote every key: each is replaced).
+    local line k
+    while IFS= read -r line; do
+        [ -z "$line" ] && continue
+        k=${line%% =*}
+        sed -i "s|^$k = .*|$line|" "$dir/$name/makiatto.toml"
+    done <<<"${NODE_TOML:-}"
     MAKIATTO_LOG=warn "$BIN/makiatto" run --data-dir "$dir/$name" >"$dir/$name.ready" 2>"$dir/$name.log" &
     NODE_PID=$!
     wait_ready "$dir/$name.ready"

@@ -34,6 +34,10 @@ pub struct Config {
     pub http: SocketAddr,
     /// Where the edge listens for HTTPS (TCP). Default `0.0.0.0:443`.
     pub https: SocketAddr,
+    /// Whether TLS sessions resume (by ticket). Default true; off, every
+    /// connection makes a full handshake (for benchmarks, or operators who
+    /// want no ticket keys at all).
+    pub tls_resumption: bool,
     /// Where the nameserver listens (UDP and TCP), with the `dns` role.
     /// Default `0.0.0.0:53`.
     pub dns: SocketAddr,
@@ -141,6 +145,7 @@ impl Default for Config {
             roles: vec![maki_protocol::ROLE_HTTP.to_owned()],
             http: SocketAddr::from(([0, 0, 0, 0], 80)),
             https: SocketAddr::from(([0, 0, 0, 0], 443)),
+            tls_resumption: true,
             dns: SocketAddr::from(([0, 0, 0, 0], 53)),
             dns_ttl: 60,
             dns_answers: 2,

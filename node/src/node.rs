@@ -315,7 +315,10 @@ impl Node {
             ));
             let https = edge::Https {
                 addr: shared.config.https,
-                config: edge::tls::server_config(certs, tickets)?,
+                config: edge::tls::server_config(
+                    certs,
+                    shared.config.tls_resumption.then_some(tickets),
+                )?,
             };
             Some(edge::Edge::spawn(
                 shared.config.http,

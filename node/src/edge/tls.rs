@@ -194,7 +194,7 @@ pub fn certified(
 /// The server side of every HTTPS connection of this node.
 pub fn server_config(
     certs: Arc<Certs>,
-    tickets: Arc<super::tickets::SharedTicketer>,
+    tickets: Option<Arc<super::tickets::SharedTicketer>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let mut config = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
@@ -202,7 +202,12 @@ pub fn server_config(
         .with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // Resumption by ticket: the state travels with the client, so the
-    // node keeps nothing per visitor, and any node can open it.
-    config.ticketer = tickets;
+    // node keeps nothing per visitor, and any node can open it. Without,
+    // no resumption at all (no session cache either).
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    match tickets {
+        Some(t) => config.ticketer = t,
+        None => config.send_tls13_tickets = 0,
+    }
     Ok(Arc::new(config))
 }
