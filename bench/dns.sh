@@ -62,6 +62,8 @@ KEY=$("$BIN/maki" keys 2>/dev/null)
     --dns "127.0.0.1:$DNS_PORT" --public-ip 192.0.2.1 >/dev/null
 set_key "$WORK/n1/makiatto.toml" location "[50.11, 8.68]"
 set_key "$WORK/n1/makiatto.toml" dns_answers 1
+# DNS over TLS at a free port too (853 needs root).
+set_key "$WORK/n1/makiatto.toml" dot '"127.0.0.1:0"'
 # DNS_THREADS=N: the nameserver's UDP workers (default: one per core).
 [ -n "${DNS_THREADS:-}" ] && set_key "$WORK/n1/makiatto.toml" dns_threads "$DNS_THREADS"
 "$BIN/makiatto" geoip install --data-dir "$WORK/n1" "$WORK/geo.mmdb" >/dev/null

@@ -41,6 +41,11 @@ pub struct Config {
     /// Where the nameserver listens (UDP and TCP), with the `dns` role.
     /// Default `0.0.0.0:53`.
     pub dns: SocketAddr,
+    /// Where the nameserver answers DNS over TLS, with the `dns` role.
+    /// Default: `dns`'s address at port 853 (at port 0 too when `dns` has
+    /// port 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dot: Option<SocketAddr>,
     /// TTL of the geo answers (a site's A and AAAA records), in seconds:
     /// how long a resolver keeps sending visitors to a node that died.
     pub dns_ttl: u32,
@@ -147,6 +152,7 @@ impl Default for Config {
             https: SocketAddr::from(([0, 0, 0, 0], 443)),
             tls_resumption: true,
             dns: SocketAddr::from(([0, 0, 0, 0], 53)),
+            dot: None,
             dns_ttl: 60,
             dns_answers: 2,
             dns_threads: 0,
@@ -187,6 +193,14 @@ pub enum ConfigError {
 
 impl Config {
     /// Reads and checks `DIR/makiatto.toml`.
+    /// Where DNS over TLS listens (see [`Config::dot`]).
+    pub fn dot_addr(&self) -> SocketAddr {
+        self.dot.unwrap_or_else(|| {
+            let port = if self.dns.port() == 0 { 0 } else { 853 };
+            SocketAddr::new(self.dns.ip(), port)
+        })
+    }
+
     pub fn load(data_dir: &Path) -> Result<Self, ConfigError> {
         let path = data_dir.join(CONFIG_FILE);
         let shown = path.display().to_string();

@@ -302,12 +302,14 @@ async fn run_node(data_dir: &std::path::Path) -> Result<()> {
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "ready http={} https={} dns={} ticket={}",
+        "ready http={} https={} dns={} dot={} ticket={}",
         node.http_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
         node.https_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
         node.dns_addr()
+            .map_or_else(|| "off".to_owned(), |a| a.to_string()),
+        node.dot_addr()
             .map_or_else(|| "off".to_owned(), |a| a.to_string()),
         node.ticket()
     )?;

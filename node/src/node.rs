@@ -289,8 +289,10 @@ impl Node {
         }
 
         // A node without the http role holds and forwards content only.
+        let mut network_certs = None;
         let edge = if shared.config.roles.iter().any(|r| r == ROLE_HTTP) {
             let certs = Arc::new(edge::tls::Certs::new(members.live.clone()));
+            network_certs = Some(certs.clone());
             let sites = Arc::new(edge::Sites {
                 live: members.live.clone(),
                 content: shared.content.clone(),
@@ -368,10 +370,13 @@ impl Node {
                 data_dir.to_owned(),
                 cancel.clone(),
             ));
+            let name = format!("ns-{}.makiatto.invalid", key.public().fmt_short());
+            let dot = crate::dns::dot::server_config(network_certs, &name)?;
             Some(crate::dns::Dns::spawn(
                 config.dns,
                 config.dns_threads,
                 zones,
+                Some((config.dot_addr(), dot)),
                 cancel.clone(),
             )?)
         } else {
@@ -516,6 +521,12 @@ impl Node {
     /// Where the nameserver listens; `None` without the dns role.
     pub fn dns_addr(&self) -> Option<SocketAddr> {
         self.dns.as_ref().map(|d| d.local_addr())
+    }
+
+    /// Where the nameserver answers DNS over TLS; `None` without the dns
+    /// role.
+    pub fn dot_addr(&self) -> Option<SocketAddr> {
+        self.dns.as_ref().and_then(|d| d.dot_addr())
     }
 
     /// How to reach this node: its id plus public or bound addresses.

@@ -97,6 +97,45 @@ pub fn exchange_tcp(server: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(reply)
 }
 
+/// One length-prefixed exchange over TLS (DNS over TLS, ALPN `dot`),
+/// with SNI `sni`, checking no certificate (as resolvers do with
+/// authoritative servers, RFC 9539); the reply and the certificates the
+/// server sent.
+pub async fn exchange_tls(
+    server: SocketAddr,
+    sni: &str,
+    bytes: &[u8],
+) -> Result<(Vec<u8>, Vec<rustls::pki_types::CertificateDer<'static>>)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = crate::client_config(&[], &crate::Trust::Any, rustls::DEFAULT_VERSIONS)?;
+    std::sync::Arc::make_mut(&mut config).alpn_protocols = vec![b"dot".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let tcp = tokio::net::TcpStream::connect(server).await?;
+    let name = rustls::pki_types::ServerName::try_from(sni.to_owned())?;
+    let mut tls = connector.connect(name, tcp).await?;
+    let chain = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    tls.write_all(&out).await?;
+    let len = tls.read_u16().await?;
+    let mut reply = vec![0u8; usize::from(len)];
+    tls.read_exact(&mut reply).await?;
+    Ok((reply, chain))
+}
+
+/// A query for `name` `qtype`, as bytes.
+pub fn query(name: &str, qtype: RecordType) -> Result<Vec<u8>> {
+    let mut q = Message::query();
+    q.metadata.recursion_desired = false;
+    q.add_query(Query::query(Name::from_ascii(name)?, qtype));
+    Ok(q.to_vec()?)
+}
+
 /// The addresses in a reply's answer section, sorted.
 pub fn addresses(m: &Message) -> Vec<IpAddr> {
     let mut out: Vec<IpAddr> = m.answers.iter().filter_map(|r| r.data.ip_addr()).collect();

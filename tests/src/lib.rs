@@ -138,6 +138,8 @@ pub struct NodeProc {
     pub https: SocketAddr,
     /// The nameserver, with the dns role.
     pub dns: Option<SocketAddr>,
+    /// DNS over TLS, with the dns role.
+    pub dot: Option<SocketAddr>,
     pub ticket: String,
     child: Child,
     stderr_log: PathBuf,
@@ -324,12 +326,17 @@ impl NodeProc {
             "off" => None,
             addr => Some(addr.parse()?),
         };
+        let dot = match field("dot").as_deref() {
+            None | Some("off") => None,
+            Some(addr) => Some(addr.parse()?),
+        };
         let ticket = field("ticket").context("no ticket= in ready line")?;
         Ok(Self {
             dir: dir.to_owned(),
             http,
             https,
             dns,
+            dot,
             ticket,
             child,
             stderr_log,

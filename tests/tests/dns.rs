@@ -261,6 +261,67 @@ async fn dig_reads_the_answers() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test]
+async fn the_nameservers_answer_dns_over_tls() -> Result<()> {
+    let net = dns_network(1, &[])?;
+    let dot = net.nodes[0].dot.context("dot")?;
+    net.admin.ok(&["site", "add", SITE])?;
+    publish_example(&net)?;
+    let query = maki_e2e::dns::query(SITE, RecordType::A)?;
+    wait_for(Duration::from_secs(10), "an A answer over TLS", || {
+        let query = query.clone();
+        async move {
+            let (reply, _) = maki_e2e::dns::exchange_tls(dot, "ns.geo.test", &query).await?;
+            let m = hickory_proto::op::Message::from_vec(&reply)?;
+            Ok(addresses(&m) == vec![ip("192.0.2.1")])
+        }
+    })
+    .await?;
+    // No SNI (an address), or a name of no site: the node's own
+    // certificate still comes.
+    let (reply, chain) = maki_e2e::dns::exchange_tls(dot, "127.0.0.1", &query).await?;
+    ensure!(!reply.is_empty() && !chain.is_empty());
+    // A handshake that never ends ties nothing up for long: queries go on.
+    let mut stalled = tokio::net::TcpStream::connect(dot).await?;
+    tokio::io::AsyncWriteExt::write_all(&mut stalled, &[0x16, 0x03, 0x01]).await?;
+    let (reply, _) = maki_e2e::dns::exchange_tls(dot, "ns.geo.test", &query).await?;
+    ensure!(!reply.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs kdig (Debian package knot-dnsutils); .ci/run installs it"]
+async fn kdig_asks_over_tls() -> Result<()> {
+    let net = dns_network(1, &[])?;
+    let dot = net.nodes[0].dot.context("dot")?;
+    net.admin.ok(&["site", "add", SITE])?;
+    publish_example(&net)?;
+    let kdig = |args: &[&str]| -> Result<String> {
+        let out = std::process::Command::new("kdig")
+            .arg(format!("@{}", dot.ip()))
+            .args(["-p", &dot.port().to_string(), "+tls"])
+            .args(args)
+            .output()
+            .context("running kdig (Debian package knot-dnsutils)")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    wait_for(
+        Duration::from_secs(10),
+        "an A answer from kdig +tls",
+        || {
+            let out = kdig(&["+short", SITE, "A"]);
+            async move { Ok(out?.trim() == "192.0.2.1") }
+        },
+    )
+    .await?;
+    let out = kdig(&[SITE, "SOA"])?;
+    ensure!(
+        out.contains("TLS session") && out.contains("NOERROR"),
+        "{out}"
+    );
+    Ok(())
+}
+
 /// A geo database placing 10.1.0.0/16 in Frankfurt, 10.2.0.0/16 in New
 /// York and 2001:db8:3::/48 in Sydney, in the flat layout (f32).
 fn geo_database(path: &std::path::Path) -> Result<()> {

@@ -21,7 +21,7 @@ use std::{
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+    net::TcpListener,
     sync::Semaphore,
     task::JoinSet,
 };
@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 pub mod answer;
 pub mod build;
+pub mod dot;
 pub mod geo;
 pub mod geoip;
 pub mod sign;
@@ -62,18 +63,21 @@ pub struct DnsError {
 #[derive(Debug)]
 pub struct Dns {
     addr: SocketAddr,
+    dot: Option<SocketAddr>,
     threads: Vec<std::thread::JoinHandle<()>>,
     tasks: JoinSet<()>,
     pub stats: Arc<Stats>,
 }
 
 impl Dns {
-    /// Binds UDP and TCP at `addr` (port 0 picks one port free for both)
-    /// and serves `zones` until `cancel`.
+    /// Binds UDP and TCP at `addr` (port 0 picks one port free for both),
+    /// and DNS over TLS at `dot` when given, and serves `zones` until
+    /// `cancel`.
     pub fn spawn(
         addr: SocketAddr,
         threads: usize,
         zones: Arc<Zones>,
+        dot: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
         let err = |source| DnsError { addr, source };
@@ -109,9 +113,29 @@ impl Dns {
             handles.push(handle);
         }
         let mut tasks = JoinSet::new();
-        tasks.spawn(serve_tcp(tcp, zones, stats.clone(), cancel));
+        let dot = match dot {
+            Some((at, config)) => {
+                let err = |source| DnsError { addr: at, source };
+                let listener = std::net::TcpListener::bind(at).map_err(err)?;
+                listener.set_nonblocking(true).map_err(err)?;
+                let bound = listener.local_addr().map_err(err)?;
+                let listener = TcpListener::from_std(listener).map_err(err)?;
+                let tls = tokio_rustls::TlsAcceptor::from(config);
+                tasks.spawn(serve_tcp(
+                    listener,
+                    Some(tls),
+                    zones.clone(),
+                    stats.clone(),
+                    cancel.clone(),
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
+        tasks.spawn(serve_tcp(tcp, None, zones, stats.clone(), cancel));
         Ok(Self {
             addr: bound,
+            dot,
             threads: handles,
             tasks,
             stats,
@@ -120,6 +144,11 @@ impl Dns {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where DNS over TLS listens, if it does.
+    pub fn dot_addr(&self) -> Option<SocketAddr> {
+        self.dot
     }
 
     /// Waits for the workers to stop (after the token was cancelled).
@@ -392,6 +421,7 @@ fn send_batch(socket: &tokio::net::UdpSocket, replies: &[(Vec<u8>, SocketAddr)])
 
 async fn serve_tcp(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     zones: Arc<Zones>,
     stats: Arc<Stats>,
     cancel: CancellationToken,
@@ -429,13 +459,30 @@ async fn serve_tcp(
             }
             *n += 1;
         }
-        let (zones, stats, cancel, per_ip) =
-            (zones.clone(), stats.clone(), cancel.clone(), per_ip.clone());
+        let (zones, stats, cancel, per_ip, tls) = (
+            zones.clone(),
+            stats.clone(),
+            cancel.clone(),
+            per_ip.clone(),
+            tls.clone(),
+        );
         conns.spawn(async move {
             let _permit = permit;
+            let served = async {
+                match tls {
+                    None => serve_conn(stream, src, &zones, &stats).await,
+                    Some(tls) => {
+                        // The handshake gets the idle allowance of a query.
+                        let stream = tokio::time::timeout(TCP_IDLE, tls.accept(stream))
+                            .await
+                            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+                        serve_conn(stream, src, &zones, &stats).await
+                    }
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => {}
-                r = serve_conn(stream, src, &zones, &stats) => if let Err(error) = r {
+                r = served => if let Err(error) = r {
                     debug!(%error, %src, "DNS TCP connection ended");
                 },
             }
@@ -453,8 +500,8 @@ async fn serve_tcp(
 
 /// Length-prefixed queries, answered in order, until the client closes
 /// or idles past [`TCP_IDLE`].
-async fn serve_conn(
-    mut stream: TcpStream,
+async fn serve_conn<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     src: SocketAddr,
     zones: &Zones,
     stats: &Stats,

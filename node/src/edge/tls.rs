@@ -123,6 +123,20 @@ impl Certs {
             .cloned()
     }
 
+    /// The network's certificate for a nameserver name of a site's zone
+    /// (`ns-….SITE`): the site's wildcard, when the zone's apex is a name
+    /// of that same site.
+    pub fn for_nameserver(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let issued = self.issued.read().ok()?;
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(i) = issued.get(&name) {
+            return Some(i.cert.clone());
+        }
+        let (_, parent) = name.split_once('.')?;
+        let wildcard = issued.get(&format!("*.{parent}"))?;
+        (issued.get(parent)?.site == wildcard.site).then(|| wildcard.cert.clone())
+    }
+
     /// The certificate for `name`, if the node serves it.
     pub fn for_name(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         if let Some(i) = self.issued(name) {
