@@ -38,6 +38,9 @@ pub struct Config {
     /// connection makes a full handshake (for benchmarks, or operators who
     /// want no ticket keys at all).
     pub tls_resumption: bool,
+    /// Whether HTTP/3 (QUIC) answers on the HTTPS port's UDP side, and
+    /// HTTPS responses advertise it (Alt-Svc). Default false.
+    pub http3: bool,
     /// Where the nameserver listens (UDP and TCP), with the `dns` role.
     /// Default `0.0.0.0:53`.
     pub dns: SocketAddr,
@@ -151,6 +154,7 @@ impl Default for Config {
             http: SocketAddr::from(([0, 0, 0, 0], 80)),
             https: SocketAddr::from(([0, 0, 0, 0], 443)),
             tls_resumption: true,
+            http3: false,
             dns: SocketAddr::from(([0, 0, 0, 0], 53)),
             dot: None,
             dns_ttl: 60,

@@ -33,6 +33,7 @@ use tracing::{debug, warn};
 
 mod conns;
 mod h1;
+mod h3;
 pub mod head;
 mod local;
 mod site;
@@ -61,6 +62,8 @@ pub struct Sites {
     pub certs: Option<Arc<tls::Certs>>,
     /// Where HTTPS listens, once bound: what plain HTTP redirects to.
     pub https_port: std::sync::OnceLock<u16>,
+    /// The Alt-Svc value HTTPS responses carry, once HTTP/3 listens.
+    pub alt_svc: std::sync::OnceLock<HeaderValue>,
 }
 
 /// A response body: bytes in memory, or a blob streamed from the store.
@@ -126,6 +129,8 @@ pub struct Edge {
 pub struct Https {
     pub addr: SocketAddr,
     pub config: Arc<rustls::ServerConfig>,
+    /// HTTP/3 on the same port (UDP), with this QUIC TLS config.
+    pub h3: Option<Arc<rustls::ServerConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +165,7 @@ impl Edge {
         }
         let mut tls_listeners: Vec<Option<(std::net::TcpListener, TlsAcceptor)>> = Vec::new();
         let mut https_addr = None;
+        let mut h3_thread = None;
         if let Some(https) = https {
             let err = |source| EdgeError {
                 addr: https.addr,
@@ -169,6 +175,19 @@ impl Edge {
             let bound = first.local_addr().map_err(err)?;
             https_addr = Some(bound);
             sites.https_port.set(bound.port()).ok();
+            if let Some(quic) = https.h3 {
+                let share = (
+                    sites.config.memory_cache_bytes / (threads as u64 + 1),
+                    sites.config.memory_cache_max_blob,
+                );
+                let h3 =
+                    h3::spawn(bound, quic, sites.clone(), share, cancel.clone()).map_err(err)?;
+                let alt = format!("h3=\":{}\"; ma=86400", h3.addr.port());
+                if let Ok(v) = HeaderValue::from_str(&alt) {
+                    sites.alt_svc.set(v).ok();
+                }
+                h3_thread = Some(h3.thread);
+            }
             let acceptor = TlsAcceptor::from(https.config);
             tls_listeners.push(Some((first, acceptor.clone())));
             for _ in 1..threads {
@@ -216,6 +235,7 @@ impl Edge {
                 .map_err(err)?;
             handles.push(handle);
         }
+        handles.extend(h3_thread);
         Ok(Self {
             addr: bound,
             https_addr,

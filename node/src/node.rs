@@ -299,6 +299,7 @@ impl Node {
                 config: shared.config.clone(),
                 certs: Some(certs.clone()),
                 https_port: std::sync::OnceLock::new(),
+                alt_svc: std::sync::OnceLock::new(),
             });
             let tickets = Arc::new(edge::tickets::SharedTicketer::new(
                 rustls::crypto::ring::Ticketer::new().map_err(edge::tls::TlsError::from)?,
@@ -315,12 +316,16 @@ impl Node {
                 key.clone(),
                 cancel.clone(),
             ));
+            let tickets = shared.config.tls_resumption.then_some(tickets);
+            let h3 = if shared.config.http3 {
+                Some(edge::tls::quic_config(certs.clone(), tickets.clone())?)
+            } else {
+                None
+            };
             let https = edge::Https {
                 addr: shared.config.https,
-                config: edge::tls::server_config(
-                    certs,
-                    shared.config.tls_resumption.then_some(tickets),
-                )?,
+                config: edge::tls::server_config(certs, tickets)?,
+                h3,
             };
             Some(edge::Edge::spawn(
                 shared.config.http,

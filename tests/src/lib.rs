@@ -916,6 +916,48 @@ pub async fn https_get_on(
     })
 }
 
+/// GET `path` from `addr` over HTTP/3 (QUIC) with SNI `host`.
+pub async fn h3_get(addr: SocketAddr, host: &str, path: &str, trust: &Trust) -> Result<Reply> {
+    let inner = async {
+        let tls = client_config(&["h3"], trust, &[&rustls::version::TLS13])?;
+        let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
+        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+        endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(quic)));
+        let conn = endpoint.connect(addr, host)?.await?;
+        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
+        let drive = tokio::spawn(async move {
+            std::future::poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        let req = http::Request::get(format!("https://{host}{path}")).body(())?;
+        let mut stream = send.send_request(req).await?;
+        stream.finish().await?;
+        let response = stream.recv_response().await?;
+        let mut body = Vec::new();
+        while let Some(mut chunk) = stream.recv_data().await? {
+            use bytes::Buf;
+            while chunk.has_remaining() {
+                let part = chunk.chunk();
+                body.extend_from_slice(part);
+                let n = part.len();
+                chunk.advance(n);
+            }
+        }
+        drop(send);
+        drive.abort();
+        endpoint.close(0u32.into(), b"done");
+        anyhow::Ok(Reply {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: Bytes::from(body),
+        })
+    };
+    tokio::time::timeout(HTTP_TIMEOUT, inner)
+        .await
+        .map_err(|_| {
+            anyhow::anyhow!("HTTP/3 GET https://{host}{path} took more than {HTTP_TIMEOUT:?}")
+        })?
+}
+
 /// Accepts any certificate whose signatures hold.
 #[derive(Debug)]
 struct AnyCert(std::sync::Arc<rustls::crypto::CryptoProvider>);

@@ -381,3 +381,48 @@ async fn a_visitor_resumes_at_another_node_with_the_ticket_one_gave() -> Result<
     .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn http3_serves_the_same_bytes_and_https_advertises_it() -> Result<()> {
+    let fresh = fresh_network()?;
+    maki_e2e::set_config(&fresh.data, "http3", "true")?;
+    let node = NodeProc::start(&fresh.data)?;
+    let admin = Maki::new(&fresh.admin.home, Some(&node.ticket));
+    admin.ok(&["site", "add", SITE])?;
+    let site = fresh.tmp.path().join("site");
+    maki_e2e::copy_dir(&maki_e2e::example_site(), &site)?;
+    admin.ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let index = std::fs::read(site.join("index.html"))?;
+    let https = node.https;
+    // HTTPS says where HTTP/3 is: the same port, over UDP.
+    let got = https_get(https, SITE, "/", &["h2"], &Trust::Any).await?;
+    let alt = got.reply.header("alt-svc").unwrap_or_default().to_owned();
+    ensure!(
+        alt == format!("h3=\":{}\"; ma=86400", https.port()),
+        "{alt:?}"
+    );
+    let reply = maki_e2e::h3_get(https, SITE, "/", &Trust::Any).await?;
+    ensure!(reply.status == 200, "{}", reply.status);
+    ensure!(reply.body == index, "the site's index over HTTP/3");
+    ensure!(reply.header("alt-svc").is_some());
+    // A missing file, and a name no site has (no certificate: no QUIC).
+    let missing = maki_e2e::h3_get(https, SITE, "/nope", &Trust::Any).await?;
+    ensure!(missing.status == 404, "{}", missing.status);
+    ensure!(
+        maki_e2e::h3_get(https, "other.test", "/", &Trust::Any)
+            .await
+            .is_err()
+    );
+    // Without the setting, no Alt-Svc.
+    let (plain, dir) = maki_e2e::one_site("plain.test")?;
+    plain.admin.ok(&[
+        "publish",
+        &dir.to_string_lossy(),
+        "--site",
+        "plain.test",
+        "--wait",
+    ])?;
+    let got = https_get(plain.node.https, "plain.test", "/", &["h2"], &Trust::Any).await?;
+    ensure!(got.reply.status == 200 && got.reply.header("alt-svc").is_none());
+    Ok(())
+}

@@ -259,6 +259,11 @@ async fn serve_site(
     };
 
     let mut extra = HeaderMap::with_capacity(8);
+    if req.secure
+        && let Some(alt) = sites.alt_svc.get()
+    {
+        extra.insert(header::ALT_SVC, alt.clone());
+    }
     if let Some(ct) = site.content_type(file) {
         extra.insert(header::CONTENT_TYPE, ct);
     }

@@ -205,6 +205,25 @@ pub fn certified(
     Ok(CertifiedKey::new(chain, signing))
 }
 
+/// The TLS side of HTTP/3: the same certificates and tickets, TLS 1.3
+/// only (QUIC has no other), ALPN `h3`.
+pub fn quic_config(
+    certs: Arc<Certs>,
+    tickets: Option<Arc<super::tickets::SharedTicketer>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    match tickets {
+        Some(t) => config.ticketer = t,
+        None => config.send_tls13_tickets = 0,
+    }
+    Ok(Arc::new(config))
+}
+
 /// The server side of every HTTPS connection of this node.
 pub fn server_config(
     certs: Arc<Certs>,
