@@ -376,12 +376,16 @@ impl Node {
                 cancel.clone(),
             ));
             let name = format!("ns-{}.makiatto.invalid", key.public().fmt_short());
-            let dot = crate::dns::dot::server_config(network_certs, &name)?;
+            let (tls, quic) = crate::dns::dot::server_configs(network_certs, &name)?;
             Some(crate::dns::Dns::spawn(
                 config.dns,
                 config.dns_threads,
                 zones,
-                Some((config.dot_addr(), dot)),
+                Some(crate::dns::Encrypted {
+                    addr: config.dot_addr(),
+                    tls,
+                    quic,
+                }),
                 cancel.clone(),
             )?)
         } else {

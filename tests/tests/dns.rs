@@ -290,6 +290,47 @@ async fn the_nameservers_answer_dns_over_tls() -> Result<()> {
 }
 
 #[tokio::test]
+async fn the_nameservers_answer_dns_over_quic_to_hickorys_client() -> Result<()> {
+    use hickory_net::xfer::DnsRequestSender;
+    use n0_future::StreamExt;
+    let net = dns_network(1, &[])?;
+    // DoQ shares DoT's port, over UDP.
+    let doq = net.nodes[0].dot.context("dot")?;
+    net.admin.ok(&["site", "add", SITE])?;
+    publish_example(&net)?;
+    let tls = maki_e2e::client_config(&["doq"], &maki_e2e::Trust::Any, &[&rustls::version::TLS13])?;
+    let mut client = hickory_net::quic::QuicClientStream::builder()
+        .crypto_config((*tls).clone())
+        .build(doq, std::sync::Arc::from("ns.geo.test"))
+        .await?;
+    let ask = |client: &mut hickory_net::quic::QuicClientStream| {
+        let mut m = hickory_proto::op::Message::query();
+        m.metadata.recursion_desired = false;
+        m.add_query(hickory_proto::op::Query::query(
+            hickory_proto::rr::Name::from_ascii(SITE).expect("name"),
+            RecordType::A,
+        ));
+        // DoQ queries carry id 0 (RFC 9250 §4.2.1).
+        m.metadata.id = 0;
+        client.send_message(m.into())
+    };
+    wait_for(Duration::from_secs(10), "an A answer over QUIC", || {
+        let mut replies = ask(&mut client);
+        async move {
+            let reply = replies.next().await.context("no reply")??;
+            Ok(addresses(&reply) == vec![ip("192.0.2.1")])
+        }
+    })
+    .await?;
+    // Several queries on one connection, each on its own stream.
+    for _ in 0..5 {
+        let reply = ask(&mut client).next().await.context("no reply")??;
+        ensure!(addresses(&reply) == vec![ip("192.0.2.1")]);
+    }
+    Ok(())
+}
+
+#[tokio::test]
 #[ignore = "needs kdig (Debian package knot-dnsutils); .ci/run installs it"]
 async fn kdig_asks_over_tls() -> Result<()> {
     let net = dns_network(1, &[])?;

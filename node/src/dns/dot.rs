@@ -39,14 +39,24 @@ impl ResolvesServerCert for DotCerts {
     }
 }
 
-/// The TLS side of DoT; `name` names this nameserver in its own
-/// certificate.
-pub fn server_config(certs: Option<Arc<Certs>>, name: &str) -> Result<Arc<ServerConfig>, TlsError> {
+/// The TLS of DoT and of DoQ (TLS 1.3 only, ALPN `doq`); `name` names
+/// this nameserver in its own certificate.
+pub fn server_configs(
+    certs: Option<Arc<Certs>>,
+    name: &str,
+) -> Result<(Arc<ServerConfig>, Arc<ServerConfig>), TlsError> {
     let own = Arc::new(crate::edge::tls::self_signed(name)?);
-    let mut config = ServerConfig::builder_with_provider(Arc::new(provider::default_provider()))
+    let resolver = Arc::new(DotCerts { certs, own });
+    let provider = Arc::new(provider::default_provider());
+    let mut dot = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(DotCerts { certs, own }));
-    config.alpn_protocols = vec![b"dot".to_vec()];
-    Ok(Arc::new(config))
+        .with_cert_resolver(resolver.clone());
+    dot.alpn_protocols = vec![b"dot".to_vec()];
+    let mut doq = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    doq.alpn_protocols = vec![b"doq".to_vec()];
+    Ok((Arc::new(dot), Arc::new(doq)))
 }

@@ -30,6 +30,7 @@ use tracing::{debug, info, warn};
 
 pub mod answer;
 pub mod build;
+pub mod doq;
 pub mod dot;
 pub mod geo;
 pub mod geoip;
@@ -44,7 +45,7 @@ use crate::members::Members;
 
 /// How long a TCP connection may sit idle between queries (RFC 7766 asks
 /// servers to let go of idle clients; unbound uses 10 s too).
-const TCP_IDLE: Duration = Duration::from_secs(10);
+pub(crate) const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP connections served at once; more wait in the backlog.
 const TCP_CONNS: usize = 256;
 /// TCP connections one address may hold: one client cannot take them all.
@@ -57,6 +58,15 @@ const REBUILD: Duration = Duration::from_secs(1);
 pub struct DnsError {
     addr: SocketAddr,
     source: io::Error,
+}
+
+/// DNS over TLS and over QUIC: where (TCP and UDP, one port), and the
+/// TLS of each.
+#[derive(Debug)]
+pub struct Encrypted {
+    pub addr: SocketAddr,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub quic: Arc<rustls::ServerConfig>,
 }
 
 /// The running nameserver.
@@ -77,7 +87,7 @@ impl Dns {
         addr: SocketAddr,
         threads: usize,
         zones: Arc<Zones>,
-        dot: Option<(SocketAddr, Arc<rustls::ServerConfig>)>,
+        dot: Option<Encrypted>,
         cancel: CancellationToken,
     ) -> Result<Self, DnsError> {
         let err = |source| DnsError { addr, source };
@@ -114,12 +124,29 @@ impl Dns {
         }
         let mut tasks = JoinSet::new();
         let dot = match dot {
-            Some((at, config)) => {
+            Some(Encrypted {
+                addr: at,
+                tls: config,
+                quic,
+            }) => {
                 let err = |source| DnsError { addr: at, source };
                 let listener = std::net::TcpListener::bind(at).map_err(err)?;
                 listener.set_nonblocking(true).map_err(err)?;
                 let bound = listener.local_addr().map_err(err)?;
                 let listener = TcpListener::from_std(listener).map_err(err)?;
+                // DoQ on the same port, over UDP.
+                let err = |source| DnsError {
+                    addr: bound,
+                    source,
+                };
+                let socket = std::net::UdpSocket::bind(bound).map_err(err)?;
+                let endpoint = doq::endpoint(socket, quic).map_err(err)?;
+                tasks.spawn(doq::serve(
+                    endpoint,
+                    zones.clone(),
+                    stats.clone(),
+                    cancel.clone(),
+                ));
                 let tls = tokio_rustls::TlsAcceptor::from(config);
                 tasks.spawn(serve_tcp(
                     listener,
