@@ -35,9 +35,9 @@ pub enum CertSetError {
     Expired,
     #[error("the system's random source failed")]
     NoRandomness,
-    #[error("{0}")]
+    #[error(transparent)]
     Record(#[from] CertError),
-    #[error("{0}")]
+    #[error(transparent)]
     Acme(#[from] AcmeError),
 }
 

@@ -151,14 +151,25 @@ pub fn site_line(s: &SiteInfo) -> String {
         if o.ordering {
             cert.push_str(&format!("  ordering (node {})", o.holder.fmt_short()));
         }
-        if let Some(error) = o.error.as_deref().filter(|_| o.failures > 0) {
-            let next = httpdate::fmt_http_date(
-                std::time::UNIX_EPOCH + std::time::Duration::from_secs(o.retry_at),
-            );
-            cert.push_str(&format!(
-                "  ORDER FAILED ({} in a row, next try after {next}): {error}",
-                o.failures
-            ));
+        match o.error.as_deref().filter(|_| o.failures > 0) {
+            Some(error) if o.ordering => {
+                cert.push_str(&format!("  (the attempt before failed: {error})"));
+            }
+            Some(error) => {
+                let next = if o.retry_at == 0 {
+                    String::new()
+                } else {
+                    let at = httpdate::fmt_http_date(
+                        std::time::UNIX_EPOCH + std::time::Duration::from_secs(o.retry_at),
+                    );
+                    format!(", next try after {at}")
+                };
+                cert.push_str(&format!(
+                    "  ORDER FAILED ({} in a row{next}): {error}",
+                    o.failures
+                ));
+            }
+            None => {}
         }
     }
     match &s.head {

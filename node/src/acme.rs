@@ -18,8 +18,11 @@ use std::{
     collections::{HashMap, HashSet},
     future::Future,
     pin::Pin,
-    sync::Arc,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use bytes::Bytes;
@@ -29,7 +32,7 @@ use instant_acme::{
     Identifier, Key, NewOrder, OrderStatus, RetryPolicy, RevocationReason, RevocationRequest,
 };
 use maki_protocol::{
-    Domain, PublicKey, Record, SecretKey, Signed, SiteRecord,
+    Domain, PublicKey, Record, SecretKey, Signed, SiteRecord, View,
     acme::{AcmeAccount, AcmeConfig, AcmeOrder, Challenge, ChallengeKind},
     cert::{CertRecord, Origin},
 };
@@ -61,6 +64,12 @@ const MAX_ORDERS: usize = 4;
 /// after, up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: u64 = 60;
 const MAX_BACKOFF: u64 = 86_400;
+/// How long orders wait for the account key to be changed after a node
+/// that held it is gone.
+const ROLL_WAIT: Duration = Duration::from_secs(30);
+/// How long a site waits on a pick that never starts before the order
+/// moves to the next node.
+const STALL: Duration = Duration::from_secs(300);
 /// The largest response read from the CA.
 const MAX_RESPONSE: usize = 1 << 20;
 
@@ -98,8 +107,11 @@ pub async fn run(members: Arc<Members>, key: SecretKey, cancel: CancellationToke
         secret: maki_protocol::seal::node_secret(&key),
         key,
         account: None,
-        account_failures: 0,
-        account_retry: 0,
+        account_failed: None,
+        untrusted: Arc::new(AtomicU64::new(0)),
+        waiting: HashMap::new(),
+        rolled: None,
+        roll_pending: None,
         trusted: HashMap::new(),
     };
     let mut running: JoinSet<Domain> = JoinSet::new();
@@ -117,7 +129,11 @@ pub async fn run(members: Arc<Members>, key: SecretKey, cancel: CancellationToke
             }
             _ = every.tick() => {}
         }
-        orderer.round(&mut running, &mut busy, &cancel).await;
+        // A CA that does not answer must not hold up the node's shutdown.
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            () = orderer.round(&mut running, &mut busy, &cancel) => {}
+        }
     }
     running.shutdown().await;
 }
@@ -128,8 +144,22 @@ struct Orderer {
     secret: [u8; 32],
     /// The account in use: for which settings and account record versions.
     account: Option<(u64, u64, Account)>,
-    account_failures: u32,
-    account_retry: u64,
+    /// The settings version the account could not be had under, the
+    /// failures in a row, and when to try again (new settings: at once).
+    account_failed: Option<(u64, u32, u64)>,
+    /// Settings under which an issued certificate did not chain to the
+    /// trusted roots (0: none): no more orders under them, since each
+    /// would be issued and thrown away.
+    untrusted: Arc<AtomicU64>,
+    /// By site due but not this node's to order: the order record's
+    /// version seen and since when. A pick that never starts (a node
+    /// alive to probes but cut off from the records) counts as a failed
+    /// attempt after [`STALL`], so the order moves on.
+    waiting: HashMap<Domain, (u64, Instant)>,
+    /// The account record whose key this node last tried to change.
+    rolled: Option<u64>,
+    /// The account record with a copy for a gone node, and since when.
+    roll_pending: Option<(u64, Instant)>,
     /// Whether a site's certificate chains to the roots, by site, for the
     /// record and settings versions checked.
     trusted: HashMap<Domain, (u64, u64, bool)>,
@@ -159,18 +189,40 @@ impl Orderer {
         };
         let now = now_secs();
         self.reseal_account(&dir);
+        if self.untrusted.load(Ordering::Relaxed) == config.version {
+            return;
+        }
+        // While the account key a gone node held is being changed, no
+        // order starts with it (one would fail half-way), for a while.
+        if self.roll_account_key(&dir, &config).await {
+            return;
+        }
         let jobs = self.due(&dir, &config, now, busy);
         if jobs.is_empty() || busy.len() >= MAX_ORDERS {
             return;
         }
-        let account = match self.account(&dir, &config, now).await {
-            Ok(a) => a,
+        if let Some((settings, _, retry_at)) = self.account_failed
+            && settings == config.version
+            && retry_at > now
+        {
+            return;
+        }
+        let account = match self.account(&dir, &config).await {
+            Ok(a) => {
+                self.account_failed = None;
+                a
+            }
             Err(error) => {
+                let error = crate::download::chain(&error);
                 warn!(%error, directory = %config.directory, "no ACME account");
-                self.account_failures += 1;
-                self.account_retry = now + backoff(self.account_failures);
+                let failures = match self.account_failed {
+                    Some((v, f, _)) if v == config.version => f.saturating_add(1),
+                    _ => 1,
+                };
+                self.account_failed = Some((config.version, failures, now + backoff(failures)));
                 for job in &jobs {
-                    self.fail(&dir, job, &format!("no account at the CA: {error}"), now);
+                    let text = format!("no account at the CA: {error}");
+                    self.fail(&dir, job, config.version, &text, now);
                 }
                 return;
             }
@@ -190,6 +242,8 @@ impl Orderer {
                 secret: self.secret,
                 roots: roots.clone(),
                 challenge: config.challenge,
+                settings: config.version,
+                untrusted: self.untrusted.clone(),
             };
             let cancel = cancel.clone();
             let account = account.clone();
@@ -220,34 +274,35 @@ impl Orderer {
         if !candidates.contains(&me) {
             return Vec::new();
         }
-        let recipients: HashSet<[u8; 32]> = recipients(dir).into_iter().collect();
+        let allowed = allowed(dir);
         let acme_version = config.version;
         let mut roots = None;
         let mut jobs = Vec::new();
+        let mut still_waiting = HashSet::new();
         for site in dir.sites() {
             if busy.contains(&site.domain) {
+                continue;
+            }
+            // HTTP-01 cannot prove a name before the site is published:
+            // the network's nameservers give it no address yet.
+            if config.challenge == ChallengeKind::Http01 && dir.head(&site.domain).is_none() {
                 continue;
             }
             let order = dir.acme_order(&site.domain);
             // Backing off after a failure, unless an admin changed the
             // settings since (which may be the fix).
-            if order.is_some_and(|o| o.retry_at > now && o.version > config.version) {
+            if order.is_some_and(|o| o.retry_at > now && o.settings == config.version) {
                 continue;
             }
+            // A lease no longer than a lease runs (a member could claim
+            // one for ever).
+            let leased = order.filter(|o| o.until > now && o.until <= now + 2 * LEASE_SECS);
             // A lease of a node still up is left to it; one of this node
             // (a restart mid-order) or of a node that is down is not.
-            if let Some(o) = order
-                && o.leased_to_other(&me, now)
+            if let Some(o) = leased
+                && o.holder != me
                 && candidates.contains(&o.holder)
             {
-                continue;
-            }
-            // Each failed attempt, and each lease that ran out unanswered,
-            // moves the order to the next node: one that cannot reach the
-            // CA does not hold the site back.
-            let lapsed = order.is_some_and(|o| o.until != 0 && o.until <= now);
-            let attempt = order.map_or(0, |o| o.failures) + u32::from(lapsed);
-            if pick(&site.domain, attempt, &candidates) != Some(me) {
                 continue;
             }
             let names = order_names(site, config.challenge);
@@ -267,9 +322,29 @@ impl Orderer {
                     }
                 }
             });
-            let Some(why) = needs(previous, &names, trusted, &recipients, now) else {
+            let Some(why) = needs(previous, &names, trusted, &allowed, now) else {
                 continue;
             };
+            // Each failed attempt, and each lease that ran out unanswered,
+            // moves the order to the next node: one that cannot reach the
+            // CA does not hold the site back. So does a pick that never
+            // starts.
+            let lapsed = order.is_some_and(|o| o.until != 0 && leased.is_none());
+            let seen = order.map_or(0, |o| o.version);
+            let since = match self.waiting.get(&site.domain) {
+                Some((v, since)) if *v == seen => *since,
+                _ => Instant::now(),
+            };
+            self.waiting.insert(site.domain.clone(), (seen, since));
+            still_waiting.insert(site.domain.clone());
+            let stalled = u32::try_from(since.elapsed().as_secs() / STALL.as_secs()).unwrap_or(0);
+            let attempt = order
+                .map_or(0, |o| o.failures)
+                .saturating_add(u32::from(lapsed))
+                .saturating_add(stalled);
+            if pick(&site.domain, attempt, &candidates) != Some(me) {
+                continue;
+            }
             info!(site = %site.domain, why, "the site needs a certificate");
             jobs.push(Job {
                 site: site.clone(),
@@ -282,6 +357,7 @@ impl Orderer {
         }
         self.trusted
             .retain(|d, _| dir.sites().any(|s| &s.domain == d));
+        self.waiting.retain(|d, _| still_waiting.contains(d));
         jobs
     }
 
@@ -323,7 +399,6 @@ impl Orderer {
         &mut self,
         dir: &Directory,
         config: &AcmeConfig,
-        now: u64,
     ) -> Result<Account, AccountError> {
         let record = dir
             .acme_account()
@@ -335,26 +410,34 @@ impl Orderer {
         {
             return Ok(account.clone());
         }
-        if self.account_retry > now {
-            return Err(AccountError::BackingOff);
-        }
         let http = Box::new(AcmeHttp::new(config)?);
-        let (key, fresh) = match record {
-            Some(r) => (r.open(&self.secret)?, false),
+        let builder = Account::builder_with_http(http);
+        let (account, key, fresh) = match record {
+            // The account by its URL: no lookup by key at the CA (a key
+            // changed since need not be found that way).
+            Some(r) => {
+                let key = r.open(&self.secret)?;
+                let account = builder
+                    .from_parts(
+                        r.url.clone(),
+                        PrivatePkcs8KeyDer::from(key.as_slice()),
+                        config.directory.clone(),
+                    )
+                    .await?;
+                (account, key, false)
+            }
             None => {
-                let (_, pkcs8) = Key::generate_pkcs8()?;
-                (pkcs8.secret_pkcs8_der().to_vec(), true)
+                let (signing, pkcs8) = Key::generate_pkcs8()?;
+                let key = pkcs8.secret_pkcs8_der().to_vec();
+                let (account, _) = builder
+                    .create_from_key(
+                        (signing, PrivateKeyDer::Pkcs8(pkcs8)),
+                        config.directory.clone(),
+                    )
+                    .await?;
+                (account, key, true)
             }
         };
-        let pkcs8 = PrivatePkcs8KeyDer::from(key.clone());
-        let signing = Key::from_pkcs8_der(pkcs8.clone_key())?;
-        // Makes the account, or finds the one this key already has.
-        let (account, _) = Account::builder_with_http(http)
-            .create_from_key(
-                (signing, PrivateKeyDer::Pkcs8(pkcs8)),
-                config.directory.clone(),
-            )
-            .await?;
         if !config.contact.is_empty() {
             let contact: Vec<&str> = config.contact.iter().map(String::as_str).collect();
             if let Err(error) = account.update_contacts(&contact).await {
@@ -366,6 +449,7 @@ impl Orderer {
             let mut next = AcmeAccount {
                 format: 1,
                 directory: config.directory.clone(),
+                url: account.id().to_owned(),
                 sealed: Vec::new(),
                 version: crate::now_millis(),
             };
@@ -380,9 +464,94 @@ impl Orderer {
                 .apply_local(Record::Account(Signed::sign(&self.key, &next)))
                 .map_err(|e| AccountError::Apply(e.to_string()))?;
         }
-        self.account_failures = 0;
         self.account = Some((config.version, version, account.clone()));
         Ok(account)
+    }
+
+    /// A new key for the account when a node that held the old one is
+    /// gone (RFC 8555 §7.3.5: the account stays, its key changes), made
+    /// by the lowest-id live holder and sealed to the nodes and admins
+    /// left; tried once per account record. True while orders should
+    /// wait for it (at most [`ROLL_WAIT`]), and in the round that made it.
+    async fn roll_account_key(&mut self, dir: &Directory, config: &AcmeConfig) -> bool {
+        let Some(record) = dir
+            .acme_account()
+            .filter(|a| a.directory == config.directory)
+        else {
+            return false;
+        };
+        let allowed = allowed(dir);
+        if record.sealed.iter().all(|s| allowed.contains(&s.to)) {
+            self.roll_pending = None;
+            return false;
+        }
+        let since = match self.roll_pending {
+            Some((v, since)) if v == record.version => since,
+            _ => Instant::now(),
+        };
+        self.roll_pending = Some((record.version, since));
+        let wait = since.elapsed() < ROLL_WAIT;
+        if self.rolled == Some(record.version) {
+            return wait;
+        }
+        let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
+        let down = self
+            .members
+            .health
+            .down(crate::health::verdict::Service::Http, &ids);
+        let holds = |seal: &[u8; 32]| record.sealed.iter().any(|s| s.to == *seal);
+        let first = http_seals(dir)
+            .iter()
+            .filter(|(id, seal)| holds(seal) && !down.contains(id))
+            .map(|(id, _)| *id)
+            .min();
+        if first != Some(self.key.public()) {
+            return wait;
+        }
+        self.rolled = Some(record.version);
+        let mut rolled = match self.account(dir, config).await {
+            Ok(a) => a,
+            Err(error) => {
+                warn!(error = %crate::download::chain(&error), "no ACME account to change the key of");
+                return wait;
+            }
+        };
+        let credentials = match rolled.update_key().await {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(error = %crate::download::chain(&error), "could not change the ACME account key");
+                return wait;
+            }
+        };
+        let key = credentials.private_key().secret_pkcs8_der().to_vec();
+        let mut next = AcmeAccount {
+            version: crate::now_millis().max(record.version.saturating_add(1)),
+            sealed: Vec::new(),
+            ..record.clone()
+        };
+        let (sealed, failed) =
+            with_randomness(|fresh| next.seal_to(&key, &recipients(dir), fresh).is_ok());
+        if !sealed || failed {
+            warn!("could not seal the new ACME account key");
+            return wait;
+        }
+        match self
+            .members
+            .apply_local(Record::Account(Signed::sign(&self.key, &next)))
+        {
+            Ok(_) => {
+                info!("rolled the ACME account key: a node that held it is gone");
+                // Taken up from the record next round, as every other node
+                // does (this round's view of the records is from before).
+                self.account = None;
+                drop(rolled);
+                true
+            }
+            Err(error) => {
+                warn!(%error, "could not write the new ACME account key");
+                wait
+            }
+        }
     }
 
     /// Seals the account key again for `http` nodes that joined since it
@@ -392,20 +561,31 @@ impl Orderer {
             return;
         };
         let http = http_seals(dir);
+        let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
+        let down = self
+            .members
+            .health
+            .down(crate::health::verdict::Service::Http, &ids);
         let holds = |seal: &[u8; 32]| account.sealed.iter().any(|s| s.to == *seal);
         let first = http
             .iter()
-            .filter(|(_, seal)| holds(seal))
+            .filter(|(id, seal)| holds(seal) && !down.contains(id))
             .map(|(id, _)| *id)
             .min();
-        if first != Some(self.key.public()) || http.iter().all(|(_, seal)| holds(seal)) {
+        // A key a gone node held gets no new copies: it is changed
+        // instead (`roll_account_key`), and the new one sealed to all.
+        let allowed = allowed(dir);
+        if first != Some(self.key.public())
+            || http.iter().all(|(_, seal)| holds(seal))
+            || account.sealed.iter().any(|s| !allowed.contains(&s.to))
+        {
             return;
         }
         let Ok(key) = account.open(&self.secret) else {
             return;
         };
         let mut next = AcmeAccount {
-            version: crate::now_millis().max(account.version + 1),
+            version: crate::now_millis().max(account.version.saturating_add(1)),
             ..account.clone()
         };
         let (sealed, failed) =
@@ -433,8 +613,8 @@ impl Orderer {
     }
 
     /// Writes a failed attempt for `job` without having started it.
-    fn fail(&self, dir: &Directory, job: &Job, error: &str, now: u64) {
-        let record = failure_record(&self.key, dir, job, error, now);
+    fn fail(&self, dir: &Directory, job: &Job, settings: u64, error: &str, now: u64) {
+        let record = failure_record(&self.key, dir, job, settings, error, now);
         if let Err(e) = self.members.apply_local(record) {
             warn!(site = %job.site.domain, error = %e, "could not write the failed order");
         }
@@ -451,8 +631,6 @@ pub enum AccountError {
     Key(#[from] maki_protocol::acme::AccountError),
     #[error("the HTTP client: {0}")]
     Client(#[from] reqwest::Error),
-    #[error("waiting after the last failure")]
-    BackingOff,
     #[error("no randomness for sealing")]
     NoRandomness,
     #[error("not written: {0}")]
@@ -466,6 +644,11 @@ struct Ctx {
     secret: [u8; 32],
     roots: Arc<RootCertStore>,
     challenge: ChallengeKind,
+    /// The settings version the order is made under.
+    settings: u64,
+    /// Set to `settings` when the certificate issued does not chain to
+    /// the trusted roots.
+    untrusted: Arc<AtomicU64>,
 }
 
 impl Ctx {
@@ -584,7 +767,15 @@ impl Ctx {
             return Err(OrderError::NoRandomness);
         }
         // What every node will check before serving it, checked first here.
-        crate::certs::verify_chain(&record, self.roots.clone(), UnixTime::now())?;
+        // A chain to no trusted root means the settings' roots are wrong:
+        // every order would be issued and thrown away, so none is made
+        // under these settings again.
+        if let Err(error) = crate::certs::verify_chain(&record, self.roots.clone(), UnixTime::now())
+        {
+            self.untrusted.store(self.settings, Ordering::Relaxed);
+            warn!(%error, "a certificate the CA issued does not chain to the trusted roots: no orders until the ACME settings change (check --root)");
+            return Err(error.into());
+        }
         crate::certs::open(&record, &self.secret)?;
         Ok(record)
     }
@@ -603,7 +794,7 @@ impl Ctx {
                     .apply_local(Record::Cert(Signed::sign(&self.key, &cert)))
                 {
                     warn!(%site, %error, "could not write the new certificate");
-                    failure_record(&self.key, &dir, job, &error.to_string(), now)
+                    failure_record(&self.key, &dir, job, self.settings, &error.to_string(), now)
                 } else {
                     info!(%site, names = ?job.names, not_after, "certificate issued");
                     if job.revoke
@@ -615,14 +806,16 @@ impl Ctx {
                     let released = AcmeOrder {
                         failures: 0,
                         error: None,
+                        settings: self.settings,
                         ..next_order(&self.key, &dir, job)
                     };
                     Record::Order(Signed::sign(&self.key, &released))
                 }
             }
             Err(error) => {
-                warn!(%site, %error, failures = job.failures + 1, "certificate order failed");
-                failure_record(&self.key, &dir, job, &error.to_string(), now)
+                let error = crate::download::chain(&error);
+                warn!(%site, %error, failures = job.failures.saturating_add(1), "certificate order failed");
+                failure_record(&self.key, &dir, job, self.settings, &error, now)
             }
         };
         if let Err(error) = self.members.apply_local(record) {
@@ -670,6 +863,19 @@ async fn why_invalid(order: &mut instant_acme::Order) -> String {
     }
 }
 
+/// Who may hold a copy of a key: the members (with or without the
+/// `http` role) and admins; a copy sealed to anyone else was read by a
+/// node that is gone.
+fn allowed(dir: &Directory) -> HashSet<[u8; 32]> {
+    let mut allowed: HashSet<[u8; 32]> = dir.members().filter_map(|(n, _)| n.seal).collect();
+    allowed.extend(
+        dir.admins()
+            .iter()
+            .filter_map(maki_protocol::seal::admin_public),
+    );
+    allowed
+}
+
 /// Why a site needs a new certificate; None if it does not.
 const NEEDS_REKEY: &str = "its key was readable by a node that left";
 
@@ -677,7 +883,7 @@ fn needs(
     cert: Option<&CertRecord>,
     names: &[String],
     trusted: bool,
-    recipients: &HashSet<[u8; 32]>,
+    allowed: &HashSet<[u8; 32]>,
     now: u64,
 ) -> Option<&'static str> {
     let Some(cert) = cert.filter(|c| !c.chain.is_empty()) else {
@@ -696,7 +902,7 @@ fn needs(
     if names.iter().any(|n| !covered(n, &cert.names)) {
         return Some("it lacks a name of the site");
     }
-    if cert.sealed.iter().any(|s| !recipients.contains(&s.to)) {
+    if cert.sealed.iter().any(|s| !allowed.contains(&s.to)) {
         return Some(NEEDS_REKEY);
     }
     let not_before = cert
@@ -768,11 +974,19 @@ fn next_order(key: &SecretKey, dir: &Directory, job: &Job) -> AcmeOrder {
         failures: job.failures,
         error: previous.and_then(|o| o.error.clone()),
         retry_at: 0,
-        version: crate::now_millis().max(previous.map_or(0, |o| o.version + 1)),
+        settings: previous.map_or(0, |o| o.settings),
+        version: crate::now_millis().max(previous.map_or(0, |o| o.version.saturating_add(1))),
     }
 }
 
-fn failure_record(key: &SecretKey, dir: &Directory, job: &Job, error: &str, now: u64) -> Record {
+fn failure_record(
+    key: &SecretKey,
+    dir: &Directory,
+    job: &Job,
+    settings: u64,
+    error: &str,
+    now: u64,
+) -> Record {
     let failures = job.failures.saturating_add(1);
     let mut text: String = error
         .chars()
@@ -783,6 +997,7 @@ fn failure_record(key: &SecretKey, dir: &Directory, job: &Job, error: &str, now:
         failures,
         error: Some(text),
         retry_at: now + backoff(failures),
+        settings,
         ..next_order(key, dir, job)
     };
     Record::Order(Signed::sign(key, &order))

@@ -195,7 +195,11 @@ pub async fn keep_issued(
         certs.set_issued(issued);
         certs.set_challenges(challenges(&dir, crate::now_millis() / 1000));
         crate::tickets::keep(&members, &key, &secret, &tickets, &mut kept_tickets);
-        for record in reseal(&dir, &key, &secret, &checked, &mut resealed) {
+        let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
+        let down = members
+            .health
+            .down(crate::health::verdict::Service::Http, &ids);
+        for record in reseal(&dir, &key, &secret, &checked, &down, &mut resealed) {
             if let Err(error) = members.apply_local(record) {
                 warn!(%error, "could not reseal a certificate's key");
             }
@@ -205,14 +209,16 @@ pub async fn keep_issued(
 
 /// Records that seal a site's certificate key to the `http` nodes that
 /// joined since it was made: made by one holder of a copy (the lowest
-/// node id among the `http` nodes that hold one, so they do not all do
-/// it), signed as a member node. Until then the newcomers serve the
+/// node id among the live `http` nodes that hold one, so they do not all
+/// do it, and one that is down holds nobody back), signed as a member
+/// node. Until then the newcomers serve the
 /// self-signed certificate and no node redirects to HTTPS.
 fn reseal(
     dir: &Directory,
     key: &SecretKey,
     secret: &[u8; 32],
     checked: &HashMap<Domain, (u64, Option<Arc<CertifiedKey>>)>,
+    down: &std::collections::HashSet<PublicKey>,
     resealed: &mut HashMap<Domain, u64>,
 ) -> Vec<maki_protocol::Record> {
     let me = key.public();
@@ -232,7 +238,7 @@ fn reseal(
         let lacking = http.iter().any(|(_, seal)| !holds(seal));
         let first_holder = http
             .iter()
-            .filter(|(_, seal)| holds(seal))
+            .filter(|(id, seal)| holds(seal) && !down.contains(id))
             .map(|(id, _)| *id)
             .min();
         if !lacking || first_holder != Some(me) {
@@ -244,7 +250,7 @@ fn reseal(
         };
         let recipients = recipients(dir);
         let mut next = CertRecord {
-            version: crate::now_millis().max(record.version + 1),
+            version: crate::now_millis().max(record.version.saturating_add(1)),
             ..record.clone()
         };
         let (sealed, failed) =

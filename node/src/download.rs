@@ -103,7 +103,7 @@ pub async fn fetch(url: &str) -> Result<Vec<u8>, DownloadError> {
 }
 
 /// An error and its causes, each said once (reqwest repeats itself).
-fn chain(error: &dyn std::error::Error) -> String {
+pub fn chain(error: &dyn std::error::Error) -> String {
     let mut out = error.to_string();
     let mut next = error.source();
     while let Some(e) = next {

@@ -96,7 +96,7 @@ fn duty(
             format: 1,
             made: now,
             sealed: Vec::new(),
-            version: now.max(record.map_or(0, |r| r.version + 1)),
+            version: now.max(record.map_or(0, |r| r.version.saturating_add(1))),
         };
         let shared: [u8; SECRET_LEN] = fresh;
         let (sealed, failed_too) =
@@ -123,7 +123,7 @@ fn duty(
     }
     let shared = record.open(secret).ok()?;
     let mut next = TicketKeys {
-        version: now.max(record.version + 1),
+        version: now.max(record.version.saturating_add(1)),
         ..record.clone()
     };
     let (sealed, failed) =

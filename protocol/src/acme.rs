@@ -128,6 +128,8 @@ pub struct AcmeAccount {
     /// The directory the account is at: a record for another directory
     /// than the settings name is stale, and a new account is made.
     pub directory: String,
+    /// The account's URL at the CA (its id): kept when its key changes.
+    pub url: String,
     /// The account key (PKCS#8 DER, ECDSA P-256), one copy per recipient.
     pub sealed: Vec<Sealed>,
     pub version: u64,
@@ -141,7 +143,7 @@ impl Signable for AcmeAccount {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AccountError {
-    #[error("the directory must be an https:// URL of at most {MAX_URL} bytes")]
+    #[error("the directory and the account must be https:// URLs of at most {MAX_URL} bytes")]
     Directory,
     #[error(
         "no copy of the key, more than {} copies, or a copy larger than {} bytes",
@@ -160,7 +162,7 @@ pub enum AccountError {
 impl AcmeAccount {
     /// The checks that need nothing but the record.
     pub fn check(&self) -> Result<(), AccountError> {
-        if !directory_ok(&self.directory) {
+        if !directory_ok(&self.directory) || !directory_ok(&self.url) {
             return Err(AccountError::Directory);
         }
         if self.sealed.is_empty()
@@ -259,8 +261,12 @@ pub struct AcmeOrder {
     pub failures: u32,
     /// Why the last attempt failed.
     pub error: Option<String>,
-    /// No node orders again before this (seconds since the epoch).
+    /// No node orders again before this (seconds since the epoch), as
+    /// long as the ACME settings are still those of version `settings`:
+    /// new settings may be the fix.
     pub retry_at: u64,
+    /// The version of the ACME settings the last attempt was made under.
+    pub settings: u64,
     pub version: u64,
 }
 
@@ -282,7 +288,7 @@ pub enum OrderError {
     Error,
     #[error("made for the site before it was removed and added again")]
     OtherIncarnation,
-    #[error("signed by another node than its holder")]
+    #[error("not signed by its holder, or its holder is no member (any more)")]
     NotHolder,
 }
 
@@ -379,6 +385,7 @@ mod tests {
             failures: 0,
             error: None,
             retry_at: 0,
+            settings: 0,
             version: 1,
         }
     }
@@ -422,6 +429,7 @@ mod tests {
         let mut a = AcmeAccount {
             format: 1,
             directory: "https://acme.test/dir".into(),
+            url: "https://acme.test/acct/1".into(),
             sealed: vec![],
             version: 1,
         };

@@ -1561,6 +1561,7 @@ mod tests {
             failures: 0,
             error: None,
             retry_at: 0,
+            settings: 0,
             version: 1,
         };
         assert_eq!(
@@ -1587,6 +1588,7 @@ mod tests {
         let account = crate::acme::AcmeAccount {
             format: 1,
             directory: "https://acme.test/dir".into(),
+            url: "https://acme.test/acct/1".into(),
             sealed: keys.sealed.clone(),
             version: 1,
         };

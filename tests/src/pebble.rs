@@ -26,6 +26,9 @@ pub struct Pebble {
     pub roots: PathBuf,
     /// The root it issues under (DER).
     pub issuing_root: CertificateDer<'static>,
+    /// A PEM file of its directory's root alone (a wrong `--root`: the
+    /// certificates it issues do not chain to it).
+    pub directory_root: PathBuf,
     pub management: SocketAddr,
     tls_root: CertificateDer<'static>,
     child: Child,
@@ -101,6 +104,7 @@ impl Pebble {
             directory: format!("https://{listen}/dir"),
             roots: dir.join("roots.pem"),
             issuing_root: CertificateDer::from(Vec::new()),
+            directory_root: dir.join("directory-root.pem"),
             management,
             tls_root: tls_root.clone(),
             child,
@@ -129,6 +133,7 @@ impl Pebble {
             pem("CERTIFICATE", &pebble.issuing_root)
         );
         std::fs::write(&pebble.roots, pem)?;
+        std::fs::write(&pebble.directory_root, self::pem("CERTIFICATE", &tls_root))?;
         Ok(pebble)
     }
 

@@ -306,7 +306,10 @@ async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_the
     acme_set(&net, &pebble, &[]).await?;
     let old = served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(60))
         .await
-        .with_context(|| format!("pebble's log:\n{}", pebble.log()))?;
+        .with_context(|| {
+            let logs: Vec<String> = net.nodes.iter().map(|n| n.log()).collect();
+            format!("node logs:\n{}", logs.join("\n----\n"))
+        })?;
     let serial = serial_hex(&old).context("the old leaf's serial")?;
     ensure!(pebble.status(&serial).await? == "Valid");
     let gone = net.nodes.pop().context("a node")?;
@@ -326,7 +329,11 @@ async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_the
                     .is_ok_and(|r| r.chain.first().is_some_and(|l| l.as_ref() != old)))
             }
         })
-        .await?;
+        .await
+        .with_context(|| {
+            let logs: Vec<String> = net.nodes.iter().map(|n| n.log()).collect();
+            format!("node logs:\n{}", logs.join("\n----\n"))
+        })?;
     }
     wait_for(
         Duration::from_secs(20),
@@ -336,7 +343,14 @@ async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_the
             async move { Ok(status.await? == "Revoked") }
         },
     )
-    .await?;
+    .await
+    .with_context(|| {
+        let logs: Vec<String> = net.nodes.iter().map(|n| n.log()).collect();
+        format!("node logs:\n{}", logs.join("\n----\n"))
+    })?;
+    // The account key it held was changed too.
+    let logs: String = net.nodes.iter().map(|n| n.log()).collect();
+    ensure!(logs.contains("rolled the ACME account key"), "{logs}");
     Ok(())
 }
 
@@ -399,5 +413,53 @@ async fn a_failed_order_is_shown_backs_off_and_is_tried_again_after_new_settings
     served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(60)).await?;
     let sites = net.admin.ok(&["sites"])?;
     ensure!(!sites.contains("ORDER FAILED"), "{sites}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs pebble (Debian package pebble); .ci/run installs it"]
+async fn wrong_settings_cost_one_order_and_the_fix_is_tried_at_once() -> Result<()> {
+    let (net, port) = acme_network(2)?;
+    publish(&net)?;
+    let pebble = pebble(&net, port, None).await?;
+    let sites = || net.admin.ok(&["sites"]).unwrap_or_default();
+    // A directory URL with a typo: no account, shown as such.
+    let typo = pebble.directory.replace("/dir", "/dirr");
+    let roots = pebble.roots.to_string_lossy().into_owned();
+    net.admin
+        .ok(&["acme", "set", "--directory", &typo, "--root", &roots])?;
+    wait_for(Duration::from_secs(30), "no account, in maki sites", || {
+        let s = sites();
+        async move { Ok(s.contains("ORDER FAILED (1 in a row") && s.contains("no account")) }
+    })
+    .await?;
+    // A root that the CA's certificates do not chain to: the one order
+    // issued is thrown away, and no other is made under these settings.
+    let wrong = pebble.directory_root.to_string_lossy().into_owned();
+    net.admin.ok(&[
+        "acme",
+        "set",
+        "--directory",
+        &pebble.directory,
+        "--root",
+        &wrong,
+    ])?;
+    wait_for(
+        Duration::from_secs(30),
+        "the unusable certificate shown",
+        || {
+            let s = sites();
+            async move { Ok(s.contains("ORDER FAILED") && s.contains("not usable")) }
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let log = pebble.log();
+    ensure!(log.matches("Issued certificate").count() == 1, "{log}");
+    // The right settings: ordered at once, whatever the back-off said.
+    acme_set(&net, &pebble, &[]).await?;
+    served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(30)).await?;
+    let s = sites();
+    ensure!(!s.contains("ORDER FAILED"), "{s}");
     Ok(())
 }

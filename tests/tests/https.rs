@@ -21,6 +21,9 @@ async fn a_site_without_a_certificate_is_served_over_https_with_a_self_signed_on
     net.admin
         .ok(&["site", "alias", "add", SITE, "www.tls.test"])?;
     std::fs::write(site.join("_headers"), HSTS_RULE)?;
+    // A file where ACME's HTTP-01 asks: the network's path, never served.
+    std::fs::create_dir_all(site.join(".well-known/acme-challenge"))?;
+    std::fs::write(site.join(".well-known/acme-challenge/mine"), "proof")?;
     net.admin
         .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
     let index = std::fs::read(site.join("index.html"))?;
@@ -72,6 +75,9 @@ async fn a_site_without_a_certificate_is_served_over_https_with_a_self_signed_on
     let plain = maki_e2e::http_get(net.node.http, SITE, "/", &[]).await?;
     ensure!(plain.status == 200, "{}", plain.status);
     ensure!(plain.header("strict-transport-security").is_none());
+    let challenge =
+        maki_e2e::http_get(net.node.http, SITE, "/.well-known/acme-challenge/mine", &[]).await?;
+    ensure!(challenge.status == 404, "{}", challenge.status);
     // A name no site has gets no certificate: the handshake fails.
     let unknown = https_get(https, "other.test", "/", &["http/1.1"], &Trust::Any).await;
     ensure!(unknown.is_err(), "a name no site has: {unknown:?}");

@@ -99,7 +99,9 @@ impl AdminProtocol {
             store
                 .add(rustls::pki_types::CertificateDer::from(root.as_slice()))
                 .map_err(|e| {
-                    RpcError::InvalidRecord(format!("ACME settings: an extra root: {e}"))
+                    RpcError::InvalidRecord(format!(
+                        "ACME settings: an extra root is not a certificate the nodes can use ({e})"
+                    ))
                 })?;
         }
         if acme.version > crate::now_millis().saturating_add(CLOCK_SKEW_MS) {

@@ -193,15 +193,19 @@ impl AdminProtocol {
                 cert: dir
                     .cert(&domain_for_pin)
                     .map(|c| crate::certs::summary(c, &roots, self.shared.keyring.secret())),
-                order: dir
-                    .acme_order(&domain_for_pin)
-                    .map(|o| maki_protocol::rpc::OrderSummary {
+                order: dir.acme_order(&domain_for_pin).map(|o| {
+                    // A certificate written after the failure settled it.
+                    let settled = dir
+                        .cert(&domain_for_pin)
+                        .is_some_and(|c| c.version > o.version);
+                    maki_protocol::rpc::OrderSummary {
                         holder: o.holder,
                         ordering: o.until > crate::now_millis() / 1000,
-                        failures: o.failures,
-                        error: o.error.clone(),
+                        failures: if settled { 0 } else { o.failures },
+                        error: o.error.clone().filter(|_| !settled),
                         retry_at: o.retry_at,
-                    }),
+                    }
+                }),
             });
         }
         Ok(Response::Sites(out))

@@ -46,6 +46,12 @@ pub async fn handle(sites: &Sites, req: &Req<'_>) -> Response<Body> {
     {
         return plain(StatusCode::OK, proof);
     }
+    // The path is the network's, for its own orders: a site's files or
+    // redirects there would let its publisher prove the site's names to
+    // a CA with an account of their own.
+    if path.starts_with(ACME_CHALLENGE) && sites.certs.is_some() {
+        return plain(StatusCode::NOT_FOUND, "no such ACME challenge\n");
+    }
     match host.and_then(|h| local::site(&sites.live, h)) {
         Some(site) => {
             // Plain HTTP goes to HTTPS once every HTTPS node serves the
