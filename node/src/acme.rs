@@ -45,9 +45,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    certs::{http_seals, recipients, with_randomness},
     directory::Directory,
     members::Members,
+    secrets::{http_seals, recipients, with_randomness},
 };
 
 /// How often the sites are looked over.

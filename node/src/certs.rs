@@ -8,7 +8,7 @@
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use maki_protocol::{
-    Domain, PublicKey, SecretKey, View,
+    Domain, PublicKey, SecretKey,
     acme::{AcmeConfig, ChallengeKind},
     cert::{CertError, CertRecord},
 };
@@ -29,6 +29,7 @@ use crate::{
         tls::{Certs, Challenges, Issued, IssuedCert},
     },
     members::Members,
+    secrets::{http_seals, recipients, with_randomness},
 };
 
 /// Why a site's certificate is not served.
@@ -349,37 +350,4 @@ fn issued(
     }
     checked.retain(|d, _| seen.contains(d));
     out
-}
-
-/// The `http` members' ids and sealing keys.
-pub fn http_seals(dir: &Directory) -> Vec<(PublicKey, [u8; 32])> {
-    dir.members()
-        .filter(|(n, _)| n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP))
-        .filter_map(|(n, _)| Some((n.id, n.seal?)))
-        .collect()
-}
-
-/// Who a TLS or account key is sealed to: the `http` nodes and admins.
-pub fn recipients(dir: &Directory) -> Vec<[u8; 32]> {
-    let mut out: Vec<[u8; 32]> = http_seals(dir).into_iter().map(|(_, s)| s).collect();
-    out.extend(
-        dir.admins()
-            .iter()
-            .filter_map(maki_protocol::seal::admin_public),
-    );
-    out
-}
-
-/// Runs `f` with a source of fresh random bytes; also says whether the
-/// source ever failed (the bytes are then not to be used).
-pub fn with_randomness<R>(f: impl FnOnce(&mut dyn FnMut() -> [u8; 32]) -> R) -> (R, bool) {
-    let rng = ring::rand::SystemRandom::new();
-    let mut failed = false;
-    let mut fresh = || {
-        let mut b = [0u8; 32];
-        failed |= ring::rand::SecureRandom::fill(&rng, &mut b).is_err();
-        b
-    };
-    let out = f(&mut fresh);
-    (out, failed)
 }

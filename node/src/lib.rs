@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod peers;
 pub mod records;
 pub mod replicate;
+pub mod secrets;
 pub mod serving;
 pub mod setup;
 pub mod shared;

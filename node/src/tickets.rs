@@ -13,10 +13,10 @@ use maki_protocol::{
 use tracing::{info, warn};
 
 use crate::{
-    certs::{http_seals, with_randomness},
     directory::Directory,
     edge::tickets::SharedTicketer,
     members::Members,
+    secrets::{http_seals, with_randomness},
 };
 
 /// How long one secret is used before the next replaces it.
