@@ -280,17 +280,7 @@ async fn another_node_takes_over_when_the_ordering_node_dies_mid_order() -> Resu
     let dead = net.nodes.remove(i);
     dead.crash()?;
     let served = served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(90)).await;
-    served.with_context(|| {
-        format!(
-            "pebble's log:\n{}\nnode logs:\n{}",
-            pebble.log(),
-            net.nodes
-                .iter()
-                .map(|n| n.log())
-                .collect::<Vec<_>>()
-                .join("\n----\n")
-        )
-    })?;
+    served.with_context(|| format!("pebble's log:\n{}\n{}", pebble.log(), node_logs(&net)))?;
     // The dead node's order, then the one that took over.
     let log = pebble.log();
     ensure!(log.matches("Added order").count() == 2, "{log}");
@@ -306,10 +296,7 @@ async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_the
     acme_set(&net, &pebble, &[]).await?;
     let old = served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(60))
         .await
-        .with_context(|| {
-            let logs: Vec<String> = net.nodes.iter().map(|n| n.log()).collect();
-            format!("node logs:\n{}", logs.join("\n----\n"))
-        })?;
+        .with_context(|| node_logs(&net))?;
     let serial = serial_hex(&old).context("the old leaf's serial")?;
     ensure!(pebble.status(&serial).await? == "Valid");
     let gone = net.nodes.pop().context("a node")?;
@@ -330,10 +317,7 @@ async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_the
             }
         })
         .await
-        .with_context(|| {
-            let logs: Vec<String> = net.nodes.iter().map(|n| n.log()).collect();
-            format!("node logs:\n{}", logs.join("\n----\n"))
-        })?;
+        .with_context(|| node_logs(&net))?;
     }
     wait_for(
         Duration::from_secs(20),
@@ -344,14 +328,17 @@ async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_the
         },
     )
     .await
-    .with_context(|| {
-        let logs: Vec<String> = net.nodes.iter().map(|n| n.log()).collect();
-        format!("node logs:\n{}", logs.join("\n----\n"))
-    })?;
+    .with_context(|| node_logs(&net))?;
     // The account key it held was changed too.
-    let logs: String = net.nodes.iter().map(|n| n.log()).collect();
+    let logs = node_logs(&net);
     ensure!(logs.contains("rolled the ACME account key"), "{logs}");
     Ok(())
+}
+
+/// Every node's log so far, for a failure's context.
+fn node_logs(net: &Network) -> String {
+    let logs: Vec<String> = net.nodes.iter().map(|n| n.log()).collect();
+    format!("node logs:\n{}", logs.join("\n----\n"))
 }
 
 /// The serial number of the certificate `der`, in lowercase hex without

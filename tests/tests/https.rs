@@ -119,16 +119,7 @@ impl Ca {
     }
 }
 
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = data_encoding::BASE64.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
-}
+use maki_e2e::pebble::pem;
 
 #[tokio::test]
 async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_ca() -> Result<()> {
