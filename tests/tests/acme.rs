@@ -18,11 +18,16 @@ const ALIAS: &str = "www.shop.test";
 /// HTTP port for all (the port Pebble checks HTTP-01 on, at whichever
 /// address the name resolves to).
 fn acme_network(n: usize) -> Result<(Network, u16)> {
-    acme_network_from(n, 0)
+    acme_network_from(n, 0, &[])
 }
 
-/// [`acme_network`] where the nodes before `http_from` answer DNS only.
-fn acme_network_from(n: usize, http_from: usize) -> Result<(Network, u16)> {
+/// [`acme_network`] where the nodes before `http_from` answer DNS only,
+/// with `settings` (key, value) in every node's makiatto.toml.
+fn acme_network_from(
+    n: usize,
+    http_from: usize,
+    settings: &[(&str, &str)],
+) -> Result<(Network, u16)> {
     let port = {
         // The port must be free on every one of the addresses.
         let mut tries = 0;
@@ -53,6 +58,9 @@ fn acme_network_from(n: usize, http_from: usize) -> Result<(Network, u16)> {
         set_config(dir, "dns", &format!(r#""{ip}:0""#))?;
         // Members probe each other's edge at their p2p address.
         set_config(dir, "p2p", &format!(r#""{ip}:0""#))?;
+        for (k, v) in settings {
+            set_config(dir, k, v)?;
+        }
         set_config(dir, "public_ips", &format!(r#"["{ip}"]"#))?;
         Ok(())
     };
@@ -255,7 +263,7 @@ async fn a_certificate_is_renewed_when_a_third_of_its_life_is_left() -> Result<(
 async fn another_node_takes_over_when_the_ordering_node_dies_mid_order() -> Result<()> {
     // Node 0 only answers DNS (Pebble asks it), so the one killed is
     // never the nameserver.
-    let (mut net, port) = acme_network_from(4, 1)?;
+    let (mut net, port) = acme_network_from(4, 1, &[])?;
     publish(&net)?;
     let pebble = pebble(&net, port, None).await?;
     // Each order waits a moment after writing its challenges: the node
@@ -448,5 +456,91 @@ async fn wrong_settings_cost_one_order_and_the_fix_is_tried_at_once() -> Result<
     served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(30)).await?;
     let s = sites();
     ensure!(!s.contains("ORDER FAILED"), "{s}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs pebble, chromium and certutil (libnss3-tools); .ci/run installs them"]
+async fn chromium_trusts_the_certificate_over_tcp_and_over_http3() -> Result<()> {
+    let (net, port) = acme_network_from(2, 0, &[("http3", "true")])?;
+    publish(&net)?;
+    let pebble = pebble(&net, port, None).await?;
+    acme_set(&net, &pebble, &[]).await?;
+    served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(60)).await?;
+    // A browser whose only added root is Pebble's, in its own NSS store.
+    let home = net.tmp.path().join("browser");
+    let nssdb = home.join(".pki/nssdb");
+    std::fs::create_dir_all(&nssdb)?;
+    let db = format!("sql:{}", nssdb.display());
+    let root = home.join("pebble-root.pem");
+    std::fs::write(
+        &root,
+        maki_e2e::pebble::pem("CERTIFICATE", &pebble.issuing_root),
+    )?;
+    for args in [
+        vec!["-N", "-d", &db, "--empty-password"],
+        vec![
+            "-A",
+            "-d",
+            &db,
+            "-t",
+            "C,,",
+            "-n",
+            "pebble",
+            "-i",
+            root.to_str().unwrap_or_default(),
+        ],
+    ] {
+        let out = std::process::Command::new("certutil")
+            .args(&args)
+            .output()
+            .context("running certutil (Debian package libnss3-tools)")?;
+        ensure!(
+            out.status.success(),
+            "certutil: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let https = net.nodes[0].https;
+    let url = format!("https://{SITE}:{}/", https.port());
+    let browse = |extra: &[String], netlog: &std::path::Path| -> Result<String> {
+        let out = std::process::Command::new("chromium")
+            .env("HOME", &home)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ])
+            .arg(format!(
+                "--user-data-dir={}",
+                home.join("profile").display()
+            ))
+            .arg(format!("--host-resolver-rules=MAP {SITE} 127.0.0.1"))
+            .arg(format!("--log-net-log={}", netlog.display()))
+            .args(extra)
+            .arg("--dump-dom")
+            .arg(&url)
+            .output()
+            .context("running chromium")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // Over TCP: the certificate verifies, the page renders.
+    let tcp_log = home.join("tcp.json");
+    let dom = browse(&["--disable-quic".to_owned()], &tcp_log)?;
+    ensure!(dom.contains("Hello from the edge"), "over TLS: {dom}");
+    // Forced onto QUIC: the same page, over HTTP/3.
+    let quic_log = home.join("quic.json");
+    let force = format!("--origin-to-force-quic-on={SITE}:{}", https.port());
+    let dom = browse(&["--enable-quic".to_owned(), force], &quic_log)?;
+    ensure!(dom.contains("Hello from the edge"), "over HTTP/3: {dom}");
+    let log = std::fs::read_to_string(&quic_log)?;
+    ensure!(
+        log.contains("QUIC_SESSION") && log.contains("\"h3\""),
+        "Chromium's net log shows no HTTP/3 session"
+    );
     Ok(())
 }
