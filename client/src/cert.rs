@@ -39,6 +39,8 @@ pub enum CertSetError {
     Record(#[from] CertError),
     #[error(transparent)]
     Acme(#[from] AcmeError),
+    #[error("the network has no ACME settings yet: --directory is needed")]
+    NoDirectory,
 }
 
 /// A certificate chain and its key, read from PEM files.
@@ -176,19 +178,33 @@ pub fn record(
     Ok(Signed::sign(key, &record))
 }
 
-/// The network's ACME settings, signed by `key` (an admin) at `version`.
-/// `roots` are PEM files of extra root certificates.
+/// What `maki acme set` was given; what it was not given is kept from
+/// the settings now.
+#[derive(Debug, Default)]
+pub struct AcmeChange<'a> {
+    pub directory: Option<&'a str>,
+    pub contact: &'a [String],
+    /// PEM files of extra root certificates.
+    pub roots: &'a [String],
+    pub caa: &'a [Domain],
+    pub challenge: Option<maki_protocol::acme::ChallengeKind>,
+}
+
+/// The network's ACME settings: `current` (none: nothing yet) with
+/// `change` made, signed by `key` (an admin) at `version`.
 pub fn acme(
     key: &SecretKey,
-    directory: &str,
-    contact: &[String],
-    roots: &[String],
-    caa: &[Domain],
-    challenge: maki_protocol::acme::ChallengeKind,
+    current: Option<&AcmeConfig>,
+    change: &AcmeChange<'_>,
     version: u64,
 ) -> Result<Signed<AcmeConfig>, CertSetError> {
+    let directory = change
+        .directory
+        .map(str::to_owned)
+        .or_else(|| current.map(|c| c.directory.clone()))
+        .ok_or(CertSetError::NoDirectory)?;
     let mut extra = Vec::new();
-    for path in roots {
+    for path in change.roots {
         let pem = |error| CertSetError::Pem {
             path: path.to_owned(),
             error,
@@ -201,7 +217,13 @@ pub fn acme(
             return Err(CertSetError::NoCertificate(path.to_owned()));
         }
     }
-    let contact = contact
+    if change.roots.is_empty()
+        && let Some(c) = current
+    {
+        extra = c.roots.clone();
+    }
+    let mut contact: Vec<String> = change
+        .contact
         .iter()
         .map(|c| {
             if c.starts_with("mailto:") {
@@ -211,17 +233,38 @@ pub fn acme(
             }
         })
         .collect();
+    if contact.is_empty()
+        && let Some(c) = current
+    {
+        contact = c.contact.clone();
+    }
+    let caa = match (change.caa, current) {
+        ([], Some(c)) => c.caa.clone(),
+        (given, _) => given.to_vec(),
+    };
+    let challenge = change
+        .challenge
+        .or(current.map(|c| c.challenge))
+        .unwrap_or(maki_protocol::acme::ChallengeKind::Http01);
     let record = AcmeConfig {
         format: 1,
-        directory: directory.to_owned(),
+        directory,
         contact,
         roots: extra,
-        caa: caa.to_vec(),
+        caa,
         challenge,
         version,
     };
     record.check()?;
     Ok(Signed::sign(key, &record))
+}
+
+/// The network's ACME settings now (an admin); None before any.
+pub async fn acme_get(client: &Client) -> Result<Option<AcmeConfig>, NetError> {
+    match client.call(&Request::Acme).await? {
+        Response::Acme(current) => Ok(current),
+        other => Err(unexpected(other)),
+    }
 }
 
 pub async fn acme_set(client: &Client, record: Signed<AcmeConfig>) -> Result<(), NetError> {

@@ -206,11 +206,12 @@ enum CertCommand {
 #[derive(Debug, Subcommand)]
 enum AcmeCommand {
     /// Which CA the nodes order certificates from, and the CAA records
-    /// every zone gets (those without CAA records of their own).
+    /// every zone gets (those without CAA records of their own). What is
+    /// not given is kept from the settings now (--reset: not).
     Set {
         /// The CA's ACME directory URL (https://).
         #[arg(long)]
-        directory: String,
+        directory: Option<String>,
         /// Who the CA writes to (an email address). Repeat for more.
         #[arg(long)]
         contact: Vec<String>,
@@ -224,9 +225,14 @@ enum AcmeCommand {
         /// How the nodes prove a name to the CA: http-01 (the name points
         /// at the network) or dns-01 (its zone is delegated to the
         /// network's nameservers). Wildcards always use dns-01.
-        #[arg(long, default_value = "http-01", value_parser = ["http-01", "dns-01"])]
-        challenge: String,
+        #[arg(long, value_parser = ["http-01", "dns-01"])]
+        challenge: Option<String>,
+        /// Start from nothing: what is not given is left out.
+        #[arg(long)]
+        reset: bool,
     },
+    /// The network's ACME settings now.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]
@@ -698,30 +704,45 @@ async fn run(cli: Cli) -> Result<()> {
             root,
             caa,
             challenge,
+            reset,
         }) => {
-            let challenge = match challenge.as_str() {
+            let challenge = challenge.as_deref().map(|c| match c {
                 "dns-01" => maki_protocol::acme::ChallengeKind::Dns01,
                 _ => maki_protocol::acme::ChallengeKind::Http01,
-            };
+            });
             let caa = caa.iter().map(|c| domain(c)).collect::<Result<Vec<_>>>()?;
             let (client, key) = connect(&cli, &project).await?;
             let done = async {
-                let record = maki::cert::acme(
-                    &key,
-                    directory,
+                let current = if *reset {
+                    None
+                } else {
+                    maki::cert::acme_get(&client).await?
+                };
+                let change = maki::cert::AcmeChange {
+                    directory: directory.as_deref(),
                     contact,
-                    root,
-                    &caa,
+                    roots: root,
+                    caa: &caa,
                     challenge,
-                    maki::now_millis(),
-                )?;
+                };
+                let record = maki::cert::acme(&key, current.as_ref(), &change, maki::now_millis())?;
+                let set = record.decode_trusted()?;
                 maki::cert::acme_set(&client, record).await?;
-                anyhow::Ok(())
+                anyhow::Ok(set)
             }
             .await;
             client.close().await;
-            done?;
-            out!("ACME settings set: {directory}");
+            let set = done?;
+            out!("ACME settings set:\n{}", render::acme(&set));
+        }
+        Command::Acme(AcmeCommand::Show) => {
+            let (client, _) = connect(&cli, &project).await?;
+            let current = maki::cert::acme_get(&client).await;
+            client.close().await;
+            match current? {
+                Some(c) => out!("{}", render::acme(&c)),
+                None => out!("no ACME settings: maki acme set --directory URL"),
+            }
         }
         Command::Dns(DnsCommand::Setup { domain: d }) => {
             let d = domain(d)?;

@@ -111,6 +111,28 @@ pub fn peer_line(p: &maki_protocol::rpc::PeerInfo) -> String {
     format!("{}  {}  {}  {endpoint}", p.name, p.addr, p.key)
 }
 
+/// The network's ACME settings, as `maki acme show` and `set` print them.
+pub fn acme(c: &maki_protocol::acme::AcmeConfig) -> String {
+    let list = |v: Vec<String>| {
+        if v.is_empty() {
+            "none".to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let challenge = match c.challenge {
+        maki_protocol::acme::ChallengeKind::Http01 => "http-01",
+        maki_protocol::acme::ChallengeKind::Dns01 => "dns-01",
+    };
+    format!(
+        "directory  {}\ncontact    {}\nroots      {} extra\ncaa        {}\nchallenge  {challenge}",
+        c.directory,
+        list(c.contact.clone()),
+        c.roots.len(),
+        list(c.caa.iter().map(|d| d.as_str().to_owned()).collect()),
+    )
+}
+
 /// A line of `maki sites`.
 pub fn site_line(s: &SiteInfo) -> String {
     let mut pinned = if s.regions.is_empty() {

@@ -91,6 +91,8 @@ pub enum Request {
     AcmeSet {
         record: Signed<crate::acme::AcmeConfig>,
     },
+    /// Admin: the network's ACME settings now (`Response::Acme`).
+    Acme,
 }
 
 /// What uploading a site's certificate needs.
@@ -327,6 +329,8 @@ pub enum Response {
     },
     Keys(KeysInfo),
     CertInfo(CertInfo),
+    /// See [`Request::Acme`]; None before an admin set any.
+    Acme(Option<crate::acme::AcmeConfig>),
 }
 
 /// Why a node refused a request. Each message names the problem and the fix.

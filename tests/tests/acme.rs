@@ -184,6 +184,23 @@ async fn a_certificate_one_node_orders_is_served_by_all_three() -> Result<()> {
     // One node ordered, once: the others left the site to it.
     let log = pebble.log();
     ensure!(log.matches("Added order").count() == 1, "{log}");
+    // Changing one setting keeps the others (the roots above all: without
+    // them no certificate of Pebble's would be served).
+    net.admin
+        .ok(&["acme", "set", "--contact", "ops2@shop.test"])?;
+    let shown = net.admin.ok(&["acme", "show"])?;
+    ensure!(
+        shown.contains("mailto:ops2@shop.test")
+            && shown.contains("roots      2 extra")
+            && shown.contains(&pebble.directory),
+        "{shown}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sites = net.admin.ok(&["sites"])?;
+    ensure!(!sites.contains("NOT SERVED"), "{sites}");
+    // --reset starts from nothing: no directory, no settings.
+    let err = net.admin.fails(&["acme", "set", "--reset"])?;
+    ensure!(err.contains("--directory is needed"), "{err}");
     Ok(())
 }
 

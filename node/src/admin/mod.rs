@@ -156,6 +156,12 @@ impl AdminProtocol {
             Request::CertInfo { domain } => self.cert_info(caller, domain),
             Request::CertSet { record } => self.cert_set(caller, record),
             Request::AcmeSet { record } => self.acme_set(caller, record),
+            Request::Acme => {
+                self.require_admin(caller)?;
+                Ok(Response::Acme(
+                    self.shared.members.directory().acme().cloned(),
+                ))
+            }
             Request::Sites => self.sites(caller).await,
             Request::Versions { domain } => self.versions(caller, domain).await,
             Request::PublishBegin {
