@@ -1085,7 +1085,7 @@ async fn delv_validates_signed_positive_negative_and_geo_answers() -> Result<()>
     std::fs::write(
         project.join("maki.toml"),
         format!(
-            "[site]\ndomain = \"{SITE}\"\ndir = \"public\"\n[[dns]]\nname = \"*.apps\"\ntype = \"TXT\"\nvalue = \"wild\"\n[[dns]]\nname = \"mail\"\ntype = \"A\"\nvalue = \"192.0.2.50\"\n"
+            "[site]\ndomain = \"{SITE}\"\ndir = \"public\"\n[[dns]]\nname = \"*.apps\"\ntype = \"TXT\"\nvalue = \"wild\"\n[[dns]]\nname = \"*\"\ntype = \"TXT\"\nvalue = \"apex-wild\"\n[[dns]]\nname = \"mail\"\ntype = \"A\"\nvalue = \"192.0.2.50\"\n"
         ),
     )?;
     let mut maki = Maki::new(&net.admin.home, Some(&net.nodes[0].ticket));
@@ -1142,6 +1142,14 @@ async fn delv_validates_signed_positive_negative_and_geo_answers() -> Result<()>
             // Below a wildcard's owner: `*.apps` is the closest encloser.
             (
                 format!("a.*.apps.{SITE}"),
+                "TXT",
+                "; negative response, fully validated",
+            ),
+            // The apex wildcard answers other names, never the network's
+            // `_acme-challenge`, which exists (empty) outside an order.
+            (format!("x.{SITE}"), "TXT", "; fully validated"),
+            (
+                format!("_acme-challenge.{SITE}"),
                 "TXT",
                 "; negative response, fully validated",
             ),

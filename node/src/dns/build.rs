@@ -131,6 +131,19 @@ pub fn build(inputs: &Inputs<'_>, settings: Settings, geo: Option<Arc<GeoDb>>) -
             if let Some(order) = dir.acme_order(domain) {
                 acme_txt(&apex, name, &mut records, order);
             }
+            let mut between = between;
+            // A tenant's wildcard never answers `_acme-challenge` (the
+            // network's), so with one at the apex that name is made to
+            // exist (NODATA): denying it would contradict the wildcard's
+            // NSEC3 proof, and validators would call the answer bogus.
+            if let (Ok(star), Ok(acme)) = (
+                apex.prepend_label("*"),
+                apex.prepend_label("_acme-challenge"),
+            ) && records.contains_key(&star)
+                && !records.contains_key(&acme)
+            {
+                between.insert(acme);
+            }
             let zone = Zone {
                 apex: apex.clone(),
                 site: domain.clone(),
