@@ -327,11 +327,6 @@ impl AcmeOrder {
         }
         Ok(())
     }
-
-    /// Whether another node than `me` holds an unexpired lease at `now`.
-    pub fn leased_to_other(&self, me: &PublicKey, now: u64) -> bool {
-        self.holder != *me && self.until > now
-    }
 }
 
 #[cfg(test)]
@@ -416,11 +411,6 @@ mod tests {
         let mut o = order();
         o.error = Some("bad\ntext".into());
         assert_eq!(o.check(&["a.test"]), Err(OrderError::Error));
-        let me = o.holder;
-        let other = crate::SecretKey::from_bytes(&[2; 32]).public();
-        assert!(!o.leased_to_other(&me, 5));
-        assert!(o.leased_to_other(&other, 5));
-        assert!(!o.leased_to_other(&other, 10));
     }
 
     #[test]

@@ -184,14 +184,7 @@ pub fn not_after(der: &[u8]) -> Option<u64> {
 /// Who issued the X.509 certificate `der`: the issuer's common name, or
 /// else its organisation; printable ASCII only.
 pub fn issuer_name(der: &[u8]) -> Option<String> {
-    let (cert, _) = der_item(der, 0x30)?;
-    let (mut tbs, _) = der_item(cert, 0x30)?;
-    if tbs.first() == Some(&0xa0) {
-        tbs = der_item(tbs, 0xa0)?.1;
-    }
-    let mut rest = der_item(tbs, 0x02)?.1;
-    rest = der_item(rest, 0x30)?.1;
-    let (mut rdns, _) = der_item(rest, 0x30)?;
+    let (mut rdns, _) = der_item(from_issuer(der)?, 0x30)?;
     // id-at-commonName and id-at-organizationName.
     const CN: &[u8] = &[0x55, 0x04, 0x03];
     const O: &[u8] = &[0x55, 0x04, 0x0a];
@@ -222,20 +215,25 @@ pub fn issuer_name(der: &[u8]) -> Option<String> {
 /// The X.509 certificate `der`'s `notBefore` and `notAfter` (seconds
 /// since the epoch); None if it cannot be read that far.
 pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
+    // The issuer, skipped.
+    let rest = der_item(from_issuer(der)?, 0x30)?.1;
+    let (validity, _) = der_item(rest, 0x30)?;
+    let (before, after) = der_time(validity)?;
+    let (after, _) = der_time(after)?;
+    Some((before, after))
+}
+
+/// The X.509 certificate `der`'s to-be-signed part from its issuer on.
+fn from_issuer(der: &[u8]) -> Option<&[u8]> {
     let (cert, _) = der_item(der, 0x30)?;
     let (mut tbs, _) = der_item(cert, 0x30)?;
     // [0] EXPLICIT version, when present.
     if tbs.first() == Some(&0xa0) {
         tbs = der_item(tbs, 0xa0)?.1;
     }
-    // serialNumber, signature, issuer: skipped.
-    let mut rest = der_item(tbs, 0x02)?.1;
-    rest = der_item(rest, 0x30)?.1;
-    rest = der_item(rest, 0x30)?.1;
-    let (validity, _) = der_item(rest, 0x30)?;
-    let (before, after) = der_time(validity)?;
-    let (after, _) = der_time(after)?;
-    Some((before, after))
+    // serialNumber and signature, skipped.
+    let rest = der_item(tbs, 0x02)?.1;
+    Some(der_item(rest, 0x30)?.1)
 }
 
 /// The UTCTime or GeneralizedTime at the start of `b` (seconds since the
