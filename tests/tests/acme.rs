@@ -258,20 +258,7 @@ async fn a_certificate_is_renewed_when_a_third_of_its_life_is_left() -> Result<(
     let first = served_everywhere(&net, SITE, &pebble.issuing_root, Duration::from_secs(60))
         .await
         .with_context(|| format!("pebble's log:\n{}", pebble.log()))?;
-    let trust = Trust::Roots(vec![pebble.issuing_root.clone()]);
-    for node in &net.nodes {
-        let https = node.https;
-        let (trust, first) = (trust.clone(), first.clone());
-        wait_for(Duration::from_secs(45), "a renewed certificate", || {
-            let (trust, first) = (trust.clone(), first.clone());
-            async move {
-                Ok(https_get(https, SITE, "/", &["h2"], &trust)
-                    .await
-                    .is_ok_and(|r| r.chain.first().is_some_and(|l| l.as_ref() != first)))
-            }
-        })
-        .await?;
-    }
+    served_anew(&net, &first, &pebble.issuing_root, Duration::from_secs(45)).await?;
     Ok(())
 }
 
@@ -329,21 +316,9 @@ async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_the
     gone.stop()?;
     net.admin.ok(&["nodes", "remove", &id])?;
     // A new key, which the removed node never saw, on the nodes left.
-    let trust = Trust::Roots(vec![pebble.issuing_root.clone()]);
-    for node in &net.nodes {
-        let https = node.https;
-        let (trust, old) = (trust.clone(), old.clone());
-        wait_for(Duration::from_secs(60), "a new certificate", || {
-            let (trust, old) = (trust.clone(), old.clone());
-            async move {
-                Ok(https_get(https, SITE, "/", &["h2"], &trust)
-                    .await
-                    .is_ok_and(|r| r.chain.first().is_some_and(|l| l.as_ref() != old)))
-            }
-        })
+    served_anew(&net, &old, &pebble.issuing_root, Duration::from_secs(60))
         .await
         .with_context(|| node_logs(&net))?;
-    }
     wait_for(
         Duration::from_secs(20),
         "the old certificate revoked",
@@ -357,6 +332,30 @@ async fn removing_a_node_reorders_the_certificates_it_could_read_and_revokes_the
     // The account key it held was changed too.
     let logs = node_logs(&net);
     ensure!(logs.contains("rolled the ACME account key"), "{logs}");
+    Ok(())
+}
+
+/// Waits until every node serves SITE with a certificate other than
+/// `old` that verifies under `root`.
+async fn served_anew(
+    net: &Network,
+    old: &[u8],
+    root: &rustls::pki_types::CertificateDer<'static>,
+    timeout: Duration,
+) -> Result<()> {
+    let trust = Trust::Roots(vec![root.clone()]);
+    for node in &net.nodes {
+        let https = node.https;
+        wait_for(timeout, "a new certificate", || {
+            let trust = trust.clone();
+            async move {
+                Ok(https_get(https, SITE, "/", &["h2"], &trust)
+                    .await
+                    .is_ok_and(|r| r.chain.first().is_some_and(|l| l.as_ref() != old)))
+            }
+        })
+        .await?;
+    }
     Ok(())
 }
 
