@@ -45,7 +45,7 @@ pub(super) fn reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
     socket.set_reuse_port(true)?;
     socket.set_read_timeout(Some(WAKE))?;
     socket.bind(&addr.into())?;
-    if addr.ip().is_unspecified() {
+    if every_address(addr) {
         // Bound to every address, each reply must leave from the one its
         // query came to: the kernel says which with each datagram.
         let err = |e: nix::Error| io::Error::from_raw_os_error(e as i32);
@@ -55,6 +55,12 @@ pub(super) fn reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
         setsockopt(&socket, sockopt::Ipv4PacketInfo, &true).map_err(err)?;
     }
     Ok(socket.into())
+}
+
+/// Whether a socket at `addr` takes datagrams to every local address
+/// (`0.0.0.0`, `[::]`, and `[::ffff:0.0.0.0]`, which is the first).
+fn every_address(addr: SocketAddr) -> bool {
+    addr.ip().to_canonical().is_unspecified()
 }
 
 /// The address a query came to, as the kernel gave it, to send the reply
@@ -78,7 +84,7 @@ pub(super) fn serve(
     // Bound to one address, replies leave from it whatever the route, so
     // they go out together (`sendmmsg`). Bound to every address, each
     // names its source (IP_PKTINFO), one `sendmsg` each.
-    let batched = !socket.local_addr()?.ip().is_unspecified();
+    let batched = !every_address(socket.local_addr()?);
     // Room for both: a dual-stack socket gives IPv4 queries both.
     let control = (!batched).then(|| nix::cmsg_space!(libc::in_pktinfo, libc::in6_pktinfo));
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, control.clone());
@@ -121,23 +127,38 @@ pub(super) fn serve(
                     continue;
                 };
                 let mut local = Local::Bound;
-                if let Ok(cmsgs) = msg.cmsgs() {
-                    for c in cmsgs {
-                        match c {
-                            ControlMessageOwned::Ipv4PacketInfo(mut info) => {
-                                info.ipi_ifindex = 0;
-                                local = Local::V4(info);
+                // A dual-stack socket gives an IPv4 query both kinds of
+                // info: either may show a broadcast.
+                let mut refuse = false;
+                // A link-local sender is answered on the link it is on.
+                let link_local = matches!(addr, SocketAddr::V6(a) if a.scope_id() != 0);
+                match msg.cmsgs() {
+                    // Cut control messages (they do not fit): where the
+                    // query came to is not known, so it is not answered.
+                    Err(_) => refuse = true,
+                    Ok(cmsgs) => {
+                        for c in cmsgs {
+                            match c {
+                                ControlMessageOwned::Ipv4PacketInfo(mut info) => {
+                                    info.ipi_ifindex = 0;
+                                    local = Local::V4(info);
+                                    refuse |= not_unicast(&local);
+                                }
+                                ControlMessageOwned::Ipv6PacketInfo(mut info) => {
+                                    if !link_local {
+                                        info.ipi6_ifindex = 0;
+                                    }
+                                    local = Local::V6(info);
+                                    refuse |= not_unicast(&local);
+                                }
+                                _ => {}
                             }
-                            ControlMessageOwned::Ipv6PacketInfo(mut info) => {
-                                info.ipi6_ifindex = 0;
-                                local = Local::V6(info);
-                            }
-                            _ => {}
                         }
                     }
                 }
-                // A cut datagram is not a query we can read whole.
-                let len = if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+                // A cut datagram is not a query we can read whole; one to
+                // a broadcast or multicast address is not answered.
+                let len = if msg.flags.contains(MsgFlags::MSG_TRUNC) || refuse {
                     0
                 } else {
                     msg.bytes
@@ -202,12 +223,34 @@ pub(super) fn serve(
     Ok(())
 }
 
+/// The sender's address, with its scope (a link-local IPv6 sender can
+/// only be answered on its link).
 fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v4) = s.as_sockaddr_in() {
         return Some(SocketAddr::from((v4.ip(), v4.port())));
     }
-    s.as_sockaddr_in6()
-        .map(|v6| SocketAddr::from((v6.ip(), v6.port())))
+    s.as_sockaddr_in6().map(|v6| {
+        SocketAddr::V6(std::net::SocketAddrV6::new(
+            v6.ip(),
+            v6.port(),
+            v6.flowinfo(),
+            v6.scope_id(),
+        ))
+    })
+}
+
+/// Whether a query taken at `local` was sent to a broadcast or
+/// multicast address. Every worker's socket gets a copy of those, and
+/// each reply (from the interface's own address, `ipi_spec_dst`) would
+/// multiply the asker's bytes: a reflector. They are not answered.
+fn not_unicast(local: &Local) -> bool {
+    match local {
+        Local::Bound => false,
+        // For a datagram to one of this host's addresses, the address in
+        // its header is the one it was taken at; a broadcast's is not.
+        Local::V4(info) => info.ipi_addr.s_addr != info.ipi_spec_dst.s_addr,
+        Local::V6(info) => std::net::Ipv6Addr::from(info.ipi6_addr.s6_addr).is_multicast(),
+    }
 }
 
 /// One reply, from the address named in `local`. A full send buffer
@@ -251,7 +294,7 @@ fn send_batch(socket: &UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) {
             Ok(n) => sent += n,
             Err(rustix::io::Errno::INTR) => {}
             Err(error) => {
-                debug!(%error, dropped = msgs.len() - sent, "DNS replies not sent");
+                debug!(%error, to = %replies[sent].1, "DNS reply not sent");
                 // Skip the one that failed (a bad address) and go on.
                 sent += 1;
             }
@@ -266,14 +309,20 @@ fn send_batch(socket: &UdpSocket, replies: &[(Vec<u8>, SocketAddr)]) {
 /// [`CACHE_FOR`], so geo answers still take turns among equal nodes.
 struct ReplyCache {
     map: HashMap<Box<[u8]>, (Vec<u8>, Instant)>,
+    /// What the keys and replies take, roughly.
+    bytes: usize,
     generation: u64,
     key: Vec<u8>,
 }
 
 /// How long a cached reply is reused.
 const CACHE_FOR: Duration = Duration::from_secs(1);
-/// The most replies a worker keeps; past it the cache starts over.
+/// The most replies a worker keeps, and the most bytes they may take;
+/// past either the cache starts over. A flood of made-up names fills it
+/// in well under a second and gains nothing from it, so it stays small:
+/// a worker per core must not make a large host hold gigabytes.
 const CACHE_ENTRIES: usize = 8192;
+const CACHE_BYTES: usize = 1 << 20;
 /// Queries longer than this are answered afresh.
 const CACHE_QUERY_MAX: usize = 512;
 
@@ -281,6 +330,7 @@ impl ReplyCache {
     fn new() -> Self {
         Self {
             map: HashMap::new(),
+            bytes: 0,
             generation: u64::MAX,
             key: Vec::with_capacity(16 + CACHE_QUERY_MAX),
         }
@@ -304,6 +354,7 @@ impl ReplyCache {
     fn get(&mut self, generation: u64, id: [u8; 2], now: Instant) -> Option<&[u8]> {
         if generation != self.generation {
             self.map.clear();
+            self.bytes = 0;
             self.generation = generation;
             return None;
         }
@@ -316,9 +367,12 @@ impl ReplyCache {
     }
 
     fn put(&mut self, reply: &[u8], now: Instant) {
-        if self.map.len() >= CACHE_ENTRIES {
+        let size = self.key.len() + reply.len();
+        if self.map.len() >= CACHE_ENTRIES || self.bytes + size > CACHE_BYTES {
             self.map.clear();
+            self.bytes = 0;
         }
+        self.bytes += size;
         self.map.insert(
             self.key.as_slice().into(),
             (reply.to_vec(), now + CACHE_FOR),
@@ -373,51 +427,120 @@ mod tests {
         Ok(buf[..n].to_vec())
     }
 
-    /// Bound to every address, a worker answers from the address it was
-    /// asked at, for IPv4 and IPv6; a datagram too long for its room is
-    /// dropped, and the worker goes on.
+    /// Bound to every address (each way of writing it), a worker answers
+    /// from the address it was asked at, for IPv4 and IPv6; a datagram
+    /// too long for its room is dropped, and the worker goes on.
     #[test]
     fn replies_leave_from_the_address_asked() -> anyhow::Result<()> {
-        let zones = Zones::new(Snapshot::empty(Settings {
-            ttl: 60,
-            answers: 2,
-            region: None,
-            location: None,
-        }));
-        let stats = Stats::default();
-        let cancel = CancellationToken::new();
-        let socket = reuseport(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)))?;
-        let port = socket.local_addr()?.port();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let worker = s.spawn(|| serve(socket, 0, &zones, &stats, &cancel));
-            let asked = (|| -> anyhow::Result<()> {
-                for (from, to) in [("127.0.0.1:0", "127.0.0.1"), ("127.0.0.1:0", "127.0.0.2")] {
-                    let to = SocketAddr::new(to.parse()?, port);
-                    let reply = ask(from.parse()?, to)?;
-                    // REFUSED: no zone is served.
-                    assert_eq!((reply[..2].to_vec(), reply[3] & 0xf), (vec![0xab, 0xcd], 5));
-                }
-                if UdpSocket::bind("[::1]:0").is_ok() {
-                    let to = SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port));
-                    let reply = ask("[::1]:0".parse()?, to)?;
-                    assert_eq!(reply[3] & 0xf, 5);
-                }
-                let big = UdpSocket::bind("127.0.0.1:0")?;
-                big.send_to(&[0; ROOM + 1], ("127.0.0.1", port))?;
-                ask(
-                    "127.0.0.1:0".parse()?,
-                    SocketAddr::from(([127, 0, 0, 1], port)),
-                )?;
-                Ok(())
-            })();
-            cancel.cancel();
-            worker
-                .join()
-                .map_err(|_| anyhow::anyhow!("worker panicked"))??;
-            asked
-        })?;
-        assert!(stats.queries.load(Ordering::Relaxed) >= 4);
-        assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        for bind in ["[::]:0", "0.0.0.0:0", "[::ffff:0.0.0.0]:0"] {
+            let bind: SocketAddr = bind.parse()?;
+            assert!(every_address(bind));
+            let zones = Zones::new(Snapshot::empty(Settings {
+                ttl: 60,
+                answers: 2,
+                region: None,
+                location: None,
+            }));
+            let stats = Stats::default();
+            let cancel = CancellationToken::new();
+            let socket = reuseport(bind)?;
+            let port = socket.local_addr()?.port();
+            std::thread::scope(|s| -> anyhow::Result<()> {
+                let worker = s.spawn(|| serve(socket, 0, &zones, &stats, &cancel));
+                let asked = (|| -> anyhow::Result<()> {
+                    for to in ["127.0.0.1", "127.0.0.2"] {
+                        let to = SocketAddr::new(to.parse()?, port);
+                        let reply = ask("127.0.0.1:0".parse()?, to)?;
+                        // REFUSED: no zone is served.
+                        assert_eq!((reply[..2].to_vec(), reply[3] & 0xf), (vec![0xab, 0xcd], 5));
+                    }
+                    if bind.ip().to_canonical().is_ipv6() && UdpSocket::bind("[::1]:0").is_ok() {
+                        let to = SocketAddr::from(([0, 0, 0, 0, 0, 0, 0, 1], port));
+                        let reply = ask("[::1]:0".parse()?, to)?;
+                        assert_eq!(reply[3] & 0xf, 5);
+                    }
+                    let big = UdpSocket::bind("127.0.0.1:0")?;
+                    big.send_to(&[0; ROOM + 1], ("127.0.0.1", port))?;
+                    ask(
+                        "127.0.0.1:0".parse()?,
+                        SocketAddr::from(([127, 0, 0, 1], port)),
+                    )?;
+                    Ok(())
+                })();
+                cancel.cancel();
+                worker
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("worker panicked"))??;
+                asked
+            })
+            .map_err(|e| e.context(format!("bound at {bind}")))?;
+            assert!(stats.queries.load(Ordering::Relaxed) >= 3);
+            assert_eq!(stats.dropped.load(Ordering::Relaxed), 1);
+        }
+        assert!(!every_address("127.0.0.1:53".parse()?));
         Ok(())
+    }
+
+    /// Queries to a broadcast or multicast address are not answered (a
+    /// broadcast reaches every worker: each reply would multiply what
+    /// the asker sent). Loopback has no broadcast address, so this is
+    /// what the kernel reports for one.
+    #[test]
+    fn broadcast_and_multicast_queries_are_not_answered() {
+        let v4 = |addr: [u8; 4], spec_dst: [u8; 4]| {
+            Local::V4(libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(spec_dst),
+                },
+                ipi_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(addr),
+                },
+            })
+        };
+        let v6 = |addr: std::net::Ipv6Addr| {
+            Local::V6(libc::in6_pktinfo {
+                ipi6_addr: libc::in6_addr {
+                    s6_addr: addr.octets(),
+                },
+                ipi6_ifindex: 0,
+            })
+        };
+        assert!(!not_unicast(&Local::Bound));
+        assert!(!not_unicast(&v4([192, 0, 2, 2], [192, 0, 2, 2])));
+        assert!(not_unicast(&v4([255, 255, 255, 255], [192, 0, 2, 2])));
+        assert!(not_unicast(&v4([192, 0, 2, 255], [192, 0, 2, 2])));
+        assert!(!not_unicast(&v6("fd00::2"
+            .parse()
+            .unwrap_or(std::net::Ipv6Addr::LOCALHOST))));
+        assert!(not_unicast(&v6("ff02::1"
+            .parse()
+            .unwrap_or(std::net::Ipv6Addr::LOCALHOST))));
+    }
+
+    /// A link-local sender keeps its scope, or the reply cannot be sent.
+    #[test]
+    fn a_link_local_sender_keeps_its_scope() {
+        let from = SocketAddr::V6(std::net::SocketAddrV6::new(
+            "fe80::1".parse().unwrap_or(std::net::Ipv6Addr::LOCALHOST),
+            5353,
+            0,
+            4,
+        ));
+        assert_eq!(socket_addr(&SockaddrStorage::from(from)), Some(from));
+    }
+
+    #[test]
+    fn the_reply_cache_stays_within_its_bytes() {
+        let mut c = ReplyCache::new();
+        let now = Instant::now();
+        c.get(1, [0, 0], now);
+        for i in 0..5000u32 {
+            let mut q = vec![0u8; 40];
+            q[2..6].copy_from_slice(&i.to_be_bytes());
+            assert!(c.keyed(IpAddr::from([10, 0, 0, 1]), &q));
+            c.put(&[0; 1232], now);
+            assert!(c.bytes <= CACHE_BYTES);
+        }
     }
 }
