@@ -423,3 +423,35 @@ async fn http3_serves_the_same_bytes_and_https_advertises_it() -> Result<()> {
     ensure!(got.reply.status == 200 && got.reply.header("alt-svc").is_none());
     Ok(())
 }
+
+/// Over HTTP/2, bodies of up to 4 KiB go in pieces small enough for h2
+/// to copy them into its write buffer, so several responses share one
+/// write (bench/https.sh): every size around the cuts arrives whole, over
+/// TLS 1.3 and 1.2.
+#[tokio::test]
+async fn bodies_of_every_size_arrive_whole_over_h2() -> Result<()> {
+    let (net, site) = one_site(SITE)?;
+    let sizes = [1usize, 254, 255, 256, 510, 1024, 4095, 4096, 4097, 70_000];
+    for n in sizes {
+        let body: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+        std::fs::write(site.join(format!("{n}.bin")), body)?;
+    }
+    net.admin
+        .ok(&["publish", &site.to_string_lossy(), "--site", SITE, "--wait"])?;
+    let https = net.node.https;
+    for n in sizes {
+        let path = format!("/{n}.bin");
+        let want: Vec<u8> = (0..n).map(|i| (i * 7 + n) as u8).collect();
+        for versions in [rustls::DEFAULT_VERSIONS, &[&rustls::version::TLS12]] {
+            let got = https_get_with(https, SITE, &path, &["h2"], &Trust::Any, versions).await?;
+            ensure!(got.alpn.as_deref() == Some("h2"));
+            ensure!(got.reply.status == 200, "{path}: {}", got.reply.status);
+            ensure!(
+                got.reply.body == want,
+                "{path}: {} bytes, not the {n} published",
+                got.reply.body.len()
+            );
+        }
+    }
+    Ok(())
+}
