@@ -161,6 +161,27 @@ async fn a_certificate_one_node_orders_is_served_by_all_three() -> Result<()> {
         leaf == alias_leaf,
         "one certificate for the site and its alias"
     );
+    // curl (OpenSSL's verifier) trusts it too, on every node, with
+    // Pebble's roots and nothing else.
+    let index = std::fs::read(example_site().join("index.html"))?;
+    for node in &net.nodes {
+        let port = node.https.port();
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail", "--http2", "--cacert"])
+            .arg(&pebble.roots)
+            .arg("--capath")
+            .arg("/nonexistent")
+            .arg("--resolve")
+            .arg(format!("{SITE}:{port}:{}", node.https.ip()))
+            .arg(format!("https://{SITE}:{port}/"))
+            .output()
+            .context("curl (Debian package curl)")?;
+        ensure!(
+            out.status.success() && out.stdout == index,
+            "curl on :{port}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     // Now plain HTTP sends visitors to HTTPS, on every node.
     for node in &net.nodes {
         let http = node.http;

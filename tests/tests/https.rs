@@ -112,9 +112,23 @@ impl Ca {
 
     /// A leaf for `names` and its key (PKCS#8 DER).
     fn leaf(&self, names: &[&str]) -> Result<(CertificateDer<'static>, Vec<u8>)> {
+        self.leaf_for(names, None)
+    }
+
+    /// A leaf valid only between the two dates (year, month, day).
+    fn leaf_for(
+        &self,
+        names: &[&str],
+        valid: Option<((i32, u8, u8), (i32, u8, u8))>,
+    ) -> Result<(CertificateDer<'static>, Vec<u8>)> {
         let key = rcgen::KeyPair::generate()?;
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let cert = rcgen::CertificateParams::new(names)?.signed_by(&key, &self.issuer)?;
+        let mut params = rcgen::CertificateParams::new(names)?;
+        if let Some(((y0, m0, d0), (y1, m1, d1))) = valid {
+            params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+            params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+        }
+        let cert = params.signed_by(&key, &self.issuer)?;
         Ok((cert.der().clone(), key.serialize_der()))
     }
 }
@@ -259,6 +273,13 @@ async fn an_uploaded_certificate_is_served_by_every_node_and_verifies_with_its_c
     let (foreign, foreign_key) = ca.leaf(&["other.test"])?;
     let err = set(&foreign, &foreign_key)?;
     ensure!(err.contains("none of tls.test's names"), "{err}");
+    // Expired, and not valid yet: from the right CA, for the right name.
+    let (expired, expired_key) = ca.leaf_for(&[SITE], Some(((2020, 1, 1), (2021, 1, 1))))?;
+    let err = set(&expired, &expired_key)?;
+    ensure!(err.contains("expired"), "{err}");
+    let (early, early_key) = ca.leaf_for(&[SITE], Some(((2090, 1, 1), (2091, 1, 1))))?;
+    let err = set(&early, &early_key)?;
+    ensure!(err.contains("not valid yet"), "{err}");
     let got = https_get(nodes[1].https, SITE, "/", &["h2"], &trust).await?;
     ensure!(
         got.chain.first() == Some(&leaf),
