@@ -89,6 +89,9 @@ async fn a_site_without_a_certificate_is_served_over_https_with_a_self_signed_on
     Ok(())
 }
 
+/// A date: year, month, day.
+type Ymd = (i32, u8, u8);
+
 /// A test CA and what it signs.
 struct Ca {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
@@ -115,11 +118,11 @@ impl Ca {
         self.leaf_for(names, None)
     }
 
-    /// A leaf valid only between the two dates (year, month, day).
+    /// A leaf valid only between the two dates.
     fn leaf_for(
         &self,
         names: &[&str],
-        valid: Option<((i32, u8, u8), (i32, u8, u8))>,
+        valid: Option<(Ymd, Ymd)>,
     ) -> Result<(CertificateDer<'static>, Vec<u8>)> {
         let key = rcgen::KeyPair::generate()?;
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
