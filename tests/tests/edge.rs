@@ -619,3 +619,102 @@ async fn slow_readers_at_the_bound_are_shed_for_new_clients() -> Result<()> {
     ensure!(!node.log().contains("accept failed"), "{}", node.log());
     Ok(())
 }
+
+/// The red team's slow HTTP/2 reader: hyper takes a cached file's whole
+/// body at once, so the request "ends" while h2 still holds most of it.
+/// A client that keeps reading (here: 16 KiB of window every 100 ms, a
+/// 1 MiB file over ~6 s) must get all of it, though that is longer than
+/// the idle timeout (2 s) after the request ended.
+#[tokio::test]
+async fn a_slow_http2_reader_gets_the_whole_file() -> Result<()> {
+    let (net, site_dir) = one_site("trickle.test")?;
+    let body: Vec<u8> = (0..1 << 20).map(|i: u32| (i % 251) as u8).collect();
+    std::fs::write(site_dir.join("big.bin"), &body)?;
+    net.admin.ok(&[
+        "publish",
+        &site_dir.to_string_lossy(),
+        "--site",
+        "trickle.test",
+    ])?;
+    let data = net.node.dir.clone();
+    net.node.stop()?;
+    set_header_timeout(&data, "2s")?;
+    maki_e2e::set_config(&data, "http_send_timeout", "\"2s\"")?;
+    let node = NodeProc::start(&data)?;
+
+    let conn = tokio::net::TcpStream::connect(node.http).await?;
+    let (mut rd, mut wr) = conn.into_split();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS: INITIAL_WINDOW_SIZE = 16384.
+    out.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0x40, 0]);
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    for (index, value) in [(4u8, "/big.bin"), (1, "trickle.test")] {
+        block.push(index);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    wr.write_all(&out).await?;
+    // 16 KiB more window for the stream and the connection every 100 ms,
+    // and every PING answered (as a live client does).
+    let (pings, mut to_answer) = tokio::sync::mpsc::channel::<Vec<u8>>(8);
+    let pace = tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_millis(100));
+        every.tick().await;
+        for _ in 0..200 {
+            let out = tokio::select! {
+                _ = every.tick() => {
+                    let mut update = Vec::new();
+                    for stream in [0u8, 1] {
+                        update.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, stream, 0, 0, 0x40, 0]);
+                    }
+                    update
+                }
+                Some(ping) = to_answer.recv() => [&[0, 0, 8, 6, 1, 0, 0, 0, 0][..], &ping].concat(),
+            };
+            if wr.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let start = Instant::now();
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut got = Vec::new();
+        loop {
+            let mut head = [0u8; 9];
+            if rd.read_exact(&mut head).await.is_err() {
+                return (got, false);
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let mut payload = vec![0u8; len];
+            if rd.read_exact(&mut payload).await.is_err() {
+                return (got, false);
+            }
+            let (kind, flags, stream) = (head[3], head[4], head[8]);
+            if kind == 6 && flags & 1 == 0 {
+                pings.send(payload).await.ok();
+                continue;
+            }
+            if kind == 0 && stream == 1 {
+                got.extend_from_slice(&payload);
+                if flags & 1 == 1 {
+                    return (got, true);
+                }
+            }
+        }
+    })
+    .await;
+    pace.abort();
+    let (got, ended) = got.map_err(|_| anyhow::anyhow!("no end in 30 s"))?;
+    ensure!(
+        ended && got == body,
+        "{} of {} bytes after {:?}, ended: {ended}; the node's log:\n{}",
+        got.len(),
+        body.len(),
+        start.elapsed(),
+        node.log()
+    );
+    ensure!(start.elapsed() > Duration::from_secs(3), "it was slow");
+    Ok(())
+}

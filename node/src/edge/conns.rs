@@ -320,14 +320,20 @@ impl ConnId {
         });
     }
 
-    /// `n` bytes went to the client; `progress` when they are the lean
-    /// path's response bytes (hyper's writes include HTTP/2 pings, which a
-    /// stalled client answers too: its progress is [`ConnId::progressed`]).
+    /// `n` bytes went to the client; `progress` when they are response
+    /// bytes (see [`h1::Conn`](super::h1::Conn)). Hyper takes a body from
+    /// its response long before the client has it (h2 holds up to the
+    /// whole of a cached file): bytes still going out after the last
+    /// response ended are not idleness, so they restart the idle clock.
     pub fn wrote(self, n: usize, progress: bool) {
         self.update(|s| {
             s.sent += n as u64;
             if progress {
-                s.progress = Some(timer::now());
+                let now = timer::now();
+                s.progress = Some(now);
+                if s.active == 0 && s.idle_since.is_some() {
+                    s.idle_since = Some(now);
+                }
             }
         });
     }

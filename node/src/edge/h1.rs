@@ -283,7 +283,11 @@ impl<S: Stream> Conn<S> {
     /// Counts what a write sent, for the registry's rates.
     fn count(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
         if let Poll::Ready(Ok(n)) = &polled {
-            self.id.wrote(*n, self.lean);
+            // Hyper's writes include HTTP/2's PING, SETTINGS and
+            // WINDOW_UPDATE frames (at most 17 bytes each, and a stalled
+            // client answers pings too): only a larger write carries
+            // response bytes.
+            self.id.wrote(*n, self.lean || *n > CONTROL_WRITE);
         }
         polled
     }
@@ -318,6 +322,10 @@ impl<S: Stream> Conn<S> {
         }
     }
 }
+
+/// The largest write that is only HTTP/2 connection control: a GOAWAY
+/// with debug data, or a few control frames flushed together.
+const CONTROL_WRITE: usize = 64;
 
 impl<S: Stream> AsyncRead for Conn<S> {
     fn poll_read(
