@@ -364,11 +364,7 @@ impl Orderer {
     /// The nodes that may order: the live `http` nodes that can be sealed
     /// to, and of those, the ones holding the account key when any does.
     fn candidates(&self, dir: &Directory, config: &AcmeConfig) -> Vec<PublicKey> {
-        let ids: Vec<_> = dir.members().map(|(n, _)| n.id).collect();
-        let down = self
-            .members
-            .health
-            .down(crate::health::verdict::Service::Http, &ids);
+        let down = self.members.http_down(dir);
         let live: Vec<(PublicKey, [u8; 32])> = dir
             .members()
             .filter(|(n, _)| n.roles.iter().any(|r| r == maki_protocol::ROLE_HTTP))
@@ -494,11 +490,7 @@ impl Orderer {
         if self.rolled == Some(record.version) {
             return wait;
         }
-        let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
-        let down = self
-            .members
-            .health
-            .down(crate::health::verdict::Service::Http, &ids);
+        let down = self.members.http_down(dir);
         let holds = |seal: &[u8; 32]| record.sealed.iter().any(|s| s.to == *seal);
         let first = http_seals(dir)
             .iter()
@@ -561,11 +553,7 @@ impl Orderer {
             return;
         };
         let http = http_seals(dir);
-        let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
-        let down = self
-            .members
-            .health
-            .down(crate::health::verdict::Service::Http, &ids);
+        let down = self.members.http_down(dir);
         let holds = |seal: &[u8; 32]| account.sealed.iter().any(|s| s.to == *seal);
         let first = http
             .iter()

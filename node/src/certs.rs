@@ -196,10 +196,7 @@ pub async fn keep_issued(
         certs.set_issued(issued);
         certs.set_challenges(challenges(&dir, crate::now_millis() / 1000));
         crate::tickets::keep(&members, &key, &secret, &tickets, &mut kept_tickets);
-        let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
-        let down = members
-            .health
-            .down(crate::health::verdict::Service::Http, &ids);
+        let down = members.http_down(&dir);
         for record in reseal(&dir, &key, &secret, &checked, &down, &mut resealed) {
             if let Err(error) = members.apply_local(record) {
                 warn!(%error, "could not reseal a certificate's key");

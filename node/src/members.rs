@@ -49,6 +49,13 @@ impl Members {
         self.records.directory()
     }
 
+    /// The members of `dir` whose HTTP the observers' quorum finds down.
+    pub fn http_down(&self, dir: &Directory) -> std::collections::HashSet<PublicKey> {
+        let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
+        self.health
+            .down(crate::health::verdict::Service::Http, &ids)
+    }
+
     /// Verifies, authorises and merges a record (from anywhere); on a
     /// change of membership, refreshes the members.
     pub fn apply_record(&self, record: &Record) -> Result<Applied, ApplyError> {

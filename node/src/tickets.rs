@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use maki_protocol::{
-    PublicKey, Record, SecretKey, Signed,
+    Record, SecretKey, Signed,
     tickets::{SECRET_LEN, TicketKeys},
 };
 use tracing::{info, warn};
@@ -69,10 +69,7 @@ fn duty(
     if http.is_empty() {
         return None;
     }
-    let ids: Vec<PublicKey> = dir.members().map(|(n, _)| n.id).collect();
-    let down = members
-        .health
-        .down(crate::health::verdict::Service::Http, &ids);
+    let down = members.http_down(dir);
     let first_live = http
         .iter()
         .map(|(id, _)| *id)

@@ -141,17 +141,7 @@ async fn a_certificate_one_node_orders_is_served_by_all_three() -> Result<()> {
     let (net, port) = acme_network(3)?;
     publish(&net)?;
     let pebble = pebble(&net, port, None).await?;
-    let roots = pebble.roots.to_string_lossy().into_owned();
-    net.admin.ok(&[
-        "acme",
-        "set",
-        "--directory",
-        &pebble.directory,
-        "--root",
-        &roots,
-        "--contact",
-        "ops@shop.test",
-    ])?;
+    acme_set(&net, &pebble, &["--contact", "ops@shop.test"]).await?;
     let timeout = Duration::from_secs(60);
     let leaf = served_everywhere(&net, SITE, &pebble.issuing_root, timeout)
         .await

@@ -387,10 +387,7 @@ pub fn current(
             .filter(|(_, p)| p.holds_known)
             .map(|(k, p)| (k, p.holds)),
     );
-    let ids: Vec<_> = dir.members().map(|(n, _)| n.id).collect();
-    let down = members
-        .health
-        .down(crate::health::verdict::Service::Http, &ids);
+    let down = members.http_down(&dir);
     build::build(
         &build::Inputs {
             dir: &dir,
