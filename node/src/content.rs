@@ -15,16 +15,19 @@
 //! an LRU under a byte limit holds them, and evicted by that LRU, not by
 //! the collector.
 
-use std::{path::Path, time::Duration};
+use std::{fs::File, io, path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use iroh_blobs::{
     BlobFormat,
-    api::{TempTag, blobs::BlobReader},
+    api::TempTag,
     hashseq::HashSeq,
     store::{
         GcConfig,
-        fs::{FsStore, options::Options},
+        fs::{
+            FsStore,
+            options::{Options, PathOptions},
+        },
     },
 };
 use maki_protocol::{Domain, Hash, Manifest};
@@ -41,6 +44,8 @@ pub enum ContentError {
         declared: u64,
         stored: u64,
     },
+    #[error("blob {hash}: the store says {size} bytes, its file holds {file}")]
+    Damaged { hash: Hash, size: u64, file: u64 },
 }
 
 fn store_err(e: impl std::fmt::Display) -> ContentError {
@@ -55,9 +60,80 @@ pub(crate) fn from_iroh(h: iroh_blobs::Hash) -> Hash {
     Hash::from_bytes(*h.as_bytes())
 }
 
+/// Store commands for one hash in flight at once, per stripe. The store
+/// hands every command for a hash to one actor whose inbox holds 32; past
+/// that it fails them ("inbox is full") rather than wait. Waiting here
+/// instead keeps a crowd asking for one blob from turning into errors.
+/// Every permit is held only while the store answers, never while a
+/// visitor reads, so a slow visitor cannot keep others waiting.
+const PER_HASH: usize = 16;
+const STRIPES: usize = 64;
+
+/// A complete blob, as the edge reads it.
+#[derive(Debug)]
+pub enum Complete {
+    /// In its own file.
+    File { file: BlobFile, size: u64 },
+    /// Kept inside the store's database (blobs of up to 16 KiB): read
+    /// with [`Content::get_bytes`].
+    Inline { size: u64 },
+}
+
+impl Complete {
+    pub fn size(&self) -> u64 {
+        match self {
+            Self::File { size, .. } | Self::Inline { size } => *size,
+        }
+    }
+}
+
+/// Reads of blob files in flight at once, node-wide. Each holds a file
+/// descriptor only while it reads, so a download costs its connection's
+/// descriptor and no more, and this many stay within the descriptors the
+/// edge keeps back from its connections (see `edge::conns::bound`).
+pub const FILE_READS: usize = 16;
+static FILE_READ_TURNS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(FILE_READS);
+
+/// A complete blob's file, found complete. It is opened again for each
+/// read and must still be the same file (device, inode, length): the
+/// store never rewrites a complete blob in place, so the same file holds
+/// the same bytes; a file deleted and replaced under the path (collected,
+/// then fetched again) fails the read instead of serving a partial one.
+#[derive(Debug, Clone)]
+pub struct BlobFile {
+    path: Arc<std::path::PathBuf>,
+    dev: u64,
+    ino: u64,
+    len: u64,
+}
+
+impl BlobFile {
+    /// `len` bytes at `at`.
+    pub async fn read_at(&self, at: u64, len: usize) -> Result<Bytes, ContentError> {
+        use std::os::unix::fs::{FileExt, MetadataExt};
+        let _turn = FILE_READ_TURNS.acquire().await.map_err(store_err)?;
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let file = File::open(this.path.as_path())?;
+            let m = file.metadata()?;
+            if (m.dev(), m.ino(), m.len()) != (this.dev, this.ino, this.len) {
+                return Err(io::Error::other("the blob's file was replaced"));
+            }
+            let mut buf = vec![0; len];
+            file.read_exact_at(&mut buf, at)?;
+            Ok(Bytes::from(buf))
+        })
+        .await
+        .map_err(store_err)?
+        .map_err(|e| ContentError::Store(format!("reading {len} bytes at {at}: {e}")))
+    }
+}
+
 #[derive(Debug)]
 pub struct Content {
     store: FsStore,
+    paths: PathOptions,
+    stripes: Arc<[tokio::sync::Semaphore]>,
 }
 
 impl Content {
@@ -66,6 +142,7 @@ impl Content {
     /// pruned versions and removed sites.
     pub async fn load(dir: &Path, gc_interval: Option<Duration>) -> Result<Self, ContentError> {
         let mut options = Options::new(dir);
+        let paths = options.path.clone();
         options.gc = gc_interval.map(|interval| GcConfig {
             interval,
             add_protected: None,
@@ -73,7 +150,20 @@ impl Content {
         let store = FsStore::load_with_opts(dir.join("blobs.db"), options)
             .await
             .map_err(store_err)?;
-        Ok(Self { store })
+        let stripes = (0..STRIPES)
+            .map(|_| tokio::sync::Semaphore::new(PER_HASH))
+            .collect();
+        Ok(Self {
+            store,
+            paths,
+            stripes,
+        })
+    }
+
+    /// Waits for a turn to send the store a command about `hash`.
+    async fn turn(&self, hash: Hash) -> Result<tokio::sync::SemaphorePermit<'_>, ContentError> {
+        let stripe = usize::from(hash.as_bytes()[0]) % STRIPES;
+        self.stripes[stripe].acquire().await.map_err(store_err)
     }
 
     pub fn store(&self) -> &iroh_blobs::api::Store {
@@ -151,12 +241,50 @@ impl Content {
     }
 
     pub async fn get_bytes(&self, hash: Hash) -> Result<Bytes, ContentError> {
+        let _turn = self.turn(hash).await?;
         self.store.get_bytes(to_iroh(hash)).await.map_err(store_err)
     }
 
-    /// A reader for a blob: what the edge streams large files from.
-    pub fn reader(&self, hash: Hash) -> BlobReader {
-        self.store.blobs().reader(to_iroh(hash))
+    /// A complete blob, found for reading; `None` when absent or partial.
+    ///
+    /// The edge reads a blob's file itself rather than through the store:
+    /// the store serves all readers of one hash from one task, in 1 KiB
+    /// pieces, and refuses the 33rd command queued for it, so a crowd on
+    /// one large file was cut off. A complete blob's file is immutable,
+    /// and the file system serves it to every core in parallel.
+    pub async fn complete(&self, hash: Hash) -> Result<Option<Complete>, ContentError> {
+        use std::os::unix::fs::MetadataExt;
+        let path = Arc::new(self.paths.data_path(&to_iroh(hash)));
+        let found = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || match std::fs::metadata(path.as_path()) {
+                Ok(m) => Ok(Some((m.dev(), m.ino(), m.len()))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            })
+            .await
+            .map_err(store_err)?
+            .map_err(store_err)?
+        };
+        // Asked after the file was found: complete now means that file
+        // holds the complete bytes (a partial fetch of the same hash,
+        // after a deletion, would not be complete).
+        let Some(size) = self.complete_size(hash).await? else {
+            return Ok(None);
+        };
+        match found {
+            Some((dev, ino, len)) if len == size => Ok(Some(Complete::File {
+                file: BlobFile {
+                    path,
+                    dev,
+                    ino,
+                    len,
+                },
+                size,
+            })),
+            Some((_, _, file)) => Err(ContentError::Damaged { hash, size, file }),
+            None => Ok(Some(Complete::Inline { size })),
+        }
     }
 
     /// Protects `manifest` and `blobs` under `name` (replacing what it

@@ -109,6 +109,9 @@ impl hyper::body::Body for Body {
     }
 }
 
+/// How long a new connection waits at the bound for the one shed for it.
+const SHED_WAIT: Duration = Duration::from_millis(100);
+
 /// How long open connections get to finish when the node stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -341,9 +344,14 @@ async fn serve(
                 drop(stream);
                 continue;
             }
-            // Let the shed connection close (and free its descriptor)
-            // before the next accept: a burst must not outrun the sheds.
-            tokio::task::yield_now().await;
+            // Wait for the shed connection to close (and free its
+            // descriptor) before taking this one: a burst must not
+            // outrun the sheds, or the descriptors blob reads open for
+            // a moment run out. A connection ends with its task.
+            let _ = tokio::time::timeout(SHED_WAIT, async {
+                while conns::count() >= max_conns && conns.join_next().await.is_some() {}
+            })
+            .await;
         }
         stream.set_nodelay(true).ok();
         let registration = conns::open();

@@ -45,6 +45,11 @@ const RESERVE_MAX: u64 = 1024;
 /// is shed, slowest first.
 pub const MIN_RATE: u64 = 8 * 1024;
 const MIN_BUSY: Duration = Duration::from_secs(2);
+/// What a busy connection writes in its first second does not count
+/// toward its rate: a response's first writes fill the kernel's socket
+/// buffers (hundreds of KiB for one large write) however slowly the
+/// client reads, which made a trickling reader look fast for many seconds.
+const SETTLE: Duration = Duration::from_secs(1);
 
 /// Raises the soft file-descriptor limit to the hard one (allowed without
 /// privileges) and returns the limit now in force.
@@ -65,8 +70,11 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Connections one of `workers` may hold when the process may open
 /// `fd_limit` descriptors: what is left after a reserve, shared equally.
+/// The reserve includes the descriptors blob reads open for a moment
+/// (one each), so a download costs its connection's descriptor only.
 pub fn bound(fd_limit: u64, workers: usize) -> usize {
-    let reserve = (fd_limit / 8).clamp(RESERVE_MIN, RESERVE_MAX);
+    let reserve =
+        (fd_limit / 8).clamp(RESERVE_MIN, RESERVE_MAX) + crate::content::FILE_READS as u64;
     let usable = fd_limit.saturating_sub(reserve).max(workers as u64);
     let each = usable / workers.max(1) as u64;
     usize::try_from(each)
@@ -94,13 +102,21 @@ struct Slot {
     idle_since: Option<Instant>,
     /// Bytes written to the client.
     sent: u64,
-    /// While busy: since when, and `sent` then.
-    busy: Option<(Instant, u64)>,
+    /// While busy: since when, and `sent` once it had settled.
+    busy: Option<Busy>,
     /// When a response last made progress (a body chunk taken by hyper, a
     /// write done on the lean path).
     progress: Option<Instant>,
     shed: bool,
     waker: Option<Waker>,
+}
+
+#[derive(Debug)]
+struct Busy {
+    since: Instant,
+    /// `sent` as of [`SETTLE`] after `since`: taken at the first write
+    /// after that (nothing was written in between).
+    settled: Option<u64>,
 }
 
 impl Slot {
@@ -110,7 +126,10 @@ impl Slot {
 
     fn start_busy(&mut self, now: Instant) {
         if self.busy.is_none() {
-            self.busy = Some((now, self.sent));
+            self.busy = Some(Busy {
+                since: now,
+                settled: None,
+            });
         }
         self.progress = Some(now);
     }
@@ -121,18 +140,19 @@ impl Slot {
         self.idle_since = Some(now);
     }
 
-    /// Bytes per second sent since it became busy, once busy long enough
-    /// to tell.
+    /// Bytes per second sent since it became busy and settled, once busy
+    /// long enough to tell.
     fn rate(&self, now: Instant) -> Option<u64> {
-        let (since, at) = self.busy?;
-        let busy_for = now.checked_duration_since(since)?;
+        let busy = self.busy.as_ref()?;
+        let busy_for = now.checked_duration_since(busy.since)?;
         if busy_for < MIN_BUSY {
             return None;
         }
-        let ms = u64::try_from(busy_for.as_millis())
+        let counted = self.sent - busy.settled.unwrap_or(self.sent);
+        let ms = u64::try_from((busy_for - SETTLE).as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        Some(self.sent.saturating_sub(at).saturating_mul(1000) / ms)
+        Some(counted.saturating_mul(1000) / ms)
     }
 
     fn shed(&mut self) {
@@ -327,9 +347,15 @@ impl ConnId {
     /// response ended are not idleness, so they restart the idle clock.
     pub fn wrote(self, n: usize, progress: bool) {
         self.update(|s| {
+            let now = timer::now();
+            if let Some(busy) = &mut s.busy
+                && busy.settled.is_none()
+                && now.saturating_duration_since(busy.since) >= SETTLE
+            {
+                busy.settled = Some(s.sent);
+            }
             s.sent += n as u64;
             if progress {
-                let now = timer::now();
                 s.progress = Some(now);
                 if s.active == 0 && s.idle_since.is_some() {
                     s.idle_since = Some(now);
@@ -423,9 +449,9 @@ mod tests {
 
     #[test]
     fn the_bound_follows_the_descriptor_limit() {
-        assert_eq!(bound(1024, 2), 448);
-        assert_eq!(bound(256, 2), 96);
-        assert_eq!(bound(1 << 20, 2), ((1 << 20) - 1024) / 2);
+        assert_eq!(bound(1024, 2), 440);
+        assert_eq!(bound(256, 2), 88);
+        assert_eq!(bound(1 << 20, 2), ((1 << 20) - 1024 - 16) / 2);
         assert!(bound(8, 4) >= 1);
     }
 
@@ -472,7 +498,10 @@ mod tests {
             for (id, sent) in [(fast.id(), 10 << 20), (slow.id(), 100)] {
                 let s = r.slot(id).expect("slot");
                 s.active = 1;
-                s.busy = Some((t0 - MIN_BUSY * 2, 0));
+                s.busy = Some(Busy {
+                    since: t0 - MIN_BUSY * 2,
+                    settled: Some(0),
+                });
                 s.sent = sent;
             }
         });
@@ -484,5 +513,26 @@ mod tests {
         // The fast one is above MIN_RATE: never shed.
         assert!(!shed_one());
         assert!(!poll(shed_fast.as_mut()));
+    }
+
+    /// A response's first write fills the socket's buffers at once; a
+    /// reader that then trickles is still slow, and goes under pressure.
+    #[test]
+    fn a_burst_into_socket_buffers_does_not_make_a_slow_reader_fast() {
+        let slow = open();
+        let t0 = Instant::now();
+        with(|r| {
+            let s = r.slot(slow.id()).expect("slot");
+            s.active = 1;
+            s.busy = Some(Busy {
+                since: t0 - MIN_BUSY * 2,
+                settled: None,
+            });
+            s.sent = 4 << 20;
+        });
+        slow.id().wrote(256, true);
+        let mut shed = std::pin::pin!(slow.id().shed());
+        assert!(shed_one());
+        assert!(poll(shed.as_mut()));
     }
 }

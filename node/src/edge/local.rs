@@ -7,12 +7,18 @@
 //! Lives in a thread local of the worker's single-threaded runtime; it is
 //! borrowed only in short synchronous sections, never across an await.
 
-use std::{cell::RefCell, collections::HashMap, sync::Arc};
+use std::{cell::RefCell, collections::HashMap, future::Future, sync::Arc};
 
 use bytes::Bytes;
 use maki_protocol::{Domain, Hash};
+use tokio::sync::OnceCell;
 
-use crate::live::{Live, LiveSite};
+use crate::{
+    content::ContentError,
+    live::{Live, LiveSite},
+};
+
+type Loaded = Result<Bytes, Arc<ContentError>>;
 
 thread_local! {
     static LOCAL: RefCell<Local> = RefCell::new(Local::new(0, 0));
@@ -55,7 +61,7 @@ pub fn catch_up(live: &Live) {
 }
 
 /// A cached small blob, if this worker has it.
-pub fn blob(hash: &Hash) -> Option<Bytes> {
+fn blob(hash: &Hash) -> Option<Bytes> {
     LOCAL.with(|l| l.borrow_mut().blobs.get(hash))
 }
 
@@ -64,8 +70,60 @@ pub fn cacheable(size: u64) -> bool {
     LOCAL.with(|l| size <= l.borrow().max_blob)
 }
 
+/// A blob from this worker's cache, or read by `load` and kept. A burst of
+/// requests for a blob not cached yet waits for one read instead of each
+/// making its own; if that request goes away, a waiting one reads.
+pub async fn blob_or_load(
+    hash: Hash,
+    load: impl Future<Output = Result<Bytes, ContentError>>,
+) -> Loaded {
+    if let Some(b) = blob(&hash) {
+        return Ok(b);
+    }
+    let cell = LOCAL.with(|l| l.borrow_mut().loading.entry(hash).or_default().clone());
+    let waiting = Waiting { hash, cell };
+    waiting
+        .cell
+        .get_or_init(|| async {
+            let loaded = load.await.map_err(Arc::new);
+            if let Ok(b) = &loaded {
+                insert_blob(hash, b);
+            }
+            loaded
+        })
+        .await
+        .clone()
+}
+
+/// One request waiting on a read; the last to go takes the read off the
+/// table, so a failed read is tried again by the next request.
+struct Waiting {
+    hash: Hash,
+    cell: Arc<OnceCell<Loaded>>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        // The table's reference and this one: nobody else waits.
+        if Arc::strong_count(&self.cell) > 2 {
+            return;
+        }
+        // try_with: a runtime dropped at thread exit may drop a waiting
+        // request after the thread local is gone.
+        let _ = LOCAL.try_with(|l| {
+            let mut l = l.borrow_mut();
+            if l.loading
+                .get(&self.hash)
+                .is_some_and(|c| Arc::ptr_eq(c, &self.cell))
+            {
+                l.loading.remove(&self.hash);
+            }
+        });
+    }
+}
+
 /// Keeps a private copy of `bytes`.
-pub fn insert_blob(hash: Hash, bytes: &Bytes) {
+fn insert_blob(hash: Hash, bytes: &Bytes) {
     // A private copy, so this worker's refcount traffic stays local.
     let own = Bytes::copy_from_slice(bytes);
     LOCAL.with(|l| l.borrow_mut().blobs.insert(hash, own));
@@ -77,6 +135,7 @@ struct Local {
     sites: HashMap<Domain, Arc<Mine>>,
     blobs: BlobCache,
     max_blob: u64,
+    loading: HashMap<Hash, Arc<OnceCell<Loaded>>>,
 }
 
 impl Local {
@@ -86,6 +145,7 @@ impl Local {
             sites: HashMap::new(),
             blobs: BlobCache::new(budget),
             max_blob,
+            loading: HashMap::new(),
         }
     }
 

@@ -4,7 +4,7 @@
 //! later TLS and h3) only parse a request into a [`Req`] and call
 //! [`handle`].
 
-use std::io;
+use std::{io, sync::Arc};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
@@ -14,13 +14,13 @@ use maki_protocol::{
     Encoding, Hash,
     rules::{HeaderRule, is_reserved_header},
 };
-use n0_future::StreamExt;
-use tokio::io::AsyncSeekExt;
-use tokio_util::io::ReaderStream;
 use tracing::warn;
 
 use super::{Body, Req, Sites, local};
-use crate::live::{LiveSite, Served};
+use crate::{
+    content::{BlobFile, Complete, Content, ContentError},
+    live::{LiveSite, Served},
+};
 
 const BLOB_PREFIX: &str = "/.maki/blob/";
 const DEFAULT_CACHE_CONTROL: &str = "public, max-age=0, must-revalidate";
@@ -504,47 +504,74 @@ async fn send(
     // manifest declared: the two are checked equal before a version goes
     // live, and a mismatch here (a disk that lost data) is an error
     // response, never a short body behind a long Content-Length.
-    let body = if local::cacheable(size) {
-        let bytes = match local::blob(&hash) {
-            Some(b) => b,
-            None => match sites.content.get_bytes(hash).await {
-                Ok(b) => {
-                    local::insert_blob(hash, &b);
-                    b
-                }
-                Err(error) => {
-                    warn!(%error, %hash, "blob read failed");
-                    return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
-                }
-            },
-        };
-        match bytes.get(start as usize..end as usize) {
-            Some(_) if bytes.len() as u64 == size => {
-                Body::Bytes(bytes.slice(start as usize..end as usize))
-            }
-            _ => return size_mismatch(hash, size, bytes.len() as u64),
-        }
+    let stored = if local::cacheable(size) {
+        local::blob_or_load(hash, read_whole(&sites.content, hash, size)).await
     } else {
-        match sites.content.complete_size(hash).await {
-            Ok(Some(stored)) if stored == size => {}
-            Ok(stored) => return size_mismatch(hash, size, stored.unwrap_or(0)),
-            Err(error) => {
-                warn!(%error, %hash, "blob store failed");
-                return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
+        match sites.content.complete(hash).await {
+            Ok(Some(Complete::File { file, size: stored })) if stored == size => {
+                let body = file_body(file, hash, start, end);
+                headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+                return build(status, headers, body);
             }
+            Ok(Some(Complete::Inline { size: stored })) if stored == size => {
+                sites.content.get_bytes(hash).await.map_err(Arc::new)
+            }
+            Ok(other) => {
+                return size_mismatch(hash, size, other.as_ref().map_or(0, Complete::size));
+            }
+            Err(e) => Err(Arc::new(e)),
         }
-        let mut r = sites.content.reader(hash);
-        if let Err(error) = r.seek(io::SeekFrom::Start(start)).await {
-            warn!(%error, %hash, "blob seek failed");
+    };
+    let bytes = match stored {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            warn!(%error, %hash, "blob read failed");
             return plain(StatusCode::INTERNAL_SERVER_ERROR, "storage error\n");
         }
-        let stream =
-            ReaderStream::with_capacity(tokio::io::AsyncReadExt::take(r, end - start), 256 * 1024)
-                .map(|chunk| chunk.map(Frame::data));
-        Body::Stream(StreamBody::new(stream).boxed_unsync())
+    };
+    let body = match bytes.get(start as usize..end as usize) {
+        Some(_) if bytes.len() as u64 == size => {
+            Body::Bytes(bytes.slice(start as usize..end as usize))
+        }
+        _ => return size_mismatch(hash, size, bytes.len() as u64),
     };
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     build(status, headers, body)
+}
+
+/// A blob read whole, for the memory cache: from its file when it has one.
+async fn read_whole(content: &Content, hash: Hash, size: u64) -> Result<Bytes, ContentError> {
+    match content.complete(hash).await? {
+        Some(Complete::File { file, size: stored }) if stored == size => {
+            file.read_at(0, size as usize).await
+        }
+        // A size other than the manifest's is found out by the caller.
+        _ => content.get_bytes(hash).await,
+    }
+}
+
+/// How much of a large blob one read takes, and one body frame carries.
+const FILE_CHUNK: u64 = 256 * 1024;
+
+/// Bytes `start..end` of a blob's file, a chunk read at a time as the
+/// visitor takes them. A read that fails ends the body early, which the
+/// visitor sees as a short body against Content-Length; it is logged.
+fn file_body(file: BlobFile, hash: Hash, start: u64, end: u64) -> Body {
+    let chunks = n0_future::stream::unfold(Some(start), move |at| {
+        let file = file.clone();
+        async move {
+            let at = at.filter(|&at| at < end)?;
+            let len = (end - at).min(FILE_CHUNK);
+            match file.read_at(at, len as usize).await {
+                Ok(bytes) => Some((Ok(Frame::data(bytes)), Some(at + len))),
+                Err(error) => {
+                    warn!(%error, %hash, at, end, "a body was cut: its blob could not be read");
+                    Some((Err(io::Error::other(error)), None))
+                }
+            }
+        }
+    });
+    Body::Stream(StreamBody::new(chunks).boxed_unsync())
 }
 
 fn size_mismatch(hash: Hash, declared: u64, stored: u64) -> Response<Body> {
