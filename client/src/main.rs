@@ -941,7 +941,7 @@ async fn publish_command(
     };
     match outcome {
         Outcome::Unchanged { version } => {
-            out!("{site}: unchanged since version {version}; nothing published");
+            out!("{site}: files unchanged since version {version}; no new version");
         }
         Outcome::Published {
             version,

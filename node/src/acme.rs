@@ -44,6 +44,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+mod settle;
+
 use crate::{
     directory::Directory,
     members::Members,
@@ -55,9 +57,6 @@ const ROUND: Duration = Duration::from_secs(2);
 /// How long a lease keeps the other nodes off a site (seconds); an order
 /// that takes longer is given up.
 const LEASE_SECS: u64 = 300;
-/// How long the challenges are given to reach every node before the CA is
-/// told to look.
-const SETTLE: Duration = Duration::from_secs(2);
 /// Orders one node runs at once.
 const MAX_ORDERS: usize = 4;
 /// The first wait after a failure (seconds); it doubles with each one
@@ -694,7 +693,7 @@ impl Ctx {
             };
             self.members
                 .apply_local(Record::Order(Signed::sign(&self.key, &lease)))?;
-            tokio::time::sleep(SETTLE).await;
+            settle::until_answered(&self.members, &challenges).await;
             let mut auths = order.authorizations();
             while let Some(auth) = auths.next().await {
                 let mut auth = auth?;
@@ -864,6 +863,10 @@ fn allowed(dir: &Directory) -> HashSet<[u8; 32]> {
     allowed
 }
 
+/// How long after a certificate is issued a new name waits for the next
+/// (seconds): 18 orders per 3 hours at most, per site.
+const NAME_COOLDOWN: u64 = 600;
+
 /// Why a site needs a new certificate; None if it does not.
 const NEEDS_REKEY: &str = "its key was readable by a node that left";
 
@@ -887,7 +890,12 @@ fn needs(
     if !trusted {
         return Some("it does not chain to a trusted root");
     }
-    if names.iter().any(|n| !covered(n, &cert.names)) {
+    // A publisher adding and removing aliases over and over must not spend
+    // the network's account, whose limits (orders per account per 3 hours)
+    // every site shares: a certificate is replaced for new names at most
+    // every NAME_COOLDOWN. What a publisher cannot cause comes at once.
+    let issued = cert.version / 1000;
+    if names.iter().any(|n| !covered(n, &cert.names)) && issued + NAME_COOLDOWN <= now {
         return Some("it lacks a name of the site");
     }
     if cert.sealed.iter().any(|s| !allowed.contains(&s.to)) {
@@ -1131,6 +1139,42 @@ mod tests {
         assert!(covered("new.shop.test", &names));
         assert!(!covered("a.c.shop.test", &names));
         assert!(!covered("*.shop.example", &names));
+    }
+
+    /// A publisher toggling an alias costs the network's account one
+    /// order per NAME_COOLDOWN at most; a node leaving is not delayed.
+    #[test]
+    fn new_names_wait_for_the_cooldown_and_a_rekey_does_not() {
+        let now = 1_800_000_000;
+        let cert = |issued: u64, sealed_to: [u8; 32]| CertRecord {
+            format: 1,
+            site: Domain::new("shop.test").expect("domain"),
+            incarnation: 0,
+            origin: Origin::Acme,
+            names: vec!["shop.test".into()],
+            chain: vec![vec![0]],
+            not_after: now + 90 * 86_400,
+            sealed: vec![maki_protocol::seal::Sealed {
+                to: sealed_to,
+                enc: [0; 32],
+                ct: vec![],
+            }],
+            version: issued * 1000,
+        };
+        let allowed: HashSet<[u8; 32]> = [[1; 32]].into();
+        let names = ["shop.test".to_owned(), "new.example".to_owned()];
+        let fresh = cert(now - 60, [1; 32]);
+        assert_eq!(needs(Some(&fresh), &names, true, &allowed, now), None);
+        let old = cert(now - NAME_COOLDOWN, [1; 32]);
+        assert_eq!(
+            needs(Some(&old), &names, true, &allowed, now),
+            Some("it lacks a name of the site")
+        );
+        let readable_by_one_gone = cert(now - 60, [2; 32]);
+        assert_eq!(
+            needs(Some(&readable_by_one_gone), &names, true, &allowed, now),
+            Some(NEEDS_REKEY)
+        );
     }
 
     #[test]

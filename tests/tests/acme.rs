@@ -128,7 +128,22 @@ async fn served_everywhere(
                     .is_ok_and(|r| r.reply.status == 200))
             }
         })
-        .await?;
+        .await
+        .with_context(|| {
+            // What the nodes said of their orders.
+            let said: Vec<String> = net
+                .nodes
+                .iter()
+                .flat_map(|n| {
+                    n.log()
+                        .lines()
+                        .filter(|l| l.contains("acme"))
+                        .map(str::to_owned)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            format!("the nodes' ACME lines:\n{}", said.join("\n"))
+        })?;
         let got = https_get(https, host.as_str(), "/", &["h2"], &trust).await?;
         leaf = got.chain.first().context("a leaf")?.to_vec();
     }
@@ -195,6 +210,11 @@ async fn a_certificate_one_node_orders_is_served_by_all_three() -> Result<()> {
     // One node ordered, once: the others left the site to it.
     let log = pebble.log();
     ensure!(log.matches("Added order").count() == 1, "{log}");
+    // The orderer asked every edge for the challenges, as the CA would,
+    // before telling the CA to look, and every edge answered.
+    let logs: String = net.nodes.iter().map(|n| n.log()).collect();
+    ensure!(logs.contains("every node answers the challenges"), "{logs}");
+    ensure!(!logs.contains("do not answer the challenges yet"), "{logs}");
     // Changing one setting keeps the others (the roots above all: without
     // them no certificate of Pebble's would be served).
     net.admin

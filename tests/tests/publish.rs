@@ -101,7 +101,7 @@ async fn republish_uploads_only_what_changed_and_rollback_restores() -> Result<(
     ensure!(uploaded_blobs(&first)? > 10, "{first}");
 
     let again = publish(&s)?;
-    ensure!(again.contains("unchanged since version 1"), "{again}");
+    ensure!(again.contains("files unchanged since version 1"), "{again}");
 
     let css = s.site_dir.join("css/style.css");
     let old_css = std::fs::read(&css)?;

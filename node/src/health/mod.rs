@@ -34,15 +34,13 @@ const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// Probes in flight at once.
 const PROBES_AT_ONCE: usize = 64;
 
-/// Where to probe a member's service: its public addresses (those of its
-/// ticket: where it is reached from outside), at the service's port.
-fn targets(members: &Members) -> Vec<(PublicKey, Service, SocketAddr)> {
+/// Where to probe each member's services, this node's own among them:
+/// its public addresses (those of its ticket: where it is reached from
+/// outside), at the service's port.
+pub(crate) fn targets(members: &Members) -> Vec<(PublicKey, Service, SocketAddr)> {
     let dir = members.directory();
     let mut out = Vec::new();
     for (node, _) in dir.members() {
-        if node.id == members.id {
-            continue;
-        }
         for service in Service::ALL {
             if !node.roles.iter().any(|r| r == service.role()) {
                 continue;
@@ -117,7 +115,7 @@ async fn probe_dns(at: SocketAddr) -> bool {
     )
 }
 
-fn rand_id() -> [u8; 2] {
+pub(crate) fn rand_id() -> [u8; 2] {
     let mut id = [0u8; 2];
     if getrandom::fill(&mut id).is_err() {
         id = (crate::now_millis() as u16).to_be_bytes();
@@ -139,7 +137,8 @@ pub async fn run(members: Arc<Members>, cancel: CancellationToken) {
             _ = cancel.cancelled() => break,
             _ = every.tick() => {}
         }
-        let targets = targets(&members);
+        let mut targets = targets(&members);
+        targets.retain(|(node, _, _)| *node != members.id);
         let ids: HashSet<PublicKey> = members.directory().members().map(|(n, _)| n.id).collect();
         members.health.retain(&ids);
         let mut probes = JoinSet::new();
