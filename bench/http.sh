@@ -111,7 +111,7 @@ print(f"{f}: nginx {statistics.mean(ns):,.0f} req/s, makiatto {statistics.mean(m
       f"ratio: median of rounds {statistics.median(ratios):.2f}x, of means {statistics.mean(ms)/statistics.mean(ns):.2f}x")
 if os_:
     before = [o / n for n, o in zip(ns, os_)]
-    change = [m / o for m, o in zip(ms, os_)]
+    change = [m / o if o else float("inf") for m, o in zip(ms, os_)]
     print(f"{f}: before {statistics.mean(os_):,.0f} req/s; its ratio to nginx: median {statistics.median(before):.2f}x; "
           f"this build / before: median of rounds {statistics.median(change):.2f}x")
 PY
