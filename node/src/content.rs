@@ -257,6 +257,8 @@ impl Content {
         let path = Arc::new(self.paths.data_path(&to_iroh(hash)));
         let found = {
             let path = path.clone();
+            // A blocking thread each, so under the same bound as reads.
+            let _turn = FILE_READ_TURNS.acquire().await.map_err(store_err)?;
             tokio::task::spawn_blocking(move || match std::fs::metadata(path.as_path()) {
                 Ok(m) => Ok(Some((m.dev(), m.ino(), m.len()))),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

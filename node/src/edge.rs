@@ -352,6 +352,13 @@ async fn serve(
                 while conns::count() >= max_conns && conns.join_next().await.is_some() {}
             })
             .await;
+            // Still no room (the shed one is busy finishing a read): this
+            // one is refused rather than taken past the bound.
+            if conns::count() >= max_conns {
+                debug!(%peer, "no room made in time; refusing a new connection");
+                drop(stream);
+                continue;
+            }
         }
         stream.set_nodelay(true).ok();
         let registration = conns::open();
@@ -520,7 +527,10 @@ async fn serve_conn<S: Stream + Negotiated>(
         builder
             .timer(timer::CoarseTimer)
             .keep_alive_interval(Some(idle_limit))
-            .keep_alive_timeout(idle_limit);
+            // As long as a write gets to make progress: the ping waits in
+            // line behind what the client has not read yet, which at a
+            // slow client's pace with a large window takes many seconds.
+            .keep_alive_timeout(send_timeout.max(idle_limit));
         drive!(builder.serve_connection(io, svc))
     } else {
         let mut builder = hyper::server::conn::http1::Builder::new();

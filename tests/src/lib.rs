@@ -379,6 +379,19 @@ impl NodeProc {
         Ok(())
     }
 
+    /// The node's resident memory, in bytes (VmRSS).
+    pub fn rss(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .context("no VmRSS line")?
+            .trim()
+            .parse()?;
+        Ok(kb * 1024)
+    }
+
     /// The node's id (from its ticket).
     pub fn id(&self) -> Result<String> {
         let t: maki_protocol::NodeTicket = self.ticket.parse()?;

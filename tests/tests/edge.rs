@@ -506,19 +506,8 @@ async fn an_http2_response_that_never_moves_is_cut() -> Result<()> {
     let node = NodeProc::start(&data)?;
 
     let mut conn = tokio::net::TcpStream::connect(node.http).await?;
-    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    // SETTINGS: INITIAL_WINDOW_SIZE = 0.
-    out.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
-    // HEADERS (END_STREAM | END_HEADERS) on stream 1: GET http://win.test/big.bin
-    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
-    for (index, value) in [(4u8, "/big.bin"), (1, "win.test")] {
-        block.push(index); // literal without indexing, indexed name
-        block.push(value.len() as u8);
-        block.extend_from_slice(value.as_bytes());
-    }
-    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
-    out.extend_from_slice(&block);
-    conn.write_all(&out).await?;
+    conn.write_all(&h2c_gets("win.test", "/big.bin", 1, 0))
+        .await?;
     let start = Instant::now();
     // Answer every PING and SETTINGS, never open the window.
     let closed = tokio::time::timeout(Duration::from_secs(30), async {
@@ -616,8 +605,19 @@ async fn slow_readers_at_the_bound_are_shed_for_new_clients() -> Result<()> {
         .with_context(|| node.log())?;
         ensure!(r.status == 200);
     }
+    // The red team's burst on top: a crowd of new downloads of the large
+    // file at once. Each is served or refused; none may take the node past
+    // its descriptors (a blob read failing mid-body with EMFILE).
+    let mut crowd = tokio::task::JoinSet::new();
+    for _ in 0..150 {
+        let http = node.http;
+        crowd.spawn(async move { http_get(http, "slow.test", "/big.bin", &[]).await });
+    }
+    while crowd.join_next().await.is_some() {}
     trickle.abort();
-    ensure!(!node.log().contains("accept failed"), "{}", node.log());
+    let log = node.log();
+    ensure!(!log.contains("accept failed"), "{log}");
+    ensure!(!log.contains("Too many open files"), "{log}");
     Ok(())
 }
 
@@ -781,5 +781,66 @@ async fn forty_visitors_download_one_large_file_at_once() -> Result<()> {
     let log = net.node.log();
     ensure!(!log.contains("inbox is full"), "{log}");
     ensure!(!log.contains("blob read failed"), "{log}");
+    Ok(())
+}
+
+/// An HTTP/2 client's first bytes, by hand (prior knowledge): the
+/// preface, SETTINGS with INITIAL_WINDOW_SIZE = `window`, and `streams`
+/// GETs of `path` at `host` (streams 1, 3, 5, ...).
+fn h2c_gets(host: &str, path: &str, streams: u32, window: u32) -> Vec<u8> {
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4]);
+    out.extend_from_slice(&window.to_be_bytes());
+    let mut block = vec![0x82, 0x86]; // :method GET, :scheme http
+    for (index, value) in [(4u8, path), (1, host)] {
+        block.push(index); // literal without indexing, indexed name
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    for i in 0..streams {
+        // HEADERS (END_STREAM | END_HEADERS).
+        out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5]);
+        out.extend_from_slice(&(2 * i + 1).to_be_bytes());
+        out.extend_from_slice(&block);
+    }
+    out
+}
+
+/// The red team's memory attack: HTTP/2 streams that never take a byte
+/// of a file read from disk (a window of one byte), by the hundred. Each
+/// holds what the edge read for it until the client takes it: that must
+/// be one small first read, not a 256 KiB one (400 streams held 100 MiB).
+#[tokio::test]
+async fn http2_streams_that_take_nothing_hold_little_memory() -> Result<()> {
+    let (net, site_dir) = one_site("hold.test")?;
+    std::fs::write(site_dir.join("big.bin"), vec![3u8; 16 << 20])?;
+    net.admin.ok(&[
+        "publish",
+        &site_dir.to_string_lossy(),
+        "--site",
+        "hold.test",
+    ])?;
+    // Warm: the first download's allocations are not the attack's.
+    let r = http_get(net.node.http, "hold.test", "/big.bin", &[]).await?;
+    ensure!(r.body.len() == 16 << 20);
+    let before = net.node.rss()?;
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let mut conn = tokio::net::TcpStream::connect(net.node.http).await?;
+        conn.write_all(&h2c_gets("hold.test", "/big.bin", 100, 1))
+            .await?;
+        held.push(conn);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown = net.node.rss()?.saturating_sub(before);
+    ensure!(
+        grown < 40 << 20,
+        "400 streams that take nothing grew the node by {} MiB",
+        grown >> 20
+    );
+    // Others are served.
+    let r = http_get(net.node.http, "hold.test", "/index.html", &[]).await?;
+    ensure!(r.status == 200);
+    drop(held);
     Ok(())
 }

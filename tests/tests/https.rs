@@ -360,8 +360,12 @@ async fn a_visitor_resumes_at_another_node_with_the_ticket_one_gave() -> Result<
             &format!("{name}: a ticket from one node resumed at the other"),
             || async move {
                 // Node b may not serve the site yet: its handshake fails.
+                // A request that fails on a loaded machine (a timeout) is
+                // tried again, not the end of the test.
                 let config = maki_e2e::client_config(&["h2"], &Trust::Any, versions)?;
-                let first = maki_e2e::https_get_on(&config, a, SITE, "/").await?;
+                let Ok(first) = maki_e2e::https_get_on(&config, a, SITE, "/").await else {
+                    return Ok(false);
+                };
                 ensure!(first.reply.status == 200 && !first.resumed);
                 let second = maki_e2e::https_get_on(&config, b, SITE, "/").await;
                 Ok(second.is_ok_and(|r| r.reply.status == 200 && r.resumed))
@@ -383,7 +387,9 @@ async fn a_visitor_resumes_at_another_node_with_the_ticket_one_gave() -> Result<
         "the third node resumes",
         || async move {
             let config = maki_e2e::client_config(&["h2"], &Trust::Any, &[&rustls::version::TLS13])?;
-            maki_e2e::https_get_on(&config, a, SITE, "/").await?;
+            if maki_e2e::https_get_on(&config, a, SITE, "/").await.is_err() {
+                return Ok(false);
+            }
             let third = maki_e2e::https_get_on(&config, c, SITE, "/").await;
             Ok(third.is_ok_and(|r| r.resumed))
         },
@@ -395,8 +401,8 @@ async fn a_visitor_resumes_at_another_node_with_the_ticket_one_gave() -> Result<
     wait_for(Duration::from_secs(20), "the old ticket refused", || {
         let config = config.clone();
         async move {
-            let again = maki_e2e::https_get_on(&config, b, SITE, "/").await?;
-            Ok(!again.resumed)
+            let again = maki_e2e::https_get_on(&config, b, SITE, "/").await;
+            Ok(again.is_ok_and(|r| !r.resumed))
         }
     })
     .await?;

@@ -372,6 +372,11 @@ impl ConnId {
     /// True once the worker asked this connection to close; until then
     /// `cx`'s task is woken when it does (so a write stuck on a slow client
     /// notices at once).
+    /// Whether the worker asked this connection to close, without waiting.
+    pub fn is_shed(self) -> bool {
+        with(|r| r.slot(self).is_some_and(|s| s.shed)).unwrap_or(false)
+    }
+
     pub fn shed_requested(self, cx: &Context<'_>) -> bool {
         with(|r| match r.slot(self) {
             Some(s) if s.shed => true,

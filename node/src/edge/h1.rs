@@ -85,6 +85,14 @@ pub async fn serve<S: Stream>(
                 return hand_off(conn, &mut out, &buf[start..end]).await;
             };
             req.secure = secure;
+            // Shed while its request waited (an idle connection is the
+            // first to go): closed before answering, which a client retries
+            // as it would any closed keep-alive connection, rather than cut
+            // mid-body at its first slow write.
+            if id.is_shed() {
+                flush(conn, &mut out).await.ok();
+                return Ok(Ended::Closed);
+            }
             let response = handle(sites, &req).await;
             let wants_close = wants_close || timer::draining();
             close = write_response(conn, &mut out, response, req.head, wants_close).await?;
@@ -210,7 +218,17 @@ async fn write_response<S: Stream>(
         }
         Body::Stream(mut s) => {
             flush(conn, out).await?;
-            while let Some(frame) = s.frame().await {
+            let id = conn.id;
+            loop {
+                // A body may wait for its next piece (a file read's turn):
+                // a connection shed meanwhile goes then, not at its next
+                // slow write.
+                let frame = tokio::select! {
+                    biased;
+                    () = id.shed() => return Err(shed()),
+                    frame = s.frame() => frame,
+                };
+                let Some(frame) = frame else { break };
                 if let Ok(data) = frame?.into_data() {
                     conn.write_all(&data).await?;
                 }
@@ -218,6 +236,13 @@ async fn write_response<S: Stream>(
         }
     }
     Ok(close)
+}
+
+fn shed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ConnectionAborted,
+        "shed to make room for new connections",
+    )
 }
 
 /// Writes `a` then `b` with as few `writev` calls as the socket allows.
@@ -304,10 +329,7 @@ impl<S: Stream> Conn<S> {
             return polled;
         }
         if self.id.shed_requested(cx) {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "shed to make room for new connections",
-            )));
+            return Poll::Ready(Err(shed()));
         }
         let timeout = self.send_timeout;
         let stalled = self

@@ -550,20 +550,28 @@ async fn read_whole(content: &Content, hash: Hash, size: u64) -> Result<Bytes, C
     }
 }
 
-/// How much of a large blob one read takes, and one body frame carries.
-const FILE_CHUNK: u64 = 256 * 1024;
+/// How much of a large blob the first read takes; each read after takes
+/// twice the one before, up to [`LAST_CHUNK`]. A response holds one chunk
+/// until the visitor takes it, so a visitor who takes nothing (an HTTP/2
+/// stream left with a window of one byte, by the hundred) costs the
+/// first chunk and no more; one who reads gets large reads.
+const FIRST_CHUNK: u64 = 16 * 1024;
+const LAST_CHUNK: u64 = 256 * 1024;
 
 /// Bytes `start..end` of a blob's file, a chunk read at a time as the
 /// visitor takes them. A read that fails ends the body early, which the
 /// visitor sees as a short body against Content-Length; it is logged.
 fn file_body(file: BlobFile, hash: Hash, start: u64, end: u64) -> Body {
-    let chunks = n0_future::stream::unfold(Some(start), move |at| {
+    let chunks = n0_future::stream::unfold(Some((start, FIRST_CHUNK)), move |next| {
         let file = file.clone();
         async move {
-            let at = at.filter(|&at| at < end)?;
-            let len = (end - at).min(FILE_CHUNK);
+            let (at, chunk) = next.filter(|&(at, _)| at < end)?;
+            let len = (end - at).min(chunk);
             match file.read_at(at, len as usize).await {
-                Ok(bytes) => Some((Ok(Frame::data(bytes)), Some(at + len))),
+                Ok(bytes) => Some((
+                    Ok(Frame::data(bytes)),
+                    Some((at + len, (chunk * 2).min(LAST_CHUNK))),
+                )),
                 Err(error) => {
                     warn!(%error, %hash, at, end, "a body was cut: its blob could not be read");
                     Some((Err(io::Error::other(error)), None))
