@@ -50,6 +50,10 @@ const MIN_BUSY: Duration = Duration::from_secs(2);
 /// buffers (hundreds of KiB for one large write) however slowly the
 /// client reads, which made a trickling reader look fast for many seconds.
 const SETTLE: Duration = Duration::from_secs(1);
+/// The rate is judged over the last one to two of these, not since the
+/// start: a reader that took megabytes fast and then trickles would
+/// otherwise count as fast until its send timeout (banked rate).
+const WINDOW: Duration = Duration::from_secs(2);
 
 /// Raises the soft file-descriptor limit to the hard one (allowed without
 /// privileges) and returns the limit now in force.
@@ -114,9 +118,13 @@ struct Slot {
 #[derive(Debug)]
 struct Busy {
     since: Instant,
-    /// `sent` as of [`SETTLE`] after `since`: taken at the first write
-    /// after that (nothing was written in between).
-    settled: Option<u64>,
+    /// When the window being filled began and `sent` then: the first
+    /// begins [`SETTLE`] after `since` (marked at the first write after
+    /// that: nothing was written in between), each next one at the first
+    /// write a [`WINDOW`] or more later.
+    current: Option<(Instant, u64)>,
+    /// The window before it.
+    previous: Option<(Instant, u64)>,
 }
 
 impl Slot {
@@ -128,7 +136,8 @@ impl Slot {
         if self.busy.is_none() {
             self.busy = Some(Busy {
                 since: now,
-                settled: None,
+                current: None,
+                previous: None,
             });
         }
         self.progress = Some(now);
@@ -140,19 +149,23 @@ impl Slot {
         self.idle_since = Some(now);
     }
 
-    /// Bytes per second sent since it became busy and settled, once busy
-    /// long enough to tell.
+    /// Bytes per second sent over the last one to two windows (after it
+    /// settled), once busy long enough to tell.
     fn rate(&self, now: Instant) -> Option<u64> {
         let busy = self.busy.as_ref()?;
         let busy_for = now.checked_duration_since(busy.since)?;
         if busy_for < MIN_BUSY {
             return None;
         }
-        let counted = self.sent - busy.settled.unwrap_or(self.sent);
-        let ms = u64::try_from((busy_for - SETTLE).as_millis())
+        // No mark: nothing written since it settled.
+        let (from, at) = busy
+            .previous
+            .or(busy.current)
+            .unwrap_or((busy.since + SETTLE, self.sent));
+        let ms = u64::try_from(now.saturating_duration_since(from).as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
-        Some(counted.saturating_mul(1000) / ms)
+        Some(self.sent.saturating_sub(at).saturating_mul(1000) / ms)
     }
 
     fn shed(&mut self) {
@@ -348,11 +361,19 @@ impl ConnId {
     pub fn wrote(self, n: usize, progress: bool) {
         self.update(|s| {
             let now = timer::now();
-            if let Some(busy) = &mut s.busy
-                && busy.settled.is_none()
-                && now.saturating_duration_since(busy.since) >= SETTLE
-            {
-                busy.settled = Some(s.sent);
+            if let Some(busy) = &mut s.busy {
+                match busy.current {
+                    // Nothing was written since it settled: the window
+                    // begins then, not now.
+                    None if now.saturating_duration_since(busy.since) >= SETTLE => {
+                        busy.current = Some((busy.since + SETTLE, s.sent));
+                    }
+                    Some((from, _)) if now.saturating_duration_since(from) >= WINDOW => {
+                        busy.previous = busy.current;
+                        busy.current = Some((now, s.sent));
+                    }
+                    _ => {}
+                }
             }
             s.sent += n as u64;
             if progress {
@@ -505,7 +526,8 @@ mod tests {
                 s.active = 1;
                 s.busy = Some(Busy {
                     since: t0 - MIN_BUSY * 2,
-                    settled: Some(0),
+                    current: Some((t0 - MIN_BUSY, 0)),
+                    previous: None,
                 });
                 s.sent = sent;
             }
@@ -531,12 +553,34 @@ mod tests {
             s.active = 1;
             s.busy = Some(Busy {
                 since: t0 - MIN_BUSY * 2,
-                settled: None,
+                current: None,
+                previous: None,
             });
             s.sent = 4 << 20;
         });
         slow.id().wrote(256, true);
         let mut shed = std::pin::pin!(slow.id().shed());
+        assert!(shed_one());
+        assert!(poll(shed.as_mut()));
+    }
+
+    /// The red team's banked rate: 8 MB taken fast, then a trickle. It is
+    /// judged by its last windows, not its average since the start.
+    #[test]
+    fn a_reader_cannot_bank_rate_and_then_trickle() {
+        let banker = open();
+        let t0 = Instant::now();
+        with(|r| {
+            let s = r.slot(banker.id()).expect("slot");
+            s.active = 1;
+            s.busy = Some(Busy {
+                since: t0 - Duration::from_secs(30),
+                previous: Some((t0 - WINDOW * 2, 8 << 20)),
+                current: Some((t0 - WINDOW, (8 << 20) + 300)),
+            });
+            s.sent = (8 << 20) + 600;
+        });
+        let mut shed = std::pin::pin!(banker.id().shed());
         assert!(shed_one());
         assert!(poll(shed.as_mut()));
     }
