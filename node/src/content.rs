@@ -73,7 +73,7 @@ const STRIPES: usize = 64;
 #[derive(Debug)]
 pub enum Complete {
     /// In its own file.
-    File { file: BlobFile, size: u64 },
+    File(BlobFile),
     /// Kept inside the store's database (blobs of up to 16 KiB): read
     /// with [`Content::get_bytes`].
     Inline { size: u64 },
@@ -82,7 +82,8 @@ pub enum Complete {
 impl Complete {
     pub fn size(&self) -> u64 {
         match self {
-            Self::File { size, .. } | Self::Inline { size } => *size,
+            Self::File(file) => file.size(),
+            Self::Inline { size } => *size,
         }
     }
 }
@@ -108,6 +109,11 @@ pub struct BlobFile {
 }
 
 impl BlobFile {
+    /// The blob's size (its file's length).
+    pub fn size(&self) -> u64 {
+        self.len
+    }
+
     /// `len` bytes at `at`.
     pub async fn read_at(&self, at: u64, len: usize) -> Result<Bytes, ContentError> {
         use std::os::unix::fs::{FileExt, MetadataExt};
@@ -275,15 +281,12 @@ impl Content {
             return Ok(None);
         };
         match found {
-            Some((dev, ino, len)) if len == size => Ok(Some(Complete::File {
-                file: BlobFile {
-                    path,
-                    dev,
-                    ino,
-                    len,
-                },
-                size,
-            })),
+            Some((dev, ino, len)) if len == size => Ok(Some(Complete::File(BlobFile {
+                path,
+                dev,
+                ino,
+                len,
+            }))),
             Some((_, _, file)) => Err(ContentError::Damaged { hash, size, file }),
             None => Ok(Some(Complete::Inline { size })),
         }

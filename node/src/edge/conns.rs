@@ -515,23 +515,35 @@ mod tests {
         assert_eq!(count(), 0);
     }
 
+    /// Puts a connection in the middle of a response: busy `since`, with
+    /// its rate windows and `sent` bytes in all.
+    fn set_busy(
+        id: ConnId,
+        since: Instant,
+        previous: Option<(Instant, u64)>,
+        current: Option<(Instant, u64)>,
+        sent: u64,
+    ) {
+        with(|r| {
+            let s = r.slot(id).expect("slot");
+            s.active = 1;
+            s.busy = Some(Busy {
+                since,
+                current,
+                previous,
+            });
+            s.sent = sent;
+        });
+    }
+
     #[test]
     fn under_pressure_the_slowest_busy_connection_goes() {
         let fast = open();
         let slow = open();
         let t0 = Instant::now();
-        with(|r| {
-            for (id, sent) in [(fast.id(), 10 << 20), (slow.id(), 100)] {
-                let s = r.slot(id).expect("slot");
-                s.active = 1;
-                s.busy = Some(Busy {
-                    since: t0 - MIN_BUSY * 2,
-                    current: Some((t0 - MIN_BUSY, 0)),
-                    previous: None,
-                });
-                s.sent = sent;
-            }
-        });
+        for (id, sent) in [(fast.id(), 10 << 20), (slow.id(), 100)] {
+            set_busy(id, t0 - MIN_BUSY * 2, None, Some((t0 - MIN_BUSY, 0)), sent);
+        }
         let mut shed_slow = std::pin::pin!(slow.id().shed());
         let mut shed_fast = std::pin::pin!(fast.id().shed());
         assert!(shed_one());
@@ -548,16 +560,7 @@ mod tests {
     fn a_burst_into_socket_buffers_does_not_make_a_slow_reader_fast() {
         let slow = open();
         let t0 = Instant::now();
-        with(|r| {
-            let s = r.slot(slow.id()).expect("slot");
-            s.active = 1;
-            s.busy = Some(Busy {
-                since: t0 - MIN_BUSY * 2,
-                current: None,
-                previous: None,
-            });
-            s.sent = 4 << 20;
-        });
+        set_busy(slow.id(), t0 - MIN_BUSY * 2, None, None, 4 << 20);
         slow.id().wrote(256, true);
         let mut shed = std::pin::pin!(slow.id().shed());
         assert!(shed_one());
@@ -570,16 +573,13 @@ mod tests {
     fn a_reader_cannot_bank_rate_and_then_trickle() {
         let banker = open();
         let t0 = Instant::now();
-        with(|r| {
-            let s = r.slot(banker.id()).expect("slot");
-            s.active = 1;
-            s.busy = Some(Busy {
-                since: t0 - Duration::from_secs(30),
-                previous: Some((t0 - WINDOW * 2, 8 << 20)),
-                current: Some((t0 - WINDOW, (8 << 20) + 300)),
-            });
-            s.sent = (8 << 20) + 600;
-        });
+        set_busy(
+            banker.id(),
+            t0 - Duration::from_secs(30),
+            Some((t0 - WINDOW * 2, 8 << 20)),
+            Some((t0 - WINDOW, (8 << 20) + 300)),
+            (8 << 20) + 600,
+        );
         let mut shed = std::pin::pin!(banker.id().shed());
         assert!(shed_one());
         assert!(poll(shed.as_mut()));

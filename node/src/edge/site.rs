@@ -508,7 +508,7 @@ async fn send(
         local::blob_or_load(hash, read_whole(&sites.content, hash, size)).await
     } else {
         match sites.content.complete(hash).await {
-            Ok(Some(Complete::File { file, size: stored })) if stored == size => {
+            Ok(Some(Complete::File(file))) if file.size() == size => {
                 let body = file_body(file, hash, start, end);
                 headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
                 return build(status, headers, body);
@@ -542,9 +542,7 @@ async fn send(
 /// A blob read whole, for the memory cache: from its file when it has one.
 async fn read_whole(content: &Content, hash: Hash, size: u64) -> Result<Bytes, ContentError> {
     match content.complete(hash).await? {
-        Some(Complete::File { file, size: stored }) if stored == size => {
-            file.read_at(0, size as usize).await
-        }
+        Some(Complete::File(file)) if file.size() == size => file.read_at(0, size as usize).await,
         // A size other than the manifest's is found out by the caller.
         _ => content.get_bytes(hash).await,
     }
